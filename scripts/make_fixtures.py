@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Builds the test fixtures in assets/ with transformers, and the golden values the Rust tests
+compare against. Run from the repository root:
+
+    python3 scripts/make_fixtures.py            # tiny models, tokenizer, text, goldens
+    python3 scripts/make_fixtures.py --shared   # also the real-model golden (../shared)
+
+Versions used for the committed fixtures: torch 2.5.1 (CPU), transformers 4.46.3,
+tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. Everything here is generated from seeds:
+the text is synthetic, the tokenizer is trained on it, the models are random.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ASSETS = os.path.join(ROOT, "assets")
+GOLDEN = os.path.join(ASSETS, "golden")
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+VOCAB = 384
+EVAL_SEQLEN = 64
+
+
+def synthetic_text(seed=7, words=6000):
+    """A deterministic pseudo-language: a Zipf-ish vocabulary of syllable words in sentences."""
+    rng = random.Random(seed)
+    syll = ["ka", "lo", "mi", "ne", "ru", "ta", "se", "vo", "pi", "da", "go", "fe", "zu", "ha"]
+    lexicon = ["".join(rng.choice(syll) for _ in range(rng.randint(1, 3))) for _ in range(300)]
+    weights = [1.0 / (i + 1) for i in range(len(lexicon))]
+    lines, line = [], []
+    for _ in range(words):
+        w = rng.choices(lexicon, weights)[0]
+        line.append(w)
+        if rng.random() < 0.08:
+            line[-1] += " ."
+        if rng.random() < 0.02:
+            lines.append(" " + " ".join(line) + " ")
+            line = []
+    lines.append(" " + " ".join(line) + " ")
+    return "\n".join(lines) + "\n"
+
+
+def train_tokenizer(text, path):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([text], trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    tok.save(path)
+    return tok
+
+
+def spread_weights(model, seed):
+    """Random init with larger scales than the HF default so attention and the MLP do real work."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                fan_in = p.shape[-1]
+                p.copy_(torch.randn(p.shape, generator=g) * (1.5 / math.sqrt(fan_in)))
+
+
+def to_v5_config(folder):
+    """Rewrite config.json the way transformers 5.x writes it (rope_parameters, dtype)."""
+    path = os.path.join(folder, "config.json")
+    cfg = json.load(open(path))
+    rope = {"rope_type": "default", "rope_theta": cfg.pop("rope_theta")}
+    scaling = cfg.pop("rope_scaling", None)
+    if scaling:
+        rope.update(scaling)
+    cfg["rope_parameters"] = rope
+    cfg["dtype"] = cfg.pop("torch_dtype")
+    json.dump(cfg, open(path, "w"), indent=2, sort_keys=True)
+
+
+def logits_golden(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (2, 16), generator=g)
+    with torch.no_grad():
+        logits = model(ids).logits
+    return ids, logits
+
+
+def window_losses(model, ids, seqlen, max_windows=None):
+    """The papers' protocol: non-overlapping windows, mean CE of tokens 2..seqlen per window."""
+    n = ids.shape[1] // seqlen
+    if max_windows is not None:
+        n = min(n, max_windows)
+    losses = []
+    with torch.no_grad():
+        for w in range(n):
+            x = ids[:, w * seqlen:(w + 1) * seqlen]
+            losses.append(float(model(x, labels=x).loss))
+    return losses
+
+
+def build_model(name, cls, cfg, dtype, seed, shard=False, v5=False):
+    folder = os.path.join(ASSETS, name)
+    shutil.rmtree(folder, ignore_errors=True)
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    spread_weights(model, seed)
+    model = model.to(dtype)
+    model.save_pretrained(folder, safe_serialization=True,
+                          max_shard_size="100KB" if shard else "5GB")
+    if shard:
+        # save_pretrained names shards by size; keep exactly two shards, as the tests expect.
+        merge_into_two_shards(folder)
+    gen = os.path.join(folder, "generation_config.json")
+    if os.path.exists(gen):
+        os.remove(gen)
+    shutil.copy(os.path.join(ASSETS, "tokenizer.json"), folder)
+    # Goldens come from the checkpoint as stored (rounded to its dtype), computed in f32, and
+    # loaded before the config is rewritten: transformers 4.x does not read rope_parameters.
+    ref = cls.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    if v5:
+        to_v5_config(folder)
+    return folder, ref
+
+
+def merge_into_two_shards(folder):
+    index_path = os.path.join(folder, "model.safetensors.index.json")
+    index = json.load(open(index_path))
+    names = sorted(index["weight_map"])
+    tensors = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        tensors.update(load_file(os.path.join(folder, shard)))
+        os.remove(os.path.join(folder, shard))
+    half = len(names) // 2
+    parts = [names[:half], names[half:]]
+    weight_map = {}
+    for i, part in enumerate(parts):
+        fname = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: tensors[k].contiguous() for k in part}, os.path.join(folder, fname),
+                  metadata={"format": "pt"})
+        weight_map.update({k: fname for k in part})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map},
+              open(index_path, "w"), indent=2, sort_keys=True)
+
+
+def f32_list(t):
+    return [float(x) for x in np.asarray(t, dtype=np.float32).reshape(-1)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", action="store_true", help="also compute the wt2-llama golden")
+    args = ap.parse_args()
+    os.makedirs(GOLDEN, exist_ok=True)
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
+                "numpy": np.__version__}
+
+    text = synthetic_text()
+    open(os.path.join(ASSETS, "sample.txt"), "w").write(text)
+    tok = train_tokenizer(text, os.path.join(ASSETS, "tokenizer.json"))
+    text_ids = torch.tensor([tok.encode(text).ids])
+
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=256, rms_norm_eps=1e-5,
+                  bos_token_id=0, eos_token_id=1)
+    specs = [
+        # LLaMA, multi-head attention, llama3 rope scaling, f32, one file, 4.x config.
+        ("tiny-llama", transformers.LlamaForCausalLM, transformers.LlamaConfig(
+            num_key_value_heads=4, rope_theta=10000.0, tie_word_embeddings=False,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+            **common), torch.float32, 1, False, False),
+        # Mistral, grouped-query attention, f16, two shards, 5.x config.
+        ("tiny-mistral-gqa", transformers.MistralForCausalLM, transformers.MistralConfig(
+            num_key_value_heads=2, rope_theta=50000.0, sliding_window=4096,
+            tie_word_embeddings=False, **common), torch.float16, 2, True, True),
+        # Qwen2: q/k/v biases, tied embeddings, GQA, bf16.
+        ("tiny-qwen2", transformers.Qwen2ForCausalLM, transformers.Qwen2Config(
+            num_key_value_heads=2, rope_theta=1000000.0, tie_word_embeddings=True,
+            use_sliding_window=False, **common), torch.bfloat16, 3, False, False),
+    ]
+    for name, cls, cfg, dtype, seed, shard, v5 in specs:
+        folder, ref = build_model(name, cls, cfg, dtype, seed, shard, v5)
+        ids, logits = logits_golden(ref, seed + 100)
+        losses = window_losses(ref, text_ids, EVAL_SEQLEN)
+        golden = {
+            "model": name, "versions": versions,
+            "ids_shape": list(ids.shape), "ids": ids.reshape(-1).tolist(),
+            "logits_shape": list(logits.shape), "logits": f32_list(logits),
+            "text": "sample.txt", "text_tokens": int(text_ids.shape[1]),
+            "seqlen": EVAL_SEQLEN, "window_losses": losses,
+            "ppl": math.exp(sum(losses) / len(losses)),
+        }
+        json.dump(golden, open(os.path.join(GOLDEN, f"{name}.json"), "w"))
+        print(f"{name}: {len(losses)} windows, ppl {golden['ppl']:.4f}")
+
+    if args.shared:
+        folder = os.path.join(SHARED, "models", "wt2-llama")
+        model = transformers.LlamaForCausalLM.from_pretrained(
+            folder, torch_dtype=torch.float32).eval()
+        wt_tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+        test = open(os.path.join(SHARED, "data", "wikitext-2", "test.txt"),
+                    encoding="utf-8").read()
+        ids = torch.tensor([wt_tok.encode(test).ids])
+        losses = window_losses(model, ids, 256)
+        golden = {"model": "wt2-llama", "versions": versions, "text": "test.txt",
+                  "seqlen": 256, "tokens": int(ids.shape[1]), "windows": len(losses),
+                  "ppl": math.exp(sum(losses) / len(losses)),
+                  "ppl_first4": math.exp(sum(losses[:4]) / 4),
+                  "window_losses": losses}
+        json.dump(golden, open(os.path.join(GOLDEN, "wt2-llama.json"), "w"), indent=1)
+        print(f"wt2-llama: {len(losses)} windows, ppl {golden['ppl']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

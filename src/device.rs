@@ -1,0 +1,117 @@
+//! `--device auto|gpu|cpu|ndarray`.
+//!
+//! `auto` takes a real GPU (discrete, integrated or virtual) when wgpu reports one and the
+//! CPU (burn-flex) otherwise: a Vulkan CPU emulator such as lavapipe is slower than flex, so
+//! `auto` never picks it, while `gpu` accepts it (the test suite reaches the GPU path that way).
+
+use burn::tensor::wgpu::{wgpu, WgpuBackend};
+use burn::tensor::{Device, DeviceKind};
+
+use crate::error::Result;
+use crate::{bail, err};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    Auto,
+    Gpu,
+    Cpu,
+    Ndarray,
+}
+
+impl std::str::FromStr for Choice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Choice::Auto),
+            "gpu" => Ok(Choice::Gpu),
+            "cpu" => Ok(Choice::Cpu),
+            "ndarray" => Ok(Choice::Ndarray),
+            other => Err(format!("unknown device \"{other}\" (expected auto, gpu, cpu or ndarray)")),
+        }
+    }
+}
+
+/// A device ready for tensors, with the words that describe it to the user.
+#[derive(Clone, Debug)]
+pub struct Selected {
+    pub device: Device,
+    pub description: String,
+    pub is_gpu: bool,
+}
+
+/// A wgpu adapter as the runtime will find it again: its kind and index among adapters of
+/// that kind on the same graphics API.
+struct Adapter {
+    info: wgpu::AdapterInfo,
+    kind: DeviceKind,
+    api: WgpuBackend,
+}
+
+fn adapters() -> Vec<Adapter> {
+    let mut found = Vec::new();
+    for (backend, api) in [
+        (wgpu::Backend::Vulkan, WgpuBackend::Vulkan),
+        (wgpu::Backend::Metal, WgpuBackend::Metal),
+        (wgpu::Backend::Dx12, WgpuBackend::Dx12),
+    ] {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: backend.into(),
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let infos: Vec<wgpu::AdapterInfo> =
+            pollster::block_on(instance.enumerate_adapters(backend.into())).iter().map(|a| a.get_info()).collect();
+        for (i, info) in infos.iter().enumerate() {
+            let same = infos[..i].iter().filter(|o| o.device_type == info.device_type).count();
+            let kind = match info.device_type {
+                wgpu::DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu(same),
+                wgpu::DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu(same),
+                wgpu::DeviceType::VirtualGpu => DeviceKind::VirtualGpu(same),
+                wgpu::DeviceType::Cpu => DeviceKind::Cpu,
+                wgpu::DeviceType::Other => continue,
+            };
+            found.push(Adapter { info: info.clone(), kind, api });
+        }
+        if !found.is_empty() {
+            break;
+        }
+    }
+    found
+}
+
+fn rank(kind: &DeviceKind) -> usize {
+    match kind {
+        DeviceKind::DiscreteGpu(_) => 0,
+        DeviceKind::IntegratedGpu(_) => 1,
+        DeviceKind::VirtualGpu(_) => 2,
+        _ => 3,
+    }
+}
+
+fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
+    let mut all = adapters();
+    all.sort_by_key(|a| rank(&a.kind));
+    let Some(best) = all.into_iter().find(|a| allow_cpu_emulation || rank(&a.kind) < 3) else {
+        return Ok(None);
+    };
+    let device = Device::wgpu_options()
+        .device_kind(best.kind.clone())
+        .graphics_api(best.api)
+        .init()
+        .map_err(|e| err!("cannot open GPU adapter \"{}\": {e}", best.info.name))?;
+    let description = format!("gpu: {} ({:?}, {:?})", best.info.name, best.info.device_type, best.info.backend);
+    Ok(Some(Selected { device, description, is_gpu: true }))
+}
+
+pub fn select(choice: Choice) -> Result<Selected> {
+    let cpu = || Selected { device: Device::flex(), description: "cpu: burn-flex".into(), is_gpu: false };
+    Ok(match choice {
+        Choice::Cpu => cpu(),
+        #[allow(deprecated)] // users asked for the NdArray fallback by name
+        Choice::Ndarray => Selected { device: Device::ndarray(), description: "ndarray: burn-ndarray".into(), is_gpu: false },
+        Choice::Gpu => match open_gpu(true)? {
+            Some(s) => s,
+            None => bail!("--device gpu: wgpu found no GPU adapter (Vulkan, Metal or DX12)"),
+        },
+        Choice::Auto => open_gpu(false)?.unwrap_or_else(cpu),
+    })
+}

@@ -1,0 +1,90 @@
+//! Perplexity with the pruning papers' protocol: tokenize the whole file once, cut it into
+//! ⌊n / seqlen⌋ non-overlapping windows, take each window's mean cross-entropy of tokens
+//! 2..seqlen, and report exp(mean over windows).
+
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::bail;
+use crate::error::Result;
+use crate::model::{sequence_losses, Block, Model};
+
+#[derive(Debug, Serialize)]
+pub struct Perplexity {
+    pub ppl: f64,
+    pub windows: usize,
+    pub seqlen: usize,
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+    pub device: String,
+    #[serde(skip)]
+    pub window_losses: Vec<f32>,
+}
+
+/// The default window: min(2048, max_position_embeddings).
+pub fn default_seqlen(model: &Model) -> usize {
+    model.config.max_positions.min(2048)
+}
+
+/// Windows per forward pass, keeping the logits under ~256 MB.
+fn batch_size(seqlen: usize, vocab: usize) -> usize {
+    ((64usize << 20) / (seqlen * vocab).max(1)).clamp(1, 16)
+}
+
+pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Perplexity of `model` on the token stream `ids`. Blocks are loaded once and kept.
+pub fn perplexity(model: &Model, ids: &[u32], seqlen: usize, max_windows: Option<usize>, device_name: &str) -> Result<Perplexity> {
+    model.check_seqlen(seqlen)?;
+    if seqlen < 2 {
+        bail!("--seqlen must be at least 2 to predict a token");
+    }
+    let mut windows = ids.len() / seqlen;
+    if windows == 0 {
+        bail!("the text has {} tokens, fewer than one window of {seqlen}", ids.len());
+    }
+    if let Some(k) = max_windows {
+        if k == 0 {
+            bail!("--max-windows must be at least 1");
+        }
+        windows = windows.min(k);
+    }
+    let blocks: Vec<Block> = (0..model.num_blocks()).map(|i| model.load_block(i)).collect::<Result<_>>()?;
+    let rope = model.rope(seqlen);
+    let batch = batch_size(seqlen, model.config.vocab_size);
+    let bar = progress_bar(windows, "perplexity");
+    let start = Instant::now();
+    let mut losses = Vec::with_capacity(windows);
+    for first in (0..windows).step_by(batch) {
+        let n = batch.min(windows - first);
+        let chunk = &ids[first * seqlen..(first + n) * seqlen];
+        let mut h = model.embed(chunk, n);
+        for block in &blocks {
+            h = block.forward(h, &rope, &model.config, None);
+        }
+        losses.extend(sequence_losses(model.head(h), chunk, &model.device));
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let mean = losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64;
+    Ok(Perplexity {
+        ppl: mean.exp(),
+        windows,
+        seqlen,
+        tokens_per_s: (windows * seqlen) as f64 / seconds,
+        seconds,
+        device: device_name.to_string(),
+        window_losses: losses,
+    })
+}

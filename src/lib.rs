@@ -1,0 +1,11 @@
+//! neuroal: prune Hugging Face LLaMA-family checkpoints with magnitude, Wanda and the NeuroAL
+//! sparsity top-up, on any wgpu GPU or on the CPU.
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod model;
+pub mod tokenizer;
+pub mod weights;
+pub mod bench;

@@ -1,0 +1,133 @@
+//! Every bad input gets one line on stderr and exit code 2, never a panic.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use safetensors::tensor::{Dtype, TensorView};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("neuroal-bad-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A copy of a fixture model folder to break.
+fn model_copy(fixture: &str, name: &str) -> PathBuf {
+    let dir = scratch(name);
+    for entry in std::fs::read_dir(asset(fixture)).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Runs `neuroal` and returns its stderr, asserting exit code 2 and a single line.
+fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_neuroal"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "args {args:?}: expected exit 2, stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("device ")).collect();
+    assert_eq!(lines.len(), 1, "args {args:?}: expected one line, got {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    lines[0].to_string()
+}
+
+fn eval_fails(model: &Path, text: &Path, extra: &[&str], expect: &str) {
+    let mut args = vec!["eval", "--model", model.to_str().unwrap(), "--text", text.to_str().unwrap(), "--device", "cpu"];
+    args.extend_from_slice(extra);
+    let msg = fails(&args, &[]);
+    assert!(msg.contains(expect), "expected \"{expect}\" in: {msg}");
+}
+
+/// Rewrites model.safetensors with `edit` applied to its tensor map.
+fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>)) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut map: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
+    edit(&mut map);
+    let views: Vec<(String, TensorView)> =
+        map.iter().map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
+
+#[test]
+fn bad_inputs_are_rejected_with_one_line() {
+    let text = asset("sample.txt");
+    let good = asset("tiny-llama");
+
+    eval_fails(Path::new("/nonexistent/model"), &text, &[], "model folder not found");
+    eval_fails(&good, Path::new("/nonexistent/text.txt"), &[], "text file not found");
+
+    let d = model_copy("tiny-llama", "notjson");
+    std::fs::write(d.join("config.json"), "{ not json").unwrap();
+    eval_fails(&d, &text, &[], "not a valid config.json");
+
+    let d = model_copy("tiny-llama", "nofield");
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"hidden_size\"", "\"hidden_sizeX\"");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    eval_fails(&d, &text, &[], "missing field \"hidden_size\"");
+
+    let d = model_copy("tiny-llama", "modeltype");
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    eval_fails(&d, &text, &[], "unsupported model_type \"gpt_neox\" (supported: llama, mistral, qwen2)");
+
+    let d = model_copy("tiny-llama", "truncated");
+    let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
+    eval_fails(&d, &text, &[], "not a valid safetensors file");
+
+    let d = model_copy("tiny-llama", "badheader");
+    let mut bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+    bytes[8] = b'#';
+    std::fs::write(d.join("model.safetensors"), &bytes).unwrap();
+    eval_fails(&d, &text, &[], "not a valid safetensors file");
+
+    let d = model_copy("tiny-llama", "missingtensor");
+    rewrite_weights(&d, |m| {
+        m.remove("model.layers.1.mlp.up_proj.weight");
+    });
+    eval_fails(&d, &text, &[], "tensor \"model.layers.1.mlp.up_proj.weight\" not found");
+
+    let d = model_copy("tiny-llama", "wrongshape");
+    rewrite_weights(&d, |m| {
+        let e = m.get_mut("model.layers.0.self_attn.q_proj.weight").unwrap();
+        e.1 = vec![32, 128];
+    });
+    eval_fails(&d, &text, &[], "has shape [32, 128], expected [64, 64]");
+
+    let d = model_copy("tiny-mistral-gqa", "missingshard");
+    std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap();
+    eval_fails(&d, &text, &[], "names shard model-00002-of-00002.safetensors, which does not exist");
+
+    let s = scratch("texts");
+    std::fs::write(s.join("empty.txt"), "").unwrap();
+    eval_fails(&good, &s.join("empty.txt"), &[], "the text file is empty");
+    std::fs::write(s.join("short.txt"), "ka lo mi").unwrap();
+    eval_fails(&good, &s.join("short.txt"), &["--seqlen", "64"], "fewer than one window of 64");
+
+    eval_fails(&good, &text, &["--seqlen", "0"], "--seqlen must be at least 1");
+    eval_fails(&good, &text, &["--seqlen", "257"], "exceeds the model's max_position_embeddings (256)");
+
+    let msg = fails(&["eval", "--model", good.to_str().unwrap(), "--text", text.to_str().unwrap(), "--device", "tpu"], &[]);
+    assert!(msg.contains("unknown device \"tpu\""), "{msg}");
+
+    // No Vulkan driver visible: --device gpu must say so, not crash.
+    let msg = fails(
+        &["eval", "--model", good.to_str().unwrap(), "--text", text.to_str().unwrap(), "--device", "gpu"],
+        &[("VK_ICD_FILENAMES", "/nonexistent.json"), ("VK_DRIVER_FILES", "/nonexistent.json")],
+    );
+    assert!(msg.contains("no GPU adapter"), "{msg}");
+}

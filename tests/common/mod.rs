@@ -1,0 +1,57 @@
+#![allow(dead_code)]
+//! Shared helpers of the integration tests: fixture paths, golden files, devices.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use neuroal::device::{self, Choice, Selected};
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn asset(name: &str) -> PathBuf {
+    root().join("assets").join(name)
+}
+
+pub fn shared(rel: &str) -> PathBuf {
+    root().join("..").join("shared").join(rel)
+}
+
+pub fn golden(name: &str) -> Value {
+    let path = asset("golden").join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+pub fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+pub fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(ours.len(), reference.len());
+    let num: f64 = ours.iter().zip(reference).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let den: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+/// The devices every numerical test runs on: flex, ndarray and the wgpu GPU path (lavapipe here).
+pub fn devices() -> Vec<(&'static str, Selected)> {
+    vec![("cpu", select(Choice::Cpu)), ("ndarray", select(Choice::Ndarray)), ("gpu", select(Choice::Gpu))]
+}
+
+pub fn select(choice: Choice) -> Selected {
+    static GPU: OnceLock<Selected> = OnceLock::new();
+    match choice {
+        Choice::Gpu => GPU.get_or_init(|| device::select(Choice::Gpu).expect("the GPU path needs a wgpu adapter (lavapipe: apt-get install mesa-vulkan-drivers)")).clone(),
+        other => device::select(other).unwrap(),
+    }
+}
+
+pub fn fixtures() -> [&'static str; 3] {
+    ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2"]
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -1,0 +1,81 @@
+//! The forward pass against transformers' goldens, on every device.
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use common::*;
+use neuroal::eval::perplexity;
+use neuroal::model::Model;
+use neuroal::tokenizer::{tokenize_file, Tokenizer};
+
+fn ids_of(g: &serde_json::Value) -> (Vec<u32>, usize) {
+    let ids: Vec<u32> = g["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let batch = g["ids_shape"][0].as_u64().unwrap() as usize;
+    (ids, batch)
+}
+
+#[test]
+fn logits_match_transformers_on_every_device() {
+    for (dev_name, dev) in devices() {
+        for name in fixtures() {
+            let g = golden(name);
+            let (ids, batch) = ids_of(&g);
+            let model = Model::open(&asset(name), &dev.device).unwrap();
+            let logits = model.forward(&ids, batch).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            let err = rel_l2(&logits, &floats(&g["logits"]));
+            println!("{name} on {dev_name}: logits relative L2 error {err:.3e}");
+            assert!(err < 1e-4, "{name} on {dev_name}: relative L2 error {err:.3e}");
+        }
+    }
+}
+
+#[test]
+fn block_by_block_equals_whole_forward() {
+    for (dev_name, dev) in devices() {
+        let g = golden("tiny-mistral-gqa");
+        let (ids, batch) = ids_of(&g);
+        let model = Model::open(&asset("tiny-mistral-gqa"), &dev.device).unwrap();
+        let whole = model.forward(&ids, batch).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        // Each block alone, its hidden states taken to the host and back in between, and the
+        // block dropped before the next one is loaded: what the streaming pruner does.
+        let t = ids.len() / batch;
+        let rope = model.rope(t);
+        let mut h = model.embed(&ids, batch);
+        for i in 0..model.num_blocks() {
+            let block = model.load_block(i).unwrap();
+            let dims = h.dims();
+            let host = h.into_data().try_to_vec::<f32>().unwrap();
+            let back: Tensor<3> = Tensor::from_data(TensorData::new(host, dims), &dev.device);
+            h = block.forward(back, &rope, &model.config, None);
+        }
+        let staged = model.head(h).into_data().try_to_vec::<f32>().unwrap();
+        let err = rel_l2(&staged, &whole);
+        assert!(err < 1e-6, "{dev_name}: block-by-block differs from whole forward by {err:.3e}");
+    }
+}
+
+#[test]
+fn perplexity_matches_transformers_on_fixtures() {
+    for (dev_name, dev) in devices() {
+        for name in fixtures() {
+            let g = golden(name);
+            let model = Model::open(&asset(name), &dev.device).unwrap();
+            let tok = Tokenizer::open(&asset(name)).unwrap();
+            let ids = tokenize_file(&tok, &asset("sample.txt")).unwrap();
+            assert_eq!(ids.len() as u64, g["text_tokens"].as_u64().unwrap(), "tokenization differs from the tokenizers library");
+            // The GPU path runs on a CPU emulator here: a few windows are enough for it.
+            let max = if dev.is_gpu { Some(6) } else { None };
+            let seqlen = g["seqlen"].as_u64().unwrap() as usize;
+            let r = perplexity(&model, &ids, seqlen, max, &dev.description).unwrap();
+            let want = floats(&g["window_losses"]);
+            for (w, (a, b)) in r.window_losses.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-4 * b.abs(), "{name} on {dev_name}: window {w} loss {a} vs {b}");
+            }
+            if max.is_none() {
+                let golden_ppl = g["ppl"].as_f64().unwrap();
+                assert_eq!(r.windows, want.len());
+                assert!((r.ppl - golden_ppl).abs() <= 1e-4 * golden_ppl, "{name}: ppl {} vs {golden_ppl}", r.ppl);
+            }
+        }
+    }
+}
