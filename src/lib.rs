@@ -9,3 +9,7 @@ pub mod model;
 pub mod tokenizer;
 pub mod weights;
 pub mod bench;
+pub mod calib;
+pub mod kernels;
+pub mod mask;
+pub mod score;

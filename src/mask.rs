@@ -1,0 +1,176 @@
+//! Pruning masks, exact and deterministic. Every pattern reduces to one primitive: in each row
+//! of a score matrix, prune the k lowest scores, ties going to the lower column index first
+//! (what a stable ascending sort gives). `row` uses k = ⌊in·s⌋ per row, `layer` one row of the
+//! flattened matrix, `rows-variable` one k per row, and N:M each group of M inputs as a row.
+
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::bail;
+use crate::error::Result;
+use crate::kernels;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pattern {
+    Row,
+    Layer,
+    RowsVariable,
+    NM { n: usize, m: usize },
+}
+
+impl Pattern {
+    pub fn parse(s: &str) -> Result<Pattern> {
+        match s {
+            "row" => Ok(Pattern::Row),
+            "layer" => Ok(Pattern::Layer),
+            "rows-variable" => Ok(Pattern::RowsVariable),
+            _ => {
+                let parts: Vec<&str> = s.split(':').collect();
+                match parts.as_slice() {
+                    [n, m] => match (n.parse::<usize>(), m.parse::<usize>()) {
+                        (Ok(n), Ok(m)) if n < m && n > 0 => Ok(Pattern::NM { n, m }),
+                        _ => bail!("bad --pattern \"{s}\": N:M needs 0 < N < M (e.g. 2:4, 4:8)"),
+                    },
+                    _ => bail!("bad --pattern \"{s}\" (expected row, layer, or N:M such as 2:4)"),
+                }
+            }
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Pattern::Row => "row".into(),
+            Pattern::Layer => "layer".into(),
+            Pattern::RowsVariable => "rows-variable".into(),
+            Pattern::NM { n, m } => format!("{n}:{m}"),
+        }
+    }
+}
+
+/// How much of one layer to prune: one fraction, or one per output row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sparsity {
+    Uniform(f64),
+    PerRow(Vec<f64>),
+}
+
+/// Pruned count per row under `rows-variable`: row r keeps ⌊f32(f32(1 − s_r)·in)⌋.
+pub fn rows_variable_prune_counts(per_row: &[f64], cols: usize) -> Vec<usize> {
+    per_row
+        .iter()
+        .map(|&s| {
+            let keep = ((1.0 - s) as f32 * cols as f32).floor() as usize;
+            cols - keep.min(cols)
+        })
+        .collect()
+}
+
+/// Mask (1.0 = prune) of `scores` [out, in] under `pattern` at `sparsity`.
+pub fn mask(scores: Tensor<2>, pattern: &Pattern, sparsity: &Sparsity) -> Result<Tensor<2>> {
+    let [rows, cols] = scores.dims();
+    let uniform = |s: f64| (cols as f64 * s).floor() as usize;
+    Ok(match (pattern, sparsity) {
+        (Pattern::Row, Sparsity::Uniform(s)) => select_lowest(scores, &vec![uniform(*s); rows]),
+        (Pattern::Layer, Sparsity::Uniform(s)) => {
+            let k = ((rows * cols) as f64 * s).floor() as usize;
+            select_lowest(scores.reshape([1, rows * cols]), &[k]).reshape([rows, cols])
+        }
+        (Pattern::RowsVariable | Pattern::Row, Sparsity::PerRow(v)) => {
+            if v.len() != rows {
+                bail!("per-row sparsity has {} entries for {rows} rows", v.len());
+            }
+            select_lowest(scores, &rows_variable_prune_counts(v, cols))
+        }
+        (Pattern::RowsVariable, Sparsity::Uniform(s)) => {
+            select_lowest(scores, &rows_variable_prune_counts(&vec![*s; rows], cols))
+        }
+        (Pattern::NM { n, m }, _) => {
+            if cols % m != 0 {
+                bail!("{n}:{m} pattern needs the input width ({cols}) to be a multiple of {m}");
+            }
+            let groups = rows * cols / m;
+            select_lowest(scores.reshape([groups, *m]), &vec![*n; groups]).reshape([rows, cols])
+        }
+        (other, Sparsity::PerRow(_)) => bail!("pattern {} takes one sparsity per layer", other.name()),
+    })
+}
+
+/// In each row r, marks the `k[r]` lowest scores (ties: lower column first) with 1.0.
+/// On a wgpu device this runs the radix-select shader; elsewhere its twin in burn ops.
+pub fn select_lowest(scores: Tensor<2>, k: &[usize]) -> Tensor<2> {
+    if kernels::is_wgpu(&scores) {
+        return kernels::select_lowest(scores, k);
+    }
+    select_lowest_reference(scores, k)
+}
+
+/// The CPU twin, in burn tensor ops: the k-th smallest value τ of each row comes from a sort of
+/// values (deterministic whatever the sort's stability); everything below τ is pruned, and of
+/// the scores equal to τ the first k − #{< τ} by column index.
+pub fn select_lowest_reference(scores: Tensor<2>, k: &[usize]) -> Tensor<2> {
+    let [rows, cols] = scores.dims();
+    let device = scores.device();
+    let kth: Vec<i64> = k.iter().map(|&k| k.clamp(1, cols) as i64 - 1).collect();
+    let any: Vec<f32> = k.iter().map(|&k| if k > 0 { 1.0 } else { 0.0 }).collect();
+    let kth = Tensor::<2, Int>::from_data(TensorData::new(kth, [rows, 1]), &device);
+    let k_t = Tensor::<2, Int>::from_data(TensorData::new(k.iter().map(|&k| k as i64).collect::<Vec<_>>(), [rows, 1]), &device);
+    let tau = scores.clone().sort(1).gather(1, kth).expand([rows, cols]);
+    let below = scores.clone().lower(tau.clone());
+    let equal = scores.equal(tau);
+    let ties_allowed = k_t - below.clone().int().sum_dim(1);
+    let tie_rank = equal.clone().int().cumsum(1);
+    let tie_pruned = equal.bool_and(tie_rank.lower_equal(ties_allowed.expand([rows, cols])));
+    let any = Tensor::<2>::from_data(TensorData::new(any, [rows, 1]), &device);
+    below.bool_or(tie_pruned).float() * any
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    fn run(scores: Vec<f32>, shape: [usize; 2], p: &Pattern, s: Sparsity) -> Vec<f32> {
+        let d = Device::flex();
+        let t = Tensor::<2>::from_data(TensorData::new(scores, shape), &d);
+        mask(t, p, &s).unwrap().into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn row_masks_prune_floor_of_in_times_s_with_ties_to_the_lower_index() {
+        // Row 0 all ties: the first two columns go. Row 1: the two lowest.
+        let m = run(vec![1., 1., 1., 1., 1., 4., 3., 2., 9., 0.5], [2, 5], &Pattern::Row, Sparsity::Uniform(0.5));
+        assert_eq!(m, vec![1., 1., 0., 0., 0., 0., 0., 1., 0., 1.]);
+        // ⌊5·0.39⌋ = 1 per row.
+        let m = run(vec![3., 1., 1., 2., 5., 2., 2., 2., 2., 2.], [2, 5], &Pattern::Row, Sparsity::Uniform(0.39));
+        assert_eq!(m, vec![0., 1., 0., 0., 0., 1., 0., 0., 0., 0.]);
+    }
+
+    #[test]
+    fn layer_masks_use_one_threshold() {
+        let m = run(vec![5., 6., 7., 8., 1., 2., 3., 4.], [2, 4], &Pattern::Layer, Sparsity::Uniform(0.5));
+        assert_eq!(m, vec![0., 0., 0., 0., 1., 1., 1., 1.]);
+    }
+
+    #[test]
+    fn n_m_prunes_n_of_every_m() {
+        let m = run(vec![4., 3., 2., 1., 1., 1., 1., 1.], [1, 8], &Pattern::NM { n: 2, m: 4 }, Sparsity::Uniform(0.5));
+        assert_eq!(m, vec![0., 0., 1., 1., 1., 1., 0., 0.]);
+    }
+
+    #[test]
+    fn rows_variable_rounds_in_f32() {
+        // Computed by hand in f32 (numpy): f32(f32(1 − 0.8)·10) = 2.0 keeps 2 where f64 gives
+        // 1.9999999999999996 and keeps 1; f32(f32(1 − 0.41)·100) = 58.999996 keeps 58 where f64
+        // gives 59.00000000000001 and keeps 59.
+        assert_eq!(rows_variable_prune_counts(&[0.3, 0.0, 0.99, 0.25, 0.8], 10), vec![3, 0, 10, 3, 8]);
+        assert_eq!(rows_variable_prune_counts(&[0.41], 100), vec![42]);
+        let m = run(vec![1., 2., 3., 4., 4., 3., 2., 1.], [2, 4], &Pattern::RowsVariable, Sparsity::PerRow(vec![0.25, 0.75]));
+        assert_eq!(m, vec![1., 0., 0., 0., 0., 1., 1., 1.]);
+    }
+
+    #[test]
+    fn patterns_parse_or_explain() {
+        assert_eq!(Pattern::parse("2:4").unwrap(), Pattern::NM { n: 2, m: 4 });
+        assert!(Pattern::parse("4:2").is_err());
+        assert!(Pattern::parse("diagonal").is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! Input statistics of each linear, and the base pruners' scores. Each function takes the WGSL
+//! path on a wgpu device and its burn-ops twin (`*_reference`) elsewhere.
+
+use burn::tensor::Tensor;
+
+use crate::kernels;
+
+/// Running statistics of one linear's input, per input channel j.
+#[derive(Clone)]
+pub struct InputStats {
+    pub sumsq: Tensor<1>,
+    pub sum: Tensor<1>,
+    pub tokens: usize,
+}
+
+impl InputStats {
+    pub fn new(cols: usize, device: &burn::tensor::Device) -> Self {
+        InputStats { sumsq: Tensor::zeros([cols], device), sum: Tensor::zeros([cols], device), tokens: 0 }
+    }
+
+    /// Adds the rows of x [.., cols] (one row per token).
+    pub fn add(&mut self, x: &Tensor<3>) {
+        let [b, t, cols] = x.dims();
+        let x2 = x.clone().reshape([b * t, cols]);
+        let (sumsq, sum) = if kernels::is_wgpu(&x2) {
+            kernels::input_stats(x2, self.sumsq.clone(), self.sum.clone())
+        } else {
+            input_stats_reference(x2, self.sumsq.clone(), self.sum.clone())
+        };
+        self.sumsq = sumsq;
+        self.sum = sum;
+        self.tokens += b * t;
+    }
+
+    /// Wanda's `scaler_row`: Σ_tokens x_j² / N, N the number of calibration windows;
+    /// ‖X_j‖₂ is its square root.
+    pub fn scaler_row(&self, nsamples: usize) -> Tensor<1> {
+        self.sumsq.clone().div_scalar(nsamples as f64)
+    }
+
+    pub fn mean(&self) -> Tensor<1> {
+        self.sum.clone().div_scalar(self.tokens.max(1) as f64)
+    }
+
+    /// Population variance per channel.
+    pub fn variance(&self) -> Tensor<1> {
+        let n = self.tokens.max(1) as f64;
+        self.sumsq.clone().div_scalar(n) - self.mean().square()
+    }
+}
+
+pub fn input_stats_reference(x: Tensor<2>, sumsq: Tensor<1>, sum: Tensor<1>) -> (Tensor<1>, Tensor<1>) {
+    let cols = x.dims()[1];
+    let sq = x.clone().square().sum_dim(0).reshape([cols]);
+    let s = x.sum_dim(0).reshape([cols]);
+    (sumsq + sq, sum + s)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Magnitude,
+    Wanda,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> crate::error::Result<Method> {
+        match s {
+            "magnitude" => Ok(Method::Magnitude),
+            "wanda" => Ok(Method::Wanda),
+            other => crate::bail!("unknown --method \"{other}\" (expected magnitude or wanda)"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Magnitude => "magnitude",
+            Method::Wanda => "wanda",
+        }
+    }
+}
+
+/// Scores of w [out, in]: |W| for magnitude, |W|·sqrt(scaler_row) for Wanda.
+pub fn score(w: Tensor<2>, scaler_row: Option<Tensor<1>>) -> Tensor<2> {
+    if kernels::is_wgpu(&w) {
+        return kernels::score(w, scaler_row);
+    }
+    score_reference(w, scaler_row)
+}
+
+pub fn score_reference(w: Tensor<2>, scaler_row: Option<Tensor<1>>) -> Tensor<2> {
+    match scaler_row {
+        Some(s) => w.abs() * s.sqrt().unsqueeze::<2>(),
+        None => w.abs(),
+    }
+}
+
+/// w with the entries where mask ≠ 0 set to zero.
+pub fn apply_mask(w: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
+    if kernels::is_wgpu(&w) {
+        return kernels::apply_mask(w, mask);
+    }
+    apply_mask_reference(w, mask)
+}
+
+pub fn apply_mask_reference(w: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
+    let zeros = w.zeros_like();
+    w.mask_where(mask.not_equal_elem(0.0), zeros)
+}

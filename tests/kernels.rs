@@ -1,0 +1,94 @@
+//! Every WGSL shader against its CPU twin (burn ops on flex) on random data.
+
+mod common;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use common::*;
+use neuroal::calib::SplitMix64;
+use neuroal::device::Choice;
+use neuroal::{mask, score};
+
+fn random(rng: &mut SplitMix64, n: usize, levels: Option<u64>) -> Vec<f32> {
+    (0..n)
+        .map(|_| match levels {
+            // Few distinct values: many ties.
+            Some(l) => rng.below(l) as f32 * 0.25,
+            None => (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0,
+        })
+        .collect()
+}
+
+fn t2(v: Vec<f32>, shape: [usize; 2], d: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(v, shape), d)
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn select_lowest_shader_equals_its_twin() {
+    let gpu = select(Choice::Gpu).device;
+    let cpu = Device::flex();
+    let mut rng = SplitMix64::new(42);
+    // Rows wider than a workgroup (256), odd widths, all-tie rows, k = 0 and k = cols.
+    for (rows, cols, levels) in [(3, 1000, None), (5, 300, Some(4)), (4, 7, Some(2)), (2, 4099, Some(50)), (6, 256, Some(1))] {
+        let s = random(&mut rng, rows * cols, levels);
+        let k: Vec<usize> = (0..rows).map(|r| match r {
+            0 => 0,
+            1 => cols,
+            _ => rng.below(cols as u64 + 1) as usize,
+        }).collect();
+        let a = host(mask::select_lowest(t2(s.clone(), [rows, cols], &gpu), &k));
+        let b = host(mask::select_lowest_reference(t2(s.clone(), [rows, cols], &cpu), &k));
+        assert_eq!(a, b, "rows {rows} cols {cols}");
+        // And both against the definition: exactly k per row, ties to the lower index.
+        for r in 0..rows {
+            let row = &s[r * cols..(r + 1) * cols];
+            let mut order: Vec<usize> = (0..cols).collect();
+            order.sort_by(|&i, &j| row[i].partial_cmp(&row[j]).unwrap().then(i.cmp(&j)));
+            let mut want = vec![0f32; cols];
+            for &i in &order[..k[r]] {
+                want[i] = 1.0;
+            }
+            assert_eq!(&b[r * cols..(r + 1) * cols], &want[..], "row {r} of {rows}x{cols}");
+        }
+    }
+}
+
+#[test]
+fn stats_score_and_mask_shaders_equal_their_twins() {
+    let gpu = select(Choice::Gpu).device;
+    let cpu = Device::flex();
+    let mut rng = SplitMix64::new(7);
+    let (n, cols, rows) = (37, 300, 9);
+    let x = random(&mut rng, n * cols, None);
+    let acc = random(&mut rng, cols, None).iter().map(|v| v.abs()).collect::<Vec<_>>();
+    let run = |d: &Device, gpu_path: bool| {
+        let xt = t2(x.clone(), [n, cols], d);
+        let a = Tensor::<1>::from_data(TensorData::new(acc.clone(), [cols]), d);
+        if gpu_path {
+            neuroal::kernels::input_stats(xt, a.clone(), a)
+        } else {
+            score::input_stats_reference(xt, a.clone(), a)
+        }
+    };
+    let (gs, gm) = run(&gpu, true);
+    let (cs, cm) = run(&cpu, false);
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1.0));
+    assert!(close(&host(gs.clone()), &host(cs.clone())), "sum of squares");
+    assert!(close(&host(gm), &host(cm)), "sum");
+
+    let w = random(&mut rng, rows * cols, None);
+    let gscore = host(score::score(t2(w.clone(), [rows, cols], &gpu), Some(gs)));
+    let cscore = host(score::score_reference(t2(w.clone(), [rows, cols], &cpu), Some(cs)));
+    assert!(close(&gscore, &cscore), "wanda score");
+    let gmag = host(score::score(t2(w.clone(), [rows, cols], &gpu), None));
+    assert_eq!(gmag, w.iter().map(|v| v.abs()).collect::<Vec<_>>(), "magnitude score");
+
+    let m: Vec<f32> = (0..rows * cols).map(|_| (rng.below(2)) as f32).collect();
+    let gw = host(score::apply_mask(t2(w.clone(), [rows, cols], &gpu), t2(m.clone(), [rows, cols], &gpu)));
+    let cw = host(score::apply_mask_reference(t2(w.clone(), [rows, cols], &cpu), t2(m.clone(), [rows, cols], &cpu)));
+    assert_eq!(gw, cw);
+    assert_eq!(gw.iter().filter(|v| **v == 0.0).count(), m.iter().filter(|v| **v == 1.0).count());
+}
