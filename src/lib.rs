@@ -12,4 +12,8 @@ pub mod bench;
 pub mod calib;
 pub mod kernels;
 pub mod mask;
+pub mod pipeline;
+pub mod prune;
+pub mod inspect;
+pub mod writer;
 pub mod score;

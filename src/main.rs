@@ -40,6 +40,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prune a model with magnitude or Wanda scores and write the pruned checkpoint.
+    Prune {
+        #[arg(long)]
+        model: PathBuf,
+        /// Calibration text file.
+        #[arg(long)]
+        calib: PathBuf,
+        /// Output folder (written atomically; refused if it exists, unless --force).
+        #[arg(long)]
+        out: PathBuf,
+        /// magnitude | wanda
+        #[arg(long, default_value = "wanda")]
+        method: String,
+        /// Fraction of each linear's weights to prune, in [0, 1) (implied by an N:M pattern).
+        #[arg(long)]
+        sparsity: Option<f64>,
+        /// row | layer | N:M (e.g. 2:4, 4:8)
+        #[arg(long, default_value = "row")]
+        pattern: String,
+        #[arg(long, default_value_t = 128)]
+        nsamples: usize,
+        /// Calibration window length [default: min(2048, max_position_embeddings)].
+        #[arg(long)]
+        seqlen: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Replace an existing output folder.
+        #[arg(long)]
+        force: bool,
+        /// Text file for perplexity before and after pruning (in the report).
+        #[arg(long)]
+        eval: Option<PathBuf>,
+    },
+    /// Per-layer and overall sparsity of a checkpoint.
+    Inspect {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Forward throughput (tokens/s) and peak host memory of each device on a model.
     Bench {
         #[arg(long)]
@@ -88,6 +129,35 @@ fn run(cli: Cli) -> Result<()> {
                     "perplexity {:.4} ({} windows of {} tokens, {:.0} tokens/s, {})",
                     result.ppl, result.windows, result.seqlen, result.tokens_per_s, result.device
                 );
+            }
+            Ok(())
+        }
+        Command::Prune { model, calib, out, method, sparsity, pattern, nsamples, seqlen, seed, device, force, eval } => {
+            let choice = parse_device(&device)?;
+            let selected = device::select(choice)?;
+            eprintln!("device {}", selected.description);
+            let args = neuroal::prune::PruneArgs { model, calib, out, method, sparsity, pattern, nsamples, seqlen, seed, force, eval };
+            let report = neuroal::prune::run(&args, &selected)?;
+            println!(
+                "pruned to {:.4} overall sparsity in {:.1} s; written to {}",
+                report["sparsity"]["overall"].as_f64().unwrap_or(0.0),
+                report["timings"]["total_s"].as_f64().unwrap_or(0.0),
+                args.out.display()
+            );
+            if let (Some(d), Some(p)) = (report["eval"]["ppl_dense"].as_f64(), report["eval"]["ppl_pruned"].as_f64()) {
+                println!("perplexity dense {d:.4}, pruned {p:.4}");
+            }
+            Ok(())
+        }
+        Command::Inspect { dir, json } => {
+            let r = neuroal::inspect::inspect(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                for (name, f) in &r.layers {
+                    println!("{name:<48} {f:.4}");
+                }
+                println!("{:<48} {:.4}  ({} of {} weights are zero)", "overall", r.overall, r.zeros, r.numel);
             }
             Ok(())
         }
