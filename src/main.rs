@@ -54,7 +54,7 @@ enum Command {
         #[arg(long, default_value = "wanda")]
         method: String,
         /// Fraction of each linear's weights to prune, in [0, 1) (implied by an N:M pattern).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         sparsity: Option<f64>,
         /// row | layer | N:M (e.g. 2:4, 4:8)
         #[arg(long, default_value = "row")]

@@ -1,0 +1,238 @@
+//! The pruning engine: Wanda against an independent reference, the written checkpoint, CPU vs
+//! GPU masks, and bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::tensor::{Tensor, TensorData};
+use common::*;
+use neuroal::calib::{draw_windows, gather_windows};
+use neuroal::device::{Choice, Selected};
+use neuroal::mask::{Pattern, Sparsity};
+use neuroal::model::{Model, LINEARS};
+use neuroal::pipeline::prune;
+use neuroal::score::Method;
+use neuroal::tokenizer::{tokenize_file, Tokenizer};
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("neuroal-prune-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn calib_windows(model_dir: &Path, seqlen: usize, n: usize) -> Vec<u32> {
+    let ids = tokenize_file(&Tokenizer::open(model_dir).unwrap(), &asset("sample.txt")).unwrap();
+    let starts = draw_windows(ids.len(), seqlen, n, 0).unwrap();
+    gather_windows(&ids, &starts, seqlen)
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Wanda written out plainly: inputs captured to the host, ‖X_j‖² summed in f64, scores
+/// |W|·sqrt(Σx²/N), each row sorted stably, the ⌊in·s⌋ lowest pruned, then the block re-run
+/// with the pruned weights to produce the next block's inputs.
+fn wanda_reference(model: &Model, windows: &[u32], seqlen: usize, s: f64) -> Vec<Vec<bool>> {
+    let n = windows.len() / seqlen;
+    let rope = model.rope(seqlen);
+    let mut h = model.embed(windows, n);
+    let mut masks = Vec::new();
+    for b in 0..model.num_blocks() {
+        let mut block = model.load_block(b).unwrap();
+        let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); LINEARS.len()];
+        let mut capture = |li: usize, x: &Tensor<3>| inputs[li] = host(x.clone());
+        block.forward(h.clone(), &rope, &model.config, Some(&mut capture));
+        for (li, linear) in block.linears.iter_mut().enumerate() {
+            let [rows, cols] = linear.weight.dims();
+            let w = host(linear.weight.clone());
+            let mut sq = vec![0f64; cols];
+            for (i, v) in inputs[li].iter().enumerate() {
+                sq[i % cols] += (*v as f64) * (*v as f64);
+            }
+            let norm: Vec<f32> = sq.iter().map(|v| ((v / n as f64) as f32).sqrt()).collect();
+            let k = (cols as f64 * s).floor() as usize;
+            let mut mask = vec![false; rows * cols];
+            for r in 0..rows {
+                let score: Vec<f32> = (0..cols).map(|j| w[r * cols + j].abs() * norm[j]).collect();
+                let mut order: Vec<usize> = (0..cols).collect();
+                order.sort_by(|&a, &b| score[a].partial_cmp(&score[b]).unwrap());
+                for &j in &order[..k] {
+                    mask[r * cols + j] = true;
+                }
+            }
+            let pruned: Vec<f32> = w.iter().zip(&mask).map(|(v, m)| if *m { 0.0 } else { *v }).collect();
+            linear.weight = Tensor::from_data(TensorData::new(pruned, [rows, cols]), &model.device);
+            masks.push(mask);
+        }
+        h = block.forward(h, &rope, &model.config, None);
+    }
+    masks
+}
+
+#[test]
+fn wanda_masks_equal_the_reference_including_propagation() {
+    let dev = select(Choice::Cpu);
+    let dir = asset("tiny-llama");
+    let model = Model::open(&dir, &dev.device).unwrap();
+    let windows = calib_windows(&dir, 64, 12);
+    let ours = prune(&model, &windows, 64, Method::Wanda, &Pattern::Row, &|_, _| Sparsity::Uniform(0.5)).unwrap();
+    let reference = wanda_reference(&model, &windows, 64, 0.5);
+    assert_eq!(ours.len(), 2 * LINEARS.len());
+    for (m, r) in ours.iter().zip(&reference) {
+        let differ = m.pruned.iter().zip(r).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{}: {differ} mask entries differ", m.name);
+    }
+    // Block 1's masks depend on block 0 being pruned first: a dense-propagation run differs.
+    let dense_inputs = prune(&model, &windows, 64, Method::Wanda, &Pattern::Row, &|b, _| {
+        Sparsity::Uniform(if b == 0 { 0.0 } else { 0.5 })
+    })
+    .unwrap();
+    let block1_differs = (LINEARS.len()..2 * LINEARS.len()).any(|i| dense_inputs[i].pruned != ours[i].pruned);
+    assert!(block1_differs, "pruned outputs of block 0 must reach block 1");
+}
+
+fn run_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_neuroal")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+}
+
+fn prune_cli(model: &str, out: &Path, extra: &[&str]) {
+    let (dir, sample) = (asset(model), asset("sample.txt"));
+    let mut args = vec!["prune", "--model", dir.to_str().unwrap(), "--calib", sample.to_str().unwrap()];
+    args.extend_from_slice(&["--out", out.to_str().unwrap(), "--seqlen", "64", "--nsamples", "8", "--device", "cpu"]);
+    args.extend_from_slice(extra);
+    let o = run_cli(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn tensors(dir: &Path) -> Vec<(String, String, Vec<u8>)> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            let bytes = std::fs::read(&p).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            for (n, v) in st.tensors() {
+                all.push((format!("{}:{n}", p.file_name().unwrap().to_string_lossy()), format!("{:?}{:?}", v.dtype(), v.shape()), v.data().to_vec()));
+            }
+        }
+    }
+    all.sort();
+    all
+}
+
+#[test]
+fn written_checkpoints_keep_layout_and_report_true_numbers() {
+    for model in fixtures() {
+        let out = out_dir(&format!("out-{model}"));
+        prune_cli(model, &out, &["--sparsity", "0.6", "--eval", asset("sample.txt").to_str().unwrap()]);
+        let before = tensors(&asset(model));
+        let after = tensors(&out);
+        assert_eq!(before.len(), after.len());
+        for ((n0, m0, b0), (n1, m1, b1)) in before.iter().zip(&after) {
+            assert_eq!((n0, m0), (n1, m1), "same shard, name, dtype and shape");
+            let prunable = neuroal::inspect::is_prunable(n0.split(':').nth(1).unwrap());
+            if !prunable {
+                assert_eq!(b0, b1, "{n0} must be byte-identical");
+            }
+        }
+        if asset(model).join("model.safetensors.index.json").exists() {
+            assert!(out.join("model.safetensors.index.json").exists());
+        }
+        // inspect sees the requested sparsity: ⌊in·0.6⌋ per row.
+        let shapes = Model::open(&asset(model), &select(Choice::Cpu).device).unwrap().linear_shapes();
+        let ins = neuroal::inspect::inspect(&out).unwrap();
+        for (name, frac) in &ins.layers {
+            let li = LINEARS.iter().position(|l| name.contains(l)).unwrap();
+            let cols = shapes[li][1];
+            let want = (cols as f64 * 0.6).floor() / cols as f64;
+            assert!((frac - want).abs() < 1e-12, "{name}: {frac} vs {want}");
+        }
+        // The report's pruned perplexity is what evaluating the written checkpoint gives.
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        let dev = select(Choice::Cpu);
+        let ids = tokenize_file(&Tokenizer::open(&out).unwrap(), &asset("sample.txt")).unwrap();
+        let reloaded = Model::open(&out, &dev.device).unwrap();
+        let ppl = neuroal::eval::perplexity(&reloaded, &ids, 64, None, "cpu").unwrap().ppl;
+        let reported = report["eval"]["ppl_pruned"].as_f64().unwrap();
+        assert!((ppl - reported).abs() <= 1e-9 * reported, "{model}: {ppl} vs reported {reported}");
+        assert_eq!(report["calibration"]["windows"].as_array().unwrap().len(), 8);
+        assert!((report["sparsity"]["overall"].as_f64().unwrap() - ins.overall).abs() < 1e-12);
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+#[test]
+fn sparsity_zero_reproduces_the_input_byte_for_byte() {
+    for model in ["tiny-llama", "tiny-qwen2"] {
+        let out = out_dir(&format!("zero-{model}"));
+        prune_cli(model, &out, &["--sparsity", "0"]);
+        assert_eq!(tensors(&asset(model)), tensors(&out));
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+fn masks_on(dev: &Selected, pattern: &Pattern, method: Method) -> Vec<Vec<bool>> {
+    let dir = asset("tiny-mistral-gqa");
+    let model = Model::open(&dir, &dev.device).unwrap();
+    let windows = calib_windows(&dir, 32, 4);
+    prune(&model, &windows, 32, method, pattern, &|_, _| Sparsity::Uniform(0.5)).unwrap().into_iter().map(|m| m.pruned).collect()
+}
+
+#[test]
+fn gpu_and_cpu_prune_to_identical_masks() {
+    let (cpu, gpu) = (select(Choice::Cpu), select(Choice::Gpu));
+    for (pattern, method) in [(Pattern::Row, Method::Wanda), (Pattern::NM { n: 2, m: 4 }, Method::Wanda), (Pattern::Layer, Method::Magnitude)] {
+        let (a, b) = (masks_on(&cpu, &pattern, method), masks_on(&gpu, &pattern, method));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let differ = x.iter().zip(y).filter(|(p, q)| p != q).count();
+            assert_eq!(differ, 0, "{pattern:?} {method:?}: linear {i} differs in {differ} entries");
+        }
+    }
+}
+
+#[test]
+fn bad_prune_input_is_rejected_and_leaves_nothing() {
+    let model = asset("tiny-llama");
+    let sample = asset("sample.txt");
+    let short = std::env::temp_dir().join(format!("neuroal-short-{}.txt", std::process::id()));
+    std::fs::write(&short, "ka lo mi ne").unwrap();
+    let inside = model.join("pruned");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--sparsity", "1.0"], "outside [0, 1)"),
+        (vec!["--sparsity", "-0.1"], "outside [0, 1)"),
+        (vec!["--sparsity", "0.5", "--pattern", "3:2"], "bad --pattern"),
+        (vec!["--sparsity", "0.5", "--pattern", "diagonal"], "bad --pattern"),
+        (vec!["--sparsity", "0.5", "--method", "sparsegpt2"], "unknown --method"),
+    ];
+    let out = out_dir("bad");
+    for (extra, expect) in &cases {
+        let mut args = vec!["prune", "--model", model.to_str().unwrap(), "--calib", sample.to_str().unwrap()];
+        args.extend_from_slice(&["--out", out.to_str().unwrap(), "--device", "cpu", "--seqlen", "64"]);
+        args.extend(extra.iter().copied());
+        check_fails(&args, expect, &out);
+    }
+    let base = ["prune", "--model", model.to_str().unwrap(), "--device", "cpu", "--seqlen", "64", "--sparsity", "0.5"];
+    let mut a = base.to_vec();
+    a.extend_from_slice(&["--calib", sample.to_str().unwrap(), "--out", inside.to_str().unwrap()]);
+    check_fails(&a, "must not be inside the input folder", &inside);
+    let mut a = base.to_vec();
+    a.extend_from_slice(&["--calib", short.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    check_fails(&a, "too few for one window of 64", &out);
+}
+
+fn check_fails(args: &[&str], expect: &str, out: &Path) {
+    let o = run_cli(args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("device ") && !l.trim().is_empty()).collect();
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+    assert!(lines[0].contains(expect), "{args:?}: expected \"{expect}\" in {}", lines[0]);
+    assert!(!out.exists(), "{args:?}: left {} behind", out.display());
+    let parent = out.parent().unwrap();
+    let name = out.file_name().unwrap().to_string_lossy().to_string();
+    let leftovers = std::fs::read_dir(parent).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(&format!(".{name}.tmp"))).count();
+    assert_eq!(leftovers, 0, "temporary folder left behind");
+}
