@@ -40,6 +40,7 @@ wgsl_kernel!(SelectLowest, "select_lowest.wgsl");
 wgsl_kernel!(InputStats, "input_stats.wgsl");
 wgsl_kernel!(Score, "score.wgsl");
 wgsl_kernel!(ApplyMask, "apply_mask.wgsl");
+wgsl_kernel!(Alignment, "alignment.wgsl");
 
 fn cube<const D: usize>(t: Tensor<D>) -> CubeTensor {
     let t = t.try_into_primitive::<Wgpu>().expect("a wgpu tensor");
@@ -131,4 +132,14 @@ pub fn apply_mask(w: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
     let total = (rows * cols) as u32;
     launch(ApplyMask, &w, grid(total.div_ceil(WORKGROUP)), vec![&w, &mask, &out], &[total]);
     from_cube(out)
+}
+
+/// `alignment.wgsl`: (‖a/Σa − b/Σb‖₂ / len, a − b) for dense and sparse input norms.
+pub fn alignment(dense: Tensor<1>, sparse: Tensor<1>) -> (Tensor<1>, Tensor<1>) {
+    let [n] = dense.dims();
+    let (a, b) = (cube(dense), cube(sparse));
+    let d = empty_like(&a, Shape::new([n]));
+    let out = empty_like(&a, Shape::new([1]));
+    launch(Alignment, &a, CubeCount::Static(1, 1, 1), vec![&a, &b, &d, &out], &[n as u32]);
+    (from_cube(out), from_cube(d))
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod tokenizer;
+pub mod topup;
 pub mod weights;
 pub mod bench;
 pub mod calib;

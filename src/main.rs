@@ -74,6 +74,27 @@ enum Command {
         /// Text file for perplexity before and after pruning (in the report).
         #[arg(long)]
         eval: Option<PathBuf>,
+        /// How sparsity is spread: uniform | owl | neuroal
+        #[arg(long, default_value = "uniform")]
+        top_up: String,
+        /// OWL: outlier threshold M (× mean score).
+        #[arg(long, default_value_t = 5.0)]
+        owl_m: f64,
+        /// OWL: λ, the largest deviation from the target sparsity.
+        #[arg(long, default_value_t = 0.08)]
+        owl_lambda: f64,
+        /// NeuroAL: block | row | both
+        #[arg(long, default_value = "both")]
+        neuroal_step: String,
+        /// NeuroAL: windows of the search's own calibration set.
+        #[arg(long, default_value_t = 8)]
+        search_nsamples: usize,
+        /// NeuroAL: candidates evaluated per pass over the blocks (0: a whole step at once).
+        #[arg(long, default_value_t = 0)]
+        search_chunk: usize,
+        /// Folder for PNG plots of the search and the sparsity distribution.
+        #[arg(long)]
+        plots: Option<PathBuf>,
     },
     /// Per-layer and overall sparsity of a checkpoint.
     Inspect {
@@ -132,11 +153,17 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Prune { model, calib, out, method, sparsity, pattern, nsamples, seqlen, seed, device, force, eval } => {
+        Command::Prune {
+            model, calib, out, method, sparsity, pattern, nsamples, seqlen, seed, device, force, eval,
+            top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots,
+        } => {
             let choice = parse_device(&device)?;
             let selected = device::select(choice)?;
             eprintln!("device {}", selected.description);
-            let args = neuroal::prune::PruneArgs { model, calib, out, method, sparsity, pattern, nsamples, seqlen, seed, force, eval };
+            let args = neuroal::prune::PruneArgs {
+                model, calib, out, method, sparsity, pattern, nsamples, seqlen, seed, force, eval,
+                top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots,
+            };
             let report = neuroal::prune::run(&args, &selected)?;
             println!(
                 "pruned to {:.4} overall sparsity in {:.1} s; written to {}",

@@ -16,6 +16,11 @@ use crate::model::{Model, LINEARS};
 use crate::pipeline::prune;
 use crate::score::Method;
 use crate::tokenizer::{tokenize_file, Tokenizer};
+use crate::eval::progress_bar;
+use crate::topup::{
+    block_grid, block_map, evaluate, neuroal_block_sparsities, owl_block_sparsities, owl_outlier_ratios, row_grid,
+    row_map, uniform_map, winner, Evaluation, Map,
+};
 use crate::writer::{check_destination, write_checkpoint, Staging};
 use crate::bail;
 
@@ -31,6 +36,111 @@ pub struct PruneArgs {
     pub seed: u64,
     pub force: bool,
     pub eval: Option<PathBuf>,
+    pub top_up: String,
+    pub owl_m: f64,
+    pub owl_lambda: f64,
+    pub neuroal_step: String,
+    pub search_nsamples: usize,
+    /// Candidates evaluated per pass over the blocks (0: all of a step at once).
+    pub search_chunk: usize,
+    pub plots: Option<PathBuf>,
+}
+
+/// The sparsity map a top-up chose, with what the report says about the choice.
+struct TopUp {
+    map: Map,
+    pattern: Pattern,
+    report: Value,
+}
+
+fn summary(v: &[f64]) -> Value {
+    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    json!({ "min": min, "max": max, "mean": v.iter().sum::<f64>() / v.len().max(1) as f64 })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn choose_map(args: &PruneArgs, model: &Model, ids: &[u32], windows: &[u32], seqlen: usize, method: Method, pattern: &Pattern, s: f64) -> Result<TopUp> {
+    let blocks = model.num_blocks();
+    match args.top_up.as_str() {
+        "uniform" => Ok(TopUp {
+            map: uniform_map(blocks, s),
+            pattern: pattern.clone(),
+            report: json!({ "name": "uniform", "lambda_block": null, "lambda_row": null,
+                            "block_scores": [], "row_scores": [], "block_sparsities": vec![s; blocks] }),
+        }),
+        "owl" => {
+            let ratios = owl_outlier_ratios(model, windows, seqlen, args.owl_m)?;
+            let sparsities = owl_block_sparsities(&ratios, args.owl_lambda, s);
+            Ok(TopUp {
+                map: block_map(&sparsities),
+                pattern: Pattern::Row,
+                report: json!({ "name": "owl", "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
+                                "outlier_ratios": ratios, "lambda_block": null, "lambda_row": null,
+                                "block_scores": [], "row_scores": [], "block_sparsities": sparsities }),
+            })
+        }
+        "neuroal" => neuroal(args, model, ids, seqlen, method, s),
+        other => bail!("unknown --top-up \"{other}\" (expected uniform, owl or neuroal)"),
+    }
+}
+
+fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: Method, s: f64) -> Result<TopUp> {
+    let (do_block, do_row) = match args.neuroal_step.as_str() {
+        "block" => (true, false),
+        "row" => (false, true),
+        "both" => (true, true),
+        other => bail!("unknown --neuroal-step \"{other}\" (expected block, row or both)"),
+    };
+    if args.search_nsamples == 0 {
+        bail!("--search-nsamples must be at least 1");
+    }
+    let starts = draw_windows(ids.len(), seqlen, args.search_nsamples, args.seed)?;
+    let search = gather_windows(ids, &starts, seqlen);
+    let blocks = model.num_blocks();
+    let bar = progress_bar(0, "NeuroAL");
+    let run = |step: &str, candidates: &[Map], pattern: &Pattern| -> Result<Vec<Evaluation>> {
+        let chunk = if args.search_chunk == 0 { candidates.len() } else { args.search_chunk };
+        bar.set_length((candidates.len() * blocks) as u64);
+        bar.set_position(0);
+        let progress = |done: usize, b: usize| {
+            bar.set_message(format!("{step} step: candidates {}-{} of {}, block {}/{blocks}", done + 1, (done + chunk).min(candidates.len()), candidates.len(), b + 1));
+            bar.inc(chunk.min(candidates.len() - done) as u64);
+        };
+        evaluate(model, &search, seqlen, method, pattern, candidates, chunk, &progress)
+    };
+
+    let mut report = json!({ "name": "neuroal", "step": args.neuroal_step, "search_nsamples": args.search_nsamples,
+                             "lambda_block": null, "lambda_row": null, "block_scores": [], "row_scores": [] });
+    let (block_sparsities, d) = if do_block {
+        let grid = block_grid(s);
+        let candidates: Vec<Map> = grid.iter().map(|&l| block_map(&neuroal_block_sparsities(blocks, l, s))).collect();
+        let evals = run("block", &candidates, &Pattern::Row)?;
+        let w = winner(&evals);
+        report["lambda_block"] = json!(grid[w]);
+        report["block_scores"] = json!(grid.iter().zip(&evals).map(|(l, e)| [*l, e.score]).collect::<Vec<_>>());
+        (neuroal_block_sparsities(blocks, grid[w], s), evals[w].d.clone())
+    } else {
+        let uniform = neuroal_block_sparsities(blocks, 0.0, s);
+        let evals = run("uniform", &[block_map(&uniform)], &Pattern::Row)?;
+        (uniform, evals[0].d.clone())
+    };
+    report["block_sparsities"] = json!(block_sparsities);
+    let result = if do_row {
+        let grid = row_grid();
+        let gqa = model.config.num_kv_heads < model.config.num_heads;
+        let rows = model.linear_shapes().map(|s| s[0]);
+        let candidates: Vec<Map> = grid.iter().map(|&l| row_map(gqa, rows, &block_sparsities, &d, l)).collect();
+        let evals = run("row", &candidates, &Pattern::RowsVariable)?;
+        let w = winner(&evals);
+        report["lambda_row"] = json!(grid[w]);
+        report["row_scores"] = json!(grid.iter().zip(&evals).map(|(l, e)| [*l, e.score]).collect::<Vec<_>>());
+        TopUp { map: candidates[w].clone(), pattern: Pattern::RowsVariable, report }
+    } else {
+        TopUp { map: block_map(&block_sparsities), pattern: Pattern::Row, report }
+    };
+    bar.finish_and_clear();
+    Ok(result)
 }
 
 /// Runs the whole job and returns the report (also written as `report.json` in the output).
@@ -40,6 +150,12 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
     let pattern = Pattern::parse(&args.pattern)?;
     if pattern == Pattern::RowsVariable {
         bail!("--pattern rows-variable needs per-row sparsities, which only a top-up provides");
+    }
+    if args.top_up != "uniform" && pattern != Pattern::Row {
+        bail!("--top-up {} chooses its own sparsities and needs --pattern row", args.top_up);
+    }
+    if !["uniform", "owl", "neuroal"].contains(&args.top_up.as_str()) {
+        bail!("unknown --top-up \"{}\" (expected uniform, owl or neuroal)", args.top_up);
     }
     let sparsity = match (&pattern, args.sparsity) {
         (Pattern::NM { n, m }, None) => *n as f64 / *m as f64,
@@ -72,9 +188,29 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
     let starts = draw_windows(ids.len(), seqlen, args.nsamples, args.seed)?;
     let windows = gather_windows(&ids, &starts, seqlen);
 
+    let t_topup = Instant::now();
+    let topup = choose_map(args, &model, &ids, &windows, seqlen, method, &pattern, sparsity)?;
+    let topup_s = t_topup.elapsed().as_secs_f64();
+    let search_windows = match args.top_up.as_str() {
+        "neuroal" => json!(draw_windows(ids.len(), seqlen, args.search_nsamples, args.seed)?),
+        _ => Value::Null,
+    };
+
     let t_prune = Instant::now();
-    let masks = prune(&model, &windows, seqlen, method, &pattern, &|_, _| Sparsity::Uniform(sparsity))?;
+    let map = &topup.map;
+    let masks = prune(&model, &windows, seqlen, method, &topup.pattern, &|b, l| map[b][l].clone())?;
     let prune_s = t_prune.elapsed().as_secs_f64();
+    let row_sparsity: BTreeMap<String, Value> = map
+        .iter()
+        .enumerate()
+        .flat_map(|(b, layers)| layers.iter().enumerate().map(move |(l, sp)| (b, l, sp)))
+        .filter_map(|(b, l, sp)| match sp {
+            Sparsity::PerRow(v) => Some((Model::linear_name(b, l), summary(v))),
+            Sparsity::Uniform(_) => None,
+        })
+        .collect();
+    let mut topup_report = topup.report;
+    topup_report["row_sparsity"] = json!(row_sparsity);
 
     let staging = Staging::new(&args.out)?;
     write_checkpoint(&model.checkpoint, &masks, &staging.dir)?;
@@ -102,17 +238,18 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
     let report = json!({
         "settings": {
             "model": args.model, "out": args.out, "method": method.name(), "pattern": pattern.name(),
-            "sparsity": sparsity, "top_up": "uniform",
+            "sparsity": sparsity, "top_up": args.top_up, "final_pattern": topup.pattern.name(),
         },
         "device": device.description,
         "calibration": {
             "file": args.calib, "seed": args.seed, "seqlen": seqlen, "nsamples": args.nsamples,
             "tokens": ids.len(), "generator": "splitmix64, start = (next_u64 * (n - seqlen)) >> 64",
-            "windows": starts,
+            "windows": starts, "search_windows": search_windows,
         },
+        "topup": topup_report,
         "sparsity": { "overall": zeros as f64 / total.max(1) as f64, "blocks": blocks, "layers": layers },
         "eval": eval,
-        "timings": { "prune_s": prune_s, "total_s": start.elapsed().as_secs_f64() },
+        "timings": { "topup_s": topup_s, "prune_s": prune_s, "total_s": start.elapsed().as_secs_f64() },
     });
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
     std::fs::write(staging.dir.join("report.json"), text).map_err(|e| crate::err!("cannot write report.json: {e}"))?;

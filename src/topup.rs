@@ -1,0 +1,322 @@
+//! Top-ups decide how the target sparsity s is spread over blocks and rows; they only build
+//! sparsity maps, which the engine applies. Uniform: s everywhere. OWL: per block, from the
+//! outlier ratio of Wanda scores. NeuroAL: a zeroth-order search over λ maximising the neuron
+//! alignment between dense and sparse activations, first per block, then per row.
+
+use burn::tensor::Tensor;
+
+use crate::error::Result;
+use crate::kernels;
+use crate::mask::{Pattern, Sparsity};
+use crate::model::{Model, DOWN, GATE, K, LINEARS, O, Q, UP, V};
+use crate::pipeline::embed_windows;
+use crate::score::{apply_mask, score, InputStats, Method};
+
+/// [block][linear in `LINEARS` order] → sparsity.
+pub type Map = Vec<Vec<Sparsity>>;
+
+pub fn uniform_map(blocks: usize, s: f64) -> Map {
+    vec![vec![Sparsity::Uniform(s); LINEARS.len()]; blocks]
+}
+
+/// OWL's and NeuroAL's clamp of block sparsities: ≤ 0 → 0.01, ≥ 1 → 0.99.
+fn clamp_block(s: f64) -> f64 {
+    if s <= 0.0 {
+        0.01
+    } else if s >= 1.0 {
+        0.99
+    } else {
+        s
+    }
+}
+
+/// v = (x − min x)/(max x − min x) × 2λ, then shifted to mean (1 − s). A constant x gives
+/// v = 1 − s everywhere (no spread to make).
+fn spread(x: &[f64], lambda: f64, s: f64) -> Vec<f64> {
+    let min = x.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let v: Vec<f64> = if max > min { x.iter().map(|&o| (o - min) / (max - min) * lambda * 2.0).collect() } else { vec![0.0; x.len()] };
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    v.iter().map(|&vi| vi - mean + (1.0 - s)).collect()
+}
+
+/// OWL block sparsities from outlier ratios (no sorting).
+pub fn owl_block_sparsities(outlier_ratios: &[f64], lambda: f64, s: f64) -> Vec<f64> {
+    spread(outlier_ratios, lambda, s).iter().map(|v| clamp_block(1.0 - v)).collect()
+}
+
+/// NeuroAL's block-step candidate: schedule t_i = i + 1, densities sorted descending so early
+/// blocks stay denser.
+pub fn neuroal_block_sparsities(blocks: usize, lambda: f64, s: f64) -> Vec<f64> {
+    let t: Vec<f64> = (0..blocks).map(|i| (i + 1) as f64).collect();
+    let mut v = spread(&t, lambda, s);
+    v.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+    v.iter().map(|v| clamp_block(1.0 - v)).collect()
+}
+
+/// Row sparsities of a linear with block sparsity b from its row vector r.
+pub fn neuroal_row_sparsities(r: &[f32], lambda: f64, b: f64) -> Vec<f64> {
+    let r: Vec<f64> = r.iter().map(|&x| x as f64).collect();
+    spread(&r, lambda, b).iter().map(|v| (1.0 - v).clamp(0.01, 0.99)).collect()
+}
+
+pub fn block_grid(s: f64) -> Vec<f64> {
+    let mut g: Vec<f64> = (1..=10).map(|i| i as f64 / 100.0).collect();
+    g.extend([0.12, 0.15, 0.20, 0.25]);
+    if s >= 0.8 {
+        g.pop();
+    }
+    g
+}
+
+pub fn row_grid() -> Vec<f64> {
+    let mut g: Vec<f64> = (0..=10).map(|i| i as f64 / 100.0).collect();
+    g.extend([0.12, 0.15, 0.20, 0.25]);
+    g
+}
+
+pub fn block_map(block_sparsities: &[f64]) -> Map {
+    block_sparsities.iter().map(|&b| vec![Sparsity::Uniform(b); LINEARS.len()]).collect()
+}
+
+/// Which linear's d (block offset, linear) gives each linear's output rows, for LLaMA-family
+/// blocks: an output row of one layer is an input channel of the layer that consumes it.
+fn row_source(linear: usize) -> (usize, usize) {
+    match linear {
+        Q | K | V => (0, O),
+        O => (0, GATE),
+        GATE | UP => (0, DOWN),
+        DOWN => (1, Q),
+        _ => unreachable!(),
+    }
+}
+
+/// The row-step candidate map for λ from the block map and the d vectors of its evaluation.
+/// `gqa`: fewer k/v heads than q heads, where q, k and v keep their block sparsity;
+/// `out_rows`: output rows of each linear.
+pub fn row_map(gqa: bool, out_rows: [usize; 7], blocks: &[f64], d: &[Vec<Vec<f32>>], lambda: f64) -> Map {
+    let last = blocks.len() - 1;
+    blocks
+        .iter()
+        .enumerate()
+        .map(|(bi, &b)| {
+            (0..LINEARS.len())
+                .map(|li| {
+                    let (offset, src) = row_source(li);
+                    let keep = bi == last || (gqa && matches!(li, Q | K | V));
+                    let r = &d[bi + offset.min(last - bi)][src];
+                    let sum: f64 = r.iter().map(|&x| x as f64).sum();
+                    if keep || sum == 0.0 {
+                        Sparsity::PerRow(vec![b; out_rows[li]])
+                    } else {
+                        Sparsity::PerRow(neuroal_row_sparsities(r, lambda, b))
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// One candidate's result: Σ m over all linears, and every linear's d = a_dense − a_sparse.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub score: f64,
+    pub d: Vec<Vec<Vec<f32>>>,
+}
+
+/// m and d of one linear: on the device in WGSL on wgpu, else the burn-ops twin.
+pub fn alignment(dense: Tensor<1>, sparse: Tensor<1>) -> (f32, Vec<f32>) {
+    let (m, d) = if kernels::is_wgpu(&dense) { kernels::alignment(dense, sparse) } else { alignment_reference(dense, sparse) };
+    let m = m.into_data().try_to_vec::<f32>().unwrap_or_default().first().copied().unwrap_or(f32::NAN);
+    (m, d.into_data().try_to_vec::<f32>().unwrap_or_default())
+}
+
+pub fn alignment_reference(dense: Tensor<1>, sparse: Tensor<1>) -> (Tensor<1>, Tensor<1>) {
+    let n = dense.dims()[0] as f64;
+    let a = dense.clone() / dense.clone().sum();
+    let b = sparse.clone() / sparse.clone().sum();
+    let m = (a - b).square().sum().sqrt().div_scalar(n);
+    (m, dense - sparse)
+}
+
+/// Scores candidate maps with the search windows. All candidates of a chunk share each block
+/// load (each carries its own hidden states); `chunk` = 1 evaluates them one by one.
+pub fn evaluate(
+    model: &Model,
+    windows: &[u32],
+    seqlen: usize,
+    method: Method,
+    pattern: &Pattern,
+    candidates: &[Map],
+    chunk: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Vec<Evaluation>> {
+    let nsamples = windows.len() / seqlen;
+    let rope = model.rope(seqlen);
+    let shapes = model.linear_shapes();
+    let mut results = Vec::with_capacity(candidates.len());
+    for group in candidates.chunks(chunk.max(1)) {
+        let mut hidden: Vec<Vec<Tensor<3>>> = group.iter().map(|_| embed_windows(model, windows, seqlen)).collect();
+        let mut evals: Vec<Evaluation> = group.iter().map(|_| Evaluation { score: 0.0, d: Vec::new() }).collect();
+        for b in 0..model.num_blocks() {
+            progress(results.len(), b);
+            let mut block = model.load_block(b)?;
+            let dense: Vec<Tensor<2>> = block.linears.iter().map(|l| l.weight.clone()).collect();
+            for (c, map) in group.iter().enumerate() {
+                let mut stats_dense: Vec<InputStats> = shapes.iter().map(|s| InputStats::new(s[1], &model.device)).collect();
+                for h in &hidden[c] {
+                    let mut rec = |li: usize, x: &Tensor<3>| stats_dense[li].add(x);
+                    block.forward(h.clone(), &rope, &model.config, Some(&mut rec));
+                }
+                for (li, linear) in block.linears.iter_mut().enumerate() {
+                    let scaler = match method {
+                        Method::Wanda => Some(stats_dense[li].scaler_row(nsamples)),
+                        Method::Magnitude => None,
+                    };
+                    let m = crate::mask::mask(score(dense[li].clone(), scaler), pattern, &map[b][li])?;
+                    linear.weight = apply_mask(dense[li].clone(), m);
+                }
+                let mut stats_sparse: Vec<InputStats> = shapes.iter().map(|s| InputStats::new(s[1], &model.device)).collect();
+                let outputs: Vec<Tensor<3>> = hidden[c]
+                    .iter()
+                    .map(|h| {
+                        let mut rec = |li: usize, x: &Tensor<3>| stats_sparse[li].add(x);
+                        block.forward(h.clone(), &rope, &model.config, Some(&mut rec))
+                    })
+                    .collect();
+                hidden[c] = outputs;
+                for (linear, w) in block.linears.iter_mut().zip(&dense) {
+                    linear.weight = w.clone();
+                }
+                let mut ds = Vec::with_capacity(LINEARS.len());
+                for li in 0..LINEARS.len() {
+                    let a_dense = stats_dense[li].scaler_row(nsamples).sqrt();
+                    let a_sparse = stats_sparse[li].scaler_row(nsamples).sqrt();
+                    let (m, d) = alignment(a_dense, a_sparse);
+                    evals[c].score += m as f64;
+                    ds.push(d);
+                }
+                evals[c].d.push(ds);
+            }
+        }
+        results.extend(evals);
+    }
+    Ok(results)
+}
+
+/// Index of the lowest score; the earlier candidate on ties.
+pub fn winner(evals: &[Evaluation]) -> usize {
+    let mut best = 0;
+    for (i, e) in evals.iter().enumerate() {
+        if e.score < evals[best].score {
+            best = i;
+        }
+    }
+    best
+}
+
+/// OWL outlier ratio of each block over the dense model: 100 × #(score > M·mean) / #scores,
+/// with the Wanda scores of all the block's linears taken together.
+pub fn owl_outlier_ratios(model: &Model, windows: &[u32], seqlen: usize, m: f64) -> Result<Vec<f64>> {
+    let nsamples = windows.len() / seqlen;
+    let rope = model.rope(seqlen);
+    let shapes = model.linear_shapes();
+    let mut hidden = embed_windows(model, windows, seqlen);
+    let mut ratios = Vec::new();
+    for b in 0..model.num_blocks() {
+        let block = model.load_block(b)?;
+        let mut stats: Vec<InputStats> = shapes.iter().map(|s| InputStats::new(s[1], &model.device)).collect();
+        let mut outputs = Vec::with_capacity(hidden.len());
+        for h in &hidden {
+            let mut rec = |li: usize, x: &Tensor<3>| stats[li].add(x);
+            outputs.push(block.forward(h.clone(), &rope, &model.config, Some(&mut rec)));
+        }
+        hidden = outputs;
+        let scores: Vec<Tensor<2>> = block
+            .linears
+            .iter()
+            .zip(&stats)
+            .map(|(l, st)| score(l.weight.clone(), Some(st.scaler_row(nsamples))))
+            .collect();
+        let count: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
+        let total: f64 = scores.iter().map(|s| s.clone().sum().into_scalar::<f64>()).sum();
+        let threshold = m * total / count as f64;
+        let outliers: i64 = scores.iter().map(|s| s.clone().greater_elem(threshold).int().sum().into_scalar::<i64>()).sum();
+        ratios.push(100.0 * outliers as f64 / count as f64);
+    }
+    Ok(ratios)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f64], b: &[f64]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-12, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn owl_map_by_hand() {
+        // o = [1, 3, 2], λ = 0.08, s = 0.7: v = [0, .16, .08] → mean .08 → v = [.22, .38, .30]
+        // → sparsity [.78, .62, .70].
+        close(&owl_block_sparsities(&[1.0, 3.0, 2.0], 0.08, 0.7), &[0.78, 0.62, 0.70]);
+        // Clamping: λ = 0.5, s = 0.98: v = [0, 1] − .5 + .02 = [−.48, .52] → [1.48 → .99, .48].
+        close(&owl_block_sparsities(&[0.0, 1.0], 0.5, 0.98), &[0.99, 0.48]);
+        // λ = 0.5, s = 0.3: v = [0, 1] − .5 + .7 = [.2, 1.2] → [.8, −.2 → .01].
+        close(&owl_block_sparsities(&[0.0, 1.0], 0.5, 0.3), &[0.8, 0.01]);
+    }
+
+    #[test]
+    fn neuroal_block_map_by_hand() {
+        // 4 blocks, λ = 0.06, s = 0.5: t = 1..4 → v = [0, .04, .08, .12] → − .06 + .5 =
+        // [.44, .48, .52, .56], sorted descending [.56, .52, .48, .44] → [.44, .48, .52, .56].
+        close(&neuroal_block_sparsities(4, 0.06, 0.5), &[0.44, 0.48, 0.52, 0.56]);
+        assert_eq!(block_grid(0.7).len(), 14);
+        assert_eq!(block_grid(0.8).len(), 13);
+        assert_eq!(*block_grid(0.8).last().unwrap(), 0.20);
+        assert_eq!(row_grid()[0], 0.0);
+    }
+
+    #[test]
+    fn row_map_routes_d_vectors_and_keeps_block_sparsity_where_declared() {
+        // Two blocks, one row per linear except where noted; d of every linear is its index
+        // pattern below. Block 0: q/k/v take o's d, o takes gate's, gate/up take down's, down
+        // takes block 1's q. The last block keeps its block sparsity everywhere.
+        let rows = [2, 2, 2, 2, 2, 2, 2];
+        let dv = |a: f32| vec![0.0, a];
+        let mut d0: Vec<Vec<f32>> = (0..7).map(|i| dv(i as f32 + 1.0)).collect();
+        d0[GATE] = vec![0.0, 0.0]; // sums to zero: o_proj keeps the block sparsity
+        let d1: Vec<Vec<f32>> = (0..7).map(|i| dv(10.0 + i as f32)).collect();
+        let d = vec![d0, d1];
+        let m = row_map(false, rows, &[0.5, 0.7], &d, 0.1);
+        // A vector [0, a] with a > 0 spreads to [.5 + .1, .5 − .1] at b = .5, λ = .1.
+        let spread = Sparsity::PerRow(vec![0.6, 0.4]);
+        for li in [Q, K, V, UP, GATE, DOWN] {
+            assert_eq!(m[0][li], spread, "linear {li}");
+        }
+        assert_eq!(m[0][O], Sparsity::PerRow(vec![0.5, 0.5]));
+        for li in 0..7 {
+            assert_eq!(m[1][li], Sparsity::PerRow(vec![0.7, 0.7]));
+        }
+        // Under GQA q, k and v keep the block sparsity.
+        let m = row_map(true, rows, &[0.5, 0.7], &d, 0.1);
+        for li in [Q, K, V] {
+            assert_eq!(m[0][li], Sparsity::PerRow(vec![0.5, 0.5]));
+        }
+        assert_eq!(m[0][DOWN], spread);
+    }
+
+    #[test]
+    fn neuroal_row_map_by_hand() {
+        // r = [0, 2, 1, 1], λ = .1, b = .6: v = [0, .2, .1, .1] − .1 + .4 = [.3, .5, .4, .4]
+        // → [.7, .5, .6, .6].
+        close(&neuroal_row_sparsities(&[0.0, 2.0, 1.0, 1.0], 0.1, 0.6), &[0.7, 0.5, 0.6, 0.6]);
+        // λ = 0 keeps the block sparsity on every row.
+        close(&neuroal_row_sparsities(&[5.0, -1.0, 2.0], 0.0, 0.6), &[0.6, 0.6, 0.6]);
+        // Clamped to [.01, .99]: v = [0, .5] − .25 + .02 = [−.23, .27] → [1.23 → .99, .73].
+        close(&neuroal_row_sparsities(&[0.0, 1.0], 0.25, 0.98), &[0.99, 0.73]);
+    }
+}
