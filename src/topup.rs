@@ -3,7 +3,7 @@
 //! outlier ratio of Wanda scores. NeuroAL: a zeroth-order search over λ maximising the neuron
 //! alignment between dense and sparse activations, first per block, then per row.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::error::Result;
 use crate::kernels;
@@ -131,11 +131,13 @@ pub fn alignment(dense: Tensor<1>, sparse: Tensor<1>) -> (f32, Vec<f32>) {
     (m, d.into_data().try_to_vec::<f32>().unwrap_or_default())
 }
 
+/// The twin computes in f64, so it is the accurate side of the shader comparison.
 pub fn alignment_reference(dense: Tensor<1>, sparse: Tensor<1>) -> (Tensor<1>, Tensor<1>) {
     let n = dense.dims()[0] as f64;
-    let a = dense.clone() / dense.clone().sum();
-    let b = sparse.clone() / sparse.clone().sum();
-    let m = (a - b).square().sum().sqrt().div_scalar(n);
+    let (a64, b64) = (dense.clone().cast(DType::F64), sparse.clone().cast(DType::F64));
+    let a = a64.clone() / a64.sum();
+    let b = b64.clone() / b64.sum();
+    let m = (a - b).square().sum().sqrt().div_scalar(n).cast(DType::F32);
     (m, dense - sparse)
 }
 

@@ -1,0 +1,170 @@
+//! NeuroAL's search: the candidate score against an independent computation, shared block
+//! loads against one-by-one evaluation, the alignment shader against its twin, overall
+//! sparsity, and CPU vs GPU choices.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use common::*;
+use neuroal::calib::{draw_windows, gather_windows, SplitMix64};
+use neuroal::device::Choice;
+use neuroal::mask::{Pattern, Sparsity};
+use neuroal::model::{Model, LINEARS};
+use neuroal::score::Method;
+use neuroal::tokenizer::{tokenize_file, Tokenizer};
+use neuroal::topup::{block_map, evaluate, neuroal_block_sparsities, Map};
+
+fn search_windows(dir: &Path, seqlen: usize, n: usize) -> Vec<u32> {
+    let ids = tokenize_file(&Tokenizer::open(dir).unwrap(), &asset("sample.txt")).unwrap();
+    gather_windows(&ids, &draw_windows(ids.len(), seqlen, n, 0).unwrap(), seqlen)
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// The candidate score written out on the host: inputs captured per linear, norms in f64,
+/// Wanda row masks by a stable sort, m = ‖a/Σa − b/Σb‖₂ / len summed over all linears.
+fn reference_score(model: &Model, windows: &[u32], seqlen: usize, blocks: &[f64]) -> f64 {
+    let n = windows.len() / seqlen;
+    let rope = model.rope(seqlen);
+    let mut h = model.embed(windows, n);
+    let mut total = 0.0;
+    let norms = |inputs: &[f32], cols: usize| -> Vec<f64> {
+        let mut sq = vec![0f64; cols];
+        for (i, v) in inputs.iter().enumerate() {
+            sq[i % cols] += (*v as f64).powi(2);
+        }
+        sq.iter().map(|v| (v / n as f64).sqrt()).collect()
+    };
+    for (b, &s) in blocks.iter().enumerate() {
+        let mut block = model.load_block(b).unwrap();
+        let mut dense_in: Vec<Vec<f32>> = vec![Vec::new(); 7];
+        let mut cap = |li: usize, x: &Tensor<3>| dense_in[li] = host(x.clone());
+        block.forward(h.clone(), &rope, &model.config, Some(&mut cap));
+        let mut a_dense = Vec::new();
+        for (li, linear) in block.linears.iter_mut().enumerate() {
+            let [rows, cols] = linear.weight.dims();
+            let a = norms(&dense_in[li], cols);
+            let w = host(linear.weight.clone());
+            let k = (cols as f64 * s).floor() as usize;
+            let mut pruned = w.clone();
+            for r in 0..rows {
+                let score: Vec<f32> = (0..cols).map(|j| w[r * cols + j].abs() * (a[j] as f32)).collect();
+                let mut order: Vec<usize> = (0..cols).collect();
+                order.sort_by(|&x, &y| score[x].partial_cmp(&score[y]).unwrap());
+                for &j in &order[..k] {
+                    pruned[r * cols + j] = 0.0;
+                }
+            }
+            linear.weight = Tensor::from_data(TensorData::new(pruned, [rows, cols]), &model.device);
+            a_dense.push(a);
+        }
+        let mut sparse_in: Vec<Vec<f32>> = vec![Vec::new(); 7];
+        let mut cap = |li: usize, x: &Tensor<3>| sparse_in[li] = host(x.clone());
+        h = block.forward(h, &rope, &model.config, Some(&mut cap));
+        for li in 0..LINEARS.len() {
+            let a = &a_dense[li];
+            let bn = norms(&sparse_in[li], a.len());
+            let (sa, sb): (f64, f64) = (a.iter().sum(), bn.iter().sum());
+            let sq: f64 = a.iter().zip(&bn).map(|(x, y)| (x / sa - y / sb).powi(2)).sum();
+            total += sq.sqrt() / a.len() as f64;
+        }
+    }
+    total
+}
+
+#[test]
+fn candidate_score_matches_an_independent_computation() {
+    let dev = select(Choice::Cpu);
+    let dir = asset("tiny-llama");
+    let model = Model::open(&dir, &dev.device).unwrap();
+    let windows = search_windows(&dir, 64, 4);
+    for lambda in [0.0, 0.1, 0.25] {
+        let blocks = neuroal_block_sparsities(2, lambda, 0.6);
+        let ours = evaluate(&model, &windows, 64, Method::Wanda, &Pattern::Row, &[block_map(&blocks)], 1, &|_, _| {}).unwrap();
+        let want = reference_score(&model, &windows, 64, &blocks);
+        let rel = (ours[0].score - want).abs() / want;
+        assert!(rel < 1e-4, "λ {lambda}: score {} vs reference {want} (rel {rel:.2e})", ours[0].score);
+    }
+}
+
+#[test]
+fn shared_block_loads_score_exactly_like_one_by_one() {
+    for choice in [Choice::Cpu, Choice::Gpu] {
+        let dev = select(choice);
+        let dir = asset("tiny-mistral-gqa");
+        let model = Model::open(&dir, &dev.device).unwrap();
+        let windows = search_windows(&dir, 32, 2);
+        let candidates: Vec<Map> = [0.01, 0.1, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.7))).collect();
+        let mut with_rows = candidates.clone();
+        let per_row: Vec<Sparsity> =
+            model.linear_shapes().iter().map(|s| Sparsity::PerRow((0..s[0]).map(|r| 0.3 + r as f64 * 0.005).collect())).collect();
+        with_rows.push(vec![per_row; 2]);
+        for (pattern, cands) in [(Pattern::Row, &candidates), (Pattern::RowsVariable, &vec![with_rows[3].clone(), with_rows[3].clone()])] {
+            let shared = evaluate(&model, &windows, 32, Method::Wanda, &pattern, cands, cands.len(), &|_, _| {}).unwrap();
+            let single = evaluate(&model, &windows, 32, Method::Wanda, &pattern, cands, 1, &|_, _| {}).unwrap();
+            for (a, b) in shared.iter().zip(&single) {
+                assert_eq!(a.score.to_bits(), b.score.to_bits(), "{choice:?} {pattern:?}");
+                assert_eq!(a.d, b.d);
+            }
+        }
+    }
+}
+
+#[test]
+fn alignment_shader_equals_its_twin() {
+    let gpu = select(Choice::Gpu).device;
+    let cpu = Device::flex();
+    let mut rng = SplitMix64::new(3);
+    for n in [5usize, 256, 1000, 4099] {
+        let a: Vec<f32> = (0..n).map(|_| (rng.below(1000) + 1) as f32 / 100.0).collect();
+        let b: Vec<f32> = (0..n).map(|_| (rng.below(1000) + 1) as f32 / 100.0).collect();
+        let t = |v: &Vec<f32>, d: &Device| Tensor::<1>::from_data(TensorData::new(v.clone(), [n]), d);
+        let (mg, dg) = neuroal::kernels::alignment(t(&a, &gpu), t(&b, &gpu));
+        let (mc, dc) = neuroal::topup::alignment_reference(t(&a, &cpu), t(&b, &cpu));
+        let (mg, mc) = (host(mg)[0], host(mc)[0]);
+        assert!((mg - mc).abs() <= 1e-6 * mc.abs(), "n {n}: {mg} vs {mc}");
+        assert_eq!(host(dg), host(dc));
+        // And against f64 by hand.
+        let (sa, sb): (f64, f64) = (a.iter().map(|&x| x as f64).sum(), b.iter().map(|&x| x as f64).sum());
+        let want = a.iter().zip(&b).map(|(&x, &y)| (x as f64 / sa - y as f64 / sb).powi(2)).sum::<f64>().sqrt() / n as f64;
+        assert!(((mc as f64) - want).abs() <= 1e-5 * want, "n {n}: {mc} vs f64 {want}");
+    }
+}
+
+fn neuroal_cli(device: &str, out: &Path) -> serde_json::Value {
+    let (dir, sample) = (asset("tiny-llama"), asset("sample.txt"));
+    let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(["prune", "--model", dir.to_str().unwrap(), "--calib", sample.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--sparsity", "0.7", "--seqlen", "64", "--nsamples", "8", "--search-nsamples", "4", "--top-up", "neuroal", "--force"])
+        .args(["--device", device])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn neuroal_prunes_to_the_target_and_cpu_and_gpu_choose_the_same_lambdas() {
+    let tmp = std::env::temp_dir().join(format!("neuroal-topup-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (cpu, gpu) = (neuroal_cli("cpu", &tmp.join("cpu")), neuroal_cli("gpu", &tmp.join("gpu")));
+    for key in ["lambda_block", "lambda_row"] {
+        assert_eq!(cpu["topup"][key], gpu["topup"][key], "{key}");
+    }
+    assert_eq!(cpu["topup"]["block_scores"].as_array().unwrap().len(), 14);
+    assert_eq!(cpu["topup"]["row_scores"].as_array().unwrap().len(), 15);
+    // Overall sparsity: the rows-variable counts of the chosen map, and near s; the gap is
+    // rounding (each row prunes at most one extra weight: ≤ 1/64 here) and clamping.
+    let ins = neuroal::inspect::inspect(&tmp.join("cpu")).unwrap();
+    assert!((ins.overall - 0.7).abs() < 1.0 / 64.0, "overall {}", ins.overall);
+    assert!((cpu["sparsity"]["overall"].as_f64().unwrap() - ins.overall).abs() < 1e-12);
+    let blocks: Vec<f64> = cpu["topup"]["block_sparsities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(blocks[0] < blocks[1], "early blocks stay denser: {blocks:?}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
