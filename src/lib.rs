@@ -14,6 +14,7 @@ pub mod calib;
 pub mod kernels;
 pub mod mask;
 pub mod pipeline;
+pub mod plots;
 pub mod prune;
 pub mod inspect;
 pub mod writer;

@@ -247,10 +247,24 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
             "windows": starts, "search_windows": search_windows,
         },
         "topup": topup_report,
-        "sparsity": { "overall": zeros as f64 / total.max(1) as f64, "blocks": blocks, "layers": layers },
+        "sparsity": { "overall": zeros as f64 / total.max(1) as f64, "blocks": blocks.clone(), "layers": layers },
         "eval": eval,
         "timings": { "topup_s": topup_s, "prune_s": prune_s, "total_s": start.elapsed().as_secs_f64() },
     });
+    let mut report = report;
+    if let Some(dir) = &args.plots {
+        let mut series = vec![("uniform".to_string(), vec![sparsity; model.num_blocks()])];
+        if pattern == Pattern::Row {
+            let owl = match args.top_up.as_str() {
+                "owl" => report["topup"]["block_sparsities"].as_array().map(|a| a.iter().filter_map(|v| v.as_f64()).collect()),
+                _ => Some(owl_block_sparsities(&owl_outlier_ratios(&model, &windows, seqlen, args.owl_m)?, args.owl_lambda, sparsity)),
+            };
+            series.extend(owl.map(|o| ("OWL".to_string(), o)));
+        }
+        series.push((format!("{} (as pruned)", args.top_up), blocks.clone()));
+        let files = crate::plots::write_all(dir, &report["topup"], &series, &topup.map)?;
+        report["plots"] = json!({ "dir": dir, "files": files });
+    }
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
     std::fs::write(staging.dir.join("report.json"), text).map_err(|e| crate::err!("cannot write report.json: {e}"))?;
     staging.commit()?;

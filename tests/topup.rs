@@ -141,7 +141,7 @@ fn neuroal_cli(device: &str, out: &Path) -> serde_json::Value {
     let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
         .args(["prune", "--model", dir.to_str().unwrap(), "--calib", sample.to_str().unwrap(), "--out", out.to_str().unwrap()])
         .args(["--sparsity", "0.7", "--seqlen", "64", "--nsamples", "8", "--search-nsamples", "4", "--top-up", "neuroal", "--force"])
-        .args(["--device", device])
+        .args(["--device", device, "--plots", out.with_extension("plots").to_str().unwrap()])
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .output()
         .unwrap();
@@ -166,5 +166,11 @@ fn neuroal_prunes_to_the_target_and_cpu_and_gpu_choose_the_same_lambdas() {
     assert!((cpu["sparsity"]["overall"].as_f64().unwrap() - ins.overall).abs() < 1e-12);
     let blocks: Vec<f64> = cpu["topup"]["block_sparsities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert!(blocks[0] < blocks[1], "early blocks stay denser: {blocks:?}");
+    // The plots: score vs λ for both steps, per-block sparsity, row-sparsity histograms.
+    for f in ["neuroal_block_step.png", "neuroal_row_step.png", "block_sparsity.png", "row_sparsity.png"] {
+        let bytes = std::fs::read(tmp.join("cpu.plots").join(f)).unwrap();
+        assert!(bytes.len() > 1000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{f} is not a PNG");
+    }
+    assert_eq!(cpu["plots"]["files"].as_array().unwrap().len(), 4);
     let _ = std::fs::remove_dir_all(&tmp);
 }
