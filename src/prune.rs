@@ -227,12 +227,12 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
 
     let layers: BTreeMap<String, f64> = masks.iter().map(|m| (m.name.clone(), m.fraction())).collect();
     let total: usize = masks.iter().map(|m| m.pruned.len()).sum();
-    let zeros: usize = masks.iter().map(|m| m.pruned.iter().filter(|&&p| p).count()).sum();
+    let zeros: usize = masks.iter().map(|m| m.pruned.count_ones()).sum();
     let blocks: Vec<f64> = masks
         .chunks(LINEARS.len())
         .map(|c| {
             let n: usize = c.iter().map(|m| m.pruned.len()).sum();
-            c.iter().map(|m| m.pruned.iter().filter(|&&p| p).count()).sum::<usize>() as f64 / n as f64
+            c.iter().map(|m| m.pruned.count_ones()).sum::<usize>() as f64 / n as f64
         })
         .collect();
     let report = json!({

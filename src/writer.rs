@@ -88,13 +88,13 @@ pub fn write_checkpoint(input: &Checkpoint, masks: &[LayerMask], dir: &Path) -> 
         for (name, info) in shard.metadata.tensors() {
             let bytes = shard.bytes(info);
             let data = match by_name.get(name.as_str()) {
-                Some(m) if m.pruned.iter().any(|&p| p) => {
+                Some(m) if m.pruned.count_ones() > 0 => {
                     let size = element_size(info.dtype)?;
                     if m.pruned.len() * size != bytes.len() {
                         bail!("mask of {name} does not match its tensor");
                     }
                     let mut owned = bytes.to_vec();
-                    for (i, _) in m.pruned.iter().enumerate().filter(|(_, p)| **p) {
+                    for i in m.pruned.ones() {
                         owned[i * size..(i + 1) * size].fill(0);
                     }
                     Cow::Owned(owned)

@@ -82,7 +82,7 @@ fn wanda_masks_equal_the_reference_including_propagation() {
     let reference = wanda_reference(&model, &windows, 64, 0.5);
     assert_eq!(ours.len(), 2 * LINEARS.len());
     for (m, r) in ours.iter().zip(&reference) {
-        let differ = m.pruned.iter().zip(r).filter(|(a, b)| a != b).count();
+        let differ = m.pruned.iter().zip(r).filter(|(a, b)| a != *b).count();
         assert_eq!(differ, 0, "{}: {differ} mask entries differ", m.name);
     }
     // Block 1's masks depend on block 0 being pruned first: a dense-propagation run differs.
@@ -178,7 +178,7 @@ fn masks_on(dev: &Selected, pattern: &Pattern, method: Method) -> Vec<Vec<bool>>
     let dir = asset("tiny-mistral-gqa");
     let model = Model::open(&dir, &dev.device).unwrap();
     let windows = calib_windows(&dir, 32, 4);
-    prune(&model, &windows, 32, method, pattern, &|_, _| Sparsity::Uniform(0.5)).unwrap().into_iter().map(|m| m.pruned).collect()
+    prune(&model, &windows, 32, method, pattern, &|_, _| Sparsity::Uniform(0.5)).unwrap().into_iter().map(|m| m.pruned.iter().collect()).collect()
 }
 
 #[test]
