@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 use crate::error::Result;
 use crate::eval::progress_bar;
 use crate::mask::{mask, Pattern, Sparsity};
-use crate::model::{Model, LINEARS};
+use crate::model::{Block, Model, Rope, LINEARS};
 use crate::score::{apply_mask, score, InputStats, Method};
 
 /// Windows per forward pass during calibration.
@@ -85,6 +85,37 @@ pub fn embed_windows(model: &Model, windows: &[u32], seqlen: usize) -> Vec<Tenso
     windows.chunks(CHUNK * seqlen).map(|c| model.embed(c, c.len() / seqlen)).collect()
 }
 
+/// Runs `block` on every chunk of `hidden`, recording each linear's input statistics; returns
+/// the statistics and the block's outputs.
+pub fn run_recording(model: &Model, block: &Block, hidden: &[Tensor<3>], rope: &Rope) -> (Vec<InputStats>, Vec<Tensor<3>>) {
+    let mut stats: Vec<InputStats> = model.linear_shapes().iter().map(|s| InputStats::new(s[1], &model.device)).collect();
+    let outputs = hidden
+        .iter()
+        .map(|h| {
+            let mut record = |li: usize, x: &Tensor<3>| stats[li].add(x);
+            block.forward(h.clone(), rope, &model.config, Some(&mut record))
+        })
+        .collect();
+    (stats, outputs)
+}
+
+/// The base pruner on one linear: its weight with the masked entries zeroed, and the mask.
+pub fn prune_linear(
+    weight: Tensor<2>,
+    stats: &InputStats,
+    nsamples: usize,
+    method: Method,
+    pattern: &Pattern,
+    sparsity: &Sparsity,
+) -> Result<(Tensor<2>, Tensor<2>)> {
+    let scaler = match method {
+        Method::Wanda => Some(stats.scaler_row(nsamples)),
+        Method::Magnitude => None,
+    };
+    let m = mask(score(weight.clone(), scaler), pattern, sparsity)?;
+    Ok((apply_mask(weight, m.clone()), m))
+}
+
 /// Prunes every block in order and returns the masks, block by block.
 pub fn prune(
     model: &Model,
@@ -102,19 +133,11 @@ pub fn prune(
     let mut masks = Vec::new();
     for b in 0..model.num_blocks() {
         let mut block = model.load_block(b)?;
-        let mut stats: Vec<InputStats> = shapes.iter().map(|s| InputStats::new(s[1], &model.device)).collect();
-        for h in &hidden {
-            let mut record = |li: usize, x: &Tensor<3>| stats[li].add(x);
-            block.forward(h.clone(), &rope, &model.config, Some(&mut record));
-        }
+        // Wanda's order: statistics from the dense block; its outputs are not kept.
+        let (stats, _) = run_recording(model, &block, &hidden, &rope);
         for (li, linear) in block.linears.iter_mut().enumerate() {
-            let scaler = match method {
-                Method::Wanda => Some(stats[li].scaler_row(nsamples)),
-                Method::Magnitude => None,
-            };
-            let scores = score(linear.weight.clone(), scaler);
-            let m = mask(scores, pattern, &sparsity(b, li))?;
-            linear.weight = apply_mask(linear.weight.clone(), m.clone());
+            let (pruned, m) = prune_linear(linear.weight.clone(), &stats[li], nsamples, method, pattern, &sparsity(b, li))?;
+            linear.weight = pruned;
             let host = m.into_data().try_to_vec::<f32>().unwrap_or_default();
             masks.push(LayerMask {
                 name: Model::linear_name(b, li),

@@ -9,8 +9,8 @@ use crate::error::Result;
 use crate::kernels;
 use crate::mask::{Pattern, Sparsity};
 use crate::model::{Model, DOWN, GATE, K, LINEARS, O, Q, UP, V};
-use crate::pipeline::embed_windows;
-use crate::score::{apply_mask, score, InputStats, Method};
+use crate::pipeline::{embed_windows, prune_linear, run_recording};
+use crate::score::{score, Method};
 
 /// [block][linear in `LINEARS` order] → sparsity.
 pub type Map = Vec<Vec<Sparsity>>;
@@ -155,7 +155,6 @@ pub fn evaluate(
 ) -> Result<Vec<Evaluation>> {
     let nsamples = windows.len() / seqlen;
     let rope = model.rope(seqlen);
-    let shapes = model.linear_shapes();
     let mut results = Vec::with_capacity(candidates.len());
     for group in candidates.chunks(chunk.max(1)) {
         let mut hidden: Vec<Vec<Tensor<3>>> = group.iter().map(|_| embed_windows(model, windows, seqlen)).collect();
@@ -165,27 +164,12 @@ pub fn evaluate(
             let mut block = model.load_block(b)?;
             let dense: Vec<Tensor<2>> = block.linears.iter().map(|l| l.weight.clone()).collect();
             for (c, map) in group.iter().enumerate() {
-                let mut stats_dense: Vec<InputStats> = shapes.iter().map(|s| InputStats::new(s[1], &model.device)).collect();
-                for h in &hidden[c] {
-                    let mut rec = |li: usize, x: &Tensor<3>| stats_dense[li].add(x);
-                    block.forward(h.clone(), &rope, &model.config, Some(&mut rec));
-                }
+                let (stats_dense, _) = run_recording(model, &block, &hidden[c], &rope);
                 for (li, linear) in block.linears.iter_mut().enumerate() {
-                    let scaler = match method {
-                        Method::Wanda => Some(stats_dense[li].scaler_row(nsamples)),
-                        Method::Magnitude => None,
-                    };
-                    let m = crate::mask::mask(score(dense[li].clone(), scaler), pattern, &map[b][li])?;
-                    linear.weight = apply_mask(dense[li].clone(), m);
+                    let sparsity = &map[b][li];
+                    linear.weight = prune_linear(dense[li].clone(), &stats_dense[li], nsamples, method, pattern, sparsity)?.0;
                 }
-                let mut stats_sparse: Vec<InputStats> = shapes.iter().map(|s| InputStats::new(s[1], &model.device)).collect();
-                let outputs: Vec<Tensor<3>> = hidden[c]
-                    .iter()
-                    .map(|h| {
-                        let mut rec = |li: usize, x: &Tensor<3>| stats_sparse[li].add(x);
-                        block.forward(h.clone(), &rope, &model.config, Some(&mut rec))
-                    })
-                    .collect();
+                let (stats_sparse, outputs) = run_recording(model, &block, &hidden[c], &rope);
                 hidden[c] = outputs;
                 for (linear, w) in block.linears.iter_mut().zip(&dense) {
                     linear.weight = w.clone();
@@ -227,12 +211,7 @@ pub fn owl_outlier_ratios(model: &Model, windows: &[u32], seqlen: usize, m: f64)
     let mut ratios = Vec::new();
     for b in 0..model.num_blocks() {
         let block = model.load_block(b)?;
-        let mut stats: Vec<InputStats> = shapes.iter().map(|s| InputStats::new(s[1], &model.device)).collect();
-        let mut outputs = Vec::with_capacity(hidden.len());
-        for h in &hidden {
-            let mut rec = |li: usize, x: &Tensor<3>| stats[li].add(x);
-            outputs.push(block.forward(h.clone(), &rope, &model.config, Some(&mut rec)));
-        }
+        let (stats, outputs) = run_recording(model, &block, &hidden, &rope);
         hidden = outputs;
         let scores: Vec<Tensor<2>> = block
             .linears
