@@ -182,13 +182,16 @@ fn masks_on(dev: &Selected, pattern: &Pattern, method: Method) -> Vec<Vec<bool>>
 }
 
 #[test]
-fn gpu_and_cpu_prune_to_identical_masks() {
-    let (cpu, gpu) = (select(Choice::Cpu), select(Choice::Gpu));
+fn gpu_ndarray_and_cpu_prune_to_identical_masks() {
+    let cpu = select(Choice::Cpu);
     for (pattern, method) in [(Pattern::Row, Method::Wanda), (Pattern::NM { n: 2, m: 4 }, Method::Wanda), (Pattern::Layer, Method::Magnitude)] {
-        let (a, b) = (masks_on(&cpu, &pattern, method), masks_on(&gpu, &pattern, method));
-        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            let differ = x.iter().zip(y).filter(|(p, q)| p != q).count();
-            assert_eq!(differ, 0, "{pattern:?} {method:?}: linear {i} differs in {differ} entries");
+        let a = masks_on(&cpu, &pattern, method);
+        for other in [Choice::Gpu, Choice::Ndarray] {
+            let b = masks_on(&select(other), &pattern, method);
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                let differ = x.iter().zip(y).filter(|(p, q)| p != q).count();
+                assert_eq!(differ, 0, "{other:?} vs cpu, {pattern:?} {method:?}: linear {i} differs in {differ} entries");
+            }
         }
     }
 }
