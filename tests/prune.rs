@@ -224,6 +224,18 @@ fn bad_prune_input_is_rejected_and_leaves_nothing() {
     let mut a = base.to_vec();
     a.extend_from_slice(&["--calib", short.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     check_fails(&a, "too few for one window of 64", &out);
+
+    // An existing output is refused without --force and left as it was.
+    let existing = out_dir("existing");
+    std::fs::create_dir_all(&existing).unwrap();
+    std::fs::write(existing.join("keep.txt"), "mine").unwrap();
+    let mut a = base.to_vec();
+    a.extend_from_slice(&["--calib", sample.to_str().unwrap(), "--out", existing.to_str().unwrap()]);
+    let o = run_cli(&a);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists (use --force to replace it)"));
+    assert_eq!(std::fs::read_to_string(existing.join("keep.txt")).unwrap(), "mine");
+    let _ = std::fs::remove_dir_all(&existing);
 }
 
 fn check_fails(args: &[&str], expect: &str, out: &Path) {
