@@ -9,6 +9,8 @@ use serde::Serialize;
 
 use crate::bail;
 use crate::error::Result;
+use burn::tensor::Tensor;
+
 use crate::model::{sequence_losses, Block, Model};
 
 #[derive(Debug, Serialize)]
@@ -43,8 +45,30 @@ pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// Perplexity of `model` on the token stream `ids`. Blocks are loaded once and kept.
+/// Models whose blocks take at most this much in f32 keep them all loaded during evaluation;
+/// larger ones are streamed block by block over groups of windows.
+pub const RESIDENT_BLOCKS_BYTES: usize = 2 << 30;
+
+/// Hidden states held per group of windows when blocks are streamed.
+const STREAM_GROUP_BYTES: usize = 1 << 30;
+
+/// Perplexity of `model` on the token stream `ids`.
 pub fn perplexity(model: &Model, ids: &[u32], seqlen: usize, max_windows: Option<usize>, device_name: &str) -> Result<Perplexity> {
+    perplexity_within(model, ids, seqlen, max_windows, device_name, RESIDENT_BLOCKS_BYTES)
+}
+
+/// [`perplexity`] with the resident-blocks budget as a parameter. Under the budget, blocks are
+/// loaded once and each batch of windows runs through all of them; over it, each block is
+/// loaded once per group of windows (as many as fit in [`STREAM_GROUP_BYTES`] of hidden
+/// states), so memory stays near one block plus the group's hidden states.
+pub fn perplexity_within(
+    model: &Model,
+    ids: &[u32],
+    seqlen: usize,
+    max_windows: Option<usize>,
+    device_name: &str,
+    resident_budget: usize,
+) -> Result<Perplexity> {
     model.check_seqlen(seqlen)?;
     if seqlen < 2 {
         bail!("--seqlen must be at least 2 to predict a token");
@@ -59,20 +83,40 @@ pub fn perplexity(model: &Model, ids: &[u32], seqlen: usize, max_windows: Option
         }
         windows = windows.min(k);
     }
-    let blocks: Vec<Block> = (0..model.num_blocks()).map(|i| model.load_block(i)).collect::<Result<_>>()?;
+    let block_bytes: usize = model.linear_shapes().iter().map(|s| s[0] * s[1] * 4).sum::<usize>() * model.num_blocks();
+    let resident = block_bytes <= resident_budget;
+    let blocks: Vec<Block> = if resident {
+        (0..model.num_blocks()).map(|i| model.load_block(i)).collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
     let rope = model.rope(seqlen);
     let batch = batch_size(seqlen, model.config.vocab_size);
+    let group = if resident {
+        batch
+    } else {
+        (STREAM_GROUP_BYTES / (seqlen * model.config.hidden_size * 4)).max(1)
+    };
     let bar = progress_bar(windows, "perplexity");
     let start = Instant::now();
     let mut losses = Vec::with_capacity(windows);
-    for first in (0..windows).step_by(batch) {
-        let n = batch.min(windows - first);
-        let chunk = &ids[first * seqlen..(first + n) * seqlen];
-        let mut h = model.embed(chunk, n);
-        for block in &blocks {
-            h = block.forward(h, &rope, &model.config, None);
+    for first in (0..windows).step_by(group) {
+        let n = group.min(windows - first);
+        let span = &ids[first * seqlen..(first + n) * seqlen];
+        let mut hidden: Vec<Tensor<3>> = span.chunks(batch * seqlen).map(|c| model.embed(c, c.len() / seqlen)).collect();
+        for b in 0..model.num_blocks() {
+            let loaded;
+            let block = if resident {
+                &blocks[b]
+            } else {
+                loaded = model.load_block(b)?;
+                &loaded
+            };
+            hidden = hidden.into_iter().map(|h| block.forward(h, &rope, &model.config, None)).collect();
         }
-        losses.extend(sequence_losses(model.head(h), chunk, &model.device));
+        for (h, c) in hidden.into_iter().zip(span.chunks(batch * seqlen)) {
+            losses.extend(sequence_losses(model.head(h), c, &model.device));
+        }
         bar.inc(n as u64);
     }
     bar.finish_and_clear();

@@ -79,3 +79,19 @@ fn perplexity_matches_transformers_on_fixtures() {
         }
     }
 }
+
+#[test]
+fn streamed_blocks_give_the_same_perplexity_as_resident_blocks() {
+    let dev = select(neuroal::device::Choice::Cpu);
+    let model = Model::open(&asset("tiny-mistral-gqa"), &dev.device).unwrap();
+    let ids = tokenize_file(&Tokenizer::open(&asset("tiny-mistral-gqa")).unwrap(), &asset("sample.txt")).unwrap();
+    let resident = neuroal::eval::perplexity_within(&model, &ids, 64, None, "cpu", usize::MAX).unwrap();
+    let streamed = neuroal::eval::perplexity_within(&model, &ids, 64, None, "cpu", 0).unwrap();
+    assert_eq!(resident.windows, streamed.windows);
+    for (a, b) in resident.window_losses.iter().zip(&streamed.window_losses) {
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "{a} vs {b}");
+    }
+    let g = golden("tiny-mistral-gqa");
+    let want = g["ppl"].as_f64().unwrap();
+    assert!((streamed.ppl - want).abs() <= 1e-4 * want);
+}
