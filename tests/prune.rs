@@ -48,21 +48,8 @@ fn wanda_reference(model: &Model, windows: &[u32], seqlen: usize, s: f64) -> Vec
         for (li, linear) in block.linears.iter_mut().enumerate() {
             let [rows, cols] = linear.weight.dims();
             let w = host(linear.weight.clone());
-            let mut sq = vec![0f64; cols];
-            for (i, v) in inputs[li].iter().enumerate() {
-                sq[i % cols] += (*v as f64) * (*v as f64);
-            }
-            let norm: Vec<f32> = sq.iter().map(|v| ((v / n as f64) as f32).sqrt()).collect();
-            let k = (cols as f64 * s).floor() as usize;
-            let mut mask = vec![false; rows * cols];
-            for r in 0..rows {
-                let score: Vec<f32> = (0..cols).map(|j| w[r * cols + j].abs() * norm[j]).collect();
-                let mut order: Vec<usize> = (0..cols).collect();
-                order.sort_by(|&a, &b| score[a].partial_cmp(&score[b]).unwrap());
-                for &j in &order[..k] {
-                    mask[r * cols + j] = true;
-                }
-            }
+            let norm = channel_norms(&inputs[li], cols, n);
+            let mask = wanda_row_mask(&w, &norm, rows, cols, (cols as f64 * s).floor() as usize);
             let pruned: Vec<f32> = w.iter().zip(&mask).map(|(v, m)| if *m { 0.0 } else { *v }).collect();
             linear.weight = Tensor::from_data(TensorData::new(pruned, [rows, cols]), &model.device);
             masks.push(mask);

@@ -33,13 +33,6 @@ fn reference_score(model: &Model, windows: &[u32], seqlen: usize, blocks: &[f64]
     let rope = model.rope(seqlen);
     let mut h = model.embed(windows, n);
     let mut total = 0.0;
-    let norms = |inputs: &[f32], cols: usize| -> Vec<f64> {
-        let mut sq = vec![0f64; cols];
-        for (i, v) in inputs.iter().enumerate() {
-            sq[i % cols] += (*v as f64).powi(2);
-        }
-        sq.iter().map(|v| (v / n as f64).sqrt()).collect()
-    };
     for (b, &s) in blocks.iter().enumerate() {
         let mut block = model.load_block(b).unwrap();
         let mut dense_in: Vec<Vec<f32>> = vec![Vec::new(); 7];
@@ -48,18 +41,10 @@ fn reference_score(model: &Model, windows: &[u32], seqlen: usize, blocks: &[f64]
         let mut a_dense = Vec::new();
         for (li, linear) in block.linears.iter_mut().enumerate() {
             let [rows, cols] = linear.weight.dims();
-            let a = norms(&dense_in[li], cols);
+            let a = channel_norms(&dense_in[li], cols, n);
             let w = host(linear.weight.clone());
-            let k = (cols as f64 * s).floor() as usize;
-            let mut pruned = w.clone();
-            for r in 0..rows {
-                let score: Vec<f32> = (0..cols).map(|j| w[r * cols + j].abs() * (a[j] as f32)).collect();
-                let mut order: Vec<usize> = (0..cols).collect();
-                order.sort_by(|&x, &y| score[x].partial_cmp(&score[y]).unwrap());
-                for &j in &order[..k] {
-                    pruned[r * cols + j] = 0.0;
-                }
-            }
+            let mask = wanda_row_mask(&w, &a, rows, cols, (cols as f64 * s).floor() as usize);
+            let pruned: Vec<f32> = w.iter().zip(&mask).map(|(v, m)| if *m { 0.0 } else { *v }).collect();
             linear.weight = Tensor::from_data(TensorData::new(pruned, [rows, cols]), &model.device);
             a_dense.push(a);
         }
@@ -68,7 +53,7 @@ fn reference_score(model: &Model, windows: &[u32], seqlen: usize, blocks: &[f64]
         h = block.forward(h, &rope, &model.config, Some(&mut cap));
         for li in 0..LINEARS.len() {
             let a = &a_dense[li];
-            let bn = norms(&sparse_in[li], a.len());
+            let bn = channel_norms(&sparse_in[li], a.len(), n);
             let (sa, sb): (f64, f64) = (a.iter().sum(), bn.iter().sum());
             let sq: f64 = a.iter().zip(&bn).map(|(x, y)| (x / sa - y / sb).powi(2)).sum();
             total += sq.sqrt() / a.len() as f64;

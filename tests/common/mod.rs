@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 //! Shared helpers of the integration tests: fixture paths, golden files, devices.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use neuroal::device::{self, Choice, Selected};
@@ -52,6 +52,25 @@ pub fn fixtures() -> [&'static str; 3] {
     ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2"]
 }
 
-pub fn exists(p: &Path) -> bool {
-    p.exists()
+/// Per-channel input norms ‖X_j‖₂ = sqrt(Σ_tokens x_j² / n) of row-major inputs, summed in f64.
+pub fn channel_norms(inputs: &[f32], cols: usize, n: usize) -> Vec<f64> {
+    let mut sq = vec![0f64; cols];
+    for (i, v) in inputs.iter().enumerate() {
+        sq[i % cols] += (*v as f64).powi(2);
+    }
+    sq.iter().map(|v| (v / n as f64).sqrt()).collect()
+}
+
+/// Wanda's row mask written plainly: in each row, the k lowest |W|·norm by a stable sort.
+pub fn wanda_row_mask(w: &[f32], norm: &[f64], rows: usize, cols: usize, k: usize) -> Vec<bool> {
+    let mut mask = vec![false; rows * cols];
+    for r in 0..rows {
+        let score: Vec<f32> = (0..cols).map(|j| w[r * cols + j].abs() * norm[j] as f32).collect();
+        let mut order: Vec<usize> = (0..cols).collect();
+        order.sort_by(|&a, &b| score[a].partial_cmp(&score[b]).unwrap());
+        for &j in &order[..k] {
+            mask[r * cols + j] = true;
+        }
+    }
+    mask
 }
