@@ -4,13 +4,12 @@
 
 use std::time::Instant;
 
+use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::bail;
 use crate::error::Result;
-use burn::tensor::Tensor;
-
 use crate::model::{sequence_losses, Block, Model};
 
 #[derive(Debug, Serialize)]

@@ -46,10 +46,31 @@ pub struct PruneArgs {
     pub plots: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TopUpKind {
+    Uniform,
+    Owl,
+    Neuroal,
+}
+
+impl TopUpKind {
+    fn parse(s: &str) -> Result<TopUpKind> {
+        match s {
+            "uniform" => Ok(TopUpKind::Uniform),
+            "owl" => Ok(TopUpKind::Owl),
+            "neuroal" => Ok(TopUpKind::Neuroal),
+            other => bail!("unknown --top-up \"{other}\" (expected uniform, owl or neuroal)"),
+        }
+    }
+}
+
 /// The sparsity map a top-up chose, with what the report says about the choice.
 struct TopUp {
     map: Map,
     pattern: Pattern,
+    block_sparsities: Vec<f64>,
+    /// NeuroAL's own calibration windows (start offsets).
+    search_windows: Option<Vec<usize>>,
     report: Value,
 }
 
@@ -60,16 +81,28 @@ fn summary(v: &[f64]) -> Value {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn choose_map(args: &PruneArgs, model: &Model, ids: &[u32], windows: &[u32], seqlen: usize, method: Method, pattern: &Pattern, s: f64) -> Result<TopUp> {
+fn choose_map(
+    kind: TopUpKind,
+    args: &PruneArgs,
+    model: &Model,
+    ids: &[u32],
+    windows: &[u32],
+    seqlen: usize,
+    method: Method,
+    pattern: &Pattern,
+    s: f64,
+) -> Result<TopUp> {
     let blocks = model.num_blocks();
-    match args.top_up.as_str() {
-        "uniform" => Ok(TopUp {
+    match kind {
+        TopUpKind::Uniform => Ok(TopUp {
             map: uniform_map(blocks, s),
             pattern: pattern.clone(),
+            block_sparsities: vec![s; blocks],
+            search_windows: None,
             report: json!({ "name": "uniform", "lambda_block": null, "lambda_row": null,
                             "block_scores": [], "row_scores": [], "block_sparsities": vec![s; blocks] }),
         }),
-        "owl" => {
+        TopUpKind::Owl => {
             let ratios = owl_outlier_ratios(model, windows, seqlen, args.owl_m)?;
             let sparsities = owl_block_sparsities(&ratios, args.owl_lambda, s);
             Ok(TopUp {
@@ -78,10 +111,11 @@ fn choose_map(args: &PruneArgs, model: &Model, ids: &[u32], windows: &[u32], seq
                 report: json!({ "name": "owl", "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
                                 "outlier_ratios": ratios, "lambda_block": null, "lambda_row": null,
                                 "block_scores": [], "row_scores": [], "block_sparsities": sparsities }),
+                block_sparsities: sparsities,
+                search_windows: None,
             })
         }
-        "neuroal" => neuroal(args, model, ids, seqlen, method, s),
-        other => bail!("unknown --top-up \"{other}\" (expected uniform, owl or neuroal)"),
+        TopUpKind::Neuroal => neuroal(args, model, ids, seqlen, method, s),
     }
 }
 
@@ -126,6 +160,7 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
         (uniform, evals[0].d.clone())
     };
     report["block_sparsities"] = json!(block_sparsities);
+    let search_windows = Some(starts);
     let result = if do_row {
         let grid = row_grid();
         let gqa = model.config.num_kv_heads < model.config.num_heads;
@@ -135,9 +170,9 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
         let w = winner(&evals);
         report["lambda_row"] = json!(grid[w]);
         report["row_scores"] = json!(grid.iter().zip(&evals).map(|(l, e)| [*l, e.score]).collect::<Vec<_>>());
-        TopUp { map: candidates[w].clone(), pattern: Pattern::RowsVariable, report }
+        TopUp { map: candidates[w].clone(), pattern: Pattern::RowsVariable, block_sparsities, search_windows, report }
     } else {
-        TopUp { map: block_map(&block_sparsities), pattern: Pattern::Row, report }
+        TopUp { map: block_map(&block_sparsities), pattern: Pattern::Row, block_sparsities, search_windows, report }
     };
     bar.finish_and_clear();
     Ok(result)
@@ -151,11 +186,9 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
     if pattern == Pattern::RowsVariable {
         bail!("--pattern rows-variable needs per-row sparsities, which only a top-up provides");
     }
-    if args.top_up != "uniform" && pattern != Pattern::Row {
+    let kind = TopUpKind::parse(&args.top_up)?;
+    if kind != TopUpKind::Uniform && pattern != Pattern::Row {
         bail!("--top-up {} chooses its own sparsities and needs --pattern row", args.top_up);
-    }
-    if !["uniform", "owl", "neuroal"].contains(&args.top_up.as_str()) {
-        bail!("unknown --top-up \"{}\" (expected uniform, owl or neuroal)", args.top_up);
     }
     let sparsity = match (&pattern, args.sparsity) {
         (Pattern::NM { n, m }, None) => *n as f64 / *m as f64,
@@ -189,12 +222,8 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
     let windows = gather_windows(&ids, &starts, seqlen);
 
     let t_topup = Instant::now();
-    let topup = choose_map(args, &model, &ids, &windows, seqlen, method, &pattern, sparsity)?;
+    let topup = choose_map(kind, args, &model, &ids, &windows, seqlen, method, &pattern, sparsity)?;
     let topup_s = t_topup.elapsed().as_secs_f64();
-    let search_windows = match args.top_up.as_str() {
-        "neuroal" => json!(draw_windows(ids.len(), seqlen, args.search_nsamples, args.seed)?),
-        _ => Value::Null,
-    };
 
     let t_prune = Instant::now();
     let map = &topup.map;
@@ -235,7 +264,7 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
             c.iter().map(|m| m.pruned.count_ones()).sum::<usize>() as f64 / n as f64
         })
         .collect();
-    let report = json!({
+    let mut report = json!({
         "settings": {
             "model": args.model, "out": args.out, "method": method.name(), "pattern": pattern.name(),
             "sparsity": sparsity, "top_up": args.top_up, "final_pattern": topup.pattern.name(),
@@ -244,22 +273,21 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
         "calibration": {
             "file": args.calib, "seed": args.seed, "seqlen": seqlen, "nsamples": args.nsamples,
             "tokens": ids.len(), "generator": "splitmix64, start = (next_u64 * (n - seqlen)) >> 64",
-            "windows": starts, "search_windows": search_windows,
+            "windows": starts, "search_windows": topup.search_windows,
         },
         "topup": topup_report,
         "sparsity": { "overall": zeros as f64 / total.max(1) as f64, "blocks": blocks.clone(), "layers": layers },
         "eval": eval,
         "timings": { "topup_s": topup_s, "prune_s": prune_s, "total_s": start.elapsed().as_secs_f64() },
     });
-    let mut report = report;
     if let Some(dir) = &args.plots {
         let mut series = vec![("uniform".to_string(), vec![sparsity; model.num_blocks()])];
         if pattern == Pattern::Row {
-            let owl = match args.top_up.as_str() {
-                "owl" => report["topup"]["block_sparsities"].as_array().map(|a| a.iter().filter_map(|v| v.as_f64()).collect()),
-                _ => Some(owl_block_sparsities(&owl_outlier_ratios(&model, &windows, seqlen, args.owl_m)?, args.owl_lambda, sparsity)),
+            let owl = match kind {
+                TopUpKind::Owl => topup.block_sparsities.clone(),
+                _ => owl_block_sparsities(&owl_outlier_ratios(&model, &windows, seqlen, args.owl_m)?, args.owl_lambda, sparsity),
             };
-            series.extend(owl.map(|o| ("OWL".to_string(), o)));
+            series.push(("OWL".to_string(), owl));
         }
         series.push((format!("{} (as pruned)", args.top_up), blocks.clone()));
         let files = crate::plots::write_all(dir, &report["topup"], &series, &topup.map)?;
