@@ -35,29 +35,30 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 pub fn measure(model_dir: &Path, choice: Choice, seqlen: usize, batch: usize, iters: usize) -> Result<BenchRow> {
-    let selected = device::select(choice)?;
-    let model = Model::open(model_dir, &selected.device)?;
-    model.check_seqlen(seqlen)?;
     if batch == 0 || iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
+    let selected = device::select(choice)?;
+    let model = Model::open(model_dir, &selected.device)?;
+    model.check_seqlen(seqlen)?;
     let blocks: Vec<Block> = (0..model.num_blocks()).map(|i| model.load_block(i)).collect::<Result<_>>()?;
     let rope = model.rope(seqlen);
     let vocab = model.config.vocab_size as u32;
     // Deterministic pseudo-random ids: throughput does not depend on which tokens they are.
     let ids: Vec<u32> = (0..batch * seqlen).map(|i| (i as u32).wrapping_mul(2_654_435_761) % vocab).collect();
-    let forward = || {
+    let forward = || -> Result<()> {
         let mut h = model.embed(&ids, batch);
         for block in &blocks {
             h = block.forward(h, &rope, &model.config, None);
         }
         // Reading one value back waits for the device to finish the whole pass.
-        let _ = model.head(h).sum().into_data();
+        crate::model::host_f32(model.head(h).sum(), "forward pass")?;
+        Ok(())
     };
-    forward();
+    forward()?;
     let start = Instant::now();
     for _ in 0..iters {
-        forward();
+        forward()?;
     }
     let secs = start.elapsed().as_secs_f64();
     Ok(BenchRow {

@@ -136,7 +136,7 @@ impl Config {
             (Arch::Qwen2, Some(false) | None) => None,
             _ => raw.sliding_window.as_ref().and_then(Value::as_u64).map(|w| w as usize),
         };
-        Ok(Config {
+        let config = Config {
             arch,
             vocab_size: need(raw.vocab_size, "vocab_size")?,
             hidden_size,
@@ -153,7 +153,62 @@ impl Config {
             qkv_bias: arch == Arch::Qwen2 || raw.attention_bias.unwrap_or(false),
             sliding_window,
             dtype: raw.dtype.or(raw.torch_dtype),
-        })
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Values that parse but cannot describe a working model are refused here, before they
+    /// turn into NaN activations and a silently under-pruned result.
+    fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("max_position_embeddings", self.max_positions),
+            ("head_dim", self.head_dim),
+        ] {
+            if v == 0 {
+                bail!("\"{name}\" is 0; it must be at least 1");
+            }
+        }
+        if self.head_dim % 2 != 0 {
+            bail!("head_dim {} is odd; rotary embeddings need an even head_dim", self.head_dim);
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            bail!("\"rms_norm_eps\" is {}; it must be a positive number", self.rms_norm_eps);
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            bail!("\"rope_theta\" is {}; it must be a positive number", self.rope_theta);
+        }
+        if let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } = self.rope_scaling {
+            for (name, v) in [("factor", factor), ("low_freq_factor", low_freq_factor), ("high_freq_factor", high_freq_factor), ("original_max_position_embeddings", original_max_positions)] {
+                if !(v.is_finite() && v > 0.0) {
+                    bail!("rope scaling \"{name}\" is {v}; it must be a positive number");
+                }
+            }
+            if high_freq_factor <= low_freq_factor {
+                bail!("rope scaling needs high_freq_factor ({high_freq_factor}) above low_freq_factor ({low_freq_factor})");
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that windows of `t` tokens run exactly on this model.
+    pub fn check_seqlen(&self, t: usize) -> Result<()> {
+        if t == 0 {
+            bail!("--seqlen must be at least 1");
+        }
+        if t > self.max_positions {
+            bail!("--seqlen {t} exceeds the model's max_position_embeddings ({})", self.max_positions);
+        }
+        if let Some(w) = self.sliding_window {
+            if t > w {
+                bail!("--seqlen {t} exceeds the sliding window ({w}); sliding-window attention is not implemented");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -37,12 +37,15 @@ pub struct Selected {
     pub device: Device,
     pub description: String,
     pub is_gpu: bool,
+    /// The adapter's largest buffer, in bytes (GPUs only).
+    pub max_buffer: Option<u64>,
 }
 
 /// A wgpu adapter as the runtime will find it again: its kind and index among adapters of
 /// that kind on the same graphics API.
 struct Adapter {
     info: wgpu::AdapterInfo,
+    max_buffer: u64,
     kind: DeviceKind,
     api: WgpuBackend,
 }
@@ -58,8 +61,11 @@ fn adapters() -> Vec<Adapter> {
             backends: backend.into(),
             ..wgpu::InstanceDescriptor::new_without_display_handle()
         });
-        let infos: Vec<wgpu::AdapterInfo> =
-            pollster::block_on(instance.enumerate_adapters(backend.into())).iter().map(|a| a.get_info()).collect();
+        let listed: Vec<(wgpu::AdapterInfo, u64)> = pollster::block_on(instance.enumerate_adapters(backend.into()))
+            .iter()
+            .map(|a| (a.get_info(), a.limits().max_buffer_size))
+            .collect();
+        let infos: Vec<wgpu::AdapterInfo> = listed.iter().map(|(i, _)| i.clone()).collect();
         for (i, info) in infos.iter().enumerate() {
             let same = infos[..i].iter().filter(|o| o.device_type == info.device_type).count();
             let kind = match info.device_type {
@@ -69,7 +75,7 @@ fn adapters() -> Vec<Adapter> {
                 wgpu::DeviceType::Cpu => DeviceKind::Cpu,
                 wgpu::DeviceType::Other => continue,
             };
-            found.push(Adapter { info: info.clone(), kind, api });
+            found.push(Adapter { info: info.clone(), max_buffer: listed[i].1, kind, api });
         }
         if !found.is_empty() {
             break;
@@ -99,15 +105,15 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
         .init()
         .map_err(|e| err!("cannot open GPU adapter \"{}\": {e}", best.info.name))?;
     let description = format!("gpu: {} ({:?}, {:?})", best.info.name, best.info.device_type, best.info.backend);
-    Ok(Some(Selected { device, description, is_gpu: true }))
+    Ok(Some(Selected { device, description, is_gpu: true, max_buffer: Some(best.max_buffer) }))
 }
 
 pub fn select(choice: Choice) -> Result<Selected> {
-    let cpu = || Selected { device: Device::flex(), description: "cpu: burn-flex".into(), is_gpu: false };
+    let cpu = || Selected { device: Device::flex(), description: "cpu: burn-flex".into(), is_gpu: false, max_buffer: None };
     Ok(match choice {
         Choice::Cpu => cpu(),
         #[allow(deprecated)] // users asked for the NdArray fallback by name
-        Choice::Ndarray => Selected { device: Device::ndarray(), description: "ndarray: burn-ndarray".into(), is_gpu: false },
+        Choice::Ndarray => Selected { device: Device::ndarray(), description: "ndarray: burn-ndarray".into(), is_gpu: false, max_buffer: None },
         Choice::Gpu => match open_gpu(true)? {
             Some(s) => s,
             None => bail!("--device gpu: wgpu found no GPU adapter (Vulkan, Metal or DX12)"),

@@ -25,8 +25,8 @@ pub struct Perplexity {
 }
 
 /// The default window: min(2048, max_position_embeddings).
-pub fn default_seqlen(model: &Model) -> usize {
-    model.config.max_positions.min(2048)
+pub fn default_seqlen(config: &crate::config::Config) -> usize {
+    config.max_positions.min(2048)
 }
 
 /// Windows per forward pass, keeping the logits under ~256 MB.
@@ -69,6 +69,7 @@ pub fn perplexity_within(
     resident_budget: usize,
 ) -> Result<Perplexity> {
     model.check_seqlen(seqlen)?;
+    model.check_ids(ids)?;
     if seqlen < 2 {
         bail!("--seqlen must be at least 2 to predict a token");
     }
@@ -114,12 +115,18 @@ pub fn perplexity_within(
             hidden = hidden.into_iter().map(|h| block.forward(h, &rope, &model.config, None)).collect();
         }
         for (h, c) in hidden.into_iter().zip(span.chunks(batch * seqlen)) {
-            losses.extend(sequence_losses(model.head(h), c, &model.device));
+            losses.extend(sequence_losses(model.head(h), c, &model.device)?);
         }
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
+    if losses.len() != windows {
+        bail!("perplexity: {} window losses for {windows} windows", losses.len());
+    }
+    if let Some((w, l)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
+        bail!("perplexity is not finite: window {w} has loss {l} (the model's outputs hold NaN or overflow)");
+    }
     let mean = losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64;
     Ok(Perplexity {
         ppl: mean.exp(),

@@ -18,4 +18,8 @@ pub mod plots;
 pub mod prune;
 pub mod inspect;
 pub mod writer;
+pub mod staging;
+pub mod resume;
+pub mod provenance;
+pub mod memory;
 pub mod score;

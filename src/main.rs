@@ -7,7 +7,7 @@ use neuroal::device::{self, Choice};
 use neuroal::error::Result;
 use neuroal::eval::{default_seqlen, perplexity};
 use neuroal::model::Model;
-use neuroal::tokenizer::{tokenize_file, Tokenizer};
+use neuroal::tokenizer::{tokenize_checked, Tokenizer};
 use neuroal::{bail, bench};
 
 #[derive(Parser)]
@@ -92,9 +92,14 @@ enum Command {
         /// NeuroAL: candidates evaluated per pass over the blocks (0: a whole step at once).
         #[arg(long, default_value_t = 0)]
         search_chunk: usize,
-        /// Folder for PNG plots of the search and the sparsity distribution.
+        /// Folder for PNG plots of the search and the sparsity distribution (a folder inside
+        /// --out is written with the output).
         #[arg(long)]
         plots: Option<PathBuf>,
+        /// Continue an interrupted run of the same command (same settings and inputs) from the
+        /// progress it saved beside --out.
+        #[arg(long)]
+        resume: bool,
     },
     /// Per-layer and overall sparsity of a checkpoint.
     Inspect {
@@ -133,18 +138,32 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Eval { model, text, seqlen, max_windows, device, json } => {
             let choice = parse_device(&device)?;
-            if !text.exists() {
+            if !model.is_dir() {
+                bail!("{}: model folder not found", model.display());
+            }
+            if !text.is_file() {
                 bail!("{}: text file not found", text.display());
+            }
+            let (config, _) = neuroal::model::check_model_dir(&model)?;
+            let seqlen = seqlen.unwrap_or_else(|| default_seqlen(&config));
+            config.check_seqlen(seqlen)?;
+            if seqlen < 2 {
+                bail!("--seqlen must be at least 2 to predict a token");
+            }
+            if max_windows == Some(0) {
+                bail!("--max-windows must be at least 1");
+            }
+            let tokenizer = Tokenizer::open(&model)?;
+            let ids = tokenize_checked(&tokenizer, &model, &text, config.vocab_size)?;
+            if ids.len() < seqlen {
+                bail!("the text has {} tokens, fewer than one window of {seqlen}", ids.len());
             }
             let selected = device::select(choice)?;
             eprintln!("device {}", selected.description);
             let m = Model::open(&model, &selected.device)?;
-            let tokenizer = Tokenizer::open(&model)?;
-            let ids = tokenize_file(&tokenizer, &text)?;
-            let seqlen = seqlen.unwrap_or_else(|| default_seqlen(&m));
             let result = perplexity(&m, &ids, seqlen, max_windows, &selected.description)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+                println!("{}", serde_json::to_string_pretty(&result).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
             } else {
                 println!(
                     "perplexity {:.4} ({} windows of {} tokens, {:.0} tokens/s, {})",
@@ -155,16 +174,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Prune {
             model, calib, out, method, sparsity, pattern, nsamples, seqlen, seed, device, force, eval,
-            top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots,
+            top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, resume,
         } => {
-            let choice = parse_device(&device)?;
-            let selected = device::select(choice)?;
-            eprintln!("device {}", selected.description);
+            let device = parse_device(&device)?;
             let args = neuroal::prune::PruneArgs {
                 model, calib, out, method, sparsity, pattern, nsamples, seqlen, seed, force, eval,
-                top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots,
+                top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, device, resume,
             };
-            let report = neuroal::prune::run(&args, &selected)?;
+            let report = neuroal::prune::run(&args)?;
             println!(
                 "pruned to {:.4} overall sparsity in {:.1} s; written to {}",
                 report["sparsity"]["overall"].as_f64().unwrap_or(0.0),
@@ -179,7 +196,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { dir, json } => {
             let r = neuroal::inspect::inspect(&dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                println!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
             } else {
                 for (name, f) in &r.layers {
                     println!("{name:<48} {f:.4}");
@@ -192,7 +209,7 @@ fn run(cli: Cli) -> Result<()> {
             if single {
                 let choice = parse_device(&devices)?;
                 let r = bench::measure(&model, choice, seqlen, batch, iters)?;
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                println!("{}", serde_json::to_string(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
                 return Ok(());
             }
             let mut rows = Vec::new();
@@ -201,7 +218,7 @@ fn run(cli: Cli) -> Result<()> {
                 rows.push(bench::measure_in_child(&model, d, seqlen, batch, iters)?);
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
             } else {
                 bench::print_table(&rows);
             }
@@ -211,6 +228,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    neuroal::staging::install_interrupt_handler();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

@@ -9,6 +9,84 @@ use crate::bail;
 use crate::error::Result;
 use crate::kernels;
 
+/// A packed bit set: masks of every layer are held until the checkpoint is written, one bit
+/// per weight (a 7B model's masks take 0.8 GB, not 6.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bits {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Bits {
+    pub fn from_flags(flags: impl ExactSizeIterator<Item = bool>) -> Bits {
+        let len = flags.len();
+        let mut words = vec![0u64; len.div_ceil(64)];
+        for (i, f) in flags.enumerate() {
+            words[i / 64] |= (f as u64) << (i % 64);
+        }
+        Bits { words, len }
+    }
+
+    /// Rebuilds a bit set from its words, as [`Bits::words`] gave them.
+    pub fn from_words(mut words: Vec<u64>, len: usize) -> Bits {
+        words.resize(len.div_ceil(64), 0);
+        if len % 64 != 0 {
+            if let Some(last) = words.last_mut() {
+                *last &= (1u64 << (len % 64)) - 1;
+            }
+        }
+        Bits { words, len }
+    }
+
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn count_ones(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = bool> + '_ {
+        (0..self.len).map(|i| self.words[i / 64] >> (i % 64) & 1 == 1)
+    }
+
+    /// Indices of the set bits, ascending.
+    pub fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(wi, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let bit = w.trailing_zeros() as usize;
+                w &= w - 1;
+                Some(wi * 64 + bit)
+            })
+        })
+    }
+}
+
+/// One pruned linear: its checkpoint name, shape and which weights were zeroed (row-major).
+pub struct LayerMask {
+    pub name: String,
+    pub shape: [usize; 2],
+    pub pruned: Bits,
+}
+
+impl LayerMask {
+    pub fn fraction(&self) -> f64 {
+        self.pruned.count_ones() as f64 / self.pruned.len().max(1) as f64
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Pattern {
     Row,
@@ -172,5 +250,33 @@ mod tests {
         assert_eq!(Pattern::parse("2:4").unwrap(), Pattern::NM { n: 2, m: 4 });
         assert!(Pattern::parse("4:2").is_err());
         assert!(Pattern::parse("diagonal").is_err());
+    }
+}
+
+#[cfg(test)]
+mod bits_tests {
+    use super::*;
+
+    #[test]
+    fn bits_round_trip() {
+        let flags: Vec<bool> = (0..200).map(|i| i % 3 == 0 || i == 127 || i == 128).collect();
+        let b = Bits::from_flags(flags.iter().copied());
+        assert_eq!(b.iter().collect::<Vec<_>>(), flags);
+        assert_eq!(b.count_ones(), flags.iter().filter(|&&f| f).count());
+        let want: Vec<usize> = (0..200).filter(|&i| flags[i]).collect();
+        assert_eq!(b.ones().collect::<Vec<_>>(), want);
+    }
+}
+
+/// How many weights of a [rows, cols] layer `mask` prunes under `pattern` at `sparsity`: the
+/// exact count the engine must achieve, with the same rounding as [`mask`].
+pub fn expected_pruned(pattern: &Pattern, sparsity: &Sparsity, [rows, cols]: [usize; 2]) -> usize {
+    match (pattern, sparsity) {
+        (Pattern::Row, Sparsity::Uniform(s)) => rows * (cols as f64 * s).floor() as usize,
+        (Pattern::Layer, Sparsity::Uniform(s)) => ((rows * cols) as f64 * s).floor() as usize,
+        (Pattern::RowsVariable, Sparsity::Uniform(s)) => rows_variable_prune_counts(&vec![*s; rows], cols).iter().sum(),
+        (_, Sparsity::PerRow(v)) if !matches!(pattern, Pattern::NM { .. }) => rows_variable_prune_counts(v, cols).iter().sum(),
+        (Pattern::NM { n, m }, _) => rows * cols / m * n,
+        (_, Sparsity::PerRow(v)) => rows_variable_prune_counts(v, cols).iter().sum(),
     }
 }

@@ -16,7 +16,19 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::config::{Config, RopeScaling};
 use crate::error::Result;
 use crate::weights::{Checkpoint, HostTensor};
-use crate::bail;
+use crate::{bail, err};
+
+/// Reads a tensor back to the host as f32; a failed readback is an error naming `what`, never
+/// an empty vector.
+pub fn host_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
+    let n = t.shape().num_elements();
+    let data = t.try_into_data().map_err(|e| err!("{what}: reading the result back from the device failed: {}", crate::error::one_line(&e.to_string())))?;
+    let v = data.try_into_vec::<f32>().map_err(|e| err!("{what}: the device returned unreadable data: {}", crate::error::one_line(&e.to_string())))?;
+    if v.len() != n {
+        bail!("{what}: the device returned {} values, expected {n}", v.len());
+    }
+    Ok(v)
+}
 
 /// Canonical names of a block's linear layers, in execution order.
 pub const LINEARS: [&str; 7] = [
@@ -83,15 +95,7 @@ impl Model {
     /// Opens a model folder and loads what every pass needs (embeddings, final norm, head);
     /// blocks stay on disk until [`Model::load_block`].
     pub fn open(dir: &Path, device: &Device) -> Result<Model> {
-        if !dir.is_dir() {
-            bail!("{}: model folder not found", dir.display());
-        }
-        let config_path = dir.join("config.json");
-        if !config_path.exists() {
-            bail!("{}: no config.json", dir.display());
-        }
-        let config = Config::from_file(&config_path)?;
-        let checkpoint = Checkpoint::open(dir)?;
+        let (config, checkpoint) = check_model_dir(dir)?;
         let (v, d) = (config.vocab_size, config.hidden_size);
         let embed = checkpoint.load("model.embed_tokens.weight", &[v, d])?;
         let embed_tokens = to_device2(embed, device);
@@ -113,10 +117,7 @@ impl Model {
 
     /// Shape [out, in] of each linear of a block, in [`LINEARS`] order.
     pub fn linear_shapes(&self) -> [[usize; 2]; 7] {
-        let c = &self.config;
-        let (d, f) = (c.hidden_size, c.intermediate_size);
-        let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        [[q, d], [kv, d], [kv, d], [d, q], [f, d], [f, d], [d, f]]
+        linear_shapes(&self.config)
     }
 
     pub fn linear_name(block: usize, linear: usize) -> String {
@@ -183,18 +184,18 @@ impl Model {
 
     /// Checks that windows of `t` tokens run exactly on this model.
     pub fn check_seqlen(&self, t: usize) -> Result<()> {
-        if t == 0 {
-            bail!("--seqlen must be at least 1");
-        }
-        if t > self.config.max_positions {
-            bail!("--seqlen {t} exceeds the model's max_position_embeddings ({})", self.config.max_positions);
-        }
-        if let Some(w) = self.config.sliding_window {
-            if t > w {
-                bail!("--seqlen {t} exceeds the sliding window ({w}); sliding-window attention is not implemented");
+        self.config.check_seqlen(t)
+    }
+
+    /// Checks that every token id has a row in the embeddings (a tokenizer that does not
+    /// belong to the model gives larger ids).
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().max() {
+            Some(&m) if m as usize >= self.config.vocab_size => {
+                bail!("token id {m} is outside the model's vocabulary (vocab_size {})", self.config.vocab_size)
             }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Whole forward pass: ids [b, t] → logits [b, t, vocab], with every block loaded in turn.
@@ -313,13 +314,84 @@ fn rope_inv_freq(c: &Config) -> Vec<f32> {
 
 /// Mean cross-entropy per sequence of predicting tokens 2..t from their prefixes:
 /// logits [b, t, vocab], ids [b·t] → [b].
-pub fn sequence_losses(logits: Tensor<3>, ids: &[u32], device: &Device) -> Vec<f32> {
+pub fn sequence_losses(logits: Tensor<3>, ids: &[u32], device: &Device) -> Result<Vec<f32>> {
     let [b, t, vocab] = logits.dims();
     let logp = log_softmax(logits.slice([0..b, 0..t - 1, 0..vocab]), 2);
     let targets: Vec<i64> = (0..b).flat_map(|s| ids[s * t + 1..(s + 1) * t].iter().map(|&i| i as i64)).collect();
     let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [b * (t - 1)]), device).reshape([b, t - 1, 1]);
     let picked = logp.gather(2, targets).reshape([b, t - 1]);
-    picked.mean_dim(1).neg().into_data().try_to_vec::<f32>().unwrap_or_default()
+    host_f32(picked.mean_dim(1).neg(), "sequence losses")
+}
+
+/// Reads a model folder without a device and checks everything that can be checked cheaply:
+/// the config, the weights' headers, the block count, and that every tensor the forward pass
+/// loads is present with its shape. Errors surface here, before any device is opened.
+pub fn check_model_dir(dir: &Path) -> Result<(Config, Checkpoint)> {
+    if !dir.is_dir() {
+        bail!("{}: model folder not found", dir.display());
+    }
+    let config_path = dir.join("config.json");
+    if !config_path.exists() {
+        bail!("{}: no config.json", dir.display());
+    }
+    let config = Config::from_file(&config_path)?;
+    let checkpoint = Checkpoint::open(dir)?;
+    check_layers(&config, &checkpoint)?;
+    let (v, d) = (config.vocab_size, config.hidden_size);
+    let mut required: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![v, d]), ("model.norm.weight".into(), vec![d])];
+    if checkpoint.contains("lm_head.weight") || !config.tie_word_embeddings {
+        required.push(("lm_head.weight".into(), vec![v, d]));
+    }
+    let shapes = linear_shapes(&config);
+    for b in 0..config.num_layers {
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            required.push((format!("model.layers.{b}.{norm}.weight"), vec![d]));
+        }
+        for (i, shape) in shapes.iter().enumerate() {
+            required.push((Model::linear_name(b, i), shape.to_vec()));
+            if config.qkv_bias && i <= V {
+                required.push((format!("model.layers.{b}.{}.bias", LINEARS[i]), vec![shape[0]]));
+            }
+        }
+    }
+    for (name, shape) in &required {
+        let (_, info) = checkpoint.info(name)?;
+        if info.shape != *shape {
+            bail!("tensor \"{name}\" has shape {:?}, expected {shape:?}", info.shape);
+        }
+    }
+    Ok((config, checkpoint))
+}
+
+/// Shape [out, in] of each linear of a block, in [`LINEARS`] order.
+fn linear_shapes(c: &Config) -> [[usize; 2]; 7] {
+    let (d, f) = (c.hidden_size, c.intermediate_size);
+    let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    [[q, d], [kv, d], [kv, d], [d, q], [f, d], [f, d], [d, f]]
+}
+
+/// The block count the weights hold must be the config's `num_hidden_layers`: fewer would fail
+/// half-way, more would leave blocks unpruned while the report says otherwise.
+pub fn check_layers(config: &Config, checkpoint: &Checkpoint) -> Result<()> {
+    let mut present: Vec<usize> = checkpoint
+        .names
+        .keys()
+        .filter_map(|n| n.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok())
+        .collect();
+    present.dedup();
+    present.sort_unstable();
+    present.dedup();
+    let n = config.num_layers;
+    let held = present.last().map(|&m| m + 1).unwrap_or(0);
+    if held != n || present.len() != held {
+        let what = match (present.first(), present.last()) {
+            (Some(a), Some(b)) if present.len() == held => format!("{held} blocks (model.layers.{a} to {b})"),
+            (Some(_), Some(_)) => format!("blocks {}", present.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")),
+            _ => "no blocks".to_string(),
+        };
+        bail!("{}: config.json says num_hidden_layers = {n}, but the weights hold {what}", checkpoint.dir.display());
+    }
+    Ok(())
 }
 
 fn to_device1(t: HostTensor, device: &Device) -> Tensor<1> {

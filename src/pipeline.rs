@@ -5,80 +5,21 @@
 
 use burn::tensor::Tensor;
 
+use burn::tensor::TensorData;
+
 use crate::error::Result;
 use crate::eval::progress_bar;
-use crate::mask::{mask, Pattern, Sparsity};
-use crate::model::{Block, Model, Rope, LINEARS};
+use crate::mask::{expected_pruned, mask, Pattern, Sparsity};
+pub use crate::mask::{Bits, LayerMask};
+use crate::model::{host_f32, Block, Model, Rope, LINEARS};
 use crate::score::{apply_mask, score, InputStats, Method};
+use crate::bail;
 
 /// Windows per forward pass during calibration.
-const CHUNK: usize = 8;
+pub const CHUNK: usize = 8;
 
 /// The sparsity each linear gets: (block, linear index in [`LINEARS`]) → sparsity.
 pub type SparsityMap<'a> = &'a dyn Fn(usize, usize) -> Sparsity;
-
-/// A packed bit set: masks of every layer are held until the checkpoint is written, one bit
-/// per weight (a 7B model's masks take 0.8 GB, not 6.5).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Bits {
-    words: Vec<u64>,
-    len: usize,
-}
-
-impl Bits {
-    pub fn from_flags(flags: impl ExactSizeIterator<Item = bool>) -> Bits {
-        let len = flags.len();
-        let mut words = vec![0u64; len.div_ceil(64)];
-        for (i, f) in flags.enumerate() {
-            words[i / 64] |= (f as u64) << (i % 64);
-        }
-        Bits { words, len }
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn count_ones(&self) -> usize {
-        self.words.iter().map(|w| w.count_ones() as usize).sum()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = bool> + '_ {
-        (0..self.len).map(|i| self.words[i / 64] >> (i % 64) & 1 == 1)
-    }
-
-    /// Indices of the set bits, ascending.
-    pub fn ones(&self) -> impl Iterator<Item = usize> + '_ {
-        self.words.iter().enumerate().flat_map(|(wi, &w)| {
-            let mut w = w;
-            std::iter::from_fn(move || {
-                if w == 0 {
-                    return None;
-                }
-                let bit = w.trailing_zeros() as usize;
-                w &= w - 1;
-                Some(wi * 64 + bit)
-            })
-        })
-    }
-}
-
-/// One pruned linear: its checkpoint name, shape and which weights were zeroed (row-major).
-pub struct LayerMask {
-    pub name: String,
-    pub shape: [usize; 2],
-    pub pruned: Bits,
-}
-
-impl LayerMask {
-    pub fn fraction(&self) -> f64 {
-        self.pruned.count_ones() as f64 / self.pruned.len().max(1) as f64
-    }
-}
 
 /// Embeds `windows` ([n · seqlen] ids) in chunks of [`CHUNK`] windows.
 pub fn embed_windows(model: &Model, windows: &[u32], seqlen: usize) -> Vec<Tensor<3>> {
@@ -86,8 +27,9 @@ pub fn embed_windows(model: &Model, windows: &[u32], seqlen: usize) -> Vec<Tenso
 }
 
 /// Runs `block` on every chunk of `hidden`, recording each linear's input statistics; returns
-/// the statistics and the block's outputs.
-pub fn run_recording(model: &Model, block: &Block, hidden: &[Tensor<3>], rope: &Rope) -> (Vec<InputStats>, Vec<Tensor<3>>) {
+/// the statistics and the block's outputs. Fails, naming the block and linear, when a
+/// statistic is not finite (NaN or infinite inputs, or an overflow).
+pub fn run_recording(model: &Model, block: &Block, hidden: &[Tensor<3>], rope: &Rope) -> Result<(Vec<InputStats>, Vec<Tensor<3>>)> {
     let mut stats: Vec<InputStats> = model.linear_shapes().iter().map(|s| InputStats::new(s[1], &model.device)).collect();
     let outputs = hidden
         .iter()
@@ -96,7 +38,23 @@ pub fn run_recording(model: &Model, block: &Block, hidden: &[Tensor<3>], rope: &
             block.forward(h.clone(), rope, &model.config, Some(&mut record))
         })
         .collect();
-    (stats, outputs)
+    check_finite_stats(block.index, &stats)?;
+    Ok((stats, outputs))
+}
+
+/// One readback for the whole block; the slow search for the culprit only when it fails.
+fn check_finite_stats(block: usize, stats: &[InputStats]) -> Result<()> {
+    let total = stats.iter().map(|s| s.sumsq.clone().sum()).reduce(|a, b| a + b);
+    let Some(total) = total else { return Ok(()) };
+    if host_f32(total, "input statistics")?.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    for (li, s) in stats.iter().enumerate() {
+        if !host_f32(s.sumsq.clone().sum(), "input statistics")?.iter().all(|v| v.is_finite()) {
+            bail!("block {block} {}: its input holds NaN or infinite values (the previous layers' outputs overflowed or hold NaN)", LINEARS[li]);
+        }
+    }
+    Ok(())
 }
 
 /// The base pruner on one linear: its weight with the masked entries zeroed, and the mask.
@@ -116,6 +74,12 @@ pub fn prune_linear(
     Ok((apply_mask(weight, m.clone()), m))
 }
 
+/// A mask tensor (1.0 = pruned) from its packed bits.
+pub fn mask_tensor(m: &LayerMask, device: &burn::tensor::Device) -> Tensor<2> {
+    let flags: Vec<f32> = m.pruned.iter().map(|b| if b { 1.0 } else { 0.0 }).collect();
+    Tensor::from_data(TensorData::new(flags, m.shape), device)
+}
+
 /// Prunes every block in order and returns the masks, block by block.
 pub fn prune(
     model: &Model,
@@ -125,45 +89,76 @@ pub fn prune(
     pattern: &Pattern,
     sparsity: SparsityMap,
 ) -> Result<Vec<LayerMask>> {
+    prune_resumable(model, windows, seqlen, method, pattern, sparsity, Vec::new(), &mut |_, _| Ok(()))
+}
+
+/// [`prune`], continuing after the blocks whose masks `done` holds (an interrupted run's):
+/// those are replayed, their saved masks applied and the block run once to rebuild the next
+/// block's inputs, exactly as the pruning pass had computed them. `finished` is told each newly
+/// pruned block's masks.
+#[allow(clippy::too_many_arguments)]
+pub fn prune_resumable(
+    model: &Model,
+    windows: &[u32],
+    seqlen: usize,
+    method: Method,
+    pattern: &Pattern,
+    sparsity: SparsityMap,
+    done: Vec<Vec<LayerMask>>,
+    finished: &mut dyn FnMut(usize, &[LayerMask]) -> Result<()>,
+) -> Result<Vec<LayerMask>> {
     let nsamples = windows.len() / seqlen;
     let rope = model.rope(seqlen);
     let mut hidden = embed_windows(model, windows, seqlen);
     let shapes = model.linear_shapes();
     let bar = progress_bar(model.num_blocks(), "pruning blocks");
     let mut masks = Vec::new();
+    let replay = done.len();
+    let mut done = done.into_iter();
     for b in 0..model.num_blocks() {
         let mut block = model.load_block(b)?;
-        // Wanda's order: statistics from the dense block; its outputs are not kept.
-        let (stats, _) = run_recording(model, &block, &hidden, &rope);
-        for (li, linear) in block.linears.iter_mut().enumerate() {
-            let (pruned, m) = prune_linear(linear.weight.clone(), &stats[li], nsamples, method, pattern, &sparsity(b, li))?;
-            linear.weight = pruned;
-            let host = m.into_data().try_to_vec::<f32>().unwrap_or_default();
-            masks.push(LayerMask {
-                name: Model::linear_name(b, li),
-                shape: shapes[li],
-                pruned: Bits::from_flags(host.iter().map(|&v| v != 0.0)),
-            });
-        }
+        let block_masks = if b < replay {
+            let saved = done.next().unwrap_or_default();
+            if saved.len() != LINEARS.len() || saved.iter().enumerate().any(|(li, m)| m.name != Model::linear_name(b, li) || m.shape != shapes[li] || m.pruned.len() != shapes[li][0] * shapes[li][1]) {
+                bail!("--resume: the saved masks of block {b} do not fit this model; rerun without --resume");
+            }
+            for (linear, m) in block.linears.iter_mut().zip(&saved) {
+                linear.weight = apply_mask(linear.weight.clone(), mask_tensor(m, &model.device));
+            }
+            saved
+        } else {
+            // Wanda's order: statistics from the dense block; its outputs are not kept.
+            let (stats, _) = run_recording(model, &block, &hidden, &rope)?;
+            let mut block_masks = Vec::with_capacity(LINEARS.len());
+            for (li, linear) in block.linears.iter_mut().enumerate() {
+                let s = sparsity(b, li);
+                let (pruned, m) = prune_linear(linear.weight.clone(), &stats[li], nsamples, method, pattern, &s)?;
+                linear.weight = pruned;
+                let name = Model::linear_name(b, li);
+                let host = host_f32(m, &name)?;
+                if host.len() != shapes[li][0] * shapes[li][1] {
+                    bail!("{name}: the mask read back from the device has {} entries, expected {}", host.len(), shapes[li][0] * shapes[li][1]);
+                }
+                let mut flags: Vec<bool> = host.iter().map(|&v| v != 0.0).collect();
+                if crate::staging::fault_point("drop-one-mask-bit") {
+                    if let Some(f) = flags.iter_mut().find(|f| **f) {
+                        *f = false;
+                    }
+                }
+                let lm = LayerMask { name, shape: shapes[li], pruned: Bits::from_flags(flags.into_iter()) };
+                let want = expected_pruned(pattern, &s, shapes[li]);
+                if lm.pruned.count_ones() != want {
+                    bail!("{}: pruned {} weights where the sparsity map asks for {want}; refusing to write a wrongly pruned model", lm.name, lm.pruned.count_ones());
+                }
+                block_masks.push(lm);
+            }
+            finished(b, &block_masks)?;
+            block_masks
+        };
+        masks.extend(block_masks);
         hidden = hidden.into_iter().map(|h| block.forward(h, &rope, &model.config, None)).collect();
         bar.inc(1);
     }
     bar.finish_and_clear();
-    debug_assert_eq!(masks.len(), model.num_blocks() * LINEARS.len());
     Ok(masks)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Bits;
-
-    #[test]
-    fn bits_round_trip() {
-        let flags: Vec<bool> = (0..200).map(|i| i % 3 == 0 || i == 127 || i == 128).collect();
-        let b = Bits::from_flags(flags.iter().copied());
-        assert_eq!(b.iter().collect::<Vec<_>>(), flags);
-        assert_eq!(b.count_ones(), flags.iter().filter(|&&f| f).count());
-        let want: Vec<usize> = (0..200).filter(|&i| flags[i]).collect();
-        assert_eq!(b.ones().collect::<Vec<_>>(), want);
-    }
 }

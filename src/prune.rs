@@ -8,21 +8,24 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::calib::{draw_windows, gather_windows};
-use crate::device::Selected;
+use crate::device::{self, Choice};
 use crate::error::Result;
-use crate::eval::{default_seqlen, perplexity};
+use crate::eval::{perplexity, progress_bar};
 use crate::mask::{Pattern, Sparsity};
-use crate::model::{Model, LINEARS};
-use crate::pipeline::prune;
+use crate::memory;
+use crate::model::{check_model_dir, Model, LINEARS};
+use crate::pipeline::prune_resumable;
+use crate::provenance;
+use crate::resume::Progress;
 use crate::score::Method;
-use crate::tokenizer::{tokenize_file, Tokenizer};
-use crate::eval::progress_bar;
+use crate::staging::{check_plots, fault, write_lock, Destination, PlotsTarget, Staging};
+use crate::tokenizer::{tokenize_checked, Tokenizer};
 use crate::topup::{
     block_grid, block_map, evaluate, neuroal_block_sparsities, owl_block_sparsities, owl_outlier_ratios, row_grid,
     row_map, uniform_map, winner, Evaluation, Map,
 };
-use crate::writer::{check_destination, write_checkpoint, Staging};
-use crate::bail;
+use crate::writer::write_checkpoint;
+use crate::{bail, err};
 
 pub struct PruneArgs {
     pub model: PathBuf,
@@ -44,6 +47,9 @@ pub struct PruneArgs {
     /// Candidates evaluated per pass over the blocks (0: all of a step at once).
     pub search_chunk: usize,
     pub plots: Option<PathBuf>,
+    pub device: Choice,
+    /// Continue an interrupted run of the same command from its saved progress.
+    pub resume: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -91,6 +97,7 @@ fn choose_map(
     method: Method,
     pattern: &Pattern,
     s: f64,
+    progress: &Progress,
 ) -> Result<TopUp> {
     let blocks = model.num_blocks();
     match kind {
@@ -103,7 +110,15 @@ fn choose_map(
                             "block_scores": [], "row_scores": [], "block_sparsities": vec![s; blocks] }),
         }),
         TopUpKind::Owl => {
-            let ratios = owl_outlier_ratios(model, windows, seqlen, args.owl_m)?;
+            let ratios = match progress.floats("owl-ratios")? {
+                Some(r) => r,
+                None => {
+                    let r = owl_outlier_ratios(model, windows, seqlen, args.owl_m)?;
+                    progress.save_floats("owl-ratios", &r)?;
+                    fault("after-owl");
+                    r
+                }
+            };
             let sparsities = owl_block_sparsities(&ratios, args.owl_lambda, s);
             Ok(TopUp {
                 map: block_map(&sparsities),
@@ -115,11 +130,11 @@ fn choose_map(
                 search_windows: None,
             })
         }
-        TopUpKind::Neuroal => neuroal(args, model, ids, seqlen, method, s),
+        TopUpKind::Neuroal => neuroal(args, model, ids, seqlen, method, s, progress),
     }
 }
 
-fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: Method, s: f64) -> Result<TopUp> {
+fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: Method, s: f64, saved: &Progress) -> Result<TopUp> {
     let (do_block, do_row) = match args.neuroal_step.as_str() {
         "block" => (true, false),
         "row" => (false, true),
@@ -133,15 +148,34 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
     let search = gather_windows(ids, &starts, seqlen);
     let blocks = model.num_blocks();
     let bar = progress_bar(0, "NeuroAL");
+    // Candidates are scored a group at a time; each finished group is saved, so an interrupted
+    // search continues with the next group.
     let run = |step: &str, candidates: &[Map], pattern: &Pattern| -> Result<Vec<Evaluation>> {
         let chunk = if args.search_chunk == 0 { candidates.len() } else { args.search_chunk };
         bar.set_length((candidates.len() * blocks) as u64);
         bar.set_position(0);
-        let progress = |done: usize, b: usize| {
-            bar.set_message(format!("{step} step: candidates {}-{} of {}, block {}/{blocks}", done + 1, (done + chunk).min(candidates.len()), candidates.len(), b + 1));
-            bar.inc(chunk.min(candidates.len() - done) as u64);
-        };
-        evaluate(model, &search, seqlen, method, pattern, candidates, chunk, &progress)
+        let mut evals = Vec::with_capacity(candidates.len());
+        for (gi, group) in candidates.chunks(chunk.max(1)).enumerate() {
+            let key = format!("{step}-{gi}");
+            let done = evals.len();
+            if let Some(e) = saved.evaluations(&key)? {
+                if e.len() != group.len() {
+                    bail!("--resume: the saved NeuroAL scores of the {step} step do not fit this run; rerun without --resume");
+                }
+                bar.inc((group.len() * blocks) as u64);
+                evals.extend(e);
+                continue;
+            }
+            let progress = |_: usize, b: usize| {
+                bar.set_message(format!("{step} step: candidates {}-{} of {}, block {}/{blocks}", done + 1, done + group.len(), candidates.len(), b + 1));
+                bar.inc(group.len() as u64);
+            };
+            let e = evaluate(model, &search, seqlen, method, pattern, group, group.len(), &progress)?;
+            saved.save_evaluations(&key, &e)?;
+            fault(&format!("after-search-{key}"));
+            evals.extend(e);
+        }
+        Ok(evals)
     };
 
     let mut report = json!({ "name": "neuroal", "step": args.neuroal_step, "search_nsamples": args.search_nsamples,
@@ -178,8 +212,11 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
     Ok(result)
 }
 
-/// Runs the whole job and returns the report (also written as `report.json` in the output).
-pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
+/// Checks every flag and input, then runs the whole job and returns the report (also written
+/// as `report.json` in the output). Nothing slow starts before everything checkable is checked:
+/// flags, files, the destination (its temporary folder is created first), the token ids, the
+/// evaluation text and the memory the run needs.
+pub fn run(args: &PruneArgs) -> Result<Value> {
     let start = Instant::now();
     let method = Method::parse(&args.method)?;
     let pattern = Pattern::parse(&args.pattern)?;
@@ -192,7 +229,7 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
     }
     let sparsity = match (&pattern, args.sparsity) {
         (Pattern::NM { n, m }, None) => *n as f64 / *m as f64,
-        (Pattern::NM { n, m }, Some(s)) if (s - *n as f64 / *m as f64).abs() > 1e-9 => {
+        (Pattern::NM { n, m }, Some(s)) if !((s - *n as f64 / *m as f64).abs() <= 1e-9) => {
             bail!("--sparsity {s} contradicts --pattern {n}:{m} (which prunes {})", *n as f64 / *m as f64)
         }
         (_, Some(s)) => s,
@@ -204,30 +241,118 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
     if args.nsamples == 0 {
         bail!("--nsamples must be at least 1");
     }
-    if !args.calib.exists() {
+    if !(args.owl_m.is_finite() && args.owl_m > 0.0) {
+        bail!("--owl-m {} must be a positive number", args.owl_m);
+    }
+    if !(args.owl_lambda.is_finite() && (0.0..1.0).contains(&args.owl_lambda)) {
+        bail!("--owl-lambda {} must be a number in [0, 1)", args.owl_lambda);
+    }
+    if kind == TopUpKind::Neuroal {
+        if !matches!(args.neuroal_step.as_str(), "block" | "row" | "both") {
+            bail!("unknown --neuroal-step \"{}\" (expected block, row or both)", args.neuroal_step);
+        }
+        if args.search_nsamples == 0 {
+            bail!("--search-nsamples must be at least 1");
+        }
+    }
+    if !args.calib.is_file() {
         bail!("{}: calibration file not found", args.calib.display());
     }
     if let Some(e) = &args.eval {
-        if !e.exists() {
+        if !e.is_file() {
             bail!("{}: evaluation file not found", e.display());
         }
     }
-    let model = Model::open(&args.model, &device.device)?;
-    check_destination(&args.model, &args.out, args.force)?;
-    let seqlen = args.seqlen.unwrap_or_else(|| default_seqlen(&model));
-    model.check_seqlen(seqlen)?;
+
+    // The model, read without a device: config, weights' names and shapes, tokenizer.
+    let (config, checkpoint) = check_model_dir(&args.model)?;
+    let dest = Destination::check(&args.model, &args.out, args.force, args.resume)?;
+    let plots = match &args.plots {
+        Some(p) => Some(check_plots(&args.model, &dest, p)?),
+        None => None,
+    };
+    let seqlen = args.seqlen.unwrap_or_else(|| crate::eval::default_seqlen(&config));
+    config.check_seqlen(seqlen)?;
     let tokenizer = Tokenizer::open(&args.model)?;
-    let ids = tokenize_file(&tokenizer, &args.calib)?;
+    let ids = tokenize_checked(&tokenizer, &args.model, &args.calib, config.vocab_size)?;
+    if ids.len() < seqlen + 1 {
+        bail!("calibration text has {} tokens, too few for one window of {seqlen} (needs {})", ids.len(), seqlen + 1);
+    }
+    let eval_ids = match &args.eval {
+        Some(text) => {
+            let e = tokenize_checked(&tokenizer, &args.model, text, config.vocab_size)?;
+            if seqlen < 2 || e.len() < seqlen {
+                bail!("{}: the evaluation text has {} tokens, fewer than one window of {seqlen}", text.display(), e.len());
+            }
+            Some(e)
+        }
+        None => None,
+    };
+    let search_grid = if args.neuroal_step == "row" { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };
+    let estimate = memory::Run {
+        nsamples: args.nsamples,
+        seqlen,
+        chunk: crate::pipeline::CHUNK,
+        search: (kind == TopUpKind::Neuroal)
+            .then(|| (args.search_nsamples, if args.search_chunk == 0 { search_grid } else { args.search_chunk.min(search_grid) })),
+    };
+    if args.device != Choice::Gpu {
+        if let Some(avail) = memory::available_host() {
+            memory::check(&memory::prune_parts(&config, &estimate), avail, "this machine")?;
+        }
+    }
+
+    // Provenance and the progress of an interrupted run.
+    let shard_names: Vec<String> = checkpoint.shards.iter().map(|s| s.file_name.clone()).collect();
+    let mut inputs = provenance::model_hashes(&args.model, &shard_names)?;
+    inputs.insert("calibration text".into(), provenance::sha256_file(&args.calib)?);
+    if let Some(e) = &args.eval {
+        inputs.insert("evaluation text".into(), provenance::sha256_file(e)?);
+    }
+    let settings = json!({
+        "method": method.name(), "pattern": pattern.name(), "sparsity": sparsity, "nsamples": args.nsamples,
+        "seqlen": seqlen, "seed": args.seed, "top_up": args.top_up, "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
+        "neuroal_step": args.neuroal_step, "search_nsamples": args.search_nsamples, "search_chunk": args.search_chunk,
+        "device": format!("{:?}", args.device).to_lowercase(),
+    });
+    let state = json!({ "version": provenance::VERSION, "settings": settings, "inputs": inputs });
+    let (staging, adopted) = Staging::create(&dest, &|dir| Progress::verify(dir, &state))?;
+    if args.resume {
+        match &adopted {
+            Some(p) => eprintln!("resuming the interrupted run saved in {}", p.display()),
+            None => eprintln!("--resume: no interrupted run of {} to continue; starting from the beginning", args.out.display()),
+        }
+    }
+    let saved = Progress::open(&staging.dir, &state, adopted.is_some())?;
+
+    let device = device::select(args.device)?;
+    eprintln!("device {}", device.description);
+    if let Some(limit) = device.max_buffer {
+        let need = memory::largest_buffer(&config, &estimate);
+        if need > limit as u128 {
+            bail!("this run needs a {} buffer, more than the adapter's limit of {}; lower --seqlen", memory::human(need), memory::human(limit as u128));
+        }
+    }
+    let model = Model::open(&args.model, &device.device)?;
     let starts = draw_windows(ids.len(), seqlen, args.nsamples, args.seed)?;
     let windows = gather_windows(&ids, &starts, seqlen);
 
     let t_topup = Instant::now();
-    let topup = choose_map(kind, args, &model, &ids, &windows, seqlen, method, &pattern, sparsity)?;
+    let topup = choose_map(kind, args, &model, &ids, &windows, seqlen, method, &pattern, sparsity, &saved)?;
     let topup_s = t_topup.elapsed().as_secs_f64();
 
     let t_prune = Instant::now();
     let map = &topup.map;
-    let masks = prune(&model, &windows, seqlen, method, &topup.pattern, &|b, l| map[b][l].clone())?;
+    let mut done = Vec::new();
+    while let Some(m) = saved.block_masks(done.len())? {
+        done.push(m);
+    }
+    let mut finished = |b: usize, masks: &[crate::mask::LayerMask]| -> Result<()> {
+        saved.save_block_masks(b, masks)?;
+        fault(&format!("after-block-{b}"));
+        Ok(())
+    };
+    let masks = prune_resumable(&model, &windows, seqlen, method, &topup.pattern, &|b, l| map[b][l].clone(), done, &mut finished)?;
     let prune_s = t_prune.elapsed().as_secs_f64();
     let row_sparsity: BTreeMap<String, Value> = map
         .iter()
@@ -241,15 +366,13 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
     let mut topup_report = topup.report;
     topup_report["row_sparsity"] = json!(row_sparsity);
 
-    let staging = Staging::new(&args.out)?;
     write_checkpoint(&model.checkpoint, &masks, &staging.dir)?;
 
     let mut eval = json!({ "ppl_dense": null, "ppl_pruned": null });
-    if let Some(text) = &args.eval {
-        let eval_ids = tokenize_file(&tokenizer, text)?;
-        let dense = perplexity(&model, &eval_ids, seqlen, None, &device.description)?;
+    if let (Some(text), Some(eval_ids)) = (&args.eval, &eval_ids) {
+        let dense = perplexity(&model, eval_ids, seqlen, None, &device.description)?;
         let pruned_model = Model::open(&staging.dir, &device.device)?;
-        let pruned = perplexity(&pruned_model, &eval_ids, seqlen, None, &device.description)?;
+        let pruned = perplexity(&pruned_model, eval_ids, seqlen, None, &device.description)?;
         eval = json!({ "file": text, "seqlen": seqlen, "windows": dense.windows,
                        "ppl_dense": dense.ppl, "ppl_pruned": pruned.ppl });
     }
@@ -270,6 +393,7 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
             "sparsity": sparsity, "top_up": args.top_up, "final_pattern": topup.pattern.name(),
         },
         "device": device.description,
+        "dtype": { "compute": "f32", "checkpoint": model.config.dtype },
         "calibration": {
             "file": args.calib, "seed": args.seed, "seqlen": seqlen, "nsamples": args.nsamples,
             "tokens": ids.len(), "generator": "splitmix64, start = (next_u64 * (n - seqlen)) >> 64",
@@ -279,8 +403,13 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
         "sparsity": { "overall": zeros as f64 / total.max(1) as f64, "blocks": blocks.clone(), "layers": layers },
         "eval": eval,
         "timings": { "topup_s": topup_s, "prune_s": prune_s, "total_s": start.elapsed().as_secs_f64() },
+        "provenance": {
+            "tool": "neuroal", "version": provenance::VERSION, "git_revision": provenance::GIT_REVISION,
+            "command_line": provenance::command_line(), "device": device.description,
+            "resumed_from": adopted, "sha256": state["inputs"],
+        },
     });
-    if let Some(dir) = &args.plots {
+    if let Some(target) = &plots {
         let mut series = vec![("uniform".to_string(), vec![sparsity; model.num_blocks()])];
         if pattern == Pattern::Row {
             let owl = match kind {
@@ -290,11 +419,21 @@ pub fn run(args: &PruneArgs, device: &Selected) -> Result<Value> {
             series.push(("OWL".to_string(), owl));
         }
         series.push((format!("{} (as pruned)", args.top_up), blocks.clone()));
-        let files = crate::plots::write_all(dir, &report["topup"], &series, &topup.map)?;
-        report["plots"] = json!({ "dir": dir, "files": files });
+        let (write_to, listed) = match target {
+            PlotsTarget::Outside(dir) => (dir.clone(), dir.clone()),
+            PlotsTarget::InsideOutput(rel) => (staging.dir.join(rel), dest.path().join(rel)),
+        };
+        let files = {
+            let _guard = write_lock();
+            crate::plots::write_all(&write_to, &report["topup"], &series, &topup.map)?
+        };
+        report["plots"] = json!({ "dir": listed, "files": files });
     }
-    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-    std::fs::write(staging.dir.join("report.json"), text).map_err(|e| crate::err!("cannot write report.json: {e}"))?;
+    let text = serde_json::to_string_pretty(&report).map_err(|e| err!("cannot encode report.json: {e}"))?;
+    {
+        let _guard = write_lock();
+        std::fs::write(staging.dir.join("report.json"), text).map_err(|e| err!("cannot write report.json: {}", crate::error::io_words(&e)))?;
+    }
     staging.commit()?;
     Ok(report)
 }

@@ -26,9 +26,25 @@ impl Tokenizer {
 
 /// Reads a UTF-8 text file and tokenizes it once.
 pub fn tokenize_file(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>> {
-    let text = std::fs::read_to_string(path).map_err(|e| err!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| err!("cannot read {}: {}", path.display(), crate::error::io_words(&e)))?;
     if text.trim().is_empty() {
         bail!("{}: the text file is empty", path.display());
     }
     tokenizer.encode(&text)
+}
+
+/// [`tokenize_file`], refusing ids the model has no embedding for: a tokenizer.json that does
+/// not belong to the model would otherwise index past the embedding table.
+pub fn tokenize_checked(tokenizer: &Tokenizer, model_dir: &Path, path: &Path, vocab_size: usize) -> Result<Vec<u32>> {
+    let ids = tokenize_file(tokenizer, path)?;
+    if let Some(&max) = ids.iter().max() {
+        if max as usize >= vocab_size {
+            bail!(
+                "{}: gives token id {max} for {}, but the model's vocab_size is {vocab_size}; the tokenizer does not belong to this model",
+                model_dir.join("tokenizer.json").display(),
+                path.display()
+            );
+        }
+    }
+    Ok(ids)
 }

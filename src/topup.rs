@@ -7,6 +7,8 @@ use burn::tensor::{DType, Tensor};
 
 use crate::error::Result;
 use crate::kernels;
+use crate::model::host_f32;
+use crate::bail;
 use crate::mask::{Pattern, Sparsity};
 use crate::model::{Model, DOWN, GATE, K, LINEARS, O, Q, UP, V};
 use crate::pipeline::{embed_windows, prune_linear, run_recording};
@@ -125,10 +127,15 @@ pub struct Evaluation {
 }
 
 /// m and d of one linear: on the device in WGSL on wgpu, else the burn-ops twin.
-pub fn alignment(dense: Tensor<1>, sparse: Tensor<1>) -> (f32, Vec<f32>) {
+pub fn alignment(dense: Tensor<1>, sparse: Tensor<1>) -> Result<(f32, Vec<f32>)> {
+    let n = dense.dims()[0];
     let (m, d) = if kernels::is_wgpu(&dense) { kernels::alignment(dense, sparse) } else { alignment_reference(dense, sparse) };
-    let m = m.into_data().try_to_vec::<f32>().unwrap_or_default().first().copied().unwrap_or(f32::NAN);
-    (m, d.into_data().try_to_vec::<f32>().unwrap_or_default())
+    let m = host_f32(m, "alignment metric")?;
+    let d = host_f32(d, "alignment difference")?;
+    if m.len() != 1 || d.len() != n {
+        bail!("alignment: the device returned {} and {} values, expected 1 and {n}", m.len(), d.len());
+    }
+    Ok((m[0], d))
 }
 
 /// The twin computes in f64, so it is the accurate side of the shader comparison.
@@ -164,12 +171,12 @@ pub fn evaluate(
             let mut block = model.load_block(b)?;
             let dense: Vec<Tensor<2>> = block.linears.iter().map(|l| l.weight.clone()).collect();
             for (c, map) in group.iter().enumerate() {
-                let (stats_dense, _) = run_recording(model, &block, &hidden[c], &rope);
+                let (stats_dense, _) = run_recording(model, &block, &hidden[c], &rope)?;
                 for (li, linear) in block.linears.iter_mut().enumerate() {
                     let sparsity = &map[b][li];
                     linear.weight = prune_linear(dense[li].clone(), &stats_dense[li], nsamples, method, pattern, sparsity)?.0;
                 }
-                let (stats_sparse, outputs) = run_recording(model, &block, &hidden[c], &rope);
+                let (stats_sparse, outputs) = run_recording(model, &block, &hidden[c], &rope)?;
                 hidden[c] = outputs;
                 for (linear, w) in block.linears.iter_mut().zip(&dense) {
                     linear.weight = w.clone();
@@ -178,7 +185,10 @@ pub fn evaluate(
                 for li in 0..LINEARS.len() {
                     let a_dense = stats_dense[li].scaler_row(nsamples).sqrt();
                     let a_sparse = stats_sparse[li].scaler_row(nsamples).sqrt();
-                    let (m, d) = alignment(a_dense, a_sparse);
+                    let (m, d) = alignment(a_dense, a_sparse)?;
+                    if !m.is_finite() {
+                        bail!("NeuroAL: block {b} {}: the alignment metric is {m} (all activations zero or not finite)", LINEARS[li]);
+                    }
                     evals[c].score += m as f64;
                     ds.push(d);
                 }
@@ -211,7 +221,7 @@ pub fn owl_outlier_ratios(model: &Model, windows: &[u32], seqlen: usize, m: f64)
     let mut ratios = Vec::new();
     for b in 0..model.num_blocks() {
         let block = model.load_block(b)?;
-        let (stats, outputs) = run_recording(model, &block, &hidden, &rope);
+        let (stats, outputs) = run_recording(model, &block, &hidden, &rope)?;
         hidden = outputs;
         let scores: Vec<Tensor<2>> = block
             .linears
@@ -220,9 +230,25 @@ pub fn owl_outlier_ratios(model: &Model, windows: &[u32], seqlen: usize, m: f64)
             .map(|(l, st)| score(l.weight.clone(), Some(st.scaler_row(nsamples))))
             .collect();
         let count: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
-        let total: f64 = scores.iter().map(|s| s.clone().sum().into_scalar::<f64>()).sum();
+        let read = |t: Tensor<1>| -> Result<f64> { Ok(host_f32(t, "OWL scores")?[0] as f64) };
+        let mut total = 0.0;
+        for s in &scores {
+            total += read(s.clone().sum())?;
+        }
+        if !total.is_finite() {
+            bail!("OWL: block {b}: the Wanda scores are not finite");
+        }
         let threshold = m * total / count as f64;
-        let outliers: i64 = scores.iter().map(|s| s.clone().greater_elem(threshold).int().sum().into_scalar::<i64>()).sum();
+        let mut outliers: i64 = 0;
+        for s in &scores {
+            outliers += s
+                .clone()
+                .greater_elem(threshold)
+                .int()
+                .sum()
+                .try_into_scalar::<i64>()
+                .map_err(|e| crate::err!("OWL scores: reading the result back from the device failed: {e:?}"))?;
+        }
         ratios.push(100.0 * outliers as f64 / count as f64);
     }
     Ok(ratios)

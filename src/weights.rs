@@ -27,7 +27,7 @@ impl Shard {
         // user's error, as with every memory-mapped loader.
         let mmap = unsafe { Mmap::map(&file) }.context(|| format!("cannot map {}", path.display()))?;
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
-            .map_err(|e| err!("{}: not a valid safetensors file ({e:?})", path.display()))?;
+            .map_err(|e| err!("{}: not a valid safetensors file ({})", path.display(), crate::error::one_line(&e.to_string())))?;
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Shard { file_name, mmap, header_len, metadata })
     }
@@ -73,6 +73,10 @@ impl Checkpoint {
             files.dedup();
             let mut shards = Vec::new();
             for f in &files {
+                let plain = matches!(Path::new(f).components().collect::<Vec<_>>().as_slice(), [std::path::Component::Normal(_)]);
+                if !plain {
+                    bail!("{}: names shard \"{f}\", which is outside the model folder", index_path.display());
+                }
                 let path = dir.join(f);
                 if !path.exists() {
                     bail!("{}: names shard {f}, which does not exist", index_path.display());
@@ -113,6 +117,9 @@ impl Checkpoint {
             bail!("tensor \"{name}\" has shape {:?}, expected {shape:?}", info.shape);
         }
         let data = decode_f32(shard.bytes(info), info.dtype).map_err(|e| err!("tensor \"{name}\": {e}"))?;
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            bail!("{}: tensor \"{name}\" holds a non-finite value ({} at index {i}); the checkpoint is damaged", self.dir.display(), data[i]);
+        }
         Ok(HostTensor { shape: info.shape.clone(), data, dtype: info.dtype })
     }
 }
@@ -122,7 +129,7 @@ pub fn decode_f32(bytes: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
         Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        other => bail!("unsupported dtype {other:?} (supported: F32, F16, BF16)"),
+        other => bail!("unsupported dtype {other} (supported: F32, F16, BF16)"),
     })
 }
 
@@ -133,6 +140,6 @@ pub fn encode_f32(values: &[f32], dtype: Dtype) -> Result<Vec<u8>> {
         Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Dtype::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
         Dtype::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
-        other => bail!("unsupported dtype {other:?} (supported: F32, F16, BF16)"),
+        other => bail!("unsupported dtype {other} (supported: F32, F16, BF16)"),
     })
 }

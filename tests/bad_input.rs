@@ -36,7 +36,7 @@ fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(2), "args {args:?}: expected exit 2, stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("device ")).collect();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "args {args:?}: expected one line, got {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     lines[0].to_string()

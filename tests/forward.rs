@@ -68,6 +68,8 @@ fn perplexity_matches_transformers_on_fixtures() {
             let seqlen = g["seqlen"].as_u64().unwrap() as usize;
             let r = perplexity(&model, &ids, seqlen, max, &dev.description).unwrap();
             let want = floats(&g["window_losses"]);
+            assert_eq!(r.window_losses.len(), max.unwrap_or(want.len()).min(want.len()), "{name} on {dev_name}: window count");
+            assert!(r.ppl.is_finite() && r.window_losses.iter().all(|l| l.is_finite()), "{name} on {dev_name}: not finite");
             for (w, (a, b)) in r.window_losses.iter().zip(&want).enumerate() {
                 assert!((a - b).abs() <= 1e-4 * b.abs(), "{name} on {dev_name}: window {w} loss {a} vs {b}");
             }
@@ -88,6 +90,8 @@ fn streamed_blocks_give_the_same_perplexity_as_resident_blocks() {
     let resident = neuroal::eval::perplexity_within(&model, &ids, 64, None, "cpu", usize::MAX).unwrap();
     let streamed = neuroal::eval::perplexity_within(&model, &ids, 64, None, "cpu", 0).unwrap();
     assert_eq!(resident.windows, streamed.windows);
+    assert_eq!(resident.window_losses.len(), streamed.window_losses.len());
+    assert_eq!(resident.window_losses.len(), resident.windows);
     for (a, b) in resident.window_losses.iter().zip(&streamed.window_losses) {
         assert!((a - b).abs() <= 1e-6 * b.abs(), "{a} vs {b}");
     }

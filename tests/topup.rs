@@ -92,7 +92,11 @@ fn shared_block_loads_score_exactly_like_one_by_one() {
         for (pattern, cands) in [(Pattern::Row, &candidates), (Pattern::RowsVariable, &vec![with_rows[3].clone(), with_rows[3].clone()])] {
             let shared = evaluate(&model, &windows, 32, Method::Wanda, &pattern, cands, cands.len(), &|_, _| {}).unwrap();
             let single = evaluate(&model, &windows, 32, Method::Wanda, &pattern, cands, 1, &|_, _| {}).unwrap();
+            assert_eq!(shared.len(), cands.len());
+            assert_eq!(single.len(), cands.len());
             for (a, b) in shared.iter().zip(&single) {
+                assert!(a.score.is_finite() && a.score > 0.0, "{choice:?} {pattern:?}: score {}", a.score);
+                assert_eq!(a.d.len(), 2, "one d set per block");
                 assert_eq!(a.score.to_bits(), b.score.to_bits(), "{choice:?} {pattern:?}");
                 assert_eq!(a.d, b.d);
             }
@@ -140,6 +144,7 @@ fn neuroal_prunes_to_the_target_and_cpu_and_gpu_choose_the_same_lambdas() {
     std::fs::create_dir_all(&tmp).unwrap();
     let (cpu, gpu) = (neuroal_cli("cpu", &tmp.join("cpu")), neuroal_cli("gpu", &tmp.join("gpu")));
     for key in ["lambda_block", "lambda_row"] {
+        assert!(cpu["topup"][key].as_f64().is_some(), "{key}: {}", cpu["topup"][key]);
         assert_eq!(cpu["topup"][key], gpu["topup"][key], "{key}");
     }
     assert_eq!(cpu["topup"]["block_scores"].as_array().unwrap().len(), 14);

@@ -1,0 +1,138 @@
+//! An up-front estimate of what a prune run holds at its peak, checked against what the
+//! machine has, so a run that cannot fit says so in one line before the work starts instead of
+//! aborting in an allocation an hour in.
+
+use crate::bail;
+use crate::config::Config;
+use crate::error::Result;
+
+/// One part of the estimate: what it is, its size, and the flag that lowers it.
+pub struct Part {
+    pub what: &'static str,
+    pub bytes: u128,
+    pub lowered_by: &'static str,
+}
+
+/// What a run needs: the sizes it was asked for.
+pub struct Run {
+    pub nsamples: usize,
+    pub seqlen: usize,
+    /// Windows per forward pass of the engine.
+    pub chunk: usize,
+    /// NeuroAL: (search windows, candidates carried at once).
+    pub search: Option<(usize, usize)>,
+}
+
+/// The parts held at once at the peak of a prune run, in f32.
+pub fn prune_parts(c: &Config, run: &Run) -> Vec<Part> {
+    let f = 4u128;
+    let (d, ff, v) = (c.hidden_size as u128, c.intermediate_size as u128, c.vocab_size as u128);
+    let (t, n) = (run.seqlen as u128, run.nsamples as u128);
+    let q = (c.num_heads * c.head_dim) as u128;
+    let kv = (c.num_kv_heads * c.head_dim) as u128;
+    let block_params = q * d + 2 * kv * d + d * q + 3 * ff * d;
+    let chunk = (run.chunk.min(run.nsamples).max(1)) as u128;
+    let mut parts = vec![
+        Part { what: "calibration hidden states", bytes: 2 * n * t * d * f, lowered_by: "--nsamples or --seqlen" },
+        Part {
+            what: "attention and MLP activations",
+            bytes: chunk * (3 * c.num_heads as u128 * t * t + 3 * t * ff + 4 * t * d) * f,
+            lowered_by: "--seqlen",
+        },
+        Part { what: "one block's weights", bytes: 2 * block_params * f, lowered_by: "nothing (it is the model's size)" },
+        Part {
+            what: "embeddings and head",
+            bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * f,
+            lowered_by: "nothing (it is the model's size)",
+        },
+        Part { what: "masks", bytes: block_params * c.num_layers as u128 / 8, lowered_by: "nothing (it is the model's size)" },
+    ];
+    if let Some((sn, carried)) = run.search {
+        parts.push(Part {
+            what: "NeuroAL search hidden states",
+            bytes: carried as u128 * 2 * sn as u128 * t * d * f,
+            lowered_by: "--search-chunk or --search-nsamples",
+        });
+    }
+    parts
+}
+
+/// The largest single buffer of a run: what a GPU adapter's buffer limit must allow.
+pub fn largest_buffer(c: &Config, run: &Run) -> u128 {
+    let chunk = (run.chunk.min(run.nsamples).max(1)) as u128;
+    let t = run.seqlen as u128;
+    [chunk * c.num_heads as u128 * t * t, chunk * t * c.intermediate_size as u128, c.vocab_size as u128 * c.hidden_size as u128]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+        * 4
+}
+
+pub fn human(bytes: u128) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", units[u])
+}
+
+/// Fails with one line when the parts exceed `available` bytes.
+pub fn check(parts: &[Part], available: u128, of_what: &str) -> Result<()> {
+    let total: u128 = parts.iter().map(|p| p.bytes).sum();
+    if total <= available {
+        return Ok(());
+    }
+    let Some(big) = parts.iter().max_by_key(|p| p.bytes) else { return Ok(()) };
+    bail!(
+        "this run needs about {} of memory ({} {}), more than the {} {of_what} has available; lower {}",
+        human(total),
+        big.what,
+        human(big.bytes),
+        human(available),
+        big.lowered_by
+    );
+}
+
+/// Memory this process can still take: MemAvailable, capped by a cgroup limit when one is set.
+/// `None` where the system does not say (then no check is made).
+pub fn available_host() -> Option<u128> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u128 = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let mut avail = kib * 1024;
+    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u128>().ok());
+    if let (Some(max), Some(cur)) = (read("/sys/fs/cgroup/memory.max"), read("/sys/fs/cgroup/memory.current")) {
+        avail = avail.min(max.saturating_sub(cur));
+    }
+    Some(avail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_by_hand_and_the_message_names_the_flag() {
+        let c = Config::from_json(
+            r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":2,"num_attention_heads":2,"max_position_embeddings":32}"#,
+        )
+        .unwrap();
+        let parts = prune_parts(&c, &Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 3)) });
+        // 2 copies × 4 windows × 16 tokens × 8 wide × 4 bytes.
+        assert_eq!(parts[0].bytes, 2 * 4 * 16 * 8 * 4);
+        // q, k, v, o: 4 × 64; gate, up, down: 3 × 128 → 640 weights, dense copy too.
+        assert_eq!(parts[2].bytes, 2 * 640 * 4);
+        assert_eq!(parts[4].bytes, 640 * 2 / 8);
+        assert_eq!(parts[5].bytes, 3 * 2 * 2 * 16 * 8 * 4);
+        let total: u128 = parts.iter().map(|p| p.bytes).sum();
+        assert!(check(&parts, total, "this machine").is_ok());
+        let e = check(&parts, total - 1, "this machine").unwrap_err().to_string();
+        // The largest part is the attention of 4 windows: 4 × (3·2·16² + 3·16·16 + 4·16·8) × 4.
+        assert_eq!(parts[1].bytes, 4 * (3 * 2 * 256 + 3 * 256 + 4 * 128) * 4);
+        assert!(e.contains("(attention and MLP activations 44.0 KiB)") && e.ends_with("lower --seqlen"), "{e}");
+        assert_eq!(human(3 << 30), "3.0 GiB");
+    }
+}

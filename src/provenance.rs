@@ -1,0 +1,48 @@
+//! What makes a run reproducible, for report.json: the tool's version and git revision, the
+//! command line, and the SHA-256 of every input file.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Context, Result};
+
+/// The git revision this binary was built from ("unknown" outside a git checkout).
+pub const GIT_REVISION: &str = env!("NEUROAL_GIT_REVISION");
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Hex SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).context(|| format!("cannot read {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// SHA-256 of a model folder's files that a run reads: config, tokenizer, index and shards,
+/// keyed by file name.
+pub fn model_hashes(dir: &Path, shard_names: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for f in ["config.json", "tokenizer.json", "model.safetensors.index.json"].iter().map(|s| s.to_string()).chain(shard_names.iter().cloned()) {
+        let p = dir.join(&f);
+        if p.exists() {
+            out.insert(f, sha256_file(&p)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The command line as run, arguments joined by spaces.
+pub fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,226 @@
+//! A run's progress, kept in its staging folder as each unit of work finishes: the settings
+//! and input hashes it started with, every NeuroAL candidate group's scores, OWL's ratios and
+//! each pruned block's masks. `prune --resume` replays it and continues; since every saved value
+//! is stored bit for bit, the result is byte-identical to a run that was never stopped.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::{Context, Result};
+use crate::mask::{Bits, LayerMask};
+use crate::staging::{write_lock, RESUME_DIR};
+use crate::topup::Evaluation;
+use crate::{bail, err};
+
+pub struct Progress {
+    dir: PathBuf,
+}
+
+/// Writes a file whole or not at all: into a `.part` file, then renamed.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let _guard = write_lock();
+    let part = path.with_extension("part");
+    std::fs::write(&part, bytes).context(|| format!("cannot write {}", part.display()))?;
+    std::fs::rename(&part, path).context(|| format!("cannot write {}", path.display()))
+}
+
+/// The first key (as `section.key`) whose value differs between two states.
+fn first_difference(a: &Value, b: &Value, at: &str) -> Option<(String, String, String)> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                first_difference(x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), &path)
+            })
+        }
+        _ if a == b => None,
+        _ => Some((at.to_string(), a.to_string(), b.to_string())),
+    }
+}
+
+impl Progress {
+    /// Checks that the state an interrupted run recorded in `staging` is the one this run
+    /// would record: same settings, same input bytes.
+    pub fn verify(staging: &Path, state: &Value) -> Result<()> {
+        let path = staging.join(RESUME_DIR).join("state.json");
+        {
+            let text = std::fs::read_to_string(&path).context(|| format!("--resume: cannot read {}", path.display()))?;
+            let saved: Value = serde_json::from_str(&text).map_err(|e| err!("--resume: {} is damaged ({e}); rerun without --resume", path.display()))?;
+            if let Some((key, was, now)) = first_difference(&saved, state, "") {
+                if key.starts_with("inputs.") {
+                    bail!("--resume: {} changed since the interrupted run (SHA-256 {was} then, {now} now); rerun without --resume to start over", &key["inputs.".len()..]);
+                }
+                bail!("--resume: the interrupted run used {key} = {was}, this one {now}; rerun with the same settings, or without --resume to start over");
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts recording into `staging`, or, when `resumed` (its state verified), continues.
+    pub fn open(staging: &Path, state: &Value, resumed: bool) -> Result<Progress> {
+        let dir = staging.join(RESUME_DIR);
+        let path = dir.join("state.json");
+        if !resumed {
+            std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+            let text = serde_json::to_string_pretty(state).map_err(|e| err!("cannot encode the run state: {e}"))?;
+            write_atomic(&path, text.as_bytes())?;
+        }
+        Ok(Progress { dir })
+    }
+
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.dir.join(name);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err!("--resume: cannot read {}: {}", path.display(), crate::error::io_words(&e))),
+        }
+    }
+
+    pub fn block_masks(&self, block: usize) -> Result<Option<Vec<LayerMask>>> {
+        let Some(bytes) = self.read(&format!("block-{block}.masks"))? else { return Ok(None) };
+        let mut r = Reader::new(&bytes, &self.dir);
+        let n = r.u64()? as usize;
+        let mut masks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = String::from_utf8(r.bytes()?.to_vec()).map_err(|_| r.damaged())?;
+            let shape = [r.u64()? as usize, r.u64()? as usize];
+            let len = r.u64()? as usize;
+            let words = (0..len.div_ceil(64)).map(|_| r.u64()).collect::<Result<Vec<u64>>>()?;
+            masks.push(LayerMask { name, shape, pruned: Bits::from_words(words, len) });
+        }
+        r.end()?;
+        Ok(Some(masks))
+    }
+
+    pub fn save_block_masks(&self, block: usize, masks: &[LayerMask]) -> Result<()> {
+        let mut w = Vec::new();
+        put(&mut w, masks.len() as u64);
+        for m in masks {
+            put_bytes(&mut w, m.name.as_bytes());
+            put(&mut w, m.shape[0] as u64);
+            put(&mut w, m.shape[1] as u64);
+            put(&mut w, m.pruned.len() as u64);
+            for &word in m.pruned.words() {
+                put(&mut w, word);
+            }
+        }
+        write_atomic(&self.dir.join(format!("block-{block}.masks")), &w)
+    }
+
+    pub fn evaluations(&self, key: &str) -> Result<Option<Vec<Evaluation>>> {
+        let Some(bytes) = self.read(&format!("search-{key}.evals"))? else { return Ok(None) };
+        let mut r = Reader::new(&bytes, &self.dir);
+        let n = r.u64()? as usize;
+        let mut evals = Vec::with_capacity(n);
+        for _ in 0..n {
+            let score = f64::from_bits(r.u64()?);
+            let blocks = r.u64()? as usize;
+            let mut d = Vec::with_capacity(blocks);
+            for _ in 0..blocks {
+                let linears = r.u64()? as usize;
+                let mut per = Vec::with_capacity(linears);
+                for _ in 0..linears {
+                    per.push(r.f32s()?);
+                }
+                d.push(per);
+            }
+            evals.push(Evaluation { score, d });
+        }
+        r.end()?;
+        Ok(Some(evals))
+    }
+
+    pub fn save_evaluations(&self, key: &str, evals: &[Evaluation]) -> Result<()> {
+        let mut w = Vec::new();
+        put(&mut w, evals.len() as u64);
+        for e in evals {
+            put(&mut w, e.score.to_bits());
+            put(&mut w, e.d.len() as u64);
+            for block in &e.d {
+                put(&mut w, block.len() as u64);
+                for v in block {
+                    put(&mut w, v.len() as u64);
+                    w.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+                }
+            }
+        }
+        write_atomic(&self.dir.join(format!("search-{key}.evals")), &w)
+    }
+
+    pub fn floats(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        let Some(bytes) = self.read(&format!("{key}.f64"))? else { return Ok(None) };
+        let mut r = Reader::new(&bytes, &self.dir);
+        let n = r.u64()? as usize;
+        let v = (0..n).map(|_| r.u64().map(f64::from_bits)).collect::<Result<Vec<f64>>>()?;
+        r.end()?;
+        Ok(Some(v))
+    }
+
+    pub fn save_floats(&self, key: &str, values: &[f64]) -> Result<()> {
+        let mut w = Vec::new();
+        put(&mut w, values.len() as u64);
+        for v in values {
+            put(&mut w, v.to_bits());
+        }
+        write_atomic(&self.dir.join(format!("{key}.f64")), &w)
+    }
+}
+
+fn put(w: &mut Vec<u8>, v: u64) {
+    w.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_bytes(w: &mut Vec<u8>, b: &[u8]) {
+    put(w, b.len() as u64);
+    w.extend_from_slice(b);
+}
+
+/// Little-endian reader over a progress file; any short read means the file is damaged.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    dir: &'a Path,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], dir: &'a Path) -> Self {
+        Reader { bytes, at: 0, dir }
+    }
+
+    fn damaged(&self) -> crate::error::Error {
+        err!("--resume: the progress in {} is damaged; rerun without --resume to start over", self.dir.display())
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| self.damaged())?;
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().map_err(|_| self.damaged())?))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.u64()? as usize;
+        self.take(n)
+    }
+
+    fn f32s(&mut self) -> Result<Vec<f32>> {
+        let n = self.u64()? as usize;
+        let b = self.take(n.checked_mul(4).ok_or_else(|| self.damaged())?)?;
+        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    fn end(&self) -> Result<()> {
+        if self.at != self.bytes.len() {
+            return Err(self.damaged());
+        }
+        Ok(())
+    }
+}
