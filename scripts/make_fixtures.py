@@ -4,6 +4,7 @@ compare against. Run from the repository root:
 
     python3 scripts/make_fixtures.py            # tiny models, tokenizer, text, goldens
     python3 scripts/make_fixtures.py --shared   # also the real-model golden (../shared)
+    python3 scripts/make_fixtures.py --only tiny-opt,tiny-phi   # just these fixtures
 
 Versions used for the committed fixtures: torch 2.5.1 (CPU), transformers 4.46.3,
 tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. Everything here is generated from seeds:
@@ -69,7 +70,7 @@ def spread_weights(model, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name and not name.endswith("bias"):
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
@@ -86,6 +87,8 @@ def to_v5_config(folder):
     scaling = cfg.pop("rope_scaling", None)
     if scaling:
         rope.update(scaling)
+    if "partial_rotary_factor" in cfg:  # Phi: 5.x keeps it with the other rope parameters
+        rope["partial_rotary_factor"] = cfg.pop("partial_rotary_factor")
     cfg["rope_parameters"] = rope
     cfg["dtype"] = cfg.pop("torch_dtype")
     json.dump(cfg, open(path, "w"), indent=2, sort_keys=True)
@@ -164,14 +167,20 @@ def f32_list(t):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", action="store_true", help="also compute the wt2-llama golden")
+    ap.add_argument("--only", default="", help="comma-separated fixture names to rebuild")
     args = ap.parse_args()
+    only = [n for n in args.only.split(",") if n]
     os.makedirs(GOLDEN, exist_ok=True)
     versions = {"torch": torch.__version__, "transformers": transformers.__version__,
                 "numpy": np.__version__}
 
     text = synthetic_text()
-    open(os.path.join(ASSETS, "sample.txt"), "w").write(text)
-    tok = train_tokenizer(text, os.path.join(ASSETS, "tokenizer.json"))
+    if only:
+        tok = Tokenizer.from_file(os.path.join(ASSETS, "tokenizer.json"))
+        assert open(os.path.join(ASSETS, "sample.txt")).read() == text
+    else:
+        open(os.path.join(ASSETS, "sample.txt"), "w").write(text)
+        tok = train_tokenizer(text, os.path.join(ASSETS, "tokenizer.json"))
     text_ids = torch.tensor([tok.encode(text).ids])
 
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
@@ -192,7 +201,24 @@ def main():
         ("tiny-qwen2", transformers.Qwen2ForCausalLM, transformers.Qwen2Config(
             num_key_value_heads=2, rope_theta=1000000.0, tie_word_embeddings=True,
             use_sliding_window=False, **common), torch.bfloat16, 3, False, False),
+        # OPT: learned positions (offset 2), pre-LayerNorm with biases, ReLU MLP, tied head, f16.
+        ("tiny-opt", transformers.OPTForCausalLM, transformers.OPTConfig(
+            vocab_size=VOCAB, hidden_size=64, ffn_dim=172, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=256, do_layer_norm_before=True,
+            word_embed_proj_dim=64, activation_function="relu", enable_bias=True,
+            tie_word_embeddings=True, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+         torch.float16, 4, False, False),
+        # Phi: parallel attention and MLP on one LayerNorm, partial rotary (half of each head),
+        # biases everywhere, gelu_new, lm_head with bias, 5.x config (rope_parameters).
+        ("tiny-phi", transformers.PhiForCausalLM, transformers.PhiConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+            partial_rotary_factor=0.5, rope_theta=10000.0, layer_norm_eps=1e-5,
+            hidden_act="gelu_new", qk_layernorm=False, tie_word_embeddings=False,
+            bos_token_id=0, eos_token_id=1), torch.float32, 5, False, True),
     ]
+    if only:
+        specs = [sp for sp in specs if sp[0] in only]
     for name, cls, cfg, dtype, seed, shard, v5 in specs:
         folder, ref = build_model(name, cls, cfg, dtype, seed, shard, v5)
         ids, logits = logits_golden(ref, seed + 100)

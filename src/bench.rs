@@ -41,15 +41,15 @@ pub fn measure(model_dir: &Path, choice: Choice, seqlen: usize, batch: usize, it
     let selected = device::select(choice)?;
     let model = Model::open(model_dir, &selected.device)?;
     model.check_seqlen(seqlen)?;
-    let blocks: Vec<Block> = (0..model.num_blocks()).map(|i| model.load_block(i)).collect::<Result<_>>()?;
-    let rope = model.rope(seqlen);
+    let blocks: Vec<Block> = model.blocks().collect::<Result<_>>()?;
+    let rope = model.positions(seqlen);
     let vocab = model.config.vocab_size as u32;
     // Deterministic pseudo-random ids: throughput does not depend on which tokens they are.
     let ids: Vec<u32> = (0..batch * seqlen).map(|i| (i as u32).wrapping_mul(2_654_435_761) % vocab).collect();
     let forward = || -> Result<()> {
         let mut h = model.embed(&ids, batch);
         for block in &blocks {
-            h = block.forward(h, &rope, &model.config, None);
+            h = block.forward(h, &rope, None);
         }
         // Reading one value back waits for the device to finish the whole pass.
         crate::model::host_f32(model.head(h).sum(), "forward pass")?;

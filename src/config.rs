@@ -1,89 +1,63 @@
-//! `config.json` of a Hugging Face causal LM, as transformers 4.x (`rope_theta`, `rope_scaling`,
-//! `torch_dtype`) and 5.x (`rope_parameters`, `dtype`) write it.
+//! `config.json` of a Hugging Face causal LM, as transformers 4.x (`rope_theta`, `torch_dtype`)
+//! and 5.x (`rope_parameters`, `dtype`) write it. `model_type` picks the family; each family
+//! reads its own fields with its own serde struct (see `model/*.rs`) and fills the sizes every
+//! pipeline stage needs here.
 
 use std::path::Path;
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Context, Result};
+use crate::model::{llama, opt, phi};
 use crate::{bail, err};
 
-/// The architectures this crate runs; they share one block layout (see `model.rs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub const SUPPORTED: &str = "llama, mistral, qwen2, opt, phi";
+
+/// The family and its own settings.
+#[derive(Clone, Debug)]
 pub enum Arch {
-    Llama,
-    Mistral,
-    Qwen2,
+    Llama(llama::Config),
+    Opt(opt::Config),
+    Phi(phi::Config),
 }
 
-pub const SUPPORTED: &str = "llama, mistral, qwen2";
-
-impl Arch {
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Mistral => "mistral",
-            Arch::Qwen2 => "qwen2",
-        }
-    }
-}
-
-/// RoPE frequency scaling; only what changes the forward pass of the supported families.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RopeScaling {
-    None,
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_positions: f64 },
-}
-
+/// What every stage reads, whatever the family.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub arch: Arch,
+    /// `model_type` as the user knows it (llama, mistral, qwen2, opt, phi).
+    pub model_type: &'static str,
     pub vocab_size: usize,
     pub hidden_size: usize,
-    pub intermediate_size: usize,
     pub num_layers: usize,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub max_positions: usize,
-    pub rms_norm_eps: f64,
-    pub rope_theta: f64,
-    pub rope_scaling: RopeScaling,
     pub tie_word_embeddings: bool,
-    /// q/k/v projections carry biases (Qwen2, or LLaMA with `attention_bias`).
-    pub qkv_bias: bool,
-    /// Mistral's sliding window; attention is exact only while sequences fit inside it.
-    pub sliding_window: Option<usize>,
     /// The dtype the checkpoint declares (`torch_dtype` or `dtype`), for the report only:
     /// the writer keeps each tensor's own on-disk dtype.
     pub dtype: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Raw {
-    model_type: Option<String>,
-    #[serde(default)]
-    architectures: Vec<String>,
-    vocab_size: Option<usize>,
-    hidden_size: Option<usize>,
-    intermediate_size: Option<usize>,
-    num_hidden_layers: Option<usize>,
-    num_attention_heads: Option<usize>,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    max_position_embeddings: Option<usize>,
-    rms_norm_eps: Option<f64>,
-    rope_theta: Option<f64>,
-    rope_scaling: Option<Value>,
-    rope_parameters: Option<Value>,
-    tie_word_embeddings: Option<bool>,
-    attention_bias: Option<bool>,
-    sliding_window: Option<Value>,
-    use_sliding_window: Option<bool>,
-    torch_dtype: Option<String>,
-    dtype: Option<String>,
-    hidden_act: Option<String>,
+/// A required field, or one line naming it.
+pub fn need<T>(v: Option<T>, name: &str) -> Result<T> {
+    v.ok_or_else(|| err!("missing field \"{name}\""))
+}
+
+/// Positive finite number, or one line naming it.
+pub fn positive(v: f64, name: &str) -> Result<f64> {
+    if !(v.is_finite() && v > 0.0) {
+        bail!("\"{name}\" is {v}; it must be a positive number");
+    }
+    Ok(v)
+}
+
+/// `rope_theta` and the other rope settings: top level in 4.x, inside `rope_parameters` in 5.x.
+pub fn rope_field(raw: &Value, key: &str) -> Option<f64> {
+    raw.get(key)
+        .and_then(Value::as_f64)
+        .or_else(|| raw.get("rope_parameters").filter(|v| v.is_object()).and_then(|p| p.get(key)).and_then(Value::as_f64))
 }
 
 impl Config {
@@ -93,79 +67,42 @@ impl Config {
     }
 
     pub fn from_json(text: &str) -> Result<Config> {
-        let raw: Raw = serde_json::from_str(text).map_err(|e| err!("not a valid config.json ({e})"))?;
-        let arch = match (raw.model_type.as_deref(), raw.architectures.first().map(String::as_str)) {
-            (Some("llama"), _) | (None, Some("LlamaForCausalLM")) => Arch::Llama,
-            (Some("mistral"), _) | (None, Some("MistralForCausalLM")) => Arch::Mistral,
-            (Some("qwen2"), _) | (None, Some("Qwen2ForCausalLM")) => Arch::Qwen2,
-            (Some(other), _) => bail!("unsupported model_type \"{other}\" (supported: {SUPPORTED})"),
-            (None, Some(other)) => bail!("unsupported architecture \"{other}\" (supported: {SUPPORTED})"),
+        let raw: Value = serde_json::from_str(text).map_err(|e| err!("not a valid config.json ({e})"))?;
+        if !raw.is_object() {
+            bail!("not a valid config.json (not a JSON object)");
+        }
+        let model_type = raw.get("model_type").and_then(Value::as_str);
+        let architecture = raw.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str);
+        let family = match (model_type, architecture) {
+            (Some(t), _) => t.to_string(),
+            (None, Some(a)) => match a {
+                "LlamaForCausalLM" => "llama".into(),
+                "MistralForCausalLM" => "mistral".into(),
+                "Qwen2ForCausalLM" => "qwen2".into(),
+                "OPTForCausalLM" => "opt".into(),
+                "PhiForCausalLM" => "phi".into(),
+                other => bail!("unsupported architecture \"{other}\" (supported: {SUPPORTED})"),
+            },
             (None, None) => bail!("missing field \"model_type\""),
         };
-        fn need<T>(v: Option<T>, name: &str) -> Result<T> {
-            v.ok_or_else(|| err!("missing field \"{name}\""))
-        }
-        if let Some(act) = &raw.hidden_act {
-            if act != "silu" {
-                bail!("unsupported hidden_act \"{act}\" (only silu)");
-            }
-        }
-        let hidden_size = need(raw.hidden_size, "hidden_size")?;
-        let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
-        let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
-        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-            bail!("num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})");
-        }
-        let head_dim = match raw.head_dim {
-            Some(d) => d,
-            None if hidden_size % num_heads == 0 => hidden_size / num_heads,
-            None => bail!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}"),
-        };
-        // 5.x moves rope_theta and the scaling into rope_parameters.
-        let rope_params = raw.rope_parameters.as_ref().filter(|v| v.is_object());
-        let rope_theta = raw
-            .rope_theta
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
-            .unwrap_or(10000.0);
-        let scaling_value = raw.rope_scaling.as_ref().filter(|v| v.is_object()).or(rope_params);
-        let rope_scaling = match scaling_value {
-            Some(s) => parse_rope_scaling(s)?,
-            None => RopeScaling::None,
-        };
-        let sliding_window = match (arch, raw.use_sliding_window) {
-            (Arch::Qwen2, Some(false) | None) => None,
-            _ => raw.sliding_window.as_ref().and_then(Value::as_u64).map(|w| w as usize),
-        };
-        let config = Config {
-            arch,
-            vocab_size: need(raw.vocab_size, "vocab_size")?,
-            hidden_size,
-            intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
-            num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            max_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta,
-            rope_scaling,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            qkv_bias: arch == Arch::Qwen2 || raw.attention_bias.unwrap_or(false),
-            sliding_window,
-            dtype: raw.dtype.or(raw.torch_dtype),
+        let config = match family.as_str() {
+            "llama" | "mistral" | "qwen2" => llama::Config::parse(&raw, &family)?,
+            "opt" => opt::Config::parse(&raw)?,
+            "phi" => phi::Config::parse(&raw)?,
+            other => bail!("unsupported model_type \"{other}\" (supported: {SUPPORTED})"),
         };
         config.validate()?;
         Ok(config)
     }
 
-    /// Values that parse but cannot describe a working model are refused here, before they
-    /// turn into NaN activations and a silently under-pruned result.
+    /// Sizes that parse but cannot describe a working model are refused here, before they turn
+    /// into NaN activations and a silently under-pruned result.
     fn validate(&self) -> Result<()> {
         for (name, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
             ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
             ("max_position_embeddings", self.max_positions),
             ("head_dim", self.head_dim),
         ] {
@@ -173,24 +110,8 @@ impl Config {
                 bail!("\"{name}\" is 0; it must be at least 1");
             }
         }
-        if self.head_dim % 2 != 0 {
-            bail!("head_dim {} is odd; rotary embeddings need an even head_dim", self.head_dim);
-        }
-        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            bail!("\"rms_norm_eps\" is {}; it must be a positive number", self.rms_norm_eps);
-        }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            bail!("\"rope_theta\" is {}; it must be a positive number", self.rope_theta);
-        }
-        if let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } = self.rope_scaling {
-            for (name, v) in [("factor", factor), ("low_freq_factor", low_freq_factor), ("high_freq_factor", high_freq_factor), ("original_max_position_embeddings", original_max_positions)] {
-                if !(v.is_finite() && v > 0.0) {
-                    bail!("rope scaling \"{name}\" is {v}; it must be a positive number");
-                }
-            }
-            if high_freq_factor <= low_freq_factor {
-                bail!("rope scaling needs high_freq_factor ({high_freq_factor}) above low_freq_factor ({low_freq_factor})");
-            }
+        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+            bail!("num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({})", self.num_heads, self.num_kv_heads);
         }
         Ok(())
     }
@@ -203,35 +124,30 @@ impl Config {
         if t > self.max_positions {
             bail!("--seqlen {t} exceeds the model's max_position_embeddings ({})", self.max_positions);
         }
-        if let Some(w) = self.sliding_window {
-            if t > w {
-                bail!("--seqlen {t} exceeds the sliding window ({w}); sliding-window attention is not implemented");
+        if let Arch::Llama(l) = &self.arch {
+            if let Some(w) = l.sliding_window {
+                if t > w {
+                    bail!("--seqlen {t} exceeds the sliding window ({w}); sliding-window attention is not implemented");
+                }
             }
         }
         Ok(())
     }
-}
 
-fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
-    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
-    let num = |k: &str| -> Result<f64> {
-        s.get(k).and_then(Value::as_f64).ok_or_else(|| err!("rope scaling \"{kind}\" lacks \"{k}\""))
-    };
-    match kind {
-        "default" => Ok(RopeScaling::None),
-        "llama3" => Ok(RopeScaling::Llama3 {
-            factor: num("factor")?,
-            low_freq_factor: num("low_freq_factor")?,
-            high_freq_factor: num("high_freq_factor")?,
-            original_max_positions: num("original_max_position_embeddings")?,
-        }),
-        other => bail!("unsupported rope scaling type \"{other}\" (supported: default, llama3)"),
+    /// Head dimension from `head_dim` or hidden / heads, checked.
+    pub fn head_dim(raw: &Value, hidden: usize, heads: usize) -> Result<usize> {
+        match raw.get("head_dim").and_then(Value::as_u64) {
+            Some(d) => Ok(d as usize),
+            None if heads > 0 && hidden % heads == 0 => Ok(hidden / heads),
+            None => bail!("hidden_size {hidden} is not divisible by num_attention_heads {heads}"),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::llama::RopeScaling;
 
     #[test]
     fn reads_both_config_generations() {
@@ -247,10 +163,26 @@ mod tests {
             "original_max_position_embeddings":8192}}"#;
         for text in [v4, v5] {
             let c = Config::from_json(text).unwrap();
-            assert_eq!(c.rope_theta, 500000.0);
+            let Arch::Llama(l) = &c.arch else { panic!("llama") };
+            assert_eq!(l.rope_theta, 500000.0);
             assert_eq!(c.dtype.as_deref(), Some("bfloat16"));
             assert_eq!(c.head_dim, 4);
-            assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
+            assert!(matches!(l.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
+        }
+    }
+
+    #[test]
+    fn phi_reads_partial_rotary_from_either_generation() {
+        let base = r#""model_type":"phi","vocab_size":10,"hidden_size":16,"intermediate_size":32,
+            "num_hidden_layers":1,"num_attention_heads":2,"max_position_embeddings":32,
+            "hidden_act":"gelu_new""#;
+        let v4 = format!("{{{base},\"partial_rotary_factor\":0.5,\"rope_theta\":100.0,\"torch_dtype\":\"float16\"}}");
+        let v5 = format!("{{{base},\"rope_parameters\":{{\"rope_type\":\"default\",\"partial_rotary_factor\":0.5,\"rope_theta\":100.0}},\"dtype\":\"float16\"}}");
+        for text in [v4, v5] {
+            let c = Config::from_json(&text).unwrap();
+            let Arch::Phi(p) = &c.arch else { panic!("phi") };
+            assert_eq!((p.rotary_dim, p.rope_theta), (4, 100.0));
+            assert_eq!(c.dtype.as_deref(), Some("float16"));
         }
     }
 }

@@ -5,11 +5,11 @@
 use std::time::Instant;
 
 use burn::tensor::Tensor;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::bail;
 use crate::error::Result;
+use crate::progress::progress_bar;
 use crate::model::{sequence_losses, Block, Model};
 
 #[derive(Debug, Serialize)]
@@ -34,15 +34,6 @@ fn batch_size(seqlen: usize, vocab: usize) -> usize {
     ((64usize << 20) / (seqlen * vocab).max(1)).clamp(1, 16)
 }
 
-pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(what.to_string());
-    bar
-}
 
 /// Models whose blocks take at most this much in f32 keep them all loaded during evaluation;
 /// larger ones are streamed block by block over groups of windows.
@@ -85,12 +76,9 @@ pub fn perplexity_within(
     }
     let block_bytes: usize = model.linear_shapes().iter().map(|s| s[0] * s[1] * 4).sum::<usize>() * model.num_blocks();
     let resident = block_bytes <= resident_budget;
-    let blocks: Vec<Block> = if resident {
-        (0..model.num_blocks()).map(|i| model.load_block(i)).collect::<Result<_>>()?
-    } else {
-        Vec::new()
-    };
-    let rope = model.rope(seqlen);
+    let blocks: Vec<Block> = if resident { model.blocks().collect::<Result<_>>()? } else { Vec::new() };
+    let pos = model.positions(seqlen);
+    let through = |hidden: Vec<Tensor<3>>, block: &Block| -> Vec<Tensor<3>> { hidden.into_iter().map(|h| block.forward(h, &pos, None)).collect() };
     let batch = batch_size(seqlen, model.config.vocab_size);
     let group = if resident {
         batch
@@ -104,15 +92,14 @@ pub fn perplexity_within(
         let n = group.min(windows - first);
         let span = &ids[first * seqlen..(first + n) * seqlen];
         let mut hidden: Vec<Tensor<3>> = span.chunks(batch * seqlen).map(|c| model.embed(c, c.len() / seqlen)).collect();
-        for b in 0..model.num_blocks() {
-            let loaded;
-            let block = if resident {
-                &blocks[b]
-            } else {
-                loaded = model.load_block(b)?;
-                &loaded
-            };
-            hidden = hidden.into_iter().map(|h| block.forward(h, &rope, &model.config, None)).collect();
+        if resident {
+            for block in &blocks {
+                hidden = through(hidden, block);
+            }
+        } else {
+            for block in model.blocks() {
+                hidden = through(hidden, &block?);
+            }
         }
         for (h, c) in hidden.into_iter().zip(span.chunks(batch * seqlen)) {
             losses.extend(sequence_losses(model.head(h), c, &model.device)?);

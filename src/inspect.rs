@@ -1,12 +1,12 @@
 //! Per-layer and overall sparsity (zeros / numel) of the prunable linears of any checkpoint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::model::LINEARS;
+use crate::model::{check_model_dir, Spec};
 use crate::weights::{decode_f32, Checkpoint};
 
 #[derive(Debug, Serialize)]
@@ -17,19 +17,20 @@ pub struct Inspection {
     pub zeros: usize,
 }
 
-/// Whether a tensor name is one of the block linears the pruner touches.
-pub fn is_prunable(name: &str) -> bool {
-    name.starts_with("model.layers.") && LINEARS.iter().any(|l| name.ends_with(&format!(".{l}.weight")))
+/// Names of the weights the pruner touches in a model folder: every declared linear of every
+/// block of its family.
+pub fn prunable_names(dir: &Path) -> Result<BTreeSet<String>> {
+    let (config, _) = check_model_dir(dir)?;
+    let spec = Spec::of(&config);
+    Ok((0..config.num_layers).flat_map(|b| (0..spec.linears.len()).map(move |l| (b, l))).map(|(b, l)| spec.weight_name(b, l)).collect())
 }
 
 pub fn inspect(dir: &Path) -> Result<Inspection> {
-    if !dir.is_dir() {
-        crate::bail!("{}: model folder not found", dir.display());
-    }
+    let names = prunable_names(dir)?;
     let ck = Checkpoint::open(dir)?;
     let mut layers = BTreeMap::new();
     let (mut numel, mut zeros) = (0usize, 0usize);
-    for name in ck.names.keys().filter(|n| is_prunable(n)) {
+    for name in &names {
         let (shard, info) = ck.info(name)?;
         let values = decode_f32(shard.bytes(info), info.dtype)?;
         let z = values.iter().filter(|&&v| v == 0.0).count();

@@ -21,5 +21,6 @@ pub mod writer;
 pub mod staging;
 pub mod resume;
 pub mod provenance;
+pub mod progress;
 pub mod memory;
 pub mod score;

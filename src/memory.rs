@@ -23,14 +23,17 @@ pub struct Run {
     pub search: Option<(usize, usize)>,
 }
 
-/// The parts held at once at the peak of a prune run, in f32.
-pub fn prune_parts(c: &Config, run: &Run) -> Vec<Part> {
+/// The widest linear output of a block (the MLP's hidden width in every family here).
+fn widest(shapes: &[[usize; 2]]) -> u128 {
+    shapes.iter().map(|s| s[0]).max().unwrap_or(0) as u128
+}
+
+/// The parts held at once at the peak of a prune run, in f32; `shapes` are a block's linears.
+pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     let f = 4u128;
-    let (d, ff, v) = (c.hidden_size as u128, c.intermediate_size as u128, c.vocab_size as u128);
+    let (d, ff, v) = (c.hidden_size as u128, widest(shapes), c.vocab_size as u128);
     let (t, n) = (run.seqlen as u128, run.nsamples as u128);
-    let q = (c.num_heads * c.head_dim) as u128;
-    let kv = (c.num_kv_heads * c.head_dim) as u128;
-    let block_params = q * d + 2 * kv * d + d * q + 3 * ff * d;
+    let block_params: u128 = shapes.iter().map(|s| (s[0] * s[1]) as u128).sum();
     let chunk = (run.chunk.min(run.nsamples).max(1)) as u128;
     let mut parts = vec![
         Part { what: "calibration hidden states", bytes: 2 * n * t * d * f, lowered_by: "--nsamples or --seqlen" },
@@ -58,10 +61,10 @@ pub fn prune_parts(c: &Config, run: &Run) -> Vec<Part> {
 }
 
 /// The largest single buffer of a run: what a GPU adapter's buffer limit must allow.
-pub fn largest_buffer(c: &Config, run: &Run) -> u128 {
+pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run) -> u128 {
     let chunk = (run.chunk.min(run.nsamples).max(1)) as u128;
     let t = run.seqlen as u128;
-    [chunk * c.num_heads as u128 * t * t, chunk * t * c.intermediate_size as u128, c.vocab_size as u128 * c.hidden_size as u128]
+    [chunk * c.num_heads as u128 * t * t, chunk * t * widest(shapes), c.vocab_size as u128 * c.hidden_size as u128]
         .into_iter()
         .max()
         .unwrap_or(0)
@@ -120,7 +123,8 @@ mod tests {
             "num_hidden_layers":2,"num_attention_heads":2,"max_position_embeddings":32}"#,
         )
         .unwrap();
-        let parts = prune_parts(&c, &Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 3)) });
+        let shapes = crate::model::Spec::of(&c).shapes();
+        let parts = prune_parts(&c, &shapes, &Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 3)) });
         // 2 copies × 4 windows × 16 tokens × 8 wide × 4 bytes.
         assert_eq!(parts[0].bytes, 2 * 4 * 16 * 8 * 4);
         // q, k, v, o: 4 × 64; gate, up, down: 3 × 128 → 640 weights, dense copy too.

@@ -8,17 +8,17 @@ use burn::tensor::Tensor;
 use burn::tensor::TensorData;
 
 use crate::error::Result;
-use crate::eval::progress_bar;
+use crate::progress::progress_bar;
 use crate::mask::{expected_pruned, mask, Pattern, Sparsity};
 pub use crate::mask::{Bits, LayerMask};
-use crate::model::{host_f32, Block, Model, Rope, LINEARS};
+use crate::model::{host_f32, Block, Model, Positions};
 use crate::score::{apply_mask, score, InputStats, Method};
 use crate::bail;
 
 /// Windows per forward pass during calibration.
 pub const CHUNK: usize = 8;
 
-/// The sparsity each linear gets: (block, linear index in [`LINEARS`]) → sparsity.
+/// The sparsity each linear gets: (block, linear index in the family's declared order) → sparsity.
 pub type SparsityMap<'a> = &'a dyn Fn(usize, usize) -> Sparsity;
 
 /// Embeds `windows` ([n · seqlen] ids) in chunks of [`CHUNK`] windows.
@@ -29,21 +29,21 @@ pub fn embed_windows(model: &Model, windows: &[u32], seqlen: usize) -> Vec<Tenso
 /// Runs `block` on every chunk of `hidden`, recording each linear's input statistics; returns
 /// the statistics and the block's outputs. Fails, naming the block and linear, when a
 /// statistic is not finite (NaN or infinite inputs, or an overflow).
-pub fn run_recording(model: &Model, block: &Block, hidden: &[Tensor<3>], rope: &Rope) -> Result<(Vec<InputStats>, Vec<Tensor<3>>)> {
+pub fn run_recording(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions) -> Result<(Vec<InputStats>, Vec<Tensor<3>>)> {
     let mut stats: Vec<InputStats> = model.linear_shapes().iter().map(|s| InputStats::new(s[1], &model.device)).collect();
     let outputs = hidden
         .iter()
         .map(|h| {
             let mut record = |li: usize, x: &Tensor<3>| stats[li].add(x);
-            block.forward(h.clone(), rope, &model.config, Some(&mut record))
+            block.forward(h.clone(), pos, Some(&mut record))
         })
         .collect();
-    check_finite_stats(block.index, &stats)?;
+    check_finite_stats(model, block.index, &stats)?;
     Ok((stats, outputs))
 }
 
 /// One readback for the whole block; the slow search for the culprit only when it fails.
-fn check_finite_stats(block: usize, stats: &[InputStats]) -> Result<()> {
+fn check_finite_stats(model: &Model, block: usize, stats: &[InputStats]) -> Result<()> {
     let total = stats.iter().map(|s| s.sumsq.clone().sum()).reduce(|a, b| a + b);
     let Some(total) = total else { return Ok(()) };
     if host_f32(total, "input statistics")?.iter().all(|v| v.is_finite()) {
@@ -51,7 +51,7 @@ fn check_finite_stats(block: usize, stats: &[InputStats]) -> Result<()> {
     }
     for (li, s) in stats.iter().enumerate() {
         if !host_f32(s.sumsq.clone().sum(), "input statistics")?.iter().all(|v| v.is_finite()) {
-            bail!("block {block} {}: its input holds NaN or infinite values (the previous layers' outputs overflowed or hold NaN)", LINEARS[li]);
+            bail!("block {block} {}: its input holds NaN or infinite values (the previous layers' outputs overflowed or hold NaN)", model.linears()[li].name);
         }
     }
     Ok(())
@@ -108,18 +108,20 @@ pub fn prune_resumable(
     finished: &mut dyn FnMut(usize, &[LayerMask]) -> Result<()>,
 ) -> Result<Vec<LayerMask>> {
     let nsamples = windows.len() / seqlen;
-    let rope = model.rope(seqlen);
+    let pos = model.positions(seqlen);
     let mut hidden = embed_windows(model, windows, seqlen);
     let shapes = model.linear_shapes();
     let bar = progress_bar(model.num_blocks(), "pruning blocks");
     let mut masks = Vec::new();
     let replay = done.len();
+    let linears = model.linears().len();
     let mut done = done.into_iter();
-    for b in 0..model.num_blocks() {
-        let mut block = model.load_block(b)?;
+    for block in model.blocks() {
+        let mut block = block?;
+        let b = block.index;
         let block_masks = if b < replay {
             let saved = done.next().unwrap_or_default();
-            if saved.len() != LINEARS.len() || saved.iter().enumerate().any(|(li, m)| m.name != Model::linear_name(b, li) || m.shape != shapes[li] || m.pruned.len() != shapes[li][0] * shapes[li][1]) {
+            if saved.len() != linears || saved.iter().enumerate().any(|(li, m)| m.name != model.linear_name(b, li) || m.shape != shapes[li] || m.pruned.len() != shapes[li][0] * shapes[li][1]) {
                 bail!("--resume: the saved masks of block {b} do not fit this model; rerun without --resume");
             }
             for (linear, m) in block.linears.iter_mut().zip(&saved) {
@@ -128,13 +130,13 @@ pub fn prune_resumable(
             saved
         } else {
             // Wanda's order: statistics from the dense block; its outputs are not kept.
-            let (stats, _) = run_recording(model, &block, &hidden, &rope)?;
-            let mut block_masks = Vec::with_capacity(LINEARS.len());
+            let (stats, _) = run_recording(model, &block, &hidden, &pos)?;
+            let mut block_masks = Vec::with_capacity(linears);
             for (li, linear) in block.linears.iter_mut().enumerate() {
                 let s = sparsity(b, li);
                 let (pruned, m) = prune_linear(linear.weight.clone(), &stats[li], nsamples, method, pattern, &s)?;
                 linear.weight = pruned;
-                let name = Model::linear_name(b, li);
+                let name = model.linear_name(b, li);
                 let host = host_f32(m, &name)?;
                 if host.len() != shapes[li][0] * shapes[li][1] {
                     bail!("{name}: the mask read back from the device has {} entries, expected {}", host.len(), shapes[li][0] * shapes[li][1]);
@@ -156,7 +158,7 @@ pub fn prune_resumable(
             block_masks
         };
         masks.extend(block_masks);
-        hidden = hidden.into_iter().map(|h| block.forward(h, &rope, &model.config, None)).collect();
+        hidden = hidden.into_iter().map(|h| block.forward(h, &pos, None)).collect();
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -11,7 +11,6 @@ use plotters::style::FontStyle;
 
 use crate::error::Result;
 use crate::mask::Sparsity;
-use crate::model::LINEARS;
 use crate::topup::Map;
 use crate::{bail, err};
 
@@ -111,13 +110,15 @@ fn block_lines(path: &Path, series: &[(String, Vec<f64>)]) -> Result<()> {
 }
 
 /// One histogram of row sparsities per layer type, over all blocks.
-fn row_histograms(path: &Path, map: &Map) -> Result<()> {
-    let root = BitMapBackend::new(path, (1400, 700)).into_drawing_area();
+/// `names`: the family's linears, one panel each, four panels to a row.
+fn row_histograms(path: &Path, map: &Map, names: &[&str]) -> Result<()> {
+    let rows = names.len().div_ceil(4).max(1);
+    let root = BitMapBackend::new(path, (1400, 350 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let text = has_font();
-    let panels = root.split_evenly((2, 4));
+    let panels = root.split_evenly((rows, 4));
     const BINS: usize = 40;
-    for (li, area) in panels.iter().take(LINEARS.len()).enumerate() {
+    for (li, area) in panels.iter().take(names.len()).enumerate() {
         let mut counts = [0u32; BINS];
         for block in map {
             let rows: Vec<f64> = match &block[li] {
@@ -132,7 +133,7 @@ fn row_histograms(path: &Path, map: &Map) -> Result<()> {
         let mut builder = ChartBuilder::on(area);
         builder.margin(10).x_label_area_size(if text { 30 } else { 5 }).y_label_area_size(if text { 45 } else { 5 });
         if text {
-            builder.caption(LINEARS[li], ("sans-serif", 16));
+            builder.caption(names[li], ("sans-serif", 16));
         }
         let mut chart = builder.build_cartesian_2d(0f64..1f64, 0f64..top * 1.1).map_err(draw_err)?;
         let mut mesh = chart.configure_mesh();
@@ -157,7 +158,7 @@ fn pairs(v: &serde_json::Value) -> Vec<(f64, f64)> {
 }
 
 /// Writes every plot the run has material for into `dir`; returns the files written.
-pub fn write_all(dir: &Path, topup: &serde_json::Value, blocks: &[(String, Vec<f64>)], map: &Map) -> Result<Vec<String>> {
+pub fn write_all(dir: &Path, topup: &serde_json::Value, blocks: &[(String, Vec<f64>)], map: &Map, names: &[&str]) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).map_err(|e| err!("cannot create {}: {e}", dir.display()))?;
     if !dir.is_dir() {
         bail!("{}: not a folder", dir.display());
@@ -175,7 +176,7 @@ pub fn write_all(dir: &Path, topup: &serde_json::Value, blocks: &[(String, Vec<f
     }
     block_lines(&dir.join("block_sparsity.png"), blocks)?;
     written.push("block_sparsity.png".into());
-    row_histograms(&dir.join("row_sparsity.png"), map)?;
+    row_histograms(&dir.join("row_sparsity.png"), map, names)?;
     written.push("row_sparsity.png".into());
     Ok(written)
 }

@@ -10,10 +10,11 @@ use serde_json::{json, Value};
 use crate::calib::{draw_windows, gather_windows};
 use crate::device::{self, Choice};
 use crate::error::Result;
-use crate::eval::{perplexity, progress_bar};
+use crate::eval::perplexity;
+use crate::progress::progress_bar;
 use crate::mask::{Pattern, Sparsity};
 use crate::memory;
-use crate::model::{check_model_dir, Model, LINEARS};
+use crate::model::{check_model_dir, Model, Spec};
 use crate::pipeline::prune_resumable;
 use crate::provenance;
 use crate::resume::Progress;
@@ -102,7 +103,7 @@ fn choose_map(
     let blocks = model.num_blocks();
     match kind {
         TopUpKind::Uniform => Ok(TopUp {
-            map: uniform_map(blocks, s),
+            map: uniform_map(blocks, model.linears().len(), s),
             pattern: pattern.clone(),
             block_sparsities: vec![s; blocks],
             search_windows: None,
@@ -121,7 +122,7 @@ fn choose_map(
             };
             let sparsities = owl_block_sparsities(&ratios, args.owl_lambda, s);
             Ok(TopUp {
-                map: block_map(&sparsities),
+                map: block_map(&sparsities, model.linears().len()),
                 pattern: Pattern::Row,
                 report: json!({ "name": "owl", "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
                                 "outlier_ratios": ratios, "lambda_block": null, "lambda_row": null,
@@ -147,6 +148,7 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
     let starts = draw_windows(ids.len(), seqlen, args.search_nsamples, args.seed)?;
     let search = gather_windows(ids, &starts, seqlen);
     let blocks = model.num_blocks();
+    let linears = model.linears().len();
     let bar = progress_bar(0, "NeuroAL");
     // Candidates are scored a group at a time; each finished group is saved, so an interrupted
     // search continues with the next group.
@@ -182,7 +184,7 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
                              "lambda_block": null, "lambda_row": null, "block_scores": [], "row_scores": [] });
     let (block_sparsities, d) = if do_block {
         let grid = block_grid(s);
-        let candidates: Vec<Map> = grid.iter().map(|&l| block_map(&neuroal_block_sparsities(blocks, l, s))).collect();
+        let candidates: Vec<Map> = grid.iter().map(|&l| block_map(&neuroal_block_sparsities(blocks, l, s), linears)).collect();
         let evals = run("block", &candidates, &Pattern::Row)?;
         let w = winner(&evals);
         report["lambda_block"] = json!(grid[w]);
@@ -190,7 +192,7 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
         (neuroal_block_sparsities(blocks, grid[w], s), evals[w].d.clone())
     } else {
         let uniform = neuroal_block_sparsities(blocks, 0.0, s);
-        let evals = run("uniform", &[block_map(&uniform)], &Pattern::Row)?;
+        let evals = run("uniform", &[block_map(&uniform, linears)], &Pattern::Row)?;
         (uniform, evals[0].d.clone())
     };
     report["block_sparsities"] = json!(block_sparsities);
@@ -198,15 +200,14 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
     let result = if do_row {
         let grid = row_grid();
         let gqa = model.config.num_kv_heads < model.config.num_heads;
-        let rows = model.linear_shapes().map(|s| s[0]);
-        let candidates: Vec<Map> = grid.iter().map(|&l| row_map(gqa, rows, &block_sparsities, &d, l)).collect();
+        let candidates: Vec<Map> = grid.iter().map(|&l| row_map(&model.spec, gqa, &block_sparsities, &d, l)).collect::<Result<_>>()?;
         let evals = run("row", &candidates, &Pattern::RowsVariable)?;
         let w = winner(&evals);
         report["lambda_row"] = json!(grid[w]);
         report["row_scores"] = json!(grid.iter().zip(&evals).map(|(l, e)| [*l, e.score]).collect::<Vec<_>>());
         TopUp { map: candidates[w].clone(), pattern: Pattern::RowsVariable, block_sparsities, search_windows, report }
     } else {
-        TopUp { map: block_map(&block_sparsities), pattern: Pattern::Row, block_sparsities, search_windows, report }
+        TopUp { map: block_map(&block_sparsities, linears), pattern: Pattern::Row, block_sparsities, search_windows, report }
     };
     bar.finish_and_clear();
     Ok(result)
@@ -266,6 +267,10 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
 
     // The model, read without a device: config, weights' names and shapes, tokenizer.
     let (config, checkpoint) = check_model_dir(&args.model)?;
+    let spec = Spec::of(&config);
+    if kind == TopUpKind::Neuroal && args.neuroal_step != "block" && spec.routes.is_none() {
+        bail!("{}: the {} family declares no row routing, so NeuroAL's row step cannot run; use --neuroal-step block", args.model.display(), config.model_type);
+    }
     let dest = Destination::check(&args.model, &args.out, args.force, args.resume)?;
     let plots = match &args.plots {
         Some(p) => Some(check_plots(&args.model, &dest, p)?),
@@ -298,7 +303,7 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
     };
     if args.device != Choice::Gpu {
         if let Some(avail) = memory::available_host() {
-            memory::check(&memory::prune_parts(&config, &estimate), avail, "this machine")?;
+            memory::check(&memory::prune_parts(&config, &spec.shapes(), &estimate), avail, "this machine")?;
         }
     }
 
@@ -328,7 +333,7 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
     let device = device::select(args.device)?;
     eprintln!("device {}", device.description);
     if let Some(limit) = device.max_buffer {
-        let need = memory::largest_buffer(&config, &estimate);
+        let need = memory::largest_buffer(&config, &spec.shapes(), &estimate);
         if need > limit as u128 {
             bail!("this run needs a {} buffer, more than the adapter's limit of {}; lower --seqlen", memory::human(need), memory::human(limit as u128));
         }
@@ -359,7 +364,7 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
         .enumerate()
         .flat_map(|(b, layers)| layers.iter().enumerate().map(move |(l, sp)| (b, l, sp)))
         .filter_map(|(b, l, sp)| match sp {
-            Sparsity::PerRow(v) => Some((Model::linear_name(b, l), summary(v))),
+            Sparsity::PerRow(v) => Some((model.linear_name(b, l), summary(v))),
             Sparsity::Uniform(_) => None,
         })
         .collect();
@@ -381,7 +386,7 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
     let total: usize = masks.iter().map(|m| m.pruned.len()).sum();
     let zeros: usize = masks.iter().map(|m| m.pruned.count_ones()).sum();
     let blocks: Vec<f64> = masks
-        .chunks(LINEARS.len())
+        .chunks(model.linears().len())
         .map(|c| {
             let n: usize = c.iter().map(|m| m.pruned.len()).sum();
             c.iter().map(|m| m.pruned.count_ones()).sum::<usize>() as f64 / n as f64
@@ -425,7 +430,8 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
         };
         let files = {
             let _guard = write_lock();
-            crate::plots::write_all(&write_to, &report["topup"], &series, &topup.map)?
+            let names: Vec<&str> = model.linears().iter().map(|l| l.name).collect();
+            crate::plots::write_all(&write_to, &report["topup"], &series, &topup.map, &names)?
         };
         report["plots"] = json!({ "dir": listed, "files": files });
     }

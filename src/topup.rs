@@ -10,15 +10,15 @@ use crate::kernels;
 use crate::model::host_f32;
 use crate::bail;
 use crate::mask::{Pattern, Sparsity};
-use crate::model::{Model, DOWN, GATE, K, LINEARS, O, Q, UP, V};
+use crate::model::{Model, Spec};
 use crate::pipeline::{embed_windows, prune_linear, run_recording};
 use crate::score::{score, Method};
 
-/// [block][linear in `LINEARS` order] → sparsity.
+/// [block][linear in the family's declared order] → sparsity.
 pub type Map = Vec<Vec<Sparsity>>;
 
-pub fn uniform_map(blocks: usize, s: f64) -> Map {
-    vec![vec![Sparsity::Uniform(s); LINEARS.len()]; blocks]
+pub fn uniform_map(blocks: usize, linears: usize, s: f64) -> Map {
+    vec![vec![Sparsity::Uniform(s); linears]; blocks]
 }
 
 /// OWL's and NeuroAL's clamp of block sparsities: ≤ 0 → 0.01, ≥ 1 → 0.99.
@@ -77,46 +77,40 @@ pub fn row_grid() -> Vec<f64> {
     g
 }
 
-pub fn block_map(block_sparsities: &[f64]) -> Map {
-    block_sparsities.iter().map(|&b| vec![Sparsity::Uniform(b); LINEARS.len()]).collect()
-}
-
-/// Which linear's d (block offset, linear) gives each linear's output rows, for LLaMA-family
-/// blocks: an output row of one layer is an input channel of the layer that consumes it.
-fn row_source(linear: usize) -> (usize, usize) {
-    match linear {
-        Q | K | V => (0, O),
-        O => (0, GATE),
-        GATE | UP => (0, DOWN),
-        DOWN => (1, Q),
-        _ => unreachable!(),
-    }
+pub fn block_map(block_sparsities: &[f64], linears: usize) -> Map {
+    block_sparsities.iter().map(|&b| vec![Sparsity::Uniform(b); linears]).collect()
 }
 
 /// The row-step candidate map for λ from the block map and the d vectors of its evaluation.
-/// `gqa`: fewer k/v heads than q heads, where q, k and v keep their block sparsity;
-/// `out_rows`: output rows of each linear.
-pub fn row_map(gqa: bool, out_rows: [usize; 7], blocks: &[f64], d: &[Vec<Vec<f32>>], lambda: f64) -> Map {
+/// Each linear's rows are spread by the d of the linear its family routes them to (an output
+/// row of one layer is an input channel of the layer that consumes it). The last block keeps
+/// its block sparsity, and so do q, k and v under grouped-query attention (`gqa`).
+pub fn row_map(spec: &Spec, gqa: bool, blocks: &[f64], d: &[Vec<Vec<f32>>], lambda: f64) -> Result<Map> {
+    let Some(routes) = &spec.routes else {
+        bail!("this model family declares no row routing, so NeuroAL's row step cannot run; use --neuroal-step block");
+    };
     let last = blocks.len() - 1;
-    blocks
+    Ok(blocks
         .iter()
         .enumerate()
         .map(|(bi, &b)| {
-            (0..LINEARS.len())
-                .map(|li| {
-                    let (offset, src) = row_source(li);
-                    let keep = bi == last || (gqa && matches!(li, Q | K | V));
-                    let r = &d[bi + offset.min(last - bi)][src];
+            spec.linears
+                .iter()
+                .zip(routes)
+                .map(|(linear, route)| {
+                    let keep = bi == last || (gqa && linear.qkv);
+                    let source = if route.next_block { (bi + 1).min(last) } else { bi };
+                    let r = &d[source][route.linear];
                     let sum: f64 = r.iter().map(|&x| x as f64).sum();
                     if keep || sum == 0.0 {
-                        Sparsity::PerRow(vec![b; out_rows[li]])
+                        Sparsity::PerRow(vec![b; linear.shape[0]])
                     } else {
                         Sparsity::PerRow(neuroal_row_sparsities(r, lambda, b))
                     }
                 })
                 .collect()
         })
-        .collect()
+        .collect())
 }
 
 /// One candidate's result: Σ m over all linears, and every linear's d = a_dense − a_sparse.
@@ -161,33 +155,35 @@ pub fn evaluate(
     progress: &dyn Fn(usize, usize),
 ) -> Result<Vec<Evaluation>> {
     let nsamples = windows.len() / seqlen;
-    let rope = model.rope(seqlen);
+    let pos = model.positions(seqlen);
+    let names: Vec<&str> = model.linears().iter().map(|l| l.name).collect();
     let mut results = Vec::with_capacity(candidates.len());
     for group in candidates.chunks(chunk.max(1)) {
         let mut hidden: Vec<Vec<Tensor<3>>> = group.iter().map(|_| embed_windows(model, windows, seqlen)).collect();
         let mut evals: Vec<Evaluation> = group.iter().map(|_| Evaluation { score: 0.0, d: Vec::new() }).collect();
-        for b in 0..model.num_blocks() {
+        for block in model.blocks() {
+            let mut block = block?;
+            let b = block.index;
             progress(results.len(), b);
-            let mut block = model.load_block(b)?;
             let dense: Vec<Tensor<2>> = block.linears.iter().map(|l| l.weight.clone()).collect();
             for (c, map) in group.iter().enumerate() {
-                let (stats_dense, _) = run_recording(model, &block, &hidden[c], &rope)?;
+                let (stats_dense, _) = run_recording(model, &block, &hidden[c], &pos)?;
                 for (li, linear) in block.linears.iter_mut().enumerate() {
                     let sparsity = &map[b][li];
                     linear.weight = prune_linear(dense[li].clone(), &stats_dense[li], nsamples, method, pattern, sparsity)?.0;
                 }
-                let (stats_sparse, outputs) = run_recording(model, &block, &hidden[c], &rope)?;
+                let (stats_sparse, outputs) = run_recording(model, &block, &hidden[c], &pos)?;
                 hidden[c] = outputs;
                 for (linear, w) in block.linears.iter_mut().zip(&dense) {
                     linear.weight = w.clone();
                 }
-                let mut ds = Vec::with_capacity(LINEARS.len());
-                for li in 0..LINEARS.len() {
+                let mut ds = Vec::with_capacity(names.len());
+                for (li, name) in names.iter().enumerate() {
                     let a_dense = stats_dense[li].scaler_row(nsamples).sqrt();
                     let a_sparse = stats_sparse[li].scaler_row(nsamples).sqrt();
                     let (m, d) = alignment(a_dense, a_sparse)?;
                     if !m.is_finite() {
-                        bail!("NeuroAL: block {b} {}: the alignment metric is {m} (all activations zero or not finite)", LINEARS[li]);
+                        bail!("NeuroAL: block {b} {name}: the alignment metric is {m} (all activations zero or not finite)");
                     }
                     evals[c].score += m as f64;
                     ds.push(d);
@@ -215,13 +211,14 @@ pub fn winner(evals: &[Evaluation]) -> usize {
 /// with the Wanda scores of all the block's linears taken together.
 pub fn owl_outlier_ratios(model: &Model, windows: &[u32], seqlen: usize, m: f64) -> Result<Vec<f64>> {
     let nsamples = windows.len() / seqlen;
-    let rope = model.rope(seqlen);
+    let pos = model.positions(seqlen);
     let shapes = model.linear_shapes();
     let mut hidden = embed_windows(model, windows, seqlen);
     let mut ratios = Vec::new();
-    for b in 0..model.num_blocks() {
-        let block = model.load_block(b)?;
-        let (stats, outputs) = run_recording(model, &block, &hidden, &rope)?;
+    for block in model.blocks() {
+        let block = block?;
+        let b = block.index;
+        let (stats, outputs) = run_recording(model, &block, &hidden, &pos)?;
         hidden = outputs;
         let scores: Vec<Tensor<2>> = block
             .linears
@@ -292,28 +289,40 @@ mod tests {
         // Two blocks, one row per linear except where noted; d of every linear is its index
         // pattern below. Block 0: q/k/v take o's d, o takes gate's, gate/up take down's, down
         // takes block 1's q. The last block keeps its block sparsity everywhere.
-        let rows = [2, 2, 2, 2, 2, 2, 2];
+        let c = crate::config::Config::from_json(
+            r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":2,"num_attention_heads":2,"max_position_embeddings":32}"#,
+        )
+        .unwrap();
+        let mut spec = Spec::of(&c);
+        for l in spec.linears.iter_mut() {
+            l.shape[0] = 2;
+        }
+        let (q, k, v, o, gate, up, down) = (0, 1, 2, 3, 4, 5, 6);
         let dv = |a: f32| vec![0.0, a];
         let mut d0: Vec<Vec<f32>> = (0..7).map(|i| dv(i as f32 + 1.0)).collect();
-        d0[GATE] = vec![0.0, 0.0]; // sums to zero: o_proj keeps the block sparsity
+        d0[gate] = vec![0.0, 0.0]; // sums to zero: o_proj keeps the block sparsity
         let d1: Vec<Vec<f32>> = (0..7).map(|i| dv(10.0 + i as f32)).collect();
         let d = vec![d0, d1];
-        let m = row_map(false, rows, &[0.5, 0.7], &d, 0.1);
+        let m = row_map(&spec, false, &[0.5, 0.7], &d, 0.1).unwrap();
         // A vector [0, a] with a > 0 spreads to [.5 + .1, .5 − .1] at b = .5, λ = .1.
         let spread = Sparsity::PerRow(vec![0.6, 0.4]);
-        for li in [Q, K, V, UP, GATE, DOWN] {
+        for li in [q, k, v, up, gate, down] {
             assert_eq!(m[0][li], spread, "linear {li}");
         }
-        assert_eq!(m[0][O], Sparsity::PerRow(vec![0.5, 0.5]));
+        assert_eq!(m[0][o], Sparsity::PerRow(vec![0.5, 0.5]));
         for li in 0..7 {
             assert_eq!(m[1][li], Sparsity::PerRow(vec![0.7, 0.7]));
         }
         // Under GQA q, k and v keep the block sparsity.
-        let m = row_map(true, rows, &[0.5, 0.7], &d, 0.1);
-        for li in [Q, K, V] {
+        let m = row_map(&spec, true, &[0.5, 0.7], &d, 0.1).unwrap();
+        for li in [q, k, v] {
             assert_eq!(m[0][li], Sparsity::PerRow(vec![0.5, 0.5]));
         }
-        assert_eq!(m[0][DOWN], spread);
+        assert_eq!(m[0][down], spread);
+        // A family without declared routes cannot take the row step.
+        spec.routes = None;
+        assert!(row_map(&spec, false, &[0.5, 0.7], &d, 0.1).unwrap_err().to_string().contains("declares no row routing"));
     }
 
     #[test]

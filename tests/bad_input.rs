@@ -82,7 +82,7 @@ fn bad_inputs_are_rejected_with_one_line() {
     let d = model_copy("tiny-llama", "modeltype");
     let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
     std::fs::write(d.join("config.json"), cfg).unwrap();
-    eval_fails(&d, &text, &[], "unsupported model_type \"gpt_neox\" (supported: llama, mistral, qwen2)");
+    eval_fails(&d, &text, &[], "unsupported model_type \"gpt_neox\" (supported: llama, mistral, qwen2, opt, phi)");
 
     let d = model_copy("tiny-llama", "truncated");
     let bytes = std::fs::read(d.join("model.safetensors")).unwrap();

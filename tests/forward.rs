@@ -39,14 +39,14 @@ fn block_by_block_equals_whole_forward() {
         // Each block alone, its hidden states taken to the host and back in between, and the
         // block dropped before the next one is loaded: what the streaming pruner does.
         let t = ids.len() / batch;
-        let rope = model.rope(t);
+        let rope = model.positions(t);
         let mut h = model.embed(&ids, batch);
         for i in 0..model.num_blocks() {
             let block = model.load_block(i).unwrap();
             let dims = h.dims();
             let host = h.into_data().try_to_vec::<f32>().unwrap();
             let back: Tensor<3> = Tensor::from_data(TensorData::new(host, dims), &dev.device);
-            h = block.forward(back, &rope, &model.config, None);
+            h = block.forward(back, &rope, None);
         }
         let staged = model.head(h).into_data().try_to_vec::<f32>().unwrap();
         let err = rel_l2(&staged, &whole);

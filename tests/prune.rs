@@ -11,7 +11,7 @@ use common::*;
 use neuroal::calib::{draw_windows, gather_windows};
 use neuroal::device::{Choice, Selected};
 use neuroal::mask::{Pattern, Sparsity};
-use neuroal::model::{Model, LINEARS};
+use neuroal::model::Model;
 use neuroal::pipeline::prune;
 use neuroal::score::Method;
 use neuroal::tokenizer::{tokenize_file, Tokenizer};
@@ -37,14 +37,14 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 /// with the pruned weights to produce the next block's inputs.
 fn wanda_reference(model: &Model, windows: &[u32], seqlen: usize, s: f64) -> Vec<Vec<bool>> {
     let n = windows.len() / seqlen;
-    let rope = model.rope(seqlen);
+    let rope = model.positions(seqlen);
     let mut h = model.embed(windows, n);
     let mut masks = Vec::new();
     for b in 0..model.num_blocks() {
         let mut block = model.load_block(b).unwrap();
-        let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); LINEARS.len()];
+        let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); model.linears().len()];
         let mut capture = |li: usize, x: &Tensor<3>| inputs[li] = host(x.clone());
-        block.forward(h.clone(), &rope, &model.config, Some(&mut capture));
+        block.forward(h.clone(), &rope, Some(&mut capture));
         for (li, linear) in block.linears.iter_mut().enumerate() {
             let [rows, cols] = linear.weight.dims();
             let w = host(linear.weight.clone());
@@ -54,7 +54,7 @@ fn wanda_reference(model: &Model, windows: &[u32], seqlen: usize, s: f64) -> Vec
             linear.weight = Tensor::from_data(TensorData::new(pruned, [rows, cols]), &model.device);
             masks.push(mask);
         }
-        h = block.forward(h, &rope, &model.config, None);
+        h = block.forward(h, &rope, None);
     }
     masks
 }
@@ -67,7 +67,7 @@ fn wanda_masks_equal_the_reference_including_propagation() {
     let windows = calib_windows(&dir, 64, 12);
     let ours = prune(&model, &windows, 64, Method::Wanda, &Pattern::Row, &|_, _| Sparsity::Uniform(0.5)).unwrap();
     let reference = wanda_reference(&model, &windows, 64, 0.5);
-    assert_eq!(ours.len(), 2 * LINEARS.len());
+    assert_eq!(ours.len(), 2 * model.linears().len());
     assert_eq!(reference.len(), ours.len());
     for (m, r) in ours.iter().zip(&reference) {
         assert_eq!(m.pruned.len(), r.len(), "{}", m.name);
@@ -80,7 +80,7 @@ fn wanda_masks_equal_the_reference_including_propagation() {
         Sparsity::Uniform(if b == 0 { 0.0 } else { 0.5 })
     })
     .unwrap();
-    let block1_differs = (LINEARS.len()..2 * LINEARS.len()).any(|i| dense_inputs[i].pruned != ours[i].pruned);
+    let block1_differs = (model.linears().len()..2 * model.linears().len()).any(|i| dense_inputs[i].pruned != ours[i].pruned);
     assert!(block1_differs, "pruned outputs of block 0 must reach block 1");
 }
 
@@ -121,9 +121,11 @@ fn written_checkpoints_keep_layout_and_report_true_numbers() {
         let before = tensors(&asset(model));
         let after = tensors(&out);
         assert_eq!(before.len(), after.len());
+        let prunable_names = neuroal::inspect::prunable_names(&asset(model)).unwrap();
+        assert_eq!(prunable_names.len(), 2 * Model::open(&asset(model), &select(Choice::Cpu).device).unwrap().linears().len());
         for ((n0, m0, b0), (n1, m1, b1)) in before.iter().zip(&after) {
             assert_eq!((n0, m0), (n1, m1), "same shard, name, dtype and shape");
-            let prunable = neuroal::inspect::is_prunable(n0.split(':').nth(1).unwrap());
+            let prunable = prunable_names.contains(n0.split(':').nth(1).unwrap());
             if !prunable {
                 assert_eq!(b0, b1, "{n0} must be byte-identical");
             }
@@ -132,10 +134,12 @@ fn written_checkpoints_keep_layout_and_report_true_numbers() {
             assert!(out.join("model.safetensors.index.json").exists());
         }
         // inspect sees the requested sparsity: ⌊in·0.6⌋ per row.
-        let shapes = Model::open(&asset(model), &select(Choice::Cpu).device).unwrap().linear_shapes();
+        let m = Model::open(&asset(model), &select(Choice::Cpu).device).unwrap();
+        let shapes = m.linear_shapes();
         let ins = neuroal::inspect::inspect(&out).unwrap();
+        assert_eq!(ins.layers.len(), prunable_names.len());
         for (name, frac) in &ins.layers {
-            let li = LINEARS.iter().position(|l| name.contains(l)).unwrap();
+            let li = m.linears().iter().position(|l| name.ends_with(&format!(".{}.weight", l.name))).unwrap();
             let cols = shapes[li][1];
             let want = (cols as f64 * 0.6).floor() / cols as f64;
             assert!((frac - want).abs() < 1e-12, "{name}: {frac} vs {want}");
@@ -176,7 +180,7 @@ fn gpu_ndarray_and_cpu_prune_to_identical_masks() {
     let cpu = select(Choice::Cpu);
     for (pattern, method) in [(Pattern::Row, Method::Wanda), (Pattern::NM { n: 2, m: 4 }, Method::Wanda), (Pattern::Layer, Method::Magnitude)] {
         let a = masks_on(&cpu, &pattern, method);
-        assert_eq!(a.len(), 2 * LINEARS.len());
+        assert_eq!(a.len(), 14);
         for other in [Choice::Gpu, Choice::Ndarray] {
             let b = masks_on(&select(other), &pattern, method);
             assert_eq!(a.len(), b.len(), "{other:?}: mask count");

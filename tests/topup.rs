@@ -12,7 +12,7 @@ use common::*;
 use neuroal::calib::{draw_windows, gather_windows, SplitMix64};
 use neuroal::device::Choice;
 use neuroal::mask::{Pattern, Sparsity};
-use neuroal::model::{Model, LINEARS};
+use neuroal::model::Model;
 use neuroal::score::Method;
 use neuroal::tokenizer::{tokenize_file, Tokenizer};
 use neuroal::topup::{block_map, evaluate, neuroal_block_sparsities, Map};
@@ -30,14 +30,15 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 /// Wanda row masks by a stable sort, m = ‖a/Σa − b/Σb‖₂ / len summed over all linears.
 fn reference_score(model: &Model, windows: &[u32], seqlen: usize, blocks: &[f64]) -> f64 {
     let n = windows.len() / seqlen;
-    let rope = model.rope(seqlen);
+    let rope = model.positions(seqlen);
     let mut h = model.embed(windows, n);
     let mut total = 0.0;
     for (b, &s) in blocks.iter().enumerate() {
         let mut block = model.load_block(b).unwrap();
-        let mut dense_in: Vec<Vec<f32>> = vec![Vec::new(); 7];
+        let nl = model.linears().len();
+        let mut dense_in: Vec<Vec<f32>> = vec![Vec::new(); nl];
         let mut cap = |li: usize, x: &Tensor<3>| dense_in[li] = host(x.clone());
-        block.forward(h.clone(), &rope, &model.config, Some(&mut cap));
+        block.forward(h.clone(), &rope, Some(&mut cap));
         let mut a_dense = Vec::new();
         for (li, linear) in block.linears.iter_mut().enumerate() {
             let [rows, cols] = linear.weight.dims();
@@ -48,10 +49,11 @@ fn reference_score(model: &Model, windows: &[u32], seqlen: usize, blocks: &[f64]
             linear.weight = Tensor::from_data(TensorData::new(pruned, [rows, cols]), &model.device);
             a_dense.push(a);
         }
-        let mut sparse_in: Vec<Vec<f32>> = vec![Vec::new(); 7];
+        let mut sparse_in: Vec<Vec<f32>> = vec![Vec::new(); nl];
         let mut cap = |li: usize, x: &Tensor<3>| sparse_in[li] = host(x.clone());
-        h = block.forward(h, &rope, &model.config, Some(&mut cap));
-        for li in 0..LINEARS.len() {
+        h = block.forward(h, &rope, Some(&mut cap));
+        assert_eq!(a_dense.len(), nl);
+        for li in 0..nl {
             let a = &a_dense[li];
             let bn = channel_norms(&sparse_in[li], a.len(), n);
             let (sa, sb): (f64, f64) = (a.iter().sum(), bn.iter().sum());
@@ -70,7 +72,7 @@ fn candidate_score_matches_an_independent_computation() {
     let windows = search_windows(&dir, 64, 4);
     for lambda in [0.0, 0.1, 0.25] {
         let blocks = neuroal_block_sparsities(2, lambda, 0.6);
-        let ours = evaluate(&model, &windows, 64, Method::Wanda, &Pattern::Row, &[block_map(&blocks)], 1, &|_, _| {}).unwrap();
+        let ours = evaluate(&model, &windows, 64, Method::Wanda, &Pattern::Row, &[block_map(&blocks, model.linears().len())], 1, &|_, _| {}).unwrap();
         let want = reference_score(&model, &windows, 64, &blocks);
         let rel = (ours[0].score - want).abs() / want;
         assert!(rel < 1e-4, "λ {lambda}: score {} vs reference {want} (rel {rel:.2e})", ours[0].score);
@@ -84,7 +86,7 @@ fn shared_block_loads_score_exactly_like_one_by_one() {
         let dir = asset("tiny-mistral-gqa");
         let model = Model::open(&dir, &dev.device).unwrap();
         let windows = search_windows(&dir, 32, 2);
-        let candidates: Vec<Map> = [0.01, 0.1, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.7))).collect();
+        let candidates: Vec<Map> = [0.01, 0.1, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.7), 7)).collect();
         let mut with_rows = candidates.clone();
         let per_row: Vec<Sparsity> =
             model.linear_shapes().iter().map(|s| Sparsity::PerRow((0..s[0]).map(|r| 0.3 + r as f64 * 0.005).collect())).collect();

@@ -1,0 +1,326 @@
+//! The LLaMA family (LLaMA 1/2/3, Mistral, Qwen2), read top to bottom.
+//!
+//! One block: pre-RMSNorm attention with rotary embeddings and optional grouped-query heads,
+//! then a SwiGLU MLP. The variants differ only in their config: q/k/v biases (Qwen2, or
+//! `attention_bias`), tied embeddings, `llama3` rope scaling, and Mistral's sliding window, which
+//! is refused rather than approximated when a window does not fit in it.
+
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Int, Tensor};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{attention, rms_norm, split_heads, to_device1, to_device2, LinearSpec, Positions, Route, RopeFreqs, Spec};
+use crate::config::{self, need, positive, rope_field, Arch};
+use crate::error::Result;
+use crate::weights::Checkpoint;
+use crate::{bail, err};
+
+/// Prunable linears in execution order.
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+const O: usize = 3;
+const GATE: usize = 4;
+const UP: usize = 5;
+const DOWN: usize = 6;
+
+/// RoPE frequency scaling; only what changes the forward pass.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_positions: f64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    /// q/k/v projections carry biases (Qwen2, or LLaMA with `attention_bias`).
+    pub qkv_bias: bool,
+    /// Mistral's sliding window; attention is exact only while windows fit inside it.
+    pub sliding_window: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    max_position_embeddings: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_scaling: Option<Value>,
+    rope_parameters: Option<Value>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    sliding_window: Option<Value>,
+    use_sliding_window: Option<bool>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+    hidden_act: Option<String>,
+}
+
+impl Config {
+    pub fn parse(value: &Value, model_type: &str) -> Result<config::Config> {
+        let raw: Raw = serde_json::from_value(value.clone()).map_err(|e| err!("not a valid config.json ({e})"))?;
+        if let Some(act) = &raw.hidden_act {
+            if act != "silu" {
+                bail!("unsupported hidden_act \"{act}\" (only silu)");
+            }
+        }
+        let hidden_size = need(raw.hidden_size, "hidden_size")?;
+        let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            bail!("num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})");
+        }
+        let head_dim = config::Config::head_dim(value, hidden_size, num_heads)?;
+        if head_dim % 2 != 0 {
+            bail!("head_dim {head_dim} is odd; rotary embeddings need an even head_dim");
+        }
+        let rope_theta = positive(rope_field(value, "rope_theta").unwrap_or(10000.0), "rope_theta")?;
+        let rope_params = raw.rope_parameters.as_ref().filter(|v| v.is_object());
+        let rope_scaling = match raw.rope_scaling.as_ref().filter(|v| v.is_object()).or(rope_params) {
+            Some(s) => parse_rope_scaling(s)?,
+            None => RopeScaling::None,
+        };
+        let (model_type, qkv_default) = match model_type {
+            "mistral" => ("mistral", false),
+            "qwen2" => ("qwen2", true),
+            _ => ("llama", false),
+        };
+        let sliding_window = match (model_type, raw.use_sliding_window) {
+            ("qwen2", Some(false) | None) => None,
+            _ => raw.sliding_window.as_ref().and_then(Value::as_u64).map(|w| w as usize),
+        };
+        let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
+        if intermediate_size == 0 {
+            bail!("\"intermediate_size\" is 0; it must be at least 1");
+        }
+        let llama = Config {
+            intermediate_size,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: positive(raw.rms_norm_eps.unwrap_or(1e-6), "rms_norm_eps")?,
+            rope_theta,
+            rope_scaling,
+            qkv_bias: qkv_default || raw.attention_bias.unwrap_or(false),
+            sliding_window,
+        };
+        Ok(config::Config {
+            model_type,
+            vocab_size: need(raw.vocab_size, "vocab_size")?,
+            hidden_size,
+            num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            max_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            dtype: raw.dtype.or(raw.torch_dtype),
+            arch: Arch::Llama(llama),
+        })
+    }
+}
+
+fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
+    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let num = |k: &str| -> Result<f64> {
+        let v = s.get(k).and_then(Value::as_f64).ok_or_else(|| err!("rope scaling \"{kind}\" lacks \"{k}\""))?;
+        positive(v, &format!("rope scaling {k}"))
+    };
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "llama3" => {
+            let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
+            if high <= low {
+                bail!("rope scaling needs high_freq_factor ({high}) above low_freq_factor ({low})");
+            }
+            Ok(RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_positions: num("original_max_position_embeddings")?,
+            })
+        }
+        other => bail!("unsupported rope scaling type \"{other}\" (supported: default, llama3)"),
+    }
+}
+
+pub fn spec(c: &config::Config, l: &Config) -> Spec {
+    let (d, f) = (c.hidden_size, l.intermediate_size);
+    let (q, kv) = (l.num_heads * l.head_dim, l.num_kv_heads * l.head_dim);
+    let lin = |name, shape, bias, qkv| LinearSpec { name, shape, bias, qkv };
+    let route = |next_block, linear| Route { next_block, linear };
+    Spec {
+        block_prefix: "model.layers",
+        linears: vec![
+            lin("self_attn.q_proj", [q, d], l.qkv_bias, true),
+            lin("self_attn.k_proj", [kv, d], l.qkv_bias, true),
+            lin("self_attn.v_proj", [kv, d], l.qkv_bias, true),
+            lin("self_attn.o_proj", [d, q], false, false),
+            lin("mlp.gate_proj", [f, d], false, false),
+            lin("mlp.up_proj", [f, d], false, false),
+            lin("mlp.down_proj", [d, f], false, false),
+        ],
+        // The authors' routing: q, k, v ← o; o ← gate; gate, up ← down; down ← next block's q.
+        routes: Some(vec![
+            route(false, O),
+            route(false, O),
+            route(false, O),
+            route(false, GATE),
+            route(false, DOWN),
+            route(false, DOWN),
+            route(true, Q),
+        ]),
+    }
+}
+
+/// Tensors outside the prunable linears, with their shapes (for the up-front check).
+pub fn tensors(c: &config::Config, _l: &Config, ck: &Checkpoint) -> Vec<(String, Vec<usize>)> {
+    let (v, d) = (c.vocab_size, c.hidden_size);
+    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![v, d]), ("model.norm.weight".to_string(), vec![d])];
+    if ck.contains("lm_head.weight") || !c.tie_word_embeddings {
+        t.push(("lm_head.weight".into(), vec![v, d]));
+    }
+    for b in 0..c.num_layers {
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            t.push((format!("model.layers.{b}.{n}.weight"), vec![d]));
+        }
+    }
+    t
+}
+
+pub struct Outer {
+    embed_tokens: Tensor<2>,
+    final_norm: Tensor<1>,
+    lm_head: Tensor<2>,
+    eps: f64,
+    hidden: usize,
+    pub rope: RopeFreqs,
+}
+
+impl Outer {
+    pub fn load(ck: &Checkpoint, c: &config::Config, l: &Config, device: &Device) -> Result<Outer> {
+        let (v, d) = (c.vocab_size, c.hidden_size);
+        let embed_tokens = to_device2(ck.load("model.embed_tokens.weight", &[v, d])?, device);
+        let lm_head = if ck.contains("lm_head.weight") {
+            to_device2(ck.load("lm_head.weight", &[v, d])?, device)
+        } else if c.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            bail!("{}: tensor \"lm_head.weight\" not found and tie_word_embeddings is false", ck.dir.display());
+        };
+        Ok(Outer {
+            embed_tokens,
+            final_norm: to_device1(ck.load("model.norm.weight", &[d])?, device),
+            lm_head,
+            eps: l.rms_norm_eps,
+            hidden: d,
+            rope: rope_freqs(l),
+        })
+    }
+
+    pub fn embed(&self, ids: Tensor<1, Int>, batch: usize, t: usize) -> Tensor<3> {
+        self.embed_tokens.clone().select(0, ids).reshape([batch, t, self.hidden])
+    }
+
+    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let x = rms_norm(hidden, &self.final_norm, self.eps);
+        super::Linear { weight: self.lm_head.clone(), bias: None }.forward(x)
+    }
+}
+
+/// A block's norms and the settings its forward needs.
+pub struct Parts {
+    input_norm: Tensor<1>,
+    post_attention_norm: Tensor<1>,
+    cfg: Config,
+}
+
+impl Parts {
+    pub fn load(ck: &Checkpoint, prefix: &str, c: &config::Config, l: &Config, device: &Device) -> Result<Parts> {
+        let norm = |name: &str| ck.load(&format!("{prefix}.{name}.weight"), &[c.hidden_size]).map(|t| to_device1(t, device));
+        Ok(Parts { input_norm: norm("input_layernorm")?, post_attention_norm: norm("post_attention_layernorm")?, cfg: l.clone() })
+    }
+}
+
+/// h + attn(norm(h)), then + mlp(norm(·)); `run(i, x)` runs linear i on x (and records x).
+pub fn forward(p: &Parts, h: Tensor<3>, pos: &Positions, run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+    let c = &p.cfg;
+    let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+    let rope = pos.rope.as_ref().expect("the LLaMA family rotates q and k");
+
+    let x = rms_norm(h.clone(), &p.input_norm, c.rms_norm_eps);
+    let q = rope.apply(split_heads(run(Q, &x), nh, hd));
+    let k = rope.apply(split_heads(run(K, &x), nkv, hd));
+    let v = split_heads(run(V, &x), nkv, hd);
+    let attn = attention(q, k, v, Some((hd as f64).sqrt()));
+    let h = h + run(O, &attn);
+
+    let x = rms_norm(h.clone(), &p.post_attention_norm, c.rms_norm_eps);
+    let gated = silu(run(GATE, &x)) * run(UP, &x);
+    h + run(DOWN, &gated)
+}
+
+/// Inverse RoPE frequencies, in f32 like transformers, with `llama3` scaling when configured.
+fn rope_freqs(c: &Config) -> RopeFreqs {
+    let mut freqs = RopeFreqs::new(c.rope_theta, c.head_dim);
+    if let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } = c.rope_scaling {
+        let (factor, low, high, old) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32, original_max_positions as f32);
+        let low_wavelen = old / low;
+        let high_wavelen = old / high;
+        for f in freqs.inv_freq.iter_mut() {
+            let wavelen = 2.0 * std::f32::consts::PI / *f;
+            let scaled = if wavelen > low_wavelen { *f / factor } else { *f };
+            let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+            *f = if medium {
+                let smooth = (old / wavelen - low) / (high - low);
+                (1.0 - smooth) * scaled / factor + smooth * scaled
+            } else {
+                scaled
+            };
+        }
+    }
+    freqs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_routing_is_the_authors_table() {
+        let c = config::Config::from_json(
+            r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,"max_position_embeddings":32}"#,
+        )
+        .unwrap();
+        let s = super::super::Spec::of(&c);
+        let names: Vec<&str> = s.linears.iter().map(|l| l.name).collect();
+        let routed: Vec<(&str, bool, &str)> =
+            s.routes.as_ref().unwrap().iter().zip(&names).map(|(r, n)| (*n, r.next_block, names[r.linear])).collect();
+        assert_eq!(
+            routed,
+            vec![
+                ("self_attn.q_proj", false, "self_attn.o_proj"),
+                ("self_attn.k_proj", false, "self_attn.o_proj"),
+                ("self_attn.v_proj", false, "self_attn.o_proj"),
+                ("self_attn.o_proj", false, "mlp.gate_proj"),
+                ("mlp.gate_proj", false, "mlp.down_proj"),
+                ("mlp.up_proj", false, "mlp.down_proj"),
+                ("mlp.down_proj", true, "self_attn.q_proj"),
+            ]
+        );
+        assert_eq!(s.linears.iter().filter(|l| l.qkv).count(), 3);
+    }
+}

@@ -1,0 +1,492 @@
+//! Decoder-only language models, one file per family (`llama.rs`: LLaMA 1/2/3, Mistral, Qwen2;
+//! `opt.rs`: OPT; `phi.rs`: Phi-2). Each family declares, once, its prunable linears in execution
+//! order (name, shape, bias), how its blocks and outer weights load, its forward with the
+//! recording hook, and NeuroAL's row routing. Everything outside this folder iterates over that
+//! declaration and never names a sublayer.
+//!
+//! Blocks are loaded one at a time from the memory-mapped checkpoint, so the pruner can stream
+//! them: `embed` → `Block::forward` for each block of [`Model::blocks`] → `head`.
+
+pub mod llama;
+pub mod opt;
+pub mod phi;
+
+use std::path::Path;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::config::{Arch, Config};
+use crate::error::Result;
+use crate::weights::{Checkpoint, HostTensor};
+use crate::{bail, err};
+
+/// Reads a tensor back to the host as f32; a failed readback is an error naming `what`, never
+/// an empty vector.
+pub fn host_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
+    let n = t.shape().num_elements();
+    let data = t.try_into_data().map_err(|e| err!("{what}: reading the result back from the device failed: {}", crate::error::one_line(&e.to_string())))?;
+    let v = data.try_into_vec::<f32>().map_err(|e| err!("{what}: the device returned unreadable data: {}", crate::error::one_line(&e.to_string())))?;
+    if v.len() != n {
+        bail!("{what}: the device returned {} values, expected {n}", v.len());
+    }
+    Ok(v)
+}
+
+/// One prunable linear as a family declares it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearSpec {
+    /// Name inside the block, e.g. `self_attn.q_proj`.
+    pub name: &'static str,
+    /// [out, in], as stored by Hugging Face.
+    pub shape: [usize; 2],
+    pub bias: bool,
+    /// A query, key or value projection: under grouped-query attention these keep the block
+    /// sparsity in NeuroAL's row step.
+    pub qkv: bool,
+}
+
+/// Where a linear's output rows are consumed, for NeuroAL's row step: they are input channels
+/// of `linear`, in the same block or the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub next_block: bool,
+    pub linear: usize,
+}
+
+/// A family's declaration: where blocks live and what they hold.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// Tensor-name prefix of block `b` is `{block_prefix}.{b}`.
+    pub block_prefix: &'static str,
+    pub linears: Vec<LinearSpec>,
+    /// One route per linear; `None` where the family declares none (no row step).
+    pub routes: Option<Vec<Route>>,
+}
+
+impl Spec {
+    pub fn of(config: &Config) -> Spec {
+        match &config.arch {
+            Arch::Llama(l) => llama::spec(config, l),
+            Arch::Opt(o) => opt::spec(config, o),
+            Arch::Phi(p) => phi::spec(config, p),
+        }
+    }
+
+    /// Checkpoint name of a linear's weight.
+    pub fn weight_name(&self, block: usize, linear: usize) -> String {
+        format!("{}.{block}.{}.weight", self.block_prefix, self.linears[linear].name)
+    }
+
+    pub fn bias_name(&self, block: usize, linear: usize) -> String {
+        format!("{}.{block}.{}.bias", self.block_prefix, self.linears[linear].name)
+    }
+
+    pub fn shapes(&self) -> Vec<[usize; 2]> {
+        self.linears.iter().map(|l| l.shape).collect()
+    }
+}
+
+pub struct Linear {
+    /// [out, in], as stored by Hugging Face.
+    pub weight: Tensor<2>,
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    /// x [.., in] → [.., out]
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d_in] = x.dims();
+        let y = x.reshape([b * t, d_in]).matmul(self.weight.clone().transpose());
+        let y = match &self.bias {
+            Some(bias) => y + bias.clone().unsqueeze::<2>(),
+            None => y,
+        };
+        let d_out = y.dims()[1];
+        y.reshape([b, t, d_out])
+    }
+}
+
+/// Called with (linear index, that linear's input) before each linear runs; linears that share
+/// an input (q/k/v, gate/up, Phi's fc1) each see it, which is what statistics need.
+pub type InputHook<'a> = &'a mut dyn FnMut(usize, &Tensor<3>);
+
+/// The family-specific rest of a block (its norms and settings).
+enum Parts {
+    Llama(llama::Parts),
+    Opt(opt::Parts),
+    Phi(phi::Parts),
+}
+
+/// One decoder block: its prunable linears in declared order, and the rest.
+pub struct Block {
+    pub index: usize,
+    pub linears: Vec<Linear>,
+    parts: Parts,
+}
+
+impl Block {
+    /// hidden [b, t, d] → hidden [b, t, d]. `hook` sees each linear's input.
+    pub fn forward(&self, h: Tensor<3>, pos: &Positions, hook: Option<InputHook>) -> Tensor<3> {
+        let mut hook = hook;
+        let mut run = |i: usize, x: &Tensor<3>| {
+            if let Some(hook) = hook.as_mut() {
+                hook(i, x);
+            }
+            self.linears[i].forward(x.clone())
+        };
+        match &self.parts {
+            Parts::Llama(p) => llama::forward(p, h, pos, &mut run),
+            Parts::Opt(p) => opt::forward(p, h, &mut run),
+            Parts::Phi(p) => phi::forward(p, h, pos, &mut run),
+        }
+    }
+}
+
+/// The weights outside the blocks.
+enum Outer {
+    Llama(llama::Outer),
+    Opt(opt::Outer),
+    Phi(phi::Outer),
+}
+
+/// Positional tables for windows of one length: rotary cos/sin where the family rotates.
+pub struct Positions {
+    pub rope: Option<Rope>,
+}
+
+pub struct Model {
+    pub config: Config,
+    pub spec: Spec,
+    pub checkpoint: Checkpoint,
+    pub device: Device,
+    outer: Outer,
+}
+
+impl Model {
+    /// Opens a model folder and loads what every pass needs (embeddings, final norm, head);
+    /// blocks stay on disk until [`Model::load_block`].
+    pub fn open(dir: &Path, device: &Device) -> Result<Model> {
+        let (config, checkpoint) = check_model_dir(dir)?;
+        let spec = Spec::of(&config);
+        let outer = match &config.arch {
+            Arch::Llama(l) => Outer::Llama(llama::Outer::load(&checkpoint, &config, l, device)?),
+            Arch::Opt(o) => Outer::Opt(opt::Outer::load(&checkpoint, &config, o, device)?),
+            Arch::Phi(p) => Outer::Phi(phi::Outer::load(&checkpoint, &config, p, device)?),
+        };
+        Ok(Model { config, spec, checkpoint, device: device.clone(), outer })
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.config.num_layers
+    }
+
+    /// The prunable linears of every block, in execution order.
+    pub fn linears(&self) -> &[LinearSpec] {
+        &self.spec.linears
+    }
+
+    /// Shape [out, in] of each linear of a block, in declared order.
+    pub fn linear_shapes(&self) -> Vec<[usize; 2]> {
+        self.spec.shapes()
+    }
+
+    /// Checkpoint name of a linear's weight.
+    pub fn linear_name(&self, block: usize, linear: usize) -> String {
+        self.spec.weight_name(block, linear)
+    }
+
+    pub fn load_block(&self, index: usize) -> Result<Block> {
+        let ck = &self.checkpoint;
+        let mut linears = Vec::with_capacity(self.spec.linears.len());
+        for (i, l) in self.spec.linears.iter().enumerate() {
+            let weight = to_device2(ck.load(&self.spec.weight_name(index, i), &l.shape)?, &self.device);
+            let bias = if l.bias { Some(to_device1(ck.load(&self.spec.bias_name(index, i), &[l.shape[0]])?, &self.device)) } else { None };
+            linears.push(Linear { weight, bias });
+        }
+        let prefix = format!("{}.{index}", self.spec.block_prefix);
+        let parts = match &self.config.arch {
+            Arch::Llama(l) => Parts::Llama(llama::Parts::load(ck, &prefix, &self.config, l, &self.device)?),
+            Arch::Opt(o) => Parts::Opt(opt::Parts::load(ck, &prefix, &self.config, o, &self.device)?),
+            Arch::Phi(p) => Parts::Phi(phi::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
+        };
+        Ok(Block { index, linears, parts })
+    }
+
+    /// The block walker: every block in order, each loaded when reached.
+    pub fn blocks(&self) -> impl Iterator<Item = Result<Block>> + '_ {
+        (0..self.num_blocks()).map(|b| self.load_block(b))
+    }
+
+    /// Token ids [b, t] → hidden states [b, t, d].
+    pub fn embed(&self, ids: &[u32], batch: usize) -> Tensor<3> {
+        let t = ids.len() / batch;
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [ids.len()]), &self.device);
+        match &self.outer {
+            Outer::Llama(o) => o.embed(idx, batch, t),
+            Outer::Opt(o) => o.embed(idx, batch, t, &self.device),
+            Outer::Phi(o) => o.embed(idx, batch, t),
+        }
+    }
+
+    /// Final norm and LM head: hidden [b, t, d] → logits [b, t, vocab].
+    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.outer {
+            Outer::Llama(o) => o.head(hidden),
+            Outer::Opt(o) => o.head(hidden),
+            Outer::Phi(o) => o.head(hidden),
+        }
+    }
+
+    /// Positional tables for windows of `t` tokens.
+    pub fn positions(&self, t: usize) -> Positions {
+        let rope = match &self.outer {
+            Outer::Llama(o) => Some(o.rope.tables(t, &self.device)),
+            Outer::Opt(_) => None,
+            Outer::Phi(o) => Some(o.rope.tables(t, &self.device)),
+        };
+        Positions { rope }
+    }
+
+    /// Checks that windows of `t` tokens run exactly on this model.
+    pub fn check_seqlen(&self, t: usize) -> Result<()> {
+        self.config.check_seqlen(t)
+    }
+
+    /// Checks that every token id has a row in the embeddings (a tokenizer that does not
+    /// belong to the model gives larger ids).
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().max() {
+            Some(&m) if m as usize >= self.config.vocab_size => {
+                bail!("token id {m} is outside the model's vocabulary (vocab_size {})", self.config.vocab_size)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whole forward pass: ids [b, t] → logits [b, t, vocab], with every block loaded in turn.
+    pub fn forward(&self, ids: &[u32], batch: usize) -> Result<Tensor<3>> {
+        let pos = self.positions(ids.len() / batch);
+        let mut h = self.embed(ids, batch);
+        for block in self.blocks() {
+            h = block?.forward(h, &pos, None);
+        }
+        Ok(self.head(h))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pieces the families share.
+
+/// Rotary embedding frequencies of a family; `dim` ≤ head_dim dims of each head rotate.
+#[derive(Clone, Debug)]
+pub struct RopeFreqs {
+    pub inv_freq: Vec<f32>,
+    pub dim: usize,
+}
+
+impl RopeFreqs {
+    /// inv_freq_i = 1 / θ^(2i/dim), computed in f32 as transformers does.
+    pub fn new(theta: f64, dim: usize) -> RopeFreqs {
+        let base = theta as f32;
+        RopeFreqs { inv_freq: (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect(), dim }
+    }
+
+    /// cos and sin tables [t, dim] for positions 0..t.
+    pub fn tables(&self, t: usize, device: &Device) -> Rope {
+        let dim = self.dim;
+        let mut cos = Vec::with_capacity(t * dim);
+        let mut sin = Vec::with_capacity(t * dim);
+        for pos in 0..t {
+            for j in 0..dim {
+                let angle = pos as f32 * self.inv_freq[j % (dim / 2)];
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Rope {
+            cos: Tensor::from_data(TensorData::new(cos, [t, dim]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [t, dim]), device),
+            dim,
+        }
+    }
+}
+
+pub struct Rope {
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    dim: usize,
+}
+
+impl Rope {
+    /// x [b, heads, t, hd] with its first `dim` dims of each head rotated (transformers'
+    /// `rotate_half` convention); the rest pass through (partial rotary).
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, h, t, hd] = x.dims();
+        let (rot, pass) = if self.dim == hd {
+            (x, None)
+        } else {
+            (x.clone().slice([0..b, 0..h, 0..t, 0..self.dim]), Some(x.slice([0..b, 0..h, 0..t, self.dim..hd])))
+        };
+        let half = self.dim / 2;
+        let x1 = rot.clone().slice([0..b, 0..h, 0..t, 0..half]);
+        let x2 = rot.clone().slice([0..b, 0..h, 0..t, half..self.dim]);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        let cos = self.cos.clone().unsqueeze::<4>();
+        let sin = self.sin.clone().unsqueeze::<4>();
+        let out = rot * cos + rotated * sin;
+        match pass {
+            Some(p) => Tensor::cat(vec![out, p], 3),
+            None => out,
+        }
+    }
+}
+
+pub fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
+    let inv_rms = x.clone().square().mean_dim(2).add_scalar(eps).sqrt().recip();
+    x * inv_rms * weight.clone().unsqueeze::<3>()
+}
+
+/// LayerNorm over the last dim with weight and bias (population variance, as torch does).
+pub struct LayerNorm {
+    pub weight: Tensor<1>,
+    pub bias: Tensor<1>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(ck: &Checkpoint, name: &str, d: usize, eps: f64, device: &Device) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: to_device1(ck.load(&format!("{name}.weight"), &[d])?, device),
+            bias: to_device1(ck.load(&format!("{name}.bias"), &[d])?, device),
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let mean = x.clone().mean_dim(2);
+        let centered = x - mean;
+        let var = centered.clone().square().mean_dim(2);
+        centered * var.add_scalar(self.eps).sqrt().recip() * self.weight.clone().unsqueeze::<3>() + self.bias.clone().unsqueeze::<3>()
+    }
+}
+
+/// Causal multi-head attention: q [b, nh, t, hd], k and v [b, nkv, t, hd] → [b, t, nh·hd].
+/// The scores are divided by `divide_by` where given (OPT scales q beforehand instead).
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>) -> Tensor<3> {
+    let [b, nh, t, hd] = q.dims();
+    let groups = nh / k.dims()[1];
+    let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
+    let scores = q.matmul(k.swap_dims(2, 3));
+    let scores = match divide_by {
+        Some(d) => scores.div_scalar(d),
+        None => scores,
+    };
+    let probs = burn::tensor::activation::softmax(scores + causal_mask(t, &v.device()), 3);
+    probs.matmul(v).swap_dims(1, 2).reshape([b, t, nh * hd])
+}
+
+/// [b, t, n·hd] → [b, n, t, hd]
+pub fn split_heads(y: Tensor<3>, n: usize, hd: usize) -> Tensor<4> {
+    let [b, t, _] = y.dims();
+    y.reshape([b, t, n, hd]).swap_dims(1, 2)
+}
+
+/// [b, kv, t, hd] → [b, kv·groups, t, hd], each kv head repeated for its group of q heads.
+fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
+    if groups == 1 {
+        return x;
+    }
+    let [b, kv, t, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, kv, groups, t, hd]).reshape([b, kv * groups, t, hd])
+}
+
+/// Additive mask [1, 1, t, t]: 0 on and below the diagonal, a large negative above.
+fn causal_mask(t: usize, device: &Device) -> Tensor<4> {
+    let mut m = vec![0f32; t * t];
+    for i in 0..t {
+        for j in i + 1..t {
+            m[i * t + j] = -1e9;
+        }
+    }
+    Tensor::<2>::from_data(TensorData::new(m, [t, t]), device).unsqueeze::<4>()
+}
+
+/// Mean cross-entropy per sequence of predicting tokens 2..t from their prefixes:
+/// logits [b, t, vocab], ids [b·t] → [b].
+pub fn sequence_losses(logits: Tensor<3>, ids: &[u32], device: &Device) -> Result<Vec<f32>> {
+    let [b, t, vocab] = logits.dims();
+    let logp = log_softmax(logits.slice([0..b, 0..t - 1, 0..vocab]), 2);
+    let targets: Vec<i64> = (0..b).flat_map(|s| ids[s * t + 1..(s + 1) * t].iter().map(|&i| i as i64)).collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [b * (t - 1)]), device).reshape([b, t - 1, 1]);
+    let picked = logp.gather(2, targets).reshape([b, t - 1]);
+    host_f32(picked.mean_dim(1).neg(), "sequence losses")
+}
+
+/// Reads a model folder without a device and checks everything that can be checked cheaply:
+/// the config, the weights' headers, the block count, and that every tensor the forward pass
+/// loads is present with its shape. Errors surface here, before any device is opened.
+pub fn check_model_dir(dir: &Path) -> Result<(Config, Checkpoint)> {
+    if !dir.is_dir() {
+        bail!("{}: model folder not found", dir.display());
+    }
+    let config_path = dir.join("config.json");
+    if !config_path.exists() {
+        bail!("{}: no config.json", dir.display());
+    }
+    let config = Config::from_file(&config_path)?;
+    let checkpoint = Checkpoint::open(dir)?;
+    let spec = Spec::of(&config);
+    check_layers(&config, &spec, &checkpoint)?;
+    let mut required = match &config.arch {
+        Arch::Llama(l) => llama::tensors(&config, l, &checkpoint),
+        Arch::Opt(o) => opt::tensors(&config, o, &checkpoint),
+        Arch::Phi(p) => phi::tensors(&config, p),
+    };
+    for b in 0..config.num_layers {
+        for (i, l) in spec.linears.iter().enumerate() {
+            required.push((spec.weight_name(b, i), l.shape.to_vec()));
+            if l.bias {
+                required.push((spec.bias_name(b, i), vec![l.shape[0]]));
+            }
+        }
+    }
+    for (name, shape) in &required {
+        let (_, info) = checkpoint.info(name)?;
+        if info.shape != *shape {
+            bail!("tensor \"{name}\" has shape {:?}, expected {shape:?}", info.shape);
+        }
+    }
+    Ok((config, checkpoint))
+}
+
+/// The block count the weights hold must be the config's `num_hidden_layers`: fewer would fail
+/// half-way, more would leave blocks unpruned while the report says otherwise.
+pub fn check_layers(config: &Config, spec: &Spec, checkpoint: &Checkpoint) -> Result<()> {
+    let prefix = format!("{}.", spec.block_prefix);
+    let mut present: Vec<usize> =
+        checkpoint.names.keys().filter_map(|n| n.strip_prefix(&prefix)?.split('.').next()?.parse::<usize>().ok()).collect();
+    present.sort_unstable();
+    present.dedup();
+    let n = config.num_layers;
+    let held = present.last().map(|&m| m + 1).unwrap_or(0);
+    if held != n || present.len() != held {
+        let what = match (present.first(), present.last()) {
+            (Some(a), Some(b)) if present.len() == held => format!("{held} blocks ({prefix}{a} to {b})"),
+            (Some(_), Some(_)) => format!("blocks {}", present.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")),
+            _ => "no blocks".to_string(),
+        };
+        bail!("{}: config.json says num_hidden_layers = {n}, but the weights hold {what}", checkpoint.dir.display());
+    }
+    Ok(())
+}
+
+pub fn to_device1(t: HostTensor, device: &Device) -> Tensor<1> {
+    let n = t.data.len();
+    Tensor::from_data(TensorData::new(t.data, [n]), device)
+}
+
+pub fn to_device2(t: HostTensor, device: &Device) -> Tensor<2> {
+    let shape = [t.shape[0], t.shape[1]];
+    Tensor::from_data(TensorData::new(t.data, shape), device)
+}

@@ -1,0 +1,276 @@
+//! OPT (`OPTForCausalLM`), read top to bottom.
+//!
+//! Learned position embeddings with an offset of 2 (position p reads row p + 2); pre-LayerNorm
+//! blocks with biases: h + out_proj(attn(ln(h))), then h + fc2(relu(fc1(ln(h)))); q scaled by
+//! head_dim^-0.5 before the scores; the decoder's final LayerNorm; the head tied to the token
+//! embeddings. Post-LN OPT (`do_layer_norm_before: false`, OPT-350m) and the projections of a
+//! narrower embedding (`word_embed_proj_dim` ≠ hidden) are refused with one line.
+
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{attention, split_heads, to_device2, LayerNorm, LinearSpec, Route, Spec};
+use crate::config::{self, need, Arch};
+use crate::error::Result;
+use crate::weights::Checkpoint;
+use crate::{bail, err};
+
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+const OUT: usize = 3;
+const FC1: usize = 4;
+const FC2: usize = 5;
+
+/// OPT's learned positions start at row 2 (rows 0 and 1 are a fairseq legacy).
+const POSITION_OFFSET: usize = 2;
+
+/// torch.nn.LayerNorm's default, which OPT uses.
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub ffn_dim: usize,
+    pub num_heads: usize,
+    pub head_dim: usize,
+    pub enable_bias: bool,
+    /// The decoder's final LayerNorm is present (`_remove_final_layer_norm` is false).
+    pub final_layer_norm: bool,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    ffn_dim: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    max_position_embeddings: Option<usize>,
+    do_layer_norm_before: Option<bool>,
+    word_embed_proj_dim: Option<usize>,
+    activation_function: Option<String>,
+    enable_bias: Option<bool>,
+    layer_norm_elementwise_affine: Option<bool>,
+    #[serde(rename = "_remove_final_layer_norm")]
+    remove_final_layer_norm: Option<bool>,
+    tie_word_embeddings: Option<bool>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+}
+
+impl Config {
+    pub fn parse(value: &Value) -> Result<config::Config> {
+        let raw: Raw = serde_json::from_value(value.clone()).map_err(|e| err!("not a valid config.json ({e})"))?;
+        let hidden_size = need(raw.hidden_size, "hidden_size")?;
+        let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        if num_heads == 0 || hidden_size % num_heads != 0 {
+            bail!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}");
+        }
+        if !raw.do_layer_norm_before.unwrap_or(true) {
+            bail!("OPT with do_layer_norm_before = false (post-LayerNorm, as OPT-350m) is not supported");
+        }
+        if let Some(w) = raw.word_embed_proj_dim {
+            if w != hidden_size {
+                bail!("OPT with word_embed_proj_dim {w} ≠ hidden_size {hidden_size} (project_in/project_out) is not supported");
+            }
+        }
+        let act = raw.activation_function.as_deref().unwrap_or("relu");
+        if act != "relu" {
+            bail!("unsupported activation_function \"{act}\" for OPT (only relu)");
+        }
+        if !raw.layer_norm_elementwise_affine.unwrap_or(true) {
+            bail!("OPT with layer_norm_elementwise_affine = false is not supported");
+        }
+        let ffn_dim = need(raw.ffn_dim, "ffn_dim")?;
+        if ffn_dim == 0 {
+            bail!("\"ffn_dim\" is 0; it must be at least 1");
+        }
+        let opt = Config {
+            ffn_dim,
+            num_heads,
+            head_dim: hidden_size / num_heads,
+            enable_bias: raw.enable_bias.unwrap_or(true),
+            final_layer_norm: !raw.remove_final_layer_norm.unwrap_or(false),
+        };
+        Ok(config::Config {
+            model_type: "opt",
+            vocab_size: need(raw.vocab_size, "vocab_size")?,
+            hidden_size,
+            num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+            num_heads,
+            num_kv_heads: num_heads,
+            head_dim: hidden_size / num_heads,
+            max_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
+            dtype: raw.dtype.or(raw.torch_dtype),
+            arch: Arch::Opt(opt),
+        })
+    }
+}
+
+pub fn spec(c: &config::Config, o: &Config) -> Spec {
+    let (d, f, b) = (c.hidden_size, o.ffn_dim, o.enable_bias);
+    let lin = |name, shape, qkv| LinearSpec { name, shape, bias: b, qkv };
+    let route = |next_block, linear| Route { next_block, linear };
+    Spec {
+        block_prefix: "model.decoder.layers",
+        linears: vec![
+            lin("self_attn.q_proj", [d, d], true),
+            lin("self_attn.k_proj", [d, d], true),
+            lin("self_attn.v_proj", [d, d], true),
+            lin("self_attn.out_proj", [d, d], false),
+            lin("fc1", [f, d], false),
+            lin("fc2", [d, f], false),
+        ],
+        // The authors' routing: q, k, v ← out_proj; out_proj ← fc1; fc1 ← fc2; fc2 ← next q.
+        routes: Some(vec![route(false, OUT), route(false, OUT), route(false, OUT), route(false, FC1), route(false, FC2), route(true, Q)]),
+    }
+}
+
+/// Tensors outside the prunable linears, with their shapes (for the up-front check).
+pub fn tensors(c: &config::Config, o: &Config, ck: &Checkpoint) -> Vec<(String, Vec<usize>)> {
+    let (v, d) = (c.vocab_size, c.hidden_size);
+    let mut t = vec![
+        ("model.decoder.embed_tokens.weight".to_string(), vec![v, d]),
+        ("model.decoder.embed_positions.weight".to_string(), vec![c.max_positions + POSITION_OFFSET, d]),
+    ];
+    if o.final_layer_norm {
+        t.push(("model.decoder.final_layer_norm.weight".into(), vec![d]));
+        t.push(("model.decoder.final_layer_norm.bias".into(), vec![d]));
+    }
+    if ck.contains("lm_head.weight") || !c.tie_word_embeddings {
+        t.push(("lm_head.weight".into(), vec![v, d]));
+    }
+    for b in 0..c.num_layers {
+        for n in ["self_attn_layer_norm", "final_layer_norm"] {
+            for p in ["weight", "bias"] {
+                t.push((format!("model.decoder.layers.{b}.{n}.{p}"), vec![d]));
+            }
+        }
+    }
+    t
+}
+
+pub struct Outer {
+    embed_tokens: Tensor<2>,
+    embed_positions: Tensor<2>,
+    final_norm: Option<LayerNorm>,
+    lm_head: Tensor<2>,
+    hidden: usize,
+}
+
+impl Outer {
+    pub fn load(ck: &Checkpoint, c: &config::Config, o: &Config, device: &Device) -> Result<Outer> {
+        let (v, d) = (c.vocab_size, c.hidden_size);
+        let embed_tokens = to_device2(ck.load("model.decoder.embed_tokens.weight", &[v, d])?, device);
+        let embed_positions = to_device2(ck.load("model.decoder.embed_positions.weight", &[c.max_positions + POSITION_OFFSET, d])?, device);
+        let final_norm = if o.final_layer_norm {
+            Some(LayerNorm::load(ck, "model.decoder.final_layer_norm", d, LAYER_NORM_EPS, device)?)
+        } else {
+            None
+        };
+        let lm_head = if ck.contains("lm_head.weight") {
+            to_device2(ck.load("lm_head.weight", &[v, d])?, device)
+        } else if c.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            bail!("{}: tensor \"lm_head.weight\" not found and tie_word_embeddings is false", ck.dir.display());
+        };
+        Ok(Outer { embed_tokens, embed_positions, final_norm, lm_head, hidden: d })
+    }
+
+    /// Token embeddings plus the learned embeddings of positions 0..t (rows 2..t + 2).
+    pub fn embed(&self, ids: Tensor<1, Int>, batch: usize, t: usize, device: &Device) -> Tensor<3> {
+        let tokens = self.embed_tokens.clone().select(0, ids).reshape([batch, t, self.hidden]);
+        let rows: Vec<i64> = (0..t).map(|p| (p + POSITION_OFFSET) as i64).collect();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [t]), device);
+        let positions = self.embed_positions.clone().select(0, rows).unsqueeze::<3>();
+        tokens + positions
+    }
+
+    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let x = match &self.final_norm {
+            Some(n) => n.forward(hidden),
+            None => hidden,
+        };
+        super::Linear { weight: self.lm_head.clone(), bias: None }.forward(x)
+    }
+}
+
+/// A block's two LayerNorms and the settings its forward needs.
+pub struct Parts {
+    self_attn_layer_norm: LayerNorm,
+    final_layer_norm: LayerNorm,
+    cfg: Config,
+}
+
+impl Parts {
+    pub fn load(ck: &Checkpoint, prefix: &str, c: &config::Config, o: &Config, device: &Device) -> Result<Parts> {
+        let d = c.hidden_size;
+        Ok(Parts {
+            self_attn_layer_norm: LayerNorm::load(ck, &format!("{prefix}.self_attn_layer_norm"), d, LAYER_NORM_EPS, device)?,
+            final_layer_norm: LayerNorm::load(ck, &format!("{prefix}.final_layer_norm"), d, LAYER_NORM_EPS, device)?,
+            cfg: o.clone(),
+        })
+    }
+}
+
+/// h + out_proj(attn(ln(h))), then + fc2(relu(fc1(ln(·)))); `run(i, x)` runs linear i on x.
+pub fn forward(p: &Parts, h: Tensor<3>, run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+    let (nh, hd) = (p.cfg.num_heads, p.cfg.head_dim);
+
+    let x = p.self_attn_layer_norm.forward(h.clone());
+    let q = split_heads(run(Q, &x).mul_scalar((hd as f64).powf(-0.5)), nh, hd);
+    let k = split_heads(run(K, &x), nh, hd);
+    let v = split_heads(run(V, &x), nh, hd);
+    let attn = attention(q, k, v, None);
+    let h = h + run(OUT, &attn);
+
+    let x = p.final_layer_norm.forward(h.clone());
+    let hidden = relu(run(FC1, &x));
+    h + run(FC2, &hidden)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#""model_type":"opt","vocab_size":10,"hidden_size":8,"ffn_dim":16,
+        "num_hidden_layers":1,"num_attention_heads":2,"max_position_embeddings":32"#;
+
+    #[test]
+    fn declared_routing_is_the_authors_table() {
+        let c = config::Config::from_json(&format!("{{{BASE}}}")).unwrap();
+        let s = Spec::of(&c);
+        let names: Vec<&str> = s.linears.iter().map(|l| l.name).collect();
+        let routed: Vec<(&str, bool, &str)> =
+            s.routes.as_ref().unwrap().iter().zip(&names).map(|(r, n)| (*n, r.next_block, names[r.linear])).collect();
+        assert_eq!(
+            routed,
+            vec![
+                ("self_attn.q_proj", false, "self_attn.out_proj"),
+                ("self_attn.k_proj", false, "self_attn.out_proj"),
+                ("self_attn.v_proj", false, "self_attn.out_proj"),
+                ("self_attn.out_proj", false, "fc1"),
+                ("fc1", false, "fc2"),
+                ("fc2", true, "self_attn.q_proj"),
+            ]
+        );
+        assert!(s.linears.iter().all(|l| l.bias));
+        assert_eq!(s.block_prefix, "model.decoder.layers");
+    }
+
+    #[test]
+    fn unsupported_variants_are_refused_in_one_line() {
+        for (extra, expect) in [
+            (r#","do_layer_norm_before":false"#, "post-LayerNorm"),
+            (r#","word_embed_proj_dim":4"#, "project_in/project_out"),
+            (r#","activation_function":"gelu""#, "unsupported activation_function \"gelu\""),
+        ] {
+            let e = config::Config::from_json(&format!("{{{BASE}{extra}}}")).unwrap_err().to_string();
+            assert!(e.contains(expect), "{e}");
+        }
+    }
+}
