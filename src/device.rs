@@ -10,7 +10,7 @@ use burn::tensor::{Device, DeviceKind};
 use crate::error::Result;
 use crate::{bail, err};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Choice {
     Auto,
     Gpu,

@@ -22,5 +22,6 @@ pub mod staging;
 pub mod resume;
 pub mod provenance;
 pub mod progress;
+pub mod report;
 pub mod memory;
 pub mod score;

@@ -4,6 +4,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use neuroal::device::{self, Choice};
+use neuroal::mask::Pattern;
+use neuroal::prune::{NeuroalStep, TopUpKind};
+use neuroal::score::Method;
 use neuroal::error::Result;
 use neuroal::eval::{default_seqlen, perplexity};
 use neuroal::model::Model;
@@ -33,9 +36,8 @@ enum Command {
         /// Evaluate only the first K windows.
         #[arg(long)]
         max_windows: Option<usize>,
-        /// auto | gpu | cpu | ndarray
-        #[arg(long, default_value = "auto")]
-        device: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Choice,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -50,15 +52,15 @@ enum Command {
         /// Output folder (written atomically; refused if it exists, unless --force).
         #[arg(long)]
         out: PathBuf,
-        /// magnitude | wanda
-        #[arg(long, default_value = "wanda")]
-        method: String,
+        /// Base pruner.
+        #[arg(long, value_enum, default_value = "wanda")]
+        method: Method,
         /// Fraction of each linear's weights to prune, in [0, 1) (implied by an N:M pattern).
         #[arg(long, allow_hyphen_values = true)]
         sparsity: Option<f64>,
         /// row | layer | N:M (e.g. 2:4, 4:8)
-        #[arg(long, default_value = "row")]
-        pattern: String,
+        #[arg(long, default_value = "row", value_parser = Pattern::from_arg)]
+        pattern: Pattern,
         #[arg(long, default_value_t = 128)]
         nsamples: usize,
         /// Calibration window length [default: min(2048, max_position_embeddings)].
@@ -66,26 +68,26 @@ enum Command {
         seqlen: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, default_value = "auto")]
-        device: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Choice,
         /// Replace an existing output folder.
         #[arg(long)]
         force: bool,
         /// Text file for perplexity before and after pruning (in the report).
         #[arg(long)]
         eval: Option<PathBuf>,
-        /// How sparsity is spread: uniform | owl | neuroal
-        #[arg(long, default_value = "uniform")]
-        top_up: String,
+        /// How sparsity is spread over blocks and rows.
+        #[arg(long, value_enum, default_value = "uniform")]
+        top_up: TopUpKind,
         /// OWL: outlier threshold M (× mean score).
         #[arg(long, default_value_t = 5.0)]
         owl_m: f64,
         /// OWL: λ, the largest deviation from the target sparsity.
         #[arg(long, default_value_t = 0.08)]
         owl_lambda: f64,
-        /// NeuroAL: block | row | both
-        #[arg(long, default_value = "both")]
-        neuroal_step: String,
+        /// NeuroAL: which search steps run.
+        #[arg(long, value_enum, default_value = "both")]
+        neuroal_step: NeuroalStep,
         /// NeuroAL: windows of the search's own calibration set.
         #[arg(long, default_value_t = 8)]
         search_nsamples: usize,
@@ -137,7 +139,7 @@ fn parse_device(s: &str) -> Result<Choice> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Eval { model, text, seqlen, max_windows, device, json } => {
-            let choice = parse_device(&device)?;
+            let choice = device;
             if !model.is_dir() {
                 bail!("{}: model folder not found", model.display());
             }
@@ -176,7 +178,6 @@ fn run(cli: Cli) -> Result<()> {
             model, calib, out, method, sparsity, pattern, nsamples, seqlen, seed, device, force, eval,
             top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, resume,
         } => {
-            let device = parse_device(&device)?;
             let args = neuroal::prune::PruneArgs {
                 model, calib, out, method, sparsity, pattern, nsamples, seqlen, seed, force, eval,
                 top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, device, resume,
@@ -184,11 +185,11 @@ fn run(cli: Cli) -> Result<()> {
             let report = neuroal::prune::run(&args)?;
             println!(
                 "pruned to {:.4} overall sparsity in {:.1} s; written to {}",
-                report["sparsity"]["overall"].as_f64().unwrap_or(0.0),
-                report["timings"]["total_s"].as_f64().unwrap_or(0.0),
+                report.sparsity.overall,
+                report.timings.total_s,
                 args.out.display()
             );
-            if let (Some(d), Some(p)) = (report["eval"]["ppl_dense"].as_f64(), report["eval"]["ppl_pruned"].as_f64()) {
+            if let (Some(d), Some(p)) = (report.eval.ppl_dense, report.eval.ppl_pruned) {
                 println!("perplexity dense {d:.4}, pruned {p:.4}");
             }
             Ok(())

@@ -114,6 +114,11 @@ impl Pattern {
         }
     }
 
+    /// The `--pattern` value parser: `row`, `layer` or N:M (rows-variable comes from top-ups).
+    pub fn from_arg(s: &str) -> std::result::Result<Pattern, String> {
+        Pattern::parse(s).map_err(|e| e.0)
+    }
+
     pub fn name(&self) -> String {
         match self {
             Pattern::Row => "row".into(),

@@ -151,26 +151,21 @@ fn row_histograms(path: &Path, map: &Map, names: &[&str]) -> Result<()> {
     root.present().map_err(draw_err)
 }
 
-fn pairs(v: &serde_json::Value) -> Vec<(f64, f64)> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?))).collect())
-        .unwrap_or_default()
-}
 
 /// Writes every plot the run has material for into `dir`; returns the files written.
-pub fn write_all(dir: &Path, topup: &serde_json::Value, blocks: &[(String, Vec<f64>)], map: &Map, names: &[&str]) -> Result<Vec<String>> {
+pub fn write_all(dir: &Path, topup: &crate::report::TopUpReport, blocks: &[(String, Vec<f64>)], map: &Map, names: &[&str]) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).map_err(|e| err!("cannot create {}: {e}", dir.display()))?;
     if !dir.is_dir() {
         bail!("{}: not a folder", dir.display());
     }
     let mut written = Vec::new();
-    for (key, lambda, file, title) in [
-        ("block_scores", "lambda_block", "neuroal_block_step.png", "NeuroAL block step"),
-        ("row_scores", "lambda_row", "neuroal_row_step.png", "NeuroAL row step"),
+    for (scores, lambda, file, title) in [
+        (&topup.block_scores, topup.lambda_block, "neuroal_block_step.png", "NeuroAL block step"),
+        (&topup.row_scores, topup.lambda_row, "neuroal_row_step.png", "NeuroAL row step"),
     ] {
-        let points = pairs(&topup[key]);
+        let points: Vec<(f64, f64)> = scores.iter().map(|p| (p[0], p[1])).collect();
         if !points.is_empty() {
-            score_curve(&dir.join(file), title, &points, topup[lambda].as_f64())?;
+            score_curve(&dir.join(file), title, &points, lambda)?;
             written.push(file.to_string());
         }
     }

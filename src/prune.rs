@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::calib::{draw_windows, gather_windows};
 use crate::device::{self, Choice};
@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::eval::perplexity;
 use crate::progress::progress_bar;
 use crate::mask::{Pattern, Sparsity};
+use crate::report::{self, Report, Summary, TopUpReport};
 use crate::memory;
 use crate::model::{check_model_dir, Model, Spec};
 use crate::pipeline::prune_resumable;
@@ -32,18 +33,18 @@ pub struct PruneArgs {
     pub model: PathBuf,
     pub calib: PathBuf,
     pub out: PathBuf,
-    pub method: String,
+    pub method: Method,
     pub sparsity: Option<f64>,
-    pub pattern: String,
+    pub pattern: Pattern,
     pub nsamples: usize,
     pub seqlen: Option<usize>,
     pub seed: u64,
     pub force: bool,
     pub eval: Option<PathBuf>,
-    pub top_up: String,
+    pub top_up: TopUpKind,
     pub owl_m: f64,
     pub owl_lambda: f64,
-    pub neuroal_step: String,
+    pub neuroal_step: NeuroalStep,
     pub search_nsamples: usize,
     /// Candidates evaluated per pass over the blocks (0: all of a step at once).
     pub search_chunk: usize,
@@ -53,20 +54,38 @@ pub struct PruneArgs {
     pub resume: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum TopUpKind {
+/// How the target sparsity is spread over blocks and rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopUpKind {
     Uniform,
     Owl,
     Neuroal,
 }
 
 impl TopUpKind {
-    fn parse(s: &str) -> Result<TopUpKind> {
-        match s {
-            "uniform" => Ok(TopUpKind::Uniform),
-            "owl" => Ok(TopUpKind::Owl),
-            "neuroal" => Ok(TopUpKind::Neuroal),
-            other => bail!("unknown --top-up \"{other}\" (expected uniform, owl or neuroal)"),
+    pub fn name(self) -> &'static str {
+        match self {
+            TopUpKind::Uniform => "uniform",
+            TopUpKind::Owl => "owl",
+            TopUpKind::Neuroal => "neuroal",
+        }
+    }
+}
+
+/// Which NeuroAL search steps run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NeuroalStep {
+    Block,
+    Row,
+    Both,
+}
+
+impl NeuroalStep {
+    pub fn name(self) -> &'static str {
+        match self {
+            NeuroalStep::Block => "block",
+            NeuroalStep::Row => "row",
+            NeuroalStep::Both => "both",
         }
     }
 }
@@ -78,13 +97,7 @@ struct TopUp {
     block_sparsities: Vec<f64>,
     /// NeuroAL's own calibration windows (start offsets).
     search_windows: Option<Vec<usize>>,
-    report: Value,
-}
-
-fn summary(v: &[f64]) -> Value {
-    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
-    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    json!({ "min": min, "max": max, "mean": v.iter().sum::<f64>() / v.len().max(1) as f64 })
+    report: TopUpReport,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -107,8 +120,7 @@ fn choose_map(
             pattern: pattern.clone(),
             block_sparsities: vec![s; blocks],
             search_windows: None,
-            report: json!({ "name": "uniform", "lambda_block": null, "lambda_row": null,
-                            "block_scores": [], "row_scores": [], "block_sparsities": vec![s; blocks] }),
+            report: TopUpReport { name: "uniform".into(), block_sparsities: vec![s; blocks], ..Default::default() },
         }),
         TopUpKind::Owl => {
             let ratios = match progress.floats("owl-ratios")? {
@@ -124,9 +136,14 @@ fn choose_map(
             Ok(TopUp {
                 map: block_map(&sparsities, model.linears().len()),
                 pattern: Pattern::Row,
-                report: json!({ "name": "owl", "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
-                                "outlier_ratios": ratios, "lambda_block": null, "lambda_row": null,
-                                "block_scores": [], "row_scores": [], "block_sparsities": sparsities }),
+                report: TopUpReport {
+                    name: "owl".into(),
+                    owl_m: Some(args.owl_m),
+                    owl_lambda: Some(args.owl_lambda),
+                    outlier_ratios: Some(ratios),
+                    block_sparsities: sparsities.clone(),
+                    ..Default::default()
+                },
                 block_sparsities: sparsities,
                 search_windows: None,
             })
@@ -136,15 +153,11 @@ fn choose_map(
 }
 
 fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: Method, s: f64, saved: &Progress) -> Result<TopUp> {
-    let (do_block, do_row) = match args.neuroal_step.as_str() {
-        "block" => (true, false),
-        "row" => (false, true),
-        "both" => (true, true),
-        other => bail!("unknown --neuroal-step \"{other}\" (expected block, row or both)"),
+    let (do_block, do_row) = match args.neuroal_step {
+        NeuroalStep::Block => (true, false),
+        NeuroalStep::Row => (false, true),
+        NeuroalStep::Both => (true, true),
     };
-    if args.search_nsamples == 0 {
-        bail!("--search-nsamples must be at least 1");
-    }
     let starts = draw_windows(ids.len(), seqlen, args.search_nsamples, args.seed)?;
     let search = gather_windows(ids, &starts, seqlen);
     let blocks = model.num_blocks();
@@ -180,22 +193,26 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
         Ok(evals)
     };
 
-    let mut report = json!({ "name": "neuroal", "step": args.neuroal_step, "search_nsamples": args.search_nsamples,
-                             "lambda_block": null, "lambda_row": null, "block_scores": [], "row_scores": [] });
+    let mut report = TopUpReport {
+        name: "neuroal".into(),
+        step: Some(args.neuroal_step.name().into()),
+        search_nsamples: Some(args.search_nsamples),
+        ..Default::default()
+    };
     let (block_sparsities, d) = if do_block {
         let grid = block_grid(s);
         let candidates: Vec<Map> = grid.iter().map(|&l| block_map(&neuroal_block_sparsities(blocks, l, s), linears)).collect();
         let evals = run("block", &candidates, &Pattern::Row)?;
         let w = winner(&evals);
-        report["lambda_block"] = json!(grid[w]);
-        report["block_scores"] = json!(grid.iter().zip(&evals).map(|(l, e)| [*l, e.score]).collect::<Vec<_>>());
+        report.lambda_block = Some(grid[w]);
+        report.block_scores = grid.iter().zip(&evals).map(|(l, e)| [*l, e.score]).collect();
         (neuroal_block_sparsities(blocks, grid[w], s), evals[w].d.clone())
     } else {
         let uniform = neuroal_block_sparsities(blocks, 0.0, s);
         let evals = run("uniform", &[block_map(&uniform, linears)], &Pattern::Row)?;
         (uniform, evals[0].d.clone())
     };
-    report["block_sparsities"] = json!(block_sparsities);
+    report.block_sparsities = block_sparsities.clone();
     let search_windows = Some(starts);
     let result = if do_row {
         let grid = row_grid();
@@ -203,8 +220,8 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
         let candidates: Vec<Map> = grid.iter().map(|&l| row_map(&model.spec, gqa, &block_sparsities, &d, l)).collect::<Result<_>>()?;
         let evals = run("row", &candidates, &Pattern::RowsVariable)?;
         let w = winner(&evals);
-        report["lambda_row"] = json!(grid[w]);
-        report["row_scores"] = json!(grid.iter().zip(&evals).map(|(l, e)| [*l, e.score]).collect::<Vec<_>>());
+        report.lambda_row = Some(grid[w]);
+        report.row_scores = grid.iter().zip(&evals).map(|(l, e)| [*l, e.score]).collect();
         TopUp { map: candidates[w].clone(), pattern: Pattern::RowsVariable, block_sparsities, search_windows, report }
     } else {
         TopUp { map: block_map(&block_sparsities, linears), pattern: Pattern::Row, block_sparsities, search_windows, report }
@@ -217,16 +234,14 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
 /// as `report.json` in the output). Nothing slow starts before everything checkable is checked:
 /// flags, files, the destination (its temporary folder is created first), the token ids, the
 /// evaluation text and the memory the run needs.
-pub fn run(args: &PruneArgs) -> Result<Value> {
+pub fn run(args: &PruneArgs) -> Result<Report> {
     let start = Instant::now();
-    let method = Method::parse(&args.method)?;
-    let pattern = Pattern::parse(&args.pattern)?;
+    let (method, pattern, kind) = (args.method, args.pattern.clone(), args.top_up);
     if pattern == Pattern::RowsVariable {
         bail!("--pattern rows-variable needs per-row sparsities, which only a top-up provides");
     }
-    let kind = TopUpKind::parse(&args.top_up)?;
     if kind != TopUpKind::Uniform && pattern != Pattern::Row {
-        bail!("--top-up {} chooses its own sparsities and needs --pattern row", args.top_up);
+        bail!("--top-up {} chooses its own sparsities and needs --pattern row", kind.name());
     }
     let sparsity = match (&pattern, args.sparsity) {
         (Pattern::NM { n, m }, None) => *n as f64 / *m as f64,
@@ -248,13 +263,8 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
     if !(args.owl_lambda.is_finite() && (0.0..1.0).contains(&args.owl_lambda)) {
         bail!("--owl-lambda {} must be a number in [0, 1)", args.owl_lambda);
     }
-    if kind == TopUpKind::Neuroal {
-        if !matches!(args.neuroal_step.as_str(), "block" | "row" | "both") {
-            bail!("unknown --neuroal-step \"{}\" (expected block, row or both)", args.neuroal_step);
-        }
-        if args.search_nsamples == 0 {
-            bail!("--search-nsamples must be at least 1");
-        }
+    if kind == TopUpKind::Neuroal && args.search_nsamples == 0 {
+        bail!("--search-nsamples must be at least 1");
     }
     if !args.calib.is_file() {
         bail!("{}: calibration file not found", args.calib.display());
@@ -268,7 +278,7 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
     // The model, read without a device: config, weights' names and shapes, tokenizer.
     let (config, checkpoint) = check_model_dir(&args.model)?;
     let spec = Spec::of(&config);
-    if kind == TopUpKind::Neuroal && args.neuroal_step != "block" && spec.routes.is_none() {
+    if kind == TopUpKind::Neuroal && args.neuroal_step != NeuroalStep::Block && spec.routes.is_none() {
         bail!("{}: the {} family declares no row routing, so NeuroAL's row step cannot run; use --neuroal-step block", args.model.display(), config.model_type);
     }
     let dest = Destination::check(&args.model, &args.out, args.force, args.resume)?;
@@ -293,7 +303,7 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
         }
         None => None,
     };
-    let search_grid = if args.neuroal_step == "row" { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };
+    let search_grid = if args.neuroal_step == NeuroalStep::Row { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };
     let estimate = memory::Run {
         nsamples: args.nsamples,
         seqlen,
@@ -316,11 +326,11 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
     }
     let settings = json!({
         "method": method.name(), "pattern": pattern.name(), "sparsity": sparsity, "nsamples": args.nsamples,
-        "seqlen": seqlen, "seed": args.seed, "top_up": args.top_up, "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
-        "neuroal_step": args.neuroal_step, "search_nsamples": args.search_nsamples, "search_chunk": args.search_chunk,
+        "seqlen": seqlen, "seed": args.seed, "top_up": kind.name(), "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
+        "neuroal_step": args.neuroal_step.name(), "search_nsamples": args.search_nsamples, "search_chunk": args.search_chunk,
         "device": format!("{:?}", args.device).to_lowercase(),
     });
-    let state = json!({ "version": provenance::VERSION, "settings": settings, "inputs": inputs });
+    let state = json!({ "version": provenance::VERSION, "settings": settings, "inputs": &inputs });
     let (staging, adopted) = Staging::create(&dest, &|dir| Progress::verify(dir, &state))?;
     if args.resume {
         match &adopted {
@@ -359,27 +369,31 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
     };
     let masks = prune_resumable(&model, &windows, seqlen, method, &topup.pattern, &|b, l| map[b][l].clone(), done, &mut finished)?;
     let prune_s = t_prune.elapsed().as_secs_f64();
-    let row_sparsity: BTreeMap<String, Value> = map
+    let mut topup_report = topup.report;
+    topup_report.row_sparsity = map
         .iter()
         .enumerate()
         .flat_map(|(b, layers)| layers.iter().enumerate().map(move |(l, sp)| (b, l, sp)))
         .filter_map(|(b, l, sp)| match sp {
-            Sparsity::PerRow(v) => Some((model.linear_name(b, l), summary(v))),
+            Sparsity::PerRow(v) => Some((model.linear_name(b, l), Summary::of(v))),
             Sparsity::Uniform(_) => None,
         })
         .collect();
-    let mut topup_report = topup.report;
-    topup_report["row_sparsity"] = json!(row_sparsity);
 
     write_checkpoint(&model.checkpoint, &masks, &staging.dir)?;
 
-    let mut eval = json!({ "ppl_dense": null, "ppl_pruned": null });
+    let mut eval = report::EvalReport::default();
     if let (Some(text), Some(eval_ids)) = (&args.eval, &eval_ids) {
         let dense = perplexity(&model, eval_ids, seqlen, None, &device.description)?;
         let pruned_model = Model::open(&staging.dir, &device.device)?;
         let pruned = perplexity(&pruned_model, eval_ids, seqlen, None, &device.description)?;
-        eval = json!({ "file": text, "seqlen": seqlen, "windows": dense.windows,
-                       "ppl_dense": dense.ppl, "ppl_pruned": pruned.ppl });
+        eval = report::EvalReport {
+            file: Some(text.clone()),
+            seqlen: Some(seqlen),
+            windows: Some(dense.windows),
+            ppl_dense: Some(dense.ppl),
+            ppl_pruned: Some(pruned.ppl),
+        };
     }
 
     let layers: BTreeMap<String, f64> = masks.iter().map(|m| (m.name.clone(), m.fraction())).collect();
@@ -392,28 +406,44 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
             c.iter().map(|m| m.pruned.count_ones()).sum::<usize>() as f64 / n as f64
         })
         .collect();
-    let mut report = json!({
-        "settings": {
-            "model": args.model, "out": args.out, "method": method.name(), "pattern": pattern.name(),
-            "sparsity": sparsity, "top_up": args.top_up, "final_pattern": topup.pattern.name(),
+    let mut report = Report {
+        settings: report::Settings {
+            model: args.model.clone(),
+            out: args.out.clone(),
+            model_type: model.config.model_type.into(),
+            method: method.name().into(),
+            pattern: pattern.name(),
+            sparsity,
+            top_up: kind.name().into(),
+            final_pattern: topup.pattern.name(),
         },
-        "device": device.description,
-        "dtype": { "compute": "f32", "checkpoint": model.config.dtype },
-        "calibration": {
-            "file": args.calib, "seed": args.seed, "seqlen": seqlen, "nsamples": args.nsamples,
-            "tokens": ids.len(), "generator": "splitmix64, start = (next_u64 * (n - seqlen)) >> 64",
-            "windows": starts, "search_windows": topup.search_windows,
+        device: device.description.clone(),
+        dtype: report::Dtype { compute: "f32".into(), checkpoint: model.config.dtype.clone() },
+        calibration: report::Calibration {
+            file: args.calib.clone(),
+            seed: args.seed,
+            seqlen,
+            nsamples: args.nsamples,
+            tokens: ids.len(),
+            generator: "splitmix64, start = (next_u64 * (n - seqlen)) >> 64".into(),
+            windows: starts,
+            search_windows: topup.search_windows.clone(),
         },
-        "topup": topup_report,
-        "sparsity": { "overall": zeros as f64 / total.max(1) as f64, "blocks": blocks.clone(), "layers": layers },
-        "eval": eval,
-        "timings": { "topup_s": topup_s, "prune_s": prune_s, "total_s": start.elapsed().as_secs_f64() },
-        "provenance": {
-            "tool": "neuroal", "version": provenance::VERSION, "git_revision": provenance::GIT_REVISION,
-            "command_line": provenance::command_line(), "device": device.description,
-            "resumed_from": adopted, "sha256": state["inputs"],
+        topup: topup_report,
+        sparsity: report::SparsityReport { overall: zeros as f64 / total.max(1) as f64, blocks: blocks.clone(), layers },
+        eval,
+        timings: report::Timings { topup_s, prune_s, total_s: start.elapsed().as_secs_f64() },
+        provenance: report::Provenance {
+            tool: "neuroal".into(),
+            version: provenance::VERSION.into(),
+            git_revision: provenance::GIT_REVISION.into(),
+            command_line: provenance::command_line(),
+            device: device.description.clone(),
+            resumed_from: adopted,
+            sha256: inputs,
         },
-    });
+        plots: None,
+    };
     if let Some(target) = &plots {
         let mut series = vec![("uniform".to_string(), vec![sparsity; model.num_blocks()])];
         if pattern == Pattern::Row {
@@ -423,7 +453,7 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
             };
             series.push(("OWL".to_string(), owl));
         }
-        series.push((format!("{} (as pruned)", args.top_up), blocks.clone()));
+        series.push((format!("{} (as pruned)", kind.name()), blocks.clone()));
         let (write_to, listed) = match target {
             PlotsTarget::Outside(dir) => (dir.clone(), dir.clone()),
             PlotsTarget::InsideOutput(rel) => (staging.dir.join(rel), dest.path().join(rel)),
@@ -431,9 +461,9 @@ pub fn run(args: &PruneArgs) -> Result<Value> {
         let files = {
             let _guard = write_lock();
             let names: Vec<&str> = model.linears().iter().map(|l| l.name).collect();
-            crate::plots::write_all(&write_to, &report["topup"], &series, &topup.map, &names)?
+            crate::plots::write_all(&write_to, &report.topup, &series, &topup.map, &names)?
         };
-        report["plots"] = json!({ "dir": listed, "files": files });
+        report.plots = Some(report::Plots { dir: listed, files });
     }
     let text = serde_json::to_string_pretty(&report).map_err(|e| err!("cannot encode report.json: {e}"))?;
     {

@@ -56,21 +56,13 @@ pub fn input_stats_reference(x: Tensor<2>, sumsq: Tensor<1>, sum: Tensor<1>) -> 
     (sumsq + sq, sum + s)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Method {
     Magnitude,
     Wanda,
 }
 
 impl Method {
-    pub fn parse(s: &str) -> crate::error::Result<Method> {
-        match s {
-            "magnitude" => Ok(Method::Magnitude),
-            "wanda" => Ok(Method::Wanda),
-            other => crate::bail!("unknown --method \"{other}\" (expected magnitude or wanda)"),
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Method::Magnitude => "magnitude",

@@ -206,7 +206,7 @@ fn bad_prune_input_is_rejected_and_leaves_nothing() {
         (vec!["--sparsity", "-0.1"], "outside [0, 1)"),
         (vec!["--sparsity", "0.5", "--pattern", "3:2"], "bad --pattern"),
         (vec!["--sparsity", "0.5", "--pattern", "diagonal"], "bad --pattern"),
-        (vec!["--sparsity", "0.5", "--method", "sparsegpt2"], "unknown --method"),
+        (vec!["--sparsity", "0.5", "--method", "sparsegpt2"], "invalid value 'sparsegpt2' for '--method <METHOD>'"),
     ];
     let out = out_dir("bad");
     for (extra, expect) in &cases {

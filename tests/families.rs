@@ -1,0 +1,112 @@
+//! OPT and Phi-2 on the same engine as the LLaMA family: NeuroAL end to end on each fixture,
+//! the written checkpoint's layout, and each family's bad configs refused in one line.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use neuroal::device::Choice;
+use neuroal::model::Model;
+use neuroal::report::Report;
+use neuroal::tokenizer::{tokenize_file, Tokenizer};
+use neuroal::topup::{block_grid, row_grid};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("neuroal-families-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn neuroal(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_neuroal")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+}
+
+fn names_and_shapes(dir: &Path) -> Vec<(String, Vec<usize>, String)> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<_> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), format!("{:?}", t.dtype()))).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn wanda_and_neuroal_at_70_percent_on_every_family() {
+    let s = scratch("neuroal");
+    for fixture in ["tiny-opt", "tiny-phi", "tiny-llama"] {
+        let out = s.join(fixture);
+        let model = asset(fixture);
+        let o = neuroal(&[
+            "prune", "--model", model.to_str().unwrap(), "--calib", asset("sample.txt").to_str().unwrap(),
+            "--out", out.to_str().unwrap(), "--sparsity", "0.7", "--seqlen", "64", "--nsamples", "8",
+            "--search-nsamples", "4", "--top-up", "neuroal", "--device", "cpu",
+        ]);
+        assert!(o.status.success(), "{fixture}: {}", String::from_utf8_lossy(&o.stderr));
+        let r: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        let (lb, lr) = (r.topup.lambda_block.unwrap(), r.topup.lambda_row.unwrap());
+        println!("{fixture}: λ block {lb}, λ row {lr}, overall {:.4}, blocks {:?}", r.sparsity.overall, r.sparsity.blocks);
+        assert!(block_grid(0.7).contains(&lb) && row_grid().contains(&lr), "{fixture}: λ {lb} / {lr}");
+        assert_eq!(r.topup.block_scores.len(), 14);
+        assert_eq!(r.topup.row_scores.len(), 15);
+        assert!(r.topup.block_scores.iter().chain(&r.topup.row_scores).all(|p| p[1].is_finite() && p[1] > 0.0));
+        // Rows prune ⌊(1 − s_r)·in⌋-rounded counts: at most one weight per row off, ≤ 1/64 here.
+        assert!((r.sparsity.overall - 0.7).abs() < 1.0 / 64.0, "{fixture}: overall {}", r.sparsity.overall);
+        assert!(r.sparsity.blocks[0] < r.sparsity.blocks[1], "{fixture}: early blocks stay denser: {:?}", r.sparsity.blocks);
+        // The written checkpoint: same names, shapes and dtypes; what inspect counts is the report.
+        assert_eq!(names_and_shapes(&out), names_and_shapes(&model));
+        let ins = neuroal::inspect::inspect(&out).unwrap();
+        let m = Model::open(&model, &select(Choice::Cpu).device).unwrap();
+        assert_eq!(ins.layers.len(), 2 * m.linears().len());
+        assert!((ins.overall - r.sparsity.overall).abs() < 1e-12);
+        // And it runs: a finite perplexity, worse than the dense model's.
+        let dev = select(Choice::Cpu);
+        let ids = tokenize_file(&Tokenizer::open(&out).unwrap(), &asset("sample.txt")).unwrap();
+        let dense = neuroal::eval::perplexity(&m, &ids, 64, Some(8), "cpu").unwrap().ppl;
+        let pruned = neuroal::eval::perplexity(&Model::open(&out, &dev.device).unwrap(), &ids, 64, Some(8), "cpu").unwrap().ppl;
+        assert!(pruned.is_finite() && pruned != dense, "{fixture}: {pruned} vs dense {dense}");
+    }
+    let _ = std::fs::remove_dir_all(&s);
+}
+
+#[test]
+fn bad_configs_of_each_family_get_one_line() {
+    let s = scratch("bad");
+    let cases: [(&str, &str, serde_json::Value, &str); 6] = [
+        ("tiny-opt", "ffn_dim", serde_json::Value::Null, "missing field \"ffn_dim\""),
+        ("tiny-opt", "activation_function", "gelu".into(), "unsupported activation_function \"gelu\" for OPT (only relu)"),
+        ("tiny-opt", "do_layer_norm_before", false.into(), "post-LayerNorm, as OPT-350m) is not supported"),
+        ("tiny-phi", "intermediate_size", serde_json::Value::Null, "missing field \"intermediate_size\""),
+        ("tiny-phi", "hidden_act", "relu".into(), "unsupported hidden_act \"relu\" for Phi (only gelu_new)"),
+        ("tiny-phi", "qk_layernorm", true.into(), "Phi with qk_layernorm = true is not supported"),
+    ];
+    for (i, (fixture, key, value, expect)) in cases.into_iter().enumerate() {
+        let dir = s.join(format!("{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(asset(fixture)).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        match value {
+            serde_json::Value::Null => {
+                c.as_object_mut().unwrap().remove(key);
+            }
+            v => c[key] = v,
+        }
+        std::fs::write(dir.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
+        for args in [
+            vec!["eval", "--model", dir.to_str().unwrap(), "--text", asset("sample.txt").to_str().unwrap(), "--device", "cpu"],
+            vec!["inspect", dir.to_str().unwrap()],
+        ] {
+            let o = neuroal(&args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{fixture} {key}: {err}");
+            let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+            assert_eq!(lines.len(), 1, "{fixture} {key}: {err}");
+            assert!(lines[0].contains(expect), "{fixture} {key}: expected \"{expect}\" in {err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&s);
+}
