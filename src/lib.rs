@@ -23,5 +23,6 @@ pub mod resume;
 pub mod provenance;
 pub mod progress;
 pub mod report;
+pub mod pruner;
 pub mod memory;
 pub mod score;

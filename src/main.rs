@@ -55,6 +55,12 @@ enum Command {
         /// Base pruner.
         #[arg(long, value_enum, default_value = "wanda")]
         method: Method,
+        /// SparseGPT: columns pruned and compensated together.
+        #[arg(long, default_value_t = 128)]
+        blocksize: usize,
+        /// SparseGPT: dampening added to diag(H), as a fraction of its mean.
+        #[arg(long, default_value_t = 0.01)]
+        percdamp: f64,
         /// Fraction of each linear's weights to prune, in [0, 1) (implied by an N:M pattern).
         #[arg(long, allow_hyphen_values = true)]
         sparsity: Option<f64>,
@@ -175,11 +181,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Prune {
-            model, calib, out, method, sparsity, pattern, nsamples, seqlen, seed, device, force, eval,
+            model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, device, force, eval,
             top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, resume,
         } => {
             let args = neuroal::prune::PruneArgs {
-                model, calib, out, method, sparsity, pattern, nsamples, seqlen, seed, force, eval,
+                model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, force, eval,
                 top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, device, resume,
             };
             let report = neuroal::prune::run(&args)?;

@@ -74,11 +74,13 @@ impl Bits {
     }
 }
 
-/// One pruned linear: its checkpoint name, shape and which weights were zeroed (row-major).
+/// One pruned linear: its checkpoint name, shape and which weights were zeroed (row-major);
+/// `values` holds the new weights (f32, row-major) when the pruner changed the kept ones too.
 pub struct LayerMask {
     pub name: String,
     pub shape: [usize; 2],
     pub pruned: Bits,
+    pub values: Option<Vec<f32>>,
 }
 
 impl LayerMask {

@@ -21,6 +21,8 @@ pub struct Run {
     pub chunk: usize,
     /// NeuroAL: (search windows, candidates carried at once).
     pub search: Option<(usize, usize)>,
+    /// SparseGPT: a Hessian per linear of a block, and every new weight held until written.
+    pub hessians: bool,
 }
 
 /// The widest linear output of a block (the MLP's hidden width in every family here).
@@ -50,6 +52,14 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
         },
         Part { what: "masks", bytes: block_params * c.num_layers as u128 / 8, lowered_by: "nothing (it is the model's size)" },
     ];
+    if run.hessians {
+        parts.push(Part { what: "SparseGPT Hessians", bytes: shapes.iter().map(|s| (s[1] * s[1]) as u128).sum::<u128>() * f, lowered_by: "nothing (it is the model's size)" });
+        parts.push(Part {
+            what: "SparseGPT's new weights",
+            bytes: block_params * c.num_layers as u128 * f,
+            lowered_by: "nothing (it is the model's size)",
+        });
+    }
     if let Some((sn, carried)) = run.search {
         parts.push(Part {
             what: "NeuroAL search hidden states",
@@ -124,7 +134,7 @@ mod tests {
         )
         .unwrap();
         let shapes = crate::model::Spec::of(&c).shapes();
-        let parts = prune_parts(&c, &shapes, &Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 3)) });
+        let parts = prune_parts(&c, &shapes, &Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 3)), hessians: false });
         // 2 copies × 4 windows × 16 tokens × 8 wide × 4 bytes.
         assert_eq!(parts[0].bytes, 2 * 4 * 16 * 8 * 4);
         // q, k, v, o: 4 × 64; gate, up, down: 3 × 128 → 640 weights, dense copy too.

@@ -9,10 +9,11 @@ use burn::tensor::TensorData;
 
 use crate::error::Result;
 use crate::progress::progress_bar;
-use crate::mask::{expected_pruned, mask, Pattern, Sparsity};
+use crate::mask::{Pattern, Sparsity};
 pub use crate::mask::{Bits, LayerMask};
 use crate::model::{host_f32, Block, Model, Positions};
-use crate::score::{apply_mask, score, InputStats, Method};
+use crate::pruner::{Calibration, Expected, Pruner};
+use crate::score::apply_mask;
 use crate::bail;
 
 /// Windows per forward pass during calibration.
@@ -26,11 +27,11 @@ pub fn embed_windows(model: &Model, windows: &[u32], seqlen: usize) -> Vec<Tenso
     windows.chunks(CHUNK * seqlen).map(|c| model.embed(c, c.len() / seqlen)).collect()
 }
 
-/// Runs `block` on every chunk of `hidden`, recording each linear's input statistics; returns
-/// the statistics and the block's outputs. Fails, naming the block and linear, when a
-/// statistic is not finite (NaN or infinite inputs, or an overflow).
-pub fn run_recording(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions) -> Result<(Vec<InputStats>, Vec<Tensor<3>>)> {
-    let mut stats: Vec<InputStats> = model.linear_shapes().iter().map(|s| InputStats::new(s[1], &model.device)).collect();
+/// Runs `block` on every chunk of `hidden`, calibrating each linear on its inputs (with the
+/// Hessian when `hessian`); returns the calibrations and the block's outputs. Fails, naming the
+/// block and linear, when a statistic is not finite (NaN or infinite inputs, or an overflow).
+pub fn run_recording(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, hessian: bool) -> Result<(Vec<Calibration>, Vec<Tensor<3>>)> {
+    let mut stats: Vec<Calibration> = model.linear_shapes().iter().map(|s| Calibration::new(s[1], &model.device, hessian)).collect();
     let outputs = hidden
         .iter()
         .map(|h| {
@@ -43,35 +44,18 @@ pub fn run_recording(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &P
 }
 
 /// One readback for the whole block; the slow search for the culprit only when it fails.
-fn check_finite_stats(model: &Model, block: usize, stats: &[InputStats]) -> Result<()> {
-    let total = stats.iter().map(|s| s.sumsq.clone().sum()).reduce(|a, b| a + b);
+fn check_finite_stats(model: &Model, block: usize, stats: &[Calibration]) -> Result<()> {
+    let total = stats.iter().map(|s| s.stats.sumsq.clone().sum()).reduce(|a, b| a + b);
     let Some(total) = total else { return Ok(()) };
     if host_f32(total, "input statistics")?.iter().all(|v| v.is_finite()) {
         return Ok(());
     }
     for (li, s) in stats.iter().enumerate() {
-        if !host_f32(s.sumsq.clone().sum(), "input statistics")?.iter().all(|v| v.is_finite()) {
+        if !host_f32(s.stats.sumsq.clone().sum(), "input statistics")?.iter().all(|v| v.is_finite()) {
             bail!("block {block} {}: its input holds NaN or infinite values (the previous layers' outputs overflowed or hold NaN)", model.linears()[li].name);
         }
     }
     Ok(())
-}
-
-/// The base pruner on one linear: its weight with the masked entries zeroed, and the mask.
-pub fn prune_linear(
-    weight: Tensor<2>,
-    stats: &InputStats,
-    nsamples: usize,
-    method: Method,
-    pattern: &Pattern,
-    sparsity: &Sparsity,
-) -> Result<(Tensor<2>, Tensor<2>)> {
-    let scaler = match method {
-        Method::Wanda => Some(stats.scaler_row(nsamples)),
-        Method::Magnitude => None,
-    };
-    let m = mask(score(weight.clone(), scaler), pattern, sparsity)?;
-    Ok((apply_mask(weight, m.clone()), m))
 }
 
 /// A mask tensor (1.0 = pruned) from its packed bits.
@@ -85,23 +69,23 @@ pub fn prune(
     model: &Model,
     windows: &[u32],
     seqlen: usize,
-    method: Method,
+    pruner: &dyn Pruner,
     pattern: &Pattern,
     sparsity: SparsityMap,
 ) -> Result<Vec<LayerMask>> {
-    prune_resumable(model, windows, seqlen, method, pattern, sparsity, Vec::new(), &mut |_, _| Ok(()))
+    prune_resumable(model, windows, seqlen, pruner, pattern, sparsity, Vec::new(), &mut |_, _| Ok(()))
 }
 
 /// [`prune`], continuing after the blocks whose masks `done` holds (an interrupted run's):
-/// those are replayed, their saved masks applied and the block run once to rebuild the next
-/// block's inputs, exactly as the pruning pass had computed them. `finished` is told each newly
-/// pruned block's masks.
+/// those are replayed, their saved masks (or new values, for pruners that change kept weights)
+/// applied and the block run once to rebuild the next block's inputs, exactly as the pruning
+/// pass had computed them. `finished` is told each newly pruned block's masks.
 #[allow(clippy::too_many_arguments)]
 pub fn prune_resumable(
     model: &Model,
     windows: &[u32],
     seqlen: usize,
-    method: Method,
+    pruner: &dyn Pruner,
     pattern: &Pattern,
     sparsity: SparsityMap,
     done: Vec<Vec<LayerMask>>,
@@ -121,23 +105,31 @@ pub fn prune_resumable(
         let b = block.index;
         let block_masks = if b < replay {
             let saved = done.next().unwrap_or_default();
-            if saved.len() != linears || saved.iter().enumerate().any(|(li, m)| m.name != model.linear_name(b, li) || m.shape != shapes[li] || m.pruned.len() != shapes[li][0] * shapes[li][1]) {
+            let fits = |li: usize, m: &LayerMask| {
+                let n = shapes[li][0] * shapes[li][1];
+                m.name == model.linear_name(b, li) && m.shape == shapes[li] && m.pruned.len() == n && m.values.as_ref().is_none_or(|v| v.len() == n)
+            };
+            if saved.len() != linears || saved.iter().enumerate().any(|(li, m)| !fits(li, m)) {
                 bail!("--resume: the saved masks of block {b} do not fit this model; rerun without --resume");
             }
             for (linear, m) in block.linears.iter_mut().zip(&saved) {
-                linear.weight = apply_mask(linear.weight.clone(), mask_tensor(m, &model.device));
+                linear.weight = match &m.values {
+                    Some(v) => Tensor::from_data(TensorData::new(v.clone(), m.shape), &model.device),
+                    None => apply_mask(linear.weight.clone(), mask_tensor(m, &model.device)),
+                };
             }
             saved
         } else {
             // Wanda's order: statistics from the dense block; its outputs are not kept.
-            let (stats, _) = run_recording(model, &block, &hidden, &pos)?;
+            let (calib, _) = run_recording(model, &block, &hidden, &pos, pruner.needs_hessian())?;
             let mut block_masks = Vec::with_capacity(linears);
             for (li, linear) in block.linears.iter_mut().enumerate() {
                 let s = sparsity(b, li);
-                let (pruned, m) = prune_linear(linear.weight.clone(), &stats[li], nsamples, method, pattern, &s)?;
-                linear.weight = pruned;
                 let name = model.linear_name(b, li);
-                let host = host_f32(m, &name)?;
+                let pruned = pruner.prune(linear.weight.clone(), &calib[li], nsamples, pattern, &s).map_err(|e| crate::err!("{name}: {e}"))?;
+                linear.weight = pruned.weight;
+                let values = if pruner.changes_kept_weights() { Some(host_f32(linear.weight.clone(), &name)?) } else { None };
+                let host = host_f32(pruned.mask, &name)?;
                 if host.len() != shapes[li][0] * shapes[li][1] {
                     bail!("{name}: the mask read back from the device has {} entries, expected {}", host.len(), shapes[li][0] * shapes[li][1]);
                 }
@@ -147,10 +139,16 @@ pub fn prune_resumable(
                         *f = false;
                     }
                 }
-                let lm = LayerMask { name, shape: shapes[li], pruned: Bits::from_flags(flags.into_iter()) };
-                let want = expected_pruned(pattern, &s, shapes[li]);
-                if lm.pruned.count_ones() != want {
-                    bail!("{}: pruned {} weights where the sparsity map asks for {want}; refusing to write a wrongly pruned model", lm.name, lm.pruned.count_ones());
+                let lm = LayerMask { name, shape: shapes[li], pruned: Bits::from_flags(flags.into_iter()), values };
+                let got = lm.pruned.count_ones();
+                match pruner.expected(pattern, &s, shapes[li]) {
+                    Expected::Exactly(want) if got != want => {
+                        bail!("{}: pruned {got} weights where the sparsity map asks for {want}; refusing to write a wrongly pruned model", lm.name)
+                    }
+                    Expected::AtLeast(want) if got < want => {
+                        bail!("{}: pruned {got} weights where the sparsity map asks for at least {want}; refusing to write a wrongly pruned model", lm.name)
+                    }
+                    _ => {}
                 }
                 block_masks.push(lm);
             }

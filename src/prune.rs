@@ -19,6 +19,7 @@ use crate::model::{check_model_dir, Model, Spec};
 use crate::pipeline::prune_resumable;
 use crate::provenance;
 use crate::resume::Progress;
+use crate::pruner::Pruner;
 use crate::score::Method;
 use crate::staging::{check_plots, fault, write_lock, Destination, PlotsTarget, Staging};
 use crate::tokenizer::{tokenize_checked, Tokenizer};
@@ -34,6 +35,9 @@ pub struct PruneArgs {
     pub calib: PathBuf,
     pub out: PathBuf,
     pub method: Method,
+    /// SparseGPT: columns per block, and the dampening as a fraction of mean(diag H).
+    pub blocksize: usize,
+    pub percdamp: f64,
     pub sparsity: Option<f64>,
     pub pattern: Pattern,
     pub nsamples: usize,
@@ -108,7 +112,8 @@ fn choose_map(
     ids: &[u32],
     windows: &[u32],
     seqlen: usize,
-    method: Method,
+    pruner: &dyn Pruner,
+    step: NeuroalStep,
     pattern: &Pattern,
     s: f64,
     progress: &Progress,
@@ -148,12 +153,13 @@ fn choose_map(
                 search_windows: None,
             })
         }
-        TopUpKind::Neuroal => neuroal(args, model, ids, seqlen, method, s, progress),
+        TopUpKind::Neuroal => neuroal(args, model, ids, seqlen, pruner, step, s, progress),
     }
 }
 
-fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: Method, s: f64, saved: &Progress) -> Result<TopUp> {
-    let (do_block, do_row) = match args.neuroal_step {
+#[allow(clippy::too_many_arguments)]
+fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, pruner: &dyn Pruner, step: NeuroalStep, s: f64, saved: &Progress) -> Result<TopUp> {
+    let (do_block, do_row) = match step {
         NeuroalStep::Block => (true, false),
         NeuroalStep::Row => (false, true),
         NeuroalStep::Both => (true, true),
@@ -185,7 +191,7 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
                 bar.set_message(format!("{step} step: candidates {}-{} of {}, block {}/{blocks}", done + 1, done + group.len(), candidates.len(), b + 1));
                 bar.inc(group.len() as u64);
             };
-            let e = evaluate(model, &search, seqlen, method, pattern, group, group.len(), &progress)?;
+            let e = evaluate(model, &search, seqlen, pruner, pattern, group, group.len(), &progress)?;
             saved.save_evaluations(&key, &e)?;
             fault(&format!("after-search-{key}"));
             evals.extend(e);
@@ -195,7 +201,11 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
 
     let mut report = TopUpReport {
         name: "neuroal".into(),
-        step: Some(args.neuroal_step.name().into()),
+        step: Some(if step == args.neuroal_step {
+            step.name().into()
+        } else {
+            format!("{} (--neuroal-step {}: the row step is not offered with {})", step.name(), args.neuroal_step.name(), pruner.name())
+        }),
         search_nsamples: Some(args.search_nsamples),
         ..Default::default()
     };
@@ -237,6 +247,24 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, method: 
 pub fn run(args: &PruneArgs) -> Result<Report> {
     let start = Instant::now();
     let (method, pattern, kind) = (args.method, args.pattern.clone(), args.top_up);
+    if args.blocksize == 0 {
+        bail!("--blocksize must be at least 1");
+    }
+    if !(args.percdamp.is_finite() && args.percdamp >= 0.0) {
+        bail!("--percdamp {} must be a number ≥ 0", args.percdamp);
+    }
+    let pruner = method.pruner(args.blocksize, args.percdamp);
+    let pruner = pruner.as_ref();
+    pruner.check(&pattern, false)?;
+    // NeuroAL's row step gives per-row sparsities, which SparseGPT does not take (the authors
+    // run only the block step over it): `both` means the block step, `row` is refused.
+    let step = match (pruner.changes_kept_weights(), args.neuroal_step) {
+        (true, NeuroalStep::Row) if kind == TopUpKind::Neuroal => {
+            bail!("--neuroal-step row is not offered with --method {}; use --neuroal-step block", pruner.name())
+        }
+        (true, NeuroalStep::Both) => NeuroalStep::Block,
+        (_, s) => s,
+    };
     if pattern == Pattern::RowsVariable {
         bail!("--pattern rows-variable needs per-row sparsities, which only a top-up provides");
     }
@@ -278,7 +306,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     // The model, read without a device: config, weights' names and shapes, tokenizer.
     let (config, checkpoint) = check_model_dir(&args.model)?;
     let spec = Spec::of(&config);
-    if kind == TopUpKind::Neuroal && args.neuroal_step != NeuroalStep::Block && spec.routes.is_none() {
+    if kind == TopUpKind::Neuroal && step != NeuroalStep::Block && spec.routes.is_none() {
         bail!("{}: the {} family declares no row routing, so NeuroAL's row step cannot run; use --neuroal-step block", args.model.display(), config.model_type);
     }
     let dest = Destination::check(&args.model, &args.out, args.force, args.resume)?;
@@ -303,11 +331,12 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         }
         None => None,
     };
-    let search_grid = if args.neuroal_step == NeuroalStep::Row { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };
+    let search_grid = if step == NeuroalStep::Row { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };
     let estimate = memory::Run {
         nsamples: args.nsamples,
         seqlen,
         chunk: crate::pipeline::CHUNK,
+        hessians: pruner.needs_hessian(),
         search: (kind == TopUpKind::Neuroal)
             .then(|| (args.search_nsamples, if args.search_chunk == 0 { search_grid } else { args.search_chunk.min(search_grid) })),
     };
@@ -327,7 +356,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let settings = json!({
         "method": method.name(), "pattern": pattern.name(), "sparsity": sparsity, "nsamples": args.nsamples,
         "seqlen": seqlen, "seed": args.seed, "top_up": kind.name(), "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
-        "neuroal_step": args.neuroal_step.name(), "search_nsamples": args.search_nsamples, "search_chunk": args.search_chunk,
+        "neuroal_step": args.neuroal_step.name(), "blocksize": args.blocksize, "percdamp": args.percdamp, "search_nsamples": args.search_nsamples, "search_chunk": args.search_chunk,
         "device": format!("{:?}", args.device).to_lowercase(),
     });
     let state = json!({ "version": provenance::VERSION, "settings": settings, "inputs": &inputs });
@@ -353,7 +382,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let windows = gather_windows(&ids, &starts, seqlen);
 
     let t_topup = Instant::now();
-    let topup = choose_map(kind, args, &model, &ids, &windows, seqlen, method, &pattern, sparsity, &saved)?;
+    let topup = choose_map(kind, args, &model, &ids, &windows, seqlen, pruner, step, &pattern, sparsity, &saved)?;
     let topup_s = t_topup.elapsed().as_secs_f64();
 
     let t_prune = Instant::now();
@@ -367,7 +396,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         fault(&format!("after-block-{b}"));
         Ok(())
     };
-    let masks = prune_resumable(&model, &windows, seqlen, method, &topup.pattern, &|b, l| map[b][l].clone(), done, &mut finished)?;
+    let masks = prune_resumable(&model, &windows, seqlen, pruner, &topup.pattern, &|b, l| map[b][l].clone(), done, &mut finished)?;
     let prune_s = t_prune.elapsed().as_secs_f64();
     let mut topup_report = topup.report;
     topup_report.row_sparsity = map

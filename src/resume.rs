@@ -89,7 +89,11 @@ impl Progress {
             let shape = [r.u64()? as usize, r.u64()? as usize];
             let len = r.u64()? as usize;
             let words = (0..len.div_ceil(64)).map(|_| r.u64()).collect::<Result<Vec<u64>>>()?;
-            masks.push(LayerMask { name, shape, pruned: Bits::from_words(words, len) });
+            let values = match r.u64()? {
+                0 => None,
+                _ => Some(r.f32s()?),
+            };
+            masks.push(LayerMask { name, shape, pruned: Bits::from_words(words, len), values });
         }
         r.end()?;
         Ok(Some(masks))
@@ -105,6 +109,14 @@ impl Progress {
             put(&mut w, m.pruned.len() as u64);
             for &word in m.pruned.words() {
                 put(&mut w, word);
+            }
+            match &m.values {
+                None => put(&mut w, 0),
+                Some(v) => {
+                    put(&mut w, 1);
+                    put(&mut w, v.len() as u64);
+                    w.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+                }
             }
         }
         write_atomic(&self.dir.join(format!("block-{block}.masks")), &w)

@@ -60,6 +60,7 @@ pub fn input_stats_reference(x: Tensor<2>, sumsq: Tensor<1>, sum: Tensor<1>) -> 
 pub enum Method {
     Magnitude,
     Wanda,
+    Sparsegpt,
 }
 
 impl Method {
@@ -67,6 +68,7 @@ impl Method {
         match self {
             Method::Magnitude => "magnitude",
             Method::Wanda => "wanda",
+            Method::Sparsegpt => "sparsegpt",
         }
     }
 }

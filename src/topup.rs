@@ -11,8 +11,9 @@ use crate::model::host_f32;
 use crate::bail;
 use crate::mask::{Pattern, Sparsity};
 use crate::model::{Model, Spec};
-use crate::pipeline::{embed_windows, prune_linear, run_recording};
-use crate::score::{score, Method};
+use crate::pipeline::{embed_windows, run_recording};
+use crate::pruner::Pruner;
+use crate::score::score;
 
 /// [block][linear in the family's declared order] → sparsity.
 pub type Map = Vec<Vec<Sparsity>>;
@@ -148,7 +149,7 @@ pub fn evaluate(
     model: &Model,
     windows: &[u32],
     seqlen: usize,
-    method: Method,
+    pruner: &dyn Pruner,
     pattern: &Pattern,
     candidates: &[Map],
     chunk: usize,
@@ -167,20 +168,23 @@ pub fn evaluate(
             progress(results.len(), b);
             let dense: Vec<Tensor<2>> = block.linears.iter().map(|l| l.weight.clone()).collect();
             for (c, map) in group.iter().enumerate() {
-                let (stats_dense, _) = run_recording(model, &block, &hidden[c], &pos)?;
+                let (stats_dense, _) = run_recording(model, &block, &hidden[c], &pos, pruner.needs_hessian())?;
                 for (li, linear) in block.linears.iter_mut().enumerate() {
                     let sparsity = &map[b][li];
-                    linear.weight = prune_linear(dense[li].clone(), &stats_dense[li], nsamples, method, pattern, sparsity)?.0;
+                    linear.weight = pruner
+                        .prune(dense[li].clone(), &stats_dense[li], nsamples, pattern, sparsity)
+                        .map_err(|e| crate::err!("NeuroAL: block {b} {}: {e}", names[li]))?
+                        .weight;
                 }
-                let (stats_sparse, outputs) = run_recording(model, &block, &hidden[c], &pos)?;
+                let (stats_sparse, outputs) = run_recording(model, &block, &hidden[c], &pos, false)?;
                 hidden[c] = outputs;
                 for (linear, w) in block.linears.iter_mut().zip(&dense) {
                     linear.weight = w.clone();
                 }
                 let mut ds = Vec::with_capacity(names.len());
                 for (li, name) in names.iter().enumerate() {
-                    let a_dense = stats_dense[li].scaler_row(nsamples).sqrt();
-                    let a_sparse = stats_sparse[li].scaler_row(nsamples).sqrt();
+                    let a_dense = stats_dense[li].stats.scaler_row(nsamples).sqrt();
+                    let a_sparse = stats_sparse[li].stats.scaler_row(nsamples).sqrt();
                     let (m, d) = alignment(a_dense, a_sparse)?;
                     if !m.is_finite() {
                         bail!("NeuroAL: block {b} {name}: the alignment metric is {m} (all activations zero or not finite)");
@@ -218,13 +222,13 @@ pub fn owl_outlier_ratios(model: &Model, windows: &[u32], seqlen: usize, m: f64)
     for block in model.blocks() {
         let block = block?;
         let b = block.index;
-        let (stats, outputs) = run_recording(model, &block, &hidden, &pos)?;
+        let (stats, outputs) = run_recording(model, &block, &hidden, &pos, false)?;
         hidden = outputs;
         let scores: Vec<Tensor<2>> = block
             .linears
             .iter()
             .zip(&stats)
-            .map(|(l, st)| score(l.weight.clone(), Some(st.scaler_row(nsamples))))
+            .map(|(l, st)| score(l.weight.clone(), Some(st.stats.scaler_row(nsamples))))
             .collect();
         let count: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
         let read = |t: Tensor<1>| -> Result<f64> { Ok(host_f32(t, "OWL scores")?[0] as f64) };

@@ -1,6 +1,7 @@
 //! Writes a pruned checkpoint in the input's layout: same shards, tensor names, dtypes and
 //! index; pruned weights zeroed in their on-disk bytes (so kept weights are bit-identical in any
-//! dtype), every other tensor copied byte for byte. Written into the staging folder (see
+//! dtype), or, where the pruner changed kept weights too, the new values re-encoded into the
+//! tensor's dtype with pruned entries exact zeros; every other tensor copied byte for byte. Written into the staging folder (see
 //! `staging.rs`), so a failure never leaves a half-written output.
 
 use std::borrow::Cow;
@@ -12,7 +13,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use crate::error::{Context, Result};
 use crate::mask::LayerMask;
 use crate::staging::{fault, write_lock};
-use crate::weights::Checkpoint;
+use crate::weights::{encode_f32, Checkpoint};
 use crate::{bail, err};
 
 /// Files copied next to the weights when present.
@@ -35,6 +36,20 @@ pub fn write_checkpoint(input: &Checkpoint, masks: &[LayerMask], dir: &Path) -> 
         for (name, info) in shard.metadata.tensors() {
             let bytes = shard.bytes(info);
             let data = match by_name.get(name.as_str()) {
+                // New values (SparseGPT): re-encoded into the tensor's own dtype; pruned
+                // entries are exact zeros.
+                Some(m) if m.values.is_some() => {
+                    let values = m.values.as_deref().unwrap_or_default();
+                    if values.len() * element_size(info.dtype)? != bytes.len() || m.pruned.len() != values.len() {
+                        bail!("new values of {name} do not match its tensor");
+                    }
+                    let mut owned = encode_f32(values, info.dtype)?;
+                    let size = element_size(info.dtype)?;
+                    for i in m.pruned.ones() {
+                        owned[i * size..(i + 1) * size].fill(0);
+                    }
+                    Cow::Owned(owned)
+                }
                 Some(m) if m.pruned.count_ones() > 0 => {
                     let size = element_size(info.dtype)?;
                     if m.pruned.len() * size != bytes.len() {

@@ -65,7 +65,7 @@ fn wanda_masks_equal_the_reference_including_propagation() {
     let dir = asset("tiny-llama");
     let model = Model::open(&dir, &dev.device).unwrap();
     let windows = calib_windows(&dir, 64, 12);
-    let ours = prune(&model, &windows, 64, Method::Wanda, &Pattern::Row, &|_, _| Sparsity::Uniform(0.5)).unwrap();
+    let ours = prune(&model, &windows, 64, &neuroal::pruner::Wanda, &Pattern::Row, &|_, _| Sparsity::Uniform(0.5)).unwrap();
     let reference = wanda_reference(&model, &windows, 64, 0.5);
     assert_eq!(ours.len(), 2 * model.linears().len());
     assert_eq!(reference.len(), ours.len());
@@ -76,7 +76,7 @@ fn wanda_masks_equal_the_reference_including_propagation() {
         assert_eq!(differ, 0, "{}: {differ} mask entries differ", m.name);
     }
     // Block 1's masks depend on block 0 being pruned first: a dense-propagation run differs.
-    let dense_inputs = prune(&model, &windows, 64, Method::Wanda, &Pattern::Row, &|b, _| {
+    let dense_inputs = prune(&model, &windows, 64, &neuroal::pruner::Wanda, &Pattern::Row, &|b, _| {
         Sparsity::Uniform(if b == 0 { 0.0 } else { 0.5 })
     })
     .unwrap();
@@ -172,7 +172,7 @@ fn masks_on(dev: &Selected, pattern: &Pattern, method: Method) -> Vec<Vec<bool>>
     let dir = asset("tiny-mistral-gqa");
     let model = Model::open(&dir, &dev.device).unwrap();
     let windows = calib_windows(&dir, 32, 4);
-    prune(&model, &windows, 32, method, pattern, &|_, _| Sparsity::Uniform(0.5)).unwrap().into_iter().map(|m| m.pruned.iter().collect()).collect()
+    prune(&model, &windows, 32, method.pruner(128, 0.01).as_ref(), pattern, &|_, _| Sparsity::Uniform(0.5)).unwrap().into_iter().map(|m| m.pruned.iter().collect()).collect()
 }
 
 #[test]

@@ -1,0 +1,307 @@
+//! The base pruners behind one interface, as llm-compressor's modifiers are: calibrate a linear
+//! (record what its inputs tell), then turn its weight, that calibration and a sparsity into new
+//! weights and a mask. Magnitude and Wanda only zero weights; SparseGPT also updates the weights
+//! it keeps. The engine, OWL and NeuroAL's candidate evaluation call this trait, not a `match`.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use faer::linalg::solvers::DenseSolveCore;
+use faer::{Mat, Side};
+
+use crate::error::Result;
+use crate::mask::{expected_pruned, mask, Pattern, Sparsity};
+use crate::model::host_f32;
+use crate::score::{apply_mask, score, InputStats, Method};
+use crate::bail;
+
+/// What a pruner learns from one linear's calibration inputs.
+pub struct Calibration {
+    /// Per-channel Σx² and Σx (Wanda's norms; NeuroAL's activations).
+    pub stats: InputStats,
+    /// SparseGPT's H = 2/N · Σ XᵀX, when the pruner asked for it.
+    pub hessian: Option<Hessian>,
+}
+
+impl Calibration {
+    pub fn new(cols: usize, device: &Device, hessian: bool) -> Calibration {
+        Calibration { stats: InputStats::new(cols, device), hessian: hessian.then(|| Hessian::new(cols, device)) }
+    }
+
+    /// Adds a chunk of inputs x [windows, tokens, cols].
+    pub fn add(&mut self, x: &Tensor<3>) {
+        self.stats.add(x);
+        if let Some(h) = self.hessian.as_mut() {
+            h.add(x);
+        }
+    }
+}
+
+/// The reference's running Hessian: with k more windows, H ← H·n/(n+k), n ← n + k, then
+/// H += (√(2/n)·X)ᵀ(√(2/n)·X), X the chunk's [tokens, cols] inputs, in f32 on the device.
+pub struct Hessian {
+    pub h: Tensor<2>,
+    pub windows: usize,
+}
+
+impl Hessian {
+    pub fn new(cols: usize, device: &Device) -> Hessian {
+        Hessian { h: Tensor::zeros([cols, cols], device), windows: 0 }
+    }
+
+    pub fn add(&mut self, x: &Tensor<3>) {
+        let [b, t, cols] = x.dims();
+        let h = self.h.clone().mul_scalar(self.windows as f64 / (self.windows + b) as f64);
+        self.windows += b;
+        let xs = x.clone().reshape([b * t, cols]).mul_scalar((2.0 / self.windows as f64).sqrt());
+        self.h = h + xs.clone().transpose().matmul(xs);
+    }
+}
+
+/// A pruned linear: its new weight [out, in] and the mask (1.0 = pruned).
+pub struct Pruned {
+    pub weight: Tensor<2>,
+    pub mask: Tensor<2>,
+}
+
+/// How many weights a pruner's mask must hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Expected {
+    Exactly(usize),
+    AtLeast(usize),
+}
+
+pub trait Pruner: Sync {
+    fn name(&self) -> &'static str;
+
+    /// Whether [`Pruner::prune`] needs the Hessian recorded.
+    fn needs_hessian(&self) -> bool {
+        false
+    }
+
+    /// Whether kept weights change (then the writer re-encodes them).
+    fn changes_kept_weights(&self) -> bool {
+        false
+    }
+
+    /// Refuses patterns and sparsities this pruner does not implement, before any work.
+    fn check(&self, _pattern: &Pattern, _per_row: bool) -> Result<()> {
+        Ok(())
+    }
+
+    /// `nsamples`: calibration windows (Wanda's normaliser).
+    fn prune(&self, weight: Tensor<2>, calib: &Calibration, nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned>;
+
+    /// The count of pruned weights the engine checks after pruning.
+    fn expected(&self, pattern: &Pattern, sparsity: &Sparsity, shape: [usize; 2]) -> Expected {
+        Expected::Exactly(expected_pruned(pattern, sparsity, shape))
+    }
+}
+
+/// |W|: the weights alone.
+pub struct Magnitude;
+
+impl Pruner for Magnitude {
+    fn name(&self) -> &'static str {
+        "magnitude"
+    }
+
+    fn prune(&self, weight: Tensor<2>, _calib: &Calibration, _nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned> {
+        let m = mask(score(weight.clone(), None), pattern, sparsity)?;
+        Ok(Pruned { weight: apply_mask(weight, m.clone()), mask: m })
+    }
+}
+
+/// |W|·‖X_j‖₂ per output row.
+pub struct Wanda;
+
+impl Pruner for Wanda {
+    fn name(&self) -> &'static str {
+        "wanda"
+    }
+
+    fn prune(&self, weight: Tensor<2>, calib: &Calibration, nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned> {
+        let m = mask(score(weight.clone(), Some(calib.stats.scaler_row(nsamples))), pattern, sparsity)?;
+        Ok(Pruned { weight: apply_mask(weight, m.clone()), mask: m })
+    }
+}
+
+/// SparseGPT (Frantar & Alistarh), as the reference implementation runs it: the inverse
+/// Hessian's upper Cholesky factor drives column-by-column pruning with error compensation,
+/// in blocks of `blocksize` columns. Factorisations and the sweep run in f64 on the host (faer).
+pub struct SparseGpt {
+    pub blocksize: usize,
+    pub percdamp: f64,
+}
+
+impl SparseGpt {
+    pub fn new(blocksize: usize, percdamp: f64) -> SparseGpt {
+        SparseGpt { blocksize, percdamp }
+    }
+
+    /// The sweep on host matrices: w [rows, cols] row-major, h [cols, cols]. Returns the new
+    /// weights and the mask. `n_m`: Some((n, m)) for N:M, else unstructured at `s`.
+    pub fn sweep(&self, w: &[f32], rows: usize, cols: usize, h: &[f32], s: f64, n_m: Option<(usize, usize)>) -> Result<(Vec<f32>, Vec<bool>)> {
+        let mut w = Mat::<f64>::from_fn(rows, cols, |r, c| w[r * cols + c] as f64);
+        let mut h = Mat::<f64>::from_fn(cols, cols, |i, j| h[i * cols + j] as f64);
+        for i in 0..cols {
+            if h[(i, i)] == 0.0 {
+                h[(i, i)] = 1.0;
+                for r in 0..rows {
+                    w[(r, i)] = 0.0;
+                }
+            }
+        }
+        let damp = self.percdamp * (0..cols).map(|i| h[(i, i)]).sum::<f64>() / cols as f64;
+        for i in 0..cols {
+            h[(i, i)] += damp;
+        }
+        let not_pd = || crate::err!("the Hessian is not positive definite after damping (--percdamp {}); raise --percdamp", self.percdamp);
+        let h_inv = h.llt(Side::Lower).map_err(|_| not_pd())?.inverse();
+        // Upper Cholesky factor of H⁻¹: the transpose of its lower factor.
+        let lower = h_inv.llt(Side::Lower).map_err(|_| not_pd())?;
+        let hinv = lower.L().transpose().to_owned();
+
+        let mut mask = vec![false; rows * cols];
+        let bs = self.blocksize.max(1);
+        for i1 in (0..cols).step_by(bs) {
+            let i2 = (i1 + bs).min(cols);
+            let count = i2 - i1;
+            let mut w1 = w.submatrix(0, i1, rows, count).to_owned();
+            let mut err1 = Mat::<f64>::zeros(rows, count);
+            let mut mask1 = vec![false; rows * count];
+            if n_m.is_none() {
+                // Lowest w²/diag(Hinv)² over the whole [rows × block] slice; ≤ the value at
+                // index ⌊numel·s⌋ of the sorted slice is pruned.
+                let tmp: Vec<f64> = (0..rows * count).map(|k| {
+                    let (r, c) = (k / count, k % count);
+                    let d = hinv[(i1 + c, i1 + c)];
+                    w1[(r, c)] * w1[(r, c)] / (d * d)
+                }).collect();
+                let mut sorted = tmp.clone();
+                sorted.sort_by(|a, b| a.total_cmp(b));
+                let thresh = sorted[((tmp.len() as f64 * s) as usize).min(tmp.len() - 1)];
+                for (m, t) in mask1.iter_mut().zip(&tmp) {
+                    *m = *t <= thresh;
+                }
+            }
+            for i in 0..count {
+                if let Some((n, m)) = n_m {
+                    if i % m == 0 {
+                        let end = (i + m).min(count);
+                        for r in 0..rows {
+                            let mut order: Vec<usize> = (i..end).collect();
+                            let key = |c: usize| {
+                                let d = hinv[(i1 + c, i1 + c)];
+                                w1[(r, c)] * w1[(r, c)] / (d * d)
+                            };
+                            order.sort_by(|&a, &b| key(a).total_cmp(&key(b)));
+                            for &c in order.iter().take(n) {
+                                mask1[r * count + c] = true;
+                            }
+                        }
+                    }
+                }
+                let d = hinv[(i1 + i, i1 + i)];
+                for r in 0..rows {
+                    let wv = w1[(r, i)];
+                    let q = if mask1[r * count + i] { 0.0 } else { wv };
+                    let e = (wv - q) / d;
+                    for j in i..count {
+                        w1[(r, j)] -= e * hinv[(i1 + i, i1 + j)];
+                    }
+                    // The kept (or zeroed) value of column i, as the reference's Q1 holds it.
+                    w1[(r, i)] = q;
+                    err1[(r, i)] = e;
+                }
+            }
+            w.submatrix_mut(0, i1, rows, count).copy_from(&w1);
+            if i2 < cols {
+                let update = &err1 * hinv.submatrix(i1, i2, count, cols - i2);
+                let mut rest = w.submatrix_mut(0, i2, rows, cols - i2);
+                rest -= &update;
+            }
+            for r in 0..rows {
+                for c in 0..count {
+                    mask[r * cols + i1 + c] = mask1[r * count + c];
+                }
+            }
+        }
+        let values: Vec<f32> = (0..rows * cols).map(|k| if mask[k] { 0.0 } else { w[(k / cols, k % cols)] as f32 }).collect();
+        if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+            bail!("SparseGPT produced a non-finite weight at row {}, column {}", k / cols, k % cols);
+        }
+        Ok((values, mask))
+    }
+}
+
+impl Pruner for SparseGpt {
+    fn name(&self) -> &'static str {
+        "sparsegpt"
+    }
+
+    fn needs_hessian(&self) -> bool {
+        true
+    }
+
+    fn changes_kept_weights(&self) -> bool {
+        true
+    }
+
+    fn check(&self, pattern: &Pattern, per_row: bool) -> Result<()> {
+        if per_row || matches!(pattern, Pattern::RowsVariable) {
+            bail!("sparsegpt takes one sparsity per layer; per-row sparsities (NeuroAL's row step) are not offered with it");
+        }
+        if matches!(pattern, Pattern::Layer) {
+            bail!("sparsegpt selects weights per block of --blocksize columns; use --pattern row (its unstructured selection) or N:M");
+        }
+        Ok(())
+    }
+
+    fn prune(&self, weight: Tensor<2>, calib: &Calibration, _nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned> {
+        let [rows, cols] = weight.dims();
+        let device = weight.device();
+        let Some(hessian) = &calib.hessian else { bail!("sparsegpt needs the Hessian, which was not recorded") };
+        let (s, n_m) = match (pattern, sparsity) {
+            (Pattern::NM { n, m }, _) => (*n as f64 / *m as f64, Some((*n, *m))),
+            (Pattern::Row, Sparsity::Uniform(s)) => (*s, None),
+            _ => {
+                self.check(pattern, matches!(sparsity, Sparsity::PerRow(_)))?;
+                bail!("sparsegpt: pattern {} is not supported", pattern.name())
+            }
+        };
+        let w = host_f32(weight, "SparseGPT weight")?;
+        let h = host_f32(hessian.h.clone(), "SparseGPT Hessian")?;
+        let (values, mask) = self.sweep(&w, rows, cols, &h, s, n_m)?;
+        let flags: Vec<f32> = mask.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
+        Ok(Pruned {
+            weight: Tensor::from_data(TensorData::new(values, [rows, cols]), &device),
+            mask: Tensor::from_data(TensorData::new(flags, [rows, cols]), &device),
+        })
+    }
+
+    fn expected(&self, pattern: &Pattern, sparsity: &Sparsity, [rows, cols]: [usize; 2]) -> Expected {
+        match (pattern, sparsity) {
+            (Pattern::NM { n, m }, _) => Expected::Exactly(rows * cols / m * n),
+            (_, Sparsity::Uniform(s)) => {
+                // Each block prunes index ⌊numel·s⌋ of its sorted slice and everything below it.
+                let bs = self.blocksize.max(1);
+                let per_block = |i1: usize| {
+                    let numel = rows * ((i1 + bs).min(cols) - i1);
+                    ((numel as f64 * s) as usize + 1).min(numel)
+                };
+                Expected::AtLeast((0..cols).step_by(bs).map(per_block).sum())
+            }
+            (_, Sparsity::PerRow(_)) => Expected::AtLeast(0),
+        }
+    }
+}
+
+impl Method {
+    /// The pruner behind a `--method`.
+    pub fn pruner(self, blocksize: usize, percdamp: f64) -> Box<dyn Pruner> {
+        match self {
+            Method::Magnitude => Box::new(Magnitude),
+            Method::Wanda => Box::new(Wanda),
+            Method::Sparsegpt => Box::new(SparseGpt::new(blocksize, percdamp)),
+        }
+    }
+}
