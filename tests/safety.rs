@@ -463,6 +463,24 @@ fn resume_after_a_kill_is_byte_identical() {
         std::fs::remove_dir_all(&out).unwrap();
     }
 
+    // SparseGPT changes the kept weights: its resume replays the saved values, not masks.
+    let sgpt = ["--method", "sparsegpt", "--sparsity", "0.6", "--calib", calib.to_str().unwrap()];
+    let reference = s.join("reference-sparsegpt");
+    assert!(run_prune(&model, &reference, &sgpt, &[]).status.success());
+    killed(&run_prune(&model, &out, &sgpt, &[("NEUROAL_FAULT", "after-block-0")]));
+    let mut resumed = sgpt.to_vec();
+    resumed.push("--resume");
+    let o = run_prune(&model, &out, &resumed, &[]);
+    assert!(o.status.success() && stderr(&o).contains("resuming"), "{}", stderr(&o));
+    let (got, want) = (snapshot(&out), snapshot(&reference));
+    assert_eq!(got.len(), want.len());
+    for (k, v) in &want {
+        if k != "report.json" {
+            assert!(got[k] == *v, "sparsegpt: {k} differs from the uninterrupted run");
+        }
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+
     // Other settings or changed inputs are refused with one line.
     killed(&run_prune(&model, &out, &flags, &[("NEUROAL_FAULT", "after-block-0")]));
     let mut other = flags.to_vec();
