@@ -5,6 +5,7 @@ compare against. Run from the repository root:
     python3 scripts/make_fixtures.py            # tiny models, tokenizer, text, goldens
     python3 scripts/make_fixtures.py --shared   # also the real-model golden (../shared)
     python3 scripts/make_fixtures.py --only tiny-opt,tiny-phi   # just these fixtures
+    python3 scripts/make_fixtures.py --zeroshot # only the task file and its log-likelihoods
 
 Versions used for the committed fixtures: torch 2.5.1 (CPU), transformers 4.46.3,
 tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. Everything here is generated from seeds:
@@ -160,6 +161,95 @@ def merge_into_two_shards(folder):
               open(index_path, "w"), indent=2, sort_keys=True)
 
 
+ZEROSHOT_MAX_LEN = 48
+
+
+def make_tasks(text, path, seed=5):
+    """A small multiple-choice task file from the synthetic text: which sentence comes next
+    (4 choices), a few contexts too long for ZEROSHOT_MAX_LEN tokens (left truncation), one with
+    trailing spaces, and WinoGrande-style examples (choices complete the context, a shared
+    suffix is scored)."""
+    rng = random.Random(seed)
+    sentences = [x.strip() + " ." for x in text.replace("\n", " ").split(" .") if len(x.split()) >= 4]
+    examples = []
+    for k in range(0, 60, 6):
+        ctx, right = sentences[k], sentences[k + 1]
+        wrong = rng.sample([x for x in sentences[100:] if x != right], 3)
+        choices = [right] + wrong
+        rng.shuffle(choices)
+        examples.append({"context": ctx, "choices": [" " + c for c in choices],
+                         "label": choices.index(right), "task": "next_sentence"})
+    long_ctx = " ".join(sentences[200:212])
+    examples.append({"context": long_ctx, "choices": [" " + sentences[212], " " + sentences[300]],
+                     "label": 0, "task": "next_sentence"})
+    examples.append({"context": sentences[220] + "  ", "choices": [sentences[221], sentences[330]],
+                     "label": 0, "task": "next_sentence"})
+    for k in (240, 250, 260):
+        words = sentences[k].split()
+        half = len(words) // 2
+        examples.append({"context": " ".join(words[:half - 1]) + " ",
+                         "choices": [words[half - 1], rng.choice(sentences[340].split())],
+                         "suffix": " " + " ".join(words[half:]), "label": 0, "task": "fill_blank"})
+    with open(path, "w") as f:
+        for e in examples:
+            f.write(json.dumps(e) + "\n")
+    return examples
+
+
+def request_logliks(model, tok, examples, max_len):
+    """The harness's log-likelihoods: trailing context whitespace moves to the continuation;
+    context encoded with the post-processor, continuation without; cut on the left."""
+    out = []
+    for e in examples:
+        reqs = ([(e["context"] + c, e["suffix"]) for c in e["choices"]] if "suffix" in e
+                else [(e["context"], c) for c in e["choices"]])
+        lls = []
+        for ctx, cont in reqs:
+            trimmed = ctx.rstrip()
+            cont = ctx[len(trimmed):] + cont
+            c_ids = tok.encode(trimmed).ids
+            k_ids = tok.encode(cont, add_special_tokens=False).ids
+            seq = (c_ids + k_ids)[-(max_len + 1):]
+            inp = torch.tensor([seq[:-1]])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(inp).logits[0].float(), -1)
+            n = min(len(k_ids), len(seq) - 1)
+            tgt = seq[-n:]
+            first = len(seq) - 1 - n
+            lls.append(float(sum(logp[first + j, tgt[j]] for j in range(n))))
+        out.append(lls)
+    return out
+
+
+def zeroshot_goldens(text, versions):
+    tok = Tokenizer.from_file(os.path.join(ASSETS, "tokenizer.json"))
+    examples = make_tasks(text, os.path.join(ASSETS, "tasks.jsonl"))
+    models = {}
+    for name, cls in [("tiny-llama", transformers.LlamaForCausalLM),
+                      ("tiny-mistral-gqa", transformers.MistralForCausalLM),
+                      ("tiny-opt", transformers.OPTForCausalLM),
+                      ("tiny-phi", transformers.PhiForCausalLM)]:
+        folder = os.path.join(ASSETS, name)
+        cfg = json.load(open(os.path.join(folder, "config.json")))
+        if "rope_parameters" in cfg:  # transformers 4.x reads the 4.x fields only
+            rope = cfg.pop("rope_parameters")
+            cfg.update({k: v for k, v in rope.items() if k != "rope_type"})
+            cfg["torch_dtype"] = cfg.pop("dtype")
+            model = cls(cls.config_class.from_dict(cfg))
+            state = {}
+            for f in sorted(os.listdir(folder)):
+                if f.endswith(".safetensors"):
+                    state.update(load_file(os.path.join(folder, f)))
+            model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+            model = model.float().eval()
+        else:
+            model = cls.from_pretrained(folder, torch_dtype=torch.float32).eval()
+        models[name] = request_logliks(model, tok, examples, ZEROSHOT_MAX_LEN)
+    json.dump({"max_len": ZEROSHOT_MAX_LEN, "versions": versions, "tasks": "tasks.jsonl", "models": models},
+              open(os.path.join(GOLDEN, "zeroshot.json"), "w"), indent=1)
+    print(f"zeroshot: {len(examples)} examples")
+
+
 def f32_list(t):
     return [float(x) for x in np.asarray(t, dtype=np.float32).reshape(-1)]
 
@@ -168,6 +258,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", action="store_true", help="also compute the wt2-llama golden")
     ap.add_argument("--only", default="", help="comma-separated fixture names to rebuild")
+    ap.add_argument("--zeroshot", action="store_true", help="only the task file and its goldens")
     args = ap.parse_args()
     only = [n for n in args.only.split(",") if n]
     os.makedirs(GOLDEN, exist_ok=True)
@@ -175,6 +266,9 @@ def main():
                 "numpy": np.__version__}
 
     text = synthetic_text()
+    if args.zeroshot:
+        zeroshot_goldens(text, versions)
+        return
     if only:
         tok = Tokenizer.from_file(os.path.join(ASSETS, "tokenizer.json"))
         assert open(os.path.join(ASSETS, "sample.txt")).read() == text

@@ -24,5 +24,6 @@ pub mod provenance;
 pub mod progress;
 pub mod report;
 pub mod pruner;
+pub mod zeroshot;
 pub mod memory;
 pub mod score;

@@ -82,6 +82,9 @@ enum Command {
         /// Text file for perplexity before and after pruning (in the report).
         #[arg(long)]
         eval: Option<PathBuf>,
+        /// Comma-separated JSONL task files for zero-shot accuracy before and after pruning.
+        #[arg(long)]
+        zeroshot: Option<String>,
         /// How sparsity is spread over blocks and rows.
         #[arg(long, value_enum, default_value = "uniform")]
         top_up: TopUpKind,
@@ -108,6 +111,25 @@ enum Command {
         /// progress it saved beside --out.
         #[arg(long)]
         resume: bool,
+    },
+    /// Zero-shot multiple-choice accuracy (acc, acc_norm) on local JSONL task files.
+    Zeroshot {
+        #[arg(long)]
+        model: PathBuf,
+        /// Comma-separated JSONL task files: {"context", "choices", "label"[, "task", "suffix"]}.
+        #[arg(long)]
+        tasks: String,
+        /// At most N examples of each task.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Longest sequence in tokens; longer ones are cut on the left
+        /// [default: min(2048, max_position_embeddings)].
+        #[arg(long)]
+        seqlen: Option<usize>,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Choice,
+        #[arg(long)]
+        json: bool,
     },
     /// Per-layer and overall sparsity of a checkpoint.
     Inspect {
@@ -181,11 +203,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Prune {
-            model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, device, force, eval,
+            model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, device, force, eval, zeroshot,
             top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, resume,
         } => {
             let args = neuroal::prune::PruneArgs {
-                model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, force, eval,
+                model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, force, eval, zeroshot,
                 top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, device, resume,
             };
             let report = neuroal::prune::run(&args)?;
@@ -197,6 +219,33 @@ fn run(cli: Cli) -> Result<()> {
             );
             if let (Some(d), Some(p)) = (report.eval.ppl_dense, report.eval.ppl_pruned) {
                 println!("perplexity dense {d:.4}, pruned {p:.4}");
+            }
+            Ok(())
+        }
+        Command::Zeroshot { model, tasks, limit, seqlen, device, json } => {
+            if limit == Some(0) {
+                bail!("--limit must be at least 1");
+            }
+            let paths = neuroal::zeroshot::task_paths(&tasks)?;
+            let (config, _) = neuroal::model::check_model_dir(&model)?;
+            let max_len = seqlen.unwrap_or_else(|| default_seqlen(&config));
+            config.check_seqlen(max_len)?;
+            let examples = neuroal::zeroshot::read_tasks(&paths, limit)?;
+            let tokenizer = Tokenizer::open(&model)?;
+            let selected = device::select(device)?;
+            eprintln!("device {}", selected.description);
+            let m = Model::open(&model, &selected.device)?;
+            let r = neuroal::zeroshot::evaluate(&m, &tokenizer, &examples, max_len, &selected.description)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
+            } else {
+                for (task, s) in &r.tasks {
+                    println!(
+                        "{task:<20} acc {:.4} ± {:.4}  acc_norm {:.4} ± {:.4}  n {}  (papers quote {})",
+                        s.acc, s.acc_stderr, s.acc_norm, s.acc_norm_stderr, s.n, s.quoted
+                    );
+                }
+                println!("{:.1} examples/s on {}", r.examples_per_s, r.device);
             }
             Ok(())
         }

@@ -45,6 +45,8 @@ pub struct PruneArgs {
     pub seed: u64,
     pub force: bool,
     pub eval: Option<PathBuf>,
+    /// Comma-separated JSONL task files for zero-shot accuracy before and after.
+    pub zeroshot: Option<String>,
     pub top_up: TopUpKind,
     pub owl_m: f64,
     pub owl_lambda: f64,
@@ -331,6 +333,19 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         }
         None => None,
     };
+    let zeroshot = match &args.zeroshot {
+        Some(list) => {
+            let paths = crate::zeroshot::task_paths(list)?;
+            let examples = crate::zeroshot::read_tasks(&paths, None)?;
+            for ex in &examples {
+                for (ctx, cont) in ex.requests() {
+                    crate::zeroshot::encode_request(&tokenizer, &ctx, &cont)?;
+                }
+            }
+            Some((paths, examples))
+        }
+        None => None,
+    };
     let search_grid = if step == NeuroalStep::Row { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };
     let estimate = memory::Run {
         nsamples: args.nsamples,
@@ -352,6 +367,11 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     inputs.insert("calibration text".into(), provenance::sha256_file(&args.calib)?);
     if let Some(e) = &args.eval {
         inputs.insert("evaluation text".into(), provenance::sha256_file(e)?);
+    }
+    if let Some((paths, _)) = &zeroshot {
+        for p in paths {
+            inputs.insert(format!("task file {}", p.display()), provenance::sha256_file(p)?);
+        }
     }
     let settings = json!({
         "method": method.name(), "pattern": pattern.name(), "sparsity": sparsity, "nsamples": args.nsamples,
@@ -425,6 +445,17 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         };
     }
 
+    let zeroshot_report = match &zeroshot {
+        Some((paths, examples)) => {
+            let max_len = crate::eval::default_seqlen(&model.config);
+            let dense = crate::zeroshot::evaluate(&model, &tokenizer, examples, max_len, &device.description)?;
+            let pruned_model = Model::open(&staging.dir, &device.device)?;
+            let pruned = crate::zeroshot::evaluate(&pruned_model, &tokenizer, examples, max_len, &device.description)?;
+            Some(report::ZeroShotReport { files: paths.clone(), max_len, dense: dense.tasks, pruned: pruned.tasks })
+        }
+        None => None,
+    };
+
     let layers: BTreeMap<String, f64> = masks.iter().map(|m| (m.name.clone(), m.fraction())).collect();
     let total: usize = masks.iter().map(|m| m.pruned.len()).sum();
     let zeros: usize = masks.iter().map(|m| m.pruned.count_ones()).sum();
@@ -461,6 +492,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         topup: topup_report,
         sparsity: report::SparsityReport { overall: zeros as f64 / total.max(1) as f64, blocks: blocks.clone(), layers },
         eval,
+        zeroshot: zeroshot_report,
         timings: report::Timings { topup_s, prune_s, total_s: start.elapsed().as_secs_f64() },
         provenance: report::Provenance {
             tool: "neuroal".into(),

@@ -15,6 +15,8 @@ pub struct Report {
     pub topup: TopUpReport,
     pub sparsity: SparsityReport,
     pub eval: EvalReport,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub zeroshot: Option<ZeroShotReport>,
     pub timings: Timings,
     pub provenance: Provenance,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -138,4 +140,14 @@ pub struct Provenance {
 pub struct Plots {
     pub dir: PathBuf,
     pub files: Vec<String>,
+}
+
+/// Zero-shot accuracy before and after pruning (`prune --zeroshot`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ZeroShotReport {
+    pub files: Vec<PathBuf>,
+    /// Longest sequence; longer ones were cut on the left.
+    pub max_len: usize,
+    pub dense: BTreeMap<String, crate::zeroshot::TaskScore>,
+    pub pruned: BTreeMap<String, crate::zeroshot::TaskScore>,
 }

@@ -22,6 +22,12 @@ impl Tokenizer {
         let enc = self.0.encode(text, true).map_err(|e| err!("tokenization failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
+
+    /// Text without special tokens (a continuation appended to an encoded context).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.0.encode(text, false).map_err(|e| err!("tokenization failed: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
 }
 
 /// Reads a UTF-8 text file and tokenizes it once.
