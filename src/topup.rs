@@ -124,13 +124,22 @@ pub struct Evaluation {
 /// m and d of one linear: on the device in WGSL on wgpu, else the burn-ops twin.
 pub fn alignment(dense: Tensor<1>, sparse: Tensor<1>) -> Result<(f32, Vec<f32>)> {
     let n = dense.dims()[0];
-    let (m, d) = if kernels::is_wgpu(&dense) { kernels::alignment(dense, sparse) } else { alignment_reference(dense, sparse) };
+    let (m, d) = alignment_on_device(dense, sparse);
     let m = host_f32(m, "alignment metric")?;
     let d = host_f32(d, "alignment difference")?;
     if m.len() != 1 || d.len() != n {
         bail!("alignment: the device returned {} and {} values, expected 1 and {n}", m.len(), d.len());
     }
     Ok((m[0], d))
+}
+
+/// m [1] and d of one linear, left on the device (read back once a candidate group ends).
+pub fn alignment_on_device(dense: Tensor<1>, sparse: Tensor<1>) -> (Tensor<1>, Tensor<1>) {
+    if kernels::is_wgpu(&dense) {
+        kernels::alignment(dense, sparse)
+    } else {
+        alignment_reference(dense, sparse)
+    }
 }
 
 /// The twin computes in f64, so it is the accurate side of the shader comparison.
@@ -161,14 +170,24 @@ pub fn evaluate(
     let mut results = Vec::with_capacity(candidates.len());
     for group in candidates.chunks(chunk.max(1)) {
         let mut hidden: Vec<Vec<Tensor<3>>> = group.iter().map(|_| embed_windows(model, windows, seqlen)).collect();
-        let mut evals: Vec<Evaluation> = group.iter().map(|_| Evaluation { score: 0.0, d: Vec::new() }).collect();
+        // Per candidate, every linear's m and d in (block, linear) order, kept on the device.
+        let mut pending: Vec<Vec<(Tensor<1>, Tensor<1>)>> = group.iter().map(|_| Vec::new()).collect();
         for block in model.blocks() {
             let mut block = block?;
             let b = block.index;
             progress(results.len(), b);
             let dense: Vec<Tensor<2>> = block.linears.iter().map(|l| l.weight.clone()).collect();
+            // Every candidate enters block 0 with the same embeddings: one dense pass serves all.
+            let shared = if b == 0 { Some(run_recording(model, &block, &hidden[0], &pos, pruner.needs_hessian())?.0) } else { None };
             for (c, map) in group.iter().enumerate() {
-                let (stats_dense, _) = run_recording(model, &block, &hidden[c], &pos, pruner.needs_hessian())?;
+                let own;
+                let stats_dense = match &shared {
+                    Some(s) => s,
+                    None => {
+                        own = run_recording(model, &block, &hidden[c], &pos, pruner.needs_hessian())?.0;
+                        &own
+                    }
+                };
                 for (li, linear) in block.linears.iter_mut().enumerate() {
                     let sparsity = &map[b][li];
                     linear.weight = pruner
@@ -181,19 +200,40 @@ pub fn evaluate(
                 for (linear, w) in block.linears.iter_mut().zip(&dense) {
                     linear.weight = w.clone();
                 }
-                let mut ds = Vec::with_capacity(names.len());
-                for (li, name) in names.iter().enumerate() {
+                for li in 0..names.len() {
                     let a_dense = stats_dense[li].stats.scaler_row(nsamples).sqrt();
                     let a_sparse = stats_sparse[li].stats.scaler_row(nsamples).sqrt();
-                    let (m, d) = alignment(a_dense, a_sparse)?;
-                    if !m.is_finite() {
-                        bail!("NeuroAL: block {b} {name}: the alignment metric is {m} (all activations zero or not finite)");
-                    }
-                    evals[c].score += m as f64;
-                    ds.push(d);
+                    pending[c].push(alignment_on_device(a_dense, a_sparse));
                 }
-                evals[c].d.push(ds);
             }
+        }
+        // One readback of m and one of d per candidate; scores summed in (block, linear) order.
+        let mut evals = Vec::with_capacity(group.len());
+        for per in pending {
+            let lens: Vec<usize> = per.iter().map(|(_, d)| d.dims()[0]).collect();
+            let (ms, ds): (Vec<Tensor<1>>, Vec<Tensor<1>>) = per.into_iter().unzip();
+            let m = host_f32(Tensor::cat(ms, 0), "alignment metric")?;
+            let d = host_f32(Tensor::cat(ds, 0), "alignment difference")?;
+            if m.len() != lens.len() || d.len() != lens.iter().sum::<usize>() {
+                bail!("alignment: the device returned {} and {} values, expected {} and {}", m.len(), d.len(), lens.len(), lens.iter().sum::<usize>());
+            }
+            let mut e = Evaluation { score: 0.0, d: Vec::new() };
+            let mut at = 0;
+            for (k, (mk, n)) in m.iter().zip(&lens).enumerate() {
+                let (b, li) = (k / names.len(), k % names.len());
+                if !mk.is_finite() {
+                    bail!("NeuroAL: block {b} {}: the alignment metric is {mk} (all activations zero or not finite)", names[li]);
+                }
+                e.score += *mk as f64;
+                if li == 0 {
+                    e.d.push(Vec::with_capacity(names.len()));
+                }
+                if let Some(last) = e.d.last_mut() {
+                    last.push(d[at..at + n].to_vec());
+                }
+                at += n;
+            }
+            evals.push(e);
         }
         results.extend(evals);
     }
