@@ -139,8 +139,25 @@ enum Command {
     },
     /// Forward throughput (tokens/s) and peak host memory of each device on a model.
     Bench {
+        /// Model folder to measure (or --synthetic).
+        #[arg(long, required_unless_present = "synthetic")]
+        model: Option<PathBuf>,
+        /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, tiny)
+        /// to a temporary folder and measure it.
+        #[arg(long, conflicts_with = "model")]
+        synthetic: Option<String>,
+        /// Blocks of the synthetic checkpoint.
+        #[arg(long, default_value_t = 8)]
+        blocks: usize,
+        /// Also time a NeuroAL prune (Wanda, block and row steps) at this sparsity on random tokens.
         #[arg(long)]
-        model: PathBuf,
+        prune_sparsity: Option<f64>,
+        /// Calibration windows of the timed prune.
+        #[arg(long, default_value_t = 64)]
+        nsamples: usize,
+        /// NeuroAL search windows of the timed prune.
+        #[arg(long, default_value_t = 8)]
+        search_nsamples: usize,
         /// Comma-separated devices, each measured in its own process.
         #[arg(long, default_value = "cpu,ndarray,gpu")]
         devices: String,
@@ -261,17 +278,50 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { model, devices, seqlen, batch, iters, single, json } => {
+        Command::Bench { model, synthetic, blocks, prune_sparsity, nsamples, search_nsamples, devices, seqlen, batch, iters, single, json } => {
+            let prune = match prune_sparsity {
+                Some(s) if !(0.0..1.0).contains(&s) => bail!("--prune-sparsity {s} is outside [0, 1)"),
+                Some(_) if nsamples == 0 || search_nsamples == 0 => bail!("--nsamples and --search-nsamples must be at least 1"),
+                Some(sparsity) => Some(bench::PruneBench { sparsity, nsamples, search_nsamples }),
+                None => None,
+            };
             if single {
                 let choice = parse_device(&devices)?;
-                let r = bench::measure(&model, choice, seqlen, batch, iters)?;
+                let model = model.ok_or_else(|| neuroal::err!("--model is required"))?;
+                let r = bench::measure(&model, choice, seqlen, batch, iters, prune)?;
                 println!("{}", serde_json::to_string(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
                 return Ok(());
             }
+            let (model, temp) = match (model, synthetic) {
+                (Some(m), _) => (m, None),
+                (None, Some(name)) => {
+                    let shape = bench::shape(&name)?;
+                    let dir = std::env::temp_dir().join(format!("neuroal-synthetic-{}-{name}-{blocks}", std::process::id()));
+                    eprintln!("writing a random {name} checkpoint with {blocks} blocks to {}", dir.display());
+                    if let Err(e) = bench::write_synthetic(&dir, &shape, blocks) {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(e);
+                    }
+                    (dir.clone(), Some(dir))
+                }
+                (None, None) => bail!("--model or --synthetic is required"),
+            };
             let mut rows = Vec::new();
+            let mut failure = None;
             for d in devices.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-                parse_device(d)?;
-                rows.push(bench::measure_in_child(&model, d, seqlen, batch, iters)?);
+                match parse_device(d).and_then(|_| bench::measure_in_child(&model, d, seqlen, batch, iters, prune)) {
+                    Ok(r) => rows.push(r),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(dir) = &temp {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            if let Some(e) = failure {
+                return Err(e);
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);

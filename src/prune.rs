@@ -534,3 +534,53 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     staging.commit()?;
     Ok(report)
 }
+
+/// NeuroAL (block and row steps) over Wanda on token ids, timed, with no files around it:
+/// what `bench --prune-sparsity` measures. `scratch` receives the search's progress files.
+/// Returns (search seconds, prune seconds, λ block, λ row).
+pub fn bench_neuroal(
+    model: &Model,
+    ids: &[u32],
+    seqlen: usize,
+    sparsity: f64,
+    nsamples: usize,
+    search_nsamples: usize,
+    scratch: &std::path::Path,
+) -> Result<(f64, f64, Option<f64>, Option<f64>)> {
+    let args = PruneArgs {
+        model: PathBuf::new(),
+        calib: PathBuf::new(),
+        out: PathBuf::new(),
+        method: Method::Wanda,
+        blocksize: 128,
+        percdamp: 0.01,
+        sparsity: Some(sparsity),
+        pattern: Pattern::Row,
+        nsamples,
+        seqlen: Some(seqlen),
+        seed: 0,
+        force: false,
+        eval: None,
+        zeroshot: None,
+        top_up: TopUpKind::Neuroal,
+        owl_m: 5.0,
+        owl_lambda: 0.08,
+        neuroal_step: NeuroalStep::Both,
+        search_nsamples,
+        search_chunk: 0,
+        plots: None,
+        device: Choice::Cpu,
+        resume: false,
+    };
+    let saved = Progress::open(scratch, &json!({ "bench": true }), false)?;
+    let starts = draw_windows(ids.len(), seqlen, nsamples, 0)?;
+    let windows = gather_windows(ids, &starts, seqlen);
+    let pruner = crate::pruner::Wanda;
+    let t = Instant::now();
+    let topup = choose_map(TopUpKind::Neuroal, &args, model, ids, &windows, seqlen, &pruner, NeuroalStep::Both, &Pattern::Row, sparsity, &saved)?;
+    let search_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let map = &topup.map;
+    prune_resumable(model, &windows, seqlen, &pruner, &topup.pattern, &|b, l| map[b][l].clone(), Vec::new(), &mut |_, _| Ok(()))?;
+    Ok((search_s, t.elapsed().as_secs_f64(), topup.report.lambda_block, topup.report.lambda_row))
+}

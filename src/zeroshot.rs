@@ -26,7 +26,7 @@ use serde_json::Value;
 use crate::error::Result;
 use crate::eval::RESIDENT_BLOCKS_BYTES;
 use crate::model::{host_f32, Block, Model};
-use crate::progress::progress_bar;
+use crate::progress::rate_bar;
 use crate::tokenizer::Tokenizer;
 use crate::{bail, err};
 
@@ -140,7 +140,7 @@ pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_
     let block_bytes: usize = model.linear_shapes().iter().map(|s| s[0] * s[1] * 4).sum::<usize>() * model.num_blocks();
     let blocks: Option<Vec<Block>> = if block_bytes <= RESIDENT_BLOCKS_BYTES { Some(model.blocks().collect::<Result<_>>()?) } else { None };
     let mut out = vec![0f64; reqs.len()];
-    let bar = progress_bar(examples.len(), "zero-shot");
+    let bar = rate_bar(examples.len(), "zero-shot", "examples");
     let per_example = reqs.len() as f64 / examples.len() as f64;
     let mut done_reqs = 0usize;
     let mut i = 0;

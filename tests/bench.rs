@@ -1,0 +1,29 @@
+//! `bench --synthetic`: a random checkpoint of a published shape, forward and a timed NeuroAL
+//! prune on each device, and nothing left behind.
+
+use std::process::Command;
+
+#[test]
+fn synthetic_bench_runs_on_cpu_and_gpu_and_cleans_up() {
+    let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(["bench", "--synthetic", "tiny", "--blocks", "2", "--devices", "cpu,gpu", "--seqlen", "64", "--iters", "1"])
+        .args(["--prune-sparsity", "0.5", "--nsamples", "8", "--search-nsamples", "2", "--json"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        for k in ["tokens_per_s", "ms_per_forward", "search_s", "prune_s"] {
+            assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
+        }
+    }
+    // The same random model and tokens: both devices choose the same λs.
+    assert_eq!(rows[0]["lambda_block"], rows[1]["lambda_block"]);
+    assert_eq!(rows[0]["lambda_row"], rows[1]["lambda_row"]);
+    assert!(rows[0]["lambda_block"].as_f64().is_some());
+    let dir = err.lines().find_map(|l| l.split(" to ").nth(1)).expect("the temporary folder is named");
+    assert!(!std::path::Path::new(dir.trim()).exists(), "{dir} must be removed");
+}
