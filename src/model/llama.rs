@@ -300,17 +300,10 @@ mod tests {
 
     #[test]
     fn declared_routing_is_the_authors_table() {
-        let c = config::Config::from_json(
-            r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
-            "num_hidden_layers":1,"num_attention_heads":2,"max_position_embeddings":32}"#,
-        )
-        .unwrap();
-        let s = super::super::Spec::of(&c);
-        let names: Vec<&str> = s.linears.iter().map(|l| l.name).collect();
-        let routed: Vec<(&str, bool, &str)> =
-            s.routes.as_ref().unwrap().iter().zip(&names).map(|(r, n)| (*n, r.next_block, names[r.linear])).collect();
+        let json = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,"max_position_embeddings":32}"#;
         assert_eq!(
-            routed,
+            super::super::testing::routed(json),
             vec![
                 ("self_attn.q_proj", false, "self_attn.o_proj"),
                 ("self_attn.k_proj", false, "self_attn.o_proj"),
@@ -321,6 +314,7 @@ mod tests {
                 ("mlp.down_proj", true, "self_attn.q_proj"),
             ]
         );
+        let s = super::super::Spec::of(&config::Config::from_json(json).unwrap());
         assert_eq!(s.linears.iter().filter(|l| l.qkv).count(), 3);
     }
 }

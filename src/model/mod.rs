@@ -490,3 +490,25 @@ pub fn to_device2(t: HostTensor, device: &Device) -> Tensor<2> {
     let shape = [t.shape[0], t.shape[1]];
     Tensor::from_data(TensorData::new(t.data, shape), device)
 }
+
+/// Helpers for the families' declaration tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Spec;
+    use crate::config::Config;
+
+    /// (linear, next block?, linear whose d its rows take) for every declared linear.
+    pub fn routed(config_json: &str) -> Vec<(&'static str, bool, &'static str)> {
+        let s = Spec::of(&Config::from_json(config_json).unwrap());
+        let names: Vec<&'static str> = s.linears.iter().map(|l| l.name).collect();
+        s.routes.as_ref().unwrap().iter().zip(&names).map(|(r, n)| (*n, r.next_block, names[r.linear])).collect()
+    }
+
+    /// Each (extra config fields, expected message) is refused with that message.
+    pub fn refused(base: &str, cases: &[(&str, &str)]) {
+        for (extra, expect) in cases {
+            let e = Config::from_json(&format!("{{{base}{extra}}}")).unwrap_err().to_string();
+            assert!(e.contains(expect), "{e}");
+        }
+    }
+}

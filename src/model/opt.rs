@@ -242,13 +242,8 @@ mod tests {
 
     #[test]
     fn declared_routing_is_the_authors_table() {
-        let c = config::Config::from_json(&format!("{{{BASE}}}")).unwrap();
-        let s = Spec::of(&c);
-        let names: Vec<&str> = s.linears.iter().map(|l| l.name).collect();
-        let routed: Vec<(&str, bool, &str)> =
-            s.routes.as_ref().unwrap().iter().zip(&names).map(|(r, n)| (*n, r.next_block, names[r.linear])).collect();
         assert_eq!(
-            routed,
+            super::super::testing::routed(&format!("{{{BASE}}}")),
             vec![
                 ("self_attn.q_proj", false, "self_attn.out_proj"),
                 ("self_attn.k_proj", false, "self_attn.out_proj"),
@@ -258,19 +253,20 @@ mod tests {
                 ("fc2", true, "self_attn.q_proj"),
             ]
         );
+        let s = Spec::of(&config::Config::from_json(&format!("{{{BASE}}}")).unwrap());
         assert!(s.linears.iter().all(|l| l.bias));
         assert_eq!(s.block_prefix, "model.decoder.layers");
     }
 
     #[test]
     fn unsupported_variants_are_refused_in_one_line() {
-        for (extra, expect) in [
-            (r#","do_layer_norm_before":false"#, "post-LayerNorm"),
-            (r#","word_embed_proj_dim":4"#, "project_in/project_out"),
-            (r#","activation_function":"gelu""#, "unsupported activation_function \"gelu\""),
-        ] {
-            let e = config::Config::from_json(&format!("{{{BASE}{extra}}}")).unwrap_err().to_string();
-            assert!(e.contains(expect), "{e}");
-        }
+        super::super::testing::refused(
+            BASE,
+            &[
+                (r#","do_layer_norm_before":false"#, "post-LayerNorm"),
+                (r#","word_embed_proj_dim":4"#, "project_in/project_out"),
+                (r#","activation_function":"gelu""#, "unsupported activation_function \"gelu\""),
+            ],
+        );
     }
 }

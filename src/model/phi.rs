@@ -227,13 +227,8 @@ mod tests {
 
     #[test]
     fn declared_routing_is_the_authors_table() {
-        let c = config::Config::from_json(&format!("{{{BASE}}}")).unwrap();
-        let s = Spec::of(&c);
-        let names: Vec<&str> = s.linears.iter().map(|l| l.name).collect();
-        let routed: Vec<(&str, bool, &str)> =
-            s.routes.as_ref().unwrap().iter().zip(&names).map(|(r, n)| (*n, r.next_block, names[r.linear])).collect();
         assert_eq!(
-            routed,
+            super::super::testing::routed(&format!("{{{BASE}}}")),
             vec![
                 ("self_attn.q_proj", false, "self_attn.dense"),
                 ("self_attn.k_proj", false, "self_attn.dense"),
@@ -243,19 +238,20 @@ mod tests {
                 ("mlp.fc2", true, "self_attn.q_proj"),
             ]
         );
+        let s = Spec::of(&config::Config::from_json(&format!("{{{BASE}}}")).unwrap());
         assert!(s.linears.iter().all(|l| l.bias));
     }
 
     #[test]
     fn unsupported_variants_are_refused_in_one_line() {
-        for (extra, expect) in [
-            (r#","qk_layernorm":true"#, "qk_layernorm"),
-            (r#","hidden_act":"relu""#, "unsupported hidden_act \"relu\""),
-            (r#","partial_rotary_factor":0.1"#, "rotary dims"),
-        ] {
-            let e = config::Config::from_json(&format!("{{{BASE}{extra}}}")).unwrap_err().to_string();
-            assert!(e.contains(expect), "{e}");
-        }
+        super::super::testing::refused(
+            BASE,
+            &[
+                (r#","qk_layernorm":true"#, "qk_layernorm"),
+                (r#","hidden_act":"relu""#, "unsupported hidden_act \"relu\""),
+                (r#","partial_rotary_factor":0.1"#, "rotary dims"),
+            ],
+        );
     }
 
     #[test]
