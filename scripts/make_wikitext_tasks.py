@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """A zero-shot task file from WikiText-2 itself: given a sentence, which of four sentences
 follows it in the article (the true next sentence and three drawn from elsewhere in the file).
+With `--kind order`: which of two continuations is the true next sentence rather than the same
+words shuffled (a test of word order rather than of topic).
 
-    python3 scripts/make_wikitext_tasks.py ../shared/data/wikitext-2/test.txt /tmp/wt2-next.jsonl [--n 500] [--seed 0]
+    python3 scripts/make_wikitext_tasks.py ../shared/data/wikitext-2/test.txt /tmp/wt2-next.jsonl [--n 500] [--seed 0] [--kind next|order]
 
 The output is written where asked (never into the repository: the data stays in ../shared).
 """
@@ -30,6 +32,7 @@ def main():
     ap.add_argument("output")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kind", choices=["next", "order"], default="next")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     paragraphs = sentences_by_paragraph(open(args.input, encoding="utf-8").read())
@@ -38,6 +41,17 @@ def main():
     rng.shuffle(pairs)
     with open(args.output, "w", encoding="utf-8") as out:
         for ctx, right in pairs[:args.n]:
+            if args.kind == "order":
+                words = right.split()
+                shuffled = words[:]
+                while shuffled == words:
+                    rng.shuffle(shuffled)
+                choices = [" " + right, " " + " ".join(shuffled)]
+                label = rng.randrange(2)
+                if label == 1:
+                    choices.reverse()
+                out.write(json.dumps({"task": "wikitext_word_order", "context": ctx, "choices": choices, "label": label}) + "\n")
+                continue
             wrong = []
             while len(wrong) < 3:
                 s = rng.choice(pool)
