@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::{self, Choice};
+use crate::device::{self, Choice, ComputeDtype};
 use crate::error::Result;
 use crate::model::{Block, Model};
 use crate::{bail, err};
@@ -156,12 +156,14 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-pub fn measure(model_dir: &Path, choice: Choice, seqlen: usize, batch: usize, iters: usize, prune: Option<PruneBench>) -> Result<BenchRow> {
+#[allow(clippy::too_many_arguments)]
+pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: usize, batch: usize, iters: usize, prune: Option<PruneBench>) -> Result<BenchRow> {
     if batch == 0 || iters == 0 {
         bail!("--batch and --iters must be at least 1");
     }
     let selected = device::select(choice)?;
-    let model = Model::open(model_dir, &selected.device)?;
+    let dtype = selected.compute_dtype(dtype)?;
+    let model = Model::open_as(model_dir, &selected.device, dtype)?;
     model.check_seqlen(seqlen)?;
     let blocks: Vec<Block> = model.blocks().collect::<Result<_>>()?;
     let rope = model.positions(seqlen);
@@ -197,7 +199,7 @@ pub fn measure(model_dir: &Path, choice: Choice, seqlen: usize, batch: usize, it
         (search_s, prune_s, lambda_block, lambda_row) = (Some(s), Some(pr), lb, lr);
     }
     Ok(BenchRow {
-        device: selected.description,
+        device: format!("{} ({})", selected.description, crate::device::dtype_name(dtype)),
         seqlen,
         batch,
         tokens_per_s: (iters * batch * seqlen) as f64 / secs,
@@ -210,12 +212,14 @@ pub fn measure(model_dir: &Path, choice: Choice, seqlen: usize, batch: usize, it
     })
 }
 
-pub fn measure_in_child(model_dir: &Path, device: &str, seqlen: usize, batch: usize, iters: usize, prune: Option<PruneBench>) -> Result<BenchRow> {
+#[allow(clippy::too_many_arguments)]
+pub fn measure_in_child(model_dir: &Path, device: &str, dtype: ComputeDtype, seqlen: usize, batch: usize, iters: usize, prune: Option<PruneBench>) -> Result<BenchRow> {
     let exe = std::env::current_exe().map_err(|e| err!("cannot find own executable: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.args(["bench", "--single", "--devices", device, "--seqlen", &seqlen.to_string()])
         .args(["--batch", &batch.to_string(), "--iters", &iters.to_string(), "--model"])
-        .arg(model_dir);
+        .arg(model_dir)
+        .args(["--dtype", dtype.name()]);
     if let Some(p) = prune {
         cmd.args(["--prune-sparsity", &p.sparsity.to_string(), "--nsamples", &p.nsamples.to_string()])
             .args(["--search-nsamples", &p.search_nsamples.to_string()]);

@@ -39,6 +39,55 @@ pub struct Selected {
     pub is_gpu: bool,
     /// The adapter's largest buffer, in bytes (GPUs only).
     pub max_buffer: Option<u64>,
+    /// Whether shaders can compute in f16 (GPUs only).
+    pub shader_f16: bool,
+}
+
+/// `--dtype`: what weights, activations and matrix products are computed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ComputeDtype {
+    /// f16 on a GPU whose shaders support it, f32 elsewhere.
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Selected {
+    /// The dtype `--dtype` resolves to on this device, or one line saying why it cannot.
+    pub fn compute_dtype(&self, asked: ComputeDtype) -> Result<burn::tensor::DType> {
+        use burn::tensor::DType;
+        let ndarray = self.description.starts_with("ndarray");
+        match asked {
+            ComputeDtype::Auto if self.is_gpu && self.shader_f16 => Ok(DType::F16),
+            ComputeDtype::Auto | ComputeDtype::F32 => Ok(DType::F32),
+            _ if ndarray => bail!("--dtype {} is not supported on ndarray (use --device cpu or gpu)", asked.name()),
+            ComputeDtype::F16 if self.is_gpu && !self.shader_f16 => bail!("--dtype f16: the adapter has no shader f16 support (use --dtype f32)"),
+            ComputeDtype::F16 => Ok(DType::F16),
+            ComputeDtype::Bf16 if self.is_gpu => bail!("--dtype bf16 is not supported on wgpu, whose shaders have no bf16 (use f16)"),
+            ComputeDtype::Bf16 => Ok(DType::BF16),
+        }
+    }
+}
+
+impl ComputeDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            ComputeDtype::Auto => "auto",
+            ComputeDtype::F32 => "f32",
+            ComputeDtype::F16 => "f16",
+            ComputeDtype::Bf16 => "bf16",
+        }
+    }
+}
+
+/// The report's name of a compute dtype.
+pub fn dtype_name(d: burn::tensor::DType) -> &'static str {
+    match d {
+        burn::tensor::DType::F16 => "f16",
+        burn::tensor::DType::BF16 => "bf16",
+        _ => "f32",
+    }
 }
 
 /// A wgpu adapter as the runtime will find it again: its kind and index among adapters of
@@ -46,6 +95,7 @@ pub struct Selected {
 struct Adapter {
     info: wgpu::AdapterInfo,
     max_buffer: u64,
+    shader_f16: bool,
     kind: DeviceKind,
     api: WgpuBackend,
 }
@@ -61,11 +111,11 @@ fn adapters() -> Vec<Adapter> {
             backends: backend.into(),
             ..wgpu::InstanceDescriptor::new_without_display_handle()
         });
-        let listed: Vec<(wgpu::AdapterInfo, u64)> = pollster::block_on(instance.enumerate_adapters(backend.into()))
+        let listed: Vec<(wgpu::AdapterInfo, u64, bool)> = pollster::block_on(instance.enumerate_adapters(backend.into()))
             .iter()
-            .map(|a| (a.get_info(), a.limits().max_buffer_size))
+            .map(|a| (a.get_info(), a.limits().max_buffer_size, a.features().contains(wgpu::Features::SHADER_F16)))
             .collect();
-        let infos: Vec<wgpu::AdapterInfo> = listed.iter().map(|(i, _)| i.clone()).collect();
+        let infos: Vec<wgpu::AdapterInfo> = listed.iter().map(|(i, _, _)| i.clone()).collect();
         for (i, info) in infos.iter().enumerate() {
             let same = infos[..i].iter().filter(|o| o.device_type == info.device_type).count();
             let kind = match info.device_type {
@@ -75,7 +125,7 @@ fn adapters() -> Vec<Adapter> {
                 wgpu::DeviceType::Cpu => DeviceKind::Cpu,
                 wgpu::DeviceType::Other => continue,
             };
-            found.push(Adapter { info: info.clone(), max_buffer: listed[i].1, kind, api });
+            found.push(Adapter { info: info.clone(), max_buffer: listed[i].1, shader_f16: listed[i].2, kind, api });
         }
         if !found.is_empty() {
             break;
@@ -105,15 +155,15 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
         .init()
         .map_err(|e| err!("cannot open GPU adapter \"{}\": {e}", best.info.name))?;
     let description = format!("gpu: {} ({:?}, {:?})", best.info.name, best.info.device_type, best.info.backend);
-    Ok(Some(Selected { device, description, is_gpu: true, max_buffer: Some(best.max_buffer) }))
+    Ok(Some(Selected { device, description, is_gpu: true, max_buffer: Some(best.max_buffer), shader_f16: best.shader_f16 }))
 }
 
 pub fn select(choice: Choice) -> Result<Selected> {
-    let cpu = || Selected { device: Device::flex(), description: "cpu: burn-flex".into(), is_gpu: false, max_buffer: None };
+    let cpu = || Selected { device: Device::flex(), description: "cpu: burn-flex".into(), is_gpu: false, max_buffer: None, shader_f16: false };
     Ok(match choice {
         Choice::Cpu => cpu(),
         #[allow(deprecated)] // users asked for the NdArray fallback by name
-        Choice::Ndarray => Selected { device: Device::ndarray(), description: "ndarray: burn-ndarray".into(), is_gpu: false, max_buffer: None },
+        Choice::Ndarray => Selected { device: Device::ndarray(), description: "ndarray: burn-ndarray".into(), is_gpu: false, max_buffer: None, shader_f16: false },
         Choice::Gpu => match open_gpu(true)? {
             Some(s) => s,
             None => bail!("--device gpu: wgpu found no GPU adapter (Vulkan, Metal or DX12)"),

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use neuroal::device::{self, Choice};
+use neuroal::device::{self, Choice, ComputeDtype};
 use neuroal::mask::Pattern;
 use neuroal::prune::{NeuroalStep, TopUpKind};
 use neuroal::score::Method;
@@ -38,6 +38,9 @@ enum Command {
         max_windows: Option<usize>,
         #[arg(long, value_enum, default_value = "auto")]
         device: Choice,
+        /// Compute dtype: auto = f16 on a GPU whose shaders support it, else f32.
+        #[arg(long, value_enum, default_value = "auto")]
+        dtype: ComputeDtype,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -76,6 +79,9 @@ enum Command {
         seed: u64,
         #[arg(long, value_enum, default_value = "auto")]
         device: Choice,
+        /// Compute dtype: auto = f16 on a GPU whose shaders support it, else f32.
+        #[arg(long, value_enum, default_value = "auto")]
+        dtype: ComputeDtype,
         /// Replace an existing output folder.
         #[arg(long)]
         force: bool,
@@ -128,6 +134,9 @@ enum Command {
         seqlen: Option<usize>,
         #[arg(long, value_enum, default_value = "auto")]
         device: Choice,
+        /// Compute dtype: auto = f16 on a GPU whose shaders support it, else f32.
+        #[arg(long, value_enum, default_value = "auto")]
+        dtype: ComputeDtype,
         #[arg(long)]
         json: bool,
     },
@@ -169,6 +178,9 @@ enum Command {
         /// Timed forward passes (after one warm-up).
         #[arg(long, default_value_t = 5)]
         iters: usize,
+        /// Compute dtype: auto = f16 on a GPU whose shaders support it, else f32.
+        #[arg(long, value_enum, default_value = "auto")]
+        dtype: ComputeDtype,
         /// Internal: measure one device in this process and print one JSON line.
         #[arg(long, hide = true)]
         single: bool,
@@ -183,7 +195,7 @@ fn parse_device(s: &str) -> Result<Choice> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Eval { model, text, seqlen, max_windows, device, json } => {
+        Command::Eval { model, text, seqlen, max_windows, device, dtype, json } => {
             let choice = device;
             if !model.is_dir() {
                 bail!("{}: model folder not found", model.display());
@@ -207,8 +219,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             let selected = device::select(choice)?;
             eprintln!("device {}", selected.description);
-            let m = Model::open(&model, &selected.device)?;
-            let result = perplexity(&m, &ids, seqlen, max_windows, &selected.description)?;
+            let dtype = selected.compute_dtype(dtype)?;
+            let m = Model::open_as(&model, &selected.device, dtype)?;
+            let result = perplexity(&m, &ids, seqlen, max_windows, &format!("{} ({})", selected.description, device::dtype_name(dtype)))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&result).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
             } else {
@@ -220,12 +233,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Prune {
-            model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, device, force, eval, zeroshot,
+            model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, device, dtype, force, eval, zeroshot,
             top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, resume,
         } => {
             let args = neuroal::prune::PruneArgs {
                 model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, force, eval, zeroshot,
-                top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, device, resume,
+                top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, device, dtype, resume,
             };
             let report = neuroal::prune::run(&args)?;
             println!(
@@ -239,7 +252,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Zeroshot { model, tasks, limit, seqlen, device, json } => {
+        Command::Zeroshot { model, tasks, limit, seqlen, device, dtype, json } => {
             if limit == Some(0) {
                 bail!("--limit must be at least 1");
             }
@@ -251,8 +264,9 @@ fn run(cli: Cli) -> Result<()> {
             let tokenizer = Tokenizer::open(&model)?;
             let selected = device::select(device)?;
             eprintln!("device {}", selected.description);
-            let m = Model::open(&model, &selected.device)?;
-            let r = neuroal::zeroshot::evaluate(&m, &tokenizer, &examples, max_len, &selected.description)?;
+            let dtype = selected.compute_dtype(dtype)?;
+            let m = Model::open_as(&model, &selected.device, dtype)?;
+            let r = neuroal::zeroshot::evaluate(&m, &tokenizer, &examples, max_len, &format!("{} ({})", selected.description, device::dtype_name(dtype)))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
             } else {
@@ -278,7 +292,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { model, synthetic, blocks, prune_sparsity, nsamples, search_nsamples, devices, seqlen, batch, iters, single, json } => {
+        Command::Bench { model, synthetic, blocks, prune_sparsity, nsamples, search_nsamples, devices, seqlen, batch, iters, dtype, single, json } => {
             let prune = match prune_sparsity {
                 Some(s) if !(0.0..1.0).contains(&s) => bail!("--prune-sparsity {s} is outside [0, 1)"),
                 Some(_) if nsamples == 0 || search_nsamples == 0 => bail!("--nsamples and --search-nsamples must be at least 1"),
@@ -288,7 +302,7 @@ fn run(cli: Cli) -> Result<()> {
             if single {
                 let choice = parse_device(&devices)?;
                 let model = model.ok_or_else(|| neuroal::err!("--model is required"))?;
-                let r = bench::measure(&model, choice, seqlen, batch, iters, prune)?;
+                let r = bench::measure(&model, choice, dtype, seqlen, batch, iters, prune)?;
                 println!("{}", serde_json::to_string(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
                 return Ok(());
             }
@@ -309,7 +323,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut rows = Vec::new();
             let mut failure = None;
             for d in devices.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-                match parse_device(d).and_then(|_| bench::measure_in_child(&model, d, seqlen, batch, iters, prune)) {
+                match parse_device(d).and_then(|_| bench::measure_in_child(&model, d, dtype, seqlen, batch, iters, prune)) {
                     Ok(r) => rows.push(r),
                     Err(e) => {
                         failure = Some(e);

@@ -5,13 +5,13 @@
 
 use burn::tensor::Tensor;
 
-use burn::tensor::TensorData;
+use burn::tensor::{DType, TensorData};
 
 use crate::error::Result;
 use crate::progress::progress_bar;
 use crate::mask::{Pattern, Sparsity};
 pub use crate::mask::{Bits, LayerMask};
-use crate::model::{host_f32, Block, Model, Positions};
+use crate::model::{host_f32, to_dtype, Block, Model, Positions};
 use crate::pruner::{Calibration, Expected, Pruner};
 use crate::score::apply_mask;
 use crate::bail;
@@ -114,8 +114,8 @@ pub fn prune_resumable(
             }
             for (linear, m) in block.linears.iter_mut().zip(&saved) {
                 linear.weight = match &m.values {
-                    Some(v) => Tensor::from_data(TensorData::new(v.clone(), m.shape), &model.device),
-                    None => apply_mask(linear.weight.clone(), mask_tensor(m, &model.device)),
+                    Some(v) => to_dtype(Tensor::from_data(TensorData::new(v.clone(), m.shape), &model.device), model.dtype),
+                    None => to_dtype(apply_mask(to_dtype(linear.weight.clone(), DType::F32), mask_tensor(m, &model.device)), model.dtype),
                 };
             }
             saved
@@ -126,9 +126,11 @@ pub fn prune_resumable(
             for (li, linear) in block.linears.iter_mut().enumerate() {
                 let s = sparsity(b, li);
                 let name = model.linear_name(b, li);
-                let pruned = pruner.prune(linear.weight.clone(), &calib[li], nsamples, pattern, &s).map_err(|e| crate::err!("{name}: {e}"))?;
-                linear.weight = pruned.weight;
-                let values = if pruner.changes_kept_weights() { Some(host_f32(linear.weight.clone(), &name)?) } else { None };
+                // Pruners work in f32 whatever the compute dtype.
+                let weight = to_dtype(linear.weight.clone(), DType::F32);
+                let pruned = pruner.prune(weight, &calib[li], nsamples, pattern, &s).map_err(|e| crate::err!("{name}: {e}"))?;
+                let values = if pruner.changes_kept_weights() { Some(host_f32(pruned.weight.clone(), &name)?) } else { None };
+                linear.weight = to_dtype(pruned.weight, model.dtype);
                 let host = host_f32(pruned.mask, &name)?;
                 if host.len() != shapes[li][0] * shapes[li][1] {
                     bail!("{name}: the mask read back from the device has {} entries, expected {}", host.len(), shapes[li][0] * shapes[li][1]);

@@ -56,6 +56,7 @@ pub struct PruneArgs {
     pub search_chunk: usize,
     pub plots: Option<PathBuf>,
     pub device: Choice,
+    pub dtype: crate::device::ComputeDtype,
     /// Continue an interrupted run of the same command from its saved progress.
     pub resume: bool,
 }
@@ -377,7 +378,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         "method": method.name(), "pattern": pattern.name(), "sparsity": sparsity, "nsamples": args.nsamples,
         "seqlen": seqlen, "seed": args.seed, "top_up": kind.name(), "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
         "neuroal_step": args.neuroal_step.name(), "blocksize": args.blocksize, "percdamp": args.percdamp, "search_nsamples": args.search_nsamples, "search_chunk": args.search_chunk,
-        "device": format!("{:?}", args.device).to_lowercase(),
+        "device": format!("{:?}", args.device).to_lowercase(), "dtype": args.dtype.name(),
     });
     let state = json!({ "version": provenance::VERSION, "settings": settings, "inputs": &inputs });
     let (staging, adopted) = Staging::create(&dest, &|dir| Progress::verify(dir, &state))?;
@@ -397,7 +398,8 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
             bail!("this run needs a {} buffer, more than the adapter's limit of {}; lower --seqlen", memory::human(need), memory::human(limit as u128));
         }
     }
-    let model = Model::open(&args.model, &device.device)?;
+    let dtype = device.compute_dtype(args.dtype)?;
+    let model = Model::open_as(&args.model, &device.device, dtype)?;
     let starts = draw_windows(ids.len(), seqlen, args.nsamples, args.seed)?;
     let windows = gather_windows(&ids, &starts, seqlen);
 
@@ -434,7 +436,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let mut eval = report::EvalReport::default();
     if let (Some(text), Some(eval_ids)) = (&args.eval, &eval_ids) {
         let dense = perplexity(&model, eval_ids, seqlen, None, &device.description)?;
-        let pruned_model = Model::open(&staging.dir, &device.device)?;
+        let pruned_model = Model::open_as(&staging.dir, &device.device, dtype)?;
         let pruned = perplexity(&pruned_model, eval_ids, seqlen, None, &device.description)?;
         eval = report::EvalReport {
             file: Some(text.clone()),
@@ -449,7 +451,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         Some((paths, examples)) => {
             let max_len = crate::eval::default_seqlen(&model.config);
             let dense = crate::zeroshot::evaluate(&model, &tokenizer, examples, max_len, &device.description)?;
-            let pruned_model = Model::open(&staging.dir, &device.device)?;
+            let pruned_model = Model::open_as(&staging.dir, &device.device, dtype)?;
             let pruned = crate::zeroshot::evaluate(&pruned_model, &tokenizer, examples, max_len, &device.description)?;
             Some(report::ZeroShotReport { files: paths.clone(), max_len, dense: dense.tasks, pruned: pruned.tasks })
         }
@@ -478,7 +480,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
             final_pattern: topup.pattern.name(),
         },
         device: device.description.clone(),
-        dtype: report::Dtype { compute: "f32".into(), checkpoint: model.config.dtype.clone() },
+        dtype: report::Dtype { compute: crate::device::dtype_name(dtype).into(), checkpoint: model.config.dtype.clone() },
         calibration: report::Calibration {
             file: args.calib.clone(),
             seed: args.seed,
@@ -570,6 +572,7 @@ pub fn bench_neuroal(
         search_chunk: 0,
         plots: None,
         device: Choice::Cpu,
+        dtype: crate::device::ComputeDtype::F32,
         resume: false,
     };
     let saved = Progress::open(scratch, &json!({ "bench": true }), false)?;

@@ -49,6 +49,7 @@ impl Hessian {
 
     pub fn add(&mut self, x: &Tensor<3>) {
         let [b, t, cols] = x.dims();
+        let x = &crate::model::to_dtype(x.clone(), burn::tensor::DType::F32);
         let h = self.h.clone().mul_scalar(self.windows as f64 / (self.windows + b) as f64);
         self.windows += b;
         let xs = x.clone().reshape([b * t, cols]).mul_scalar((2.0 / self.windows as f64).sqrt());

@@ -21,7 +21,7 @@ impl InputStats {
     /// Adds the rows of x [.., cols] (one row per token).
     pub fn add(&mut self, x: &Tensor<3>) {
         let [b, t, cols] = x.dims();
-        let x2 = x.clone().reshape([b * t, cols]);
+        let x2 = crate::model::to_dtype(x.clone().reshape([b * t, cols]), burn::tensor::DType::F32);
         let (sumsq, sum) = if kernels::is_wgpu(&x2) {
             kernels::input_stats(x2, self.sumsq.clone(), self.sum.clone())
         } else {

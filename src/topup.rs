@@ -7,7 +7,7 @@ use burn::tensor::{DType, Tensor};
 
 use crate::error::Result;
 use crate::kernels;
-use crate::model::host_f32;
+use crate::model::{host_f32, to_dtype};
 use crate::bail;
 use crate::mask::{Pattern, Sparsity};
 use crate::model::{Model, Spec};
@@ -190,10 +190,10 @@ pub fn evaluate(
                 };
                 for (li, linear) in block.linears.iter_mut().enumerate() {
                     let sparsity = &map[b][li];
-                    linear.weight = pruner
-                        .prune(dense[li].clone(), &stats_dense[li], nsamples, pattern, sparsity)
-                        .map_err(|e| crate::err!("NeuroAL: block {b} {}: {e}", names[li]))?
-                        .weight;
+                    let pruned = pruner
+                        .prune(to_dtype(dense[li].clone(), DType::F32), &stats_dense[li], nsamples, pattern, sparsity)
+                        .map_err(|e| crate::err!("NeuroAL: block {b} {}: {e}", names[li]))?;
+                    linear.weight = to_dtype(pruned.weight, model.dtype);
                 }
                 let (stats_sparse, outputs) = run_recording(model, &block, &hidden[c], &pos, false)?;
                 hidden[c] = outputs;
@@ -268,7 +268,7 @@ pub fn owl_outlier_ratios(model: &Model, windows: &[u32], seqlen: usize, m: f64)
             .linears
             .iter()
             .zip(&stats)
-            .map(|(l, st)| score(l.weight.clone(), Some(st.stats.scaler_row(nsamples))))
+            .map(|(l, st)| score(to_dtype(l.weight.clone(), DType::F32), Some(st.stats.scaler_row(nsamples))))
             .collect();
         let count: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
         let read = |t: Tensor<1>| -> Result<f64> { Ok(host_f32(t, "OWL scores")?[0] as f64) };

@@ -170,7 +170,7 @@ pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_
                 }
             }
         }
-        let logp = log_softmax(model.head(h), 2);
+        let logp = log_softmax(crate::model::to_dtype(model.head(h), burn::tensor::DType::F32), 2);
         // Target of position p is the input's token p + 1 (or the last target).
         let mut targets = vec![0i64; b * t];
         for (row, &r) in batch.iter().enumerate() {

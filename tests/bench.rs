@@ -6,7 +6,7 @@ use std::process::Command;
 #[test]
 fn synthetic_bench_runs_on_cpu_and_gpu_and_cleans_up() {
     let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
-        .args(["bench", "--synthetic", "tiny", "--blocks", "2", "--devices", "cpu,gpu", "--seqlen", "64", "--iters", "1"])
+        .args(["bench", "--synthetic", "tiny", "--blocks", "2", "--devices", "cpu,gpu", "--seqlen", "64", "--iters", "1", "--dtype", "f32"])
         .args(["--prune-sparsity", "0.5", "--nsamples", "8", "--search-nsamples", "2", "--json"])
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .output()

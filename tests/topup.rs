@@ -131,7 +131,7 @@ fn neuroal_cli(device: &str, out: &Path) -> serde_json::Value {
     let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
         .args(["prune", "--model", dir.to_str().unwrap(), "--calib", sample.to_str().unwrap(), "--out", out.to_str().unwrap()])
         .args(["--sparsity", "0.7", "--seqlen", "64", "--nsamples", "8", "--search-nsamples", "4", "--top-up", "neuroal", "--force"])
-        .args(["--device", device, "--plots", out.with_extension("plots").to_str().unwrap()])
+        .args(["--device", device, "--dtype", "f32", "--plots", out.with_extension("plots").to_str().unwrap()])
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .output()
         .unwrap();

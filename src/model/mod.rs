@@ -14,7 +14,7 @@ pub mod phi;
 use std::path::Path;
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{Arch, Config};
 use crate::error::Result;
@@ -25,6 +25,7 @@ use crate::{bail, err};
 /// an empty vector.
 pub fn host_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
     let n = t.shape().num_elements();
+    let t = to_dtype(t, DType::F32);
     let data = t.try_into_data().map_err(|e| err!("{what}: reading the result back from the device failed: {}", crate::error::one_line(&e.to_string())))?;
     let v = data.try_into_vec::<f32>().map_err(|e| err!("{what}: the device returned unreadable data: {}", crate::error::one_line(&e.to_string())))?;
     if v.len() != n {
@@ -160,6 +161,9 @@ pub struct Model {
     pub spec: Spec,
     pub checkpoint: Checkpoint,
     pub device: Device,
+    /// What weights, activations and products are computed in (norms, softmax, statistics and
+    /// losses stay f32).
+    pub dtype: DType,
     outer: Outer,
 }
 
@@ -167,14 +171,19 @@ impl Model {
     /// Opens a model folder and loads what every pass needs (embeddings, final norm, head);
     /// blocks stay on disk until [`Model::load_block`].
     pub fn open(dir: &Path, device: &Device) -> Result<Model> {
+        Model::open_as(dir, device, DType::F32)
+    }
+
+    /// [`Model::open`] computing in `dtype` (F32, F16 or BF16).
+    pub fn open_as(dir: &Path, device: &Device, dtype: DType) -> Result<Model> {
         let (config, checkpoint) = check_model_dir(dir)?;
         let spec = Spec::of(&config);
         let outer = match &config.arch {
-            Arch::Llama(l) => Outer::Llama(llama::Outer::load(&checkpoint, &config, l, device)?),
-            Arch::Opt(o) => Outer::Opt(opt::Outer::load(&checkpoint, &config, o, device)?),
-            Arch::Phi(p) => Outer::Phi(phi::Outer::load(&checkpoint, &config, p, device)?),
+            Arch::Llama(l) => Outer::Llama(llama::Outer::load(&checkpoint, &config, l, device, dtype)?),
+            Arch::Opt(o) => Outer::Opt(opt::Outer::load(&checkpoint, &config, o, device, dtype)?),
+            Arch::Phi(p) => Outer::Phi(phi::Outer::load(&checkpoint, &config, p, device, dtype)?),
         };
-        Ok(Model { config, spec, checkpoint, device: device.clone(), outer })
+        Ok(Model { config, spec, checkpoint, device: device.clone(), dtype, outer })
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -200,8 +209,12 @@ impl Model {
         let ck = &self.checkpoint;
         let mut linears = Vec::with_capacity(self.spec.linears.len());
         for (i, l) in self.spec.linears.iter().enumerate() {
-            let weight = to_device2(ck.load(&self.spec.weight_name(index, i), &l.shape)?, &self.device);
-            let bias = if l.bias { Some(to_device1(ck.load(&self.spec.bias_name(index, i), &[l.shape[0]])?, &self.device)) } else { None };
+            let weight = to_dtype(to_device2(ck.load(&self.spec.weight_name(index, i), &l.shape)?, &self.device), self.dtype);
+            let bias = if l.bias {
+                Some(to_dtype(to_device1(ck.load(&self.spec.bias_name(index, i), &[l.shape[0]])?, &self.device), self.dtype))
+            } else {
+                None
+            };
             linears.push(Linear { weight, bias });
         }
         let prefix = format!("{}.{index}", self.spec.block_prefix);
@@ -322,6 +335,8 @@ impl Rope {
     /// x [b, heads, t, hd] with its first `dim` dims of each head rotated (transformers'
     /// `rotate_half` convention); the rest pass through (partial rotary).
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let dt = x.dtype();
+        let x = to_dtype(x, DType::F32);
         let [b, h, t, hd] = x.dims();
         let (rot, pass) = if self.dim == hd {
             (x, None)
@@ -335,16 +350,29 @@ impl Rope {
         let cos = self.cos.clone().unsqueeze::<4>();
         let sin = self.sin.clone().unsqueeze::<4>();
         let out = rot * cos + rotated * sin;
-        match pass {
+        let out = match pass {
             Some(p) => Tensor::cat(vec![out, p], 3),
             None => out,
-        }
+        };
+        to_dtype(out, dt)
     }
 }
 
+/// `t` in `dtype` (unchanged when it already is).
+pub fn to_dtype<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(dtype)
+    }
+}
+
+/// RMSNorm, computed in f32 whatever the compute dtype (as PyTorch's half path does).
 pub fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
+    let dt = x.dtype();
+    let x = to_dtype(x, DType::F32);
     let inv_rms = x.clone().square().mean_dim(2).add_scalar(eps).sqrt().recip();
-    x * inv_rms * weight.clone().unsqueeze::<3>()
+    to_dtype(x * inv_rms * weight.clone().unsqueeze::<3>(), dt)
 }
 
 /// LayerNorm over the last dim with weight and bias (population variance, as torch does).
@@ -363,11 +391,15 @@ impl LayerNorm {
         })
     }
 
+    /// In f32 whatever the compute dtype.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let dt = x.dtype();
+        let x = to_dtype(x, DType::F32);
         let mean = x.clone().mean_dim(2);
         let centered = x - mean;
         let var = centered.clone().square().mean_dim(2);
-        centered * var.add_scalar(self.eps).sqrt().recip() * self.weight.clone().unsqueeze::<3>() + self.bias.clone().unsqueeze::<3>()
+        let y = centered * var.add_scalar(self.eps).sqrt().recip() * self.weight.clone().unsqueeze::<3>() + self.bias.clone().unsqueeze::<3>();
+        to_dtype(y, dt)
     }
 }
 
@@ -377,13 +409,15 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64
     let [b, nh, t, hd] = q.dims();
     let groups = nh / k.dims()[1];
     let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
-    let scores = q.matmul(k.swap_dims(2, 3));
+    let dt = v.dtype();
+    // Scores, mask and softmax in f32; the two products in the compute dtype.
+    let scores = to_dtype(q.matmul(k.swap_dims(2, 3)), DType::F32);
     let scores = match divide_by {
         Some(d) => scores.div_scalar(d),
         None => scores,
     };
     let probs = burn::tensor::activation::softmax(scores + causal_mask(t, &v.device()), 3);
-    probs.matmul(v).swap_dims(1, 2).reshape([b, t, nh * hd])
+    to_dtype(probs, dt).matmul(v).swap_dims(1, 2).reshape([b, t, nh * hd])
 }
 
 /// [b, t, n·hd] → [b, n, t, hd]
@@ -416,7 +450,7 @@ fn causal_mask(t: usize, device: &Device) -> Tensor<4> {
 /// logits [b, t, vocab], ids [b·t] → [b].
 pub fn sequence_losses(logits: Tensor<3>, ids: &[u32], device: &Device) -> Result<Vec<f32>> {
     let [b, t, vocab] = logits.dims();
-    let logp = log_softmax(logits.slice([0..b, 0..t - 1, 0..vocab]), 2);
+    let logp = log_softmax(to_dtype(logits.slice([0..b, 0..t - 1, 0..vocab]), DType::F32), 2);
     let targets: Vec<i64> = (0..b).flat_map(|s| ids[s * t + 1..(s + 1) * t].iter().map(|&i| i as i64)).collect();
     let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [b * (t - 1)]), device).reshape([b, t - 1, 1]);
     let picked = logp.gather(2, targets).reshape([b, t - 1]);
