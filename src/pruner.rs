@@ -127,7 +127,9 @@ impl Pruner for Wanda {
 
 /// SparseGPT (Frantar & Alistarh), as the reference implementation runs it: the inverse
 /// Hessian's upper Cholesky factor drives column-by-column pruning with error compensation,
-/// in blocks of `blocksize` columns. Factorisations and the sweep run in f64 on the host (faer).
+/// in blocks of `blocksize` columns. The factorisations and each block's column sweep run in
+/// f64 on the host (faer); the weights stay on the device, where each block's error reaches
+/// the later columns as one matrix product.
 pub struct SparseGpt {
     pub blocksize: usize,
     pub percdamp: f64,
@@ -138,17 +140,15 @@ impl SparseGpt {
         SparseGpt { blocksize, percdamp }
     }
 
-    /// The sweep on host matrices: w [rows, cols] row-major, h [cols, cols]. Returns the new
-    /// weights and the mask. `n_m`: Some((n, m)) for N:M, else unstructured at `s`.
-    pub fn sweep(&self, w: &[f32], rows: usize, cols: usize, h: &[f32], s: f64, n_m: Option<(usize, usize)>) -> Result<(Vec<f32>, Vec<bool>)> {
-        let mut w = Mat::<f64>::from_fn(rows, cols, |r, c| w[r * cols + c] as f64);
+    /// H⁻¹'s upper Cholesky factor, in f64, from H [cols, cols] (row-major f32): dead columns
+    /// (H_ii = 0) get H_ii = 1 and are returned; then H_ii += percdamp·mean(diag H).
+    pub fn inverse_factor(&self, h: &[f32], cols: usize) -> Result<(Mat<f64>, Vec<bool>)> {
         let mut h = Mat::<f64>::from_fn(cols, cols, |i, j| h[i * cols + j] as f64);
-        for i in 0..cols {
+        let mut dead = vec![false; cols];
+        for (i, d) in dead.iter_mut().enumerate() {
             if h[(i, i)] == 0.0 {
                 h[(i, i)] = 1.0;
-                for r in 0..rows {
-                    w[(r, i)] = 0.0;
-                }
+                *d = true;
             }
         }
         let damp = self.percdamp * (0..cols).map(|i| h[(i, i)]).sum::<f64>() / cols as f64;
@@ -159,79 +159,68 @@ impl SparseGpt {
         let h_inv = h.llt(Side::Lower).map_err(|_| not_pd())?.inverse();
         // Upper Cholesky factor of H⁻¹: the transpose of its lower factor.
         let lower = h_inv.llt(Side::Lower).map_err(|_| not_pd())?;
-        let hinv = lower.L().transpose().to_owned();
+        Ok((lower.L().transpose().to_owned(), dead))
+    }
 
-        let mut mask = vec![false; rows * cols];
-        let bs = self.blocksize.max(1);
-        for i1 in (0..cols).step_by(bs) {
-            let i2 = (i1 + bs).min(cols);
-            let count = i2 - i1;
-            let mut w1 = w.submatrix(0, i1, rows, count).to_owned();
-            let mut err1 = Mat::<f64>::zeros(rows, count);
-            let mut mask1 = vec![false; rows * count];
-            if n_m.is_none() {
-                // Lowest w²/diag(Hinv)² over the whole [rows × block] slice; ≤ the value at
-                // index ⌊numel·s⌋ of the sorted slice is pruned.
-                let tmp: Vec<f64> = (0..rows * count).map(|k| {
-                    let (r, c) = (k / count, k % count);
-                    let d = hinv[(i1 + c, i1 + c)];
-                    w1[(r, c)] * w1[(r, c)] / (d * d)
-                }).collect();
-                let mut sorted = tmp.clone();
-                sorted.sort_by(|a, b| a.total_cmp(b));
-                let thresh = sorted[((tmp.len() as f64 * s) as usize).min(tmp.len() - 1)];
-                for (m, t) in mask1.iter_mut().zip(&tmp) {
-                    *m = *t <= thresh;
-                }
+    /// One block of columns, on the host in f64: picks the block's mask (unstructured at `s`
+    /// over the whole slice, or N:M per row as columns are reached), then prunes column by
+    /// column, spreading each column's error over the block's later columns. `w1` becomes the
+    /// block's final values; returns the mask and the per-column errors for the update of the
+    /// columns after the block.
+    pub fn sweep_block(&self, w1: &mut Mat<f64>, hinv1: faer::MatRef<'_, f64>, s: f64, n_m: Option<(usize, usize)>) -> (Vec<bool>, Mat<f64>) {
+        let (rows, count) = (w1.nrows(), w1.ncols());
+        let mut err1 = Mat::<f64>::zeros(rows, count);
+        let mut mask1 = vec![false; rows * count];
+        let key = |w1: &Mat<f64>, r: usize, c: usize| {
+            let d = hinv1[(c, c)];
+            w1[(r, c)] * w1[(r, c)] / (d * d)
+        };
+        if n_m.is_none() {
+            // Lowest w²/diag(Hinv)² over the [rows × block] slice; ≤ the value at index
+            // ⌊numel·s⌋ of the sorted slice is pruned.
+            let tmp: Vec<f64> = (0..rows * count).map(|k| key(w1, k / count, k % count)).collect();
+            let mut sorted = tmp.clone();
+            sorted.sort_by(|a, b| a.total_cmp(b));
+            let thresh = sorted[((tmp.len() as f64 * s) as usize).min(tmp.len() - 1)];
+            for (m, t) in mask1.iter_mut().zip(&tmp) {
+                *m = *t <= thresh;
             }
-            for i in 0..count {
-                if let Some((n, m)) = n_m {
-                    if i % m == 0 {
-                        let end = (i + m).min(count);
-                        for r in 0..rows {
-                            let mut order: Vec<usize> = (i..end).collect();
-                            let key = |c: usize| {
-                                let d = hinv[(i1 + c, i1 + c)];
-                                w1[(r, c)] * w1[(r, c)] / (d * d)
-                            };
-                            order.sort_by(|&a, &b| key(a).total_cmp(&key(b)));
-                            for &c in order.iter().take(n) {
-                                mask1[r * count + c] = true;
-                            }
+        }
+        for i in 0..count {
+            if let Some((n, m)) = n_m {
+                if i % m == 0 {
+                    let end = (i + m).min(count);
+                    for r in 0..rows {
+                        let mut order: Vec<usize> = (i..end).collect();
+                        order.sort_by(|&a, &b| key(w1, r, a).total_cmp(&key(w1, r, b)));
+                        for &c in order.iter().take(n) {
+                            mask1[r * count + c] = true;
                         }
                     }
                 }
-                let d = hinv[(i1 + i, i1 + i)];
-                for r in 0..rows {
-                    let wv = w1[(r, i)];
-                    let q = if mask1[r * count + i] { 0.0 } else { wv };
-                    let e = (wv - q) / d;
-                    for j in i..count {
-                        w1[(r, j)] -= e * hinv[(i1 + i, i1 + j)];
-                    }
-                    // The kept (or zeroed) value of column i, as the reference's Q1 holds it.
-                    w1[(r, i)] = q;
-                    err1[(r, i)] = e;
-                }
             }
-            w.submatrix_mut(0, i1, rows, count).copy_from(&w1);
-            if i2 < cols {
-                let update = &err1 * hinv.submatrix(i1, i2, count, cols - i2);
-                let mut rest = w.submatrix_mut(0, i2, rows, cols - i2);
-                rest -= &update;
-            }
+            let d = hinv1[(i, i)];
             for r in 0..rows {
-                for c in 0..count {
-                    mask[r * cols + i1 + c] = mask1[r * count + c];
+                let wv = w1[(r, i)];
+                let q = if mask1[r * count + i] { 0.0 } else { wv };
+                let e = (wv - q) / d;
+                for j in i..count {
+                    w1[(r, j)] -= e * hinv1[(i, j)];
                 }
+                // The kept (or zeroed) value of column i, as the reference's Q1 holds it.
+                w1[(r, i)] = q;
+                err1[(r, i)] = e;
             }
         }
-        let values: Vec<f32> = (0..rows * cols).map(|k| if mask[k] { 0.0 } else { w[(k / cols, k % cols)] as f32 }).collect();
-        if let Some(k) = values.iter().position(|v| !v.is_finite()) {
-            bail!("SparseGPT produced a non-finite weight at row {}, column {}", k / cols, k % cols);
-        }
-        Ok((values, mask))
+        (mask1, err1)
     }
+}
+
+/// A host f64 matrix as an f32 device tensor.
+fn to_device(m: &Mat<f64>, device: &Device) -> Tensor<2> {
+    let (r, c) = (m.nrows(), m.ncols());
+    let v: Vec<f32> = (0..r * c).map(|k| m[(k / c, k % c)] as f32).collect();
+    Tensor::from_data(TensorData::new(v, [r, c]), device)
 }
 
 impl Pruner for SparseGpt {
@@ -269,14 +258,39 @@ impl Pruner for SparseGpt {
                 bail!("sparsegpt: pattern {} is not supported", pattern.name())
             }
         };
-        let w = host_f32(weight, "SparseGPT weight")?;
         let h = host_f32(hessian.h.clone(), "SparseGPT Hessian")?;
-        let (values, mask) = self.sweep(&w, rows, cols, &h, s, n_m)?;
+        let (hinv, dead) = self.inverse_factor(&h, cols)?;
+        let hinv_dev = to_device(&hinv, &device);
+        // W stays on the device: dead columns zeroed, then each block's columns come to the
+        // host for the column-by-column sweep, and the block's error reaches the later columns
+        // as one matrix product on the device.
+        let keep: Vec<f32> = dead.iter().map(|&d| if d { 0.0 } else { 1.0 }).collect();
+        let mut w = weight * Tensor::<1>::from_data(TensorData::new(keep, [cols]), &device).unsqueeze::<2>();
+        let mut mask = vec![false; rows * cols];
+        for i1 in (0..cols).step_by(self.blocksize.max(1)) {
+            let i2 = (i1 + self.blocksize.max(1)).min(cols);
+            let count = i2 - i1;
+            let slice = host_f32(w.clone().slice([0..rows, i1..i2]), "SparseGPT weight")?;
+            let mut w1 = Mat::<f64>::from_fn(rows, count, |r, c| slice[r * count + c] as f64);
+            let (mask1, err1) = self.sweep_block(&mut w1, hinv.submatrix(i1, i1, count, count), s, n_m);
+            for r in 0..rows {
+                for c in 0..count {
+                    mask[r * cols + i1 + c] = mask1[r * count + c];
+                }
+            }
+            w = w.slice_assign([0..rows, i1..i2], to_device(&w1, &device));
+            if i2 < cols {
+                let update = to_device(&err1, &device).matmul(hinv_dev.clone().slice([i1..i2, i2..cols]));
+                let rest = w.clone().slice([0..rows, i2..cols]) - update;
+                w = w.slice_assign([0..rows, i2..cols], rest);
+            }
+        }
+        let values = host_f32(w.clone(), "SparseGPT weight")?;
+        if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+            bail!("SparseGPT produced a non-finite weight at row {}, column {}", k / cols, k % cols);
+        }
         let flags: Vec<f32> = mask.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
-        Ok(Pruned {
-            weight: Tensor::from_data(TensorData::new(values, [rows, cols]), &device),
-            mask: Tensor::from_data(TensorData::new(flags, [rows, cols]), &device),
-        })
+        Ok(Pruned { weight: w, mask: Tensor::from_data(TensorData::new(flags, [rows, cols]), &device) })
     }
 
     fn expected(&self, pattern: &Pattern, sparsity: &Sparsity, [rows, cols]: [usize; 2]) -> Expected {
