@@ -433,11 +433,13 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
 
     write_checkpoint(&model.checkpoint, &masks, &staging.dir)?;
 
+    // What was written, read back, is what --eval and --zeroshot measure.
+    let pruned_model =
+        if args.eval.is_some() || zeroshot.is_some() { Some(Model::open_as(&staging.dir, &device.device, dtype)?) } else { None };
     let mut eval = report::EvalReport::default();
-    if let (Some(text), Some(eval_ids)) = (&args.eval, &eval_ids) {
+    if let (Some(text), Some(eval_ids), Some(pruned_model)) = (&args.eval, &eval_ids, &pruned_model) {
         let dense = perplexity(&model, eval_ids, seqlen, None, &device.description)?;
-        let pruned_model = Model::open_as(&staging.dir, &device.device, dtype)?;
-        let pruned = perplexity(&pruned_model, eval_ids, seqlen, None, &device.description)?;
+        let pruned = perplexity(pruned_model, eval_ids, seqlen, None, &device.description)?;
         eval = report::EvalReport {
             file: Some(text.clone()),
             seqlen: Some(seqlen),
@@ -447,15 +449,14 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         };
     }
 
-    let zeroshot_report = match &zeroshot {
-        Some((paths, examples)) => {
+    let zeroshot_report = match (&zeroshot, &pruned_model) {
+        (Some((paths, examples)), Some(pruned_model)) => {
             let max_len = crate::eval::default_seqlen(&model.config);
             let dense = crate::zeroshot::evaluate(&model, &tokenizer, examples, max_len, &device.description)?;
-            let pruned_model = Model::open_as(&staging.dir, &device.device, dtype)?;
-            let pruned = crate::zeroshot::evaluate(&pruned_model, &tokenizer, examples, max_len, &device.description)?;
+            let pruned = crate::zeroshot::evaluate(pruned_model, &tokenizer, examples, max_len, &device.description)?;
             Some(report::ZeroShotReport { files: paths.clone(), max_len, dense: dense.tasks, pruned: pruned.tasks })
         }
-        None => None,
+        _ => None,
     };
 
     let layers: BTreeMap<String, f64> = masks.iter().map(|m| (m.name.clone(), m.fraction())).collect();
