@@ -42,6 +42,16 @@ pub const RESIDENT_BLOCKS_BYTES: usize = 2 << 30;
 /// Hidden states held per group of windows when blocks are streamed.
 const STREAM_GROUP_BYTES: usize = 1 << 30;
 
+/// Every block loaded, when all of them take at most `budget` bytes in f32; `None` when the
+/// model is too large and its blocks must be streamed instead.
+pub fn resident_blocks(model: &Model, budget: usize) -> Result<Option<Vec<Block>>> {
+    let block_bytes: usize = model.linear_shapes().iter().map(|s| s[0] * s[1] * 4).sum::<usize>() * model.num_blocks();
+    if block_bytes > budget {
+        return Ok(None);
+    }
+    Ok(Some(model.blocks().collect::<Result<_>>()?))
+}
+
 /// Perplexity of `model` on the token stream `ids`.
 pub fn perplexity(model: &Model, ids: &[u32], seqlen: usize, max_windows: Option<usize>, device_name: &str) -> Result<Perplexity> {
     perplexity_within(model, ids, seqlen, max_windows, device_name, RESIDENT_BLOCKS_BYTES)
@@ -74,9 +84,9 @@ pub fn perplexity_within(
         }
         windows = windows.min(k);
     }
-    let block_bytes: usize = model.linear_shapes().iter().map(|s| s[0] * s[1] * 4).sum::<usize>() * model.num_blocks();
-    let resident = block_bytes <= resident_budget;
-    let blocks: Vec<Block> = if resident { model.blocks().collect::<Result<_>>()? } else { Vec::new() };
+    let resident_blocks = resident_blocks(model, resident_budget)?;
+    let resident = resident_blocks.is_some();
+    let blocks: Vec<Block> = resident_blocks.unwrap_or_default();
     let pos = model.positions(seqlen);
     let through = |hidden: Vec<Tensor<3>>, block: &Block| -> Vec<Tensor<3>> { hidden.into_iter().map(|h| block.forward(h, &pos, None)).collect() };
     let batch = batch_size(seqlen, model.config.vocab_size);

@@ -203,7 +203,7 @@ fn run(cli: Cli) -> Result<()> {
             if !text.is_file() {
                 bail!("{}: text file not found", text.display());
             }
-            let (config, _) = neuroal::model::check_model_dir(&model)?;
+            let (config, checkpoint) = neuroal::model::check_model_dir(&model)?;
             let seqlen = seqlen.unwrap_or_else(|| default_seqlen(&config));
             config.check_seqlen(seqlen)?;
             if seqlen < 2 {
@@ -220,7 +220,7 @@ fn run(cli: Cli) -> Result<()> {
             let selected = device::select(choice)?;
             eprintln!("device {}", selected.description);
             let dtype = selected.compute_dtype(dtype)?;
-            let m = Model::open_as(&model, &selected.device, dtype)?;
+            let m = Model::load(config, checkpoint, &selected.device, dtype)?;
             let result = perplexity(&m, &ids, seqlen, max_windows, &format!("{} ({})", selected.description, device::dtype_name(dtype)))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&result).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
@@ -257,7 +257,7 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("--limit must be at least 1");
             }
             let paths = neuroal::zeroshot::task_paths(&tasks)?;
-            let (config, _) = neuroal::model::check_model_dir(&model)?;
+            let (config, checkpoint) = neuroal::model::check_model_dir(&model)?;
             let max_len = seqlen.unwrap_or_else(|| default_seqlen(&config));
             config.check_seqlen(max_len)?;
             let examples = neuroal::zeroshot::read_tasks(&paths, limit)?;
@@ -265,7 +265,7 @@ fn run(cli: Cli) -> Result<()> {
             let selected = device::select(device)?;
             eprintln!("device {}", selected.description);
             let dtype = selected.compute_dtype(dtype)?;
-            let m = Model::open_as(&model, &selected.device, dtype)?;
+            let m = Model::load(config, checkpoint, &selected.device, dtype)?;
             let r = neuroal::zeroshot::evaluate(&m, &tokenizer, &examples, max_len, &format!("{} ({})", selected.description, device::dtype_name(dtype)))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);

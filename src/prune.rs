@@ -399,7 +399,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         }
     }
     let dtype = device.compute_dtype(args.dtype)?;
-    let model = Model::open_as(&args.model, &device.device, dtype)?;
+    let model = Model::load(config, checkpoint, &device.device, dtype)?;
     let starts = draw_windows(ids.len(), seqlen, args.nsamples, args.seed)?;
     let windows = gather_windows(&ids, &starts, seqlen);
 

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::eval::RESIDENT_BLOCKS_BYTES;
-use crate::model::{host_f32, Block, Model};
+use crate::eval::{resident_blocks, RESIDENT_BLOCKS_BYTES};
+use crate::model::{host_f32, Model};
 use crate::progress::rate_bar;
 use crate::tokenizer::Tokenizer;
 use crate::{bail, err};
@@ -139,8 +139,7 @@ pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_
     let mut order: Vec<usize> = (0..reqs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(reqs[i].0.len()));
     let vocab = model.config.vocab_size;
-    let block_bytes: usize = model.linear_shapes().iter().map(|s| s[0] * s[1] * 4).sum::<usize>() * model.num_blocks();
-    let blocks: Option<Vec<Block>> = if block_bytes <= RESIDENT_BLOCKS_BYTES { Some(model.blocks().collect::<Result<_>>()?) } else { None };
+    let blocks = resident_blocks(model, RESIDENT_BLOCKS_BYTES)?;
     let mut out = vec![0f64; reqs.len()];
     let bar = rate_bar(examples.len(), "zero-shot", "examples");
     let per_example = reqs.len() as f64 / examples.len() as f64;

@@ -177,6 +177,12 @@ impl Model {
     /// [`Model::open`] computing in `dtype` (F32, F16 or BF16).
     pub fn open_as(dir: &Path, device: &Device, dtype: DType) -> Result<Model> {
         let (config, checkpoint) = check_model_dir(dir)?;
+        Model::load(config, checkpoint, device, dtype)
+    }
+
+    /// A model from what [`check_model_dir`] already read and checked (no second pass over
+    /// the folder).
+    pub fn load(config: Config, checkpoint: Checkpoint, device: &Device, dtype: DType) -> Result<Model> {
         let spec = Spec::of(&config);
         let outer = match &config.arch {
             Arch::Llama(l) => Outer::Llama(llama::Outer::load(&checkpoint, &config, l, device, dtype)?),
