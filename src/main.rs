@@ -218,8 +218,8 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("the text has {} tokens, fewer than one window of {seqlen}", ids.len());
             }
             let selected = device::select(choice)?;
-            eprintln!("device {}", selected.description);
             let dtype = selected.compute_dtype(dtype)?;
+            eprintln!("device {}", selected.description);
             let m = Model::load(config, checkpoint, &selected.device, dtype)?;
             let result = perplexity(&m, &ids, seqlen, max_windows, &format!("{} ({})", selected.description, device::dtype_name(dtype)))?;
             if json {
@@ -263,8 +263,8 @@ fn run(cli: Cli) -> Result<()> {
             let examples = neuroal::zeroshot::read_tasks(&paths, limit)?;
             let tokenizer = Tokenizer::open(&model)?;
             let selected = device::select(device)?;
-            eprintln!("device {}", selected.description);
             let dtype = selected.compute_dtype(dtype)?;
+            eprintln!("device {}", selected.description);
             let m = Model::load(config, checkpoint, &selected.device, dtype)?;
             let r = neuroal::zeroshot::evaluate(&m, &tokenizer, &examples, max_len, &format!("{} ({})", selected.description, device::dtype_name(dtype)))?;
             if json {
@@ -311,11 +311,11 @@ fn run(cli: Cli) -> Result<()> {
                 (None, Some(name)) => {
                     let shape = bench::shape(&name)?;
                     let dir = std::env::temp_dir().join(format!("neuroal-synthetic-{}-{name}-{blocks}", std::process::id()));
-                    eprintln!("writing a random {name} checkpoint with {blocks} blocks to {}", dir.display());
                     if let Err(e) = bench::write_synthetic(&dir, &shape, blocks) {
                         let _ = std::fs::remove_dir_all(&dir);
                         return Err(e);
                     }
+                    eprintln!("wrote a random {name} checkpoint with {blocks} blocks to {}", dir.display());
                     (dir.clone(), Some(dir))
                 }
                 (None, None) => bail!("--model or --synthetic is required"),

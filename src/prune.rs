@@ -391,6 +391,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let saved = Progress::open(&staging.dir, &state, adopted.is_some())?;
 
     let device = device::select(args.device)?;
+    let dtype = device.compute_dtype(args.dtype)?;
     eprintln!("device {}", device.description);
     if let Some(limit) = device.max_buffer {
         let need = memory::largest_buffer(&config, &spec.shapes(), &estimate);
@@ -398,7 +399,6 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
             bail!("this run needs a {} buffer, more than the adapter's limit of {}; lower --seqlen", memory::human(need), memory::human(limit as u128));
         }
     }
-    let dtype = device.compute_dtype(args.dtype)?;
     let model = Model::load(config, checkpoint, &device.device, dtype)?;
     let starts = draw_windows(ids.len(), seqlen, args.nsamples, args.seed)?;
     let windows = gather_windows(&ids, &starts, seqlen);

@@ -131,3 +131,34 @@ fn bad_inputs_are_rejected_with_one_line() {
     );
     assert!(msg.contains("no GPU adapter"), "{msg}");
 }
+
+#[test]
+fn new_flags_refuse_bad_values_in_one_line() {
+    let model = asset("tiny-llama");
+    let (m, text) = (model.to_str().unwrap(), asset("sample.txt"));
+    let t = text.to_str().unwrap();
+    let out = scratch("newflags").join("out");
+    let o = out.to_str().unwrap();
+    let prune = |extra: &[&'static str]| -> Vec<&str> {
+        let mut a = vec!["prune", "--model", m, "--calib", t, "--out", o, "--seqlen", "32", "--nsamples", "2", "--sparsity", "0.5", "--device", "cpu"];
+        a.extend_from_slice(extra);
+        a
+    };
+    let tasks = asset("tasks.jsonl");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (prune(&["--method", "sparsegpt", "--blocksize", "0"]), "--blocksize must be at least 1"),
+        (prune(&["--dtype", "f8"]), "invalid value 'f8' for '--dtype <DTYPE>'"),
+        (prune(&["--zeroshot", "/nonexistent/tasks.jsonl"]), "/nonexistent/tasks.jsonl: task file not found"),
+        (vec!["eval", "--model", m, "--text", t, "--device", "ndarray", "--dtype", "f16"], "--dtype f16 is not supported on ndarray"),
+        (vec!["zeroshot", "--model", m, "--tasks", tasks.to_str().unwrap(), "--limit", "0"], "--limit must be at least 1"),
+        (vec!["zeroshot", "--model", m, "--tasks", ","], "--tasks names no file"),
+        (vec!["bench", "--synthetic", "gpt5"], "unknown --synthetic shape \"gpt5\""),
+        (vec!["bench", "--synthetic", "tiny", "--blocks", "0", "--devices", "cpu"], "--blocks must be at least 1"),
+        (vec!["bench", "--model", m, "--devices", "cpu", "--prune-sparsity", "1.5"], "--prune-sparsity 1.5 is outside [0, 1)"),
+    ];
+    for (args, expect) in cases {
+        let msg = fails(&args, &[]);
+        assert!(msg.contains(expect), "{args:?}: expected \"{expect}\" in: {msg}");
+        assert!(!out.exists(), "{args:?}: nothing may be written");
+    }
+}
