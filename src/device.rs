@@ -149,12 +149,14 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
     let Some(best) = all.into_iter().find(|a| allow_cpu_emulation || rank(&a.kind) < 3) else {
         return Ok(None);
     };
-    let device = Device::wgpu_options()
+    let (device, setup) = Device::wgpu_options()
         .device_kind(best.kind.clone())
         .graphics_api(best.api)
-        .init()
+        .init_with_setup()
         .map_err(|e| err!("cannot open GPU adapter \"{}\": {e}", best.info.name))?;
-    let description = format!("gpu: {} ({:?}, {:?})", best.info.name, best.info.device_type, best.info.backend);
+    crate::kernels::register(setup.device, setup.queue);
+    let compiler = crate::kernels::compiler(&device);
+    let description = format!("gpu: {} ({:?}, {:?}, {compiler})", best.info.name, best.info.device_type, best.info.backend);
     Ok(Some(Selected { device, description, is_gpu: true, max_buffer: Some(best.max_buffer), shader_f16: best.shader_f16 }))
 }
 

@@ -1,13 +1,21 @@
-//! Launches of the hand-written WGSL shaders in `shaders/` on burn-wgpu tensors (the template
-//! API: the source is WGSL text, run by wgpu on Vulkan, Metal or DX12). Each shader has a twin
-//! in burn tensor ops next to its caller, used on the CPU backends and in the tests.
+//! Launches of the hand-written WGSL shaders in `shaders/` on burn's wgpu tensors.
+//!
+//! The shaders are dispatched through wgpu itself, on the very device and queue burn's runtime
+//! uses, on the tensors' own buffers. burn's template API cannot do this once cubecl compiles its
+//! own kernels natively (SPIR-V on Vulkan, MSL on Metal): it only runs a template whose language
+//! is the compiler's. Dispatching ourselves keeps one WGSL source for every backend (naga
+//! translates it) while burn's matrix products take the native, tensor-core path. Each shader has
+//! a twin in burn tensor ops next to its caller, used on the CPU backends and in the tests.
 
-use burn::backend::wgpu::{CubeTensor, KernelSource, SourceKernel, SourceTemplate};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use burn::backend::wgpu::CubeTensor;
 use burn::backend::{DispatchDevice, Wgpu};
+use burn::tensor::wgpu::wgpu;
 use burn::tensor::{DType, Shape, Tensor};
-use cubecl::prelude::KernelId;
-use cubecl::server::KernelArguments;
-use cubecl::{CubeCount, CubeDim};
+use cubecl::wgpu::{AutoCompiler, WgpuServer};
+use wgpu::util::DeviceExt;
 
 const WORKGROUP: u32 = 256;
 /// Largest workgroup count per dispatch dimension that every wgpu backend accepts.
@@ -18,29 +26,70 @@ pub fn is_wgpu<const D: usize>(t: &Tensor<D>) -> bool {
     matches!(t.device().as_dispatch(), DispatchDevice::Cube(d) if matches!(d, cubecl::Device::Wgpu(_)))
 }
 
-macro_rules! wgsl_kernel {
-    ($name:ident, $file:literal) => {
-        struct $name;
-        impl KernelSource for $name {
-            fn source(&self) -> SourceTemplate {
-                SourceTemplate::new(include_str!(concat!("../shaders/", $file)))
-                    .register("workgroup_size", WORKGROUP.to_string())
-            }
-            fn id(&self) -> KernelId {
-                KernelId::new::<Self>()
-            }
-            fn lang(&self) -> &'static str {
-                "wgsl"
-            }
-        }
+/// The wgpu device and queue burn's runtime was opened on, and the shaders built for it.
+struct Shared {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    pipelines: Mutex<HashMap<&'static str, wgpu::ComputePipeline>>,
+}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+
+/// Hands this module the handles of the GPU burn was opened on (`device::select`). A process
+/// opens one GPU; a second registration is ignored.
+pub fn register(device: wgpu::Device, queue: wgpu::Queue) {
+    let _ = SHARED.set(Shared { device, queue, pipelines: Mutex::new(HashMap::new()) });
+}
+
+fn shared() -> &'static Shared {
+    SHARED.get().expect("a wgpu tensor exists only after device::select registered its device")
+}
+
+#[derive(Clone, Copy)]
+struct Shader {
+    name: &'static str,
+    source: &'static str,
+}
+
+macro_rules! shader {
+    ($file:literal) => {
+        Shader { name: $file, source: include_str!(concat!("../shaders/", $file)) }
     };
 }
 
-wgsl_kernel!(SelectLowest, "select_lowest.wgsl");
-wgsl_kernel!(InputStats, "input_stats.wgsl");
-wgsl_kernel!(Score, "score.wgsl");
-wgsl_kernel!(ApplyMask, "apply_mask.wgsl");
-wgsl_kernel!(Alignment, "alignment.wgsl");
+const SELECT_LOWEST: Shader = shader!("select_lowest.wgsl");
+const INPUT_STATS: Shader = shader!("input_stats.wgsl");
+const SCORE: Shader = shader!("score.wgsl");
+const APPLY_MASK: Shader = shader!("apply_mask.wgsl");
+const ALIGNMENT: Shader = shader!("alignment.wgsl");
+
+impl Shader {
+    /// The shader's text with its template fields filled in.
+    fn text(self) -> String {
+        self.source.replace("{{ workgroup_size }}", &WORKGROUP.to_string())
+    }
+
+    fn pipeline(self, shared: &Shared) -> wgpu::ComputePipeline {
+        let mut cache = shared.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(self.name)
+            .or_insert_with(|| {
+                let module = shared.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(self.name),
+                    source: wgpu::ShaderSource::Wgsl(self.text().into()),
+                });
+                shared.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(self.name),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            })
+            .clone()
+    }
+}
 
 fn cube<const D: usize>(t: Tensor<D>) -> CubeTensor {
     let t = t.try_into_primitive::<Wgpu>().expect("a wgpu tensor");
@@ -57,21 +106,55 @@ fn empty_like(t: &CubeTensor, shape: Shape) -> CubeTensor {
 }
 
 /// Workgroups for `groups` units of work, folded into two dimensions past the per-dimension cap.
-fn grid(groups: u32) -> CubeCount {
+fn grid(groups: u32) -> (u32, u32) {
     let groups = groups.max(1);
     let x = groups.min(MAX_GROUPS);
-    CubeCount::Static(x, groups.div_ceil(x), 1)
+    (x, groups.div_ceil(x))
 }
 
-fn launch(kernel: impl KernelSource, on: &CubeTensor, count: CubeCount, buffers: Vec<&CubeTensor>, info: &[u32]) {
-    let info = on.client.create_from_slice(bytemuck::cast_slice(info));
-    let mut bindings: Vec<_> = buffers.iter().map(|t| t.handle.clone().binding()).collect();
-    bindings.push(info.binding());
-    on.client.launch(
-        Box::new(SourceKernel::new(kernel, CubeDim::new_1d(WORKGROUP))),
-        count,
-        KernelArguments::new().with_buffers(bindings),
-    );
+/// Runs `shader` over `buffers` (bound in order, then `info` last) with `groups` workgroups.
+///
+/// burn's pending work is flushed to the shared queue first, so the shader sees every write
+/// queued before it; work burn queues afterwards is submitted after it, and wgpu orders
+/// submissions on one queue. The buffers stay claimed (not reused by burn's allocator) until
+/// the submission is recorded, and wgpu keeps them alive until it completes.
+fn launch(shader: Shader, groups: (u32, u32), buffers: &[&CubeTensor], info: &[u32]) {
+    let shared = shared();
+    let client = &buffers[0].client;
+    let resources: Vec<_> = buffers
+        .iter()
+        .map(|t| {
+            client
+                .get_resource::<WgpuServer<AutoCompiler>>(t.handle.clone())
+                .expect("a wgpu tensor's buffer is reachable on its own runtime")
+        })
+        .collect();
+    let info = shared.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("info"),
+        contents: bytemuck::cast_slice(info),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+    let pipeline = shader.pipeline(shared);
+    let mut entries: Vec<wgpu::BindGroupEntry> = resources
+        .iter()
+        .enumerate()
+        .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.resource().as_wgpu_bind_resource() })
+        .collect();
+    entries.push(wgpu::BindGroupEntry { binding: resources.len() as u32, resource: info.as_entire_binding() });
+    let bind_group = shared.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(shader.name),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    });
+    client.flush().expect("burn's queued work reaches the device");
+    let mut encoder = shared.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(shader.name) });
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(shader.name), timestamp_writes: None });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+    }
+    shared.queue.submit([encoder.finish()]);
 }
 
 /// `select_lowest.wgsl`: mask [rows, cols] of the k[r] lowest scores per row.
@@ -88,7 +171,7 @@ pub fn select_lowest(scores: Tensor<2>, k: &[usize]) -> Tensor<2> {
         DType::U32,
     );
     let mask = empty_like(&scores, Shape::new([rows, cols]));
-    launch(SelectLowest, &scores, grid(rows as u32), vec![&scores, &kth, &mask], &[rows as u32, cols as u32]);
+    launch(SELECT_LOWEST, grid(rows as u32), &[&scores, &kth, &mask], &[rows as u32, cols as u32]);
     from_cube(mask)
 }
 
@@ -99,13 +182,7 @@ pub fn input_stats(x: Tensor<2>, sumsq: Tensor<1>, sum: Tensor<1>) -> (Tensor<1>
     let (x, sumsq, sum) = (cube(x), cube(sumsq), cube(sum));
     let (sumsq_out, sum_out) = (empty_like(&x, Shape::new([cols])), empty_like(&x, Shape::new([cols])));
     let groups = (cols as u32).div_ceil(WORKGROUP);
-    launch(
-        InputStats,
-        &x,
-        CubeCount::Static(groups, 1, 1),
-        vec![&x, &sumsq, &sum, &sumsq_out, &sum_out],
-        &[n as u32, cols as u32],
-    );
+    launch(INPUT_STATS, (groups, 1), &[&x, &sumsq, &sum, &sumsq_out, &sum_out], &[n as u32, cols as u32]);
     (from_cube(sumsq_out), from_cube(sum_out))
 }
 
@@ -120,7 +197,7 @@ pub fn score(w: Tensor<2>, scaler: Option<Tensor<1>>) -> Tensor<2> {
     };
     let out = empty_like(&w, Shape::new([rows, cols]));
     let total = (rows * cols) as u32;
-    launch(Score, &w, grid(total.div_ceil(WORKGROUP)), vec![&w, &scaler, &out], &[total, cols as u32, use_scaler]);
+    launch(SCORE, grid(total.div_ceil(WORKGROUP)), &[&w, &scaler, &out], &[total, cols as u32, use_scaler]);
     from_cube(out)
 }
 
@@ -130,7 +207,7 @@ pub fn apply_mask(w: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
     let (w, mask) = (cube(w), cube(mask));
     let out = empty_like(&w, Shape::new([rows, cols]));
     let total = (rows * cols) as u32;
-    launch(ApplyMask, &w, grid(total.div_ceil(WORKGROUP)), vec![&w, &mask, &out], &[total]);
+    launch(APPLY_MASK, grid(total.div_ceil(WORKGROUP)), &[&w, &mask, &out], &[total]);
     from_cube(out)
 }
 
@@ -140,6 +217,12 @@ pub fn alignment(dense: Tensor<1>, sparse: Tensor<1>) -> (Tensor<1>, Tensor<1>) 
     let (a, b) = (cube(dense), cube(sparse));
     let d = empty_like(&a, Shape::new([n]));
     let out = empty_like(&a, Shape::new([1]));
-    launch(Alignment, &a, CubeCount::Static(1, 1, 1), vec![&a, &b, &d, &out], &[n as u32]);
+    launch(ALIGNMENT, (1, 1), &[&a, &b, &d, &out], &[n as u32]);
     (from_cube(out), from_cube(d))
+}
+
+/// The shader compiler burn's runtime chose for `device`: `wgpu<spirv>` (Vulkan), `wgpu<msl>`
+/// (Metal) or `wgpu<wgsl>` (elsewhere, and where the adapter lacks what the native ones need).
+pub fn compiler(device: &burn::tensor::Device) -> &'static str {
+    cube(Tensor::<1>::zeros([1], device)).client.name()
 }
