@@ -100,13 +100,9 @@ struct Adapter {
     api: WgpuBackend,
 }
 
-fn adapters() -> Vec<Adapter> {
+fn adapters(apis: &[(wgpu::Backend, WgpuBackend)]) -> Vec<Adapter> {
     let mut found = Vec::new();
-    for (backend, api) in [
-        (wgpu::Backend::Vulkan, WgpuBackend::Vulkan),
-        (wgpu::Backend::Metal, WgpuBackend::Metal),
-        (wgpu::Backend::Dx12, WgpuBackend::Dx12),
-    ] {
+    for &(backend, api) in apis {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: backend.into(),
             ..wgpu::InstanceDescriptor::new_without_display_handle()
@@ -143,12 +139,26 @@ fn rank(kind: &DeviceKind) -> usize {
     }
 }
 
+const NATIVE_APIS: [(wgpu::Backend, WgpuBackend); 3] = [
+    (wgpu::Backend::Vulkan, WgpuBackend::Vulkan),
+    (wgpu::Backend::Metal, WgpuBackend::Metal),
+    (wgpu::Backend::Dx12, WgpuBackend::Dx12),
+];
+
 fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
-    let mut all = adapters();
+    let mut all = adapters(&NATIVE_APIS);
     all.sort_by_key(|a| rank(&a.kind));
-    let Some(best) = all.into_iter().find(|a| allow_cpu_emulation || rank(&a.kind) < 3) else {
+    let Some(mut best) = all.into_iter().find(|a| allow_cpu_emulation || rank(&a.kind) < 3) else {
         return Ok(None);
     };
+    // lavapipe's LLVM crashes compiling cubecl's SPIR-V matrix product, so a CPU emulator is
+    // opened through OpenGL, where cubecl writes WGSL.
+    if cfg!(feature = "vulkan") && best.api == WgpuBackend::Vulkan && rank(&best.kind) == 3 {
+        match adapters(&[(wgpu::Backend::Gl, WgpuBackend::Gl)]).into_iter().find(|a| rank(&a.kind) == 3) {
+            Some(gl) => best = gl,
+            None => bail!("--device gpu: the only adapter is the CPU emulator \"{}\", whose Vulkan driver cannot run this build's SPIR-V kernels, and it has no OpenGL driver (install libegl-mesa0, use --device cpu, or build with --no-default-features)", best.info.name),
+        }
+    }
     let (device, setup) = Device::wgpu_options()
         .device_kind(best.kind.clone())
         .graphics_api(best.api)

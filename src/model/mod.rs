@@ -12,6 +12,7 @@ pub mod opt;
 pub mod phi;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
@@ -159,7 +160,8 @@ pub struct Positions {
 pub struct Model {
     pub config: Config,
     pub spec: Spec,
-    pub checkpoint: Checkpoint,
+    /// Shared with the thread that decodes the next block while this one computes.
+    pub checkpoint: Arc<Checkpoint>,
     pub device: Device,
     /// What weights, activations and products are computed in (norms, softmax, statistics and
     /// losses stay f32).
@@ -189,7 +191,7 @@ impl Model {
             Arch::Opt(o) => Outer::Opt(opt::Outer::load(&checkpoint, &config, o, device, dtype)?),
             Arch::Phi(p) => Outer::Phi(phi::Outer::load(&checkpoint, &config, p, device, dtype)?),
         };
-        Ok(Model { config, spec, checkpoint, device: device.clone(), dtype, outer })
+        Ok(Model { config, spec, checkpoint: Arc::new(checkpoint), device: device.clone(), dtype, outer })
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -212,17 +214,28 @@ impl Model {
     }
 
     pub fn load_block(&self, index: usize) -> Result<Block> {
+        let host = decode_linears(&self.checkpoint, &self.linear_names(index), self.dtype)?;
+        self.upload_block(index, host)
+    }
+
+    /// (weight name, shape, bias name) of each linear of block `index`.
+    fn linear_names(&self, index: usize) -> Vec<(String, [usize; 2], Option<String>)> {
+        let spec = &self.spec;
+        spec.linears
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (spec.weight_name(index, i), l.shape, l.bias.then(|| spec.bias_name(index, i))))
+            .collect()
+    }
+
+    /// A block from its decoded linears; the small tensors (norms) are read here.
+    fn upload_block(&self, index: usize, host: Vec<(TensorData, Option<TensorData>)>) -> Result<Block> {
         let ck = &self.checkpoint;
-        let mut linears = Vec::with_capacity(self.spec.linears.len());
-        for (i, l) in self.spec.linears.iter().enumerate() {
-            let weight = to_dtype(to_device2(ck.load(&self.spec.weight_name(index, i), &l.shape)?, &self.device), self.dtype);
-            let bias = if l.bias {
-                Some(to_dtype(to_device1(ck.load(&self.spec.bias_name(index, i), &[l.shape[0]])?, &self.device), self.dtype))
-            } else {
-                None
-            };
-            linears.push(Linear { weight, bias });
-        }
+        let on = (&self.device, self.dtype);
+        let linears = host
+            .into_iter()
+            .map(|(w, b)| Linear { weight: Tensor::from_data(w, on), bias: b.map(|b| Tensor::from_data(b, on)) })
+            .collect();
         let prefix = format!("{}.{index}", self.spec.block_prefix);
         let parts = match &self.config.arch {
             Arch::Llama(l) => Parts::Llama(llama::Parts::load(ck, &prefix, &self.config, l, &self.device)?),
@@ -232,9 +245,27 @@ impl Model {
         Ok(Block { index, linears, parts })
     }
 
-    /// The block walker: every block in order, each loaded when reached.
+    /// The block walker: every block in order. While the caller computes with block b, a
+    /// thread decodes block b + 1's linears from the memory map, so at most two blocks are on
+    /// the host at once and the decode (f16/bf16 → f32, finiteness check) overlaps compute.
     pub fn blocks(&self) -> impl Iterator<Item = Result<Block>> + '_ {
-        (0..self.num_blocks()).map(|b| self.load_block(b))
+        let n = self.num_blocks();
+        let decode = move |b: usize| {
+            let ck = Arc::clone(&self.checkpoint);
+            let (names, dtype) = (self.linear_names(b), self.dtype);
+            std::thread::spawn(move || decode_linears(&ck, &names, dtype))
+        };
+        let mut next = (n > 0).then(|| decode(0));
+        (0..n).map(move |b| {
+            let host = next.take().map(|h| h.join().unwrap_or_else(|_| Err(crate::err!("block {b}: the decoding thread panicked"))));
+            if b + 1 < n {
+                next = Some(decode(b + 1));
+            }
+            match host {
+                Some(host) => self.upload_block(b, host?),
+                None => self.load_block(b),
+            }
+        })
     }
 
     /// Token ids [b, t] → hidden states [b, t, d].
@@ -519,6 +550,20 @@ pub fn check_layers(config: &Config, spec: &Spec, checkpoint: &Checkpoint) -> Re
         bail!("{}: config.json says num_hidden_layers = {n}, but the weights hold {what}", checkpoint.dir.display());
     }
     Ok(())
+}
+
+/// Decodes the named linears (weight, bias) of one block to host data in the compute dtype,
+/// so a half-precision run uploads half the bytes.
+fn decode_linears(ck: &Checkpoint, names: &[(String, [usize; 2], Option<String>)], dtype: DType) -> Result<Vec<(TensorData, Option<TensorData>)>> {
+    let data = |t: HostTensor, shape: Vec<usize>| TensorData::new(t.data, shape).convert_dtype(dtype);
+    names
+        .iter()
+        .map(|(w, shape, b)| {
+            let weight = data(ck.load(w, shape)?, shape.to_vec());
+            let bias = b.as_ref().map(|b| ck.load(b, &[shape[0]])).transpose()?.map(|b| data(b, vec![shape[0]]));
+            Ok((weight, bias))
+        })
+        .collect()
 }
 
 pub fn to_device1(t: HostTensor, device: &Device) -> Tensor<1> {

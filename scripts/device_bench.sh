@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The issue-8 measurement on a lent GPU, in one go. The device machine receives only the checkout,
+# so first, here: build both configurations and put the binaries in the git-ignored `.bin/`
+#   cargo build --release && cp "$CARGO_TARGET_DIR/release/neuroal" .bin/neuroal
+#   cargo build --release --no-default-features && cp "$CARGO_TARGET_DIR/release/neuroal" .bin/neuroal-wgsl
+# and the Vulkan loader packages in `.gl/` (the device README says how); then run this script
+# there with `.bin` and `.gl` carried. Each line of output is one run's summary; the full
+# output of each run is kept under $OUT (or /tmp) as <name>.log.
+set -uo pipefail
+out="${OUT:-/tmp}"
+if [ -d .gl ]; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg}"
+mkdir -p "$XDG_RUNTIME_DIR"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+
+run() {
+  local name=$1; shift
+  local start=$(date +%s.%N)
+  "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  printf '%-28s rc=%d %6.1f s  ' "$name" "$rc" "$(echo "$(date +%s.%N) - $start" | bc)"
+  grep -E "tokens/s|total|search|prune|peak|lambda|λ" "$out/$name.log" | tr '\n' ' ' | cut -c1-400
+  echo
+}
+
+for bin in neuroal neuroal-wgsl; do
+  [ -x ".bin/$bin" ] || continue
+  run "$bin-forward-0.84b-f16" ".bin/$bin" bench --synthetic llama-0.8b --blocks 16 --devices gpu --seqlen 512 --batch 4 --dtype f16
+  run "$bin-neuroal-7b-f16" ".bin/$bin" bench --synthetic llama2-7b --blocks 8 --devices gpu --seqlen 512 --prune-sparsity 0.5 --nsamples 64 --search-nsamples 8 --dtype f16
+done
+run "neuroal-neuroal-7b-f32" .bin/neuroal bench --synthetic llama2-7b --blocks 8 --devices gpu --seqlen 512 --prune-sparsity 0.5 --nsamples 64 --search-nsamples 8 --dtype f32
