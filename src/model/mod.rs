@@ -447,6 +447,13 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64
     let groups = nh / k.dims()[1];
     let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
     let dt = v.dtype();
+    // On the CPU backends in f32, the backend's fused causal attention: the same products and
+    // softmax without materialising the masked score matrix (a fifth of a CPU prune went to
+    // the mask and softmax passes).
+    if dt == DType::F32 && !matches!(v.device().as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
+        let options = burn::tensor::ops::AttentionModuleOptions { scale: Some(divide_by.map_or(1.0, |d| 1.0 / d)), softcap: None, is_causal: true };
+        return burn::tensor::module::attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([b, t, nh * hd]);
+    }
     // Scores, mask and softmax in f32; the two products in the compute dtype.
     let scores = to_dtype(q.matmul(k.swap_dims(2, 3)), DType::F32);
     let scores = match divide_by {
@@ -473,11 +480,20 @@ fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
 }
 
 /// Additive mask [1, 1, t, t]: 0 on and below the diagonal, a large negative above.
+///
+/// On the CPU backends "large negative" is −∞: every finite value that far down makes glibc's
+/// `expf` take its underflow path (which sets errno), and that was a fifth of a CPU prune.
+/// GPUs keep −1e9, as shader compilers may assume finite floats. Both give exactly 0 after the
+/// softmax's exp, as transformers' most negative finite value does.
 fn causal_mask(t: usize, device: &Device) -> Tensor<4> {
+    let masked = match device.as_dispatch() {
+        burn::backend::DispatchDevice::Cube(_) => -1e9,
+        _ => f32::NEG_INFINITY,
+    };
     let mut m = vec![0f32; t * t];
     for i in 0..t {
         for j in i + 1..t {
-            m[i * t + j] = -1e9;
+            m[i * t + j] = masked;
         }
     }
     Tensor::<2>::from_data(TensorData::new(m, [t, t]), device).unsqueeze::<4>()
