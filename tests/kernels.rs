@@ -27,7 +27,7 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 #[test]
-fn select_lowest_shader_equals_its_twin() {
+fn select_lowest_shader_and_host_path_equal_their_twin() {
     let gpu = select(Choice::Gpu).device;
     let cpu = Device::flex();
     let mut rng = SplitMix64::new(42);
@@ -39,9 +39,12 @@ fn select_lowest_shader_equals_its_twin() {
             1 => cols,
             _ => rng.below(cols as u64 + 1) as usize,
         }).collect();
-        let a = host(mask::select_lowest(t2(s.clone(), [rows, cols], &gpu), &k));
+        let a = host(mask::select_lowest(t2(s.clone(), [rows, cols], &gpu), &k).unwrap());
         let b = host(mask::select_lowest_reference(t2(s.clone(), [rows, cols], &cpu), &k));
         assert_eq!(a, b, "rows {rows} cols {cols}");
+        // The CPU backends' selection path equals the twin too.
+        let c = host(mask::select_lowest_host(t2(s.clone(), [rows, cols], &cpu), &k).unwrap());
+        assert_eq!(c, b, "host path, rows {rows} cols {cols}");
         // And both against the definition: exactly k per row, ties to the lower index.
         for r in 0..rows {
             let row = &s[r * cols..(r + 1) * cols];
