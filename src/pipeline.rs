@@ -43,6 +43,18 @@ pub fn run_recording(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &P
     Ok((stats, outputs))
 }
 
+/// [`run_recording`] for passes that keep only the calibrations: the products that only feed
+/// the block's output are skipped.
+pub fn calibrate(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, hessian: bool) -> Result<Vec<Calibration>> {
+    let mut stats: Vec<Calibration> = model.linear_shapes().iter().map(|s| Calibration::new(s[1], &model.device, hessian)).collect();
+    for h in hidden {
+        let mut record = |li: usize, x: &Tensor<3>| stats[li].add(x);
+        block.record_inputs(h.clone(), pos, &mut record);
+    }
+    check_finite_stats(model, block.index, &stats)?;
+    Ok(stats)
+}
+
 /// One readback for the whole block; the slow search for the culprit only when it fails.
 fn check_finite_stats(model: &Model, block: usize, stats: &[Calibration]) -> Result<()> {
     let total = stats.iter().map(|s| s.stats.sumsq.clone().sum()).reduce(|a, b| a + b);
@@ -121,7 +133,7 @@ pub fn prune_resumable(
             saved
         } else {
             // Wanda's order: statistics from the dense block; its outputs are not kept.
-            let (calib, _) = run_recording(model, &block, &hidden, &pos, pruner.needs_hessian())?;
+            let calib = calibrate(model, &block, &hidden, &pos, pruner.needs_hessian())?;
             let mut block_masks = Vec::with_capacity(linears);
             for (li, linear) in block.linears.iter_mut().enumerate() {
                 let s = sparsity(b, li);

@@ -11,7 +11,7 @@ use crate::model::{host_f32, to_dtype};
 use crate::bail;
 use crate::mask::{Pattern, Sparsity};
 use crate::model::{Model, Spec};
-use crate::pipeline::{embed_windows, run_recording};
+use crate::pipeline::{calibrate, embed_windows, run_recording};
 use crate::pruner::Pruner;
 use crate::score::score;
 
@@ -178,13 +178,13 @@ pub fn evaluate(
             progress(results.len(), b);
             let dense: Vec<Tensor<2>> = block.linears.iter().map(|l| l.weight.clone()).collect();
             // Every candidate enters block 0 with the same embeddings: one dense pass serves all.
-            let shared = if b == 0 { Some(run_recording(model, &block, &hidden[0], &pos, pruner.needs_hessian())?.0) } else { None };
+            let shared = if b == 0 { Some(calibrate(model, &block, &hidden[0], &pos, pruner.needs_hessian())?) } else { None };
             for (c, map) in group.iter().enumerate() {
                 let own;
                 let stats_dense = match &shared {
                     Some(s) => s,
                     None => {
-                        own = run_recording(model, &block, &hidden[c], &pos, pruner.needs_hessian())?.0;
+                        own = calibrate(model, &block, &hidden[c], &pos, pruner.needs_hessian())?;
                         &own
                     }
                 };

@@ -110,3 +110,36 @@ fn bad_configs_of_each_family_get_one_line() {
     }
     let _ = std::fs::remove_dir_all(&s);
 }
+
+/// A calibration-only pass skips the products that only feed a block's output (each family
+/// declares them); every linear's statistics must be exactly those of the full forward, on
+/// every family and on the CPU and GPU paths. Also checks the declared products really are
+/// output-only: were one of them an input of another linear, its statistics would differ.
+#[test]
+fn calibration_pass_records_what_the_full_forward_records() {
+    for (device, choice) in [("cpu", Choice::Cpu), ("gpu", Choice::Gpu)] {
+        let dev = select(choice).device;
+        for fixture in ["tiny-llama", "tiny-opt", "tiny-phi", "tiny-mistral-gqa"] {
+            let model = Model::open(&asset(fixture), &dev).unwrap();
+            let tok = Tokenizer::open(&asset(fixture)).unwrap();
+            let ids = tokenize_file(&tok, &asset("sample.txt")).unwrap();
+            let windows: Vec<u32> = ids[..4 * 32].to_vec();
+            let hidden = neuroal::pipeline::embed_windows(&model, &windows, 32);
+            let pos = model.positions(32);
+            for block in model.blocks() {
+                let block = block.unwrap();
+                let (full, _) = neuroal::pipeline::run_recording(&model, &block, &hidden, &pos, true).unwrap();
+                let only = neuroal::pipeline::calibrate(&model, &block, &hidden, &pos, true).unwrap();
+                for (li, (a, b)) in full.iter().zip(&only).enumerate() {
+                    let v = |t: &burn::tensor::Tensor<1>| t.clone().into_data().try_to_vec::<f32>().unwrap();
+                    let h = |c: &neuroal::pruner::Calibration| c.hessian.as_ref().unwrap().h.clone().into_data().try_to_vec::<f32>().unwrap();
+                    let what = format!("{fixture} on {device}, block {}, linear {li}", block.index);
+                    assert_eq!(v(&a.stats.sumsq), v(&b.stats.sumsq), "{what}");
+                    assert_eq!(v(&a.stats.sum), v(&b.stats.sum), "{what}");
+                    assert_eq!(a.stats.tokens, b.stats.tokens, "{what}");
+                    assert_eq!(h(a), h(b), "{what}");
+                }
+            }
+        }
+    }
+}

@@ -182,6 +182,7 @@ pub fn spec(c: &config::Config, l: &Config) -> Spec {
             route(false, DOWN),
             route(true, Q),
         ]),
+        output_only: vec![DOWN],
     }
 }
 

@@ -64,6 +64,9 @@ pub struct Spec {
     pub linears: Vec<LinearSpec>,
     /// One route per linear; `None` where the family declares none (no row step).
     pub routes: Option<Vec<Route>>,
+    /// Linears whose products are only added to the block's output: a pass that wants only
+    /// the linears' inputs (a dense calibration pass) skips them.
+    pub output_only: Vec<usize>,
 }
 
 impl Spec {
@@ -125,15 +128,33 @@ pub struct Block {
     pub index: usize,
     pub linears: Vec<Linear>,
     parts: Parts,
+    /// The family's [`Spec::output_only`] linears.
+    output_only: Vec<usize>,
 }
 
 impl Block {
     /// hidden [b, t, d] → hidden [b, t, d]. `hook` sees each linear's input.
     pub fn forward(&self, h: Tensor<3>, pos: &Positions, hook: Option<InputHook>) -> Tensor<3> {
+        self.run(h, pos, hook, false)
+    }
+
+    /// Shows `hook` every linear's input, as [`Block::forward`] does, but skips the products
+    /// that only feed the block's output (zeros stand in), so what it returns is not the
+    /// block's output. For calibration passes that keep only the statistics.
+    pub fn record_inputs(&self, h: Tensor<3>, pos: &Positions, hook: InputHook) {
+        self.run(h, pos, Some(hook), true);
+    }
+
+    fn run(&self, h: Tensor<3>, pos: &Positions, hook: Option<InputHook>, inputs_only: bool) -> Tensor<3> {
         let mut hook = hook;
         let mut run = |i: usize, x: &Tensor<3>| {
             if let Some(hook) = hook.as_mut() {
                 hook(i, x);
+            }
+            if inputs_only && self.output_only.contains(&i) {
+                // Broadcast by the residual add that consumes it.
+                let w = &self.linears[i].weight;
+                return Tensor::zeros([1, 1, w.dims()[0]], (&w.device(), w.dtype()));
             }
             self.linears[i].forward(x.clone())
         };
@@ -242,7 +263,7 @@ impl Model {
             Arch::Opt(o) => Parts::Opt(opt::Parts::load(ck, &prefix, &self.config, o, &self.device)?),
             Arch::Phi(p) => Parts::Phi(phi::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
         };
-        Ok(Block { index, linears, parts })
+        Ok(Block { index, linears, parts, output_only: self.spec.output_only.clone() })
     }
 
     /// The block walker: every block in order. While the caller computes with block b, a

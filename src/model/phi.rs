@@ -129,6 +129,8 @@ pub fn spec(c: &config::Config, p: &Config) -> Spec {
         ],
         // The authors' routing: q, k, v ← dense; dense ← fc1; fc1 ← fc2; fc2 ← next block's q.
         routes: Some(vec![route(false, DENSE), route(false, DENSE), route(false, DENSE), route(false, FC1), route(false, FC2), route(true, Q)]),
+        // Attention and MLP run in parallel off the same input; both only add to the output.
+        output_only: vec![DENSE, FC2],
     }
 }
 
