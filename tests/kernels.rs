@@ -28,7 +28,10 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 #[test]
 fn select_lowest_shader_and_host_path_equal_their_twin() {
-    let gpu = select(Choice::Gpu).device;
+    let gpu = select(Choice::Gpu);
+    // Which compiler cubecl runs beside the shaders here (CI runs this file with both).
+    println!("{}", gpu.description);
+    let gpu = gpu.device;
     let cpu = Device::flex();
     let mut rng = SplitMix64::new(42);
     // Rows wider than a workgroup (256), odd widths, all-tie rows, k = 0 and k = cols.
