@@ -44,7 +44,8 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
             bytes: chunk * (3 * c.num_heads as u128 * t * t + 3 * t * ff + 4 * t * d) * f,
             lowered_by: "--seqlen",
         },
-        Part { what: "one block's weights", bytes: 2 * block_params * f, lowered_by: "nothing (it is the model's size)" },
+        // The block being pruned, its pruned copy, and the next block decoded ahead.
+        Part { what: "one block's weights", bytes: 3 * block_params * f, lowered_by: "nothing (it is the model's size)" },
         Part {
             what: "embeddings and head",
             bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * f,
