@@ -138,8 +138,9 @@ mod tests {
         let parts = prune_parts(&c, &shapes, &Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 3)), hessians: false });
         // 2 copies × 4 windows × 16 tokens × 8 wide × 4 bytes.
         assert_eq!(parts[0].bytes, 2 * 4 * 16 * 8 * 4);
-        // q, k, v, o: 4 × 64; gate, up, down: 3 × 128 → 640 weights, dense copy too.
-        assert_eq!(parts[2].bytes, 2 * 640 * 4);
+        // q, k, v, o: 4 × 64; gate, up, down: 3 × 128 → 640 weights, the pruned copy and the
+        // next block too.
+        assert_eq!(parts[2].bytes, 3 * 640 * 4);
         assert_eq!(parts[4].bytes, 640 * 2 / 8);
         assert_eq!(parts[5].bytes, 3 * 2 * 2 * 16 * 8 * 4);
         let total: u128 = parts.iter().map(|p| p.bytes).sum();
