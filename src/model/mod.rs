@@ -470,8 +470,13 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64
     // On the CPU backends in f32, the backend's fused causal attention (grouped-query heads
     // included): the same products and softmax without materialising the masked score matrix
     // or the repeated keys and values (a fifth of a CPU prune went to the mask and softmax).
+    // (burn-flex's takes grouped heads as they are; ndarray's fallback needs them repeated).
     if dt == DType::F32 && !matches!(v.device().as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
         let options = burn::tensor::ops::AttentionModuleOptions { scale: Some(divide_by.map_or(1.0, |d| 1.0 / d)), softcap: None, is_causal: true };
+        let (k, v) = match v.device().as_dispatch() {
+            burn::backend::DispatchDevice::Flex(_) => (k, v),
+            _ => (repeat_kv(k, groups), repeat_kv(v, groups)),
+        };
         return burn::tensor::module::attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([b, t, nh * hd]);
     }
     let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
