@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Times the authors' NeuroAL code (Wanda + NeuroAL, both steps) on the CPU on the same windows
+as a neuroal run, for the speed comparison of issue 8. Nothing of theirs is in this repository:
+pass the path of a local checkout of their repository (github.com/eliacunegatti/NeuroAL); their
+`lib/` and `sparsity_distribution.py` run unmodified. Three things a CPU run cannot load are
+stood in for: `weightwatcher` (only their AlphaPruning baseline uses it), `datasets` (the windows
+come from neuroal's report instead), and their CUDA mask op, replaced by the same rule in torch
+(per row, keep the first top_k entries of the descending sort, prune the rest).
+
+    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type mistral] [--dtype float32]
+
+REPORT_JSON is a neuroal report.json; its calibration.windows and calibration.search_windows are
+the window starts (token offsets into the tokenized CALIB_TXT). Use --model-type mistral for a
+LLaMA-architecture model with grouped-query attention: their code keeps q, k and v at the block
+sparsity in the row step only under that name, as neuroal does under GQA. Prints λ, the search
+and prune seconds, and every candidate's score.
+"""
+import argparse
+import json
+import sys
+import time
+import types
+
+import torch
+import transformers  # noqa: F401  (imported before the `datasets` stand-in below)
+from transformers import AutoModelForCausalLM
+from tokenizers import Tokenizer
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkout")
+    ap.add_argument("model_dir")
+    ap.add_argument("calib_txt")
+    ap.add_argument("report")
+    ap.add_argument("--model-type", default="llama")
+    ap.add_argument("--dtype", default="float32")
+    a = ap.parse_args()
+
+    sys.path.insert(0, a.checkout)
+    sys.modules["weightwatcher"] = types.ModuleType("weightwatcher")
+    datasets = types.ModuleType("datasets")
+    datasets.load_dataset = None
+    sys.modules["datasets"] = datasets
+    mask_op = types.ModuleType("mask_gen_cuda")
+
+    def mask_gen_forward(mask, sort_index, top_k):
+        keep = torch.arange(mask.shape[1]).unsqueeze(0) < top_k.unsqueeze(1)
+        mask.scatter_(1, sort_index, (~keep).to(mask.dtype))
+        return [mask]
+
+    mask_op.mask_gen_forward = mask_gen_forward
+    sys.modules["mask_gen_cuda"] = mask_op
+
+    import sparsity_distribution as sd
+    from lib.prune import prune_wanda, check_sparsity
+
+    report = json.load(open(a.report))
+    cal = report["calibration"]
+    seqlen = cal["seqlen"]
+    ids = Tokenizer.from_file(f"{a.model_dir}/tokenizer.json").encode(open(a.calib_txt).read()).ids
+
+    def windows(starts):
+        out = []
+        for s in starts:
+            inp = torch.tensor([ids[s : s + seqlen]])
+            tar = inp.clone()
+            tar[:, :-1] = -100
+            out.append((inp, tar))
+        return out
+
+    calib, search = windows(cal["windows"]), windows(cal["search_windows"])
+    sd.get_loaders = lambda *args, **kw: (search, None)
+    scores = {"block": [], "row": []}
+    block_fn, row_fn = sd.get_neuroal_block, sd.get_neuroal_row
+
+    def block_logged(*args, **kw):
+        r = block_fn(*args, **kw)
+        scores["block"].append(float(r[0]))
+        return r
+
+    def row_logged(*args, **kw):
+        r = row_fn(*args, **kw)
+        scores["row"].append(float(r[0]))
+        return r
+
+    sd.get_neuroal_block, sd.get_neuroal_row = block_logged, row_logged
+
+    model = AutoModelForCausalLM.from_pretrained(a.model_dir, torch_dtype=getattr(torch, a.dtype))
+    model.seqlen = seqlen
+    model.eval()
+    args = types.SimpleNamespace(seed=0, nsamples=len(calib), sparsity_ratio=report["settings"]["sparsity"],
+                                 prune_method="wanda", top_up="neuroal", neuroal_step="both", model_type=a.model_type)
+    dev = torch.device("cpu")
+    t0 = time.time()
+    with torch.no_grad():
+        dist, gran, lb, lr = sd.get_neuroal_sparsity_distribution(args, model, None, dev, model.model.layers)
+    t1 = time.time()
+    args.nsamples = len(calib)
+    with torch.no_grad():
+        prune_wanda(args, model, None, dev, calib, dist=dist, granularity=gran)
+    t2 = time.time()
+    print(json.dumps({"torch_threads": torch.get_num_threads(), "dtype": a.dtype, "lambda_block": lb, "lambda_row": lr,
+                      "search_s": round(t1 - t0, 2), "prune_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2),
+                      "sparsity": round(float(check_sparsity(model)), 4), "block_scores": scores["block"], "row_scores": scores["row"]}))
+
+
+if __name__ == "__main__":
+    main()
