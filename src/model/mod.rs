@@ -7,6 +7,7 @@
 //! Blocks are loaded one at a time from the memory-mapped checkpoint, so the pruner can stream
 //! them: `embed` → `Block::forward` for each block of [`Model::blocks`] → `head`.
 
+mod cpu_attention;
 pub mod llama;
 pub mod opt;
 pub mod phi;
@@ -465,20 +466,23 @@ impl LayerNorm {
 /// The scores are divided by `divide_by` where given (OPT scales q beforehand instead).
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>) -> Tensor<3> {
     let [b, nh, t, hd] = q.dims();
+    let dt = v.dtype();
+    // On the CPU backends in f32, `cpu_attention`: only the visible (lower-triangle) scores
+    // go through the softmax, and grouped-query heads are not repeated. The mask and softmax
+    // passes below took a fifth of a CPU prune.
+    if dt == DType::F32 && !matches!(v.device().as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
+        let scale = divide_by.map_or(1.0, |d| 1.0 / d) as f32;
+        return cpu_attention::causal(q, k, v, scale).swap_dims(1, 2).reshape([b, t, nh * hd]);
+    }
+    attention_ops(q, k, v, divide_by)
+}
+
+/// [`attention`] in burn tensor ops, on every backend: the GPU path, and the CPU path's
+/// reference in the tests.
+pub fn attention_ops(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>) -> Tensor<3> {
+    let [b, nh, t, hd] = q.dims();
     let groups = nh / k.dims()[1];
     let dt = v.dtype();
-    // On the CPU backends in f32, the backend's fused causal attention (grouped-query heads
-    // included): the same products and softmax without materialising the masked score matrix
-    // or the repeated keys and values (a fifth of a CPU prune went to the mask and softmax).
-    // (burn-flex's takes grouped heads as they are; ndarray's fallback needs them repeated).
-    if dt == DType::F32 && !matches!(v.device().as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
-        let options = burn::tensor::ops::AttentionModuleOptions { scale: Some(divide_by.map_or(1.0, |d| 1.0 / d)), softcap: None, is_causal: true };
-        let (k, v) = match v.device().as_dispatch() {
-            burn::backend::DispatchDevice::Flex(_) => (k, v),
-            _ => (repeat_kv(k, groups), repeat_kv(v, groups)),
-        };
-        return burn::tensor::module::attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([b, t, nh * hd]);
-    }
     let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
     // Scores, mask and softmax in f32; the two products in the compute dtype.
     let scores = to_dtype(q.matmul(k.swap_dims(2, 3)), DType::F32);
