@@ -40,16 +40,12 @@ fn one_head(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], scores: &mut [f32]
     // SAFETY: every matrix is a row-major slice of exactly the size its strides and dimensions
     // reach (q, k, v and out: t × hd; scores: t × t), and dst does not alias an operand.
     unsafe {
-        // scores[i][j] = Σ_d q[i][d]·k[j][d]
-        gemm::gemm(t, t, hd, scores.as_mut_ptr(), 1, t as isize, false, q.as_ptr(), 1, hd as isize, k.as_ptr(), hd as isize, 1, 0.0, 1.0, false, false, false, Parallelism::None);
+        // scores[i][j] = scale · Σ_d q[i][d]·k[j][d]
+        gemm::gemm(t, t, hd, scores.as_mut_ptr(), 1, t as isize, false, q.as_ptr(), 1, hd as isize, k.as_ptr(), hd as isize, 1, 0.0, scale, false, false, false, Parallelism::None);
     }
     for (i, row) in scores.chunks_exact_mut(t).enumerate() {
         let (visible, hidden) = row.split_at_mut(i + 1);
-        let mut max = f32::NEG_INFINITY;
-        for s in visible.iter_mut() {
-            *s *= scale;
-            max = max.max(*s);
-        }
+        let max = visible.iter().fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
         let mut sum = 0f32;
         for s in visible.iter_mut() {
             *s = (*s - max).exp();
