@@ -31,28 +31,29 @@ pub fn embed_windows(model: &Model, windows: &[u32], seqlen: usize) -> Vec<Tenso
 /// Hessian when `hessian`); returns the calibrations and the block's outputs. Fails, naming the
 /// block and linear, when a statistic is not finite (NaN or infinite inputs, or an overflow).
 pub fn run_recording(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, hessian: bool) -> Result<(Vec<Calibration>, Vec<Tensor<3>>)> {
-    let mut stats: Vec<Calibration> = model.linear_shapes().iter().map(|s| Calibration::new(s[1], &model.device, hessian)).collect();
-    let outputs = hidden
-        .iter()
-        .map(|h| {
-            let mut record = |li: usize, x: &Tensor<3>| stats[li].add(x);
-            block.forward(h.clone(), pos, Some(&mut record))
-        })
-        .collect();
-    check_finite_stats(model, block.index, &stats)?;
-    Ok((stats, outputs))
+    record(model, block, hidden, pos, hessian, true)
 }
 
 /// [`run_recording`] for passes that keep only the calibrations: the products that only feed
 /// the block's output are skipped.
 pub fn calibrate(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, hessian: bool) -> Result<Vec<Calibration>> {
+    Ok(record(model, block, hidden, pos, hessian, false)?.0)
+}
+
+/// Both of the above: the block's outputs only when `outputs`.
+fn record(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, hessian: bool, outputs: bool) -> Result<(Vec<Calibration>, Vec<Tensor<3>>)> {
     let mut stats: Vec<Calibration> = model.linear_shapes().iter().map(|s| Calibration::new(s[1], &model.device, hessian)).collect();
+    let mut out = Vec::new();
     for h in hidden {
         let mut record = |li: usize, x: &Tensor<3>| stats[li].add(x);
-        block.record_inputs(h.clone(), pos, &mut record);
+        if outputs {
+            out.push(block.forward(h.clone(), pos, Some(&mut record)));
+        } else {
+            block.record_inputs(h.clone(), pos, &model.spec.output_only, &mut record);
+        }
     }
     check_finite_stats(model, block.index, &stats)?;
-    Ok(stats)
+    Ok((stats, out))
 }
 
 /// One readback for the whole block; the slow search for the culprit only when it fails.

@@ -129,30 +129,28 @@ pub struct Block {
     pub index: usize,
     pub linears: Vec<Linear>,
     parts: Parts,
-    /// The family's [`Spec::output_only`] linears.
-    output_only: Vec<usize>,
 }
 
 impl Block {
     /// hidden [b, t, d] → hidden [b, t, d]. `hook` sees each linear's input.
     pub fn forward(&self, h: Tensor<3>, pos: &Positions, hook: Option<InputHook>) -> Tensor<3> {
-        self.run(h, pos, hook, false)
+        self.run(h, pos, hook, &[])
     }
 
     /// Shows `hook` every linear's input, as [`Block::forward`] does, but skips the products
-    /// that only feed the block's output (zeros stand in), so what it returns is not the
-    /// block's output. For calibration passes that keep only the statistics.
-    pub fn record_inputs(&self, h: Tensor<3>, pos: &Positions, hook: InputHook) {
-        self.run(h, pos, Some(hook), true);
+    /// of `output_only` (the family's [`Spec::output_only`]; zeros stand in), so what it
+    /// returns is not the block's output. For calibration passes that keep only the statistics.
+    pub fn record_inputs(&self, h: Tensor<3>, pos: &Positions, output_only: &[usize], hook: InputHook) {
+        self.run(h, pos, Some(hook), output_only);
     }
 
-    fn run(&self, h: Tensor<3>, pos: &Positions, hook: Option<InputHook>, inputs_only: bool) -> Tensor<3> {
+    fn run(&self, h: Tensor<3>, pos: &Positions, hook: Option<InputHook>, skip: &[usize]) -> Tensor<3> {
         let mut hook = hook;
         let mut run = |i: usize, x: &Tensor<3>| {
             if let Some(hook) = hook.as_mut() {
                 hook(i, x);
             }
-            if inputs_only && self.output_only.contains(&i) {
+            if skip.contains(&i) {
                 // Broadcast by the residual add that consumes it.
                 let w = &self.linears[i].weight;
                 return Tensor::zeros([1, 1, w.dims()[0]], (&w.device(), w.dtype()));
@@ -264,7 +262,7 @@ impl Model {
             Arch::Opt(o) => Parts::Opt(opt::Parts::load(ck, &prefix, &self.config, o, &self.device)?),
             Arch::Phi(p) => Parts::Phi(phi::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
         };
-        Ok(Block { index, linears, parts, output_only: self.spec.output_only.clone() })
+        Ok(Block { index, linears, parts })
     }
 
     /// The block walker: every block in order. While the caller computes with block b, a
