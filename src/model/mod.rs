@@ -275,16 +275,14 @@ impl Model {
             let (names, dtype) = (self.linear_names(b), self.dtype);
             std::thread::spawn(move || decode_linears(&ck, &names, dtype))
         };
-        let mut next = (n > 0).then(|| decode(0));
+        let mut next = None;
         (0..n).map(move |b| {
-            let host = next.take().map(|h| h.join().unwrap_or_else(|_| Err(crate::err!("block {b}: the decoding thread panicked"))));
+            let current = next.take().unwrap_or_else(|| decode(b));
             if b + 1 < n {
                 next = Some(decode(b + 1));
             }
-            match host {
-                Some(host) => self.upload_block(b, host?),
-                None => self.load_block(b),
-            }
+            let host = current.join().unwrap_or_else(|_| Err(crate::err!("block {b}: the decoding thread panicked")))?;
+            self.upload_block(b, host)
         })
     }
 
