@@ -1,7 +1,7 @@
 //! Causal attention for the CPU backends in f32, on host slices: per (window, head), the scores
 //! Q·Kᵀ and the product P·V are matrix products (gemm), and the scale, max, exp, sum and divide
 //! run only over each query's visible keys (the lower triangle), so half the exps are never
-//! taken. Grouped-query heads read their shared key/value head directly. Heads run in parallel.
+//! taken; the softmax is vectorized (`cpu_math`). Grouped-query heads read their shared key/value head directly. Heads run in parallel.
 //! The burn-ops path in `super::attention` (used on GPUs) is its reference in the tests.
 
 use burn::tensor::{Tensor, TensorData};
@@ -9,7 +9,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// The values of an f32 tensor of a CPU backend, in logical order.
-fn host(t: Tensor<4>) -> Vec<f32> {
+pub(super) fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     // The caller checked the dtype and the backend: nothing here can fail.
     t.into_data().try_into_vec::<f32>().expect("an f32 tensor in host memory")
 }
@@ -43,19 +43,7 @@ fn one_head(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], scores: &mut [f32]
         // scores[i][j] = scale · Σ_d q[i][d]·k[j][d]
         gemm::gemm(t, t, hd, scores.as_mut_ptr(), 1, t as isize, false, q.as_ptr(), 1, hd as isize, k.as_ptr(), hd as isize, 1, 0.0, scale, false, false, false, Parallelism::None);
     }
-    for (i, row) in scores.chunks_exact_mut(t).enumerate() {
-        let (visible, hidden) = row.split_at_mut(i + 1);
-        let max = visible.iter().fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
-        let mut sum = 0f32;
-        for s in visible.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        for s in visible.iter_mut() {
-            *s /= sum;
-        }
-        hidden.fill(0.0);
-    }
+    super::cpu_math::causal_softmax(scores, t);
     unsafe {
         // out[i][d] = Σ_j p[i][j]·v[j][d]
         gemm::gemm(t, hd, t, out.as_mut_ptr(), 1, hd as isize, false, scores.as_ptr(), 1, t as isize, v.as_ptr(), 1, hd as isize, 0.0, 1.0, false, false, false, Parallelism::None);

@@ -5,12 +5,11 @@
 //! `attention_bias`), tied embeddings, `llama3` rope scaling, and Mistral's sliding window, which
 //! is refused rather than approximated when a window does not fit in it.
 
-use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, Int, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{attention, rms_norm, split_heads, to_device1, to_device2, to_dtype, LinearSpec, Positions, Route, RopeFreqs, Spec};
+use super::{attention, rms_norm, silu, split_heads, to_device1, to_device2, to_dtype, LinearSpec, Positions, Route, RopeFreqs, Spec};
 use crate::config::{self, need, positive, rope_field, Arch};
 use crate::error::Result;
 use crate::weights::Checkpoint;

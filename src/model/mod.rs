@@ -8,6 +8,7 @@
 //! them: `embed` → `Block::forward` for each block of [`Model::blocks`] → `head`.
 
 mod cpu_attention;
+mod cpu_math;
 pub mod llama;
 pub mod opt;
 pub mod phi;
@@ -458,15 +459,31 @@ impl LayerNorm {
     }
 }
 
+/// Whether `t` is f32 on a CPU backend, where `cpu_attention` and `cpu_math` run on host slices.
+fn on_cpu_in_f32<const D: usize>(t: &Tensor<D>) -> bool {
+    t.dtype() == DType::F32 && !matches!(t.device().as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+}
+
+/// SiLU, x·σ(x). On the CPU backends in f32 a vectorized host loop (`cpu_math`): burn-flex's
+/// sigmoid calls the scalar libm exp per element.
+pub fn silu(x: Tensor<3>) -> Tensor<3> {
+    if !on_cpu_in_f32(&x) {
+        return burn::tensor::activation::silu(x);
+    }
+    let (dims, device) = (x.dims(), x.device());
+    let mut v = cpu_attention::host(x);
+    cpu_math::silu(&mut v);
+    Tensor::from_data(TensorData::new(v, dims), &device)
+}
+
 /// Causal multi-head attention: q [b, nh, t, hd], k and v [b, nkv, t, hd] → [b, t, nh·hd].
 /// The scores are divided by `divide_by` where given (OPT scales q beforehand instead).
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>) -> Tensor<3> {
     let [b, nh, t, hd] = q.dims();
-    let dt = v.dtype();
     // On the CPU backends in f32, `cpu_attention`: only the visible (lower-triangle) scores
     // go through the softmax, and grouped-query heads are not repeated. The mask and softmax
     // passes below took a fifth of a CPU prune.
-    if dt == DType::F32 && !matches!(v.device().as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
+    if on_cpu_in_f32(&v) {
         let scale = divide_by.map_or(1.0, |d| 1.0 / d) as f32;
         return cpu_attention::causal(q, k, v, scale).swap_dims(1, 2).reshape([b, t, nh * hd]);
     }
