@@ -4,6 +4,7 @@
 //! flattened matrix, `rows-variable` one k per row, and N:M each group of M inputs as a row.
 
 use burn::tensor::{Int, Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::bail;
 use crate::error::Result;
@@ -196,25 +197,28 @@ pub fn select_lowest_host(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
     let device = scores.device();
     let values = crate::model::host_f32(scores, "pruning scores")?;
     let mut mask = vec![0f32; rows * cols];
-    let mut scratch = Vec::with_capacity(cols);
-    for (r, (row, out)) in values.chunks_exact(cols).zip(mask.chunks_exact_mut(cols)).enumerate() {
-        let k = k[r].min(cols);
-        if k == 0 {
-            continue;
-        }
-        scratch.clear();
-        scratch.extend_from_slice(row);
-        let (_, &mut tau, _) = scratch.select_nth_unstable_by(k - 1, f32::total_cmp);
-        let mut ties = k - row.iter().filter(|&&v| v < tau).count();
-        for (o, &v) in out.iter_mut().zip(row) {
-            if v < tau {
-                *o = 1.0;
-            } else if v == tau && ties > 0 {
-                *o = 1.0;
-                ties -= 1;
+    // Rows are independent: each is selected on its own core, with the same result in any order.
+    mask.par_chunks_exact_mut(cols).zip(values.par_chunks_exact(cols)).enumerate().for_each_init(
+        || Vec::with_capacity(cols),
+        |scratch, (r, (out, row))| {
+            let k = k[r].min(cols);
+            if k == 0 {
+                return;
             }
-        }
-    }
+            scratch.clear();
+            scratch.extend_from_slice(row);
+            let (_, &mut tau, _) = scratch.select_nth_unstable_by(k - 1, f32::total_cmp);
+            let mut ties = k - row.iter().filter(|&&v| v < tau).count();
+            for (o, &v) in out.iter_mut().zip(row) {
+                if v < tau {
+                    *o = 1.0;
+                } else if v == tau && ties > 0 {
+                    *o = 1.0;
+                    ties -= 1;
+                }
+            }
+        },
+    );
     Ok(Tensor::from_data(TensorData::new(mask, [rows, cols]), &device))
 }
 

@@ -1,9 +1,10 @@
 //! Input statistics of each linear, and the base pruners' scores. Each function takes the WGSL
 //! path on a wgpu device and its burn-ops twin (`*_reference`) elsewhere.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::kernels;
+use crate::model::{cpu_values, on_cpu_in_f32, to_dtype};
 
 /// Running statistics of one linear's input, per input channel j.
 #[derive(Clone)]
@@ -78,7 +79,28 @@ pub fn score(w: Tensor<2>, scaler_row: Option<Tensor<1>>) -> Tensor<2> {
     if kernels::is_wgpu(&w) {
         return kernels::score(w, scaler_row);
     }
+    if on_cpu_in_f32(&w) {
+        return score_on_cpu(w, scaler_row);
+    }
     score_reference(w, scaler_row)
+}
+
+/// The CPU backends' path: one host loop with the twin's arithmetic (|w|·√s), so the same bits.
+fn score_on_cpu(w: Tensor<2>, scaler_row: Option<Tensor<1>>) -> Tensor<2> {
+    let ([rows, cols], device) = (w.dims(), w.device());
+    let mut v = cpu_values(w);
+    match scaler_row {
+        Some(s) => {
+            let norms: Vec<f32> = cpu_values(to_dtype(s, DType::F32)).iter().map(|x| x.sqrt()).collect();
+            for row in v.chunks_exact_mut(cols) {
+                for (x, n) in row.iter_mut().zip(&norms) {
+                    *x = x.abs() * n;
+                }
+            }
+        }
+        None => v.iter_mut().for_each(|x| *x = x.abs()),
+    }
+    Tensor::from_data(TensorData::new(v, [rows, cols]), &device)
 }
 
 pub fn score_reference(w: Tensor<2>, scaler_row: Option<Tensor<1>>) -> Tensor<2> {
@@ -92,6 +114,16 @@ pub fn score_reference(w: Tensor<2>, scaler_row: Option<Tensor<1>>) -> Tensor<2>
 pub fn apply_mask(w: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
     if kernels::is_wgpu(&w) {
         return kernels::apply_mask(w, mask);
+    }
+    if on_cpu_in_f32(&w) && on_cpu_in_f32(&mask) {
+        let (dims, device) = (w.dims(), w.device());
+        let mut v = cpu_values(w);
+        for (x, m) in v.iter_mut().zip(cpu_values(mask)) {
+            if m != 0.0 {
+                *x = 0.0;
+            }
+        }
+        return Tensor::from_data(TensorData::new(v, dims), &device);
     }
     apply_mask_reference(w, mask)
 }

@@ -4,10 +4,11 @@
 //! alignment between dense and sparse activations, first per block, then per row.
 
 use burn::tensor::{DType, Tensor};
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::kernels;
-use crate::model::{host_f32, to_dtype};
+use crate::model::{host_f32, on_cpu, to_dtype};
 use crate::bail;
 use crate::mask::{Pattern, Sparsity};
 use crate::model::{Model, Spec};
@@ -173,38 +174,49 @@ pub fn evaluate(
         // Per candidate, every linear's m and d in (block, linear) order, kept on the device.
         let mut pending: Vec<Vec<(Tensor<1>, Tensor<1>)>> = group.iter().map(|_| Vec::new()).collect();
         for block in model.blocks() {
-            let mut block = block?;
+            let block = block?;
             let b = block.index;
             progress(results.len(), b);
-            let dense: Vec<Tensor<2>> = block.linears.iter().map(|l| l.weight.clone()).collect();
             // Every candidate enters block 0 with the same embeddings: one dense pass serves all.
             let shared = if b == 0 { Some(calibrate(model, &block, &hidden[0], &pos, pruner.needs_hessian())?) } else { None };
-            for (c, map) in group.iter().enumerate() {
+            // One candidate through this block: its dense statistics, its pruned copy of the
+            // block (sharing the other tensors), its sparse pass; its hidden states move on.
+            let one = |map: &Map, hidden: &mut Vec<Tensor<3>>| -> Result<Vec<(Tensor<1>, Tensor<1>)>> {
                 let own;
                 let stats_dense = match &shared {
                     Some(s) => s,
                     None => {
-                        own = calibrate(model, &block, &hidden[c], &pos, pruner.needs_hessian())?;
+                        own = calibrate(model, &block, hidden, &pos, pruner.needs_hessian())?;
                         &own
                     }
                 };
-                for (li, linear) in block.linears.iter_mut().enumerate() {
-                    let sparsity = &map[b][li];
+                let mut sparse = block.clone();
+                for (li, linear) in sparse.linears.iter_mut().enumerate() {
                     let pruned = pruner
-                        .prune(to_dtype(dense[li].clone(), DType::F32), &stats_dense[li], nsamples, pattern, sparsity)
+                        .prune(to_dtype(linear.weight.clone(), DType::F32), &stats_dense[li], nsamples, pattern, &map[b][li])
                         .map_err(|e| crate::err!("NeuroAL: block {b} {}: {e}", names[li]))?;
                     linear.weight = to_dtype(pruned.weight, model.dtype);
                 }
-                let (stats_sparse, outputs) = run_recording(model, &block, &hidden[c], &pos, false)?;
-                hidden[c] = outputs;
-                for (linear, w) in block.linears.iter_mut().zip(&dense) {
-                    linear.weight = w.clone();
-                }
-                for li in 0..names.len() {
-                    let a_dense = stats_dense[li].stats.scaler_row(nsamples).sqrt();
-                    let a_sparse = stats_sparse[li].stats.scaler_row(nsamples).sqrt();
-                    pending[c].push(alignment_on_device(a_dense, a_sparse));
-                }
+                let (stats_sparse, outputs) = run_recording(model, &sparse, hidden, &pos, false)?;
+                *hidden = outputs;
+                Ok((0..names.len())
+                    .map(|li| {
+                        let a_dense = stats_dense[li].stats.scaler_row(nsamples).sqrt();
+                        let a_sparse = stats_sparse[li].stats.scaler_row(nsamples).sqrt();
+                        alignment_on_device(a_dense, a_sparse)
+                    })
+                    .collect())
+            };
+            // On the CPU backends the candidates run side by side: a pass has serial stretches
+            // (norms, statistics, selection) that leave cores idle. Each candidate's arithmetic
+            // is the same either way. A GPU already overlaps the work it is queued.
+            let per: Vec<Result<_>> = if on_cpu(&model.device) {
+                group.par_iter().zip(hidden.par_iter_mut()).map(|(map, h)| one(map, h)).collect()
+            } else {
+                group.iter().zip(hidden.iter_mut()).map(|(map, h)| one(map, h)).collect()
+            };
+            for (c, r) in per.into_iter().enumerate() {
+                pending[c].extend(r?);
             }
         }
         // One readback of m and one of d per candidate; scores summed in (block, linear) order.

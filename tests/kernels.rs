@@ -1,4 +1,5 @@
-//! Every WGSL shader against its CPU twin (burn ops on flex) on random data.
+//! Every WGSL shader against its CPU twin (burn ops on flex) on random data, and the CPU
+//! backends' host paths against the same twins.
 
 mod common;
 
@@ -87,8 +88,12 @@ fn stats_score_and_mask_shaders_equal_their_twins() {
 
     let w = random(&mut rng, rows * cols, None);
     let gscore = host(score::score(t2(w.clone(), [rows, cols], &gpu), Some(gs)));
-    let cscore = host(score::score_reference(t2(w.clone(), [rows, cols], &cpu), Some(cs)));
+    let cscore = host(score::score_reference(t2(w.clone(), [rows, cols], &cpu), Some(cs.clone())));
     assert!(close(&gscore, &cscore), "wanda score");
+    // The CPU backends' host loop computes the twin's arithmetic: the same bits.
+    let hscore = host(score::score(t2(w.clone(), [rows, cols], &cpu), Some(cs)));
+    assert_eq!(hscore, cscore, "wanda score, host path");
+    assert_eq!(host(score::score(t2(w.clone(), [rows, cols], &cpu), None)), w.iter().map(|v| v.abs()).collect::<Vec<_>>(), "magnitude score, host path");
     let gmag = host(score::score(t2(w.clone(), [rows, cols], &gpu), None));
     assert_eq!(gmag, w.iter().map(|v| v.abs()).collect::<Vec<_>>(), "magnitude score");
 
@@ -96,5 +101,7 @@ fn stats_score_and_mask_shaders_equal_their_twins() {
     let gw = host(score::apply_mask(t2(w.clone(), [rows, cols], &gpu), t2(m.clone(), [rows, cols], &gpu)));
     let cw = host(score::apply_mask_reference(t2(w.clone(), [rows, cols], &cpu), t2(m.clone(), [rows, cols], &cpu)));
     assert_eq!(gw, cw);
+    let hw = host(score::apply_mask(t2(w.clone(), [rows, cols], &cpu), t2(m.clone(), [rows, cols], &cpu)));
+    assert_eq!(hw, cw, "apply_mask, host path");
     assert_eq!(gw.iter().filter(|v| **v == 0.0).count(), m.iter().filter(|v| **v == 1.0).count());
 }

@@ -8,11 +8,7 @@ use burn::tensor::{Tensor, TensorData};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// The values of an f32 tensor of a CPU backend, in logical order.
-pub(super) fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    // The caller checked the dtype and the backend: nothing here can fail.
-    t.into_data().try_into_vec::<f32>().expect("an f32 tensor in host memory")
-}
+use super::cpu_values;
 
 /// softmax(Q·Kᵀ·scale + causal mask)·V for f32 q [b, nh, t, hd] and k, v [b, nkv, t, hd] on a
 /// CPU backend.
@@ -20,7 +16,7 @@ pub fn causal(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) -> Tensor<4>
     let [b, nh, t, hd] = q.dims();
     let nkv = k.dims()[1];
     let device = q.device();
-    let (q, k, v) = (host(q), host(k), host(v));
+    let (q, k, v) = (cpu_values(q), cpu_values(k), cpu_values(v));
     let groups = nh / nkv;
     let head = t * hd;
     let mut out = vec![0f32; b * nh * head];

@@ -241,6 +241,7 @@ impl Outer {
 }
 
 /// A block's norms and the settings its forward needs.
+#[derive(Clone)]
 pub struct Parts {
     input_norm: Tensor<1>,
     post_attention_norm: Tensor<1>,

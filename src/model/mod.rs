@@ -94,6 +94,7 @@ impl Spec {
     }
 }
 
+#[derive(Clone)]
 pub struct Linear {
     /// [out, in], as stored by Hugging Face.
     pub weight: Tensor<2>,
@@ -119,13 +120,16 @@ impl Linear {
 pub type InputHook<'a> = &'a mut dyn FnMut(usize, &Tensor<3>);
 
 /// The family-specific rest of a block (its norms and settings).
+#[derive(Clone)]
 enum Parts {
     Llama(llama::Parts),
     Opt(opt::Parts),
     Phi(phi::Parts),
 }
 
-/// One decoder block: its prunable linears in declared order, and the rest.
+/// One decoder block: its prunable linears in declared order, and the rest. A clone shares
+/// the tensors.
+#[derive(Clone)]
 pub struct Block {
     pub index: usize,
     pub linears: Vec<Linear>,
@@ -374,8 +378,10 @@ impl RopeFreqs {
             }
         }
         Rope {
-            cos: Tensor::from_data(TensorData::new(cos, [t, dim]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [t, dim]), device),
+            cos: Tensor::from_data(TensorData::new(cos.clone(), [t, dim]), device),
+            sin: Tensor::from_data(TensorData::new(sin.clone(), [t, dim]), device),
+            cos_host: cos,
+            sin_host: sin,
             dim,
         }
     }
@@ -384,6 +390,9 @@ impl RopeFreqs {
 pub struct Rope {
     cos: Tensor<2>,
     sin: Tensor<2>,
+    /// The same tables for the CPU path.
+    cos_host: Vec<f32>,
+    sin_host: Vec<f32>,
     dim: usize,
 }
 
@@ -391,6 +400,14 @@ impl Rope {
     /// x [b, heads, t, hd] with its first `dim` dims of each head rotated (transformers'
     /// `rotate_half` convention); the rest pass through (partial rotary).
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        if on_cpu_in_f32(&x) {
+            return self.apply_on_cpu(x);
+        }
+        self.apply_ops(x)
+    }
+
+    /// [`Rope::apply`] in burn ops: the GPU path, and the CPU path's reference in the tests.
+    fn apply_ops(&self, x: Tensor<4>) -> Tensor<4> {
         let dt = x.dtype();
         let x = to_dtype(x, DType::F32);
         let [b, h, t, hd] = x.dims();
@@ -414,6 +431,27 @@ impl Rope {
     }
 }
 
+impl Rope {
+    /// [`Rope::apply`] as one host loop: the same products and sums in the same order (x₁·cos +
+    /// (−x₂)·sin, x₂·cos + x₁·sin), so the same bits, without the ops' six temporaries.
+    fn apply_on_cpu(&self, x: Tensor<4>) -> Tensor<4> {
+        let (dims, device) = (x.dims(), x.device());
+        let [_, _, t, hd] = dims;
+        let (dim, half) = (self.dim, self.dim / 2);
+        let mut v = cpu_values(x);
+        for (r, head) in v.chunks_exact_mut(hd).enumerate() {
+            let at = (r % t) * dim;
+            let (cos, sin) = (&self.cos_host[at..at + dim], &self.sin_host[at..at + dim]);
+            for i in 0..half {
+                let (x1, x2) = (head[i], head[i + half]);
+                head[i] = x1 * cos[i] + -x2 * sin[i];
+                head[i + half] = x2 * cos[i + half] + x1 * sin[i + half];
+            }
+        }
+        Tensor::from_data(TensorData::new(v, dims), &device)
+    }
+}
+
 /// `t` in `dtype` (unchanged when it already is).
 pub fn to_dtype<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
     if t.dtype() == dtype {
@@ -432,6 +470,7 @@ pub fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
 }
 
 /// LayerNorm over the last dim with weight and bias (population variance, as torch does).
+#[derive(Clone)]
 pub struct LayerNorm {
     pub weight: Tensor<1>,
     pub bias: Tensor<1>,
@@ -459,9 +498,22 @@ impl LayerNorm {
     }
 }
 
-/// Whether `t` is f32 on a CPU backend, where `cpu_attention` and `cpu_math` run on host slices.
-fn on_cpu_in_f32<const D: usize>(t: &Tensor<D>) -> bool {
-    t.dtype() == DType::F32 && !matches!(t.device().as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+/// Whether `t` is f32 on a CPU backend. There its values are in host memory, and host loops
+/// (`cpu_attention`, `cpu_math`, and the CPU paths of `score` and `mask`) beat chains of burn
+/// ops, each of which allocates its output.
+pub fn on_cpu_in_f32<const D: usize>(t: &Tensor<D>) -> bool {
+    t.dtype() == DType::F32 && on_cpu(&t.device())
+}
+
+/// Whether `device` is one of the CPU backends (flex, ndarray), not a GPU or its emulator.
+pub fn on_cpu(device: &Device) -> bool {
+    !matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+}
+
+/// The values of an f32 tensor of a CPU backend in logical order ([`on_cpu_in_f32`] checked by
+/// the caller; then nothing can fail). No copy when `t` is contiguous and not shared.
+pub fn cpu_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().expect("an f32 tensor in host memory")
 }
 
 /// SiLU, x·σ(x). On the CPU backends in f32 a vectorized host loop (`cpu_math`): burn-flex's
@@ -471,7 +523,7 @@ pub fn silu(x: Tensor<3>) -> Tensor<3> {
         return burn::tensor::activation::silu(x);
     }
     let (dims, device) = (x.dims(), x.device());
-    let mut v = cpu_attention::host(x);
+    let mut v = cpu_values(x);
     cpu_math::silu(&mut v);
     Tensor::from_data(TensorData::new(v, dims), &device)
 }
@@ -653,6 +705,34 @@ pub(crate) mod testing {
         for (extra, expect) in cases {
             let e = Config::from_json(&format!("{{{base}{extra}}}")).unwrap_err().to_string();
             assert!(e.contains(expect), "{e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calib::SplitMix64;
+
+    /// The CPU host loop against the burn-ops rotation (checked against transformers through
+    /// the forward tests), full and partial rotary, on both CPU backends: the same bits.
+    #[test]
+    fn rope_on_cpu_equals_the_ops_path() {
+        #[allow(deprecated)] // the NdArray backend is kept on request
+        let devices = [Device::flex(), Device::ndarray()];
+        let mut rng = SplitMix64::new(11);
+        for d in &devices {
+            for (b, h, t, hd, dim) in [(2, 3, 17, 8, 8), (1, 2, 9, 12, 4)] {
+                let n = b * h * t * hd;
+                let v: Vec<f32> = (0..n).map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0).collect();
+                let x = Tensor::<4>::from_data(TensorData::new(v.clone(), [b, h, t, hd]), d);
+                let rope = RopeFreqs::new(10000.0, dim).tables(t, d);
+                let fast = rope.apply(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+                let reference = rope.apply_ops(x).into_data().try_to_vec::<f32>().unwrap();
+                assert_eq!(fast, reference, "b {b} h {h} t {t} hd {hd} dim {dim}");
+                // Position 0 is the identity.
+                assert_eq!(&fast[..hd], &v[..hd]);
+            }
         }
     }
 }

@@ -202,6 +202,7 @@ impl Outer {
 }
 
 /// A block's two LayerNorms and the settings its forward needs.
+#[derive(Clone)]
 pub struct Parts {
     self_attn_layer_norm: LayerNorm,
     final_layer_norm: LayerNorm,

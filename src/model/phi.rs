@@ -191,6 +191,7 @@ impl Outer {
 }
 
 /// A block's one LayerNorm and the settings its forward needs.
+#[derive(Clone)]
 pub struct Parts {
     input_layernorm: LayerNorm,
     cfg: Config,
