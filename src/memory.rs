@@ -21,6 +21,8 @@ pub struct Run {
     pub chunk: usize,
     /// NeuroAL: (search windows, candidates carried at once).
     pub search: Option<(usize, usize)>,
+    /// NeuroAL candidates whose passes run at the same time (on the CPU backends, one per core).
+    pub searches_at_once: usize,
     /// SparseGPT: a Hessian per linear of a block, and every new weight held until written.
     pub hessians: bool,
 }
@@ -37,15 +39,17 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     let (t, n) = (run.seqlen as u128, run.nsamples as u128);
     let block_params: u128 = shapes.iter().map(|s| (s[0] * s[1]) as u128).sum();
     let chunk = (run.chunk.min(run.nsamples).max(1)) as u128;
+    let at_once = if run.search.is_some() { run.searches_at_once.max(1) as u128 } else { 1 };
     let mut parts = vec![
         Part { what: "calibration hidden states", bytes: 2 * n * t * d * f, lowered_by: "--nsamples or --seqlen" },
         Part {
             what: "attention and MLP activations",
-            bytes: chunk * (3 * c.num_heads as u128 * t * t + 3 * t * ff + 4 * t * d) * f,
+            bytes: at_once * chunk * (3 * c.num_heads as u128 * t * t + 3 * t * ff + 4 * t * d) * f,
             lowered_by: "--seqlen",
         },
-        // The block being pruned, its pruned copy, and the next block decoded ahead.
-        Part { what: "one block's weights", bytes: 3 * block_params * f, lowered_by: "nothing (it is the model's size)" },
+        // The block being pruned, its pruned copy (one per candidate running), and the next
+        // block decoded ahead.
+        Part { what: "one block's weights", bytes: (2 + at_once) * block_params * f, lowered_by: "nothing (it is the model's size)" },
         Part {
             what: "embeddings and head",
             bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * f,
@@ -135,7 +139,7 @@ mod tests {
         )
         .unwrap();
         let shapes = crate::model::Spec::of(&c).shapes();
-        let parts = prune_parts(&c, &shapes, &Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 3)), hessians: false });
+        let parts = prune_parts(&c, &shapes, &Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 3)), searches_at_once: 1, hessians: false });
         // 2 copies × 4 windows × 16 tokens × 8 wide × 4 bytes.
         assert_eq!(parts[0].bytes, 2 * 4 * 16 * 8 * 4);
         // q, k, v, o: 4 × 64; gate, up, down: 3 × 128 → 640 weights, the pruned copy and the
@@ -150,5 +154,12 @@ mod tests {
         assert_eq!(parts[1].bytes, 4 * (3 * 2 * 256 + 3 * 256 + 4 * 128) * 4);
         assert!(e.contains("(attention and MLP activations 44.0 KiB)") && e.ends_with("lower --seqlen"), "{e}");
         assert_eq!(human(3 << 30), "3.0 GiB");
+        // Two candidates side by side (CPU): two passes' activations and two pruned copies;
+        // without a search, one of each whatever the cores.
+        let two = |search| prune_parts(&c, &shapes, &Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: 2, hessians: false });
+        assert_eq!(two(Some((2, 3)))[1].bytes, 2 * parts[1].bytes);
+        assert_eq!(two(Some((2, 3)))[2].bytes, 4 * 640 * 4);
+        assert_eq!(two(None)[1].bytes, parts[1].bytes);
+        assert_eq!(two(None)[2].bytes, 3 * 640 * 4);
     }
 }

@@ -348,13 +348,15 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         None => None,
     };
     let search_grid = if step == NeuroalStep::Row { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };
+    let carried = if args.search_chunk == 0 { search_grid } else { args.search_chunk.min(search_grid) };
     let estimate = memory::Run {
         nsamples: args.nsamples,
         seqlen,
         chunk: crate::pipeline::CHUNK,
         hessians: pruner.needs_hessian(),
-        search: (kind == TopUpKind::Neuroal)
-            .then(|| (args.search_nsamples, if args.search_chunk == 0 { search_grid } else { args.search_chunk.min(search_grid) })),
+        search: (kind == TopUpKind::Neuroal).then_some((args.search_nsamples, carried)),
+        // `topup::evaluate` runs a group's candidates side by side on the CPU backends.
+        searches_at_once: if args.device == Choice::Gpu { 1 } else { rayon::current_num_threads().min(carried) },
     };
     if args.device != Choice::Gpu {
         if let Some(avail) = memory::available_host() {
