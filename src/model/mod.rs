@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::tensor::activation::log_softmax;
+use rayon::prelude::*;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::config::{Arch, Config};
@@ -439,7 +440,7 @@ impl Rope {
         let [_, _, t, hd] = dims;
         let (dim, half) = (self.dim, self.dim / 2);
         let mut v = cpu_values(x);
-        for (r, head) in v.chunks_exact_mut(hd).enumerate() {
+        v.par_chunks_exact_mut(hd).enumerate().for_each(|(r, head)| {
             let at = (r % t) * dim;
             let (cos, sin) = (&self.cos_host[at..at + dim], &self.sin_host[at..at + dim]);
             for i in 0..half {
@@ -447,7 +448,7 @@ impl Rope {
                 head[i] = x1 * cos[i] + -x2 * sin[i];
                 head[i + half] = x2 * cos[i + half] + x1 * sin[i + half];
             }
-        }
+        });
         Tensor::from_data(TensorData::new(v, dims), &device)
     }
 }
@@ -524,7 +525,8 @@ pub fn silu(x: Tensor<3>) -> Tensor<3> {
     }
     let (dims, device) = (x.dims(), x.device());
     let mut v = cpu_values(x);
-    cpu_math::silu(&mut v);
+    // Elementwise: split over the cores, the same values in any order.
+    v.par_chunks_mut(1 << 14).for_each(cpu_math::silu);
     Tensor::from_data(TensorData::new(v, dims), &device)
 }
 
