@@ -114,20 +114,19 @@ fn softmax(row: &mut [f32]) {
     }
 }
 
-/// Row i of the t × t `scores` sees keys 0..=i: softmax over those, zeros after.
 #[inline(always)]
-fn causal_softmax_generic(scores: &mut [f32], t: usize) {
-    for (i, row) in scores.chunks_exact_mut(t).enumerate() {
-        let (visible, hidden) = row.split_at_mut(i + 1);
+fn causal_softmax_generic(scores: &mut [f32], width: usize, first: usize) {
+    for (i, row) in scores.chunks_exact_mut(width).enumerate() {
+        let (visible, hidden) = row.split_at_mut((first + i + 1).min(width));
         softmax(visible);
         hidden.fill(0.0);
     }
 }
 
 widest! {
-    /// Row i of the row-major t × t `scores` sees keys 0..=i: a softmax over those in place,
-    /// zeros after them.
-    pub fn causal_softmax(scores: &mut [f32], t: usize) = causal_softmax_generic
+    /// `scores` holds rows of `width` keys, the first being query `first`: query q sees keys
+    /// 0..=q. A softmax over those in place, zeros after them.
+    pub fn causal_softmax(scores: &mut [f32], width: usize, first: usize) = causal_softmax_generic
 }
 
 #[inline(always)]
@@ -184,8 +183,15 @@ mod tests {
     fn causal_softmax_by_hand_and_against_f64() {
         // t = 2: row 0 sees one key (p = 1); row 1 sees [0, ln 3] → [1/4, 3/4].
         let mut s = vec![5.0, 7.0, 0.0, 3f32.ln()];
-        causal_softmax(&mut s, 2);
+        causal_softmax(&mut s, 2, 0);
         let want = [1.0, 0.0, 0.25, 0.75];
+        for (g, w) in s.iter().zip(want) {
+            assert!((g - w).abs() < 1e-7, "{s:?}");
+        }
+        // A block of rows starting at query 2, 4 keys wide: query 2 sees 3 keys, query 3 all 4.
+        let mut s = vec![0.0, 0.0, 0.0, 9.0, 0.0, 2f32.ln(), 0.0, 0.0];
+        causal_softmax(&mut s, 4, 2);
+        let want = [1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 0.0, 0.2, 0.4, 0.2, 0.2];
         for (g, w) in s.iter().zip(want) {
             assert!((g - w).abs() < 1e-7, "{s:?}");
         }
@@ -194,7 +200,7 @@ mod tests {
         let mut rng = crate::calib::SplitMix64::new(7);
         let raw: Vec<f32> = (0..t * t).map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 40.0 - 20.0).collect();
         let mut s = raw.clone();
-        causal_softmax(&mut s, t);
+        causal_softmax(&mut s, t, 0);
         for i in 0..t {
             let row = &raw[i * t..i * t + i + 1];
             let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));

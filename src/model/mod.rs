@@ -434,14 +434,15 @@ impl Rope {
 
 impl Rope {
     /// [`Rope::apply`] as one host loop: the same products and sums in the same order (x₁·cos +
-    /// (−x₂)·sin, x₂·cos + x₁·sin), so the same bits, without the ops' six temporaries.
+    /// (−x₂)·sin, x₂·cos + x₁·sin), so the same bits, without the ops' six temporaries. It works
+    /// in the [b, t, heads, hd] layout that `split_heads` views, so that needs no copy.
     fn apply_on_cpu(&self, x: Tensor<4>) -> Tensor<4> {
-        let (dims, device) = (x.dims(), x.device());
-        let [_, _, t, hd] = dims;
+        let [b, h, t, hd] = x.dims();
+        let device = x.device();
         let (dim, half) = (self.dim, self.dim / 2);
-        let mut v = cpu_values(x);
+        let mut v = cpu_values(x.swap_dims(1, 2));
         v.par_chunks_exact_mut(hd).enumerate().for_each(|(r, head)| {
-            let at = (r % t) * dim;
+            let at = (r / h % t) * dim;
             let (cos, sin) = (&self.cos_host[at..at + dim], &self.sin_host[at..at + dim]);
             for i in 0..half {
                 let (x1, x2) = (head[i], head[i + half]);
@@ -449,7 +450,7 @@ impl Rope {
                 head[i + half] = x2 * cos[i + half] + x1 * sin[i + half];
             }
         });
-        Tensor::from_data(TensorData::new(v, dims), &device)
+        Tensor::<4>::from_data(TensorData::new(v, [b, t, h, hd]), &device).swap_dims(1, 2)
     }
 }
 
@@ -533,13 +534,12 @@ pub fn silu(x: Tensor<3>) -> Tensor<3> {
 /// Causal multi-head attention: q [b, nh, t, hd], k and v [b, nkv, t, hd] → [b, t, nh·hd].
 /// The scores are divided by `divide_by` where given (OPT scales q beforehand instead).
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>) -> Tensor<3> {
-    let [b, nh, t, hd] = q.dims();
     // On the CPU backends in f32, `cpu_attention`: only the visible (lower-triangle) scores
-    // go through the softmax, and grouped-query heads are not repeated. The mask and softmax
-    // passes below took a fifth of a CPU prune.
+    // are computed, grouped-query heads are not repeated, and heads are not transposed. The
+    // mask and softmax passes below took a fifth of a CPU prune.
     if on_cpu_in_f32(&v) {
         let scale = divide_by.map_or(1.0, |d| 1.0 / d) as f32;
-        return cpu_attention::causal(q, k, v, scale).swap_dims(1, 2).reshape([b, t, nh * hd]);
+        return cpu_attention::causal(q, k, v, scale);
     }
     attention_ops(q, k, v, divide_by)
 }
