@@ -4,8 +4,8 @@
 #   cargo build --release && cp "$CARGO_TARGET_DIR/release/neuroal" .bin/neuroal
 #   cargo build --release --no-default-features && cp "$CARGO_TARGET_DIR/release/neuroal" .bin/neuroal-wgsl
 # and the Vulkan loader packages in `.gl/` (the device README says how); then run this script
-# there with `.bin` and `.gl` carried. Each line of output is one run's summary; the full
-# output of each run is kept under $OUT (or /tmp) as <name>.log.
+# there with `.bin` and `.gl` carried. Each run prints its name, exit code and seconds, then
+# bench's table; the full output of each run is kept under $OUT (or /tmp) as <name>.log.
 set -uo pipefail
 out="${OUT:-/tmp}"
 if [ -d .gl ]; then
@@ -21,12 +21,14 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 
 run() {
   local name=$1; shift
-  local start=$(date +%s.%N)
+  local start=$(date +%s%N)
   "$@" >"$out/$name.log" 2>&1
   local rc=$?
-  printf '%-28s rc=%d %6.1f s  ' "$name" "$rc" "$(echo "$(date +%s.%N) - $start" | bc)"
-  grep -E "tokens/s|total|search|prune|peak|lambda|λ" "$out/$name.log" | tr '\n' ' ' | cut -c1-400
+  local ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  printf '%-28s rc=%d %4d.%01d s  ' "$name" "$rc" $(( ms / 1000 )) $(( ms % 1000 / 100 ))
   echo
+  # bench's table (a header and one row per device), or the error.
+  grep -v "^wrote a random" "$out/$name.log" | tail -n 4
 }
 
 for bin in neuroal neuroal-wgsl; do
