@@ -36,11 +36,8 @@ enum Command {
         /// Evaluate only the first K windows.
         #[arg(long)]
         max_windows: Option<usize>,
-        #[arg(long, value_enum, default_value = "auto")]
-        device: Choice,
-        /// Compute dtype: auto = f16 on a GPU whose shaders support it, else f32.
-        #[arg(long, value_enum, default_value = "auto")]
-        dtype: ComputeDtype,
+        #[command(flatten)]
+        compute: Compute,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -77,11 +74,8 @@ enum Command {
         seqlen: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, value_enum, default_value = "auto")]
-        device: Choice,
-        /// Compute dtype: auto = f16 on a GPU whose shaders support it, else f32.
-        #[arg(long, value_enum, default_value = "auto")]
-        dtype: ComputeDtype,
+        #[command(flatten)]
+        compute: Compute,
         /// Replace an existing output folder.
         #[arg(long)]
         force: bool,
@@ -132,11 +126,8 @@ enum Command {
         /// [default: min(2048, max_position_embeddings)].
         #[arg(long)]
         seqlen: Option<usize>,
-        #[arg(long, value_enum, default_value = "auto")]
-        device: Choice,
-        /// Compute dtype: auto = f16 on a GPU whose shaders support it, else f32.
-        #[arg(long, value_enum, default_value = "auto")]
-        dtype: ComputeDtype,
+        #[command(flatten)]
+        compute: Compute,
         #[arg(long)]
         json: bool,
     },
@@ -189,14 +180,35 @@ enum Command {
     },
 }
 
+/// Where the model runs and in which dtype (eval, prune, zeroshot).
+#[derive(clap::Args)]
+struct Compute {
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Choice,
+    /// Compute dtype: auto = f16 on a GPU whose shaders support it, else f32.
+    #[arg(long, value_enum, default_value = "auto")]
+    dtype: ComputeDtype,
+}
+
+impl Compute {
+    /// Opens the device (its line goes to stderr) and loads the model on it; returns the model
+    /// and the device's description with the dtype, for the results.
+    fn load(&self, config: neuroal::config::Config, checkpoint: neuroal::weights::Checkpoint) -> Result<(Model, String)> {
+        let selected = device::select(self.device)?;
+        let dtype = selected.compute_dtype(self.dtype)?;
+        eprintln!("device {}", selected.description);
+        let described = format!("{} ({})", selected.description, device::dtype_name(dtype));
+        Ok((Model::load(config, checkpoint, &selected.device, dtype)?, described))
+    }
+}
+
 fn parse_device(s: &str) -> Result<Choice> {
     s.parse::<Choice>().map_err(neuroal::error::Error)
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Eval { model, text, seqlen, max_windows, device, dtype, json } => {
-            let choice = device;
+        Command::Eval { model, text, seqlen, max_windows, compute, json } => {
             if !model.is_dir() {
                 bail!("{}: model folder not found", model.display());
             }
@@ -217,11 +229,8 @@ fn run(cli: Cli) -> Result<()> {
             if ids.len() < seqlen {
                 bail!("the text has {} tokens, fewer than one window of {seqlen}", ids.len());
             }
-            let selected = device::select(choice)?;
-            let dtype = selected.compute_dtype(dtype)?;
-            eprintln!("device {}", selected.description);
-            let m = Model::load(config, checkpoint, &selected.device, dtype)?;
-            let result = perplexity(&m, &ids, seqlen, max_windows, &format!("{} ({})", selected.description, device::dtype_name(dtype)))?;
+            let (m, described) = compute.load(config, checkpoint)?;
+            let result = perplexity(&m, &ids, seqlen, max_windows, &described)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&result).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
             } else {
@@ -233,9 +242,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Prune {
-            model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, device, dtype, force, eval, zeroshot,
+            model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, compute, force, eval, zeroshot,
             top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, resume,
         } => {
+            let Compute { device, dtype } = compute;
             let args = neuroal::prune::PruneArgs {
                 model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, force, eval, zeroshot,
                 top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, device, dtype, resume,
@@ -252,7 +262,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Zeroshot { model, tasks, limit, seqlen, device, dtype, json } => {
+        Command::Zeroshot { model, tasks, limit, seqlen, compute, json } => {
             if limit == Some(0) {
                 bail!("--limit must be at least 1");
             }
@@ -262,11 +272,8 @@ fn run(cli: Cli) -> Result<()> {
             config.check_seqlen(max_len)?;
             let examples = neuroal::zeroshot::read_tasks(&paths, limit)?;
             let tokenizer = Tokenizer::open(&model)?;
-            let selected = device::select(device)?;
-            let dtype = selected.compute_dtype(dtype)?;
-            eprintln!("device {}", selected.description);
-            let m = Model::load(config, checkpoint, &selected.device, dtype)?;
-            let r = neuroal::zeroshot::evaluate(&m, &tokenizer, &examples, max_len, &format!("{} ({})", selected.description, device::dtype_name(dtype)))?;
+            let (m, described) = compute.load(config, checkpoint)?;
+            let r = neuroal::zeroshot::evaluate(&m, &tokenizer, &examples, max_len, &described)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
             } else {
