@@ -6,6 +6,8 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,12 @@ pub struct BenchRow {
     pub tokens_per_s: f64,
     pub ms_per_forward: f64,
     pub peak_rss_mib: f64,
+    /// GPUs: the most the runtime's memory pools held during the forward passes, and during the
+    /// prune, in MiB (sampled every 10 ms).
+    #[serde(default)]
+    pub forward_gpu_mib: Option<f64>,
+    #[serde(default)]
+    pub prune_gpu_mib: Option<f64>,
     /// With `--prune-sparsity`: NeuroAL's search and the final prune, in seconds, and its λs.
     #[serde(default)]
     pub search_s: Option<f64>,
@@ -144,6 +152,38 @@ pub fn write_synthetic(dir: &Path, shape: &Shape, blocks: usize) -> Result<()> {
         .map_err(|e| err!("cannot write the index: {e}"))
 }
 
+/// The most GPU memory burn's pools hold while it runs: a thread reads their reserved bytes
+/// every 10 ms (wgpu itself reports no usage).
+struct GpuPeak {
+    stop: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<u64>,
+}
+
+impl GpuPeak {
+    fn start(device: &burn::tensor::Device) -> GpuPeak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, device) = (stop.clone(), device.clone());
+        let sampler = std::thread::spawn(move || {
+            let mut peak = 0;
+            loop {
+                peak = peak.max(crate::kernels::reserved_bytes(&device));
+                if flag.load(Ordering::Relaxed) {
+                    return peak;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        });
+        GpuPeak { stop, sampler }
+    }
+
+    /// The peak in MiB, with one last reading taken now.
+    fn finish(self) -> Result<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let bytes = self.sampler.join().map_err(|_| err!("the GPU memory sampler failed"))?;
+        Ok(bytes as f64 / (1024.0 * 1024.0))
+    }
+}
+
 /// Peak resident set size of this process (Linux `VmHWM`), in MiB; 0 where unknown.
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -165,6 +205,7 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
     let dtype = selected.compute_dtype(dtype)?;
     let model = Model::open_as(model_dir, &selected.device, dtype)?;
     model.check_seqlen(seqlen)?;
+    let gpu = selected.is_gpu.then(|| GpuPeak::start(&selected.device));
     let blocks: Vec<Block> = model.blocks().collect::<Result<_>>()?;
     let rope = model.positions(seqlen);
     let vocab = model.config.vocab_size as u32;
@@ -186,8 +227,16 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
     }
     let secs = start.elapsed().as_secs_f64();
     drop(blocks);
-    let (mut search_s, mut prune_s, mut lambda_block, mut lambda_row) = (None, None, None, None);
+    let forward_gpu_mib = gpu.map(GpuPeak::finish).transpose()?;
+    let (mut search_s, mut prune_s, mut lambda_block, mut lambda_row, mut prune_gpu_mib) = (None, None, None, None, None);
     if let Some(p) = prune {
+        // The forward held every block at once; the prune's peak is measured from empty pools.
+        let gpu = if selected.is_gpu {
+            crate::kernels::release_unused(&selected.device).map_err(|e| err!("cannot release the GPU pools: {e}"))?;
+            Some(GpuPeak::start(&selected.device))
+        } else {
+            None
+        };
         // Random calibration tokens: the cost does not depend on which tokens they are.
         let mut rng = crate::calib::SplitMix64::new(7);
         let n = (p.nsamples.max(p.search_nsamples) + 1) * seqlen + 1;
@@ -197,6 +246,7 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
         let _ = std::fs::remove_dir_all(&scratch);
         let (s, pr, lb, lr) = r?;
         (search_s, prune_s, lambda_block, lambda_row) = (Some(s), Some(pr), lb, lr);
+        prune_gpu_mib = gpu.map(GpuPeak::finish).transpose()?;
     }
     Ok(BenchRow {
         device: format!("{} ({})", selected.description, crate::device::dtype_name(dtype)),
@@ -205,6 +255,8 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
         tokens_per_s: (iters * batch * seqlen) as f64 / secs,
         ms_per_forward: secs * 1000.0 / iters as f64,
         peak_rss_mib: peak_rss_mib(),
+        forward_gpu_mib,
+        prune_gpu_mib,
         search_s,
         prune_s,
         lambda_block,
@@ -236,12 +288,19 @@ pub fn measure_in_child(model_dir: &Path, device: &str, dtype: ComputeDtype, seq
 }
 
 pub fn print_table(rows: &[BenchRow]) {
-    println!("{:<48} {:>7} {:>6} {:>12} {:>12} {:>10} {:>9} {:>9} {:>7} {:>7}", "device", "seqlen", "batch", "tokens/s", "ms/forward", "peak MiB", "search s", "prune s", "λ blk", "λ row");
+    println!(
+        "{:<48} {:>7} {:>6} {:>12} {:>12} {:>10} {:>16} {:>9} {:>9} {:>7} {:>7}",
+        "device", "seqlen", "batch", "tokens/s", "ms/forward", "host MiB", "GPU MiB fwd/prn", "search s", "prune s", "λ blk", "λ row"
+    );
     let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
     for r in rows {
+        let gpu = match (r.forward_gpu_mib, r.prune_gpu_mib) {
+            (None, None) => "-".to_string(),
+            (f, p) => format!("{} / {}", opt(f, 0), opt(p, 0)),
+        };
         println!(
-            "{:<48} {:>7} {:>6} {:>12.0} {:>12.1} {:>10.0} {:>9} {:>9} {:>7} {:>7}",
-            r.device, r.seqlen, r.batch, r.tokens_per_s, r.ms_per_forward, r.peak_rss_mib,
+            "{:<48} {:>7} {:>6} {:>12.0} {:>12.1} {:>10.0} {:>16} {:>9} {:>9} {:>7} {:>7}",
+            r.device, r.seqlen, r.batch, r.tokens_per_s, r.ms_per_forward, r.peak_rss_mib, gpu,
             opt(r.search_s, 1), opt(r.prune_s, 1), opt(r.lambda_block, 2), opt(r.lambda_row, 2)
         );
     }

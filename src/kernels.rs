@@ -221,6 +221,18 @@ pub fn alignment(dense: Tensor<1>, sparse: Tensor<1>) -> (Tensor<1>, Tensor<1>) 
     (from_cube(out), from_cube(d))
 }
 
+/// What the runtime's memory pools hold on the GPU `device` now, in bytes: in use, padding, and
+/// pages kept for reuse (what the driver has handed to burn), from cubecl's memory report.
+pub fn reserved_bytes(device: &burn::tensor::Device) -> u64 {
+    cube(Tensor::<1>::zeros([1], device)).client.memory_report(cubecl::MemoryScope::Device).usage().bytes_reserved
+}
+
+/// Returns the pools' unused pages on the GPU `device` to the driver, so that a later peak of
+/// [`reserved_bytes`] is that later work's own.
+pub fn release_unused(device: &burn::tensor::Device) -> Result<(), String> {
+    cube(Tensor::<1>::zeros([1], device)).client.memory_cleanup().map_err(|e| format!("{e:?}"))
+}
+
 /// The shader compiler burn's runtime chose for `device`: `wgpu<spirv>` (Vulkan), `wgpu<msl>`
 /// (Metal) or `wgpu<wgsl>` (elsewhere, and where the adapter lacks what the native ones need).
 pub fn compiler(device: &burn::tensor::Device) -> &'static str {

@@ -20,6 +20,12 @@ fn synthetic_bench_runs_on_cpu_and_gpu_and_cleans_up() {
             assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
         }
     }
+    // GPU memory where the runtime reports it: at least the f32 weights (embeddings, head and
+    // the two blocks' linears of the tiny shape: 139,776 values, 0.53 MiB); none on cpu.
+    assert!(rows[0]["forward_gpu_mib"].is_null() && rows[0]["prune_gpu_mib"].is_null(), "{}", rows[0]);
+    for k in ["forward_gpu_mib", "prune_gpu_mib"] {
+        assert!(rows[1][k].as_f64().is_some_and(|v| v >= 139_776.0 * 4.0 / (1 << 20) as f64 && v < 4096.0), "{k}: {}", rows[1]);
+    }
     // The same random model and tokens: both devices choose the same λs.
     assert_eq!(rows[0]["lambda_block"], rows[1]["lambda_block"]);
     assert_eq!(rows[0]["lambda_row"], rows[1]["lambda_row"]);

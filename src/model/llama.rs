@@ -9,7 +9,7 @@ use burn::tensor::{DType, Device, Int, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{attention, rms_norm, silu, split_heads, to_device1, to_device2, to_dtype, LinearSpec, Positions, Route, RopeFreqs, Spec};
+use super::{attention, rms_norm, silu, split_heads, to_device1, to_device2_as, LinearSpec, Positions, Route, RopeFreqs, Spec};
 use crate::config::{self, need, positive, rope_field, Arch};
 use crate::error::Result;
 use crate::weights::Checkpoint;
@@ -212,9 +212,9 @@ pub struct Outer {
 impl Outer {
     pub fn load(ck: &Checkpoint, c: &config::Config, l: &Config, device: &Device, dtype: DType) -> Result<Outer> {
         let (v, d) = (c.vocab_size, c.hidden_size);
-        let embed_tokens = to_dtype(to_device2(ck.load("model.embed_tokens.weight", &[v, d])?, device), dtype);
+        let embed_tokens = to_device2_as(ck.load("model.embed_tokens.weight", &[v, d])?, device, dtype);
         let lm_head = if ck.contains("lm_head.weight") {
-            to_dtype(to_device2(ck.load("lm_head.weight", &[v, d])?, device), dtype)
+            to_device2_as(ck.load("lm_head.weight", &[v, d])?, device, dtype)
         } else if c.tie_word_embeddings {
             embed_tokens.clone()
         } else {

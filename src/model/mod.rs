@@ -684,9 +684,18 @@ pub fn to_device1(t: HostTensor, device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(t.data, [n]), device)
 }
 
-pub fn to_device2(t: HostTensor, device: &Device) -> Tensor<2> {
+/// [`to_device1`] in `dtype`, converted on the host: a half-precision run uploads half the
+/// bytes, and no f32 buffer of the whole tensor is needed on the device (an embedding table can
+/// exceed an adapter's buffer limit in f32 and fit in f16).
+pub fn to_device1_as(t: HostTensor, device: &Device, dtype: DType) -> Tensor<1> {
+    let n = t.data.len();
+    Tensor::from_data(TensorData::new(t.data, [n]).convert_dtype(dtype), (device, dtype))
+}
+
+/// A [v, d] table in `dtype`, converted on the host (see [`to_device1_as`]).
+pub fn to_device2_as(t: HostTensor, device: &Device, dtype: DType) -> Tensor<2> {
     let shape = [t.shape[0], t.shape[1]];
-    Tensor::from_data(TensorData::new(t.data, shape), device)
+    Tensor::from_data(TensorData::new(t.data, shape).convert_dtype(dtype), (device, dtype))
 }
 
 /// Helpers for the families' declaration tests.

@@ -11,7 +11,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{attention, split_heads, to_device2, to_dtype, LayerNorm, LinearSpec, Route, Spec};
+use super::{attention, split_heads, to_device2_as, LayerNorm, LinearSpec, Route, Spec};
 use crate::config::{self, need, Arch};
 use crate::error::Result;
 use crate::weights::Checkpoint;
@@ -165,16 +165,16 @@ pub struct Outer {
 impl Outer {
     pub fn load(ck: &Checkpoint, c: &config::Config, o: &Config, device: &Device, dtype: DType) -> Result<Outer> {
         let (v, d) = (c.vocab_size, c.hidden_size);
-        let embed_tokens = to_dtype(to_device2(ck.load("model.decoder.embed_tokens.weight", &[v, d])?, device), dtype);
+        let embed_tokens = to_device2_as(ck.load("model.decoder.embed_tokens.weight", &[v, d])?, device, dtype);
         let embed_positions =
-            to_dtype(to_device2(ck.load("model.decoder.embed_positions.weight", &[c.max_positions + POSITION_OFFSET, d])?, device), dtype);
+            to_device2_as(ck.load("model.decoder.embed_positions.weight", &[c.max_positions + POSITION_OFFSET, d])?, device, dtype);
         let final_norm = if o.final_layer_norm {
             Some(LayerNorm::load(ck, "model.decoder.final_layer_norm", d, LAYER_NORM_EPS, device)?)
         } else {
             None
         };
         let lm_head = if ck.contains("lm_head.weight") {
-            to_dtype(to_device2(ck.load("lm_head.weight", &[v, d])?, device), dtype)
+            to_device2_as(ck.load("lm_head.weight", &[v, d])?, device, dtype)
         } else if c.tie_word_embeddings {
             embed_tokens.clone()
         } else {

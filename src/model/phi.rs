@@ -9,7 +9,7 @@ use burn::tensor::{DType, Device, Int, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{attention, split_heads, to_device1, to_device2, to_dtype, LayerNorm, LinearSpec, Positions, Route, RopeFreqs, Spec};
+use super::{attention, split_heads, to_device1_as, to_device2_as, LayerNorm, LinearSpec, Positions, Route, RopeFreqs, Spec};
 use crate::config::{self, need, positive, rope_field, Arch};
 use crate::error::Result;
 use crate::weights::Checkpoint;
@@ -165,13 +165,13 @@ pub struct Outer {
 impl Outer {
     pub fn load(ck: &Checkpoint, c: &config::Config, p: &Config, device: &Device, dtype: DType) -> Result<Outer> {
         let (v, d) = (c.vocab_size, c.hidden_size);
-        let embed_tokens = to_dtype(to_device2(ck.load("model.embed_tokens.weight", &[v, d])?, device), dtype);
+        let embed_tokens = to_device2_as(ck.load("model.embed_tokens.weight", &[v, d])?, device, dtype);
         let weight = if ck.contains("lm_head.weight") {
-            to_dtype(to_device2(ck.load("lm_head.weight", &[v, d])?, device), dtype)
+            to_device2_as(ck.load("lm_head.weight", &[v, d])?, device, dtype)
         } else {
             embed_tokens.clone()
         };
-        let bias = Some(to_dtype(to_device1(ck.load("lm_head.bias", &[v])?, device), dtype));
+        let bias = Some(to_device1_as(ck.load("lm_head.bias", &[v])?, device, dtype));
         Ok(Outer {
             embed_tokens,
             final_norm: LayerNorm::load(ck, "model.final_layernorm", d, p.layer_norm_eps, device)?,
