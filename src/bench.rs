@@ -1,8 +1,8 @@
 //! `neuroal bench`: forward throughput, optionally a timed NeuroAL prune, and peak host memory
-//! (and GPU memory where burn's runtime reports it) per device. Each device runs in a child process so that one device's peak memory does not
-//! hide another's. `--synthetic SHAPE` first writes a random checkpoint of a published shape
-//! (LLaMA-2-7B's blocks, say) to a temporary folder, so anyone can rerun the numbers without
-//! Python or a download.
+//! (and GPU memory where burn's runtime reports it) per device. Each device runs in a child
+//! process so that one device's peak memory does not hide another's. `--synthetic SHAPE` first
+//! writes a random checkpoint of a published shape (LLaMA-2-7B's blocks, say) to a temporary
+//! folder, so anyone can rerun the numbers without Python or a download.
 
 use std::path::Path;
 use std::process::Command;
