@@ -156,7 +156,8 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
     // NEUROAL_EMULATOR_VULKAN=1 keeps Vulkan anyway: CI runs the shader tests (which need no
     // matrix product) that way, to check the shaders beside cubecl's SPIR-V kernels.
     let keep_vulkan = std::env::var_os("NEUROAL_EMULATOR_VULKAN").is_some_and(|v| v == "1");
-    if cfg!(feature = "vulkan") && !keep_vulkan && best.api == WgpuBackend::Vulkan && rank(&best.kind) == 3 {
+    let spirv = cfg!(all(feature = "vulkan", not(target_os = "macos")));
+    if spirv && !keep_vulkan && best.api == WgpuBackend::Vulkan && rank(&best.kind) == 3 {
         match adapters(&[(wgpu::Backend::Gl, WgpuBackend::Gl)]).into_iter().find(|a| rank(&a.kind) == 3) {
             Some(gl) => best = gl,
             None => bail!("--device gpu: the only adapter is the CPU emulator \"{}\", whose Vulkan driver cannot run this build's SPIR-V kernels, and it has no OpenGL driver (install libegl-mesa0, use --device cpu, or build with --no-default-features)", best.info.name),

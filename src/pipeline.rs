@@ -42,6 +42,15 @@ pub fn calibrate(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Posit
 
 /// Both of the above: the block's outputs only when `outputs`.
 fn record(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, hessian: bool, outputs: bool) -> Result<(Vec<Calibration>, Vec<Tensor<3>>)> {
+    let (stats, out) = record_unchecked(model, block, hidden, pos, hessian, outputs);
+    check_finite_stats(model, block.index, &stats)?;
+    Ok((stats, out))
+}
+
+/// [`record`] without its finiteness check, which reads a value back and so waits for a GPU to
+/// finish. For the NeuroAL search: it reads back once per candidate group, and its alignment
+/// metric, finite only when the statistics are, is checked there, naming block and linear.
+pub fn record_unchecked(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, hessian: bool, outputs: bool) -> (Vec<Calibration>, Vec<Tensor<3>>) {
     let mut stats: Vec<Calibration> = model.linear_shapes().iter().map(|s| Calibration::new(s[1], &model.device, hessian)).collect();
     let mut out = Vec::new();
     for h in hidden {
@@ -52,8 +61,7 @@ fn record(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, h
             block.record_inputs(h.clone(), pos, &model.spec.output_only, &mut record);
         }
     }
-    check_finite_stats(model, block.index, &stats)?;
-    Ok((stats, out))
+    (stats, out)
 }
 
 /// One readback for the whole block; the slow search for the culprit only when it fails.

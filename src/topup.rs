@@ -12,7 +12,7 @@ use crate::model::{host_f32, on_cpu, to_dtype};
 use crate::bail;
 use crate::mask::{Pattern, Sparsity};
 use crate::model::{Model, Spec};
-use crate::pipeline::{calibrate, embed_windows, run_recording};
+use crate::pipeline::{embed_windows, record_unchecked, run_recording};
 use crate::pruner::Pruner;
 use crate::score::score;
 
@@ -178,7 +178,7 @@ pub fn evaluate(
             let b = block.index;
             progress(results.len(), b);
             // Every candidate enters block 0 with the same embeddings: one dense pass serves all.
-            let shared = if b == 0 { Some(calibrate(model, &block, &hidden[0], &pos, pruner.needs_hessian())?) } else { None };
+            let shared = (b == 0).then(|| record_unchecked(model, &block, &hidden[0], &pos, pruner.needs_hessian(), false).0);
             // One candidate through this block: its dense statistics, its pruned copy of the
             // block (sharing the other tensors), its sparse pass; its hidden states move on.
             let one = |map: &Map, hidden: &mut Vec<Tensor<3>>| -> Result<Vec<(Tensor<1>, Tensor<1>)>> {
@@ -186,7 +186,7 @@ pub fn evaluate(
                 let stats_dense = match &shared {
                     Some(s) => s,
                     None => {
-                        own = calibrate(model, &block, hidden, &pos, pruner.needs_hessian())?;
+                        own = record_unchecked(model, &block, hidden, &pos, pruner.needs_hessian(), false).0;
                         &own
                     }
                 };
@@ -197,7 +197,8 @@ pub fn evaluate(
                         .map_err(|e| crate::err!("NeuroAL: block {b} {}: {e}", names[li]))?;
                     linear.weight = to_dtype(pruned.weight, model.dtype);
                 }
-                let (stats_sparse, outputs) = run_recording(model, &sparse, hidden, &pos, false)?;
+                // Neither pass reads back: the search waits for the device once per group.
+                let (stats_sparse, outputs) = record_unchecked(model, &sparse, hidden, &pos, false, true);
                 *hidden = outputs;
                 Ok((0..names.len())
                     .map(|li| {

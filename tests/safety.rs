@@ -317,6 +317,9 @@ fn nothing_silent_bad_numbers_configs_and_weights_stop_the_run() {
     edit_tensor(&m, "model.layers.0.mlp.gate_proj.weight", |v| v.iter_mut().for_each(|x| *x = 1e25));
     run_error(&run_prune(&m, &out, &[], &[]), "block 0 mlp.down_proj: its input holds NaN or infinite values");
     assert!(!out.exists() && leftovers(&out).is_empty());
+    // NeuroAL's search reads back once per candidate group; the metric check there names them.
+    run_error(&run_prune(&m, &out, &["--top-up", "neuroal"], &[]), "NeuroAL: block 0 mlp.down_proj: the alignment metric is NaN");
+    assert!(!out.exists() && leftovers(&out).is_empty());
 
     // The engine checks what it pruned against what the map asked for.
     // q_proj of block 0 is [64, 64]: 64 rows × ⌊64 · 0.5⌋.
