@@ -202,6 +202,20 @@ impl Compute {
     }
 }
 
+/// glibc hands every allocation above its mmap threshold (at most 32 MiB) back to the kernel when
+/// it is freed, so a CPU run that allocates, say, 134 MB of logits per batch page-faults it in
+/// afresh each time: a third of a CPU `eval` (kernel time). Up to 1 GiB, freed memory is kept
+/// for reuse instead: wt2-llama's `eval` went from 30 s to 21 s for 4% more peak memory (256 MiB
+/// left half of the faults).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn parse_device(s: &str) -> Result<Choice> {
     s.parse::<Choice>().map_err(neuroal::error::Error)
 }
@@ -356,6 +370,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     neuroal::staging::install_interrupt_handler();
+    keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
