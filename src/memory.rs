@@ -14,6 +14,7 @@ pub struct Part {
 }
 
 /// What a run needs: the sizes it was asked for.
+#[derive(Clone, Copy)]
 pub struct Run {
     pub nsamples: usize,
     pub seqlen: usize,
@@ -73,6 +74,13 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
         });
     }
     parts
+}
+
+/// The most NeuroAL candidates, up to `run.searches_at_once`, that can run side by side within
+/// `available` bytes; 1 when even that does not fit (the caller's check then says what to lower).
+pub fn searches_that_fit(c: &Config, shapes: &[[usize; 2]], run: &Run, available: u128) -> usize {
+    let total = |at_once: usize| prune_parts(c, shapes, &Run { searches_at_once: at_once, ..*run }).iter().map(|p| p.bytes).sum::<u128>();
+    (1..=run.searches_at_once.max(1)).rev().find(|&k| total(k) <= available).unwrap_or(1)
 }
 
 /// The largest single buffer of a run: what a GPU adapter's buffer limit must allow.
@@ -161,5 +169,12 @@ mod tests {
         assert_eq!(two(Some((2, 3)))[2].bytes, 4 * 640 * 4);
         assert_eq!(two(None)[1].bytes, parts[1].bytes);
         assert_eq!(two(None)[2].bytes, 3 * 640 * 4);
+        // Side by side only as far as memory allows: 8 wanted, room for exactly 3.
+        let run = |k| Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 8)), searches_at_once: k, hessians: false };
+        let total = |k| prune_parts(&c, &shapes, &run(k)).iter().map(|p| p.bytes).sum::<u128>();
+        assert_eq!(searches_that_fit(&c, &shapes, &run(8), total(3)), 3);
+        assert_eq!(searches_that_fit(&c, &shapes, &run(8), total(3) - 1), 2);
+        assert_eq!(searches_that_fit(&c, &shapes, &run(8), total(8)), 8);
+        assert_eq!(searches_that_fit(&c, &shapes, &run(8), 0), 1);
     }
 }

@@ -120,6 +120,7 @@ fn choose_map(
     pattern: &Pattern,
     s: f64,
     progress: &Progress,
+    at_once: usize,
 ) -> Result<TopUp> {
     let blocks = model.num_blocks();
     match kind {
@@ -156,12 +157,12 @@ fn choose_map(
                 search_windows: None,
             })
         }
-        TopUpKind::Neuroal => neuroal(args, model, ids, seqlen, pruner, step, s, progress),
+        TopUpKind::Neuroal => neuroal(args, model, ids, seqlen, pruner, step, s, progress, at_once),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, pruner: &dyn Pruner, step: NeuroalStep, s: f64, saved: &Progress) -> Result<TopUp> {
+fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, pruner: &dyn Pruner, step: NeuroalStep, s: f64, saved: &Progress, at_once: usize) -> Result<TopUp> {
     let (do_block, do_row) = match step {
         NeuroalStep::Block => (true, false),
         NeuroalStep::Row => (false, true),
@@ -194,7 +195,7 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, pruner: 
                 bar.set_message(format!("{step} step: candidates {}-{} of {}, block {}/{blocks}", done + 1, done + group.len(), candidates.len(), b + 1));
                 bar.inc(group.len() as u64);
             };
-            let e = evaluate(model, &search, seqlen, pruner, pattern, group, group.len(), &progress)?;
+            let e = evaluate(model, &search, seqlen, pruner, pattern, group, group.len(), at_once, &progress)?;
             saved.save_evaluations(&key, &e)?;
             fault(&format!("after-search-{key}"));
             evals.extend(e);
@@ -349,7 +350,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     };
     let search_grid = if step == NeuroalStep::Row { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };
     let carried = if args.search_chunk == 0 { search_grid } else { args.search_chunk.min(search_grid) };
-    let estimate = memory::Run {
+    let mut estimate = memory::Run {
         nsamples: args.nsamples,
         seqlen,
         chunk: crate::pipeline::CHUNK,
@@ -360,6 +361,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     };
     if args.device != Choice::Gpu {
         if let Some(avail) = memory::available_host() {
+            estimate.searches_at_once = memory::searches_that_fit(&config, &spec.shapes(), &estimate, avail);
             memory::check(&memory::prune_parts(&config, &spec.shapes(), &estimate), avail, "this machine")?;
         }
     }
@@ -406,7 +408,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let windows = gather_windows(&ids, &starts, seqlen);
 
     let t_topup = Instant::now();
-    let topup = choose_map(kind, args, &model, &ids, &windows, seqlen, pruner, step, &pattern, sparsity, &saved)?;
+    let topup = choose_map(kind, args, &model, &ids, &windows, seqlen, pruner, step, &pattern, sparsity, &saved, estimate.searches_at_once)?;
     let topup_s = t_topup.elapsed().as_secs_f64();
 
     let t_prune = Instant::now();
@@ -583,7 +585,7 @@ pub fn bench_neuroal(
     let windows = gather_windows(ids, &starts, seqlen);
     let pruner = crate::pruner::Wanda;
     let t = Instant::now();
-    let topup = choose_map(TopUpKind::Neuroal, &args, model, ids, &windows, seqlen, &pruner, NeuroalStep::Both, &Pattern::Row, sparsity, &saved)?;
+    let topup = choose_map(TopUpKind::Neuroal, &args, model, ids, &windows, seqlen, &pruner, NeuroalStep::Both, &Pattern::Row, sparsity, &saved, rayon::current_num_threads())?;
     let search_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let map = &topup.map;

@@ -154,7 +154,11 @@ pub fn alignment_reference(dense: Tensor<1>, sparse: Tensor<1>) -> (Tensor<1>, T
 }
 
 /// Scores candidate maps with the search windows. All candidates of a chunk share each block
-/// load (each carries its own hidden states); `chunk` = 1 evaluates them one by one.
+/// load (each carries its own hidden states); `chunk` = 1 evaluates them one by one. On the CPU
+/// backends up to `at_once` of them run side by side (a pass has serial stretches that leave
+/// cores idle); on a GPU, which overlaps queued work itself, one at a time. Each candidate's
+/// arithmetic is the same either way.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &Model,
     windows: &[u32],
@@ -163,8 +167,10 @@ pub fn evaluate(
     pattern: &Pattern,
     candidates: &[Map],
     chunk: usize,
+    at_once: usize,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Vec<Evaluation>> {
+    let at_once = if on_cpu(&model.device) { at_once.max(1) } else { 1 };
     let nsamples = windows.len() / seqlen;
     let pos = model.positions(seqlen);
     let names: Vec<&str> = model.linears().iter().map(|l| l.name).collect();
@@ -208,14 +214,14 @@ pub fn evaluate(
                     })
                     .collect())
             };
-            // On the CPU backends the candidates run side by side: a pass has serial stretches
-            // (norms, statistics, selection) that leave cores idle. Each candidate's arithmetic
-            // is the same either way. A GPU already overlaps the work it is queued.
-            let per: Vec<Result<_>> = if on_cpu(&model.device) {
-                group.par_iter().zip(hidden.par_iter_mut()).map(|(map, h)| one(map, h)).collect()
-            } else {
-                group.iter().zip(hidden.iter_mut()).map(|(map, h)| one(map, h)).collect()
-            };
+            let mut per: Vec<Result<_>> = Vec::with_capacity(group.len());
+            for (maps, hs) in group.chunks(at_once).zip(hidden.chunks_mut(at_once)) {
+                if at_once == 1 {
+                    per.extend(maps.iter().zip(hs.iter_mut()).map(|(map, h)| one(map, h)));
+                } else {
+                    per.extend(maps.par_iter().zip(hs.par_iter_mut()).map(|(map, h)| one(map, h)).collect::<Vec<_>>());
+                }
+            }
             for (c, r) in per.into_iter().enumerate() {
                 pending[c].extend(r?);
             }

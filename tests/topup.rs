@@ -71,7 +71,7 @@ fn candidate_score_matches_an_independent_computation() {
     let windows = search_windows(&dir, 64, 4);
     for lambda in [0.0, 0.1, 0.25] {
         let blocks = neuroal_block_sparsities(2, lambda, 0.6);
-        let ours = evaluate(&model, &windows, 64, &neuroal::pruner::Wanda, &Pattern::Row, &[block_map(&blocks, model.linears().len())], 1, &|_, _| {}).unwrap();
+        let ours = evaluate(&model, &windows, 64, &neuroal::pruner::Wanda, &Pattern::Row, &[block_map(&blocks, model.linears().len())], 1, 1, &|_, _| {}).unwrap();
         let want = reference_score(&model, &windows, 64, &blocks);
         let rel = (ours[0].score - want).abs() / want;
         assert!(rel < 1e-4, "λ {lambda}: score {} vs reference {want} (rel {rel:.2e})", ours[0].score);
@@ -91,8 +91,9 @@ fn shared_block_loads_score_exactly_like_one_by_one() {
             model.linear_shapes().iter().map(|s| Sparsity::PerRow((0..s[0]).map(|r| 0.3 + r as f64 * 0.005).collect())).collect();
         with_rows.push(vec![per_row; 2]);
         for (pattern, cands) in [(Pattern::Row, &candidates), (Pattern::RowsVariable, &vec![with_rows[3].clone(), with_rows[3].clone()])] {
-            let shared = evaluate(&model, &windows, 32, &neuroal::pruner::Wanda, &pattern, cands, cands.len(), &|_, _| {}).unwrap();
-            let single = evaluate(&model, &windows, 32, &neuroal::pruner::Wanda, &pattern, cands, 1, &|_, _| {}).unwrap();
+            // Shared block loads with all candidates side by side (on the CPU), against one by one.
+            let shared = evaluate(&model, &windows, 32, &neuroal::pruner::Wanda, &pattern, cands, cands.len(), cands.len(), &|_, _| {}).unwrap();
+            let single = evaluate(&model, &windows, 32, &neuroal::pruner::Wanda, &pattern, cands, 1, 1, &|_, _| {}).unwrap();
             assert_eq!(shared.len(), cands.len());
             assert_eq!(single.len(), cands.len());
             for (a, b) in shared.iter().zip(&single) {
