@@ -1,5 +1,6 @@
 //! Input statistics of each linear, and the base pruners' scores. Each function takes the WGSL
-//! path on a wgpu device and its burn-ops twin (`*_reference`) elsewhere.
+//! path on a wgpu device and its burn-ops twin (`*_reference`) elsewhere; `score` and
+//! `apply_mask` take a host loop with the twin's exact arithmetic on the CPU backends in f32.
 
 use burn::tensor::{DType, Tensor, TensorData};
 

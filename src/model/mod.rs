@@ -17,8 +17,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::tensor::activation::log_softmax;
-use rayon::prelude::*;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::config::{Arch, Config};
 use crate::error::Result;
@@ -430,9 +430,7 @@ impl Rope {
         };
         to_dtype(out, dt)
     }
-}
 
-impl Rope {
     /// [`Rope::apply`] as one host loop: the same products and sums in the same order (x₁·cos +
     /// (−x₂)·sin, x₂·cos + x₁·sin), so the same bits, without the ops' six temporaries. It works
     /// in the [b, t, heads, hd] layout that `split_heads` views, so that needs no copy.
