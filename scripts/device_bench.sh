@@ -31,9 +31,15 @@ run() {
   grep -v "^wrote a random" "$out/$name.log" | tail -n 4
 }
 
+# The shapes; a dry run elsewhere can shrink them, e.g.
+#   FORWARD="tiny --blocks 2" NEUROAL="tiny --blocks 2" SEQLEN=64 NSAMPLES=4 bash scripts/device_bench.sh
+forward=${FORWARD:-llama-0.8b --blocks 16}
+neuroal=${NEUROAL:-llama2-7b --blocks 8}
+seqlen=${SEQLEN:-512}
+nsamples=${NSAMPLES:-64}
 for bin in neuroal neuroal-wgsl; do
   [ -x ".bin/$bin" ] || continue
-  run "$bin-forward-0.84b-f16" ".bin/$bin" bench --synthetic llama-0.8b --blocks 16 --devices gpu --seqlen 512 --batch 4 --dtype f16
-  run "$bin-neuroal-7b-f16" ".bin/$bin" bench --synthetic llama2-7b --blocks 8 --devices gpu --seqlen 512 --prune-sparsity 0.5 --nsamples 64 --search-nsamples 8 --dtype f16
+  run "$bin-forward-f16" ".bin/$bin" bench --synthetic $forward --devices gpu --seqlen "$seqlen" --batch 4 --dtype f16
+  run "$bin-neuroal-f16" ".bin/$bin" bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --dtype f16
 done
-run "neuroal-neuroal-7b-f32" .bin/neuroal bench --synthetic llama2-7b --blocks 8 --devices gpu --seqlen 512 --prune-sparsity 0.5 --nsamples 64 --search-nsamples 8 --dtype f32
+run "neuroal-neuroal-f32" .bin/neuroal bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --dtype f32
