@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# The issue-8 measurement on a lent GPU, in one go. The device machine receives only the checkout,
-# so first, here: build both configurations and put the binaries in the git-ignored `.bin/`
-#   cargo build --release && cp "$CARGO_TARGET_DIR/release/neuroal" .bin/neuroal
-#   cargo build --release --no-default-features && cp "$CARGO_TARGET_DIR/release/neuroal" .bin/neuroal-wgsl
-# and the Vulkan loader packages in `.gl/` (the device README says how); then run this script
-# there with `.bin` and `.gl` carried. Each run prints its name, exit code and seconds, then
-# bench's table; the full output of each run is kept under $OUT (or /tmp) as <name>.log.
+# The issue-8 measurement on a lent GPU, in one go. Prepare `.bin/` and `.gl/` here first with
+# scripts/device_prepare.sh, then run this script there with `.bin` and `.gl` carried. Each run
+# prints its name, exit code and seconds, then bench's table (or eval's and prune's last
+# lines); the full output of each run is kept under $OUT (or /tmp) as <name>.log.
 set -uo pipefail
 out="${OUT:-/tmp}"
+# Carried compressed (see device_prepare.sh); xz, or Python's lzma where xz is missing.
+for f in .bin/*.xz .bin/wt2-llama/*.xz; do
+  [ -f "$f" ] || continue
+  if command -v xz >/dev/null; then
+    xz -d -f "$f"
+  else
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3], "wb"))' "$f" && rm "$f"
+  fi
+done
+chmod +x .bin/neuroal .bin/neuroal-wgsl 2>/dev/null
 if [ -d .gl ]; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
@@ -31,8 +38,21 @@ run() {
   grep -v "^wrote a random" "$out/$name.log" | tail -n 4
 }
 
-# The issue's shapes; a dry run elsewhere can shrink them, e.g.
-#   FORWARD="tiny --blocks 2" NEUROAL="tiny --blocks 2" SEQLEN=64 NSAMPLES=4 bash scripts/device_bench.sh
+# Correctness on the real card first: wt2-llama's perplexity (82.3059 in f32 on the CPU at
+# seqlen 256; f16 within 0.3%), and NeuroAL's λ in f16 (0.10 / 0.10 on the CPU).
+if [ "${WT2:-1}" = 1 ] && [ -f .bin/wt2-llama/model.safetensors ]; then
+  for bin in neuroal neuroal-wgsl; do
+    for dt in f32 f16; do
+      [ -x ".bin/$bin" ] && run "$bin-wt2-eval-$dt" ".bin/$bin" eval --model .bin/wt2-llama --text .bin/test.txt --seqlen 256 --device gpu --dtype "$dt"
+    done
+  done
+  run "neuroal-wt2-neuroal-f16" .bin/neuroal prune --model .bin/wt2-llama --calib .bin/valid.txt --seqlen 256 --sparsity 0.7 --top-up neuroal --device gpu --dtype f16 --out /tmp/wt2-70-f16 --force
+  cp /tmp/wt2-70-f16/report.json "$out/wt2-70-f16-report.json" 2>/dev/null
+  grep -o '"lambda_[a-z]*": [0-9.]*' /tmp/wt2-70-f16/report.json 2>/dev/null | tr '\n' ' '; echo
+fi
+
+# The issue's shapes; a dry run elsewhere can shrink them (and skip wt2, slow on an emulator), e.g.
+#   WT2=0 FORWARD="tiny --blocks 2" NEUROAL="tiny --blocks 2" SEQLEN=64 NSAMPLES=4 bash scripts/device_bench.sh
 forward=${FORWARD:-llama-0.8b --blocks 16}
 neuroal=${NEUROAL:-llama2-7b --blocks 8}
 seqlen=${SEQLEN:-512}
