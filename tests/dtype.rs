@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 
 use burn::tensor::DType;
 use common::*;
@@ -48,15 +47,7 @@ fn dtype_resolution_and_refusals() {
 }
 
 fn neuroal(dtype: &str, out: &std::path::Path) -> Report {
-    let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
-        .args(["prune", "--model", asset("tiny-llama").to_str().unwrap(), "--calib", asset("sample.txt").to_str().unwrap()])
-        .args(["--out", out.to_str().unwrap(), "--sparsity", "0.7", "--seqlen", "64", "--nsamples", "8", "--search-nsamples", "4"])
-        .args(["--top-up", "neuroal", "--device", "cpu", "--dtype", dtype, "--force"])
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+    serde_json::from_str(&tiny_neuroal_prune(out, &["--device", "cpu", "--dtype", dtype])).unwrap()
 }
 
 #[test]

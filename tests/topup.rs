@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
@@ -128,16 +127,8 @@ fn alignment_shader_equals_its_twin() {
 }
 
 fn neuroal_cli(device: &str, out: &Path) -> serde_json::Value {
-    let (dir, sample) = (asset("tiny-llama"), asset("sample.txt"));
-    let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
-        .args(["prune", "--model", dir.to_str().unwrap(), "--calib", sample.to_str().unwrap(), "--out", out.to_str().unwrap()])
-        .args(["--sparsity", "0.7", "--seqlen", "64", "--nsamples", "8", "--search-nsamples", "4", "--top-up", "neuroal", "--force"])
-        .args(["--device", device, "--dtype", "f32", "--plots", out.with_extension("plots").to_str().unwrap()])
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+    let plots = out.with_extension("plots");
+    serde_json::from_str(&tiny_neuroal_prune(out, &["--device", device, "--dtype", "f32", "--plots", plots.to_str().unwrap()])).unwrap()
 }
 
 #[test]
