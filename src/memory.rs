@@ -59,7 +59,12 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
         Part { what: "masks", bytes: block_params * c.num_layers as u128 / 8, lowered_by: "nothing (it is the model's size)" },
     ];
     if run.hessians {
-        parts.push(Part { what: "SparseGPT Hessians", bytes: shapes.iter().map(|s| (s[1] * s[1]) as u128).sum::<u128>() * f, lowered_by: "nothing (it is the model's size)" });
+        // One set per candidate running (each records its own in the search).
+        parts.push(Part {
+            what: "SparseGPT Hessians",
+            bytes: at_once * shapes.iter().map(|s| (s[1] * s[1]) as u128).sum::<u128>() * f,
+            lowered_by: "nothing (it is the model's size)",
+        });
         parts.push(Part {
             what: "SparseGPT's new weights",
             bytes: block_params * c.num_layers as u128 * f,
@@ -169,6 +174,14 @@ mod tests {
         assert_eq!(two(Some((2, 3)))[2].bytes, 4 * 640 * 4);
         assert_eq!(two(None)[1].bytes, parts[1].bytes);
         assert_eq!(two(None)[2].bytes, 3 * 640 * 4);
+        // SparseGPT: a Hessian per linear of a block per candidate running; q, k, v, o and
+        // gate, up take 8 inputs, down 16: 6·64 + 256 = 640 values.
+        let hessians = |search, k| {
+            let run = Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: k, hessians: true };
+            prune_parts(&c, &shapes, &run).into_iter().find(|p| p.what == "SparseGPT Hessians").unwrap().bytes
+        };
+        assert_eq!(hessians(None, 2), 640 * 4);
+        assert_eq!(hessians(Some((2, 3)), 2), 2 * 640 * 4);
         // Side by side only as far as memory allows: 8 wanted, room for exactly 3.
         let run = |k| Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 8)), searches_at_once: k, hessians: false };
         let total = |k| prune_parts(&c, &shapes, &run(k)).iter().map(|p| p.bytes).sum::<u128>();
