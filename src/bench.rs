@@ -162,11 +162,11 @@ struct GpuPeak {
 impl GpuPeak {
     fn start(device: &burn::tensor::Device) -> GpuPeak {
         let stop = Arc::new(AtomicBool::new(false));
-        let (flag, device) = (stop.clone(), device.clone());
+        let (flag, read) = (stop.clone(), crate::kernels::reserved_bytes(device));
         let sampler = std::thread::spawn(move || {
             let mut peak = 0;
             loop {
-                peak = peak.max(crate::kernels::reserved_bytes(&device));
+                peak = peak.max(read());
                 if flag.load(Ordering::Relaxed) {
                     return peak;
                 }

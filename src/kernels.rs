@@ -221,10 +221,12 @@ pub fn alignment(dense: Tensor<1>, sparse: Tensor<1>) -> (Tensor<1>, Tensor<1>) 
     (from_cube(out), from_cube(d))
 }
 
-/// What the runtime's memory pools hold on the GPU `device` now, in bytes: in use, padding, and
-/// pages kept for reuse (what the driver has handed to burn), from cubecl's memory report.
-pub fn reserved_bytes(device: &burn::tensor::Device) -> u64 {
-    cube(Tensor::<1>::zeros([1], device)).client.memory_report(cubecl::MemoryScope::Device).usage().bytes_reserved
+/// A reader of what the runtime's memory pools hold on the GPU `device`, in bytes: in use,
+/// padding, and pages kept for reuse (what the driver has handed to burn), from cubecl's memory
+/// report. The client is taken once, so a reading allocates nothing on the device.
+pub fn reserved_bytes(device: &burn::tensor::Device) -> impl Fn() -> u64 + Send + 'static {
+    let client = cube(Tensor::<1>::zeros([1], device)).client;
+    move || client.memory_report(cubecl::MemoryScope::Device).usage().bytes_reserved
 }
 
 /// Returns the pools' unused pages on the GPU `device` to the driver, so that a later peak of
