@@ -88,15 +88,24 @@ pub fn searches_that_fit(c: &Config, shapes: &[[usize; 2]], run: &Run, available
     (1..=run.searches_at_once.max(1)).rev().find(|&k| total(k) <= available).unwrap_or(1)
 }
 
-/// The largest single buffer of a run: what a GPU adapter's buffer limit must allow.
-pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run) -> u128 {
+/// The largest single buffer of a prune run, as a part (what, bytes, what lowers it): what a GPU
+/// adapter's buffer limit must allow. `dtype_bytes` is the compute dtype's size: the embedding
+/// table is uploaded in it; scores, statistics and the pruners' weight copies are f32.
+pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run, dtype_bytes: u128) -> Part {
     let chunk = (run.chunk.min(run.nsamples).max(1)) as u128;
     let t = run.seqlen as u128;
-    [chunk * c.num_heads as u128 * t * t, chunk * t * widest(shapes), c.vocab_size as u128 * c.hidden_size as u128]
-        .into_iter()
-        .max()
-        .unwrap_or(0)
-        * 4
+    let largest_linear = shapes.iter().map(|s| (s[0] * s[1]) as u128).max().unwrap_or(0);
+    let widest_input = shapes.iter().map(|s| s[1] as u128).max().unwrap_or(0);
+    let mut parts = vec![
+        Part { what: "attention scores", bytes: chunk * c.num_heads as u128 * t * t * 4, lowered_by: "--seqlen" },
+        Part { what: "MLP activations", bytes: chunk * t * widest(shapes) * 4, lowered_by: "--seqlen" },
+        Part { what: "embedding table", bytes: c.vocab_size as u128 * c.hidden_size as u128 * dtype_bytes, lowered_by: "--dtype f16" },
+        Part { what: "a linear's f32 copy for pruning", bytes: largest_linear * 4, lowered_by: "nothing (it is the model's size)" },
+    ];
+    if run.hessians {
+        parts.push(Part { what: "a SparseGPT Hessian", bytes: widest_input * widest_input * 4, lowered_by: "nothing (it is the model's size)" });
+    }
+    parts.into_iter().max_by_key(|p| p.bytes).unwrap_or(Part { what: "nothing", bytes: 0, lowered_by: "nothing" })
 }
 
 pub fn human(bytes: u128) -> String {
@@ -181,6 +190,15 @@ mod tests {
             prune_parts(&c, &shapes, &run).into_iter().find(|p| p.what == "SparseGPT Hessians").unwrap().bytes
         };
         assert_eq!(hessians(None, 2), 640 * 4);
+        // The largest single buffer: 4 windows' f32 attention scores, 4·2·16²·4 = 8192 bytes
+        // (MLP 4·16·16·4 = 4096, f16 table 10·8·2 = 160, gate's f32 copy 16·8·4 = 512).
+        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, searches_at_once: 1, hessians };
+        let big = largest_buffer(&c, &shapes, &one(16, false), 2);
+        assert_eq!((big.what, big.bytes, big.lowered_by), ("attention scores", 8192, "--seqlen"));
+        // One token per window: down's 16 × 16 Hessian (1024 bytes) when SparseGPT records it,
+        // else gate's f32 copy.
+        assert_eq!(largest_buffer(&c, &shapes, &one(1, true), 2).bytes, 1024);
+        assert_eq!(largest_buffer(&c, &shapes, &one(1, false), 2).what, "a linear's f32 copy for pruning");
         assert_eq!(hessians(Some((2, 3)), 2), 2 * 640 * 4);
         // Side by side only as far as memory allows: 8 wanted, room for exactly 3.
         let run = |k| Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 8)), searches_at_once: k, hessians: false };

@@ -398,9 +398,14 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let dtype = device.compute_dtype(args.dtype)?;
     eprintln!("device {}", device.description);
     if let Some(limit) = device.max_buffer {
-        let need = memory::largest_buffer(&config, &spec.shapes(), &estimate);
-        if need > limit as u128 {
-            bail!("this run needs a {} buffer, more than the adapter's limit of {}; lower --seqlen", memory::human(need), memory::human(limit as u128));
+        let need = memory::largest_buffer(&config, &spec.shapes(), &estimate, dtype.size() as u128);
+        if need.bytes > limit as u128 {
+            let advice = match need.lowered_by {
+                "--seqlen" => "lower --seqlen",
+                "--dtype f16" => "use --dtype f16",
+                _ => "use --device cpu",
+            };
+            bail!("this run needs a {} buffer ({}), more than the adapter's limit of {}; {advice}", memory::human(need.bytes), need.what, memory::human(limit as u128));
         }
     }
     let model = Model::load(config, checkpoint, &device.device, dtype)?;
