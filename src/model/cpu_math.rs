@@ -47,7 +47,7 @@ const LANES: usize = 16;
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 = LN2_HI + LN2_LO, LN2_HI with 9 significant bits, so n·LN2_HI is exact.
-    const LN2_HI: f32 = 0.693_359_375;
+    const LN2_HI: f32 = 355.0 / 512.0;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5·2²³: adding it rounds to an integer (ties to even), held in the low mantissa bits.
     const SHIFTER: f32 = 12_582_912.0;
