@@ -6,13 +6,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::device::{self, Choice, ComputeDtype};
+use crate::memory::{peak_rss_mib, GpuPeak};
 use crate::error::Result;
 use crate::model::{Block, Model};
 use crate::{bail, err};
@@ -150,50 +149,6 @@ pub fn write_synthetic(dir: &Path, shape: &Shape, blocks: usize) -> Result<()> {
     let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
     std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index).unwrap_or_default())
         .map_err(|e| err!("cannot write the index: {e}"))
-}
-
-/// The most GPU memory burn's pools hold while it runs: a thread reads their reserved bytes
-/// every 10 ms (wgpu itself reports no usage).
-struct GpuPeak {
-    stop: Arc<AtomicBool>,
-    sampler: std::thread::JoinHandle<u64>,
-}
-
-impl GpuPeak {
-    fn start(device: &burn::tensor::Device) -> GpuPeak {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (flag, read) = (stop.clone(), crate::kernels::reserved_bytes(device));
-        let sampler = std::thread::spawn(move || {
-            let mut peak = 0;
-            loop {
-                peak = peak.max(read());
-                if flag.load(Ordering::Relaxed) {
-                    return peak;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        });
-        GpuPeak { stop, sampler }
-    }
-
-    /// The peak in MiB, with one last reading taken now.
-    fn finish(self) -> Result<f64> {
-        self.stop.store(true, Ordering::Relaxed);
-        let bytes = self.sampler.join().map_err(|_| err!("the GPU memory sampler failed"))?;
-        Ok(bytes as f64 / (1024.0 * 1024.0))
-    }
-}
-
-/// Peak resident set size of this process (Linux `VmHWM`), in MiB; 0 where unknown.
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 #[allow(clippy::too_many_arguments)]

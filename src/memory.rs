@@ -1,8 +1,12 @@
 //! An up-front estimate of what a prune run holds at its peak, checked against what the
 //! machine has, so a run that cannot fit says so in one line before the work starts instead of
-//! aborting in an allocation an hour in.
+//! aborting in an allocation an hour in; and what a run did hold (peak resident memory, and the
+//! GPU pools' bytes, sampled).
 
-use crate::bail;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::{bail, err};
 use crate::config::Config;
 use crate::error::Result;
 
@@ -147,6 +151,58 @@ pub fn available_host() -> Option<u128> {
         avail = avail.min(max.saturating_sub(cur));
     }
     Some(avail)
+}
+
+/// The most GPU memory burn's pools hold while it runs: a thread reads their reserved bytes
+/// every 10 ms (wgpu itself reports no usage).
+pub struct GpuPeak {
+    stop: Arc<AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl GpuPeak {
+    pub fn start(device: &burn::tensor::Device) -> GpuPeak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, read) = (stop.clone(), crate::kernels::reserved_bytes(device));
+        let sampler = std::thread::spawn(move || {
+            let mut peak = 0;
+            loop {
+                peak = peak.max(read());
+                if flag.load(Ordering::Relaxed) {
+                    return peak;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        });
+        GpuPeak { stop, sampler: Some(sampler) }
+    }
+
+    /// The peak in MiB, with one last reading taken now.
+    pub fn finish(mut self) -> Result<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let Some(sampler) = self.sampler.take() else { return Ok(0.0) };
+        let bytes = sampler.join().map_err(|_| err!("the GPU memory sampler failed"))?;
+        Ok(bytes as f64 / (1024.0 * 1024.0))
+    }
+}
+
+/// A run that fails before [`GpuPeak::finish`] stops its sampler too.
+impl Drop for GpuPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in MiB; 0 where unknown.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 #[cfg(test)]

@@ -395,6 +395,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let saved = Progress::open(&staging.dir, &state, adopted.is_some())?;
 
     let device = device::select(args.device)?;
+    let gpu_peak = device.is_gpu.then(|| memory::GpuPeak::start(&device.device));
     let dtype = device.compute_dtype(args.dtype)?;
     eprintln!("device {}", device.description);
     if let Some(limit) = device.max_buffer {
@@ -506,6 +507,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         eval,
         zeroshot: zeroshot_report,
         timings: report::Timings { topup_s, prune_s, total_s: start.elapsed().as_secs_f64() },
+        memory: report::MemoryUse { peak_host_mib: memory::peak_rss_mib(), peak_gpu_mib: gpu_peak.map(memory::GpuPeak::finish).transpose()? },
         provenance: report::Provenance {
             tool: "neuroal".into(),
             version: provenance::VERSION.into(),

@@ -18,6 +18,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub zeroshot: Option<ZeroShotReport>,
     pub timings: Timings,
+    #[serde(default)]
+    pub memory: MemoryUse,
     pub provenance: Provenance,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub plots: Option<Plots>,
@@ -121,6 +123,14 @@ pub struct Timings {
     pub topup_s: f64,
     pub prune_s: f64,
     pub total_s: f64,
+}
+
+/// What the run held at its peak, in MiB: the process's resident memory (Linux), and on a GPU
+/// the bytes burn's memory pools held, sampled every 10 ms from the device's opening.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MemoryUse {
+    pub peak_host_mib: f64,
+    pub peak_gpu_mib: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

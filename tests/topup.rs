@@ -155,5 +155,12 @@ fn neuroal_prunes_to_the_target_and_cpu_and_gpu_choose_the_same_lambdas() {
         assert!(bytes.len() > 1000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{f} is not a PNG");
     }
     assert_eq!(cpu["plots"]["files"].as_array().unwrap().len(), 4);
+    // Peak memory: the process's on both; the GPU pools' only on the GPU, at least the f32
+    // weights of one block's linears (tiny-llama: 7 linears, 49,408 values).
+    for r in [&cpu, &gpu] {
+        assert!(r["memory"]["peak_host_mib"].as_f64().is_some_and(|m| m > 1.0), "{}", r["memory"]);
+    }
+    assert!(cpu["memory"]["peak_gpu_mib"].is_null(), "{}", cpu["memory"]);
+    assert!(gpu["memory"]["peak_gpu_mib"].as_f64().is_some_and(|m| m * (1 << 20) as f64 >= 49_408.0 * 4.0), "{}", gpu["memory"]);
     let _ = std::fs::remove_dir_all(&tmp);
 }
