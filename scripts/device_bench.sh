@@ -48,7 +48,7 @@ if [ "${WT2:-1}" = 1 ] && [ -f .bin/wt2-llama/model.safetensors ]; then
   done
   run "neuroal-wt2-neuroal-f16" .bin/neuroal prune --model .bin/wt2-llama --calib .bin/valid.txt --seqlen 256 --sparsity 0.7 --top-up neuroal --device gpu --dtype f16 --out /tmp/wt2-70-f16 --force
   cp /tmp/wt2-70-f16/report.json "$out/wt2-70-f16-report.json" 2>/dev/null
-  grep -o '"lambda_[a-z]*": [0-9.]*' /tmp/wt2-70-f16/report.json 2>/dev/null | tr '\n' ' '; echo
+  grep -oE '"(lambda_[a-z]*|peak_[a-z_]*)": [0-9.]*' /tmp/wt2-70-f16/report.json 2>/dev/null | tr '\n' ' '; echo
 fi
 
 # The shapes; a dry run elsewhere can shrink them (and skip wt2, slow on an emulator), e.g.
