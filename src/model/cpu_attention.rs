@@ -34,6 +34,9 @@ pub fn causal(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) -> Tensor<3>
     let [b, nh, t, hd] = q.dims();
     let nkv = k.dims()[1];
     let device = q.device();
+    if t == 0 || hd == 0 {
+        return Tensor::zeros([b, t, nh * hd], &device);
+    }
     let (q, k, v) = (cpu_values(q.swap_dims(1, 2)), cpu_values(k.swap_dims(1, 2)), cpu_values(v.swap_dims(1, 2)));
     let (q_rs, kv_rs) = (nh * hd, nkv * hd);
     let groups = nh / nkv;
