@@ -24,6 +24,11 @@ impl SplitMix64 {
     pub fn below(&mut self, bound: u64) -> u64 {
         ((self.next_u64() as u128 * bound as u128) >> 64) as u64
     }
+
+    /// Uniform f32 in [lo, hi), from the top 24 bits (the tests' random data).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * (hi - lo) + lo
+    }
 }
 
 /// `count` window starts over a stream of `n_tokens`, each window `seqlen` long.

@@ -225,18 +225,23 @@ pub fn alignment(dense: Tensor<1>, sparse: Tensor<1>) -> (Tensor<1>, Tensor<1>) 
 /// padding, and pages kept for reuse (what the driver has handed to burn), from cubecl's memory
 /// report. The client is taken once, so a reading allocates nothing on the device.
 pub fn reserved_bytes(device: &burn::tensor::Device) -> impl Fn() -> u64 + Send + 'static {
-    let client = cube(Tensor::<1>::zeros([1], device)).client;
+    let client = client(device);
     move || client.memory_report(cubecl::MemoryScope::Device).usage().bytes_reserved
 }
 
 /// Returns the pools' unused pages on the GPU `device` to the driver, so that a later peak of
 /// [`reserved_bytes`] is that later work's own.
 pub fn release_unused(device: &burn::tensor::Device) -> Result<(), String> {
-    cube(Tensor::<1>::zeros([1], device)).client.memory_cleanup().map_err(|e| format!("{e:?}"))
+    client(device).memory_cleanup().map_err(|e| format!("{e:?}"))
 }
 
 /// The shader compiler burn's runtime chose for `device`: `wgpu<spirv>` (Vulkan), `wgpu<msl>`
 /// (Metal) or `wgpu<wgsl>` (elsewhere, and where the adapter lacks what the native ones need).
 pub fn compiler(device: &burn::tensor::Device) -> &'static str {
-    cube(Tensor::<1>::zeros([1], device)).client.name()
+    client(device).name()
+}
+
+/// burn's compute client for the GPU `device` (taken from a one-element tensor on it).
+fn client(device: &burn::tensor::Device) -> cubecl::client::Client {
+    cube(Tensor::<1>::zeros([1], device)).client
 }

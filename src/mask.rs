@@ -181,7 +181,8 @@ pub fn mask(scores: Tensor<2>, pattern: &Pattern, sparsity: &Sparsity) -> Result
 }
 
 /// In each row r, marks the `k[r]` lowest scores (ties: lower column first) with 1.0.
-/// On a wgpu device this runs the radix-select shader; elsewhere its twin in burn ops.
+/// On a wgpu device this runs the radix-select shader; on the CPU backends a host selection
+/// (`select_lowest_host`). Both are tested against the twin in burn ops.
 pub fn select_lowest(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
     if kernels::is_wgpu(&scores) {
         return Ok(kernels::select_lowest(scores, k));

@@ -14,7 +14,7 @@ fn random(rng: &mut SplitMix64, n: usize, levels: Option<u64>) -> Vec<f32> {
         .map(|_| match levels {
             // Few distinct values: many ties.
             Some(l) => rng.below(l) as f32 * 0.25,
-            None => (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0,
+            None => rng.uniform(-2.0, 2.0),
         })
         .collect()
 }

@@ -88,7 +88,7 @@ mod tests {
 
     fn random(rng: &mut SplitMix64, shape: [usize; 4], d: &Device) -> Tensor<4> {
         let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 6.0 - 3.0).collect();
+        let v: Vec<f32> = (0..n).map(|_| rng.uniform(-3.0, 3.0)).collect();
         Tensor::from_data(TensorData::new(v, shape), d)
     }
 
