@@ -262,7 +262,25 @@ fn process_alive(pid: u32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+fn process_alive(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, STILL_ACTIVE};
+    use windows_sys::Win32::System::Threading::{GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION};
+    // SAFETY: the handle is checked for null, only queried, and closed once.
+    unsafe {
+        let h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+        if h.is_null() {
+            // No such process, or one we may not query (then it exists: assume alive).
+            return std::io::Error::last_os_error().raw_os_error() == Some(5); // ERROR_ACCESS_DENIED
+        }
+        let mut code = 0u32;
+        let ok = GetExitCodeProcess(h, &mut code);
+        CloseHandle(h);
+        ok == 0 || code == STILL_ACTIVE as u32
+    }
+}
+
+#[cfg(not(any(unix, windows)))]
 fn process_alive(_pid: u32) -> bool {
     true
 }
@@ -387,7 +405,8 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::result::Result<(), String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Interruption: staging folders registered here are cleaned when SIGINT or SIGTERM arrives.
+// Interruption: staging folders registered here are cleaned when SIGINT or SIGTERM arrives
+// (on Windows: Ctrl-C, Ctrl-Break or the console closing).
 
 static STAGED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static WRITING: Mutex<()> = Mutex::new(());
@@ -412,6 +431,7 @@ pub fn write_lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// Removes what an interrupted run staged, keeping its progress (small) for `--resume`.
 /// Returns the folders whose progress was kept.
+#[cfg(any(unix, windows))]
 fn clean_staged() -> Vec<PathBuf> {
     let dirs = STAGED.lock().map(|v| v.clone()).unwrap_or_default();
     let mut kept = Vec::new();
@@ -466,7 +486,31 @@ pub fn install_interrupt_handler() {
     }
 }
 
-#[cfg(not(unix))]
+/// Windows: Ctrl-C, Ctrl-Break and closing the console window, with the same cleanup; the
+/// system runs the handler on a thread of its own. Exit code 130 as for SIGINT.
+#[cfg(windows)]
+pub fn install_interrupt_handler() {
+    unsafe extern "system" fn handler(event: u32) -> windows_sys::core::BOOL {
+        let _guard = write_lock();
+        let kept = clean_staged();
+        let name = match event {
+            windows_sys::Win32::System::Console::CTRL_C_EVENT => "Ctrl-C",
+            windows_sys::Win32::System::Console::CTRL_BREAK_EVENT => "Ctrl-Break",
+            _ => "the console closing",
+        };
+        match kept.first() {
+            Some(dir) => eprintln!("interrupted by {name}: progress kept in {}; run the same command with --resume to continue", dir.display()),
+            None => eprintln!("interrupted by {name}; nothing was written"),
+        }
+        std::process::exit(130);
+    }
+    // SAFETY: registers a handler with the signature the console API expects.
+    unsafe {
+        windows_sys::Win32::System::Console::SetConsoleCtrlHandler(Some(handler), 1);
+    }
+}
+
+#[cfg(not(any(unix, windows)))]
 pub fn install_interrupt_handler() {}
 
 // ---------------------------------------------------------------------------------------------
