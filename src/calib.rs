@@ -63,7 +63,7 @@ mod tests {
     fn windows_stay_inside_the_stream() {
         let starts = draw_windows(100, 10, 1000, 0).unwrap();
         assert!(starts.iter().all(|&s| s <= 89));
-        assert!(starts.iter().any(|&s| s == 0) && starts.iter().any(|&s| s == 89));
+        assert!(starts.contains(&0) && starts.contains(&89));
         assert!(draw_windows(10, 10, 1, 0).is_err());
     }
 }

@@ -110,7 +110,7 @@ impl Config {
                 bail!("\"{name}\" is 0; it must be at least 1");
             }
         }
-        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             bail!("num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({})", self.num_heads, self.num_kv_heads);
         }
         Ok(())
@@ -124,12 +124,8 @@ impl Config {
         if t > self.max_positions {
             bail!("--seqlen {t} exceeds the model's max_position_embeddings ({})", self.max_positions);
         }
-        if let Arch::Llama(l) = &self.arch {
-            if let Some(w) = l.sliding_window {
-                if t > w {
-                    bail!("--seqlen {t} exceeds the sliding window ({w}); sliding-window attention is not implemented");
-                }
-            }
+        if let Arch::Llama(l) = &self.arch && let Some(w) = l.sliding_window && t > w {
+            bail!("--seqlen {t} exceeds the sliding window ({w}); sliding-window attention is not implemented");
         }
         Ok(())
     }
@@ -138,7 +134,7 @@ impl Config {
     pub fn head_dim(raw: &Value, hidden: usize, heads: usize) -> Result<usize> {
         match raw.get("head_dim").and_then(Value::as_u64) {
             Some(d) => Ok(d as usize),
-            None if heads > 0 && hidden % heads == 0 => Ok(hidden / heads),
+            None if heads > 0 && hidden.is_multiple_of(heads) => Ok(hidden / heads),
             None => bail!("hidden_size {hidden} is not divisible by num_attention_heads {heads}"),
         }
     }

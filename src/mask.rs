@@ -31,10 +31,8 @@ impl Bits {
     /// Rebuilds a bit set from its words, as [`Bits::words`] gave them.
     pub fn from_words(mut words: Vec<u64>, len: usize) -> Bits {
         words.resize(len.div_ceil(64), 0);
-        if len % 64 != 0 {
-            if let Some(last) = words.last_mut() {
-                *last &= (1u64 << (len % 64)) - 1;
-            }
+        if !len.is_multiple_of(64) && let Some(last) = words.last_mut() {
+            *last &= (1u64 << (len % 64)) - 1;
         }
         Bits { words, len }
     }

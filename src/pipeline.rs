@@ -157,10 +157,8 @@ pub fn prune_resumable(
                     bail!("{name}: the mask read back from the device has {} entries, expected {}", host.len(), shapes[li][0] * shapes[li][1]);
                 }
                 let mut flags: Vec<bool> = host.iter().map(|&v| v != 0.0).collect();
-                if crate::staging::fault_point("drop-one-mask-bit") {
-                    if let Some(f) = flags.iter_mut().find(|f| **f) {
-                        *f = false;
-                    }
+                if crate::staging::fault_point("drop-one-mask-bit") && let Some(f) = flags.iter_mut().find(|f| **f) {
+                    *f = false;
                 }
                 let lm = LayerMask { name, shape: shapes[li], pruned: Bits::from_flags(flags.into_iter()), values };
                 let got = lm.pruned.count_ones();

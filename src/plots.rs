@@ -64,10 +64,8 @@ fn score_curve(path: &Path, title: &str, points: &[(f64, f64)], chosen: Option<f
     mesh.draw().map_err(draw_err)?;
     chart.draw_series(LineSeries::new(points.iter().copied(), &BLUE)).map_err(draw_err)?;
     chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, BLUE.filled()))).map_err(draw_err)?;
-    if let Some(l) = chosen {
-        if let Some(&p) = points.iter().find(|p| p.0 == l) {
-            chart.draw_series(std::iter::once(Circle::new(p, 8, RED.stroke_width(3)))).map_err(draw_err)?;
-        }
+    if let Some(l) = chosen && let Some(&p) = points.iter().find(|p| p.0 == l) {
+        chart.draw_series(std::iter::once(Circle::new(p, 8, RED.stroke_width(3)))).map_err(draw_err)?;
     }
     root.present().map_err(draw_err)
 }

@@ -277,7 +277,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     }
     let sparsity = match (&pattern, args.sparsity) {
         (Pattern::NM { n, m }, None) => *n as f64 / *m as f64,
-        (Pattern::NM { n, m }, Some(s)) if !((s - *n as f64 / *m as f64).abs() <= 1e-9) => {
+        (Pattern::NM { n, m }, Some(s)) if (s - *n as f64 / *m as f64).abs().is_nan() || (s - *n as f64 / *m as f64).abs() > 1e-9 => {
             bail!("--sparsity {s} contradicts --pattern {n}:{m} (which prunes {})", *n as f64 / *m as f64)
         }
         (_, Some(s)) => s,
@@ -301,10 +301,8 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     if !args.calib.is_file() {
         bail!("{}: calibration file not found", args.calib.display());
     }
-    if let Some(e) = &args.eval {
-        if !e.is_file() {
-            bail!("{}: evaluation file not found", e.display());
-        }
+    if let Some(e) = &args.eval && !e.is_file() {
+        bail!("{}: evaluation file not found", e.display());
     }
 
     // The model, read without a device: config, weights' names and shapes, tokenizer.
@@ -359,11 +357,9 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         // `topup::evaluate` runs a group's candidates side by side on the CPU backends.
         searches_at_once: if args.device == Choice::Gpu { 1 } else { rayon::current_num_threads().min(carried) },
     };
-    if args.device != Choice::Gpu {
-        if let Some(avail) = memory::available_host() {
-            estimate.searches_at_once = memory::searches_that_fit(&config, &spec.shapes(), &estimate, avail);
-            memory::check(&memory::prune_parts(&config, &spec.shapes(), &estimate), avail, "this machine")?;
-        }
+    if args.device != Choice::Gpu && let Some(avail) = memory::available_host() {
+        estimate.searches_at_once = memory::searches_that_fit(&config, &spec.shapes(), &estimate, avail);
+        memory::check(&memory::prune_parts(&config, &spec.shapes(), &estimate), avail, "this machine")?;
     }
 
     // Provenance and the progress of an interrupted run.

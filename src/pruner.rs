@@ -187,15 +187,13 @@ impl SparseGpt {
             }
         }
         for i in 0..count {
-            if let Some((n, m)) = n_m {
-                if i % m == 0 {
-                    let end = (i + m).min(count);
-                    for r in 0..rows {
-                        let mut order: Vec<usize> = (i..end).collect();
-                        order.sort_by(|&a, &b| key(w1, r, a).total_cmp(&key(w1, r, b)));
-                        for &c in order.iter().take(n) {
-                            mask1[r * count + c] = true;
-                        }
+            if let Some((n, m)) = n_m && i % m == 0 {
+                let end = (i + m).min(count);
+                for r in 0..rows {
+                    let mut order: Vec<usize> = (i..end).collect();
+                    order.sort_by(|&a, &b| key(w1, r, a).total_cmp(&key(w1, r, b)));
+                    for &c in order.iter().take(n) {
+                        mask1[r * count + c] = true;
                     }
                 }
             }

@@ -49,8 +49,8 @@ impl Progress {
             let text = std::fs::read_to_string(&path).context(|| format!("--resume: cannot read {}", path.display()))?;
             let saved: Value = serde_json::from_str(&text).map_err(|e| err!("--resume: {} is damaged ({e}); rerun without --resume", path.display()))?;
             if let Some((key, was, now)) = first_difference(&saved, state, "") {
-                if key.starts_with("inputs.") {
-                    bail!("--resume: {} changed since the interrupted run (SHA-256 {was} then, {now} now); rerun without --resume to start over", &key["inputs.".len()..]);
+                if let Some(input) = key.strip_prefix("inputs.") {
+                    bail!("--resume: {input} changed since the interrupted run (SHA-256 {was} then, {now} now); rerun without --resume to start over");
                 }
                 bail!("--resume: the interrupted run used {key} = {was}, this one {now}; rerun with the same settings, or without --resume to start over");
             }

@@ -192,10 +192,8 @@ impl Destination {
             eprintln!("note: removed {}, left by process {pid}, which was interrupted", p.display());
         }
         let path = dest.path();
-        if let Ok(meta) = std::fs::symlink_metadata(&path) {
-            if !path.is_dir() {
-                bail!("--out {}: exists and is {}, not a folder", out.display(), if meta.is_symlink() { "a dangling link" } else { "a file" });
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&path) && !path.is_dir() {
+            bail!("--out {}: exists and is {}, not a folder", out.display(), if meta.is_symlink() { "a dangling link" } else { "a file" });
         }
         dest.check_replaceable()?;
         if path.exists() && !force {
@@ -228,10 +226,8 @@ impl Destination {
         if let Ok(entries) = std::fs::read_dir(&self.parent) {
             for e in entries.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = n.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) {
-                    if pid != std::process::id() && !process_alive(pid) {
-                        found.push((e.path(), pid));
-                    }
+                if let Some(pid) = n.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) && pid != std::process::id() && !process_alive(pid) {
+                    found.push((e.path(), pid));
                 }
             }
         }
@@ -548,10 +544,8 @@ pub enum PlotsTarget {
 
 pub fn check_plots(input: &Path, dest: &Destination, plots: &Path) -> Result<PlotsTarget> {
     let resolved = resolve(plots)?;
-    if let Ok(meta) = std::fs::metadata(&resolved) {
-        if !meta.is_dir() {
-            bail!("--plots {}: exists and is a file, not a folder", plots.display());
-        }
+    if let Ok(meta) = std::fs::metadata(&resolved) && !meta.is_dir() {
+        bail!("--plots {}: exists and is a file, not a folder", plots.display());
     }
     let out = dest.path();
     if let Ok(rel) = resolved.strip_prefix(&out) {

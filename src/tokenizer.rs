@@ -43,14 +43,12 @@ pub fn tokenize_file(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>> {
 /// not belong to the model would otherwise index past the embedding table.
 pub fn tokenize_checked(tokenizer: &Tokenizer, model_dir: &Path, path: &Path, vocab_size: usize) -> Result<Vec<u32>> {
     let ids = tokenize_file(tokenizer, path)?;
-    if let Some(&max) = ids.iter().max() {
-        if max as usize >= vocab_size {
-            bail!(
-                "{}: gives token id {max} for {}, but the model's vocab_size is {vocab_size}; the tokenizer does not belong to this model",
-                model_dir.join("tokenizer.json").display(),
-                path.display()
-            );
-        }
+    if let Some(&max) = ids.iter().max() && max as usize >= vocab_size {
+        bail!(
+            "{}: gives token id {max} for {}, but the model's vocab_size is {vocab_size}; the tokenizer does not belong to this model",
+            model_dir.join("tokenizer.json").display(),
+            path.display()
+        );
     }
     Ok(ids)
 }

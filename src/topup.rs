@@ -374,8 +374,8 @@ mod tests {
             assert_eq!(m[0][li], spread, "linear {li}");
         }
         assert_eq!(m[0][o], Sparsity::PerRow(vec![0.5, 0.5]));
-        for li in 0..7 {
-            assert_eq!(m[1][li], Sparsity::PerRow(vec![0.7, 0.7]));
+        for (li, s) in m[1].iter().enumerate() {
+            assert_eq!(*s, Sparsity::PerRow(vec![0.7, 0.7]), "linear {li}");
         }
         // Under GQA q, k and v keep the block sparsity.
         let m = row_map(&spec, true, &[0.5, 0.7], &d, 0.1).unwrap();

@@ -28,11 +28,15 @@ fn element_size(dtype: Dtype) -> Result<usize> {
     }
 }
 
+/// One output tensor: name, dtype, shape and its bytes (borrowed from the input's map where
+/// unchanged).
+type Entry<'a> = (String, Dtype, Vec<usize>, Cow<'a, [u8]>);
+
 /// Writes the checkpoint with `masks` applied into `dir` (the staging folder).
 pub fn write_checkpoint(input: &Checkpoint, masks: &[LayerMask], dir: &Path) -> Result<()> {
     let by_name: HashMap<&str, &LayerMask> = masks.iter().map(|m| (m.name.as_str(), m)).collect();
     for (si, shard) in input.shards.iter().enumerate() {
-        let mut tensors: Vec<(String, Dtype, Vec<usize>, Cow<[u8]>)> = Vec::new();
+        let mut tensors: Vec<Entry> = Vec::new();
         for (name, info) in shard.metadata.tensors() {
             let bytes = shard.bytes(info);
             let data = match by_name.get(name.as_str()) {

@@ -105,14 +105,12 @@ fn reference(w: &[f32], rows: usize, cols: usize, h: &[f64], s: f64, nm: Option<
         }
         let mut err = vec![0.0; rows * (i2 - i1)];
         for i in i1..i2 {
-            if let Some((n, m)) = nm {
-                if (i - i1) % m == 0 {
-                    for r in 0..rows {
-                        let mut group: Vec<usize> = (i..(i + m).min(i2)).collect();
-                        group.sort_by(|&a, &b| score(&w, r, a).partial_cmp(&score(&w, r, b)).unwrap());
-                        for &c in &group[..n] {
-                            mask[r * cols + c] = true;
-                        }
+            if let Some((n, m)) = nm && (i - i1) % m == 0 {
+                for r in 0..rows {
+                    let mut group: Vec<usize> = (i..(i + m).min(i2)).collect();
+                    group.sort_by(|&a, &b| score(&w, r, a).partial_cmp(&score(&w, r, b)).unwrap());
+                    for &c in &group[..n] {
+                        mask[r * cols + c] = true;
                     }
                 }
             }

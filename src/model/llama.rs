@@ -70,10 +70,8 @@ struct Raw {
 impl Config {
     pub fn parse(value: &Value, model_type: &str) -> Result<config::Config> {
         let raw: Raw = serde_json::from_value(value.clone()).map_err(|e| err!("not a valid config.json ({e})"))?;
-        if let Some(act) = &raw.hidden_act {
-            if act != "silu" {
-                bail!("unsupported hidden_act \"{act}\" (only silu)");
-            }
+        if let Some(act) = &raw.hidden_act && act != "silu" {
+            bail!("unsupported hidden_act \"{act}\" (only silu)");
         }
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
@@ -283,7 +281,7 @@ fn rope_freqs(c: &Config) -> RopeFreqs {
         for f in freqs.inv_freq.iter_mut() {
             let wavelen = 2.0 * std::f32::consts::PI / *f;
             let scaled = if wavelen > low_wavelen { *f / factor } else { *f };
-            let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+            let medium = (high_wavelen..=low_wavelen).contains(&wavelen);
             *f = if medium {
                 let smooth = (old / wavelen - low) / (high - low);
                 (1.0 - smooth) * scaled / factor + smooth * scaled

@@ -120,8 +120,10 @@ impl Linear {
 /// an input (q/k/v, gate/up, Phi's fc1) each see it, which is what statistics need.
 pub type InputHook<'a> = &'a mut dyn FnMut(usize, &Tensor<3>);
 
-/// The family-specific rest of a block (its norms and settings).
+/// The family-specific rest of a block (its norms and settings). A few KiB at most, one per
+/// loaded block, so the variants stay unboxed.
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
 enum Parts {
     Llama(llama::Parts),
     Opt(opt::Parts),

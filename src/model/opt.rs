@@ -71,10 +71,8 @@ impl Config {
         if !raw.do_layer_norm_before.unwrap_or(true) {
             bail!("OPT with do_layer_norm_before = false (post-LayerNorm, as OPT-350m) is not supported");
         }
-        if let Some(w) = raw.word_embed_proj_dim {
-            if w != hidden_size {
-                bail!("OPT with word_embed_proj_dim {w} ≠ hidden_size {hidden_size} (project_in/project_out) is not supported");
-            }
+        if let Some(w) = raw.word_embed_proj_dim && w != hidden_size {
+            bail!("OPT with word_embed_proj_dim {w} ≠ hidden_size {hidden_size} (project_in/project_out) is not supported");
         }
         let act = raw.activation_function.as_deref().unwrap_or("relu");
         if act != "relu" {

@@ -80,7 +80,7 @@ impl Config {
             bail!("\"partial_rotary_factor\" is {factor}; it must be in (0, 1]");
         }
         let rotary_dim = (factor * head_dim as f64) as usize;
-        if rotary_dim == 0 || rotary_dim % 2 != 0 {
+        if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
             bail!("partial_rotary_factor {factor} × head_dim {head_dim} gives {rotary_dim} rotary dims; it must be even and positive");
         }
         let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
@@ -267,9 +267,9 @@ mod tests {
         let x = Tensor::<3>::from_data(burn::tensor::TensorData::new(vec![-1.0f32, 0.0, 0.5, 2.0], [1, 1, 4]), &d);
         let got = super::super::host_f32(gelu_new(x), "gelu").unwrap();
         // 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), evaluated with Python's math module.
-        let want = [-0.15880800939172324f32, 0.0, 0.34571400982514394, 1.954597694087775];
+        let want = [-0.15880800939172324f64, 0.0, 0.34571400982514394, 1.954597694087775];
         for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() < 1e-6, "{got:?}");
+            assert!((*g as f64 - w).abs() < 1e-6, "{got:?}");
         }
         assert_eq!(got.len(), 4);
     }
