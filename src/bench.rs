@@ -49,23 +49,66 @@ pub struct PruneBench {
     pub search_nsamples: usize,
 }
 
-/// A published LLaMA-family shape for synthetic checkpoints.
+/// A published shape for synthetic checkpoints: its config.json, less the block count (which is
+/// `--blocks`) and the dtype (f16). The family's own declaration then says which tensors a
+/// checkpoint of it holds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Shape {
     pub name: &'static str,
-    pub hidden: usize,
-    pub intermediate: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub vocab: usize,
-    pub max_positions: usize,
+    pub config: &'static str,
 }
 
-pub const SHAPES: [Shape; 4] = [
-    Shape { name: "llama2-7b", hidden: 4096, intermediate: 11008, heads: 32, kv_heads: 32, vocab: 32000, max_positions: 4096 },
-    Shape { name: "llama3-8b", hidden: 4096, intermediate: 14336, heads: 32, kv_heads: 8, vocab: 128256, max_positions: 8192 },
-    Shape { name: "llama-0.8b", hidden: 2048, intermediate: 5632, heads: 32, kv_heads: 4, vocab: 32000, max_positions: 2048 },
-    Shape { name: "tiny", hidden: 64, intermediate: 172, heads: 4, kv_heads: 2, vocab: 384, max_positions: 256 },
+pub const SHAPES: [Shape; 8] = [
+    Shape {
+        name: "llama2-7b",
+        config: r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 32000, "hidden_size": 4096,
+            "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false}"#,
+    },
+    Shape {
+        name: "llama3-8b",
+        config: r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 128256, "hidden_size": 4096,
+            "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 8192,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false}"#,
+    },
+    Shape {
+        name: "llama-0.8b",
+        config: r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 32000, "hidden_size": 2048,
+            "intermediate_size": 5632, "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false}"#,
+    },
+    Shape {
+        name: "opt-6.7b",
+        config: r#"{"model_type": "opt", "architectures": ["OPTForCausalLM"], "vocab_size": 50272, "hidden_size": 4096,
+            "ffn_dim": 16384, "num_attention_heads": 32, "max_position_embeddings": 2048, "do_layer_norm_before": true,
+            "word_embed_proj_dim": 4096, "enable_bias": true, "activation_function": "relu", "tie_word_embeddings": true}"#,
+    },
+    Shape {
+        name: "phi-2",
+        config: r#"{"model_type": "phi", "architectures": ["PhiForCausalLM"], "vocab_size": 51200, "hidden_size": 2560,
+            "intermediate_size": 10240, "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 2048,
+            "partial_rotary_factor": 0.4, "layer_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "gelu_new",
+            "tie_word_embeddings": false}"#,
+    },
+    Shape {
+        name: "tiny",
+        config: r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 384, "hidden_size": 64,
+            "intermediate_size": 172, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false}"#,
+    },
+    Shape {
+        name: "tiny-opt",
+        config: r#"{"model_type": "opt", "architectures": ["OPTForCausalLM"], "vocab_size": 384, "hidden_size": 64,
+            "ffn_dim": 256, "num_attention_heads": 4, "max_position_embeddings": 256, "do_layer_norm_before": true,
+            "word_embed_proj_dim": 64, "enable_bias": true, "activation_function": "relu", "tie_word_embeddings": true}"#,
+    },
+    Shape {
+        name: "tiny-phi",
+        config: r#"{"model_type": "phi", "architectures": ["PhiForCausalLM"], "vocab_size": 384, "hidden_size": 64,
+            "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256,
+            "partial_rotary_factor": 0.5, "layer_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "gelu_new",
+            "tie_word_embeddings": false}"#,
+    },
 ];
 
 pub fn shape(name: &str) -> Result<Shape> {
@@ -76,28 +119,39 @@ pub fn shape(name: &str) -> Result<Shape> {
 }
 
 /// Writes a random f16 checkpoint of `shape` with `blocks` blocks into `dir`: config.json, one
-/// shard per block plus one for the embeddings, norm and head, and the index. Weights are
-/// uniform with unit-variance-preserving scale (±√(3/fan_in)), norms 1; seeded, so every run
-/// measures the same model.
+/// shard per block plus one for the tensors outside the blocks, and the index. Matrices are
+/// uniform with a unit-variance-preserving scale (±√(3/fan_in)), norm weights 1, biases 0;
+/// seeded, so every run measures the same model.
 pub fn write_synthetic(dir: &Path, shape: &Shape, blocks: usize) -> Result<()> {
     use safetensors::tensor::{Dtype, TensorView};
     if blocks == 0 {
         bail!("--blocks must be at least 1");
     }
+    let mut config: serde_json::Value = serde_json::from_str(shape.config).map_err(|e| err!("shape {}: {e}", shape.name))?;
+    config["num_hidden_layers"] = blocks.into();
+    config["torch_dtype"] = "float16".into();
+    let text = serde_json::to_string_pretty(&config).map_err(|e| err!("shape {}: {e}", shape.name))?;
+    let parsed = crate::config::Config::from_json(&text)?;
     std::fs::create_dir_all(dir).map_err(|e| err!("cannot create {}: {e}", dir.display()))?;
-    let (d, f, hd) = (shape.hidden, shape.intermediate, shape.hidden / shape.heads);
-    let config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": shape.vocab,
-        "hidden_size": d, "intermediate_size": f, "num_hidden_layers": blocks,
-        "num_attention_heads": shape.heads, "num_key_value_heads": shape.kv_heads,
-        "max_position_embeddings": shape.max_positions, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": false, "torch_dtype": "float16",
-    });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap_or_default())
-        .map_err(|e| err!("cannot write config.json: {e}"))?;
+    std::fs::write(dir.join("config.json"), text).map_err(|e| err!("cannot write config.json: {e}"))?;
+    // Shard 0 holds what lies outside the blocks, shard b + 1 block b.
+    let prefix = format!("{}.", crate::model::Spec::of(&parsed).block_prefix);
+    let mut shards: Vec<Vec<(String, Vec<usize>)>> = vec![Vec::new(); blocks + 1];
+    for (name, dims) in crate::model::checkpoint_tensors(&parsed, false) {
+        let block = name.strip_prefix(&prefix).and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+        shards[block.map_or(0, |b| b + 1)].push((name, dims));
+    }
     let mut rng = crate::calib::SplitMix64::new(0x5eed);
-    let mut random = |n: usize, fan_in: usize| -> Vec<u8> {
-        let a = (3.0 / fan_in as f64).sqrt();
+    let mut values = |name: &str, dims: &[usize]| -> Vec<u8> {
+        let n: usize = dims.iter().product();
+        let constant = |v: half::f16| (0..n).flat_map(|_| v.to_le_bytes()).collect();
+        if name.ends_with(".bias") {
+            return constant(half::f16::ZERO);
+        }
+        if dims.len() == 1 {
+            return constant(half::f16::ONE);
+        }
+        let a = (3.0 / dims[1] as f64).sqrt();
         let mut out = Vec::with_capacity(n * 2);
         for _ in 0..n {
             let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
@@ -105,46 +159,20 @@ pub fn write_synthetic(dir: &Path, shape: &Shape, blocks: usize) -> Result<()> {
         }
         out
     };
-    let ones = |n: usize| -> Vec<u8> { (0..n).flat_map(|_| half::f16::ONE.to_le_bytes()).collect() };
-    let shards = blocks + 1;
     let mut weight_map = serde_json::Map::new();
-    let mut write_shard = |k: usize, tensors: Vec<(String, Vec<usize>, Vec<u8>)>| -> Result<()> {
-        let file = format!("model-{:05}-of-{shards:05}.safetensors", k + 1);
+    for (k, tensors) in shards.iter().enumerate() {
+        let file = format!("model-{:05}-of-{:05}.safetensors", k + 1, shards.len());
+        let data: Vec<Vec<u8>> = tensors.iter().map(|(n, dims)| values(n, dims)).collect();
         let views = tensors
             .iter()
-            .map(|(n, s, b)| TensorView::new(Dtype::F16, s.clone(), b).map(|v| (n.clone(), v)))
+            .zip(&data)
+            .map(|((n, dims), b)| TensorView::new(Dtype::F16, dims.clone(), b).map(|v| (n.clone(), v)))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| err!("cannot build tensor views: {e}"))?;
-        for (n, _, _) in &tensors {
+        for (n, _) in tensors {
             weight_map.insert(n.clone(), serde_json::Value::String(file.clone()));
         }
-        safetensors::serialize_to_file(views, None, &dir.join(&file)).map_err(|e| err!("cannot write {file}: {e}"))
-    };
-    write_shard(
-        0,
-        vec![
-            ("model.embed_tokens.weight".into(), vec![shape.vocab, d], random(shape.vocab * d, d)),
-            ("model.norm.weight".into(), vec![d], ones(d)),
-            ("lm_head.weight".into(), vec![shape.vocab, d], random(shape.vocab * d, d)),
-        ],
-    )?;
-    for b in 0..blocks {
-        let p = format!("model.layers.{b}");
-        let (q, kv) = (shape.heads * hd, shape.kv_heads * hd);
-        write_shard(
-            b + 1,
-            vec![
-                (format!("{p}.input_layernorm.weight"), vec![d], ones(d)),
-                (format!("{p}.post_attention_layernorm.weight"), vec![d], ones(d)),
-                (format!("{p}.self_attn.q_proj.weight"), vec![q, d], random(q * d, d)),
-                (format!("{p}.self_attn.k_proj.weight"), vec![kv, d], random(kv * d, d)),
-                (format!("{p}.self_attn.v_proj.weight"), vec![kv, d], random(kv * d, d)),
-                (format!("{p}.self_attn.o_proj.weight"), vec![d, q], random(d * q, q)),
-                (format!("{p}.mlp.gate_proj.weight"), vec![f, d], random(f * d, d)),
-                (format!("{p}.mlp.up_proj.weight"), vec![f, d], random(f * d, d)),
-                (format!("{p}.mlp.down_proj.weight"), vec![d, f], random(d * f, f)),
-            ],
-        )?;
+        safetensors::serialize_to_file(views, None, &dir.join(&file)).map_err(|e| err!("cannot write {file}: {e}"))?;
     }
     let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
     std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index).unwrap_or_default())
@@ -258,5 +286,54 @@ pub fn print_table(rows: &[BenchRow]) {
             r.device, r.seqlen, r.batch, r.tokens_per_s, r.ms_per_forward, r.peak_rss_mib, gpu,
             opt(r.search_s, 1), opt(r.prune_s, 1), opt(r.lambda_block, 2), opt(r.lambda_row, 2)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::{decode_f32, Checkpoint};
+
+    #[test]
+    fn synthetic_checkpoints_hold_what_each_family_declares() {
+        for name in ["tiny", "tiny-opt", "tiny-phi", "llama2-7b", "opt-6.7b", "phi-2"] {
+            let s = shape(name).unwrap();
+            let c = crate::config::Config::from_json(&s.config.replace('}', ", \"num_hidden_layers\": 1}")).unwrap();
+            assert_eq!(c.num_layers, 1, "{name}");
+        }
+        // The published shapes' prunable linears, by hand: LLaMA-2-7B 6.48 G in 32 blocks
+        // (202 M each), OPT-6.7B 201 M per block, Phi-2 78.6 M per block.
+        for (name, per_block) in [("llama2-7b", 4 * 4096 * 4096 + 3 * 4096 * 11008), ("opt-6.7b", 4 * 4096 * 4096 + 2 * 4096 * 16384), ("phi-2", 4 * 2560 * 2560 + 2 * 2560 * 10240)] {
+            let c = crate::config::Config::from_json(&shape(name).unwrap().config.replace('}', ", \"num_hidden_layers\": 1}")).unwrap();
+            let n: usize = crate::model::Spec::of(&c).shapes().iter().map(|s| s[0] * s[1]).sum();
+            assert_eq!(n, per_block, "{name}");
+        }
+        for name in ["tiny", "tiny-opt", "tiny-phi"] {
+            let dir = std::env::temp_dir().join(format!("neuroal-synthetic-test-{}-{name}", std::process::id()));
+            write_synthetic(&dir, &shape(name).unwrap(), 2).unwrap();
+            // The up-front check passes: every tensor the forward loads, with its shape.
+            let (config, ck) = crate::model::check_model_dir(&dir).unwrap();
+            assert_eq!(config.num_layers, 2);
+            assert_eq!(config.dtype.as_deref(), Some("float16"));
+            let blocks = ck.shards.len();
+            assert_eq!(blocks, 3, "{name}: one shard outside the blocks, one per block");
+            for (t, dims) in crate::model::checkpoint_tensors(&config, false) {
+                let (shard, info) = ck.info(&t).unwrap();
+                assert_eq!(info.dtype, safetensors::Dtype::F16);
+                let v = decode_f32(shard.bytes(info), info.dtype).unwrap();
+                if t.ends_with(".bias") {
+                    assert!(v.iter().all(|&x| x == 0.0), "{t}");
+                } else if dims.len() == 1 {
+                    assert!(v.iter().all(|&x| x == 1.0), "{t}");
+                } else {
+                    // Uniform on ±√(3/fan_in): inside the bound, variance 1/fan_in.
+                    let a = (3.0 / dims[1] as f64).sqrt();
+                    assert!(v.iter().all(|&x| (x as f64).abs() <= a * 1.001), "{t}");
+                    let var = v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64;
+                    assert!((var * dims[1] as f64 - 1.0).abs() < 0.1, "{t}: variance × fan_in = {}", var * dims[1] as f64);
+                }
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }

@@ -33,3 +33,24 @@ fn synthetic_bench_runs_on_cpu_and_gpu_and_cleans_up() {
     let dir = err.lines().find_map(|l| l.split(" to ").nth(1)).expect("the temporary folder is named");
     assert!(!std::path::Path::new(dir.trim()).exists(), "{dir} must be removed");
 }
+
+#[test]
+fn synthetic_opt_and_phi_shapes_prune_alike_on_cpu_and_gpu() {
+    for shape in ["tiny-opt", "tiny-phi"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+            .args(["bench", "--synthetic", shape, "--blocks", "2", "--devices", "cpu,gpu", "--seqlen", "64", "--iters", "1", "--dtype", "f32"])
+            .args(["--prune-sparsity", "0.5", "--nsamples", "8", "--search-nsamples", "2", "--json"])
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{shape}: {err}");
+        assert!(err.contains(&format!("wrote a random {shape} checkpoint")), "{err}");
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(rows.len(), 2);
+        // The same random model and tokens: both devices choose the same λs.
+        assert!(rows[0]["lambda_block"].as_f64().is_some() && rows[0]["lambda_row"].as_f64().is_some(), "{}", rows[0]);
+        assert_eq!(rows[0]["lambda_block"], rows[1]["lambda_block"], "{shape}");
+        assert_eq!(rows[0]["lambda_row"], rows[1]["lambda_row"], "{shape}");
+    }
+}

@@ -604,6 +604,27 @@ pub fn sequence_losses(logits: Tensor<3>, ids: &[u32], device: &Device) -> Resul
     host_f32(picked.mean_dim(1).neg(), "sequence losses")
 }
 
+/// Every tensor the forward pass loads from a checkpoint of `config`, with its shape: the
+/// family's tensors outside the linears, then each block's linears (and their biases) in
+/// declared order. `lm_head_stored`: a tied model's checkpoint may store the head anyway.
+pub fn checkpoint_tensors(config: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
+    let spec = Spec::of(config);
+    let mut all = match &config.arch {
+        Arch::Llama(l) => llama::tensors(config, l, lm_head_stored),
+        Arch::Opt(o) => opt::tensors(config, o, lm_head_stored),
+        Arch::Phi(p) => phi::tensors(config, p),
+    };
+    for b in 0..config.num_layers {
+        for (i, l) in spec.linears.iter().enumerate() {
+            all.push((spec.weight_name(b, i), l.shape.to_vec()));
+            if l.bias {
+                all.push((spec.bias_name(b, i), vec![l.shape[0]]));
+            }
+        }
+    }
+    all
+}
+
 /// Reads a model folder without a device and checks everything that can be checked cheaply:
 /// the config, the weights' headers, the block count, and that every tensor the forward pass
 /// loads is present with its shape. Errors surface here, before any device is opened.
@@ -617,22 +638,8 @@ pub fn check_model_dir(dir: &Path) -> Result<(Config, Checkpoint)> {
     }
     let config = Config::from_file(&config_path)?;
     let checkpoint = Checkpoint::open(dir)?;
-    let spec = Spec::of(&config);
-    check_layers(&config, &spec, &checkpoint)?;
-    let mut required = match &config.arch {
-        Arch::Llama(l) => llama::tensors(&config, l, &checkpoint),
-        Arch::Opt(o) => opt::tensors(&config, o, &checkpoint),
-        Arch::Phi(p) => phi::tensors(&config, p),
-    };
-    for b in 0..config.num_layers {
-        for (i, l) in spec.linears.iter().enumerate() {
-            required.push((spec.weight_name(b, i), l.shape.to_vec()));
-            if l.bias {
-                required.push((spec.bias_name(b, i), vec![l.shape[0]]));
-            }
-        }
-    }
-    for (name, shape) in &required {
+    check_layers(&config, &Spec::of(&config), &checkpoint)?;
+    for (name, shape) in &checkpoint_tensors(&config, checkpoint.contains("lm_head.weight")) {
         let (_, info) = checkpoint.info(name)?;
         if info.shape != *shape {
             bail!("tensor \"{name}\" has shape {:?}, expected {shape:?}", info.shape);

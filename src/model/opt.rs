@@ -128,8 +128,9 @@ pub fn spec(c: &config::Config, o: &Config) -> Spec {
     }
 }
 
-/// Tensors outside the prunable linears, with their shapes (for the up-front check).
-pub fn tensors(c: &config::Config, o: &Config, ck: &Checkpoint) -> Vec<(String, Vec<usize>)> {
+/// Tensors outside the prunable linears, with their shapes. `lm_head_stored`: a tied model's
+/// checkpoint may store the head anyway.
+pub fn tensors(c: &config::Config, o: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
     let (v, d) = (c.vocab_size, c.hidden_size);
     let mut t = vec![
         ("model.decoder.embed_tokens.weight".to_string(), vec![v, d]),
@@ -139,7 +140,7 @@ pub fn tensors(c: &config::Config, o: &Config, ck: &Checkpoint) -> Vec<(String, 
         t.push(("model.decoder.final_layer_norm.weight".into(), vec![d]));
         t.push(("model.decoder.final_layer_norm.bias".into(), vec![d]));
     }
-    if ck.contains("lm_head.weight") || !c.tie_word_embeddings {
+    if lm_head_stored || !c.tie_word_embeddings {
         t.push(("lm_head.weight".into(), vec![v, d]));
     }
     for b in 0..c.num_layers {

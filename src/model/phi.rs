@@ -134,7 +134,7 @@ pub fn spec(c: &config::Config, p: &Config) -> Spec {
     }
 }
 
-/// Tensors outside the prunable linears, with their shapes (for the up-front check).
+/// Tensors outside the prunable linears, with their shapes.
 pub fn tensors(c: &config::Config, _p: &Config) -> Vec<(String, Vec<usize>)> {
     let (v, d) = (c.vocab_size, c.hidden_size);
     let mut t = vec![
