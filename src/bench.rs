@@ -292,7 +292,7 @@ pub fn print_table(rows: &[BenchRow]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::{decode_f32, Checkpoint};
+    use crate::weights::decode_f32;
 
     #[test]
     fn synthetic_checkpoints_hold_what_each_family_declares() {
@@ -315,8 +315,7 @@ mod tests {
             let (config, ck) = crate::model::check_model_dir(&dir).unwrap();
             assert_eq!(config.num_layers, 2);
             assert_eq!(config.dtype.as_deref(), Some("float16"));
-            let blocks = ck.shards.len();
-            assert_eq!(blocks, 3, "{name}: one shard outside the blocks, one per block");
+            assert_eq!(ck.shards.len(), 3, "{name}: one shard outside the blocks, one per block");
             for (t, dims) in crate::model::checkpoint_tensors(&config, false) {
                 let (shard, info) = ck.info(&t).unwrap();
                 assert_eq!(info.dtype, safetensors::Dtype::F16);
