@@ -37,7 +37,7 @@ pub struct Selected {
     pub device: Device,
     pub description: String,
     pub is_gpu: bool,
-    /// The adapter's largest buffer, in bytes (GPUs only).
+    /// The largest single buffer burn's runtime can allocate, in bytes (GPUs only).
     pub max_buffer: Option<u64>,
     /// Whether shaders can compute in f16 (GPUs only).
     pub shader_f16: bool,
@@ -94,7 +94,6 @@ pub fn dtype_name(d: burn::tensor::DType) -> &'static str {
 /// that kind on the same graphics API.
 struct Adapter {
     info: wgpu::AdapterInfo,
-    max_buffer: u64,
     shader_f16: bool,
     kind: DeviceKind,
     api: WgpuBackend,
@@ -107,11 +106,11 @@ fn adapters(apis: &[(wgpu::Backend, WgpuBackend)]) -> Vec<Adapter> {
             backends: backend.into(),
             ..wgpu::InstanceDescriptor::new_without_display_handle()
         });
-        let listed: Vec<(wgpu::AdapterInfo, u64, bool)> = pollster::block_on(instance.enumerate_adapters(backend.into()))
+        let listed: Vec<(wgpu::AdapterInfo, bool)> = pollster::block_on(instance.enumerate_adapters(backend.into()))
             .iter()
-            .map(|a| (a.get_info(), a.limits().max_buffer_size, a.features().contains(wgpu::Features::SHADER_F16)))
+            .map(|a| (a.get_info(), a.features().contains(wgpu::Features::SHADER_F16)))
             .collect();
-        let infos: Vec<wgpu::AdapterInfo> = listed.iter().map(|(i, _, _)| i.clone()).collect();
+        let infos: Vec<wgpu::AdapterInfo> = listed.iter().map(|(i, _)| i.clone()).collect();
         for (i, info) in infos.iter().enumerate() {
             let same = infos[..i].iter().filter(|o| o.device_type == info.device_type).count();
             let kind = match info.device_type {
@@ -121,7 +120,7 @@ fn adapters(apis: &[(wgpu::Backend, WgpuBackend)]) -> Vec<Adapter> {
                 wgpu::DeviceType::Cpu => DeviceKind::Cpu,
                 wgpu::DeviceType::Other => continue,
             };
-            found.push(Adapter { info: info.clone(), max_buffer: listed[i].1, shader_f16: listed[i].2, kind, api });
+            found.push(Adapter { info: info.clone(), shader_f16: listed[i].1, kind, api });
         }
         if !found.is_empty() {
             break;
@@ -171,7 +170,10 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
     crate::kernels::register(setup.device, setup.queue);
     let compiler = crate::kernels::compiler(&device);
     let description = format!("gpu: {} ({:?}, {:?}, {compiler})", best.info.name, best.info.device_type, best.info.backend);
-    Ok(Some(Selected { device, description, is_gpu: true, max_buffer: Some(best.max_buffer), shader_f16: best.shader_f16 }))
+    // The runtime's own limit: the smaller of the buffer and storage-binding limits (lavapipe:
+    // 2 GiB and 128 MiB), not the adapter's buffer limit alone.
+    let max_buffer = Some(crate::kernels::max_allocation(&device));
+    Ok(Some(Selected { device, description, is_gpu: true, max_buffer, shader_f16: best.shader_f16 }))
 }
 
 pub fn select(choice: Choice) -> Result<Selected> {

@@ -51,3 +51,40 @@ pub fn io_words(e: &std::io::Error) -> String {
 pub fn one_line(text: &str) -> String {
     text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
+
+/// A failed device readback in words. burn's runtime reports the first failure deep in a chain
+/// of skipped kernels; an allocation the GPU cannot make is said plainly, with what helps.
+pub fn device_words(text: &str) -> String {
+    let size_after = |marker: &str| -> Option<u64> {
+        let rest = &text[text.find(marker)? + marker.len()..];
+        rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    if let Some(n) = size_after("can't allocate buffer of size:") {
+        return format!(
+            "the GPU cannot hold a single buffer of {}, more than its limit per buffer; lower --seqlen (or bench's --batch), use --dtype f16, or use --device cpu",
+            crate::memory::human(n as u128)
+        );
+    }
+    if let Some(n) = size_after("out of device memory allocating") {
+        return format!(
+            "the GPU ran out of memory allocating {}; lower --seqlen or --nsamples (or bench's --batch), use --dtype f16, or use --device cpu",
+            crate::memory::human(n as u128)
+        );
+    }
+    one_line(text)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn allocation_failures_are_said_plainly() {
+        let deep = "An error happened during execution\nCaused by:\n  skipped `MatmulEntry`\n  can't allocate buffer of size: 262144000\nNo backtrace available";
+        assert_eq!(
+            super::device_words(deep),
+            "the GPU cannot hold a single buffer of 250.0 MiB, more than its limit per buffer; lower --seqlen (or bench's --batch), use --dtype f16, or use --device cpu"
+        );
+        let oom = "Caused by: out of device memory allocating 3221225472 bytes\n";
+        assert!(super::device_words(oom).starts_with("the GPU ran out of memory allocating 3.0 GiB;"), "{}", super::device_words(oom));
+        assert_eq!(super::device_words("lost\n  device"), "lost; device");
+    }
+}

@@ -241,6 +241,13 @@ pub fn compiler(device: &burn::tensor::Device) -> &'static str {
     client(device).name()
 }
 
+/// The largest single buffer burn's runtime can allocate on the GPU `device`, in bytes: the
+/// smaller of the adapter's buffer and storage-binding limits, as the runtime opened it (on
+/// Vulkan with 64-bit indexing the binding limit is lifted).
+pub fn max_allocation(device: &burn::tensor::Device) -> u64 {
+    client(device).properties().memory.max_page_size
+}
+
 /// burn's compute client for the GPU `device` (taken from a one-element tensor on it).
 fn client(device: &burn::tensor::Device) -> cubecl::client::Client {
     cube(Tensor::<1>::zeros([1], device)).client

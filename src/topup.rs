@@ -307,7 +307,7 @@ pub fn owl_outlier_ratios(model: &Model, windows: &[u32], seqlen: usize, m: f64)
                 .int()
                 .sum()
                 .try_into_scalar::<i64>()
-                .map_err(|e| crate::err!("OWL scores: reading the result back from the device failed: {e:?}"))?;
+                .map_err(|e| crate::err!("OWL scores: reading the result back from the device failed: {}", crate::error::device_words(&e.to_string())))?;
         }
         ratios.push(100.0 * outliers as f64 / count as f64);
     }

@@ -54,3 +54,27 @@ fn synthetic_opt_and_phi_shapes_prune_alike_on_cpu_and_gpu() {
         assert_eq!(rows[0]["lambda_row"], rows[1]["lambda_row"], "{shape}");
     }
 }
+
+/// LLaMA-0.8B's embedding table in f32 (250 MiB) is over lavapipe's 128 MiB per buffer: one
+/// line before any work, naming what helps (a GPU with a larger limit runs it instead).
+#[test]
+fn a_table_over_the_gpu_buffer_limit_is_refused_up_front() {
+    let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(["bench", "--synthetic", "llama-0.8b", "--blocks", "1", "--devices", "gpu", "--seqlen", "16", "--batch", "1", "--iters", "1", "--dtype", "f32", "--json"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    if o.status.success() {
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(!rows[0]["device"].as_str().unwrap().contains("llvmpipe"), "lavapipe cannot hold the table: {}", rows[0]);
+    } else {
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        let last = err.lines().last().unwrap();
+        assert!(
+            last.starts_with("error: bench on gpu: the embedding table (32000 × 2048 in f32) takes 250.0 MiB, more than the GPU's limit per buffer (")
+                && last.ends_with("); use --dtype f16 or --device cpu"),
+            "{err}"
+        );
+    }
+}

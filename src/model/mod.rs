@@ -30,7 +30,7 @@ use crate::{bail, err};
 pub fn host_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
     let n = t.shape().num_elements();
     let t = to_dtype(t, DType::F32);
-    let data = t.try_into_data().map_err(|e| err!("{what}: reading the result back from the device failed: {}", crate::error::one_line(&e.to_string())))?;
+    let data = t.try_into_data().map_err(|e| err!("{what}: reading the result back from the device failed: {}", crate::error::device_words(&e.to_string())))?;
     let v = data.try_into_vec::<f32>().map_err(|e| err!("{what}: the device returned unreadable data: {}", crate::error::one_line(&e.to_string())))?;
     if v.len() != n {
         bail!("{what}: the device returned {} values, expected {n}", v.len());
@@ -213,6 +213,9 @@ impl Model {
     /// A model from what [`check_model_dir`] already read and checked (no second pass over
     /// the folder).
     pub fn load(config: Config, checkpoint: Checkpoint, device: &Device, dtype: DType) -> Result<Model> {
+        if !on_cpu(device) {
+            check_table_fits(&config, dtype.size(), crate::kernels::max_allocation(device))?;
+        }
         let spec = Spec::of(&config);
         let outer = match &config.arch {
             Arch::Llama(l) => Outer::Llama(llama::Outer::load(&checkpoint, &config, l, device, dtype)?),
@@ -625,6 +628,25 @@ pub fn checkpoint_tensors(config: &Config, lm_head_stored: bool) -> Vec<(String,
     all
 }
 
+/// The embedding table is the largest tensor a GPU holds in one buffer for `eval`, `zeroshot`
+/// and `bench` (the prune checks its own buffers up front): over the runtime's per-buffer limit,
+/// say so before loading, with what helps.
+pub fn check_table_fits(config: &Config, dtype_bytes: usize, limit: u64) -> Result<()> {
+    let table = (config.vocab_size * config.hidden_size * dtype_bytes) as u128;
+    if table > limit as u128 {
+        let advice = if dtype_bytes > 2 { "use --dtype f16 or --device cpu" } else { "use --device cpu" };
+        bail!(
+            "the embedding table ({} × {} in {}) takes {}, more than the GPU's limit per buffer ({}); {advice}",
+            config.vocab_size,
+            config.hidden_size,
+            if dtype_bytes > 2 { "f32" } else { "f16" },
+            crate::memory::human(table),
+            crate::memory::human(limit as u128)
+        );
+    }
+    Ok(())
+}
+
 /// Reads a model folder without a device and checks everything that can be checked cheaply:
 /// the config, the weights' headers, the block count, and that every tensor the forward pass
 /// loads is present with its shape. Errors surface here, before any device is opened.
@@ -728,6 +750,22 @@ pub(crate) mod testing {
 mod tests {
     use super::*;
     use crate::calib::SplitMix64;
+
+    #[test]
+    fn an_embedding_table_over_the_buffer_limit_is_refused_with_what_helps() {
+        // LLaMA-0.8B's table: 32000 × 2048 = 65.5 M values, 250 MiB in f32, 125 MiB in f16,
+        // against lavapipe's 128 MiB.
+        let c = Config::from_json(r#"{"model_type": "llama", "vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632,
+            "num_hidden_layers": 1, "num_attention_heads": 32, "max_position_embeddings": 2048}"#)
+        .unwrap();
+        let limit = 128 << 20;
+        let e = check_table_fits(&c, 4, limit).unwrap_err().to_string();
+        assert_eq!(e, "the embedding table (32000 × 2048 in f32) takes 250.0 MiB, more than the GPU's limit per buffer (128.0 MiB); use --dtype f16 or --device cpu");
+        assert!(check_table_fits(&c, 2, limit).is_ok());
+        assert!(check_table_fits(&c, 2, 125 << 20).is_ok(), "exactly at the limit fits");
+        let e = check_table_fits(&c, 2, (125 << 20) - 1).unwrap_err().to_string();
+        assert!(e.ends_with("in f16) takes 125.0 MiB, more than the GPU's limit per buffer (125.0 MiB); use --device cpu"), "{e}");
+    }
 
     /// The CPU host loop against the burn-ops rotation (checked against transformers through
     /// the forward tests), full and partial rotary, on both CPU backends: the same bits.
