@@ -63,7 +63,8 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
         Part { what: "masks", bytes: block_params * c.num_layers as u128 / 8, lowered_by: "nothing (it is the model's size)" },
     ];
     if run.hessians {
-        // One set per candidate running (each records its own in the search).
+        // One set per candidate running (each records its own in the search). Linears that
+        // read one input share a Hessian, so this per-linear count is an upper bound.
         parts.push(Part {
             what: "SparseGPT Hessians",
             bytes: at_once * shapes.iter().map(|s| (s[1] * s[1]) as u128).sum::<u128>() * f,

@@ -50,17 +50,28 @@ fn record(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, h
 /// [`record`] without its finiteness check, which reads a value back and so waits for a GPU to
 /// finish. For the NeuroAL search: it reads back once per candidate group, and its alignment
 /// metric, finite only when the statistics are, is checked there, naming block and linear.
+///
+/// Linears that read the same input (the family's [`Spec::input_of`]) share one calibration:
+/// the statistics, and SparseGPT's Hessian, are made once per input.
 pub fn record_unchecked(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, hessian: bool, outputs: bool) -> (Vec<Calibration>, Vec<Tensor<3>>) {
-    let mut stats: Vec<Calibration> = model.linear_shapes().iter().map(|s| Calibration::new(s[1], &model.device, hessian)).collect();
+    let input_of = &model.spec.input_of;
+    let mut stats: Vec<Option<Calibration>> =
+        model.linear_shapes().iter().enumerate().map(|(li, s)| (input_of[li] == li).then(|| Calibration::new(s[1], &model.device, hessian))).collect();
     let mut out = Vec::new();
     for h in hidden {
-        let mut record = |li: usize, x: &Tensor<3>| stats[li].add(x);
+        let mut record = |li: usize, x: &Tensor<3>| {
+            if let Some(c) = stats[li].as_mut() {
+                c.add(x);
+            }
+        };
         if outputs {
             out.push(block.forward(h.clone(), pos, Some(&mut record)));
         } else {
             block.record_inputs(h.clone(), pos, &model.spec.output_only, &mut record);
         }
     }
+    // Every family's `input_of` names a recording linear (a test checks the declarations).
+    let stats = (0..stats.len()).map(|li| stats[input_of[li]].clone().expect("input_of names a linear that records")).collect();
     (stats, out)
 }
 

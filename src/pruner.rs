@@ -14,6 +14,7 @@ use crate::score::{apply_mask, score, InputStats, Method};
 use crate::bail;
 
 /// What a pruner learns from one linear's calibration inputs.
+#[derive(Clone)]
 pub struct Calibration {
     /// Per-channel Σx² and Σx (Wanda's norms; NeuroAL's activations).
     pub stats: InputStats,
@@ -37,6 +38,7 @@ impl Calibration {
 
 /// The reference's running Hessian: with k more windows, H ← H·n/(n+k), n ← n + k, then
 /// H += (√(2/n)·X)ᵀ(√(2/n)·X), X the chunk's [tokens, cols] inputs, in f32 on the device.
+#[derive(Clone)]
 pub struct Hessian {
     pub h: Tensor<2>,
     pub windows: usize,

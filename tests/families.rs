@@ -130,7 +130,14 @@ fn calibration_pass_records_what_the_full_forward_records() {
                 let block = block.unwrap();
                 let (full, _) = neuroal::pipeline::run_recording(&model, &block, &hidden, &pos, true).unwrap();
                 let only = neuroal::pipeline::calibrate(&model, &block, &hidden, &pos, true).unwrap();
-                for (li, (a, b)) in full.iter().zip(&only).enumerate() {
+                // Every linear recorded on its own input, with no sharing: the family's
+                // `input_of` must give the same calibrations.
+                let mut own: Vec<neuroal::pruner::Calibration> =
+                    model.linear_shapes().iter().map(|s| neuroal::pruner::Calibration::new(s[1], &dev, true)).collect();
+                for h in &hidden {
+                    block.forward(h.clone(), &pos, Some(&mut |li: usize, x: &burn::tensor::Tensor<3>| own[li].add(x)));
+                }
+                for (li, ((a, b), c)) in full.iter().zip(&only).zip(&own).enumerate() {
                     let v = |t: &burn::tensor::Tensor<1>| t.clone().into_data().try_to_vec::<f32>().unwrap();
                     let h = |c: &neuroal::pruner::Calibration| c.hessian.as_ref().unwrap().h.clone().into_data().try_to_vec::<f32>().unwrap();
                     let what = format!("{fixture} on {device}, block {}, linear {li}", block.index);
@@ -138,6 +145,9 @@ fn calibration_pass_records_what_the_full_forward_records() {
                     assert_eq!(v(&a.stats.sum), v(&b.stats.sum), "{what}");
                     assert_eq!(a.stats.tokens, b.stats.tokens, "{what}");
                     assert_eq!(h(a), h(b), "{what}");
+                    assert_eq!(v(&a.stats.sumsq), v(&c.stats.sumsq), "{what}, shared vs own input");
+                    assert_eq!(v(&a.stats.sum), v(&c.stats.sum), "{what}, shared vs own input");
+                    assert_eq!(h(a), h(c), "{what}, shared vs own input");
                 }
             }
         }

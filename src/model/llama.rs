@@ -180,6 +180,8 @@ pub fn spec(c: &config::Config, l: &Config) -> Spec {
             route(true, Q),
         ]),
         output_only: vec![DOWN],
+        // q, k, v ← the attention norm's output; gate, up ← the MLP norm's.
+        input_of: vec![Q, Q, Q, O, GATE, GATE, DOWN],
     }
 }
 

@@ -70,6 +70,10 @@ pub struct Spec {
     /// Linears whose products are only added to the block's output: a pass that wants only
     /// the linears' inputs (a dense calibration pass) skips them.
     pub output_only: Vec<usize>,
+    /// For each linear, the first linear in declared order that reads the same input (itself
+    /// where none does): q, k and v read one normed input, and so on. Recording keeps one
+    /// calibration per input and hands it to every linear that reads it.
+    pub input_of: Vec<usize>,
 }
 
 impl Spec {
@@ -750,6 +754,22 @@ pub(crate) mod testing {
 mod tests {
     use super::*;
     use crate::calib::SplitMix64;
+
+    /// `input_of` points at or before each linear, at a linear that records itself (the
+    /// recording relies on it); which inputs are shared is checked against recording every
+    /// linear on its own in tests/families.rs.
+    #[test]
+    fn shared_inputs_are_declared_consistently() {
+        for fixture in ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2", "tiny-opt", "tiny-phi"] {
+            let c = Config::from_file(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join(fixture).join("config.json")).unwrap();
+            let s = Spec::of(&c);
+            assert_eq!(s.input_of.len(), s.linears.len(), "{fixture}");
+            for (i, &j) in s.input_of.iter().enumerate() {
+                assert!(j <= i && s.input_of[j] == j, "{fixture}: linear {i} reads linear {j}'s input");
+                assert_eq!(s.linears[i].shape[1], s.linears[j].shape[1], "{fixture}: linear {i} and {j} share an input of one width");
+            }
+        }
+    }
 
     #[test]
     fn an_embedding_table_over_the_buffer_limit_is_refused_with_what_helps() {

@@ -125,6 +125,8 @@ pub fn spec(c: &config::Config, o: &Config) -> Spec {
         // The authors' routing: q, k, v ← out_proj; out_proj ← fc1; fc1 ← fc2; fc2 ← next q.
         routes: Some(vec![route(false, OUT), route(false, OUT), route(false, OUT), route(false, FC1), route(false, FC2), route(true, Q)]),
         output_only: vec![FC2],
+        // q, k, v ← the attention LayerNorm's output.
+        input_of: vec![Q, Q, Q, OUT, FC1, FC2],
     }
 }
 

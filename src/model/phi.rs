@@ -131,6 +131,8 @@ pub fn spec(c: &config::Config, p: &Config) -> Spec {
         routes: Some(vec![route(false, DENSE), route(false, DENSE), route(false, DENSE), route(false, FC1), route(false, FC2), route(true, Q)]),
         // Attention and MLP run in parallel off the same input; both only add to the output.
         output_only: vec![DENSE, FC2],
+        // q, k, v and fc1 ← the one LayerNorm's output.
+        input_of: vec![Q, Q, Q, DENSE, Q, FC2],
     }
 }
 
