@@ -1,16 +1,18 @@
 //! `bench --synthetic`: a random checkpoint of a published shape, forward and a timed NeuroAL
 //! prune on each device, and nothing left behind.
 
-use std::process::Command;
+use std::process::{Command, Output};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_neuroal")).arg("bench").args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+}
 
 #[test]
 fn synthetic_bench_runs_on_cpu_and_gpu_and_cleans_up() {
-    let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
-        .args(["bench", "--synthetic", "tiny", "--blocks", "2", "--devices", "cpu,gpu", "--seqlen", "64", "--iters", "1", "--dtype", "f32"])
-        .args(["--prune-sparsity", "0.5", "--nsamples", "8", "--search-nsamples", "2", "--json"])
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .unwrap();
+    let o = bench(&[
+        "--synthetic", "tiny", "--blocks", "2", "--devices", "cpu,gpu", "--seqlen", "64", "--iters", "1", "--dtype", "f32",
+        "--prune-sparsity", "0.5", "--nsamples", "8", "--search-nsamples", "2", "--json",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
@@ -37,12 +39,10 @@ fn synthetic_bench_runs_on_cpu_and_gpu_and_cleans_up() {
 #[test]
 fn synthetic_opt_and_phi_shapes_prune_alike_on_cpu_and_gpu() {
     for shape in ["tiny-opt", "tiny-phi"] {
-        let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
-            .args(["bench", "--synthetic", shape, "--blocks", "2", "--devices", "cpu,gpu", "--seqlen", "64", "--iters", "1", "--dtype", "f32"])
-            .args(["--prune-sparsity", "0.5", "--nsamples", "8", "--search-nsamples", "2", "--json"])
-            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-            .output()
-            .unwrap();
+        let o = bench(&[
+            "--synthetic", shape, "--blocks", "2", "--devices", "cpu,gpu", "--seqlen", "64", "--iters", "1", "--dtype", "f32",
+            "--prune-sparsity", "0.5", "--nsamples", "8", "--search-nsamples", "2", "--json",
+        ]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{shape}: {err}");
         assert!(err.contains(&format!("wrote a random {shape} checkpoint")), "{err}");
@@ -59,11 +59,7 @@ fn synthetic_opt_and_phi_shapes_prune_alike_on_cpu_and_gpu() {
 /// line before any work, naming what helps (a GPU with a larger limit runs it instead).
 #[test]
 fn a_table_over_the_gpu_buffer_limit_is_refused_up_front() {
-    let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
-        .args(["bench", "--synthetic", "llama-0.8b", "--blocks", "1", "--devices", "gpu", "--seqlen", "16", "--batch", "1", "--iters", "1", "--dtype", "f32", "--json"])
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .unwrap();
+    let o = bench(&["--synthetic", "llama-0.8b", "--blocks", "1", "--devices", "gpu", "--seqlen", "16", "--batch", "1", "--iters", "1", "--dtype", "f32", "--json"]);
     let err = String::from_utf8_lossy(&o.stderr);
     if o.status.success() {
         let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
