@@ -55,9 +55,13 @@ fn score_curve(path: &Path, title: &str, points: &[(f64, f64)], chosen: Option<f
         builder.caption(title, ("sans-serif", 22));
     }
     let mut chart = builder.build_cartesian_2d(x0..x1 * 1.05, (y0 - pad)..(y1 + pad)).map_err(draw_err)?;
+    // Enough decimals that neighbouring ticks (about ten over the range) read differently.
+    let step = (y1 - y0 + 2.0 * pad) / 10.0;
+    let decimals = (-step.log10()).ceil().max(0.0) as usize + 1;
+    let y_label = |v: &f64| format!("{v:.decimals$}");
     let mut mesh = chart.configure_mesh();
     if text {
-        mesh.x_desc("λ").y_desc("alignment score (lower is better)");
+        mesh.x_desc("λ").y_desc("alignment score (lower is better)").y_label_formatter(&y_label);
     } else {
         mesh.x_labels(0).y_labels(0);
     }
@@ -129,13 +133,15 @@ fn row_histograms(path: &Path, map: &Map, names: &[&str]) -> Result<()> {
         }
         let top = *counts.iter().max().unwrap_or(&1) as f64;
         let mut builder = ChartBuilder::on(area);
-        builder.margin(10).x_label_area_size(if text { 30 } else { 5 }).y_label_area_size(if text { 45 } else { 5 });
+        builder.margin(10).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text { 60 } else { 5 });
         if text {
             builder.caption(names[li], ("sans-serif", 16));
         }
         let mut chart = builder.build_cartesian_2d(0f64..1f64, 0f64..top * 1.1).map_err(draw_err)?;
         let mut mesh = chart.configure_mesh();
-        if !text {
+        if text {
+            mesh.x_desc("row sparsity").y_desc("rows").y_label_formatter(&|v| format!("{v:.0}"));
+        } else {
             mesh.x_labels(0).y_labels(0);
         }
         mesh.draw().map_err(draw_err)?;
