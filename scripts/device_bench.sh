@@ -42,7 +42,7 @@ run() {
   fi
   local cap=$(( left < ${RUN_CAP:-240} ? left : ${RUN_CAP:-240} ))
   local start=$(date +%s%N)
-  timeout -k 5 "$cap" "$@" >"$logs/$name.log" 2>&1
+  timeout -k 5 "$cap" env "$@" >"$logs/$name.log" 2>&1
   local rc=$?
   [ "$rc" = 124 ] && echo "$name: stopped after ${cap} s"
   local ms=$(( ($(date +%s%N) - start) / 1000000 ))
@@ -58,7 +58,8 @@ run() {
 # f32 on the CPU at seqlen 256; f16 within 0.3%). Then the 7B-shaped NeuroAL prune and
 # the 0.84 B forward with it, then the same with the WGSL build, then the rest.
 # A dry run elsewhere can shrink the shapes (and skip wt2, slow on an emulator), e.g.
-#   WT2=0 FORWARD="tiny --blocks 2" NEUROAL="tiny --blocks 2" SEQLEN=64 NSAMPLES=4 bash scripts/device_bench.sh
+#   WT2=0 FORWARD="tiny --blocks 2" NEUROAL="tiny --blocks 2" PROFILE_FORWARD="tiny --blocks 2" \
+#   PROFILE_NEUROAL="tiny --blocks 2" SEQLEN=64 NSAMPLES=4 bash scripts/device_bench.sh
 forward=${FORWARD:-llama-0.8b --blocks 16}
 neuroal=${NEUROAL:-llama2-7b --blocks 8}
 seqlen=${SEQLEN:-512}
@@ -89,3 +90,13 @@ if [ "$wt2" = 1 ]; then
 fi
 eval_wt2 neuroal-wgsl f32
 prune_7b neuroal f32
+# Where the GPU time goes: cubecl's per-kernel timings (each kernel waited for) on smaller runs
+# of the same shapes, summed per kernel kind by scripts/kernel_times.sh.
+profiled() { # name, then the bench arguments
+  local name=$1; shift
+  rm -f "/tmp/$name.cubecl.log"
+  run "$name" CUBECL_DEBUG_LOG="/tmp/$name.cubecl.log" CUBECL_DEBUG_OPTION=profile .bin/neuroal bench "$@"
+  [ -f "/tmp/$name.cubecl.log" ] && bash scripts/kernel_times.sh "/tmp/$name.cubecl.log" 12 | tee -a "$out/runs.log"
+}
+profiled neuroal-forward-f16-profile --synthetic ${PROFILE_FORWARD:-llama-0.8b --blocks 4} --devices gpu --seqlen "$seqlen" --batch 4 --iters 2 --dtype "${PROFILE_DTYPE:-f16}"
+profiled neuroal-neuroal-f16-profile --synthetic ${PROFILE_NEUROAL:-llama2-7b --blocks 2} --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples 16 --search-nsamples 8 --iters 1 --dtype "${PROFILE_DTYPE:-f16}"
