@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::Result;
 
 /// One part of the estimate: what it is, its size, and the flag that lowers it.
+#[derive(Clone, Debug)]
 pub struct Part {
     pub what: &'static str,
     pub bytes: u128,
@@ -38,52 +39,56 @@ fn widest(shapes: &[[usize; 2]]) -> u128 {
 }
 
 /// The parts held at once at the peak of a prune run, in f32; `shapes` are a block's linears.
+/// A run holds one of two phases at a time: NeuroAL's search, whose candidates carry their own
+/// hidden states, is over before the pruning pass embeds the calibration windows. The peak is
+/// the larger phase.
 pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     let f = 4u128;
     let (d, ff, v) = (c.hidden_size as u128, widest(shapes), c.vocab_size as u128);
-    let (t, n) = (run.seqlen as u128, run.nsamples as u128);
+    let t = run.seqlen as u128;
     let block_params: u128 = shapes.iter().map(|s| (s[0] * s[1]) as u128).sum();
-    let chunk = (run.chunk.min(run.nsamples).max(1)) as u128;
-    let at_once = if run.search.is_some() { run.searches_at_once.max(1) as u128 } else { 1 };
-    let mut parts = vec![
-        Part { what: "calibration hidden states", bytes: 2 * n * t * d * f, lowered_by: "--nsamples or --seqlen" },
-        Part {
-            what: "attention and MLP activations",
-            bytes: at_once * chunk * (3 * c.num_heads as u128 * t * t + 3 * t * ff + 4 * t * d) * f,
-            lowered_by: "--seqlen",
-        },
-        // The block being pruned, its pruned copy (one per candidate running), and the next
-        // block decoded ahead.
-        Part { what: "one block's weights", bytes: (2 + at_once) * block_params * f, lowered_by: "nothing (it is the model's size)" },
-        Part {
-            what: "embeddings and head",
-            bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * f,
-            lowered_by: "nothing (it is the model's size)",
-        },
-        Part { what: "masks", bytes: block_params * c.num_layers as u128 / 8, lowered_by: "nothing (it is the model's size)" },
+    let model_size = "nothing (it is the model's size)";
+    // `at_once` passes over chunks of at most `windows` windows each.
+    let activations = |at_once: u128, windows: usize| Part {
+        what: "attention and MLP activations",
+        bytes: at_once * run.chunk.min(windows).max(1) as u128 * (3 * c.num_heads as u128 * t * t + 3 * t * ff + 4 * t * d) * f,
+        lowered_by: "--seqlen",
+    };
+    // The block being pruned, its pruned copy (one per candidate running), and the next block
+    // decoded ahead.
+    let weights = |at_once: u128| Part { what: "one block's weights", bytes: (2 + at_once) * block_params * f, lowered_by: model_size };
+    let outer = Part { what: "embeddings and head", bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * f, lowered_by: model_size };
+    // One set per candidate running (each records its own in the search). Linears that read one
+    // input share a Hessian, so this per-linear count is an upper bound.
+    let hessians = |at_once: u128| Part {
+        what: "SparseGPT Hessians",
+        bytes: at_once * shapes.iter().map(|s| (s[1] * s[1]) as u128).sum::<u128>() * f,
+        lowered_by: model_size,
+    };
+    let mut pruning = vec![
+        Part { what: "calibration hidden states", bytes: 2 * run.nsamples as u128 * t * d * f, lowered_by: "--nsamples or --seqlen" },
+        activations(1, run.nsamples),
+        weights(1),
+        outer.clone(),
+        Part { what: "masks", bytes: block_params * c.num_layers as u128 / 8, lowered_by: model_size },
     ];
     if run.hessians {
-        // One set per candidate running (each records its own in the search). Linears that
-        // read one input share a Hessian, so this per-linear count is an upper bound.
-        parts.push(Part {
-            what: "SparseGPT Hessians",
-            bytes: at_once * shapes.iter().map(|s| (s[1] * s[1]) as u128).sum::<u128>() * f,
-            lowered_by: "nothing (it is the model's size)",
-        });
-        parts.push(Part {
-            what: "SparseGPT's new weights",
-            bytes: block_params * c.num_layers as u128 * f,
-            lowered_by: "nothing (it is the model's size)",
-        });
+        pruning.push(hessians(1));
+        pruning.push(Part { what: "SparseGPT's new weights", bytes: block_params * c.num_layers as u128 * f, lowered_by: model_size });
     }
-    if let Some((sn, carried)) = run.search {
-        parts.push(Part {
-            what: "NeuroAL search hidden states",
-            bytes: carried as u128 * 2 * sn as u128 * t * d * f,
-            lowered_by: "--search-chunk or --search-nsamples",
-        });
+    let Some((sn, carried)) = run.search else { return pruning };
+    let at_once = run.searches_at_once.max(1) as u128;
+    let mut search = vec![
+        Part { what: "NeuroAL search hidden states", bytes: carried as u128 * 2 * sn as u128 * t * d * f, lowered_by: "--search-chunk or --search-nsamples" },
+        activations(at_once, sn),
+        weights(at_once),
+        outer,
+    ];
+    if run.hessians {
+        search.push(hessians(at_once));
     }
-    parts
+    let total = |parts: &[Part]| parts.iter().map(|p| p.bytes).sum::<u128>();
+    if total(&search) > total(&pruning) { search } else { pruning }
 }
 
 /// The most NeuroAL candidates, up to `run.searches_at_once`, that can run side by side within
@@ -218,35 +223,50 @@ mod tests {
         )
         .unwrap();
         let shapes = crate::model::Spec::of(&c).shapes();
-        let parts = prune_parts(&c, &shapes, &Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 3)), searches_at_once: 1, hessians: false });
-        // 2 copies × 4 windows × 16 tokens × 8 wide × 4 bytes.
-        assert_eq!(parts[0].bytes, 2 * 4 * 16 * 8 * 4);
-        // q, k, v, o: 4 × 64; gate, up, down: 3 × 128 → 640 weights, the pruned copy and the
-        // next block too.
-        assert_eq!(parts[2].bytes, 3 * 640 * 4);
-        assert_eq!(parts[4].bytes, 640 * 2 / 8);
-        assert_eq!(parts[5].bytes, 3 * 2 * 2 * 16 * 8 * 4);
-        let total: u128 = parts.iter().map(|p| p.bytes).sum();
-        assert!(check(&parts, total, "this machine").is_ok());
-        let e = check(&parts, total - 1, "this machine").unwrap_err().to_string();
-        // The largest part is the attention of 4 windows: 4 × (3·2·16² + 3·16·16 + 4·16·8) × 4.
-        assert_eq!(parts[1].bytes, 4 * (3 * 2 * 256 + 3 * 256 + 4 * 128) * 4);
+        let bytes = |parts: &[Part], what: &str| parts.iter().find(|p| p.what == what).map(|p| p.bytes);
+        let total = |parts: &[Part]| parts.iter().map(|p| p.bytes).sum::<u128>();
+        let run = |search, at_once, hessians| Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: at_once, hessians };
+        // The pruning pass: 4 windows of 16 tokens, 8 wide. Attention and MLP of all 4 windows
+        // in one chunk: 4 × (3·2·16² + 3·16·16 + 4·16·8) × 4 = 45,056 bytes. A block's linears:
+        // q, k, v, o 4 × 64 and gate, up, down 3 × 128 → 640 weights, held with the pruned copy
+        // and the next block. Untied embeddings and head 2 × 10 × 8.
+        let parts = prune_parts(&c, &shapes, &run(None, 1, false));
+        assert_eq!(bytes(&parts, "calibration hidden states"), Some(2 * 4 * 16 * 8 * 4));
+        assert_eq!(bytes(&parts, "attention and MLP activations"), Some(45_056));
+        assert_eq!(bytes(&parts, "one block's weights"), Some(3 * 640 * 4));
+        assert_eq!(bytes(&parts, "embeddings and head"), Some(2 * 10 * 8 * 4));
+        assert_eq!(bytes(&parts, "masks"), Some(640 * 2 / 8));
+        assert_eq!(total(&parts), 4096 + 45_056 + 7680 + 640 + 160);
+        assert!(check(&parts, total(&parts), "this machine").is_ok());
+        let e = check(&parts, total(&parts) - 1, "this machine").unwrap_err().to_string();
         assert!(e.contains("(attention and MLP activations 44.0 KiB)") && e.ends_with("lower --seqlen"), "{e}");
         assert_eq!(human(3 << 30), "3.0 GiB");
-        // Two candidates side by side (CPU): two passes' activations and two pruned copies;
-        // without a search, one of each whatever the cores.
-        let two = |search| prune_parts(&c, &shapes, &Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: 2, hessians: false });
-        assert_eq!(two(Some((2, 3)))[1].bytes, 2 * parts[1].bytes);
-        assert_eq!(two(Some((2, 3)))[2].bytes, 4 * 640 * 4);
-        assert_eq!(two(None)[1].bytes, parts[1].bytes);
-        assert_eq!(two(None)[2].bytes, 3 * 640 * 4);
+        // NeuroAL with 2 search windows and 3 candidates carried: the search holds 3 × 2 copies ×
+        // 2 windows × 16 × 8 × 4 = 6144 bytes of hidden states and activations of 2 windows
+        // (22,528), 36,992 in all with the weights and table, less than the pruning pass, which
+        // stays the peak.
+        assert_eq!(total(&prune_parts(&c, &shapes, &run(Some((2, 3)), 1, false))), 57_632);
+        // 30 candidates carried: 61,440 bytes of hidden states make the search the peak.
+        let search = prune_parts(&c, &shapes, &run(Some((2, 30)), 1, false));
+        assert_eq!(bytes(&search, "NeuroAL search hidden states"), Some(61_440));
+        assert_eq!(bytes(&search, "attention and MLP activations"), Some(22_528));
+        assert_eq!(bytes(&search, "calibration hidden states"), None);
+        assert_eq!(total(&search), 61_440 + 22_528 + 7680 + 640);
+        // Two candidates side by side (CPU): two passes' activations and two pruned copies in the
+        // search; the pruning pass runs one at a time whatever the cores.
+        let two = prune_parts(&c, &shapes, &run(Some((2, 3)), 2, false));
+        assert_eq!(bytes(&two, "attention and MLP activations"), Some(2 * 22_528));
+        assert_eq!(bytes(&two, "one block's weights"), Some(4 * 640 * 4));
+        assert_eq!(total(&two), 6144 + 45_056 + 10_240 + 640);
+        assert_eq!(total(&prune_parts(&c, &shapes, &run(None, 2, false))), total(&parts));
         // SparseGPT: a Hessian per linear of a block per candidate running; q, k, v, o and
-        // gate, up take 8 inputs, down 16: 6·64 + 256 = 640 values.
-        let hessians = |search, k| {
-            let run = Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: k, hessians: true };
-            prune_parts(&c, &shapes, &run).into_iter().find(|p| p.what == "SparseGPT Hessians").unwrap().bytes
-        };
-        assert_eq!(hessians(None, 2), 640 * 4);
+        // gate, up take 8 inputs, down 16: 6·64 + 256 = 640 values. The pruning pass also keeps
+        // every new weight (2 blocks × 640).
+        let sparsegpt = prune_parts(&c, &shapes, &run(None, 2, true));
+        assert_eq!(bytes(&sparsegpt, "SparseGPT Hessians"), Some(640 * 4));
+        assert_eq!(bytes(&sparsegpt, "SparseGPT's new weights"), Some(2 * 640 * 4));
+        let search = prune_parts(&c, &shapes, &run(Some((2, 30)), 2, true));
+        assert_eq!(bytes(&search, "SparseGPT Hessians"), Some(2 * 640 * 4));
         // The largest single buffer: 4 windows' f32 attention scores, 4·2·16²·4 = 8192 bytes
         // (MLP 4·16·16·4 = 4096, f16 table 10·8·2 = 160, gate's f32 copy 16·8·4 = 512).
         let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, searches_at_once: 1, hessians };
@@ -256,13 +276,15 @@ mod tests {
         // else gate's f32 copy.
         assert_eq!(largest_buffer(&c, &shapes, &one(1, true), 2).bytes, 1024);
         assert_eq!(largest_buffer(&c, &shapes, &one(1, false), 2).what, "a linear's f32 copy for pruning");
-        assert_eq!(hessians(Some((2, 3)), 2), 2 * 640 * 4);
-        // Side by side only as far as memory allows: 8 wanted, room for exactly 3.
-        let run = |k| Run { nsamples: 4, seqlen: 16, chunk: 8, search: Some((2, 8)), searches_at_once: k, hessians: false };
-        let total = |k| prune_parts(&c, &shapes, &run(k)).iter().map(|p| p.bytes).sum::<u128>();
-        assert_eq!(searches_that_fit(&c, &shapes, &run(8), total(3)), 3);
-        assert_eq!(searches_that_fit(&c, &shapes, &run(8), total(3) - 1), 2);
-        assert_eq!(searches_that_fit(&c, &shapes, &run(8), total(8)), 8);
-        assert_eq!(searches_that_fit(&c, &shapes, &run(8), 0), 1);
+        // Side by side only as far as memory allows: 8 wanted, room for exactly 3. With 8
+        // carried, k at once hold 16,384 + k · 22,528 + (2 + k) · 2560 + 640 bytes: 97,408 for
+        // k = 3 (k = 1 stays under the pruning pass's 57,632).
+        let side = |k| run(Some((2, 8)), k, false);
+        let need = |k| total(&prune_parts(&c, &shapes, &side(k)));
+        assert_eq!((need(1), need(3)), (57_632, 97_408));
+        assert_eq!(searches_that_fit(&c, &shapes, &side(8), need(3)), 3);
+        assert_eq!(searches_that_fit(&c, &shapes, &side(8), need(3) - 1), 2);
+        assert_eq!(searches_that_fit(&c, &shapes, &side(8), need(8)), 8);
+        assert_eq!(searches_that_fit(&c, &shapes, &side(8), 0), 1);
     }
 }
