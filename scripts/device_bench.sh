@@ -86,7 +86,7 @@ forward neuroal-wgsl f16
 if [ "$wt2" = 1 ]; then
   run "neuroal-wt2-neuroal-f16" .bin/neuroal prune --model .bin/wt2-llama --calib .bin/valid.txt --seqlen 256 --sparsity 0.7 --top-up neuroal --device gpu --dtype f16 --out /tmp/wt2-70-f16 --force
   cp /tmp/wt2-70-f16/report.json "$out/wt2-70-f16-report.json" 2>/dev/null
-  grep -oE '"(lambda_[a-z]*|peak_[a-z_]*)": [0-9.]*' /tmp/wt2-70-f16/report.json 2>/dev/null | tr '\n' ' '; echo
+  grep -oE '"(lambda_[a-z]*|[a-z_]*peak_[a-z_]*)": [0-9.]*' /tmp/wt2-70-f16/report.json 2>/dev/null | tr '\n' ' '; echo
 fi
 eval_wt2 neuroal-wgsl f32
 prune_7b neuroal f32

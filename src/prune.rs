@@ -361,6 +361,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         estimate.searches_at_once = memory::searches_that_fit(&config, &spec.shapes(), &estimate, avail);
         memory::check(&memory::prune_parts(&config, &spec.shapes(), &estimate), avail, "this machine")?;
     }
+    let estimated_peak_mib = memory::prune_parts(&config, &spec.shapes(), &estimate).iter().map(|p| p.bytes).sum::<u128>() as f64 / (1u128 << 20) as f64;
 
     // Provenance and the progress of an interrupted run.
     let shard_names: Vec<String> = checkpoint.shards.iter().map(|s| s.file_name.clone()).collect();
@@ -503,7 +504,11 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         eval,
         zeroshot: zeroshot_report,
         timings: report::Timings { topup_s, prune_s, total_s: start.elapsed().as_secs_f64() },
-        memory: report::MemoryUse { peak_host_mib: memory::peak_rss_mib(), peak_gpu_mib: gpu_peak.map(memory::GpuPeak::finish).transpose()? },
+        memory: report::MemoryUse {
+            peak_host_mib: memory::peak_rss_mib(),
+            peak_gpu_mib: gpu_peak.map(memory::GpuPeak::finish).transpose()?,
+            estimated_peak_mib,
+        },
         provenance: report::Provenance {
             tool: "neuroal".into(),
             version: provenance::VERSION.into(),

@@ -126,11 +126,14 @@ pub struct Timings {
 }
 
 /// What the run held at its peak, in MiB: the process's resident memory (Linux), and on a GPU
-/// the bytes burn's memory pools held, sampled every 10 ms from the device's opening.
+/// the bytes burn's memory pools held, sampled every 10 ms from the device's opening; beside
+/// them the up-front estimate (f32 throughout, meant as an upper bound), to compare.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MemoryUse {
     pub peak_host_mib: f64,
     pub peak_gpu_mib: Option<f64>,
+    #[serde(default)]
+    pub estimated_peak_mib: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -162,5 +162,15 @@ fn neuroal_prunes_to_the_target_and_cpu_and_gpu_choose_the_same_lambdas() {
     }
     assert!(cpu["memory"]["peak_gpu_mib"].is_null(), "{}", cpu["memory"]);
     assert!(gpu["memory"]["peak_gpu_mib"].as_f64().is_some_and(|m| m * (1 << 20) as f64 >= 49_408.0 * 4.0), "{}", gpu["memory"]);
+    // The estimate, by hand (tiny-llama: 64 wide, 4 heads, MLP 172, 384 tokens; 64-token
+    // windows; one candidate at a time on the GPU). The search is the larger phase: 15 carried
+    // candidates × 2 copies × 4 windows × 64 × 64 × 4 bytes = 1,966,080; activations of 4
+    // windows 4 × (3·4·64² + 3·64·172 + 4·64·64) × 4 = 1,576,960; the block, its pruned copy
+    // and the next 3 × 49,408 × 4 = 592,896; embeddings and head 2 × 384 × 64 × 4 = 196,608.
+    // (The pruning pass: 262,144 + 3,153,920 + 592,896 + 196,608 + 12,352 masks = 4,217,920.)
+    let est = |r: &serde_json::Value| r["memory"]["estimated_peak_mib"].as_f64().unwrap() * (1u64 << 20) as f64;
+    assert_eq!(est(&gpu), (1_966_080 + 1_576_960 + 592_896 + 196_608) as f64);
+    // On the CPU, candidates side by side as memory allows: at least as much.
+    assert!(est(&cpu) >= est(&gpu), "{} vs {}", est(&cpu), est(&gpu));
     let _ = std::fs::remove_dir_all(&tmp);
 }
