@@ -30,6 +30,10 @@ pub struct BenchRow {
     pub forward_gpu_mib: Option<f64>,
     #[serde(default)]
     pub prune_gpu_mib: Option<f64>,
+    /// With `--prune-sparsity`: the prune's up-front memory estimate (f32 throughout), in MiB,
+    /// to set beside the measured peaks.
+    #[serde(default)]
+    pub prune_estimate_mib: Option<f64>,
     /// With `--prune-sparsity`: NeuroAL's search and the final prune, in seconds, and its λs.
     #[serde(default)]
     pub search_s: Option<f64>,
@@ -211,7 +215,7 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
     let secs = start.elapsed().as_secs_f64();
     drop(blocks);
     let forward_gpu_mib = gpu.map(GpuPeak::finish).transpose()?;
-    let (mut search_s, mut prune_s, mut lambda_block, mut lambda_row, mut prune_gpu_mib) = (None, None, None, None, None);
+    let (mut search_s, mut prune_s, mut lambda_block, mut lambda_row, mut prune_gpu_mib, mut prune_estimate_mib) = (None, None, None, None, None, None);
     if let Some(p) = prune {
         // The forward held every block at once; the prune's peak is measured from empty pools.
         let gpu = if selected.is_gpu {
@@ -227,8 +231,8 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
         let scratch = std::env::temp_dir().join(format!("neuroal-bench-{}", std::process::id()));
         let r = crate::prune::bench_neuroal(&model, &ids, seqlen, p.sparsity, p.nsamples, p.search_nsamples, &scratch);
         let _ = std::fs::remove_dir_all(&scratch);
-        let (s, pr, lb, lr) = r?;
-        (search_s, prune_s, lambda_block, lambda_row) = (Some(s), Some(pr), lb, lr);
+        let r = r?;
+        (search_s, prune_s, lambda_block, lambda_row, prune_estimate_mib) = (Some(r.search_s), Some(r.prune_s), r.lambda_block, r.lambda_row, Some(r.estimate_mib));
         prune_gpu_mib = gpu.map(GpuPeak::finish).transpose()?;
     }
     Ok(BenchRow {
@@ -240,6 +244,7 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
         peak_rss_mib: peak_rss_mib(),
         forward_gpu_mib,
         prune_gpu_mib,
+        prune_estimate_mib,
         search_s,
         prune_s,
         lambda_block,
@@ -272,8 +277,8 @@ pub fn measure_in_child(model_dir: &Path, device: &str, dtype: ComputeDtype, seq
 
 pub fn print_table(rows: &[BenchRow]) {
     println!(
-        "{:<48} {:>7} {:>6} {:>12} {:>12} {:>10} {:>16} {:>9} {:>9} {:>7} {:>7}",
-        "device", "seqlen", "batch", "tokens/s", "ms/forward", "host MiB", "GPU MiB fwd/prn", "search s", "prune s", "λ blk", "λ row"
+        "{:<48} {:>7} {:>6} {:>12} {:>12} {:>10} {:>16} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "device", "seqlen", "batch", "tokens/s", "ms/forward", "host MiB", "GPU MiB fwd/prn", "est. MiB", "search s", "prune s", "λ blk", "λ row"
     );
     let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
     for r in rows {
@@ -282,8 +287,8 @@ pub fn print_table(rows: &[BenchRow]) {
             (f, p) => format!("{} / {}", opt(f, 0), opt(p, 0)),
         };
         println!(
-            "{:<48} {:>7} {:>6} {:>12.0} {:>12.1} {:>10.0} {:>16} {:>9} {:>9} {:>7} {:>7}",
-            r.device, r.seqlen, r.batch, r.tokens_per_s, r.ms_per_forward, r.peak_rss_mib, gpu,
+            "{:<48} {:>7} {:>6} {:>12.0} {:>12.1} {:>10.0} {:>16} {:>9} {:>9} {:>9} {:>7} {:>7}",
+            r.device, r.seqlen, r.batch, r.tokens_per_s, r.ms_per_forward, r.peak_rss_mib, gpu, opt(r.prune_estimate_mib, 0),
             opt(r.search_s, 1), opt(r.prune_s, 1), opt(r.lambda_block, 2), opt(r.lambda_row, 2)
         );
     }

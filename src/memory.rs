@@ -91,6 +91,11 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     if total(&search) > total(&pruning) { search } else { pruning }
 }
 
+/// The parts' sum in MiB.
+pub fn total_mib(parts: &[Part]) -> f64 {
+    parts.iter().map(|p| p.bytes).sum::<u128>() as f64 / (1u128 << 20) as f64
+}
+
 /// The most NeuroAL candidates, up to `run.searches_at_once`, that can run side by side within
 /// `available` bytes; 1 when even that does not fit (the caller's check then says what to lower).
 pub fn searches_that_fit(c: &Config, shapes: &[[usize; 2]], run: &Run, available: u128) -> usize {

@@ -346,22 +346,12 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         }
         None => None,
     };
-    let search_grid = if step == NeuroalStep::Row { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };
-    let carried = if args.search_chunk == 0 { search_grid } else { args.search_chunk.min(search_grid) };
-    let mut estimate = memory::Run {
-        nsamples: args.nsamples,
-        seqlen,
-        chunk: crate::pipeline::CHUNK,
-        hessians: pruner.needs_hessian(),
-        search: (kind == TopUpKind::Neuroal).then_some((args.search_nsamples, carried)),
-        // `topup::evaluate` runs a group's candidates side by side on the CPU backends.
-        searches_at_once: if args.device == Choice::Gpu { 1 } else { rayon::current_num_threads().min(carried) },
-    };
+    let mut estimate = memory_run(args, kind, step, sparsity, seqlen, pruner.needs_hessian(), args.device != Choice::Gpu);
     if args.device != Choice::Gpu && let Some(avail) = memory::available_host() {
         estimate.searches_at_once = memory::searches_that_fit(&config, &spec.shapes(), &estimate, avail);
         memory::check(&memory::prune_parts(&config, &spec.shapes(), &estimate), avail, "this machine")?;
     }
-    let estimated_peak_mib = memory::prune_parts(&config, &spec.shapes(), &estimate).iter().map(|p| p.bytes).sum::<u128>() as f64 / (1u128 << 20) as f64;
+    let estimated_peak_mib = memory::total_mib(&memory::prune_parts(&config, &spec.shapes(), &estimate));
 
     // Provenance and the progress of an interrupted run.
     let shard_names: Vec<String> = checkpoint.shards.iter().map(|s| s.file_name.clone()).collect();
@@ -553,6 +543,32 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
 /// NeuroAL (block and row steps) over Wanda on token ids, timed, with no files around it:
 /// what `bench --prune-sparsity` measures. `scratch` receives the search's progress files.
 /// Returns (search seconds, prune seconds, λ block, λ row).
+/// The sizes the memory estimate needs of a run. On the CPU backends (`on_cpu`) NeuroAL's
+/// candidates run side by side, one per core (`topup::evaluate`); on a GPU one at a time.
+fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f64, seqlen: usize, hessians: bool, on_cpu: bool) -> memory::Run {
+    let search_grid = if step == NeuroalStep::Row { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };
+    let carried = if args.search_chunk == 0 { search_grid } else { args.search_chunk.min(search_grid) };
+    memory::Run {
+        nsamples: args.nsamples,
+        seqlen,
+        chunk: crate::pipeline::CHUNK,
+        hessians,
+        search: (kind == TopUpKind::Neuroal).then_some((args.search_nsamples, carried)),
+        searches_at_once: if on_cpu { rayon::current_num_threads().min(carried) } else { 1 },
+    }
+}
+
+/// What `bench`'s timed NeuroAL prune reports.
+pub struct BenchPrune {
+    pub search_s: f64,
+    pub prune_s: f64,
+    pub lambda_block: Option<f64>,
+    pub lambda_row: Option<f64>,
+    /// The run's up-front memory estimate, in MiB.
+    pub estimate_mib: f64,
+}
+
+/// `bench`'s timed NeuroAL prune (Wanda, both steps).
 pub fn bench_neuroal(
     model: &Model,
     ids: &[u32],
@@ -561,7 +577,7 @@ pub fn bench_neuroal(
     nsamples: usize,
     search_nsamples: usize,
     scratch: &std::path::Path,
-) -> Result<(f64, f64, Option<f64>, Option<f64>)> {
+) -> Result<BenchPrune> {
     let args = PruneArgs {
         model: PathBuf::new(),
         calib: PathBuf::new(),
@@ -598,5 +614,13 @@ pub fn bench_neuroal(
     let t = Instant::now();
     let map = &topup.map;
     prune_resumable(model, &windows, seqlen, &pruner, &topup.pattern, &|b, l| map[b][l].clone(), Vec::new(), &mut |_, _| Ok(()))?;
-    Ok((search_s, t.elapsed().as_secs_f64(), topup.report.lambda_block, topup.report.lambda_row))
+    let prune_s = t.elapsed().as_secs_f64();
+    let estimate = memory_run(&args, TopUpKind::Neuroal, NeuroalStep::Both, sparsity, seqlen, false, crate::model::on_cpu(&model.device));
+    Ok(BenchPrune {
+        search_s,
+        prune_s,
+        lambda_block: topup.report.lambda_block,
+        lambda_row: topup.report.lambda_row,
+        estimate_mib: memory::total_mib(&memory::prune_parts(&model.config, &model.linear_shapes(), &estimate)),
+    })
 }

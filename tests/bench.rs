@@ -28,6 +28,14 @@ fn synthetic_bench_runs_on_cpu_and_gpu_and_cleans_up() {
     for k in ["forward_gpu_mib", "prune_gpu_mib"] {
         assert!(rows[1][k].as_f64().is_some_and(|v| v >= 139_776.0 * 4.0 / (1 << 20) as f64 && v < 4096.0), "{k}: {}", rows[1]);
     }
+    // The prune's memory estimate by hand (the tiny shape: 64 wide, 4 heads, 2 kv heads, MLP
+    // 172, 384 tokens, 45,312 weights a block). The pruning pass is the peak: 8 windows' hidden
+    // states twice 262,144 + activations 8 × (3·4·64² + 3·64·172 + 4·64·64) × 4 = 3,153,920 +
+    // three blocks 543,744 + embeddings and head 196,608 + masks 11,328 bytes. The CPU row runs
+    // candidates side by side, one per core: at least that.
+    let est = |r: &serde_json::Value| r["prune_estimate_mib"].as_f64().unwrap() * (1u64 << 20) as f64;
+    assert_eq!(est(&rows[1]), (262_144 + 3_153_920 + 543_744 + 196_608 + 11_328) as f64, "{}", rows[1]);
+    assert!(est(&rows[0]) >= est(&rows[1]), "{}", rows[0]);
     // The same random model and tokens: both devices choose the same λs.
     assert_eq!(rows[0]["lambda_block"], rows[1]["lambda_block"]);
     assert_eq!(rows[0]["lambda_row"], rows[1]["lambda_row"]);
