@@ -18,14 +18,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Result;
 use crate::eval::{resident_blocks, RESIDENT_BLOCKS_BYTES};
-use crate::model::{host_f32, Model};
+use crate::model::{token_log_probs, Model};
 use crate::progress::rate_bar;
 use crate::tokenizer::Tokenizer;
 use crate::{bail, err};
@@ -171,19 +169,16 @@ pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_
                 }
             }
         }
-        let logp = log_softmax(crate::model::to_dtype(model.head(h), burn::tensor::DType::F32), 2);
         // Target of position p is the input's token p + 1 (or the last target).
-        let mut targets = vec![0i64; b * t];
+        let mut targets = vec![0u32; b * t];
         for (row, &r) in batch.iter().enumerate() {
             let (input, cont) = &reqs[r];
             let first = input.len() - cont.len();
             for (j, &tok) in cont.iter().enumerate() {
-                targets[row * t + first + j] = tok as i64;
+                targets[row * t + first + j] = tok;
             }
         }
-        let device = &model.device;
-        let tg = Tensor::<1, Int>::from_data(TensorData::new(targets, [b * t]), device).reshape([b, t, 1]);
-        let picked = host_f32(logp.gather(2, tg).reshape([b, t]), "zero-shot log-likelihoods")?;
+        let picked = token_log_probs(model.head(h), &targets, &model.device, "zero-shot log-likelihoods")?;
         for (row, &r) in batch.iter().enumerate() {
             let (input, cont) = &reqs[r];
             let first = input.len() - cont.len();

@@ -13,16 +13,19 @@
 /// `$generic` must be `#[inline(always)]` so that each copy is vectorized for its own unit.
 macro_rules! widest {
     ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) = $generic:ident) => {
+        widest! { $(#[$doc])* pub fn $name($($arg: $ty),*) -> () = $generic }
+    };
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $generic:ident) => {
         $(#[$doc])*
-        pub fn $name($($arg: $ty),*) {
+        pub fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) {
+                fn avx512($($arg: $ty),*) -> $ret {
                     $generic($($arg),*)
                 }
                 #[target_feature(enable = "avx2")]
-                fn avx2($($arg: $ty),*) {
+                fn avx2($($arg: $ty),*) -> $ret {
                     $generic($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
@@ -85,9 +88,9 @@ fn lane_sum(lanes: [f32; LANES]) -> f32 {
     w[0]
 }
 
-/// softmax over `row` in place.
+/// The largest value of `row` (−∞ for an empty one), lanes in a fixed order.
 #[inline(always)]
-fn softmax(row: &mut [f32]) {
+fn max_of(row: &[f32]) -> f32 {
     let (chunks, tail) = row.as_chunks::<LANES>();
     let mut lanes = [f32::NEG_INFINITY; LANES];
     for c in chunks {
@@ -95,7 +98,13 @@ fn softmax(row: &mut [f32]) {
             lanes[j] = if c[j] > lanes[j] { c[j] } else { lanes[j] };
         }
     }
-    let max = tail.iter().chain(lanes.iter()).fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
+    tail.iter().chain(lanes.iter()).fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m })
+}
+
+/// softmax over `row` in place.
+#[inline(always)]
+fn softmax(row: &mut [f32]) {
+    let max = max_of(row);
     let (chunks, tail) = row.as_chunks_mut::<LANES>();
     let mut sums = [0f32; LANES];
     for c in chunks.iter_mut() {
@@ -127,6 +136,26 @@ widest! {
     /// `scores` holds rows of `width` keys, the first being query `first`: query q sees keys
     /// 0..=q. A softmax over those in place, zeros after them.
     pub fn causal_softmax(scores: &mut [f32], width: usize, first: usize) = causal_softmax_generic
+}
+
+#[inline(always)]
+fn log_sum_exp_generic(row: &[f32]) -> f32 {
+    let max = max_of(row);
+    let (chunks, tail) = row.as_chunks::<LANES>();
+    let mut sums = [0f32; LANES];
+    for c in chunks {
+        for j in 0..LANES {
+            sums[j] += exp(c[j] - max);
+        }
+    }
+    let sum = tail.iter().fold(lane_sum(sums), |s, &x| s + exp(x - max));
+    max + sum.ln()
+}
+
+widest! {
+    /// ln Σ eˣ over `row`, taken after its maximum so nothing overflows: the normaliser of a
+    /// log-softmax (log p(i) = row[i] − log_sum_exp(row)).
+    pub fn log_sum_exp(row: &[f32]) -> f32 = log_sum_exp_generic
 }
 
 #[inline(always)]
@@ -212,6 +241,23 @@ mod tests {
                 let tol = (4e-7 + x.abs() * 6e-8) * want;
                 assert!((s[i * t + j] as f64 - want).abs() <= tol, "row {i} key {j}: {} vs {want}", s[i * t + j]);
             }
+        }
+    }
+
+    #[test]
+    fn log_sum_exp_by_hand_and_against_f64() {
+        // ln(e⁰ + e^(ln 3)) = ln 4; a constant row of n: c + ln n; values that would overflow
+        // exp on their own.
+        assert!((log_sum_exp(&[0.0, 3f32.ln()]) - 4f32.ln()).abs() < 1e-7);
+        assert!((log_sum_exp(&[1000.0; 37]) - (1000.0 + 37f32.ln())).abs() < 1e-4);
+        assert_eq!(log_sum_exp(&[-5.0]), -5.0);
+        // Widths around the lane group, spread like logits, against f64.
+        let mut rng = crate::calib::SplitMix64::new(3);
+        for n in [1, 15, 16, 17, 100, 4096, 32_000] {
+            let row: Vec<f32> = (0..n).map(|_| rng.uniform(-30.0, 30.0)).collect();
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+            let want = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            assert!((log_sum_exp(&row) as f64 - want).abs() <= 4e-7 * want.abs().max(1.0), "n {n}: {} vs {want}", log_sum_exp(&row));
         }
     }
 
