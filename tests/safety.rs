@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -111,12 +110,14 @@ fn run_error(o: &Output, expect: &str) {
     assert!(lines[1].contains(expect), "expected \"{expect}\" in: {err}");
 }
 
+#[cfg(unix)]
 fn killed(o: &Output) {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(o.status.signal(), Some(9), "expected a kill: {:?} {}", o.status, stderr(o));
 }
 
 #[test]
+#[cfg(unix)] // kills, signals and symlinks as Unix has them
 fn force_never_replaces_the_input_or_an_alias_of_it() {
     let s = scratch("alias");
     let model = model_copy("tiny-llama", &s.join("model"));
@@ -148,6 +149,7 @@ fn force_never_replaces_the_input_or_an_alias_of_it() {
 }
 
 #[test]
+#[cfg(unix)] // kills, signals and symlinks as Unix has them
 fn a_kill_between_the_rename_steps_loses_nothing() {
     let s = scratch("renames");
     let model = model_copy("tiny-llama", &s.join("model"));
@@ -367,7 +369,9 @@ fn late_failures_are_caught_before_the_work_starts() {
 }
 
 /// Starts a prune that pauses at `point`, waits until it says so, and sends it `signal`.
+#[cfg(unix)]
 fn signal_at(model: &Path, out: &Path, point: &str, signal: i32) -> (Option<i32>, String) {
+    use std::io::{BufRead, BufReader};
     let a = prune_args(model, out, &[]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_neuroal"))
         .args(&a)
@@ -396,6 +400,7 @@ fn signal_at(model: &Path, out: &Path, point: &str, signal: i32) -> (Option<i32>
 }
 
 #[test]
+#[cfg(unix)] // kills, signals and symlinks as Unix has them
 fn interrupted_runs_clean_up_and_the_next_run_removes_what_a_kill_left() {
     let s = scratch("interrupt");
     let model = model_copy("tiny-llama", &s.join("model"));
@@ -427,6 +432,7 @@ fn report(dir: &Path) -> Value {
 }
 
 #[test]
+#[cfg(unix)] // kills, signals and symlinks as Unix has them
 fn resume_after_a_kill_is_byte_identical() {
     let s = scratch("resume");
     let model = model_copy("tiny-llama", &s.join("model"));
