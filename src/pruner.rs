@@ -6,6 +6,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::mask::{expected_pruned, mask, Pattern, Sparsity};
@@ -188,29 +189,38 @@ impl SparseGpt {
                 *m = *t <= thresh;
             }
         }
-        for i in 0..count {
-            if let Some((n, m)) = n_m && i % m == 0 {
-                let end = (i + m).min(count);
-                for r in 0..rows {
+        // Rows are independent: each row's sweep reads only its own values and H⁻¹, so rows run
+        // in parallel, each on a contiguous copy, with every row's arithmetic in the order of
+        // the reference (the same bits).
+        let h: Vec<f64> = (0..count * count).map(|k| hinv1[(k / count, k % count)]).collect();
+        let mut w: Vec<f64> = (0..rows * count).map(|k| w1[(k / count, k % count)]).collect();
+        let mut err = vec![0f64; rows * count];
+        w.par_chunks_mut(count).zip(mask1.par_chunks_mut(count)).zip(err.par_chunks_mut(count)).for_each(|((w, mask), err)| {
+            for i in 0..count {
+                if let Some((n, m)) = n_m && i % m == 0 {
+                    let end = (i + m).min(count);
+                    let key = |c: usize| w[c] * w[c] / (h[c * count + c] * h[c * count + c]);
                     let mut order: Vec<usize> = (i..end).collect();
-                    order.sort_by(|&a, &b| key(w1, r, a).total_cmp(&key(w1, r, b)));
+                    order.sort_by(|&a, &b| key(a).total_cmp(&key(b)));
                     for &c in order.iter().take(n) {
-                        mask1[r * count + c] = true;
+                        mask[c] = true;
                     }
                 }
-            }
-            let d = hinv1[(i, i)];
-            for r in 0..rows {
-                let wv = w1[(r, i)];
-                let q = if mask1[r * count + i] { 0.0 } else { wv };
+                let d = h[i * count + i];
+                let wv = w[i];
+                let q = if mask[i] { 0.0 } else { wv };
                 let e = (wv - q) / d;
                 for j in i..count {
-                    w1[(r, j)] -= e * hinv1[(i, j)];
+                    w[j] -= e * h[i * count + j];
                 }
                 // The kept (or zeroed) value of column i, as the reference's Q1 holds it.
-                w1[(r, i)] = q;
-                err1[(r, i)] = e;
+                w[i] = q;
+                err[i] = e;
             }
+        });
+        for k in 0..rows * count {
+            w1[(k / count, k % count)] = w[k];
+            err1[(k / count, k % count)] = err[k];
         }
         (mask1, err1)
     }
