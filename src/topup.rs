@@ -206,13 +206,21 @@ pub fn evaluate(
                 // Neither pass reads back: the search waits for the device once per group.
                 let (stats_sparse, outputs) = record_unchecked(model, &sparse, hidden, &pos, false, true);
                 *hidden = outputs;
-                Ok((0..names.len())
-                    .map(|li| {
-                        let a_dense = stats_dense[li].stats.scaler_row(nsamples).sqrt();
-                        let a_sparse = stats_sparse[li].stats.scaler_row(nsamples).sqrt();
-                        alignment_on_device(a_dense, a_sparse)
-                    })
-                    .collect())
+                // Linears that read one input have the same activations: one metric each.
+                let input_of = &model.spec.input_of;
+                let mut per_linear: Vec<(Tensor<1>, Tensor<1>)> = Vec::with_capacity(names.len());
+                for li in 0..names.len() {
+                    let md = match per_linear.get(input_of[li]) {
+                        Some(shared) if input_of[li] != li => shared.clone(),
+                        _ => {
+                            let a_dense = stats_dense[li].stats.scaler_row(nsamples).sqrt();
+                            let a_sparse = stats_sparse[li].stats.scaler_row(nsamples).sqrt();
+                            alignment_on_device(a_dense, a_sparse)
+                        }
+                    };
+                    per_linear.push(md);
+                }
+                Ok(per_linear)
             };
             let mut per: Vec<Result<_>> = Vec::with_capacity(group.len());
             for (maps, hs) in group.chunks(at_once).zip(hidden.chunks_mut(at_once)) {
