@@ -215,7 +215,7 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
     let secs = start.elapsed().as_secs_f64();
     drop(blocks);
     let forward_gpu_mib = gpu.map(GpuPeak::finish).transpose()?;
-    let (mut search_s, mut prune_s, mut lambda_block, mut lambda_row, mut prune_gpu_mib, mut prune_estimate_mib) = (None, None, None, None, None, None);
+    let (mut pruned, mut prune_gpu_mib) = (None, None);
     if let Some(p) = prune {
         // The forward held every block at once; the prune's peak is measured from empty pools.
         let gpu = if selected.is_gpu {
@@ -231,8 +231,7 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
         let scratch = std::env::temp_dir().join(format!("neuroal-bench-{}", std::process::id()));
         let r = crate::prune::bench_neuroal(&model, &ids, seqlen, p.sparsity, p.nsamples, p.search_nsamples, &scratch);
         let _ = std::fs::remove_dir_all(&scratch);
-        let r = r?;
-        (search_s, prune_s, lambda_block, lambda_row, prune_estimate_mib) = (Some(r.search_s), Some(r.prune_s), r.lambda_block, r.lambda_row, Some(r.estimate_mib));
+        pruned = Some(r?);
         prune_gpu_mib = gpu.map(GpuPeak::finish).transpose()?;
     }
     Ok(BenchRow {
@@ -244,11 +243,11 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
         peak_rss_mib: peak_rss_mib(),
         forward_gpu_mib,
         prune_gpu_mib,
-        prune_estimate_mib,
-        search_s,
-        prune_s,
-        lambda_block,
-        lambda_row,
+        prune_estimate_mib: pruned.as_ref().map(|p| p.estimate_mib),
+        search_s: pruned.as_ref().map(|p| p.search_s),
+        prune_s: pruned.as_ref().map(|p| p.prune_s),
+        lambda_block: pruned.as_ref().and_then(|p| p.lambda_block),
+        lambda_row: pruned.as_ref().and_then(|p| p.lambda_row),
     })
 }
 

@@ -112,7 +112,7 @@ pub fn perplexity_within(
             }
         }
         for (h, c) in hidden.into_iter().zip(span.chunks(batch * seqlen)) {
-            losses.extend(sequence_losses(model.head(h), c, &model.device)?);
+            losses.extend(sequence_losses(model.head(h), c)?);
         }
         bar.inc(n as u64);
     }

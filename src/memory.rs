@@ -10,6 +10,9 @@ use crate::{bail, err};
 use crate::config::Config;
 use crate::error::Result;
 
+/// What lowers a part that is the model's own size.
+const MODEL_SIZE: &str = "nothing (it is the model's size)";
+
 /// One part of the estimate: what it is, its size, and the flag that lowers it.
 #[derive(Clone, Debug)]
 pub struct Part {
@@ -47,7 +50,6 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     let (d, ff, v) = (c.hidden_size as u128, widest(shapes), c.vocab_size as u128);
     let t = run.seqlen as u128;
     let block_params: u128 = shapes.iter().map(|s| (s[0] * s[1]) as u128).sum();
-    let model_size = "nothing (it is the model's size)";
     // `at_once` passes over chunks of at most `windows` windows each.
     let activations = |at_once: u128, windows: usize| Part {
         what: "attention and MLP activations",
@@ -56,25 +58,25 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     };
     // The block being pruned, its pruned copy (one per candidate running), and the next block
     // decoded ahead.
-    let weights = |at_once: u128| Part { what: "one block's weights", bytes: (2 + at_once) * block_params * f, lowered_by: model_size };
-    let outer = Part { what: "embeddings and head", bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * f, lowered_by: model_size };
+    let weights = |at_once: u128| Part { what: "one block's weights", bytes: (2 + at_once) * block_params * f, lowered_by: MODEL_SIZE };
+    let outer = Part { what: "embeddings and head", bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * f, lowered_by: MODEL_SIZE };
     // One set per candidate running (each records its own in the search). Linears that read one
     // input share a Hessian, so this per-linear count is an upper bound.
     let hessians = |at_once: u128| Part {
         what: "SparseGPT Hessians",
         bytes: at_once * shapes.iter().map(|s| (s[1] * s[1]) as u128).sum::<u128>() * f,
-        lowered_by: model_size,
+        lowered_by: MODEL_SIZE,
     };
     let mut pruning = vec![
         Part { what: "calibration hidden states", bytes: 2 * run.nsamples as u128 * t * d * f, lowered_by: "--nsamples or --seqlen" },
         activations(1, run.nsamples),
         weights(1),
         outer.clone(),
-        Part { what: "masks", bytes: block_params * c.num_layers as u128 / 8, lowered_by: model_size },
+        Part { what: "masks", bytes: block_params * c.num_layers as u128 / 8, lowered_by: MODEL_SIZE },
     ];
     if run.hessians {
         pruning.push(hessians(1));
-        pruning.push(Part { what: "SparseGPT's new weights", bytes: block_params * c.num_layers as u128 * f, lowered_by: model_size });
+        pruning.push(Part { what: "SparseGPT's new weights", bytes: block_params * c.num_layers as u128 * f, lowered_by: MODEL_SIZE });
     }
     let Some((sn, carried)) = run.search else { return pruning };
     let at_once = run.searches_at_once.max(1) as u128;
@@ -87,20 +89,24 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     if run.hessians {
         search.push(hessians(at_once));
     }
-    let total = |parts: &[Part]| parts.iter().map(|p| p.bytes).sum::<u128>();
     if total(&search) > total(&pruning) { search } else { pruning }
+}
+
+/// The parts' sum in bytes.
+pub fn total(parts: &[Part]) -> u128 {
+    parts.iter().map(|p| p.bytes).sum()
 }
 
 /// The parts' sum in MiB.
 pub fn total_mib(parts: &[Part]) -> f64 {
-    parts.iter().map(|p| p.bytes).sum::<u128>() as f64 / (1u128 << 20) as f64
+    total(parts) as f64 / (1u128 << 20) as f64
 }
 
 /// The most NeuroAL candidates, up to `run.searches_at_once`, that can run side by side within
 /// `available` bytes; 1 when even that does not fit (the caller's check then says what to lower).
 pub fn searches_that_fit(c: &Config, shapes: &[[usize; 2]], run: &Run, available: u128) -> usize {
-    let total = |at_once: usize| prune_parts(c, shapes, &Run { searches_at_once: at_once, ..*run }).iter().map(|p| p.bytes).sum::<u128>();
-    (1..=run.searches_at_once.max(1)).rev().find(|&k| total(k) <= available).unwrap_or(1)
+    let need = |at_once: usize| total(&prune_parts(c, shapes, &Run { searches_at_once: at_once, ..*run }));
+    (1..=run.searches_at_once.max(1)).rev().find(|&k| need(k) <= available).unwrap_or(1)
 }
 
 /// The largest single buffer of a prune run, as a part (what, bytes, what lowers it): what a GPU
@@ -115,10 +121,10 @@ pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run, dtype_bytes:
         Part { what: "attention scores", bytes: chunk * c.num_heads as u128 * t * t * 4, lowered_by: "--seqlen" },
         Part { what: "MLP activations", bytes: chunk * t * widest(shapes) * 4, lowered_by: "--seqlen" },
         Part { what: "embedding table", bytes: c.vocab_size as u128 * c.hidden_size as u128 * dtype_bytes, lowered_by: "--dtype f16" },
-        Part { what: "a linear's f32 copy for pruning", bytes: largest_linear * 4, lowered_by: "nothing (it is the model's size)" },
+        Part { what: "a linear's f32 copy for pruning", bytes: largest_linear * 4, lowered_by: MODEL_SIZE },
     ];
     if run.hessians {
-        parts.push(Part { what: "a SparseGPT Hessian", bytes: widest_input * widest_input * 4, lowered_by: "nothing (it is the model's size)" });
+        parts.push(Part { what: "a SparseGPT Hessian", bytes: widest_input * widest_input * 4, lowered_by: MODEL_SIZE });
     }
     parts.into_iter().max_by_key(|p| p.bytes).unwrap_or(Part { what: "nothing", bytes: 0, lowered_by: "nothing" })
 }
@@ -136,14 +142,14 @@ pub fn human(bytes: u128) -> String {
 
 /// Fails with one line when the parts exceed `available` bytes.
 pub fn check(parts: &[Part], available: u128, of_what: &str) -> Result<()> {
-    let total: u128 = parts.iter().map(|p| p.bytes).sum();
-    if total <= available {
+    let need = total(parts);
+    if need <= available {
         return Ok(());
     }
     let Some(big) = parts.iter().max_by_key(|p| p.bytes) else { return Ok(()) };
     bail!(
         "this run needs about {} of memory ({} {}), more than the {} {of_what} has available; lower {}",
-        human(total),
+        human(need),
         big.what,
         human(big.bytes),
         human(available),
@@ -229,7 +235,6 @@ mod tests {
         .unwrap();
         let shapes = crate::model::Spec::of(&c).shapes();
         let bytes = |parts: &[Part], what: &str| parts.iter().find(|p| p.what == what).map(|p| p.bytes);
-        let total = |parts: &[Part]| parts.iter().map(|p| p.bytes).sum::<u128>();
         let run = |search, at_once, hessians| Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: at_once, hessians };
         // The pruning pass: 4 windows of 16 tokens, 8 wide. Attention and MLP of all 4 windows
         // in one chunk: 4 × (3·2·16² + 3·16·16 + 4·16·8) × 4 = 45,056 bytes. A block's linears:

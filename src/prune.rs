@@ -540,9 +540,6 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     Ok(report)
 }
 
-/// NeuroAL (block and row steps) over Wanda on token ids, timed, with no files around it:
-/// what `bench --prune-sparsity` measures. `scratch` receives the search's progress files.
-/// Returns (search seconds, prune seconds, λ block, λ row).
 /// The sizes the memory estimate needs of a run. On the CPU backends (`on_cpu`) NeuroAL's
 /// candidates run side by side, one per core (`topup::evaluate`); on a GPU one at a time.
 fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f64, seqlen: usize, hessians: bool, on_cpu: bool) -> memory::Run {
@@ -568,7 +565,8 @@ pub struct BenchPrune {
     pub estimate_mib: f64,
 }
 
-/// `bench`'s timed NeuroAL prune (Wanda, both steps).
+/// NeuroAL (block and row steps) over Wanda on token ids, timed, with no files around it:
+/// what `bench --prune-sparsity` measures. `scratch` receives the search's progress files.
 pub fn bench_neuroal(
     model: &Model,
     ids: &[u32],

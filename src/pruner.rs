@@ -174,14 +174,15 @@ impl SparseGpt {
         let (rows, count) = (w1.nrows(), w1.ncols());
         let mut err1 = Mat::<f64>::zeros(rows, count);
         let mut mask1 = vec![false; rows * count];
-        let key = |w1: &Mat<f64>, r: usize, c: usize| {
-            let d = hinv1[(c, c)];
-            w1[(r, c)] * w1[(r, c)] / (d * d)
-        };
+        // Row-major copies: each row's sweep below walks its own values contiguously.
+        let h: Vec<f64> = (0..count * count).map(|k| hinv1[(k / count, k % count)]).collect();
+        let mut w: Vec<f64> = (0..rows * count).map(|k| w1[(k / count, k % count)]).collect();
+        // The pruning key of column c of a row: w²/diag(H⁻¹)².
+        let key = |row: &[f64], c: usize| row[c] * row[c] / (h[c * count + c] * h[c * count + c]);
         if n_m.is_none() {
-            // Lowest w²/diag(Hinv)² over the [rows × block] slice; ≤ the value at index
-            // ⌊numel·s⌋ of the sorted slice is pruned.
-            let tmp: Vec<f64> = (0..rows * count).map(|k| key(w1, k / count, k % count)).collect();
+            // Lowest key over the [rows × block] slice; ≤ the value at index ⌊numel·s⌋ of the
+            // sorted slice is pruned.
+            let tmp: Vec<f64> = w.chunks_exact(count).flat_map(|row| (0..count).map(move |c| key(row, c))).collect();
             let mut sorted = tmp.clone();
             sorted.sort_by(|a, b| a.total_cmp(b));
             let thresh = sorted[((tmp.len() as f64 * s) as usize).min(tmp.len() - 1)];
@@ -190,18 +191,14 @@ impl SparseGpt {
             }
         }
         // Rows are independent: each row's sweep reads only its own values and H⁻¹, so rows run
-        // in parallel, each on a contiguous copy, with every row's arithmetic in the order of
-        // the reference (the same bits).
-        let h: Vec<f64> = (0..count * count).map(|k| hinv1[(k / count, k % count)]).collect();
-        let mut w: Vec<f64> = (0..rows * count).map(|k| w1[(k / count, k % count)]).collect();
+        // in parallel, with every row's arithmetic in the order of the reference (the same bits).
         let mut err = vec![0f64; rows * count];
         w.par_chunks_mut(count).zip(mask1.par_chunks_mut(count)).zip(err.par_chunks_mut(count)).for_each(|((w, mask), err)| {
             for i in 0..count {
                 if let Some((n, m)) = n_m && i % m == 0 {
                     let end = (i + m).min(count);
-                    let key = |c: usize| w[c] * w[c] / (h[c * count + c] * h[c * count + c]);
                     let mut order: Vec<usize> = (i..end).collect();
-                    order.sort_by(|&a, &b| key(a).total_cmp(&key(b)));
+                    order.sort_by(|&a, &b| key(w, a).total_cmp(&key(w, b)));
                     for &c in order.iter().take(n) {
                         mask[c] = true;
                     }

@@ -210,13 +210,12 @@ pub fn evaluate(
                 let input_of = &model.spec.input_of;
                 let mut per_linear: Vec<(Tensor<1>, Tensor<1>)> = Vec::with_capacity(names.len());
                 for li in 0..names.len() {
-                    let md = match per_linear.get(input_of[li]) {
-                        Some(shared) if input_of[li] != li => shared.clone(),
-                        _ => {
-                            let a_dense = stats_dense[li].stats.scaler_row(nsamples).sqrt();
-                            let a_sparse = stats_sparse[li].stats.scaler_row(nsamples).sqrt();
-                            alignment_on_device(a_dense, a_sparse)
-                        }
+                    let md = if input_of[li] != li {
+                        per_linear[input_of[li]].clone()
+                    } else {
+                        let a_dense = stats_dense[li].stats.scaler_row(nsamples).sqrt();
+                        let a_sparse = stats_sparse[li].stats.scaler_row(nsamples).sqrt();
+                        alignment_on_device(a_dense, a_sparse)
                     };
                     per_linear.push(md);
                 }

@@ -602,31 +602,31 @@ fn causal_mask(t: usize, device: &Device) -> Tensor<4> {
 
 /// Mean cross-entropy per sequence of predicting tokens 2..t from their prefixes:
 /// logits [b, t, vocab], ids [b·t] → [b].
-pub fn sequence_losses(logits: Tensor<3>, ids: &[u32], device: &Device) -> Result<Vec<f32>> {
+pub fn sequence_losses(logits: Tensor<3>, ids: &[u32]) -> Result<Vec<f32>> {
     let [b, t, vocab] = logits.dims();
     let targets: Vec<u32> = (0..b).flat_map(|s| ids[s * t + 1..(s + 1) * t].iter().copied()).collect();
-    let logp = token_log_probs(logits.slice([0..b, 0..t - 1, 0..vocab]), &targets, device, "sequence losses")?;
+    let logp = token_log_probs(logits.slice([0..b, 0..t - 1, 0..vocab]), &targets, "sequence losses")?;
     Ok(logp.chunks(t - 1).map(|w| (-w.iter().map(|&l| l as f64).sum::<f64>() / (t - 1) as f64) as f32).collect())
 }
 
 /// log p(targets[i]) at each position i of logits [b, t, vocab] (targets [b·t]), in f32. On the
 /// CPU backends a host loop over rows, which holds no [b, t, vocab] log-softmax beside the
 /// logits (a GiB per window for a 128k vocabulary at 2048 tokens); elsewhere burn's ops.
-pub fn token_log_probs(logits: Tensor<3>, targets: &[u32], device: &Device, what: &str) -> Result<Vec<f32>> {
-    let [b, t, vocab] = logits.dims();
+pub fn token_log_probs(logits: Tensor<3>, targets: &[u32], what: &str) -> Result<Vec<f32>> {
+    let ([b, t, vocab], device) = (logits.dims(), logits.device());
     if targets.len() != b * t {
         bail!("{what}: {} targets for {} positions", targets.len(), b * t);
     }
     if let Some(&bad) = targets.iter().find(|&&x| x as usize >= vocab) {
         bail!("{what}: token {bad} is outside the vocabulary of {vocab}");
     }
-    if on_cpu(device) {
+    if on_cpu(&device) {
         let x = host_f32(logits, what)?;
         return Ok(x.par_chunks(vocab).zip(targets.par_iter()).map(|(row, &k)| row[k as usize] - cpu_math::log_sum_exp(row)).collect());
     }
     let logp = log_softmax(to_dtype(logits, DType::F32), 2);
     let targets: Vec<i64> = targets.iter().map(|&k| k as i64).collect();
-    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [b * t]), device).reshape([b, t, 1]);
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [b * t]), &device).reshape([b, t, 1]);
     host_f32(logp.gather(2, targets).reshape([b * t]), what)
 }
 
