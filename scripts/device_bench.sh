@@ -42,11 +42,19 @@ run() {
   fi
   local cap=$(( left < ${RUN_CAP:-240} ? left : ${RUN_CAP:-240} ))
   local start=$(date +%s%N)
+  # The driver's view of the card's memory, beside the pools' peak that bench reports.
+  local smi=""
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$logs/$name.smi" 2>/dev/null &
+    smi=$!
+  fi
   timeout -k 5 "$cap" env "$@" >"$logs/$name.log" 2>&1
   local rc=$?
+  [ -n "$smi" ] && kill "$smi" 2>/dev/null && wait "$smi" 2>/dev/null
   [ "$rc" = 124 ] && echo "$name: stopped after ${cap} s"
   local ms=$(( ($(date +%s%N) - start) / 1000000 ))
   printf '%-28s rc=%d %4d.%01d s  ' "$name" "$rc" $(( ms / 1000 )) $(( ms % 1000 / 100 ))
+  [ -s "$logs/$name.smi" ] && printf 'nvidia-smi peak %s MiB' "$(sort -n "$logs/$name.smi" | tail -n 1)"
   echo
   # bench's table (a header and one row per device), or the error.
   grep -v "^wrote a random" "$logs/$name.log" | tail -n 4
@@ -75,21 +83,13 @@ prune_7b() { # build dtype
 forward() { # build dtype
   [ -x ".bin/$1" ] && run "$1-forward-$2" ".bin/$1" bench --synthetic $forward --devices gpu --seqlen "$seqlen" --batch 4 --dtype "$2"
 }
-eval_wt2 neuroal f32
-eval_wt2 neuroal f16
-prune_7b neuroal f16
-forward neuroal f16
-eval_wt2 neuroal-wgsl f16
-prune_7b neuroal-wgsl f16
-forward neuroal-wgsl f16
 # NeuroAL's λ in f16 on the card (0.10 / 0.10 on the CPU) and the run's peak memory.
-if [ "$wt2" = 1 ]; then
+wt2_lambda() {
+  [ "$wt2" = 1 ] || return
   run "neuroal-wt2-neuroal-f16" .bin/neuroal prune --model .bin/wt2-llama --calib .bin/valid.txt --seqlen 256 --sparsity 0.7 --top-up neuroal --device gpu --dtype f16 --out /tmp/wt2-70-f16 --force
   cp /tmp/wt2-70-f16/report.json "$out/wt2-70-f16-report.json" 2>/dev/null
   grep -oE '"(lambda_[a-z]*|[a-z_]*peak_[a-z_]*)": [0-9.]*' /tmp/wt2-70-f16/report.json 2>/dev/null | tr '\n' ' '; echo
-fi
-eval_wt2 neuroal-wgsl f32
-prune_7b neuroal f32
+}
 # Where the GPU time goes: cubecl's per-kernel timings (each kernel waited for) on smaller runs
 # of the same shapes, summed per kernel kind by scripts/kernel_times.sh.
 profiled() { # name, then the bench arguments
@@ -98,5 +98,24 @@ profiled() { # name, then the bench arguments
   run "$name" CUBECL_DEBUG_LOG="/tmp/$name.cubecl.log" CUBECL_DEBUG_OPTION=profile .bin/neuroal bench "$@"
   [ -f "/tmp/$name.cubecl.log" ] && bash scripts/kernel_times.sh "/tmp/$name.cubecl.log" 12 | tee -a "$out/runs.log"
 }
-profiled neuroal-forward-f16-profile --synthetic ${PROFILE_FORWARD:-llama-0.8b --blocks 4} --devices gpu --seqlen "$seqlen" --batch 4 --iters 2 --dtype "${PROFILE_DTYPE:-f16}"
-profiled neuroal-neuroal-f16-profile --synthetic ${PROFILE_NEUROAL:-llama2-7b --blocks 2} --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples 16 --search-nsamples 8 --iters 1 --dtype "${PROFILE_DTYPE:-f16}"
+# The steps, in the order the issue needs them; STEPS picks and orders a subset, e.g. to put the
+# profiles before the WGSL comparison or to rerun only the 7B case after a change.
+steps=${STEPS:-wt2-f32 wt2-f16 neuroal-f16 forward-f16 wgsl-wt2-f16 wgsl-neuroal-f16 wgsl-forward-f16 wt2-lambda wgsl-wt2-f32 neuroal-f32 profile-forward profile-neuroal}
+for step in $steps; do
+  case $step in
+    wt2-f32) eval_wt2 neuroal f32 ;;
+    wt2-f16) eval_wt2 neuroal f16 ;;
+    neuroal-f16) prune_7b neuroal f16 ;;
+    neuroal-f32) prune_7b neuroal f32 ;;
+    forward-f16) forward neuroal f16 ;;
+    forward-f32) forward neuroal f32 ;;
+    wgsl-wt2-f16) eval_wt2 neuroal-wgsl f16 ;;
+    wgsl-wt2-f32) eval_wt2 neuroal-wgsl f32 ;;
+    wgsl-neuroal-f16) prune_7b neuroal-wgsl f16 ;;
+    wgsl-forward-f16) forward neuroal-wgsl f16 ;;
+    wt2-lambda) wt2_lambda ;;
+    profile-forward) profiled neuroal-forward-f16-profile --synthetic ${PROFILE_FORWARD:-llama-0.8b --blocks 4} --devices gpu --seqlen "$seqlen" --batch 4 --iters 2 --dtype "${PROFILE_DTYPE:-f16}" ;;
+    profile-neuroal) profiled neuroal-neuroal-f16-profile --synthetic ${PROFILE_NEUROAL:-llama2-7b --blocks 2} --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples 16 --search-nsamples 8 --iters 1 --dtype "${PROFILE_DTYPE:-f16}" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
