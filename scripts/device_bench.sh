@@ -99,23 +99,24 @@ profiled() { # name, then the bench arguments
   [ -f "/tmp/$name.cubecl.log" ] && bash scripts/kernel_times.sh "/tmp/$name.cubecl.log" 12 | tee -a "$out/runs.log"
 }
 # The steps, in the order the issue needs them; STEPS picks and orders a subset, e.g. to put the
-# profiles before the WGSL comparison or to rerun only the 7B case after a change.
-steps=${STEPS:-wt2-f32 wt2-f16 neuroal-f16 forward-f16 wgsl-wt2-f16 wgsl-neuroal-f16 wgsl-forward-f16 wt2-lambda wgsl-wt2-f32 neuroal-f32 profile-forward profile-neuroal}
+# profiles before the WGSL comparison or to rerun only the 7B case after a change. A step is
+# [BUILD/]KIND-DTYPE: BUILD is a binary in .bin (default neuroal; neuroal-wgsl, neuroal-autotune),
+# KIND one of wt2 (perplexity), neuroal (the 7B-shaped prune), forward (0.84 B), trace-neuroal
+# (the 7B prune with NEUROAL_TRACE's per-stage times); and wt2-lambda, profile-forward,
+# profile-neuroal.
+steps=${STEPS:-wt2-f32 wt2-f16 neuroal-f16 forward-f16 neuroal-wgsl/wt2-f16 neuroal-wgsl/neuroal-f16 neuroal-wgsl/forward-f16 wt2-lambda neuroal-wgsl/wt2-f32 neuroal-f32 profile-forward profile-neuroal}
 for step in $steps; do
+  build=neuroal
+  case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
+  dtype=${step##*-}
   case $step in
-    wt2-f32) eval_wt2 neuroal f32 ;;
-    wt2-f16) eval_wt2 neuroal f16 ;;
-    neuroal-f16) prune_7b neuroal f16 ;;
-    neuroal-f32) prune_7b neuroal f32 ;;
-    forward-f16) forward neuroal f16 ;;
-    forward-f32) forward neuroal f32 ;;
-    wgsl-wt2-f16) eval_wt2 neuroal-wgsl f16 ;;
-    wgsl-wt2-f32) eval_wt2 neuroal-wgsl f32 ;;
-    wgsl-neuroal-f16) prune_7b neuroal-wgsl f16 ;;
-    wgsl-forward-f16) forward neuroal-wgsl f16 ;;
     wt2-lambda) wt2_lambda ;;
     profile-forward) profiled neuroal-forward-f16-profile --synthetic ${PROFILE_FORWARD:-llama-0.8b --blocks 4} --devices gpu --seqlen "$seqlen" --batch 4 --iters 2 --dtype "${PROFILE_DTYPE:-f16}" ;;
     profile-neuroal) profiled neuroal-neuroal-f16-profile --synthetic ${PROFILE_NEUROAL:-llama2-7b --blocks 2} --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples 16 --search-nsamples 8 --iters 1 --dtype "${PROFILE_DTYPE:-f16}" ;;
+    wt2-*) eval_wt2 "$build" "$dtype" ;;
+    neuroal-*) prune_7b "$build" "$dtype" ;;
+    forward-*) forward "$build" "$dtype" ;;
+    trace-neuroal-*) [ -x ".bin/$build" ] && run "$build-trace-neuroal-$dtype" NEUROAL_TRACE=1 ".bin/$build" bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --dtype "$dtype" && grep '^trace:' "$logs/$build-trace-neuroal-$dtype.log" ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -20,6 +20,8 @@ use wgpu::util::DeviceExt;
 const WORKGROUP: u32 = 256;
 /// Largest workgroup count per dispatch dimension that every wgpu backend accepts.
 const MAX_GROUPS: u32 = 65_535;
+/// Rows of x each thread of `input_stats.wgsl` sums.
+const STATS_ROWS: usize = 64;
 
 /// Whether a tensor lives on a wgpu device (and so takes the WGSL path).
 pub fn is_wgpu<const D: usize>(t: &Tensor<D>) -> bool {
@@ -176,14 +178,18 @@ pub fn select_lowest(scores: Tensor<2>, k: &[usize]) -> Tensor<2> {
 }
 
 /// `input_stats.wgsl`: the accumulators plus the per-channel sum of squares and sum of
-/// x [n, cols].
+/// x [n, cols], summed per slice of rows on the device, then over the slices.
 pub fn input_stats(x: Tensor<2>, sumsq: Tensor<1>, sum: Tensor<1>) -> (Tensor<1>, Tensor<1>) {
     let [n, cols] = x.dims();
-    let (x, sumsq, sum) = (cube(x), cube(sumsq), cube(sum));
-    let (sumsq_out, sum_out) = (empty_like(&x, Shape::new([cols])), empty_like(&x, Shape::new([cols])));
+    let x = cube(x);
+    // Short slices fill the GPU; at most MAX_GROUPS of them.
+    let rows_per_slice = STATS_ROWS.max(n.div_ceil(MAX_GROUPS as usize));
+    let slices = n.div_ceil(rows_per_slice).max(1);
+    let (sq_part, s_part) = (empty_like(&x, Shape::new([slices, cols])), empty_like(&x, Shape::new([slices, cols])));
     let groups = (cols as u32).div_ceil(WORKGROUP);
-    launch(INPUT_STATS, (groups, 1), &[&x, &sumsq, &sum, &sumsq_out, &sum_out], &[n as u32, cols as u32]);
-    (from_cube(sumsq_out), from_cube(sum_out))
+    launch(INPUT_STATS, (groups, slices as u32), &[&x, &sq_part, &s_part], &[n as u32, cols as u32, rows_per_slice as u32]);
+    let total = |part: CubeTensor| from_cube::<2>(part).sum_dim(0).reshape([cols]);
+    (sumsq + total(sq_part), sum + total(s_part))
 }
 
 /// `score.wgsl`: |w|, or |w|·sqrt(scaler[col]) when a scaler is given.

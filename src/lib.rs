@@ -27,3 +27,4 @@ pub mod pruner;
 pub mod zeroshot;
 pub mod memory;
 pub mod score;
+pub mod trace;

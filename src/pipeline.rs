@@ -14,6 +14,7 @@ pub use crate::mask::{Bits, LayerMask};
 use crate::model::{host_f32, to_dtype, Block, Model, Positions};
 use crate::pruner::{Calibration, Expected, Pruner};
 use crate::score::apply_mask;
+use crate::trace::stage;
 use crate::bail;
 
 /// Windows per forward pass during calibration.
@@ -132,7 +133,9 @@ pub fn prune_resumable(
     let replay = done.len();
     let linears = model.linears().len();
     let mut done = done.into_iter();
-    for block in model.blocks() {
+    let dev = &model.device;
+    let mut blocks = model.blocks();
+    while let Some(block) = stage("prune: load block", dev, || blocks.next()) {
         let mut block = block?;
         let b = block.index;
         let block_masks = if b < replay {
@@ -153,25 +156,26 @@ pub fn prune_resumable(
             saved
         } else {
             // Wanda's order: statistics from the dense block; its outputs are not kept.
-            let calib = calibrate(model, &block, &hidden, &pos, pruner.needs_hessian())?;
+            let calib = stage("prune: dense pass", dev, || calibrate(model, &block, &hidden, &pos, pruner.needs_hessian()))?;
             let mut block_masks = Vec::with_capacity(linears);
             for (li, linear) in block.linears.iter_mut().enumerate() {
                 let s = sparsity(b, li);
                 let name = model.linear_name(b, li);
                 // Pruners work in f32 whatever the compute dtype.
                 let weight = to_dtype(linear.weight.clone(), DType::F32);
-                let pruned = pruner.prune(weight, &calib[li], nsamples, pattern, &s).map_err(|e| crate::err!("{name}: {e}"))?;
-                let values = if pruner.changes_kept_weights() { Some(host_f32(pruned.weight.clone(), &name)?) } else { None };
+                let pruned = stage("prune: prune linears", dev, || pruner.prune(weight, &calib[li], nsamples, pattern, &s)).map_err(|e| crate::err!("{name}: {e}"))?;
+                let values = if pruner.changes_kept_weights() { Some(stage("prune: read masks", dev, || host_f32(pruned.weight.clone(), &name))?) } else { None };
                 linear.weight = to_dtype(pruned.weight, model.dtype);
-                let host = host_f32(pruned.mask, &name)?;
-                if host.len() != shapes[li][0] * shapes[li][1] {
-                    bail!("{name}: the mask read back from the device has {} entries, expected {}", host.len(), shapes[li][0] * shapes[li][1]);
+                let mut bits = stage("prune: read masks", dev, || crate::mask::read_bits(pruned.mask, &name))?;
+                if bits.len() != shapes[li][0] * shapes[li][1] {
+                    bail!("{name}: the mask read back from the device has {} entries, expected {}", bits.len(), shapes[li][0] * shapes[li][1]);
                 }
-                let mut flags: Vec<bool> = host.iter().map(|&v| v != 0.0).collect();
-                if crate::staging::fault_point("drop-one-mask-bit") && let Some(f) = flags.iter_mut().find(|f| **f) {
-                    *f = false;
+                let first = bits.ones().next();
+                if crate::staging::fault_point("drop-one-mask-bit") && let Some(first) = first {
+                    let flags: Vec<bool> = bits.iter().enumerate().map(|(i, f)| f && i != first).collect();
+                    bits = Bits::from_flags(flags.into_iter());
                 }
-                let lm = LayerMask { name, shape: shapes[li], pruned: Bits::from_flags(flags.into_iter()), values };
+                let lm = LayerMask { name, shape: shapes[li], pruned: bits, values };
                 let got = lm.pruned.count_ones();
                 match pruner.expected(pattern, &s, shapes[li]) {
                     Expected::Exactly(want) if got != want => {
@@ -188,7 +192,7 @@ pub fn prune_resumable(
             block_masks
         };
         masks.extend(block_masks);
-        hidden = hidden.into_iter().map(|h| block.forward(h, &pos, None)).collect();
+        hidden = stage("prune: block forward", dev, || hidden.into_iter().map(|h| block.forward(h, &pos, None)).collect());
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -416,6 +416,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         Ok(())
     };
     let masks = prune_resumable(&model, &windows, seqlen, pruner, &topup.pattern, &|b, l| map[b][l].clone(), done, &mut finished)?;
+    crate::trace::report("prune");
     let prune_s = t_prune.elapsed().as_secs_f64();
     let mut topup_report = topup.report;
     topup_report.row_sparsity = map
@@ -613,6 +614,7 @@ pub fn bench_neuroal(
     let map = &topup.map;
     prune_resumable(model, &windows, seqlen, &pruner, &topup.pattern, &|b, l| map[b][l].clone(), Vec::new(), &mut |_, _| Ok(()))?;
     let prune_s = t.elapsed().as_secs_f64();
+    crate::trace::report("bench prune");
     let estimate = memory_run(&args, TopUpKind::Neuroal, NeuroalStep::Both, sparsity, seqlen, false, crate::model::on_cpu(&model.device));
     Ok(BenchPrune {
         search_s,

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use crate::error::Result;
 use crate::kernels;
 use crate::model::{host_f32, on_cpu, to_dtype};
+use crate::trace::stage;
 use crate::bail;
 use crate::mask::{Pattern, Sparsity};
 use crate::model::{Model, Spec};
@@ -171,6 +172,7 @@ pub fn evaluate(
     progress: &dyn Fn(usize, usize),
 ) -> Result<Vec<Evaluation>> {
     let at_once = if on_cpu(&model.device) { at_once.max(1) } else { 1 };
+    let dev = &model.device;
     let nsamples = windows.len() / seqlen;
     let pos = model.positions(seqlen);
     let names: Vec<&str> = model.linears().iter().map(|l| l.name).collect();
@@ -179,12 +181,13 @@ pub fn evaluate(
         let mut hidden: Vec<Vec<Tensor<3>>> = group.iter().map(|_| embed_windows(model, windows, seqlen)).collect();
         // Per candidate, every linear's m and d in (block, linear) order, kept on the device.
         let mut pending: Vec<Vec<(Tensor<1>, Tensor<1>)>> = group.iter().map(|_| Vec::new()).collect();
-        for block in model.blocks() {
+        let mut blocks = model.blocks();
+        while let Some(block) = stage("search: load block", dev, || blocks.next()) {
             let block = block?;
             let b = block.index;
             progress(results.len(), b);
             // Every candidate enters block 0 with the same embeddings: one dense pass serves all.
-            let shared = (b == 0).then(|| record_unchecked(model, &block, &hidden[0], &pos, pruner.needs_hessian(), false).0);
+            let shared = (b == 0).then(|| stage("search: dense pass", dev, || record_unchecked(model, &block, &hidden[0], &pos, pruner.needs_hessian(), false).0));
             // One candidate through this block: its dense statistics, its pruned copy of the
             // block (sharing the other tensors), its sparse pass; its hidden states move on.
             let one = |map: &Map, hidden: &mut Vec<Tensor<3>>| -> Result<Vec<(Tensor<1>, Tensor<1>)>> {
@@ -192,33 +195,39 @@ pub fn evaluate(
                 let stats_dense = match &shared {
                     Some(s) => s,
                     None => {
-                        own = record_unchecked(model, &block, hidden, &pos, pruner.needs_hessian(), false).0;
+                        own = stage("search: dense pass", dev, || record_unchecked(model, &block, hidden, &pos, pruner.needs_hessian(), false).0);
                         &own
                     }
                 };
                 let mut sparse = block.clone();
-                for (li, linear) in sparse.linears.iter_mut().enumerate() {
-                    let pruned = pruner
-                        .prune(to_dtype(linear.weight.clone(), DType::F32), &stats_dense[li], nsamples, pattern, &map[b][li])
-                        .map_err(|e| crate::err!("NeuroAL: block {b} {}: {e}", names[li]))?;
-                    linear.weight = to_dtype(pruned.weight, model.dtype);
-                }
+                stage("search: prune linears", dev, || -> Result<()> {
+                    for (li, linear) in sparse.linears.iter_mut().enumerate() {
+                        let pruned = pruner
+                            .prune(to_dtype(linear.weight.clone(), DType::F32), &stats_dense[li], nsamples, pattern, &map[b][li])
+                            .map_err(|e| crate::err!("NeuroAL: block {b} {}: {e}", names[li]))?;
+                        linear.weight = to_dtype(pruned.weight, model.dtype);
+                    }
+                    Ok(())
+                })?;
                 // Neither pass reads back: the search waits for the device once per group.
-                let (stats_sparse, outputs) = record_unchecked(model, &sparse, hidden, &pos, false, true);
+                let (stats_sparse, outputs) = stage("search: sparse pass", dev, || record_unchecked(model, &sparse, hidden, &pos, false, true));
                 *hidden = outputs;
                 // Linears that read one input have the same activations: one metric each.
                 let input_of = &model.spec.input_of;
-                let mut per_linear: Vec<(Tensor<1>, Tensor<1>)> = Vec::with_capacity(names.len());
-                for li in 0..names.len() {
-                    let md = if input_of[li] != li {
-                        per_linear[input_of[li]].clone()
-                    } else {
-                        let a_dense = stats_dense[li].stats.scaler_row(nsamples).sqrt();
-                        let a_sparse = stats_sparse[li].stats.scaler_row(nsamples).sqrt();
-                        alignment_on_device(a_dense, a_sparse)
-                    };
-                    per_linear.push(md);
-                }
+                let per_linear = stage("search: alignment", dev, || {
+                    let mut per_linear: Vec<(Tensor<1>, Tensor<1>)> = Vec::with_capacity(names.len());
+                    for li in 0..names.len() {
+                        let md = if input_of[li] != li {
+                            per_linear[input_of[li]].clone()
+                        } else {
+                            let a_dense = stats_dense[li].stats.scaler_row(nsamples).sqrt();
+                            let a_sparse = stats_sparse[li].stats.scaler_row(nsamples).sqrt();
+                            alignment_on_device(a_dense, a_sparse)
+                        };
+                        per_linear.push(md);
+                    }
+                    per_linear
+                });
                 Ok(per_linear)
             };
             let mut per: Vec<Result<_>> = Vec::with_capacity(group.len());
@@ -238,8 +247,9 @@ pub fn evaluate(
         for per in pending {
             let lens: Vec<usize> = per.iter().map(|(_, d)| d.dims()[0]).collect();
             let (ms, ds): (Vec<Tensor<1>>, Vec<Tensor<1>>) = per.into_iter().unzip();
-            let m = host_f32(Tensor::cat(ms, 0), "alignment metric")?;
-            let d = host_f32(Tensor::cat(ds, 0), "alignment difference")?;
+            let (m, d) = stage("search: read back", dev, || -> Result<_> {
+                Ok((host_f32(Tensor::cat(ms, 0), "alignment metric")?, host_f32(Tensor::cat(ds, 0), "alignment difference")?))
+            })?;
             if m.len() != lens.len() || d.len() != lens.iter().sum::<usize>() {
                 bail!("alignment: the device returned {} and {} values, expected {} and {}", m.len(), d.len(), lens.len(), lens.iter().sum::<usize>());
             }

@@ -68,7 +68,8 @@ fn stats_score_and_mask_shaders_equal_their_twins() {
     let gpu = select(Choice::Gpu).device;
     let cpu = Device::flex();
     let mut rng = SplitMix64::new(7);
-    let (n, cols, rows) = (37, 300, 9);
+    // Rows over several of the shader's 64-row slices, the last one short.
+    let (n, cols, rows) = (200, 300, 9);
     let x = random(&mut rng, n * cols, None);
     let acc = random(&mut rng, cols, None).iter().map(|v| v.abs()).collect::<Vec<_>>();
     let run = |d: &Device, gpu_path: bool| {
@@ -104,4 +105,28 @@ fn stats_score_and_mask_shaders_equal_their_twins() {
     let hw = host(score::apply_mask(t2(w.clone(), [rows, cols], &cpu), t2(m.clone(), [rows, cols], &cpu)));
     assert_eq!(hw, cw, "apply_mask, host path");
     assert_eq!(gw.iter().filter(|v| **v == 0.0).count(), m.iter().filter(|v| **v == 1.0).count());
+}
+
+/// A mask read back through the GPU's packing, or the CPU backends' values, gives the bits of
+/// its non-zero entries: widths around the 16 flags per packed value and the 64 per word.
+#[test]
+fn masks_read_back_as_their_bits_on_every_backend() {
+    let mut rng = SplitMix64::new(11);
+    for (_, selected) in devices() {
+        let d = &selected.device;
+        for shape in [[3, 16], [5, 48], [2, 7], [7, 64], [33, 1000], [1, 1]] {
+            let n = shape[0] * shape[1];
+            // Mostly 0/1, with other non-zero values (which count as pruned) and all-set runs.
+            let v: Vec<f32> = (0..n)
+                .map(|i| match rng.below(5) {
+                    0 | 1 => 0.0,
+                    2 if i % 7 == 0 => 2.5,
+                    _ => 1.0,
+                })
+                .collect();
+            let got = mask::read_bits(t2(v.clone(), shape, d), "test mask").unwrap();
+            let want = mask::Bits::from_flags(v.iter().map(|&x| x != 0.0));
+            assert_eq!(got, want, "{shape:?} on {}", selected.description);
+        }
+    }
 }
