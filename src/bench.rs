@@ -270,6 +270,10 @@ pub fn measure_in_child(model_dir: &Path, device: &str, dtype: ComputeDtype, seq
         let msg = String::from_utf8_lossy(&out.stderr);
         bail!("bench on {device}: {}", msg.lines().last().unwrap_or("failed").trim_start_matches("error: "));
     }
+    // NEUROAL_TRACE's stage times, which the child writes to its stderr.
+    for line in String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.starts_with("trace:")) {
+        eprintln!("{line}");
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).map_err(|e| err!("bench on {device}: unreadable result ({e})"))
 }
