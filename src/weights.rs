@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use burn::tensor::{DType, TensorData};
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use safetensors::SafeTensors;
 
@@ -112,23 +114,95 @@ impl Checkpoint {
 
     /// Decodes a tensor to f32 and checks its shape.
     pub fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let (bytes, dtype) = self.checked_bytes(name, shape)?;
+        let data = decode_f32(bytes, dtype).map_err(|e| err!("tensor \"{name}\": {e}"))?;
+        Ok(HostTensor { shape: shape.to_vec(), data, dtype })
+    }
+
+    /// A tensor in the compute dtype `dtype`, ready to upload: the stored bytes themselves when
+    /// they already are in it (a half-precision checkpoint in a half-precision run), else
+    /// decoded and converted on every core. Decoding a 7B block on one core took longer than
+    /// the GPU's work on it, which then waited for the next block.
+    pub fn load_data(&self, name: &str, shape: &[usize], dtype: DType) -> Result<TensorData> {
+        let (bytes, stored) = self.checked_bytes(name, shape)?;
+        let same = matches!((stored, dtype), (Dtype::F32, DType::F32) | (Dtype::F16, DType::F16) | (Dtype::BF16, DType::BF16));
+        if same {
+            let mut copy = vec![0u8; bytes.len()];
+            copy.par_chunks_mut(1 << 20).zip(bytes.par_chunks(1 << 20)).for_each(|(to, from)| to.copy_from_slice(from));
+            return Ok(TensorData::from_bytes_vec(copy, shape.to_vec(), dtype));
+        }
+        let values = decode_f32(bytes, stored).map_err(|e| err!("tensor \"{name}\": {e}"))?;
+        Ok(match dtype {
+            DType::F16 => TensorData::new(convert(&values, half::f16::from_f32), shape.to_vec()),
+            DType::BF16 => TensorData::new(convert(&values, half::bf16::from_f32), shape.to_vec()),
+            _ => TensorData::new(values, shape.to_vec()).convert_dtype(dtype),
+        })
+    }
+
+    /// A tensor's stored bytes and dtype, its shape checked and every value finite.
+    fn checked_bytes(&self, name: &str, shape: &[usize]) -> Result<(&[u8], Dtype)> {
         let (shard, info) = self.info(name)?;
         if info.shape != shape {
             bail!("tensor \"{name}\" has shape {:?}, expected {shape:?}", info.shape);
         }
-        let data = decode_f32(shard.bytes(info), info.dtype).map_err(|e| err!("tensor \"{name}\": {e}"))?;
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            bail!("{}: tensor \"{name}\" holds a non-finite value ({} at index {i}); the checkpoint is damaged", self.dir.display(), data[i]);
+        let bytes = shard.bytes(info);
+        if let Some(i) = first_non_finite(bytes, info.dtype) {
+            let width = info.dtype.bitsize() / 8;
+            let value = decode_f32(&bytes[i * width..(i + 1) * width], info.dtype)?[0];
+            bail!("{}: tensor \"{name}\" holds a non-finite value ({value} at index {i}); the checkpoint is damaged", self.dir.display());
         }
-        Ok(HostTensor { shape: info.shape.clone(), data, dtype: info.dtype })
+        Ok((bytes, info.dtype))
     }
 }
 
+/// `values` converted by `one` on every core.
+fn convert<T: Copy + Default + Send>(values: &[f32], one: impl Fn(f32) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::default(); values.len()];
+    out.par_chunks_mut(1 << 16).zip(values.par_chunks(1 << 16)).for_each(|(out, values)| {
+        for (o, &v) in out.iter_mut().zip(values) {
+            *o = one(v);
+        }
+    });
+    out
+}
+
+/// Index of the first NaN or infinity (all exponent bits set), found on every core in blocks
+/// whose plain loops the compiler vectorizes.
+fn first_non_finite(bytes: &[u8], dtype: Dtype) -> Option<usize> {
+    fn first<const W: usize>(bytes: &[u8], bad: impl Fn(&[u8; W]) -> bool + Sync) -> Option<usize> {
+        const BLOCK: usize = 1 << 16;
+        bytes.par_chunks(BLOCK * W).enumerate().find_map_first(|(bi, block)| {
+            let chunks = block.chunks_exact(W).map(|c| <&[u8; W]>::try_from(c).expect("chunks of W bytes"));
+            if !chunks.clone().fold(false, |any, c| any | bad(c)) {
+                return None;
+            }
+            chunks.clone().position(|c| bad(c)).map(|i| bi * BLOCK + i)
+        })
+    }
+    match dtype {
+        Dtype::F32 => first::<4>(bytes, |b| u32::from_le_bytes(*b) & 0x7F80_0000 == 0x7F80_0000),
+        Dtype::F16 => first::<2>(bytes, |b| u16::from_le_bytes(*b) & 0x7C00 == 0x7C00),
+        Dtype::BF16 => first::<2>(bytes, |b| u16::from_le_bytes(*b) & 0x7F80 == 0x7F80),
+        _ => None,
+    }
+}
+
+/// Stored values as f32, decoded on every core.
 pub fn decode_f32(bytes: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
+    fn decode<const W: usize>(bytes: &[u8], one: impl Fn(&[u8; W]) -> f32 + Sync) -> Vec<f32> {
+        const BLOCK: usize = 1 << 16;
+        let mut out = vec![0f32; bytes.len() / W];
+        out.par_chunks_mut(BLOCK).zip(bytes.par_chunks(BLOCK * W)).for_each(|(out, block)| {
+            for (o, c) in out.iter_mut().zip(block.chunks_exact(W)) {
+                *o = one(<&[u8; W]>::try_from(c).expect("chunks of W bytes"));
+            }
+        });
+        out
+    }
     Ok(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::F32 => decode::<4>(bytes, |b| f32::from_le_bytes(*b)),
+        Dtype::F16 => decode::<2>(bytes, |b| half::f16::from_le_bytes(*b).to_f32()),
+        Dtype::BF16 => decode::<2>(bytes, |b| half::bf16::from_le_bytes(*b).to_f32()),
         other => bail!("unsupported dtype {other} (supported: F32, F16, BF16)"),
     })
 }
@@ -142,4 +216,53 @@ pub fn encode_f32(values: &[f32], dtype: Dtype) -> Result<Vec<u8>> {
         Dtype::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
         other => bail!("unsupported dtype {other} (supported: F32, F16, BF16)"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    /// A one-tensor checkpoint of `values` stored as `dtype`, in a fresh folder.
+    fn checkpoint(values: &[f32], dtype: Dtype, tag: &str) -> Checkpoint {
+        let dir = std::env::temp_dir().join(format!("neuroal-weights-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = encode_f32(values, dtype).unwrap();
+        let view = TensorView::new(dtype, vec![values.len()], &bytes).unwrap();
+        safetensors::serialize_to_file([("w", view)], None, &dir.join("model.safetensors")).unwrap();
+        Checkpoint::open(&dir).unwrap()
+    }
+
+    /// The upload path (stored bytes, or decoded and converted on every core) gives the bits of
+    /// the plain path: decode to f32, then burn's conversion. Lengths cross the parallel blocks.
+    #[test]
+    fn load_data_equals_decode_then_convert() {
+        let n = (1 << 16) * 2 + 37;
+        let values: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.618).sin() * 3.0 + if i % 97 == 0 { 1e-6 } else { 0.0 }).collect();
+        for (si, stored) in [Dtype::F32, Dtype::F16, Dtype::BF16].into_iter().enumerate() {
+            let ck = checkpoint(&values, stored, &format!("s{si}"));
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let plain = TensorData::new(ck.load("w", &[n]).unwrap().data, [n]).convert_dtype(dtype);
+                let fast = ck.load_data("w", &[n], dtype).unwrap();
+                assert_eq!(fast.dtype(), dtype);
+                assert_eq!(fast.as_bytes(), plain.as_bytes(), "{stored:?} stored, {dtype:?} computed");
+            }
+            let _ = std::fs::remove_dir_all(&ck.dir);
+        }
+    }
+
+    /// The first non-finite value is the one reported, also past the first parallel block.
+    #[test]
+    fn the_first_non_finite_value_is_named() {
+        let n = (1 << 16) * 3;
+        for (si, stored) in [Dtype::F32, Dtype::F16, Dtype::BF16].into_iter().enumerate() {
+            let mut values = vec![0.5f32; n];
+            values[70_001] = f32::INFINITY;
+            values[150_000] = f32::NAN;
+            let ck = checkpoint(&values, stored, &format!("nf{si}"));
+            let e = ck.load_data("w", &[n], DType::F32).unwrap_err().to_string();
+            assert!(e.contains("holds a non-finite value (inf at index 70001)"), "{e}");
+            let _ = std::fs::remove_dir_all(&ck.dir);
+        }
+    }
 }

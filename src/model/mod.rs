@@ -725,12 +725,11 @@ pub fn check_layers(config: &Config, spec: &Spec, checkpoint: &Checkpoint) -> Re
 /// Decodes the named linears (weight, bias) of one block to host data in the compute dtype,
 /// so a half-precision run uploads half the bytes.
 fn decode_linears(ck: &Checkpoint, names: &[(String, [usize; 2], Option<String>)], dtype: DType) -> Result<Vec<(TensorData, Option<TensorData>)>> {
-    let data = |t: HostTensor, shape: Vec<usize>| TensorData::new(t.data, shape).convert_dtype(dtype);
     names
         .iter()
         .map(|(w, shape, b)| {
-            let weight = data(ck.load(w, shape)?, shape.to_vec());
-            let bias = b.as_ref().map(|b| ck.load(b, &[shape[0]])).transpose()?.map(|b| data(b, vec![shape[0]]));
+            let weight = ck.load_data(w, shape, dtype)?;
+            let bias = b.as_ref().map(|b| ck.load_data(b, &[shape[0]], dtype)).transpose()?;
             Ok((weight, bias))
         })
         .collect()
