@@ -142,7 +142,7 @@ enum Command {
         /// Model folder to measure (or --synthetic).
         #[arg(long, required_unless_present = "synthetic")]
         model: Option<PathBuf>,
-        /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, tiny)
+        /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2; tiny, tiny-opt, tiny-phi)
         /// to a temporary folder and measure it.
         #[arg(long, conflicts_with = "model")]
         synthetic: Option<String>,
