@@ -100,7 +100,7 @@ pub fn read_bits(mask: Tensor<2>, what: &str) -> Result<Bits> {
     let weights = Tensor::<2>::from_data(TensorData::new(weights, [1, PACKED]), &device);
     let flags = crate::model::to_dtype(mask, burn::tensor::DType::F32).reshape([n / PACKED, PACKED]).not_equal_elem(0.0).float();
     let packed = crate::model::host_f32((flags * weights).sum_dim(1), what)?;
-    if let Some(bad) = packed.iter().find(|&&v| !(v >= 0.0 && v < 65536.0 && v.fract() == 0.0)) {
+    if let Some(bad) = packed.iter().find(|&&v| !((0.0..65536.0).contains(&v) && v.fract() == 0.0)) {
         bail!("{what}: the device packed a mask value {bad}, not 16 flags");
     }
     let mut words = vec![0u64; n.div_ceil(64)];

@@ -176,7 +176,7 @@ fn first_non_finite(bytes: &[u8], dtype: Dtype) -> Option<usize> {
             if !chunks.clone().fold(false, |any, c| any | bad(c)) {
                 return None;
             }
-            chunks.clone().position(|c| bad(c)).map(|i| bi * BLOCK + i)
+            chunks.clone().position(&bad).map(|i| bi * BLOCK + i)
         })
     }
     match dtype {
