@@ -63,8 +63,8 @@ run() {
 }
 
 # Correctness on the real card first: wt2-llama's perplexity with the SPIR-V build (82.3059 in
-# f32 on the CPU at seqlen 256; f16 within 0.3%). Then the 7B-shaped NeuroAL prune and
-# the 0.84 B forward with it, then the same with the WGSL build, then the rest.
+# f32 on the CPU at seqlen 256; f16 within 0.3%). Then the 7B-shaped NeuroAL prune, its
+# per-stage trace and the 0.84 B forward, then the other builds, then the rest (see `steps`).
 # A dry run elsewhere can shrink the shapes (and skip wt2, slow on an emulator), e.g.
 #   WT2=0 FORWARD="tiny --blocks 2" NEUROAL="tiny --blocks 2" PROFILE_FORWARD="tiny --blocks 2" \
 #   PROFILE_NEUROAL="tiny --blocks 2" SEQLEN=64 NSAMPLES=4 bash scripts/device_bench.sh
@@ -104,7 +104,7 @@ profiled() { # name, then the bench arguments
 # KIND one of wt2 (perplexity), neuroal (the 7B-shaped prune), forward (0.84 B), trace-neuroal
 # (the 7B prune with NEUROAL_TRACE's per-stage times); and wt2-lambda, profile-forward,
 # profile-neuroal.
-steps=${STEPS:-wt2-f32 wt2-f16 neuroal-f16 forward-f16 neuroal-wgsl/wt2-f16 neuroal-wgsl/neuroal-f16 neuroal-wgsl/forward-f16 wt2-lambda neuroal-wgsl/wt2-f32 neuroal-f32 profile-forward profile-neuroal}
+steps=${STEPS:-wt2-f32 wt2-f16 neuroal-f16 trace-neuroal-f16 forward-f16 wt2-lambda neuroal-autotune/forward-f16 neuroal-wgsl/neuroal-f16 neuroal-wgsl/forward-f16 neuroal-f32 profile-forward profile-neuroal}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
