@@ -82,3 +82,53 @@ fn a_table_over_the_gpu_buffer_limit_is_refused_up_front() {
         );
     }
 }
+
+/// `NEUROAL_TRACE`: every stage of the search and the prune, counted by hand. The tiny shape at
+/// 50% searches 14 block and 15 row candidates over 2 blocks: each candidate prunes and runs
+/// each block sparse (58), and records its own dense pass from block 1 on, block 0's being
+/// shared per group (1 + 14 + 1 + 15 = 31); m and d are read once per candidate (29); each
+/// group loads 2 blocks and finds no third (6). The final prune: 7 linears in each of 2 blocks.
+#[test]
+fn the_trace_counts_every_stage() {
+    let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(["bench", "--synthetic", "tiny", "--blocks", "2", "--devices", "gpu", "--seqlen", "32", "--iters", "1", "--dtype", "f32"])
+        .args(["--prune-sparsity", "0.5", "--nsamples", "4", "--search-nsamples", "2"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("NEUROAL_TRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("trace: bench prune: "), "{err}");
+    let count = |stage: &str| -> usize {
+        let line = err.lines().find(|l| l.starts_with("trace:") && l.contains(&format!(" {stage} "))).unwrap_or_else(|| panic!("no {stage} in {err}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.last(), Some(&"times"), "{line}");
+        words[words.len() - 2].parse().unwrap()
+    };
+    let want = [
+        ("search: load block", 6),
+        ("search: dense pass", 31),
+        ("search: prune linears", 58),
+        ("search: sparse pass", 58),
+        ("search: alignment", 58),
+        ("search: read back", 29),
+        ("prune: load block", 3),
+        ("prune: dense pass", 2),
+        ("prune: prune linears", 14),
+        ("prune: read masks", 14),
+        ("prune: block forward", 2),
+    ];
+    for (stage, n) in want {
+        assert_eq!(count(stage), n, "{stage}");
+    }
+    // Untraced, nothing of it is printed.
+    let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(["bench", "--synthetic", "tiny", "--blocks", "1", "--devices", "cpu", "--seqlen", "32", "--iters", "1"])
+        .args(["--prune-sparsity", "0.5", "--nsamples", "2", "--search-nsamples", "2"])
+        .env_remove("NEUROAL_TRACE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("trace:"), "{err}");
+}
