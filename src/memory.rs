@@ -34,6 +34,9 @@ pub struct Run {
     pub searches_at_once: usize,
     /// SparseGPT: a Hessian per linear of a block, and every new weight held until written.
     pub hessians: bool,
+    /// Bytes per value of the compute dtype, which weights, hidden states and the linears'
+    /// activations are held in; attention scores, statistics and Hessians are f32 whatever it is.
+    pub dtype_bytes: u128,
 }
 
 /// The widest linear output of a block (the MLP's hidden width in every family here).
@@ -41,25 +44,26 @@ fn widest(shapes: &[[usize; 2]]) -> u128 {
     shapes.iter().map(|s| s[0]).max().unwrap_or(0) as u128
 }
 
-/// The parts held at once at the peak of a prune run, in f32; `shapes` are a block's linears.
+/// The parts held at once at the peak of a prune run; `shapes` are a block's linears.
 /// A run holds one of two phases at a time: NeuroAL's search, whose candidates carry their own
 /// hidden states, is over before the pruning pass embeds the calibration windows. The peak is
 /// the larger phase.
 pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     let f = 4u128;
+    let h = run.dtype_bytes;
     let (d, ff, v) = (c.hidden_size as u128, widest(shapes), c.vocab_size as u128);
     let t = run.seqlen as u128;
     let block_params: u128 = shapes.iter().map(|s| (s[0] * s[1]) as u128).sum();
     // `at_once` passes over chunks of at most `windows` windows each.
     let activations = |at_once: u128, windows: usize| Part {
         what: "attention and MLP activations",
-        bytes: at_once * run.chunk.min(windows).max(1) as u128 * (3 * c.num_heads as u128 * t * t + 3 * t * ff + 4 * t * d) * f,
+        bytes: at_once * run.chunk.min(windows).max(1) as u128 * (3 * c.num_heads as u128 * t * t * f + (3 * t * ff + 4 * t * d) * h),
         lowered_by: "--seqlen",
     };
     // The block being pruned, its pruned copy (one per candidate running), and the next block
     // decoded ahead.
-    let weights = |at_once: u128| Part { what: "one block's weights", bytes: (2 + at_once) * block_params * f, lowered_by: MODEL_SIZE };
-    let outer = Part { what: "embeddings and head", bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * f, lowered_by: MODEL_SIZE };
+    let weights = |at_once: u128| Part { what: "one block's weights", bytes: (2 + at_once) * block_params * h, lowered_by: MODEL_SIZE };
+    let outer = Part { what: "embeddings and head", bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * h, lowered_by: MODEL_SIZE };
     // One set per candidate running (each records its own in the search). Linears that read one
     // input share a Hessian, so this per-linear count is an upper bound.
     let hessians = |at_once: u128| Part {
@@ -68,7 +72,7 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
         lowered_by: MODEL_SIZE,
     };
     let mut pruning = vec![
-        Part { what: "calibration hidden states", bytes: 2 * run.nsamples as u128 * t * d * f, lowered_by: "--nsamples or --seqlen" },
+        Part { what: "calibration hidden states", bytes: 2 * run.nsamples as u128 * t * d * h, lowered_by: "--nsamples or --seqlen" },
         activations(1, run.nsamples),
         weights(1),
         outer.clone(),
@@ -81,7 +85,7 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     let Some((sn, carried)) = run.search else { return pruning };
     let at_once = run.searches_at_once.max(1) as u128;
     let mut search = vec![
-        Part { what: "NeuroAL search hidden states", bytes: carried as u128 * 2 * sn as u128 * t * d * f, lowered_by: "--search-chunk or --search-nsamples" },
+        Part { what: "NeuroAL search hidden states", bytes: carried as u128 * 2 * sn as u128 * t * d * h, lowered_by: "--search-chunk or --search-nsamples" },
         activations(at_once, sn),
         weights(at_once),
         outer,
@@ -235,7 +239,7 @@ mod tests {
         .unwrap();
         let shapes = crate::model::Spec::of(&c).shapes();
         let bytes = |parts: &[Part], what: &str| parts.iter().find(|p| p.what == what).map(|p| p.bytes);
-        let run = |search, at_once, hessians| Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: at_once, hessians };
+        let run = |search, at_once, hessians| Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: at_once, hessians, dtype_bytes: 4 };
         // The pruning pass: 4 windows of 16 tokens, 8 wide. Attention and MLP of all 4 windows
         // in one chunk: 4 × (3·2·16² + 3·16·16 + 4·16·8) × 4 = 45,056 bytes. A block's linears:
         // q, k, v, o 4 × 64 and gate, up, down 3 × 128 → 640 weights, held with the pruned copy
@@ -277,9 +281,17 @@ mod tests {
         assert_eq!(bytes(&sparsegpt, "SparseGPT's new weights"), Some(2 * 640 * 4));
         let search = prune_parts(&c, &shapes, &run(Some((2, 30)), 2, true));
         assert_eq!(bytes(&search, "SparseGPT Hessians"), Some(2 * 640 * 4));
+        // In f16 the hidden states, weights, table and the linears' activations take 2 bytes a
+        // value; the attention scores stay f32: 4 × (3·2·16²·4 + (3·16·16 + 4·16·8)·2) =
+        // 34,816 bytes of activations, 2048 of hidden states, 3840 of weights, 320 of table.
+        let half = prune_parts(&c, &shapes, &Run { dtype_bytes: 2, ..run(None, 1, false) });
+        assert_eq!(bytes(&half, "attention and MLP activations"), Some(34_816));
+        assert_eq!(total(&half), 2048 + 34_816 + 3840 + 320 + 160);
+        let half_search = prune_parts(&c, &shapes, &Run { dtype_bytes: 2, ..run(Some((2, 30)), 1, false) });
+        assert_eq!(bytes(&half_search, "NeuroAL search hidden states"), Some(30_720));
         // The largest single buffer: 4 windows' f32 attention scores, 4·2·16²·4 = 8192 bytes
         // (MLP 4·16·16·4 = 4096, f16 table 10·8·2 = 160, gate's f32 copy 16·8·4 = 512).
-        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, searches_at_once: 1, hessians };
+        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, searches_at_once: 1, hessians, dtype_bytes: 4 };
         let big = largest_buffer(&c, &shapes, &one(16, false), 2);
         assert_eq!((big.what, big.bytes, big.lowered_by), ("attention scores", 8192, "--seqlen"));
         // One token per window: down's 16 × 16 Hessian (1024 bytes) when SparseGPT records it,

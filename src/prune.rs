@@ -351,7 +351,6 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         estimate.searches_at_once = memory::searches_that_fit(&config, &spec.shapes(), &estimate, avail);
         memory::check(&memory::prune_parts(&config, &spec.shapes(), &estimate), avail, "this machine")?;
     }
-    let estimated_peak_mib = memory::total_mib(&memory::prune_parts(&config, &spec.shapes(), &estimate));
 
     // Provenance and the progress of an interrupted run.
     let shard_names: Vec<String> = checkpoint.shards.iter().map(|s| s.file_name.clone()).collect();
@@ -384,6 +383,8 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let device = device::select(args.device)?;
     let gpu_peak = device.is_gpu.then(|| memory::GpuPeak::start(&device.device));
     let dtype = device.compute_dtype(args.dtype)?;
+    estimate.dtype_bytes = dtype.size() as u128;
+    let estimated_peak_mib = memory::total_mib(&memory::prune_parts(&config, &spec.shapes(), &estimate));
     eprintln!("device {}", device.description);
     if let Some(limit) = device.max_buffer {
         let need = memory::largest_buffer(&config, &spec.shapes(), &estimate, dtype.size() as u128);
@@ -553,6 +554,11 @@ fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f6
         hessians,
         search: (kind == TopUpKind::Neuroal).then_some((args.search_nsamples, carried)),
         searches_at_once: if on_cpu { rayon::current_num_threads().min(carried) } else { 1 },
+        // What a CPU backend computes in (auto: f32); a GPU run sets its own once it knows.
+        dtype_bytes: match args.dtype {
+            crate::device::ComputeDtype::F16 | crate::device::ComputeDtype::Bf16 => 2,
+            _ => 4,
+        },
     }
 }
 
@@ -615,7 +621,10 @@ pub fn bench_neuroal(
     prune_resumable(model, &windows, seqlen, &pruner, &topup.pattern, &|b, l| map[b][l].clone(), Vec::new(), &mut |_, _| Ok(()))?;
     let prune_s = t.elapsed().as_secs_f64();
     crate::trace::report("bench prune");
-    let estimate = memory_run(&args, TopUpKind::Neuroal, NeuroalStep::Both, sparsity, seqlen, false, crate::model::on_cpu(&model.device));
+    let estimate = memory::Run {
+        dtype_bytes: model.dtype.size() as u128,
+        ..memory_run(&args, TopUpKind::Neuroal, NeuroalStep::Both, sparsity, seqlen, false, crate::model::on_cpu(&model.device))
+    };
     Ok(BenchPrune {
         search_s,
         prune_s,
