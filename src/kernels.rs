@@ -254,6 +254,13 @@ pub fn max_allocation(device: &burn::tensor::Device) -> u64 {
     client(device).properties().memory.max_page_size
 }
 
+/// The GPU's memory as the native compilers' runtimes read it (SPIR-V on Vulkan: the largest
+/// device-local heap; MSL on Metal: the recommended working set), in bytes; `None` under the
+/// WGSL compiler (DX12, OpenGL, a `--no-default-features` build), which reads none.
+pub fn capacity(device: &burn::tensor::Device) -> Option<u64> {
+    client(device).properties().memory.max_memory()
+}
+
 /// burn's compute client for the GPU `device` (taken from a one-element tensor on it).
 fn client(device: &burn::tensor::Device) -> cubecl::client::Client {
     cube(Tensor::<1>::zeros([1], device)).client

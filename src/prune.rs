@@ -384,8 +384,12 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let gpu_peak = device.is_gpu.then(|| memory::GpuPeak::start(&device.device));
     let dtype = device.compute_dtype(args.dtype)?;
     estimate.dtype_bytes = dtype.size() as u128;
-    let estimated_peak_mib = memory::total_mib(&memory::prune_parts(&config, &spec.shapes(), &estimate));
+    let parts = memory::prune_parts(&config, &spec.shapes(), &estimate);
+    let estimated_peak_mib = memory::total_mib(&parts);
     eprintln!("device {}", device.description);
+    if let Some(warning) = device.is_gpu.then(|| crate::kernels::capacity(&device.device)).flatten().and_then(|cap| memory::gpu_warning(&parts, cap as u128)) {
+        eprintln!("{warning}");
+    }
     if let Some(limit) = device.max_buffer {
         let need = memory::largest_buffer(&config, &spec.shapes(), &estimate, dtype.size() as u128);
         if need.bytes > limit as u128 {

@@ -130,3 +130,17 @@ fn masks_read_back_as_their_bits_on_every_backend() {
         }
     }
 }
+
+/// The GPU's memory, which a prune compares its estimate with: the native compilers' runtimes
+/// read it (SPIR-V: the largest device-local heap; CI runs this file on lavapipe's Vulkan that
+/// way too); the WGSL runtime reads none.
+#[test]
+fn native_runtimes_report_the_gpus_memory() {
+    let gpu = select(Choice::Gpu);
+    let capacity = neuroal::kernels::capacity(&gpu.device);
+    if gpu.description.contains("wgpu<spirv>") || gpu.description.contains("wgpu<msl>") {
+        assert!(capacity.is_some_and(|c| c >= 1 << 20), "{}: {capacity:?}", gpu.description);
+    } else {
+        assert_eq!(capacity, None, "{}", gpu.description);
+    }
+}
