@@ -113,7 +113,7 @@ mod tests {
                     }
                 };
                 let (q, k, v) = (make(nh), make(nkv), make(nkv));
-                let fast = attention(q.clone(), k.clone(), v.clone(), divide_by).into_data().try_to_vec::<f32>().unwrap();
+                let fast = attention(q.clone(), k.clone(), v.clone(), divide_by, &crate::model::Positions { rope: None, causal: None }).into_data().try_to_vec::<f32>().unwrap();
                 let reference = attention_ops(q, k, v, divide_by).into_data().try_to_vec::<f32>().unwrap();
                 let err = fast.iter().zip(&reference).map(|(a, r)| ((a - r) as f64).powi(2)).sum::<f64>().sqrt();
                 let norm = reference.iter().map(|r| (*r as f64).powi(2)).sum::<f64>().sqrt();

@@ -266,7 +266,7 @@ pub fn forward(p: &Parts, h: Tensor<3>, pos: &Positions, run: &mut dyn FnMut(usi
     let q = rope.apply(split_heads(run(Q, &x), nh, hd));
     let k = rope.apply(split_heads(run(K, &x), nkv, hd));
     let v = split_heads(run(V, &x), nkv, hd);
-    let attn = attention(q, k, v, Some((hd as f64).sqrt()));
+    let attn = attention(q, k, v, Some((hd as f64).sqrt()), pos);
     let h = h + run(O, &attn);
 
     let x = rms_norm(h.clone(), &p.post_attention_norm, c.rms_norm_eps);

@@ -171,7 +171,7 @@ impl Block {
         };
         match &self.parts {
             Parts::Llama(p) => llama::forward(p, h, pos, &mut run),
-            Parts::Opt(p) => opt::forward(p, h, &mut run),
+            Parts::Opt(p) => opt::forward(p, h, pos, &mut run),
             Parts::Phi(p) => phi::forward(p, h, pos, &mut run),
         }
     }
@@ -187,6 +187,10 @@ enum Outer {
 /// Positional tables for windows of one length: rotary cos/sin where the family rotates.
 pub struct Positions {
     pub rope: Option<Rope>,
+    /// The additive causal mask [1, 1, t, t] of the burn-ops attention, made once per length
+    /// (it was made on the host and uploaded for every block of every pass: at 2,048 tokens,
+    /// 16 MiB each time); `None` where that attention does not run (`cpu` in f32).
+    pub causal: Option<Tensor<4>>,
 }
 
 pub struct Model {
@@ -328,7 +332,8 @@ impl Model {
             Outer::Opt(_) => None,
             Outer::Phi(o) => Some(o.rope.tables(t, &self.device)),
         };
-        Positions { rope }
+        let causal = (!on_cpu(&self.device) || self.dtype != DType::F32).then(|| causal_mask(t, &self.device));
+        Positions { rope, causal }
     }
 
     /// Checks that windows of `t` tokens run exactly on this model.
@@ -539,8 +544,9 @@ pub fn silu(x: Tensor<3>) -> Tensor<3> {
 }
 
 /// Causal multi-head attention: q [b, nh, t, hd], k and v [b, nkv, t, hd] → [b, t, nh·hd].
-/// The scores are divided by `divide_by` where given (OPT scales q beforehand instead).
-pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>) -> Tensor<3> {
+/// The scores are divided by `divide_by` where given (OPT scales q beforehand instead); `pos`
+/// holds the mask for t tokens.
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>, pos: &Positions) -> Tensor<3> {
     // On the CPU backends in f32, `cpu_attention`: only the visible (lower-triangle) scores
     // are computed, grouped-query heads are not repeated, and heads are not transposed. The
     // mask and softmax passes below took a fifth of a CPU prune.
@@ -548,12 +554,22 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64
         let scale = divide_by.map_or(1.0, |d| 1.0 / d) as f32;
         return cpu_attention::causal(q, k, v, scale);
     }
-    attention_ops(q, k, v, divide_by)
+    let t = q.dims()[2];
+    match &pos.causal {
+        Some(mask) if mask.dims()[2] == t => attention_masked(q, k, v, divide_by, mask.clone()),
+        _ => attention_ops(q, k, v, divide_by),
+    }
 }
 
 /// [`attention`] in burn tensor ops, on every backend: the GPU path, and the CPU path's
 /// reference in the tests.
 pub fn attention_ops(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>) -> Tensor<3> {
+    let mask = causal_mask(q.dims()[2], &v.device());
+    attention_masked(q, k, v, divide_by, mask)
+}
+
+/// [`attention_ops`] with its causal mask [1, 1, t, t] given.
+fn attention_masked(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>, mask: Tensor<4>) -> Tensor<3> {
     let [b, nh, t, hd] = q.dims();
     let groups = nh / k.dims()[1];
     let dt = v.dtype();
@@ -572,7 +588,7 @@ pub fn attention_ops(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option
         Some(d) => scores.div_scalar(d),
         None => scores,
     };
-    let probs = burn::tensor::activation::softmax(scores + causal_mask(t, &v.device()), 3);
+    let probs = burn::tensor::activation::softmax(scores + mask, 3);
     to_dtype(probs, dt).matmul(v).swap_dims(1, 2).reshape([b, t, nh * hd])
 }
 

@@ -11,7 +11,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{attention, split_heads, to_device2_as, LayerNorm, LinearSpec, Route, Spec};
+use super::{attention, split_heads, to_device2_as, LayerNorm, LinearSpec, Positions, Route, Spec};
 use crate::config::{self, need, Arch};
 use crate::error::Result;
 use crate::weights::Checkpoint;
@@ -222,14 +222,14 @@ impl Parts {
 }
 
 /// h + out_proj(attn(ln(h))), then + fc2(relu(fc1(ln(·)))); `run(i, x)` runs linear i on x.
-pub fn forward(p: &Parts, h: Tensor<3>, run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+pub fn forward(p: &Parts, h: Tensor<3>, pos: &Positions, run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>) -> Tensor<3> {
     let (nh, hd) = (p.cfg.num_heads, p.cfg.head_dim);
 
     let x = p.self_attn_layer_norm.forward(h.clone());
     let q = split_heads(run(Q, &x).mul_scalar((hd as f64).powf(-0.5)), nh, hd);
     let k = split_heads(run(K, &x), nh, hd);
     let v = split_heads(run(V, &x), nh, hd);
-    let attn = attention(q, k, v, None);
+    let attn = attention(q, k, v, None, pos);
     let h = h + run(OUT, &attn);
 
     let x = p.final_layer_norm.forward(h.clone());

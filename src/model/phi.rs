@@ -221,7 +221,7 @@ pub fn forward(p: &Parts, h: Tensor<3>, pos: &Positions, run: &mut dyn FnMut(usi
     let q = rope.apply(split_heads(run(Q, &x), nh, hd));
     let k = rope.apply(split_heads(run(K, &x), nkv, hd));
     let v = split_heads(run(V, &x), nkv, hd);
-    let attn = run(DENSE, &attention(q, k, v, Some((hd as f64).sqrt())));
+    let attn = run(DENSE, &attention(q, k, v, Some((hd as f64).sqrt()), pos));
     let hidden = gelu_new(run(FC1, &x));
     let mlp = run(FC2, &hidden);
     h + attn + mlp
