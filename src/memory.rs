@@ -114,9 +114,9 @@ pub fn searches_that_fit(c: &Config, shapes: &[[usize; 2]], run: &Run, available
 }
 
 /// The largest single buffer of a prune run, as a part (what, bytes, what lowers it): what a GPU
-/// adapter's buffer limit must allow. `dtype_bytes` is the compute dtype's size: the embedding
-/// table is uploaded in it; scores, statistics and the pruners' weight copies are f32.
-pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run, dtype_bytes: u128) -> Part {
+/// adapter's buffer limit must allow. The embedding table is uploaded in the run's compute
+/// dtype; scores, statistics and the pruners' weight copies are f32.
+pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Part {
     let chunk = (run.chunk.min(run.nsamples).max(1)) as u128;
     let t = run.seqlen as u128;
     let largest_linear = shapes.iter().map(|s| (s[0] * s[1]) as u128).max().unwrap_or(0);
@@ -124,7 +124,7 @@ pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run, dtype_bytes:
     let mut parts = vec![
         Part { what: "attention scores", bytes: chunk * c.num_heads as u128 * t * t * 4, lowered_by: "--seqlen" },
         Part { what: "MLP activations", bytes: chunk * t * widest(shapes) * 4, lowered_by: "--seqlen" },
-        Part { what: "embedding table", bytes: c.vocab_size as u128 * c.hidden_size as u128 * dtype_bytes, lowered_by: "--dtype f16" },
+        Part { what: "embedding table", bytes: c.vocab_size as u128 * c.hidden_size as u128 * run.dtype_bytes, lowered_by: "--dtype f16" },
         Part { what: "a linear's f32 copy for pruning", bytes: largest_linear * 4, lowered_by: MODEL_SIZE },
     ];
     if run.hessians {
@@ -312,13 +312,13 @@ mod tests {
         assert_eq!(bytes(&half_search, "NeuroAL search hidden states"), Some(30_720));
         // The largest single buffer: 4 windows' f32 attention scores, 4·2·16²·4 = 8192 bytes
         // (MLP 4·16·16·4 = 4096, f16 table 10·8·2 = 160, gate's f32 copy 16·8·4 = 512).
-        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, searches_at_once: 1, hessians, dtype_bytes: 4 };
-        let big = largest_buffer(&c, &shapes, &one(16, false), 2);
+        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, searches_at_once: 1, hessians, dtype_bytes: 2 };
+        let big = largest_buffer(&c, &shapes, &one(16, false));
         assert_eq!((big.what, big.bytes, big.lowered_by), ("attention scores", 8192, "--seqlen"));
         // One token per window: down's 16 × 16 Hessian (1024 bytes) when SparseGPT records it,
         // else gate's f32 copy.
-        assert_eq!(largest_buffer(&c, &shapes, &one(1, true), 2).bytes, 1024);
-        assert_eq!(largest_buffer(&c, &shapes, &one(1, false), 2).what, "a linear's f32 copy for pruning");
+        assert_eq!(largest_buffer(&c, &shapes, &one(1, true)).bytes, 1024);
+        assert_eq!(largest_buffer(&c, &shapes, &one(1, false)).what, "a linear's f32 copy for pruning");
         // Side by side only as far as memory allows: 8 wanted, room for exactly 3. With 8
         // carried, k at once hold 16,384 + k · 22,528 + (2 + k) · 2560 + 640 bytes: 97,408 for
         // k = 3 (k = 1 stays under the pruning pass's 57,632).

@@ -170,9 +170,9 @@ pub fn prune_resumable(
                 if bits.len() != shapes[li][0] * shapes[li][1] {
                     bail!("{name}: the mask read back from the device has {} entries, expected {}", bits.len(), shapes[li][0] * shapes[li][1]);
                 }
-                let first = bits.ones().next();
-                if crate::staging::fault_point("drop-one-mask-bit") && let Some(first) = first {
-                    let flags: Vec<bool> = bits.iter().enumerate().map(|(i, f)| f && i != first).collect();
+                if crate::staging::fault_point("drop-one-mask-bit") {
+                    let first = bits.ones().next();
+                    let flags: Vec<bool> = bits.iter().enumerate().map(|(i, f)| f && Some(i) != first).collect();
                     bits = Bits::from_flags(flags.into_iter());
                 }
                 let lm = LayerMask { name, shape: shapes[li], pruned: bits, values };

@@ -277,7 +277,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     }
     let sparsity = match (&pattern, args.sparsity) {
         (Pattern::NM { n, m }, None) => *n as f64 / *m as f64,
-        (Pattern::NM { n, m }, Some(s)) if (s - *n as f64 / *m as f64).abs().is_nan() || (s - *n as f64 / *m as f64).abs() > 1e-9 => {
+        (Pattern::NM { n, m }, Some(s)) if s.is_nan() || (s - *n as f64 / *m as f64).abs() > 1e-9 => {
             bail!("--sparsity {s} contradicts --pattern {n}:{m} (which prunes {})", *n as f64 / *m as f64)
         }
         (_, Some(s)) => s,
@@ -391,7 +391,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         eprintln!("{warning}");
     }
     if let Some(limit) = device.max_buffer {
-        let need = memory::largest_buffer(&config, &spec.shapes(), &estimate, dtype.size() as u128);
+        let need = memory::largest_buffer(&config, &spec.shapes(), &estimate);
         if need.bytes > limit as u128 {
             let advice = match need.lowered_by {
                 "--seqlen" => "lower --seqlen",

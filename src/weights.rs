@@ -133,8 +133,8 @@ impl Checkpoint {
         }
         let values = decode_f32(bytes, stored).map_err(|e| err!("tensor \"{name}\": {e}"))?;
         Ok(match dtype {
-            DType::F16 => TensorData::new(convert(&values, half::f16::from_f32), shape.to_vec()),
-            DType::BF16 => TensorData::new(convert(&values, half::bf16::from_f32), shape.to_vec()),
+            DType::F16 => TensorData::new(par_map(&values, |&v| half::f16::from_f32(v)), shape.to_vec()),
+            DType::BF16 => TensorData::new(par_map(&values, |&v| half::bf16::from_f32(v)), shape.to_vec()),
             _ => TensorData::new(values, shape.to_vec()).convert_dtype(dtype),
         })
     }
@@ -155,28 +155,30 @@ impl Checkpoint {
     }
 }
 
-/// `values` converted by `one` on every core.
-fn convert<T: Copy + Default + Send>(values: &[f32], one: impl Fn(f32) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::default(); values.len()];
-    out.par_chunks_mut(1 << 16).zip(values.par_chunks(1 << 16)).for_each(|(out, values)| {
-        for (o, &v) in out.iter_mut().zip(values) {
-            *o = one(v);
+/// `inputs` mapped by `one` on every core, in blocks whose plain loops the compiler vectorizes.
+fn par_map<I: Sync, O: Copy + Default + Send>(inputs: &[I], one: impl Fn(&I) -> O + Sync) -> Vec<O> {
+    let mut out = vec![O::default(); inputs.len()];
+    out.par_chunks_mut(BLOCK).zip(inputs.par_chunks(BLOCK)).for_each(|(out, inputs)| {
+        for (o, i) in out.iter_mut().zip(inputs) {
+            *o = one(i);
         }
     });
     out
 }
 
-/// Index of the first NaN or infinity (all exponent bits set), found on every core in blocks
-/// whose plain loops the compiler vectorizes.
+/// Values per block of the parallel loops.
+const BLOCK: usize = 1 << 16;
+
+/// Index of the first NaN or infinity (all exponent bits set), found on every core: each block
+/// is scanned without branching first, and searched only where that finds one.
 fn first_non_finite(bytes: &[u8], dtype: Dtype) -> Option<usize> {
     fn first<const W: usize>(bytes: &[u8], bad: impl Fn(&[u8; W]) -> bool + Sync) -> Option<usize> {
-        const BLOCK: usize = 1 << 16;
-        bytes.par_chunks(BLOCK * W).enumerate().find_map_first(|(bi, block)| {
-            let chunks = block.chunks_exact(W).map(|c| <&[u8; W]>::try_from(c).expect("chunks of W bytes"));
-            if !chunks.clone().fold(false, |any, c| any | bad(c)) {
+        let (values, _) = bytes.as_chunks::<W>();
+        values.par_chunks(BLOCK).enumerate().find_map_first(|(bi, block)| {
+            if !block.iter().fold(false, |any, v| any | bad(v)) {
                 return None;
             }
-            chunks.clone().position(&bad).map(|i| bi * BLOCK + i)
+            block.iter().position(&bad).map(|i| bi * BLOCK + i)
         })
     }
     match dtype {
@@ -189,20 +191,10 @@ fn first_non_finite(bytes: &[u8], dtype: Dtype) -> Option<usize> {
 
 /// Stored values as f32, decoded on every core.
 pub fn decode_f32(bytes: &[u8], dtype: Dtype) -> Result<Vec<f32>> {
-    fn decode<const W: usize>(bytes: &[u8], one: impl Fn(&[u8; W]) -> f32 + Sync) -> Vec<f32> {
-        const BLOCK: usize = 1 << 16;
-        let mut out = vec![0f32; bytes.len() / W];
-        out.par_chunks_mut(BLOCK).zip(bytes.par_chunks(BLOCK * W)).for_each(|(out, block)| {
-            for (o, c) in out.iter_mut().zip(block.chunks_exact(W)) {
-                *o = one(<&[u8; W]>::try_from(c).expect("chunks of W bytes"));
-            }
-        });
-        out
-    }
     Ok(match dtype {
-        Dtype::F32 => decode::<4>(bytes, |b| f32::from_le_bytes(*b)),
-        Dtype::F16 => decode::<2>(bytes, |b| half::f16::from_le_bytes(*b).to_f32()),
-        Dtype::BF16 => decode::<2>(bytes, |b| half::bf16::from_le_bytes(*b).to_f32()),
+        Dtype::F32 => par_map(bytes.as_chunks::<4>().0, |b| f32::from_le_bytes(*b)),
+        Dtype::F16 => par_map(bytes.as_chunks::<2>().0, |b| half::f16::from_le_bytes(*b).to_f32()),
+        Dtype::BF16 => par_map(bytes.as_chunks::<2>().0, |b| half::bf16::from_le_bytes(*b).to_f32()),
         other => bail!("unsupported dtype {other} (supported: F32, F16, BF16)"),
     })
 }

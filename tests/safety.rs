@@ -262,10 +262,13 @@ fn nothing_silent_bad_numbers_configs_and_weights_stop_the_run() {
     let s = scratch("silent");
     let out = s.join("out");
     let good = model_copy("tiny-llama", &s.join("good"));
-    let flag_cases: [(&[&str], &str); 4] = [
+    let flag_cases: [(&[&str], &str); 6] = [
         (&["--top-up", "owl", "--owl-lambda", "NaN"], "--owl-lambda NaN must be a number in [0, 1)"),
         (&["--top-up", "owl", "--owl-m", "0"], "--owl-m 0 must be a positive number"),
         (&["--sparsity", "NaN"], "outside [0, 1)"),
+        // An N:M pattern fixes the sparsity (2:4 prunes 0.5): another value, or NaN, is refused.
+        (&["--pattern", "2:4", "--sparsity", "0.6"], "--sparsity 0.6 contradicts --pattern 2:4 (which prunes 0.5)"),
+        (&["--pattern", "2:4", "--sparsity", "NaN"], "--sparsity NaN contradicts --pattern 2:4 (which prunes 0.5)"),
         (&["--nsamples", "100000000"], "lower --nsamples or --seqlen"),
     ];
     for (extra, expect) in flag_cases {
