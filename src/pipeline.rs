@@ -192,7 +192,10 @@ pub fn prune_resumable(
             block_masks
         };
         masks.extend(block_masks);
-        hidden = stage("prune: block forward", dev, || hidden.into_iter().map(|h| block.forward(h, &pos, None)).collect());
+        // The last block's outputs would feed nothing.
+        if b + 1 < model.num_blocks() {
+            hidden = stage("prune: block forward", dev, || hidden.into_iter().map(|h| block.forward(h, &pos, None)).collect());
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();

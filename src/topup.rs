@@ -209,8 +209,9 @@ pub fn evaluate(
                     }
                     Ok(())
                 })?;
-                // Neither pass reads back: the search waits for the device once per group.
-                let (stats_sparse, outputs) = stage("search: sparse pass", dev, || record_unchecked(model, &sparse, hidden, &pos, false, true));
+                // Neither pass reads back: the search waits for the device once per group. The
+                // last block's outputs would feed nothing: only its statistics are recorded.
+                let (stats_sparse, outputs) = stage("search: sparse pass", dev, || record_unchecked(model, &sparse, hidden, &pos, false, b + 1 < model.num_blocks()));
                 *hidden = outputs;
                 // Linears that read one input have the same activations: one metric each.
                 let input_of = &model.spec.input_of;
