@@ -16,7 +16,7 @@ for f in .bin/*.xz .bin/wt2-llama/*.xz; do
     python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3], "wb"))' "$f" && rm "$f"
   fi
 done
-chmod +x .bin/neuroal .bin/neuroal-wgsl 2>/dev/null
+chmod +x .bin/neuroal* 2>/dev/null
 if [ -d .gl ]; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
@@ -100,7 +100,8 @@ profiled() { # name, then the bench arguments
 }
 # The steps, in the order the issue needs them; STEPS picks and orders a subset, e.g. to put the
 # profiles before the WGSL comparison or to rerun only the 7B case after a change. A step is
-# [BUILD/]KIND-DTYPE: BUILD is a binary in .bin (default neuroal; neuroal-wgsl, neuroal-autotune),
+# [BUILD/]KIND-DTYPE: BUILD is a binary in .bin (default neuroal; neuroal-wgsl, neuroal-autotune,
+# neuroal-fusion, neuroal-autotune-fusion: see device_prepare.sh),
 # KIND one of wt2 (perplexity), neuroal (the 7B-shaped prune), forward (0.84 B), trace-neuroal
 # (the 7B prune with NEUROAL_TRACE's per-stage times); and wt2-lambda, profile-forward,
 # profile-neuroal.

@@ -93,13 +93,40 @@ impl Shader {
     }
 }
 
+/// The tensor's buffer on burn's runtime, contiguous.
+#[cfg(not(feature = "fusion"))]
 fn cube<const D: usize>(t: Tensor<D>) -> CubeTensor {
     let t = t.try_into_primitive::<Wgpu>().expect("a wgpu tensor");
     burn::backend::wgpu::into_contiguous(t)
 }
 
+#[cfg(not(feature = "fusion"))]
 fn from_cube<const D: usize>(t: CubeTensor) -> Tensor<D> {
     Tensor::from_primitive::<Wgpu>(t)
+}
+
+/// Under fusion a tensor may still be a queued expression: resolving it runs the fused work
+/// queued before it, so the shader reads finished values (and is a fusion boundary).
+#[cfg(feature = "fusion")]
+fn cube<const D: usize>(t: Tensor<D>) -> CubeTensor {
+    use burn::backend::wgpu::CubeBackend;
+    let t = t.try_into_primitive::<Wgpu>().expect("a wgpu tensor");
+    let client = t.client.clone();
+    burn::backend::wgpu::into_contiguous(client.resolve_tensor_float::<CubeBackend>(t))
+}
+
+/// A shader's output handed to fusion as an initialized tensor, as burn does for uploaded data.
+#[cfg(feature = "fusion")]
+fn from_cube<const D: usize>(t: CubeTensor) -> Tensor<D> {
+    use burn::backend::fusion::{get_client, stream::StreamId, NoOp};
+    use burn::backend::ir::{BackendIr, InitOperationIr, OperationIr, OperationOutput};
+    use burn::backend::wgpu::CubeBackend;
+    let client = get_client::<CubeBackend>(&t.device);
+    let (shape, dtype) = (t.meta.shape().clone(), t.dtype);
+    let handle = CubeBackend::float_tensor_handle(t);
+    let desc = InitOperationIr::create(shape, dtype, || client.register_tensor_handle(handle));
+    let out = client.register(StreamId::current(), OperationIr::Init(desc), NoOp::<CubeBackend>::new()).output();
+    Tensor::from_primitive::<Wgpu>(out)
 }
 
 fn empty_like(t: &CubeTensor, shape: Shape) -> CubeTensor {
