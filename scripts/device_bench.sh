@@ -75,13 +75,18 @@ nsamples=${NSAMPLES:-64}
 wt2=0
 [ "${WT2:-1}" = 1 ] && [ -f .bin/wt2-llama/model.safetensors ] && wt2=1
 eval_wt2() { # build dtype
-  [ "$wt2" = 1 ] && [ -x ".bin/$1" ] && run "$1-wt2-eval-$2" ".bin/$1" eval --model .bin/wt2-llama --text .bin/test.txt --seqlen 256 --device gpu --dtype "$2"
+  [ "$wt2" = 1 ] && [ -x ".bin/$1" ] && run "$1-wt2-eval-$2$tag" ".bin/$1" eval --model .bin/wt2-llama --text .bin/test.txt --seqlen 256 --device gpu --dtype "$2"
+}
+# Every build's perplexity on the repository's own tiny LLaMA (no carried model needed): the
+# builds must agree with each other on the card (fusion and autotune change the kernels).
+eval_tiny() { # build dtype
+  [ -x ".bin/$1" ] && run "$1-tiny-eval-$2$tag" ".bin/$1" eval --model assets/tiny-llama --text assets/sample.txt --device gpu --dtype "$2"
 }
 prune_7b() { # build dtype
-  [ -x ".bin/$1" ] && run "$1-neuroal-$2" ".bin/$1" bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --dtype "$2"
+  [ -x ".bin/$1" ] && run "$1-neuroal-$2$tag" ".bin/$1" bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --dtype "$2"
 }
 forward() { # build dtype
-  [ -x ".bin/$1" ] && run "$1-forward-$2" ".bin/$1" bench --synthetic $forward --devices gpu --seqlen "$seqlen" --batch 4 --dtype "$2"
+  [ -x ".bin/$1" ] && run "$1-forward-$2$tag" ".bin/$1" bench --synthetic $forward --devices gpu --seqlen "$seqlen" --batch 4 --dtype "$2"
 }
 # NeuroAL's λ in f16 on the card (0.10 / 0.10 on the CPU) and the run's peak memory.
 wt2_lambda() {
@@ -100,24 +105,31 @@ profiled() { # name, then the bench arguments
 }
 # The steps, in the order the issue needs them; STEPS picks and orders a subset, e.g. to put the
 # profiles before the WGSL comparison or to rerun only the 7B case after a change. A step is
-# [BUILD/]KIND-DTYPE: BUILD is a binary in .bin (default neuroal; neuroal-wgsl, neuroal-autotune,
-# neuroal-fusion, neuroal-autotune-fusion: see device_prepare.sh),
-# KIND one of wt2 (perplexity), neuroal (the 7B-shaped prune), forward (0.84 B), trace-neuroal
-# (the 7B prune with NEUROAL_TRACE's per-stage times); and wt2-lambda, profile-forward,
-# profile-neuroal.
-steps=${STEPS:-wt2-f32 wt2-f16 neuroal-f16 trace-neuroal-f16 forward-f16 wt2-lambda neuroal-autotune/forward-f16 neuroal-wgsl/neuroal-f16 neuroal-wgsl/forward-f16 neuroal-f32 profile-forward profile-neuroal}
+# [BUILD/]KIND-DTYPE[@LEVEL]: BUILD is a binary in .bin (default neuroal; neuroal-wgsl,
+# neuroal-autotune, neuroal-fusion, neuroal-autotune-fusion: see device_prepare.sh), KIND one of
+# tiny (perplexity of assets/tiny-llama), wt2 (perplexity), neuroal (the 7B-shaped prune),
+# forward (0.84 B), trace-neuroal (the 7B prune with NEUROAL_TRACE's per-stage times); and
+# wt2-lambda, profile-forward, profile-neuroal. LEVEL, for autotune builds, is cubecl's
+# CUBECL_AUTOTUNE_LEVEL (minimal, balanced, extensive, full): how many kernels it times per shape.
+# The default list compares the builds on the issue's two cases (each build checked first on
+# tiny-llama); it fits the default budget with BUILDS="default fusion autotune autotune,fusion".
+steps=${STEPS:-tiny-f16 neuroal-fusion/tiny-f16 neuroal-autotune/tiny-f16 neuroal-autotune-fusion/tiny-f16 neuroal-f16 neuroal-fusion/neuroal-f16 neuroal-autotune/neuroal-f16@minimal neuroal-autotune-fusion/neuroal-f16@minimal forward-f16 neuroal-fusion/forward-f16 neuroal-autotune/forward-f16@minimal neuroal-autotune-fusion/forward-f16@minimal neuroal-autotune/neuroal-f16 trace-neuroal-f16 neuroal-fusion/trace-neuroal-f16}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
+  tag=""
+  unset CUBECL_AUTOTUNE_LEVEL
+  case $step in *@*) export CUBECL_AUTOTUNE_LEVEL=${step##*@}; tag="@${step##*@}"; step=${step%@*} ;; esac
   dtype=${step##*-}
   case $step in
     wt2-lambda) wt2_lambda ;;
     profile-forward) profiled neuroal-forward-f16-profile --synthetic ${PROFILE_FORWARD:-llama-0.8b --blocks 4} --devices gpu --seqlen "$seqlen" --batch 4 --iters 2 --dtype "${PROFILE_DTYPE:-f16}" ;;
     profile-neuroal) profiled neuroal-neuroal-f16-profile --synthetic ${PROFILE_NEUROAL:-llama2-7b --blocks 2} --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples 16 --search-nsamples 8 --iters 1 --dtype "${PROFILE_DTYPE:-f16}" ;;
+    tiny-*) eval_tiny "$build" "$dtype" ;;
     wt2-*) eval_wt2 "$build" "$dtype" ;;
     neuroal-*) prune_7b "$build" "$dtype" ;;
     forward-*) forward "$build" "$dtype" ;;
-    trace-neuroal-*) [ -x ".bin/$build" ] && run "$build-trace-neuroal-$dtype" NEUROAL_TRACE=1 ".bin/$build" bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --dtype "$dtype" && grep '^trace:' "$logs/$build-trace-neuroal-$dtype.log" ;;
+    trace-neuroal-*) [ -x ".bin/$build" ] && run "$build-trace-neuroal-$dtype$tag" NEUROAL_TRACE=1 ".bin/$build" bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --dtype "$dtype" && grep '^trace:' "$logs/$build-trace-neuroal-$dtype$tag.log" ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Prepares, here, what scripts/device_bench.sh needs on a lent GPU machine. That machine gets
 # only the checkout plus at most 64 MiB of carried git-ignored folders, so this writes
-#   .bin/  the builds named in BUILDS (default "default autotune fusion"; also "wgsl" for
-#          --no-default-features, "autotune,fusion" for both), each stripped as
-#          neuroal[-FEATURES], and wt2-llama with its test and validation texts (WT2=0 leaves
-#          them out), all xz-compressed: about 12 MB per build and 24 MB for wt2-llama;
+#   .bin/  the builds named in BUILDS (default "default fusion autotune autotune,fusion", what
+#          device_bench.sh's default steps compare; also "wgsl" for --no-default-features),
+#          each stripped as neuroal[-FEATURES], and with WT2=1 wt2-llama with its test and
+#          validation texts (for the wt2 steps), all xz-compressed: about 12.5 MB per build
+#          and 24 MB for wt2-llama, so WT2=1 leaves room for three builds;
 #   .gl/   the Vulkan and EGL loader packages (the device README's recipe), if missing.
 # Then: run `bash scripts/device_bench.sh` there with carry [".bin", ".gl"].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
 rm -rf .bin && mkdir -p .bin
-for build in ${BUILDS:-default autotune fusion}; do
+for build in ${BUILDS:-default fusion autotune autotune,fusion}; do
   case $build in
     default) cargo build --release; name=neuroal ;;
     wgsl) cargo build --release --no-default-features; name=neuroal-wgsl ;;
@@ -19,7 +20,7 @@ for build in ${BUILDS:-default autotune fusion}; do
   esac
   strip -o ".bin/$name" "$target/release/neuroal"
 done
-if [ "${WT2:-1}" = 1 ]; then
+if [ "${WT2:-0}" = 1 ]; then
   mkdir -p .bin/wt2-llama
   cp ../shared/models/wt2-llama/config.json ../shared/models/wt2-llama/model.safetensors ../shared/models/wt2-llama/tokenizer.json .bin/wt2-llama/
   cp ../shared/data/wikitext-2/test.txt ../shared/data/wikitext-2/valid.txt .bin/
