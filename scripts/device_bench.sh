@@ -48,8 +48,17 @@ run() {
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$logs/$name.smi" 2>/dev/null &
     smi=$!
   fi
+  # An autotune build writes its tuning decisions (each kernel's time per matrix-product shape)
+  # through a cubecl.toml in the working directory, for scripts/autotune_summary.py.
+  local decisions=""
+  case $name in *autotune*)
+    decisions="$logs/$name.decisions.jsonl"
+    rm -f "$decisions"
+    printf '[autotune.decisions]\nfile = "%s"\n' "$decisions" >cubecl.toml ;;
+  esac
   timeout -k 5 "$cap" env "$@" >"$logs/$name.log" 2>&1
   local rc=$?
+  rm -f cubecl.toml
   [ -n "$smi" ] && kill "$smi" 2>/dev/null && wait "$smi" 2>/dev/null
   [ "$rc" = 124 ] && echo "$name: stopped after ${cap} s"
   local ms=$(( ($(date +%s%N) - start) / 1000000 ))
@@ -60,6 +69,10 @@ run() {
   grep -v "^wrote a random" "$logs/$name.log" | tail -n 4
   # Only 8 files come back from $OUT: every run's whole output goes into one.
   { echo "===== $name (rc=$rc)"; cat "$logs/$name.log"; } >>"$out/runs.log"
+  if [ -n "$decisions" ] && [ -s "$decisions" ]; then
+    python3 scripts/autotune_summary.py "$decisions" 0 2>/dev/null | grep -E "m=[0-9]{4,}" | head -n 12
+    { echo "===== $name: autotune decisions"; python3 scripts/autotune_summary.py "$decisions" 8; } >>"$out/runs.log"
+  fi
 }
 
 # Correctness on the real card first: wt2-llama's perplexity with the SPIR-V build (82.3059 in
