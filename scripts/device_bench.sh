@@ -124,15 +124,25 @@ profiled() { # name, then the bench arguments
 # forward (0.84 B), trace-neuroal (the 7B prune with NEUROAL_TRACE's per-stage times); and
 # wt2-lambda, profile-forward, profile-neuroal. LEVEL, for autotune builds, is cubecl's
 # CUBECL_AUTOTUNE_LEVEL (minimal, balanced, extensive, full): how many kernels it times per shape.
-# The default list compares the builds on the issue's two cases (each build checked first on
-# tiny-llama); it fits the default budget with BUILDS="default fusion autotune autotune,fusion".
-steps=${STEPS:-tiny-f16 neuroal-fusion/tiny-f16 neuroal-autotune/tiny-f16 neuroal-autotune-fusion/tiny-f16 neuroal-f16 neuroal-fusion/neuroal-f16 neuroal-autotune/neuroal-f16@minimal neuroal-autotune-fusion/neuroal-f16@minimal forward-f16 neuroal-fusion/forward-f16 neuroal-autotune/forward-f16@minimal neuroal-autotune-fusion/forward-f16@minimal neuroal-autotune/neuroal-f16 trace-neuroal-f16 neuroal-fusion/trace-neuroal-f16}
+# A step ending in %KERNEL runs with NEUROAL_MATMUL=KERNEL (the linears' products with that one
+# kernel, src/gpu_matmul.rs); %best takes the kernel the autotune runs before it found fastest
+# on the most large shapes. The default list compares the builds on the issue's two cases (each
+# build checked first on tiny-llama), then the best fixed kernel; it fits the default budget
+# with BUILDS="default fusion autotune autotune,fusion".
+steps=${STEPS:-tiny-f16 neuroal-fusion/tiny-f16 neuroal-autotune/tiny-f16 neuroal-autotune-fusion/tiny-f16 neuroal-f16 neuroal-fusion/neuroal-f16 neuroal-autotune/neuroal-f16@minimal neuroal-autotune-fusion/neuroal-f16@minimal forward-f16 neuroal-fusion/forward-f16 neuroal-autotune/forward-f16 neuroal-autotune-fusion/forward-f16@minimal tiny-f16%best neuroal-f16%best forward-f16%best neuroal-fusion/neuroal-f16%best trace-neuroal-f16 neuroal-fusion/forward-f16%best neuroal-fusion/trace-neuroal-f16}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
   tag=""
-  unset CUBECL_AUTOTUNE_LEVEL
-  case $step in *@*) export CUBECL_AUTOTUNE_LEVEL=${step##*@}; tag="@${step##*@}"; step=${step%@*} ;; esac
+  unset CUBECL_AUTOTUNE_LEVEL NEUROAL_MATMUL
+  case $step in *%*)
+    kernel=${step##*%}; step=${step%\%*}
+    # %best: the kernel the autotune runs so far found fastest on the most large shapes.
+    [ "$kernel" = best ] && kernel=$(cat "$logs"/*.decisions.jsonl 2>/dev/null | python3 scripts/autotune_summary.py --best /dev/stdin)
+    if [ -z "$kernel" ]; then echo "$build/$step%best: skipped, no autotune run has tuned a large matrix product yet"; continue; fi
+    export NEUROAL_MATMUL=$kernel; tag="%$kernel" ;;
+  esac
+  case $step in *@*) export CUBECL_AUTOTUNE_LEVEL=${step##*@}; tag="@${step##*@}$tag"; step=${step%@*} ;; esac
   dtype=${step##*-}
   case $step in
     wt2-lambda) wt2_lambda ;;

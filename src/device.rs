@@ -168,8 +168,12 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
         .init_with_setup()
         .map_err(|e| err!("cannot open GPU adapter \"{}\": {e}", best.info.name))?;
     crate::kernels::register(setup.device, setup.queue);
+    let fixed = crate::gpu_matmul::choose()?;
     let compiler = crate::kernels::compiler(&device);
-    let description = format!("gpu: {} ({:?}, {:?}, {compiler})", best.info.name, best.info.device_type, best.info.backend);
+    let mut description = format!("gpu: {} ({:?}, {:?}, {compiler})", best.info.name, best.info.device_type, best.info.backend);
+    if let Some(kernel) = fixed {
+        description.push_str(&format!(" [{kernel}]"));
+    }
     // The runtime's own limit: the smaller of the buffer and storage-binding limits (lavapipe:
     // 2 GiB and 128 MiB), not the adapter's buffer limit alone.
     let max_buffer = Some(crate::kernels::max_allocation(&device));

@@ -93,11 +93,16 @@ impl Shader {
     }
 }
 
-/// The tensor's buffer on burn's runtime, contiguous.
-#[cfg(not(feature = "fusion"))]
+/// The tensor's buffer on burn's runtime, contiguous (what the shaders index).
 fn cube<const D: usize>(t: Tensor<D>) -> CubeTensor {
-    let t = t.try_into_primitive::<Wgpu>().expect("a wgpu tensor");
-    burn::backend::wgpu::into_contiguous(t)
+    burn::backend::wgpu::into_contiguous(cube_strided(t))
+}
+
+/// The tensor on burn's runtime as it is laid out (a transposed view stays one), for kernels
+/// that read strides, such as the matrix products of `gpu_matmul`.
+#[cfg(not(feature = "fusion"))]
+pub(crate) fn cube_strided<const D: usize>(t: Tensor<D>) -> CubeTensor {
+    t.try_into_primitive::<Wgpu>().expect("a wgpu tensor")
 }
 
 #[cfg(not(feature = "fusion"))]
@@ -108,11 +113,11 @@ fn from_cube<const D: usize>(t: CubeTensor) -> Tensor<D> {
 /// Under fusion a tensor may still be a queued expression: resolving it runs the fused work
 /// queued before it, so the shader reads finished values (and is a fusion boundary).
 #[cfg(feature = "fusion")]
-fn cube<const D: usize>(t: Tensor<D>) -> CubeTensor {
+pub(crate) fn cube_strided<const D: usize>(t: Tensor<D>) -> CubeTensor {
     use burn::backend::wgpu::CubeBackend;
     let t = t.try_into_primitive::<Wgpu>().expect("a wgpu tensor");
     let client = t.client.clone();
-    burn::backend::wgpu::into_contiguous(client.resolve_tensor_float::<CubeBackend>(t))
+    client.resolve_tensor_float::<CubeBackend>(t)
 }
 
 /// A shader's output handed to fusion as an initialized tensor, as burn does for uploaded data.
@@ -127,6 +132,11 @@ fn from_cube<const D: usize>(t: CubeTensor) -> Tensor<D> {
     let desc = InitOperationIr::create(shape, dtype, || client.register_tensor_handle(handle));
     let out = client.register(StreamId::current(), OperationIr::Init(desc), NoOp::<CubeBackend>::new()).output();
     Tensor::from_primitive::<Wgpu>(out)
+}
+
+/// A kernel's output as a burn tensor.
+pub(crate) fn tensor_of<const D: usize>(t: CubeTensor) -> Tensor<D> {
+    from_cube(t)
 }
 
 fn empty_like(t: &CubeTensor, shape: Shape) -> CubeTensor {

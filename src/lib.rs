@@ -12,6 +12,7 @@ pub mod weights;
 pub mod bench;
 pub mod calib;
 pub mod kernels;
+pub mod gpu_matmul;
 pub mod mask;
 pub mod pipeline;
 pub mod plots;

@@ -99,3 +99,41 @@ fn streamed_blocks_give_the_same_perplexity_as_resident_blocks() {
     let want = g["ppl"].as_f64().unwrap();
     assert!((streamed.ppl - want).abs() <= 1e-4 * want);
 }
+
+/// `NEUROAL_MATMUL` names a fixed kernel for the linears' products on a GPU: with either
+/// per-thread kernel (lavapipe has no tensor cores) the CLI gives transformers' perplexity of
+/// the first two windows; an unknown name gets one line and exit code 2.
+#[test]
+fn a_fixed_matmul_kernel_gives_transformers_perplexity() {
+    let g = golden("tiny-llama");
+    let losses = floats(&g["window_losses"]);
+    let want = ((losses[0] as f64 + losses[1] as f64) / 2.0).exp();
+    let seqlen = g["seqlen"].as_u64().unwrap().to_string();
+    let eval = |kernel: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
+            .args(["eval", "--model"])
+            .arg(asset("tiny-llama"))
+            .arg("--text")
+            .arg(asset("sample.txt"))
+            .args(["--device", "gpu", "--max-windows", "2", "--seqlen", &seqlen, "--dtype", "f32"])
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("NEUROAL_MATMUL", kernel)
+            .output()
+            .unwrap()
+    };
+    for kernel in ["matmul_simple_unit_max_tile_size", "matmul_double_unit_min_tile_size"] {
+        let o = eval(kernel);
+        let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{kernel}: {err}");
+        // It ran: named in the device line, and no fallback warning.
+        assert!(err.contains(&format!("[{kernel}]")) && !err.contains("warning"), "{kernel}: {err}");
+        let line = format!("{out}{err}");
+        let ppl: f64 = line.split("perplexity ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{kernel}: {line}"));
+        assert!((ppl - want).abs() <= 1e-4 * want, "{kernel}: perplexity {ppl} vs transformers {want}");
+    }
+    let o = eval("no_such_kernel");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("NEUROAL_MATMUL=no_such_kernel: no such matrix-product kernel; one of: matmul_simple_cyclic_cmma"), "{err}");
+}

@@ -110,7 +110,7 @@ impl Linear {
     /// x [.., in] → [.., out]
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d_in] = x.dims();
-        let y = x.reshape([b * t, d_in]).matmul(self.weight.clone().transpose());
+        let y = crate::gpu_matmul::linear(x.reshape([b * t, d_in]), self.weight.clone().transpose());
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
             None => y,

@@ -1,0 +1,132 @@
+//! The linears' matrix products on a GPU with one fixed kernel, named by `NEUROAL_MATMUL` the way
+//! cubecl's autotune names its candidates (`scripts/autotune_summary.py` prints them per shape).
+//! Unset, burn chooses: cubek's default kernel, or autotune's pick in an autotune build. A fixed
+//! kernel is how a tuned choice is measured end to end, and kept, without paying for tuning in
+//! every run.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::backend::wgpu::CubeTensor;
+use burn::tensor::{Shape, Tensor};
+use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+use cubek::matmul::multi_level::Strategy as Kernel;
+use cubek::matmul::multi_level::components::tile::TileMatmulKind;
+use cubek::matmul::multi_level::routines::TileSizeSelection;
+use cubek::matmul::multi_level::routines::batch::double_buffering::DoubleBufferingArgs;
+use cubek::matmul::multi_level::routines::batch::double_unit::DoubleUnitSelectionArgs;
+use cubek::matmul::multi_level::routines::batch::ordered_double_buffering::OrderedSelectionArgs;
+use cubek::matmul::multi_level::routines::batch::simple::SimpleArgs;
+use cubek::matmul::multi_level::routines::batch::simple_unit::SimpleUnitSelectionArgs;
+use cubek::matmul::routine::BlueprintStrategy;
+use cubek::matmul::strategy::Strategy;
+use cubek::std::InputBinding;
+
+use crate::error::Result;
+use crate::{bail, kernels};
+
+/// The environment variable that names the kernel.
+pub const VAR: &str = "NEUROAL_MATMUL";
+
+/// The kernels a fixed choice can name: autotune's tensor-core candidates (cooperative or
+/// plain matrix-multiply-accumulate tiles) and its per-thread ones.
+fn kernels() -> Vec<Kernel> {
+    let simple = |multi_rows, tile_matmul| BlueprintStrategy::Inferred(SimpleArgs { multi_rows, tile_matmul });
+    let double = |specialized, tile_matmul| BlueprintStrategy::Inferred(DoubleBufferingArgs { specialized, tile_matmul });
+    let ordered = |row_count, tile_matmul| {
+        BlueprintStrategy::Inferred(OrderedSelectionArgs { partition_k: Some(2), row_count: Some(row_count), rows_per_plane: Some(2), tile_matmul })
+    };
+    let (cmma, mma) = (TileMatmulKind::Cmma, TileMatmulKind::Mma);
+    let (max, min) = (TileSizeSelection::MaxTileSize, TileSizeSelection::MinTileSize);
+    vec![
+        Kernel::SimpleCyclicCmma(simple(false, cmma)),
+        Kernel::SimpleCyclicCmma(simple(true, cmma)),
+        Kernel::DoubleCyclicCmma(double(false, cmma)),
+        Kernel::DoubleCyclicCmma(double(true, cmma)),
+        Kernel::OrderedDoubleCmma(ordered(4, cmma)),
+        Kernel::OrderedDoubleCmma(ordered(8, cmma)),
+        Kernel::SpecializedCyclicCmma(BlueprintStrategy::Inferred(().into())),
+        Kernel::SimpleCyclicMma(simple(false, mma)),
+        Kernel::SimpleCyclicMma(simple(true, mma)),
+        Kernel::DoubleCyclicMma(double(false, mma)),
+        Kernel::DoubleCyclicMma(double(true, mma)),
+        Kernel::OrderedDoubleMma(ordered(4, mma)),
+        Kernel::OrderedDoubleMma(ordered(8, mma)),
+        Kernel::SpecializedCyclicMma(BlueprintStrategy::Inferred(().into())),
+        Kernel::SimpleUnit(BlueprintStrategy::Inferred(SimpleUnitSelectionArgs { tile_size: max })),
+        Kernel::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs { tile_size: max })),
+        Kernel::SimpleUnit(BlueprintStrategy::Inferred(SimpleUnitSelectionArgs { tile_size: min })),
+        Kernel::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs { tile_size: min })),
+    ]
+}
+
+/// Every name `NEUROAL_MATMUL` accepts.
+pub fn names() -> Vec<String> {
+    kernels().iter().map(|k| k.to_string()).collect()
+}
+
+/// The position of the named kernel in [`kernels`], once validated by [`choose`].
+static CHOSEN: OnceLock<Option<usize>> = OnceLock::new();
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Reads `NEUROAL_MATMUL` (when a GPU is opened): the kernel it names, or a one-line error
+/// listing the names when it names none. Unset or empty: burn chooses.
+pub fn choose() -> Result<Option<String>> {
+    let name = std::env::var(VAR).unwrap_or_default();
+    let name = name.trim();
+    let found = if name.is_empty() {
+        None
+    } else {
+        match names().iter().position(|n| n == name) {
+            Some(i) => Some(i),
+            None => bail!("{VAR}={name}: no such matrix-product kernel; one of: {}", names().join(", ")),
+        }
+    };
+    let chosen = *CHOSEN.get_or_init(|| found);
+    if chosen != found {
+        bail!("{VAR} changed after the GPU was opened; a process uses one kernel");
+    }
+    Ok(chosen.map(|i| names()[i].clone()))
+}
+
+/// x [m, k] · wᵀ, wᵀ being the transposed view of a linear's weight [n, k].
+pub fn linear(x: Tensor<2>, w_t: Tensor<2>) -> Tensor<2> {
+    let Some(Some(i)) = CHOSEN.get().copied() else { return x.matmul(w_t) };
+    if !kernels::is_wgpu(&x) {
+        return x.matmul(w_t);
+    }
+    match launch(&x, &w_t, i) {
+        Ok(y) => y,
+        Err(why) => {
+            // A kernel may decline a shape (or this adapter); burn's choice then runs, once said.
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                eprintln!("warning: {VAR}={}: {why}; burn's own kernel runs where it declines", names()[i]);
+            }
+            x.matmul(w_t)
+        }
+    }
+}
+
+fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: usize) -> std::result::Result<Tensor<2>, String> {
+    let [m, _] = x.dims();
+    let [_, n] = w_t.dims();
+    let lhs = kernels::cube_strided(x.clone());
+    let rhs = kernels::cube_strided(w_t.clone());
+    let dtype = lhs.dtype;
+    let out = CubeTensor::new_contiguous(lhs.client.clone(), lhs.device.clone(), Shape::new([m, n]), lhs.client.empty(m * n * dtype.size()), dtype);
+    let client = lhs.client.clone();
+    let storage = dtype_to_storage_type(dtype);
+    let mut elems = MatmulElems::from_globals(&MatmulGlobalElems { lhs: storage, rhs: storage, out: storage });
+    let strategy = Strategy::MultiLevel(kernels().swap_remove(kernel));
+    cubek::matmul::launch::launch_ref(
+        &strategy,
+        &client,
+        InputBinding::new(lhs.binding(), storage),
+        InputBinding::new(rhs.binding(), storage),
+        out.clone().binding(),
+        &mut elems,
+    )
+    .map_err(|e| format!("{e:?}"))?;
+    Ok(kernels::tensor_of(out))
+}
