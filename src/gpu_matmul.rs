@@ -114,6 +114,9 @@ fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: usize) -> std::result::Result<
     let lhs = kernels::cube_strided(x.clone());
     let rhs = kernels::cube_strided(w_t.clone());
     let dtype = lhs.dtype;
+    if rhs.dtype != dtype {
+        return Err(format!("operands in {dtype:?} and {:?}", rhs.dtype));
+    }
     let out = CubeTensor::new_contiguous(lhs.client.clone(), lhs.device.clone(), Shape::new([m, n]), lhs.client.empty(m * n * dtype.size()), dtype);
     let client = lhs.client.clone();
     let storage = dtype_to_storage_type(dtype);
@@ -127,6 +130,6 @@ fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: usize) -> std::result::Result<
         out.clone().binding(),
         &mut elems,
     )
-    .map_err(|e| format!("{e:?}"))?;
+    .map_err(|e| format!("{e:?}").split_whitespace().collect::<Vec<_>>().join(" "))?;
     Ok(kernels::tensor_of(out))
 }
