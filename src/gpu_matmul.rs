@@ -5,11 +5,11 @@
 //! every run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::wgpu::CubeTensor;
-use burn::tensor::{Shape, Tensor};
+use burn::tensor::{DType, Shape, Tensor};
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
 use cubek::matmul::multi_level::Strategy as Kernel;
 use cubek::matmul::multi_level::components::tile::TileMatmulKind;
@@ -69,6 +69,8 @@ pub fn names() -> Vec<String> {
 /// The position of the named kernel in [`kernels`], once validated by [`choose`].
 static CHOSEN: OnceLock<Option<usize>> = OnceLock::new();
 static WARNED: AtomicBool = AtomicBool::new(false);
+/// Shapes ([m, k, n], dtype) the kernel declined: burn's kernel runs them without asking again.
+static DECLINED: Mutex<Vec<([usize; 3], DType)>> = Mutex::new(Vec::new());
 
 /// Reads `NEUROAL_MATMUL` (when a GPU is opened): the kernel it names, or a one-line error
 /// listing the names when it names none. Unset or empty: burn chooses.
@@ -96,6 +98,12 @@ pub fn linear(x: Tensor<2>, w_t: Tensor<2>) -> Tensor<2> {
     if !kernels::is_wgpu(&x) {
         return x.matmul(w_t);
     }
+    let [m, k] = x.dims();
+    let shape = ([m, k, w_t.dims()[1]], x.dtype());
+    let declined = |d: &Vec<([usize; 3], DType)>| d.contains(&shape);
+    if declined(&DECLINED.lock().unwrap_or_else(|e| e.into_inner())) {
+        return x.matmul(w_t);
+    }
     match launch(&x, &w_t, i) {
         Ok(y) => y,
         Err(why) => {
@@ -103,6 +111,7 @@ pub fn linear(x: Tensor<2>, w_t: Tensor<2>) -> Tensor<2> {
             if !WARNED.swap(true, Ordering::Relaxed) {
                 eprintln!("warning: {VAR}={}: {why}; burn's own kernel runs where it declines", names()[i]);
             }
+            DECLINED.lock().unwrap_or_else(|e| e.into_inner()).push(shape);
             x.matmul(w_t)
         }
     }
