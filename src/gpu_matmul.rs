@@ -4,7 +4,6 @@
 //! kernel is how a tuned choice is measured end to end, and kept, without paying for tuning in
 //! every run.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use burn::backend::cubecl::dtype_to_storage_type;
@@ -66,9 +65,8 @@ pub fn names() -> Vec<String> {
     kernels().iter().map(|k| k.to_string()).collect()
 }
 
-/// The position of the named kernel in [`kernels`], once validated by [`choose`].
-static CHOSEN: OnceLock<Option<usize>> = OnceLock::new();
-static WARNED: AtomicBool = AtomicBool::new(false);
+/// The kernel `NEUROAL_MATMUL` named, with its name, once validated by [`choose`].
+static CHOSEN: OnceLock<Option<(String, Kernel)>> = OnceLock::new();
 /// Shapes ([m, k, n], dtype) the kernel declined: burn's kernel runs them without asking again.
 static DECLINED: Mutex<Vec<([usize; 3], DType)>> = Mutex::new(Vec::new());
 
@@ -80,44 +78,46 @@ pub fn choose() -> Result<Option<String>> {
     let found = if name.is_empty() {
         None
     } else {
-        match names().iter().position(|n| n == name) {
-            Some(i) => Some(i),
+        match kernels().into_iter().find(|k| k.to_string() == name) {
+            Some(k) => Some((name.to_string(), k)),
             None => bail!("{VAR}={name}: no such matrix-product kernel; one of: {}", names().join(", ")),
         }
     };
-    let chosen = *CHOSEN.get_or_init(|| found);
-    if chosen != found {
+    let found_name = found.as_ref().map(|(n, _)| n.clone());
+    let chosen = CHOSEN.get_or_init(|| found).as_ref().map(|(n, _)| n.clone());
+    if chosen != found_name {
         bail!("{VAR} changed after the GPU was opened; a process uses one kernel");
     }
-    Ok(chosen.map(|i| names()[i].clone()))
+    Ok(chosen)
 }
 
 /// x [m, k] · wᵀ, wᵀ being the transposed view of a linear's weight [n, k].
 pub fn linear(x: Tensor<2>, w_t: Tensor<2>) -> Tensor<2> {
-    let Some(Some(i)) = CHOSEN.get().copied() else { return x.matmul(w_t) };
+    let Some(Some((name, kernel))) = CHOSEN.get() else { return x.matmul(w_t) };
     if !kernels::is_wgpu(&x) {
         return x.matmul(w_t);
     }
     let [m, k] = x.dims();
     let shape = ([m, k, w_t.dims()[1]], x.dtype());
-    let declined = |d: &Vec<([usize; 3], DType)>| d.contains(&shape);
-    if declined(&DECLINED.lock().unwrap_or_else(|e| e.into_inner())) {
+    if DECLINED.lock().unwrap_or_else(|e| e.into_inner()).contains(&shape) {
         return x.matmul(w_t);
     }
-    match launch(&x, &w_t, i) {
+    match launch(&x, &w_t, kernel) {
         Ok(y) => y,
         Err(why) => {
-            // A kernel may decline a shape (or this adapter); burn's choice then runs, once said.
-            if !WARNED.swap(true, Ordering::Relaxed) {
-                eprintln!("warning: {VAR}={}: {why}; burn's own kernel runs where it declines", names()[i]);
+            // A kernel may decline a shape (or this adapter); burn's choice then runs, said
+            // once, at the first shape declined.
+            let mut declined = DECLINED.lock().unwrap_or_else(|e| e.into_inner());
+            if declined.is_empty() {
+                eprintln!("warning: {VAR}={name}: {why}; burn's own kernel runs where it declines");
             }
-            DECLINED.lock().unwrap_or_else(|e| e.into_inner()).push(shape);
+            declined.push(shape);
             x.matmul(w_t)
         }
     }
 }
 
-fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: usize) -> std::result::Result<Tensor<2>, String> {
+fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: &Kernel) -> std::result::Result<Tensor<2>, String> {
     let [m, _] = x.dims();
     let [_, n] = w_t.dims();
     let lhs = kernels::cube_strided(x.clone());
@@ -130,7 +130,7 @@ fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: usize) -> std::result::Result<
     let client = lhs.client.clone();
     let storage = dtype_to_storage_type(dtype);
     let mut elems = MatmulElems::from_globals(&MatmulGlobalElems { lhs: storage, rhs: storage, out: storage });
-    let strategy = Strategy::MultiLevel(kernels().swap_remove(kernel));
+    let strategy = Strategy::MultiLevel(kernel.clone());
     cubek::matmul::launch::launch_ref(
         &strategy,
         &client,
@@ -140,5 +140,5 @@ fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: usize) -> std::result::Result<
         &mut elems,
     )
     .map_err(|e| format!("{e:?}").split_whitespace().collect::<Vec<_>>().join(" "))?;
-    Ok(kernels::tensor_of(out))
+    Ok(kernels::from_cube(out))
 }

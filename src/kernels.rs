@@ -105,8 +105,9 @@ pub(crate) fn cube_strided<const D: usize>(t: Tensor<D>) -> CubeTensor {
     t.try_into_primitive::<Wgpu>().expect("a wgpu tensor")
 }
 
+/// A kernel's output as a burn tensor.
 #[cfg(not(feature = "fusion"))]
-fn from_cube<const D: usize>(t: CubeTensor) -> Tensor<D> {
+pub(crate) fn from_cube<const D: usize>(t: CubeTensor) -> Tensor<D> {
     Tensor::from_primitive::<Wgpu>(t)
 }
 
@@ -122,7 +123,7 @@ pub(crate) fn cube_strided<const D: usize>(t: Tensor<D>) -> CubeTensor {
 
 /// A shader's output handed to fusion as an initialized tensor, as burn does for uploaded data.
 #[cfg(feature = "fusion")]
-fn from_cube<const D: usize>(t: CubeTensor) -> Tensor<D> {
+pub(crate) fn from_cube<const D: usize>(t: CubeTensor) -> Tensor<D> {
     use burn::backend::fusion::{get_client, stream::StreamId, NoOp};
     use burn::backend::ir::{BackendIr, InitOperationIr, OperationIr, OperationOutput};
     use burn::backend::wgpu::CubeBackend;
@@ -132,11 +133,6 @@ fn from_cube<const D: usize>(t: CubeTensor) -> Tensor<D> {
     let desc = InitOperationIr::create(shape, dtype, || client.register_tensor_handle(handle));
     let out = client.register(StreamId::current(), OperationIr::Init(desc), NoOp::<CubeBackend>::new()).output();
     Tensor::from_primitive::<Wgpu>(out)
-}
-
-/// A kernel's output as a burn tensor.
-pub(crate) fn tensor_of<const D: usize>(t: CubeTensor) -> Tensor<D> {
-    from_cube(t)
 }
 
 fn empty_like(t: &CubeTensor, shape: Shape) -> CubeTensor {

@@ -332,7 +332,7 @@ impl Model {
             Outer::Opt(_) => None,
             Outer::Phi(o) => Some(o.rope.tables(t, &self.device)),
         };
-        let causal = (!on_cpu(&self.device) || self.dtype != DType::F32).then(|| causal_mask(t, &self.device));
+        let causal = (!cpu_in_f32(&self.device, self.dtype)).then(|| causal_mask(t, &self.device));
         Positions { rope, causal }
     }
 
@@ -516,7 +516,12 @@ impl LayerNorm {
 /// (`cpu_attention`, `cpu_math`, and the CPU paths of `score` and `mask`) beat chains of burn
 /// ops, each of which allocates its output.
 pub fn on_cpu_in_f32<const D: usize>(t: &Tensor<D>) -> bool {
-    t.dtype() == DType::F32 && on_cpu(&t.device())
+    cpu_in_f32(&t.device(), t.dtype())
+}
+
+/// [`on_cpu_in_f32`] for tensors not made yet: where `cpu_attention` runs.
+fn cpu_in_f32(device: &Device, dtype: DType) -> bool {
+    dtype == DType::F32 && on_cpu(device)
 }
 
 /// Whether `device` is one of the CPU backends (flex, ndarray), not a GPU or its emulator.
