@@ -119,28 +119,34 @@ profiled() { # name, then the bench arguments
 # The steps, in the order the issue needs them; STEPS picks and orders a subset, e.g. to put the
 # profiles before the WGSL comparison or to rerun only the 7B case after a change. A step is
 # [BUILD/]KIND-DTYPE[@LEVEL]: BUILD is a binary in .bin (default neuroal; neuroal-wgsl,
-# neuroal-autotune, neuroal-fusion, neuroal-autotune-fusion: see device_prepare.sh), KIND one of
+# neuroal-nofusion, neuroal-autotune: see device_prepare.sh), KIND one of
 # tiny (perplexity of assets/tiny-llama), wt2 (perplexity), neuroal (the 7B-shaped prune),
 # forward (0.84 B), trace-neuroal (the 7B prune with NEUROAL_TRACE's per-stage times); and
 # wt2-lambda, profile-forward, profile-neuroal. LEVEL, for autotune builds, is cubecl's
 # CUBECL_AUTOTUNE_LEVEL (minimal, balanced, extensive, full): how many kernels it times per shape.
 # A step ending in %KERNEL runs with NEUROAL_MATMUL=KERNEL (the linears' products with that one
 # kernel, src/gpu_matmul.rs); %best takes the kernel the autotune runs before it found fastest
-# on the most large shapes. The default list compares the builds on the issue's two cases (each
-# build checked first on tiny-llama), then the best fixed kernel; it fits the default budget
-# with BUILDS="default fusion autotune autotune,fusion".
-steps=${STEPS:-tiny-f16 neuroal-fusion/tiny-f16 neuroal-autotune/tiny-f16 neuroal-autotune-fusion/tiny-f16 neuroal-f16 neuroal-fusion/neuroal-f16 neuroal-autotune/neuroal-f16@minimal neuroal-autotune-fusion/neuroal-f16@minimal forward-f16 neuroal-fusion/forward-f16 neuroal-autotune/forward-f16 neuroal-autotune-fusion/forward-f16@minimal tiny-f16%best neuroal-f16%best forward-f16%best neuroal-fusion/neuroal-f16%best trace-neuroal-f16 neuroal-fusion/forward-f16%best neuroal-fusion/trace-neuroal-f16}
+# on the most large shapes (`%burn`: burn's own choice). A step ending in +NAME runs with
+# NEUROAL_ATTENTION=NAME (ops, flash-2, flash-4, flash-8, flash-unit: src/gpu_attention.rs);
+# + comes last, as in forward-f16%burn+ops. The default list checks the default build's
+# perplexities on the card, times the issue's two cases with it and without fusion, then with
+# flash-2 on the 7B shape's heads of 128 (not yet launched there) and with burn's own kernels,
+# then traces and profiles; it wants WT2=1 BUILDS="default nofusion autotune" prepared.
+steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 profile-forward profile-neuroal neuroal-autotune/forward-f16}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
   tag=""
-  unset CUBECL_AUTOTUNE_LEVEL NEUROAL_MATMUL
+  unset CUBECL_AUTOTUNE_LEVEL NEUROAL_MATMUL NEUROAL_ATTENTION
+  case $step in *+*)
+    export NEUROAL_ATTENTION=${step##*+}; tag="+$NEUROAL_ATTENTION"; step=${step%+*} ;;
+  esac
   case $step in *%*)
     kernel=${step##*%}; step=${step%\%*}
     # %best: the kernel the autotune runs so far found fastest on the most large shapes.
     [ "$kernel" = best ] && kernel=$(cat "$logs"/*.decisions.jsonl 2>/dev/null | python3 scripts/autotune_summary.py --best /dev/stdin)
     if [ -z "$kernel" ]; then echo "$build/$step%best: skipped, no autotune run has tuned a large matrix product yet"; continue; fi
-    export NEUROAL_MATMUL=$kernel; tag="%$kernel" ;;
+    export NEUROAL_MATMUL=$kernel; tag="%$kernel$tag" ;;
   esac
   case $step in *@*) export CUBECL_AUTOTUNE_LEVEL=${step##*@}; tag="@${step##*@}$tag"; step=${step%@*} ;; esac
   dtype=${step##*-}

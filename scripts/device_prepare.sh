@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepares, here, what scripts/device_bench.sh needs on a lent GPU machine. That machine gets
 # only the checkout plus at most 64 MiB of carried git-ignored folders, so this writes
-#   .bin/  the builds named in BUILDS (default "default fusion autotune autotune,fusion", what
-#          device_bench.sh's default steps compare; also "wgsl" for --no-default-features),
+#   .bin/  the builds named in BUILDS (default "default nofusion autotune", what
+#          device_bench.sh's default steps compare; "default" has fusion, "nofusion" is
+#          --no-default-features --features vulkan, "wgsl" --no-default-features),
 #          each stripped as neuroal[-FEATURES], and with WT2=1 wt2-llama with its test and
 #          validation texts (for the wt2 steps), all xz-compressed: about 12.5 MB per build
 #          and 24 MB for wt2-llama, so WT2=1 leaves room for three builds;
@@ -12,9 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
 rm -rf .bin && mkdir -p .bin
-for build in ${BUILDS:-default fusion autotune autotune,fusion}; do
+for build in ${BUILDS:-default nofusion autotune}; do
   case $build in
     default) cargo build --release; name=neuroal ;;
+    nofusion) cargo build --release --no-default-features --features vulkan; name=neuroal-nofusion ;;
     wgsl) cargo build --release --no-default-features; name=neuroal-wgsl ;;
     *) cargo build --release --features "$build"; name="neuroal-${build//,/-}" ;;
   esac

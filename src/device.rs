@@ -168,11 +168,14 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
         .init_with_setup()
         .map_err(|e| err!("cannot open GPU adapter \"{}\": {e}", best.info.name))?;
     crate::kernels::register(setup.device, setup.queue);
-    let fixed = crate::gpu_matmul::choose()?;
+    let matmul = crate::gpu_matmul::choose(&device)?;
+    let attention = crate::gpu_attention::choose(&device)?;
     let compiler = crate::kernels::compiler(&device);
     let mut description = format!("gpu: {} ({:?}, {:?}, {compiler})", best.info.name, best.info.device_type, best.info.backend);
-    if let Some(kernel) = fixed {
-        description.push_str(&format!(" [{kernel}]"));
+    // The fixed kernels, as their variables name them (the default ones run f16 products only).
+    let fixed: Vec<&str> = matmul.as_deref().into_iter().chain(attention).collect();
+    if !fixed.is_empty() {
+        description.push_str(&format!(" [{}]", fixed.join(", ")));
     }
     // The runtime's own limit: the smaller of the buffer and storage-binding limits (lavapipe:
     // 2 GiB and 128 MiB), not the adapter's buffer limit alone.

@@ -1,8 +1,9 @@
 //! The linears' matrix products on a GPU with one fixed kernel, named by `NEUROAL_MATMUL` the way
 //! cubecl's autotune names its candidates (`scripts/autotune_summary.py` prints them per shape).
-//! Unset, burn chooses: cubek's default kernel, or autotune's pick in an autotune build. A fixed
-//! kernel is how a tuned choice is measured end to end, and kept, without paying for tuning in
-//! every run.
+//! Unset, the kernel measured fastest runs where it was measured (half-precision products under
+//! the SPIR-V compiler, on adapters with f16 cooperative matrices), else burn chooses: cubek's
+//! default kernel, or autotune's pick in an autotune build. `NEUROAL_MATMUL=burn` always lets
+//! burn choose. A fixed kernel keeps a tuned choice without paying for tuning in every run.
 
 use std::sync::{Mutex, OnceLock};
 
@@ -65,36 +66,56 @@ pub fn names() -> Vec<String> {
     kernels().iter().map(|k| k.to_string()).collect()
 }
 
-/// The kernel `NEUROAL_MATMUL` named, with its name, once validated by [`choose`].
-static CHOSEN: OnceLock<Option<(String, Kernel)>> = OnceLock::new();
+/// The kernel used when `NEUROAL_MATMUL` is unset: on an H100 (Vulkan, f16) it beat burn's
+/// default, `matmul_simple_cyclic_cmma`, by 1.15–1.32× on every large product of the 7B- and
+/// 0.84 B-shaped models (README, "GPU backends").
+const DEFAULT: &str = "matmul_simple_cyclic_cmma_multi_rows";
+
+/// The kernel in use; `explicit` when `NEUROAL_MATMUL` named it (it then runs every dtype and
+/// says when it declines a shape; the default runs f16 and bf16 products, silently).
+struct Choice {
+    name: String,
+    kernel: Kernel,
+    explicit: bool,
+}
+
+/// What [`choose`] settled on for the process (`None`: burn chooses).
+static CHOSEN: OnceLock<Option<Choice>> = OnceLock::new();
 /// Shapes ([m, k, n], dtype) the kernel declined: burn's kernel runs them without asking again.
 static DECLINED: Mutex<Vec<([usize; 3], DType)>> = Mutex::new(Vec::new());
 
-/// Reads `NEUROAL_MATMUL` (when a GPU is opened): the kernel it names, or a one-line error
-/// listing the names when it names none. Unset or empty: burn chooses.
-pub fn choose() -> Result<Option<String>> {
+/// Reads `NEUROAL_MATMUL` when a GPU is opened: the kernel it names, or a one-line error
+/// listing the names when it names none; unset or empty, this adapter's default. Returns the
+/// kernel's name when one is fixed.
+pub fn choose(device: &burn::tensor::Device) -> Result<Option<String>> {
     let name = std::env::var(VAR).unwrap_or_default();
     let name = name.trim();
-    let found = if name.is_empty() {
-        None
-    } else {
-        match kernels().into_iter().find(|k| k.to_string() == name) {
-            Some(k) => Some((name.to_string(), k)),
-            None => bail!("{VAR}={name}: no such matrix-product kernel; one of: {}", names().join(", ")),
+    let find = |name: &str| kernels().into_iter().find(|k| k.to_string() == name);
+    let found = match name {
+        "burn" => None,
+        "" => {
+            let measured = kernels::compiler(device).contains("spirv") && kernels::has_f16_cooperative_matrices(device);
+            // An autotune build tunes every product itself.
+            (measured && !cfg!(feature = "autotune")).then(|| find(DEFAULT).map(|kernel| Choice { name: DEFAULT.into(), kernel, explicit: false })).flatten()
         }
+        _ => match find(name) {
+            Some(kernel) => Some(Choice { name: name.to_string(), kernel, explicit: true }),
+            None => bail!("{VAR}={name}: no such matrix-product kernel; one of: burn, {}", names().join(", ")),
+        },
     };
-    let found_name = found.as_ref().map(|(n, _)| n.clone());
-    let chosen = CHOSEN.get_or_init(|| found).as_ref().map(|(n, _)| n.clone());
-    if chosen != found_name {
+    let key = |c: &Option<Choice>| c.as_ref().map(|c| (c.name.clone(), c.explicit));
+    let wanted = key(&found);
+    let chosen = CHOSEN.get_or_init(|| found);
+    if key(chosen) != wanted {
         bail!("{VAR} changed after the GPU was opened; a process uses one kernel");
     }
-    Ok(chosen)
+    Ok(chosen.as_ref().map(|c| c.name.clone()))
 }
 
 /// x [m, k] · wᵀ, wᵀ being the transposed view of a linear's weight [n, k].
 pub fn linear(x: Tensor<2>, w_t: Tensor<2>) -> Tensor<2> {
-    let Some(Some((name, kernel))) = CHOSEN.get() else { return x.matmul(w_t) };
-    if !kernels::is_wgpu(&x) {
+    let Some(Some(Choice { name, kernel, explicit })) = CHOSEN.get() else { return x.matmul(w_t) };
+    if !kernels::is_wgpu(&x) || (!explicit && !matches!(x.dtype(), DType::F16 | DType::BF16)) {
         return x.matmul(w_t);
     }
     let [m, k] = x.dims();
@@ -108,7 +129,7 @@ pub fn linear(x: Tensor<2>, w_t: Tensor<2>) -> Tensor<2> {
             // A kernel may decline a shape (or this adapter); burn's choice then runs, said
             // once, at the first shape declined.
             let mut declined = DECLINED.lock().unwrap_or_else(|e| e.into_inner());
-            if declined.is_empty() {
+            if declined.is_empty() && *explicit {
                 eprintln!("warning: {VAR}={name}: {why}; burn's own kernel runs where it declines");
             }
             declined.push(shape);

@@ -294,6 +294,19 @@ pub fn capacity(device: &burn::tensor::Device) -> Option<u64> {
     client(device).properties().memory.max_memory()
 }
 
+/// Whether the GPU `device` multiplies f16 tiles with cooperative (simdgroup) matrices: what
+/// the tensor-core matrix-product and flash-attention kernels need.
+pub fn has_f16_cooperative_matrices(device: &burn::tensor::Device) -> bool {
+    use cubecl::ir::{ElemType, FloatKind};
+    let f16 = ElemType::Float(FloatKind::F16);
+    client(device).properties().features.matmul.cmma.iter().any(|c| c.a_type == f16 && c.b_type == f16)
+}
+
+/// The workgroup (shared) memory one cube may use on the GPU `device`, in bytes.
+pub fn workgroup_memory(device: &burn::tensor::Device) -> usize {
+    client(device).properties().hardware.max_shared_memory_size
+}
+
 /// burn's compute client for the GPU `device` (taken from a one-element tensor on it).
 fn client(device: &burn::tensor::Device) -> cubecl::client::Client {
     cube(Tensor::<1>::zeros([1], device)).client

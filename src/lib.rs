@@ -13,6 +13,7 @@ pub mod bench;
 pub mod calib;
 pub mod kernels;
 pub mod gpu_matmul;
+pub mod gpu_attention;
 pub mod mask;
 pub mod pipeline;
 pub mod plots;

@@ -143,5 +143,50 @@ fn a_fixed_matmul_kernel_gives_transformers_perplexity() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("NEUROAL_MATMUL=no_such_kernel: no such matrix-product kernel; one of: matmul_simple_cyclic_cmma"), "{err}");
+    assert!(err.contains("NEUROAL_MATMUL=no_such_kernel: no such matrix-product kernel; one of: burn, matmul_simple_cyclic_cmma"), "{err}");
+    // `burn` leaves every product to burn: no kernel on the device line.
+    let o = eval("burn");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("[matmul"), "{err}");
+}
+
+/// `NEUROAL_ATTENTION` names the attention kernel on a GPU: the per-thread flash kernel (one
+/// kernel, online softmax) gives transformers' perplexity of the first two windows, as the
+/// separate kernels (`ops`) do; the tensor-core flash kernel, which lavapipe declines, falls back
+/// to them after at most one warning line; an unknown name gets one line and exit code 2.
+#[test]
+fn a_fixed_attention_kernel_gives_transformers_perplexity() {
+    let g = golden("tiny-llama");
+    let losses = floats(&g["window_losses"]);
+    let want = ((losses[0] as f64 + losses[1] as f64) / 2.0).exp();
+    let seqlen = g["seqlen"].as_u64().unwrap().to_string();
+    let eval = |kernel: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
+            .args(["eval", "--model"])
+            .arg(asset("tiny-llama"))
+            .arg("--text")
+            .arg(asset("sample.txt"))
+            .args(["--device", "gpu", "--max-windows", "2", "--seqlen", &seqlen, "--dtype", "f32"])
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("NEUROAL_ATTENTION", kernel)
+            .env_remove("NEUROAL_MATMUL")
+            .output()
+            .unwrap()
+    };
+    for kernel in ["flash-unit", "ops", "flash-4"] {
+        let o = eval(kernel);
+        let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{kernel}: {err}");
+        assert_eq!(err.contains(&format!("{kernel}]")), kernel != "ops", "{kernel}: the device line names a flash kernel: {err}");
+        let warnings = err.lines().filter(|l| l.contains("warning")).count();
+        assert!(warnings <= usize::from(kernel == "flash-4"), "{kernel}: {err}");
+        let line = format!("{out}{err}");
+        let ppl: f64 = line.split("perplexity ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{kernel}: {line}"));
+        assert!((ppl - want).abs() <= 1e-4 * want, "{kernel}: perplexity {ppl} vs transformers {want}");
+    }
+    let o = eval("flash");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("NEUROAL_ATTENTION=flash: no such attention kernel; one of: ops, flash-2"), "{err}");
 }
