@@ -582,15 +582,14 @@ fn attention_masked(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<
     // One flash kernel (src/gpu_attention.rs) where chosen; it applies 1/√hd itself, so only a
     // family that divides by √hd takes it. With the `autotune` feature and no kernel named,
     // cubecl times burn's flash kernels against the separate kernels below and keeps the faster.
-    if !on_cpu(&v.device()) && divide_by == Some((hd as f64).sqrt()) {
-        if let Some(out) = crate::gpu_attention::causal(&q, &k, &v) {
-            return out.swap_dims(1, 2).reshape([b, t, nh * hd]);
-        }
-        #[cfg(feature = "autotune")]
-        if !crate::gpu_attention::named() {
-            let options = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-            return burn::tensor::module::attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([b, t, nh * hd]);
-        }
+    let flash_fits = !on_cpu(&v.device()) && divide_by == Some((hd as f64).sqrt());
+    if flash_fits && let Some(out) = crate::gpu_attention::causal(&q, &k, &v) {
+        return out.swap_dims(1, 2).reshape([b, t, nh * hd]);
+    }
+    #[cfg(feature = "autotune")]
+    if flash_fits && !crate::gpu_attention::named() {
+        let options = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        return burn::tensor::module::attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([b, t, nh * hd]);
     }
     // Scores, mask and softmax in f32; the two products in the compute dtype.
     let scores = to_dtype(q.matmul(k.swap_dims(2, 3)), DType::F32);
