@@ -4,7 +4,7 @@
 //!
 //! Burn runs its flash kernels only in an `autotune` build, after timing them against the
 //! separate kernels for every new shape; tuning cost more than it saved in the 7B-shaped prune
-//! (README, "GPU backends"). A fixed choice keeps the kernel without the tuning. The separate
+//! (README, "Speed"). A fixed choice keeps the kernel without the tuning. The separate
 //! kernels stay the reference: they compute the scores and softmax in f32, and run wherever the
 //! flash kernel declines a shape or the adapter.
 
@@ -56,11 +56,7 @@ pub fn choose(device: &burn::tensor::Device) -> Result<Option<&'static str>> {
     let asked = std::env::var(VAR).unwrap_or_default();
     let asked = asked.trim();
     let choice = if asked.is_empty() {
-        let fast = kernels::compiler(device).contains("spirv")
-            && kernels::has_f16_cooperative_matrices(device)
-            && kernels::workgroup_memory(device) >= DEFAULT_MIN_SHARED;
-        // An autotune build times the flash kernels itself (src/model/mod.rs).
-        let name = if fast && !cfg!(feature = "autotune") { DEFAULT } else { "ops" };
+        let name = default_for(kernels::compiler(device), kernels::has_f16_cooperative_matrices(device), kernels::workgroup_memory(device));
         Choice { name, explicit: false }
     } else {
         match NAMES.iter().find(|n| **n == asked) {
@@ -73,6 +69,20 @@ pub fn choose(device: &burn::tensor::Device) -> Result<Option<&'static str>> {
         bail!("{VAR} changed after the GPU was opened; a process uses one kernel");
     }
     Ok((chosen.name != "ops").then_some(chosen.name))
+}
+
+/// The attention kernel when `NEUROAL_ATTENTION` is unset, given the compiler burn's runtime
+/// reports, whether the adapter has f16 cooperative matrices, and its workgroup memory in bytes:
+/// [`DEFAULT`] where it was measured, else the separate kernels; those in an autotune build too,
+/// which times the flash kernels itself (src/model/mod.rs).
+fn default_for(compiler: &str, f16_cooperative_matrices: bool, workgroup_memory: usize) -> &'static str {
+    let measured = compiler.contains("spirv") && f16_cooperative_matrices && workgroup_memory >= DEFAULT_MIN_SHARED;
+    if measured && !cfg!(feature = "autotune") { DEFAULT } else { "ops" }
+}
+
+/// Whether the default flash kernel takes an attention in `dtype` with heads of `head_dim`.
+fn default_covers(dtype: DType, head_dim: usize) -> bool {
+    dtype == DType::F16 && head_dim <= DEFAULT_MAX_HEAD_DIM
 }
 
 /// Whether `NEUROAL_ATTENTION` named a kernel (an autotune build then runs it, not its tuner).
@@ -95,8 +105,7 @@ pub fn causal(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> 
     };
     // The tensor-core kernel multiplies f16 fragments: by default only f16 runs take it, and
     // only with the head sizes it was measured on.
-    let default_covers = q.dtype() == DType::F16 && q.dims()[3] <= DEFAULT_MAX_HEAD_DIM;
-    if !kernels::is_wgpu(q) || (!choice.explicit && !default_covers) {
+    if !kernels::is_wgpu(q) || (!choice.explicit && !default_covers(q.dtype(), q.dims()[3])) {
         return None;
     }
     let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
@@ -120,4 +129,25 @@ fn blackbox(num_planes: u8) -> Strategy {
 fn warn_once(line: &str) {
     static SAID: OnceLock<()> = OnceLock::new();
     SAID.get_or_init(|| eprintln!("{line}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_flash_kernel_runs_only_where_it_was_measured() {
+        assert!(NAMES.contains(&DEFAULT));
+        let flash = if cfg!(feature = "autotune") { "ops" } else { DEFAULT };
+        assert_eq!(default_for("wgpu<spirv>", true, 49_152), flash, "the H100's Vulkan adapter");
+        assert_eq!(default_for("wgpu<spirv>", true, 32_768), "ops", "less workgroup memory than measured");
+        assert_eq!(default_for("wgpu<spirv>", false, 65_536), "ops", "no cooperative matrices");
+        assert_eq!(default_for("wgpu<wgsl>", true, 65_536), "ops");
+        assert_eq!(default_for("wgpu<msl>", true, 65_536), "ops", "Metal was not measured");
+        // Heads of 32 (wt2-llama) and 64 (the 0.84 B shape) launched; 128 asked too much of
+        // the H100 with flash-4, and flash-2 has not been tried there.
+        assert!(default_covers(DType::F16, 32) && default_covers(DType::F16, 64));
+        assert!(!default_covers(DType::F16, 128));
+        assert!(!default_covers(DType::F32, 64) && !default_covers(DType::BF16, 64), "f16 fragments: f16 runs only");
+    }
 }

@@ -68,7 +68,7 @@ pub fn names() -> Vec<String> {
 
 /// The kernel used when `NEUROAL_MATMUL` is unset: on an H100 (Vulkan, f16) it beat burn's
 /// default, `matmul_simple_cyclic_cmma`, by 1.15–1.32× on every large product of the 7B- and
-/// 0.84 B-shaped models (README, "GPU backends").
+/// 0.84 B-shaped models (README, "Speed").
 const DEFAULT: &str = "matmul_simple_cyclic_cmma_multi_rows";
 
 /// The kernel in use; `explicit` when `NEUROAL_MATMUL` named it (it then runs every dtype and
@@ -93,11 +93,8 @@ pub fn choose(device: &burn::tensor::Device) -> Result<Option<String>> {
     let find = |name: &str| kernels().into_iter().find(|k| k.to_string() == name);
     let found = match name {
         "burn" => None,
-        "" => {
-            let measured = kernels::compiler(device).contains("spirv") && kernels::has_f16_cooperative_matrices(device);
-            // An autotune build tunes every product itself.
-            (measured && !cfg!(feature = "autotune")).then(|| find(DEFAULT).map(|kernel| Choice { name: DEFAULT.into(), kernel, explicit: false })).flatten()
-        }
+        "" => default_for(kernels::compiler(device), kernels::has_f16_cooperative_matrices(device))
+            .and_then(|name| find(name).map(|kernel| Choice { name: name.into(), kernel, explicit: false })),
         _ => match find(name) {
             Some(kernel) => Some(Choice { name: name.to_string(), kernel, explicit: true }),
             None => bail!("{VAR}={name}: no such matrix-product kernel; one of: burn, {}", names().join(", ")),
@@ -110,6 +107,14 @@ pub fn choose(device: &burn::tensor::Device) -> Result<Option<String>> {
         bail!("{VAR} changed after the GPU was opened; a process uses one kernel");
     }
     Ok(chosen.as_ref().map(|c| c.name.clone()))
+}
+
+/// The kernel the linears' products use when `NEUROAL_MATMUL` is unset, given the compiler
+/// burn's runtime reports and whether the adapter has f16 cooperative matrices: [`DEFAULT`]
+/// where it was measured (SPIR-V with them), none elsewhere; none in an autotune build, which
+/// tunes every product itself.
+fn default_for(compiler: &str, f16_cooperative_matrices: bool) -> Option<&'static str> {
+    (compiler.contains("spirv") && f16_cooperative_matrices && !cfg!(feature = "autotune")).then_some(DEFAULT)
 }
 
 /// x [m, k] · wᵀ, wᵀ being the transposed view of a linear's weight [n, k].
@@ -162,4 +167,19 @@ fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: &Kernel) -> std::result::Resul
     )
     .map_err(|e| format!("{e:?}").split_whitespace().collect::<Vec<_>>().join(" "))?;
     Ok(kernels::from_cube(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_kernel_is_a_real_one_and_only_where_it_was_measured() {
+        assert!(names().iter().any(|n| n == DEFAULT), "{DEFAULT} is one of the names");
+        let on_spirv = default_for("wgpu<spirv>", true);
+        assert_eq!(on_spirv, (!cfg!(feature = "autotune")).then_some(DEFAULT));
+        assert_eq!(default_for("wgpu<spirv>", false), None, "no cooperative matrices");
+        assert_eq!(default_for("wgpu<wgsl>", true), None, "WGSL (DX12, OpenGL) was not measured");
+        assert_eq!(default_for("wgpu<msl>", true), None, "Metal was not measured");
+    }
 }
