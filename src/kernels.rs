@@ -49,13 +49,19 @@ fn shared() -> &'static Shared {
 
 #[derive(Clone, Copy)]
 struct Shader {
+    /// The pipeline cache's key: the file, and the weight type where a shader has variants.
     name: &'static str,
     source: &'static str,
+    /// What fills `{{ weight }}`: the element type of a shader's weight buffers.
+    weight: &'static str,
 }
 
 macro_rules! shader {
     ($file:literal) => {
-        Shader { name: $file, source: include_str!(concat!("../shaders/", $file)) }
+        Shader { name: $file, source: include_str!(concat!("../shaders/", $file)), weight: "f32" }
+    };
+    ($file:literal, $weight:literal) => {
+        Shader { name: concat!($file, " (", $weight, ")"), source: include_str!(concat!("../shaders/", $file)), weight: $weight }
     };
 }
 
@@ -64,11 +70,17 @@ const INPUT_STATS: Shader = shader!("input_stats.wgsl");
 const SCORE: Shader = shader!("score.wgsl");
 const APPLY_MASK: Shader = shader!("apply_mask.wgsl");
 const ALIGNMENT: Shader = shader!("alignment.wgsl");
+const PRUNE_ROWS: Shader = shader!("prune_rows.wgsl", "f32");
+const PRUNE_ROWS_F16: Shader = shader!("prune_rows.wgsl", "f16");
 
 impl Shader {
     /// The shader's text with its template fields filled in.
     fn text(self) -> String {
-        self.source.replace("{{ workgroup_size }}", &WORKGROUP.to_string())
+        let enable = if self.weight == "f16" { "enable f16;" } else { "" };
+        self.source
+            .replace("{{ workgroup_size }}", &WORKGROUP.to_string())
+            .replace("{{ weight }}", self.weight)
+            .replace("{{ enable }}", enable)
     }
 
     fn pipeline(self, shared: &Shared) -> wgpu::ComputePipeline {
@@ -208,6 +220,32 @@ pub fn select_lowest(scores: Tensor<2>, k: &[usize]) -> Tensor<2> {
     let mask = empty_like(&scores, Shape::new([rows, cols]));
     launch(SELECT_LOWEST, grid(rows as u32), &[&scores, &kth, &mask], &[rows as u32, cols as u32]);
     from_cube(mask)
+}
+
+/// `prune_rows.wgsl`: w [rows, cols] with the k[r] lowest scores of each row r zeroed, and the
+/// mask of those (1.0; f32), where a score is |w| or, given the scaler, |w|·√scaler[col]: what
+/// [`score`], [`select_lowest`] and [`apply_mask`] give in three launches, in one, without a
+/// score matrix, reading and writing w in its own dtype (f32, or f16 where the adapter has
+/// shader f16). `None` for another dtype.
+pub fn prune_rows(w: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize]) -> Option<(Tensor<2>, Tensor<2>)> {
+    let shader = match w.dtype() {
+        DType::F32 => PRUNE_ROWS,
+        DType::F16 => PRUNE_ROWS_F16,
+        _ => return None,
+    };
+    let [rows, cols] = w.dims();
+    let w = cube(w);
+    let use_scaler = scaler.is_some() as u32;
+    let scaler = match scaler {
+        Some(s) => cube(crate::model::to_dtype(s, DType::F32)),
+        None => empty_like(&w, Shape::new([1])),
+    };
+    let k: Vec<u32> = k.iter().map(|&k| k as u32).collect();
+    let kth = CubeTensor::new_contiguous(w.client.clone(), w.device.clone(), Shape::new([rows]), w.client.create_from_slice(bytemuck::cast_slice(&k)), DType::U32);
+    let out = CubeTensor::new_contiguous(w.client.clone(), w.device.clone(), Shape::new([rows, cols]), w.client.empty(rows * cols * w.dtype.size()), w.dtype);
+    let mask = empty_like(&w, Shape::new([rows, cols]));
+    launch(shader, grid(rows as u32), &[&w, &scaler, &kth, &out, &mask], &[rows as u32, cols as u32, use_scaler]);
+    Some((from_cube(out), from_cube(mask)))
 }
 
 /// `input_stats.wgsl`: the accumulators plus the per-channel sum of squares and sum of

@@ -185,24 +185,33 @@ pub fn rows_variable_prune_counts(per_row: &[f64], cols: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Mask (1.0 = prune) of `scores` [out, in] under `pattern` at `sparsity`.
-pub fn mask(scores: Tensor<2>, pattern: &Pattern, sparsity: &Sparsity) -> Result<Tensor<2>> {
-    let [rows, cols] = scores.dims();
-    let uniform = |s: f64| (cols as f64 * s).floor() as usize;
+/// How many of each row's lowest scores `pattern` at `sparsity` prunes, for the patterns that
+/// choose within each row of a weight [rows, cols] (`row`, `rows-variable`); `None` for those
+/// that choose across rows (`layer`) or within groups of a row (N:M).
+pub fn row_prune_counts(pattern: &Pattern, sparsity: &Sparsity, [rows, cols]: [usize; 2]) -> Result<Option<Vec<usize>>> {
     Ok(match (pattern, sparsity) {
-        (Pattern::Row, Sparsity::Uniform(s)) => select_lowest(scores, &vec![uniform(*s); rows])?,
-        (Pattern::Layer, Sparsity::Uniform(s)) => {
-            let k = ((rows * cols) as f64 * s).floor() as usize;
-            select_lowest(scores.reshape([1, rows * cols]), &[k])?.reshape([rows, cols])
-        }
+        (Pattern::Row, Sparsity::Uniform(s)) => Some(vec![(cols as f64 * s).floor() as usize; rows]),
         (Pattern::RowsVariable | Pattern::Row, Sparsity::PerRow(v)) => {
             if v.len() != rows {
                 bail!("per-row sparsity has {} entries for {rows} rows", v.len());
             }
-            select_lowest(scores, &rows_variable_prune_counts(v, cols))?
+            Some(rows_variable_prune_counts(v, cols))
         }
-        (Pattern::RowsVariable, Sparsity::Uniform(s)) => {
-            select_lowest(scores, &rows_variable_prune_counts(&vec![*s; rows], cols))?
+        (Pattern::RowsVariable, Sparsity::Uniform(s)) => Some(rows_variable_prune_counts(&vec![*s; rows], cols)),
+        _ => None,
+    })
+}
+
+/// Mask (1.0 = prune) of `scores` [out, in] under `pattern` at `sparsity`.
+pub fn mask(scores: Tensor<2>, pattern: &Pattern, sparsity: &Sparsity) -> Result<Tensor<2>> {
+    let [rows, cols] = scores.dims();
+    if let Some(k) = row_prune_counts(pattern, sparsity, [rows, cols])? {
+        return select_lowest(scores, &k);
+    }
+    Ok(match (pattern, sparsity) {
+        (Pattern::Layer, Sparsity::Uniform(s)) => {
+            let k = ((rows * cols) as f64 * s).floor() as usize;
+            select_lowest(scores.reshape([1, rows * cols]), &[k])?.reshape([rows, cols])
         }
         (Pattern::NM { n, m }, _) => {
             if cols % m != 0 {
@@ -211,7 +220,8 @@ pub fn mask(scores: Tensor<2>, pattern: &Pattern, sparsity: &Sparsity) -> Result
             let groups = rows * cols / m;
             select_lowest(scores.reshape([groups, *m]), &vec![*n; groups])?.reshape([rows, cols])
         }
-        (other, Sparsity::PerRow(_)) => bail!("pattern {} takes one sparsity per layer", other.name()),
+        // The row patterns returned above: what is left is `layer` with one sparsity per row.
+        (other, _) => bail!("pattern {} takes one sparsity per layer", other.name()),
     })
 }
 

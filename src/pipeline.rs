@@ -161,8 +161,8 @@ pub fn prune_resumable(
             for (li, linear) in block.linears.iter_mut().enumerate() {
                 let s = sparsity(b, li);
                 let name = model.linear_name(b, li);
-                // Pruners work in f32 whatever the compute dtype.
-                let weight = to_dtype(linear.weight.clone(), DType::F32);
+                // Pruners compute in f32 whatever the compute dtype (see `Pruner::prune`).
+                let weight = linear.weight.clone();
                 let pruned = stage("prune: prune linears", dev, || pruner.prune(weight, &calib[li], nsamples, pattern, &s)).map_err(|e| crate::err!("{name}: {e}"))?;
                 let values = if pruner.changes_kept_weights() { Some(stage("prune: read masks", dev, || host_f32(pruned.weight.clone(), &name))?) } else { None };
                 linear.weight = to_dtype(pruned.weight, model.dtype);

@@ -3,14 +3,15 @@
 //! weights and a mask. Magnitude and Wanda only zero weights; SparseGPT also updates the weights
 //! it keeps. The engine, OWL and NeuroAL's candidate evaluation call this trait, not a `match`.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use faer::linalg::solvers::DenseSolveCore;
 use faer::{Mat, Side};
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::mask::{expected_pruned, mask, Pattern, Sparsity};
-use crate::model::host_f32;
+use crate::kernels;
+use crate::mask::{expected_pruned, mask, row_prune_counts, Pattern, Sparsity};
+use crate::model::{host_f32, to_dtype};
 use crate::score::{apply_mask, score, InputStats, Method};
 use crate::bail;
 
@@ -60,7 +61,8 @@ impl Hessian {
     }
 }
 
-/// A pruned linear: its new weight [out, in] and the mask (1.0 = pruned).
+/// A pruned linear: its new weight [out, in] (in the dtype it came in, or f32) and the mask
+/// (1.0 = pruned; f32).
 pub struct Pruned {
     pub weight: Tensor<2>,
     pub mask: Tensor<2>,
@@ -91,7 +93,8 @@ pub trait Pruner: Sync {
         Ok(())
     }
 
-    /// `nsamples`: calibration windows (Wanda's normaliser).
+    /// `weight` comes in the compute dtype; a pruner computes its scores and choices in f32
+    /// whatever that is. `nsamples`: calibration windows (Wanda's normaliser).
     fn prune(&self, weight: Tensor<2>, calib: &Calibration, nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned>;
 
     /// The count of pruned weights the engine checks after pruning.
@@ -109,8 +112,7 @@ impl Pruner for Magnitude {
     }
 
     fn prune(&self, weight: Tensor<2>, _calib: &Calibration, _nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned> {
-        let m = mask(score(weight.clone(), None), pattern, sparsity)?;
-        Ok(Pruned { weight: apply_mask(weight, m.clone()), mask: m })
+        prune_by_score(weight, None, pattern, sparsity)
     }
 }
 
@@ -123,9 +125,23 @@ impl Pruner for Wanda {
     }
 
     fn prune(&self, weight: Tensor<2>, calib: &Calibration, nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned> {
-        let m = mask(score(weight.clone(), Some(calib.stats.scaler_row(nsamples))), pattern, sparsity)?;
-        Ok(Pruned { weight: apply_mask(weight, m.clone()), mask: m })
+        prune_by_score(weight, Some(calib.stats.scaler_row(nsamples)), pattern, sparsity)
     }
+}
+
+/// Magnitude's or Wanda's pruning: the lowest scores (|W|, or |W|·√scaler) zeroed under
+/// `pattern`. On a GPU the row patterns take one shader (`kernels::prune_rows`) on the weight as
+/// it is stored; otherwise the score, the mask and the zeroing are separate steps, in f32.
+fn prune_by_score(weight: Tensor<2>, scaler: Option<Tensor<1>>, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned> {
+    if kernels::is_wgpu(&weight)
+        && let Some(k) = row_prune_counts(pattern, sparsity, weight.dims())?
+        && let Some((weight, mask)) = kernels::prune_rows(weight.clone(), scaler.clone(), &k)
+    {
+        return Ok(Pruned { weight, mask });
+    }
+    let weight = to_dtype(weight, DType::F32);
+    let m = mask(score(weight.clone(), scaler), pattern, sparsity)?;
+    Ok(Pruned { weight: apply_mask(weight, m.clone()), mask: m })
 }
 
 /// SparseGPT (Frantar & Alistarh), as the reference implementation runs it: the inverse
@@ -254,6 +270,7 @@ impl Pruner for SparseGpt {
     }
 
     fn prune(&self, weight: Tensor<2>, calib: &Calibration, _nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned> {
+        let weight = to_dtype(weight, DType::F32);
         let [rows, cols] = weight.dims();
         let device = weight.device();
         let Some(hessian) = &calib.hessian else { bail!("sparsegpt needs the Hessian, which was not recorded") };

@@ -203,7 +203,7 @@ pub fn evaluate(
                 stage("search: prune linears", dev, || -> Result<()> {
                     for (li, linear) in sparse.linears.iter_mut().enumerate() {
                         let pruned = pruner
-                            .prune(to_dtype(linear.weight.clone(), DType::F32), &stats_dense[li], nsamples, pattern, &map[b][li])
+                            .prune(linear.weight.clone(), &stats_dense[li], nsamples, pattern, &map[b][li])
                             .map_err(|e| crate::err!("NeuroAL: block {b} {}: {e}", names[li]))?;
                         linear.weight = to_dtype(pruned.weight, model.dtype);
                     }

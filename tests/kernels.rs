@@ -3,7 +3,7 @@
 
 mod common;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use common::*;
 use neuroal::calib::SplitMix64;
 use neuroal::device::Choice;
@@ -105,6 +105,60 @@ fn stats_score_and_mask_shaders_equal_their_twins() {
     let hw = host(score::apply_mask(t2(w.clone(), [rows, cols], &cpu), t2(m.clone(), [rows, cols], &cpu)));
     assert_eq!(hw, cw, "apply_mask, host path");
     assert_eq!(gw.iter().filter(|v| **v == 0.0).count(), m.iter().filter(|v| **v == 1.0).count());
+}
+
+/// `prune_rows.wgsl` (score, selection and zeroing in one shader, on the weight as stored)
+/// against the twins: the three-step path on the same GPU exactly (Wanda with any scaler), and
+/// the CPU twins exactly where √scaler is exact on both (magnitude, and scalers that are
+/// squares). Widths over a workgroup, odd widths, many ties, k = 0 and k = cols; f32, and f16
+/// where the adapter has shader f16 (the stored f16 values then go through the twins in f32).
+#[test]
+fn fused_row_prune_equals_score_select_and_zero() {
+    let selected = select(Choice::Gpu);
+    let gpu = selected.device;
+    let cpu = Device::flex();
+    let mut rng = SplitMix64::new(23);
+    let mut dtypes = vec![DType::F32];
+    if selected.shader_f16 {
+        dtypes.push(DType::F16);
+    }
+    println!("{}: {dtypes:?}", selected.description);
+    let as_dtype = |t: Tensor<2>, dt: DType| neuroal::model::to_dtype(t, dt);
+    let f32_host = |t: Tensor<2>| host(neuroal::model::to_dtype(t, DType::F32));
+    for dt in dtypes {
+        for (rows, cols, levels) in [(3, 1000, None), (5, 300, Some(4)), (4, 7, Some(2)), (2, 4099, Some(50)), (6, 256, Some(1))] {
+            // The weights as the dtype stores them, so every path starts from the same values.
+            let w = f32_host(as_dtype(t2(random(&mut rng, rows * cols, levels), [rows, cols], &cpu), dt));
+            let k: Vec<usize> = (0..rows).map(|r| match r {
+                0 => 0,
+                1 => cols,
+                _ => rng.below(cols as u64 + 1) as usize,
+            }).collect();
+            let any_scaler: Vec<f32> = (0..cols).map(|_| rng.uniform(0.0, 3.0)).collect();
+            let square_scaler: Vec<f32> = (0..cols).map(|_| [0.0, 0.25, 1.0, 2.25, 4.0][rng.below(5) as usize]).collect();
+            let vector = |v: &[f32], d: &Device| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [cols]), d);
+            for (what, scaler) in [("magnitude", None), ("wanda", Some(&any_scaler)), ("wanda, square scalers", Some(&square_scaler))] {
+                let at = format!("{what}, {dt:?}, {rows}x{cols}");
+                let wg = as_dtype(t2(w.clone(), [rows, cols], &gpu), dt);
+                let (fw, fm) = neuroal::kernels::prune_rows(wg.clone(), scaler.map(|s| vector(s, &gpu)), &k).expect("f32 and f16 weights");
+                assert_eq!(fw.dtype(), dt, "{at}: the weight keeps its dtype");
+                let (fw, fm) = (f32_host(fw), host(fm));
+                // The three launches on the same GPU, in f32.
+                let w32 = as_dtype(wg, DType::F32);
+                let m3 = neuroal::kernels::select_lowest(neuroal::kernels::score(w32.clone(), scaler.map(|s| vector(s, &gpu))), &k);
+                let w3 = host(neuroal::kernels::apply_mask(w32, m3.clone()));
+                assert_eq!(fm, host(m3), "{at}: mask against the three shaders");
+                assert_eq!(fw, w3, "{at}: weights against the three shaders");
+                assert_eq!(fm.iter().filter(|&&v| v == 1.0).count(), k.iter().sum::<usize>(), "{at}: k per row");
+                if what != "wanda" {
+                    let wc = t2(w.clone(), [rows, cols], &cpu);
+                    let mc = mask::select_lowest_reference(score::score_reference(wc.clone(), scaler.map(|s| vector(s, &cpu))), &k);
+                    assert_eq!(fm, host(mc.clone()), "{at}: mask against the CPU twins");
+                    assert_eq!(fw, host(score::apply_mask_reference(wc, mc)), "{at}: weights against the CPU twins");
+                }
+            }
+        }
+    }
 }
 
 /// A mask read back through the GPU's packing, or the CPU backends' values, gives the bits of
