@@ -90,24 +90,49 @@ const PACKED: usize = 16;
 /// there first, 16 flags to a value, so 16 times fewer bytes cross the bus (a 7B block's masks:
 /// 51 MB instead of 808 MB); the CPU backends' values are already in host memory.
 pub fn read_bits(mask: Tensor<2>, what: &str) -> Result<Bits> {
+    pack(mask, what)?.read(what)
+}
+
+/// A mask on its way to the host: on a GPU, [`pack`] queues the packing and returns at once, so
+/// a caller can queue more work before [`PackedMask::read`] waits for the device.
+pub enum PackedMask {
+    /// 16 flags to a value, on the device; `n` flags in all.
+    Packed { values: Tensor<1>, n: usize },
+    /// Already read: the CPU backends' values are in host memory (and a size that is not a
+    /// multiple of 16 is read unpacked).
+    Read(Bits),
+}
+
+/// Queues the packing of `mask` on a GPU; elsewhere reads it (see [`read_bits`]).
+pub fn pack(mask: Tensor<2>, what: &str) -> Result<PackedMask> {
     let n = mask.shape().num_elements();
     let device = mask.device();
     if crate::model::on_cpu(&device) || !n.is_multiple_of(PACKED) {
-        let values = crate::model::host_f32(mask, what)?;
-        return Ok(Bits::from_nonzero(&values));
+        return Ok(PackedMask::Read(Bits::from_nonzero(&crate::model::host_f32(mask, what)?)));
     }
     let weights: Vec<f32> = (0..PACKED).map(|i| (1u32 << i) as f32).collect();
     let weights = Tensor::<2>::from_data(TensorData::new(weights, [1, PACKED]), &device);
     let flags = crate::model::to_dtype(mask, burn::tensor::DType::F32).reshape([n / PACKED, PACKED]).not_equal_elem(0.0).float();
-    let packed = crate::model::host_f32((flags * weights).sum_dim(1), what)?;
-    if let Some(bad) = packed.iter().find(|&&v| !((0.0..65536.0).contains(&v) && v.fract() == 0.0)) {
-        bail!("{what}: the device packed a mask value {bad}, not 16 flags");
+    Ok(PackedMask::Packed { values: (flags * weights).sum_dim(1).reshape([n / PACKED]), n })
+}
+
+impl PackedMask {
+    /// The mask as bits, waiting for the device where it is still there.
+    pub fn read(self, what: &str) -> Result<Bits> {
+        let (values, n) = match self {
+            PackedMask::Read(bits) => return Ok(bits),
+            PackedMask::Packed { values, n } => (values, n),
+        };
+        let packed = crate::model::host_f32(values, what)?;
+        if let Some(bad) = packed.iter().find(|&&v| !((0.0..65536.0).contains(&v) && v.fract() == 0.0)) {
+            bail!("{what}: the device packed a mask value {bad}, not 16 flags");
+        }
+        let mut words = vec![0u64; n.div_ceil(64)];
+        words.par_iter_mut().zip(packed.par_chunks(64 / PACKED)).for_each(|(w, four)| {
+            *w = four.iter().enumerate().fold(0u64, |acc, (i, &v)| acc | (v as u64) << (PACKED * i));
+        });
+        Ok(Bits::from_words(words, n))
     }
-    let mut words = vec![0u64; n.div_ceil(64)];
-    words.par_iter_mut().zip(packed.par_chunks(64 / PACKED)).for_each(|(w, four)| {
-        *w = four.iter().enumerate().fold(0u64, |acc, (i, &v)| acc | (v as u64) << (PACKED * i));
-    });
-    Ok(Bits::from_words(words, n))
 }
 
 /// One pruned linear: its checkpoint name, shape and which weights were zeroed (row-major);

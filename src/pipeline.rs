@@ -157,7 +157,9 @@ pub fn prune_resumable(
         } else {
             // Wanda's order: statistics from the dense block; its outputs are not kept.
             let calib = stage("prune: dense pass", dev, || calibrate(model, &block, &hidden, &pos, pruner.needs_hessian()))?;
-            let mut block_masks = Vec::with_capacity(linears);
+            // On a GPU every linear's pruning is queued before any mask is read back: the device
+            // works through them while the host unpacks the masks that are done.
+            let mut queued = Vec::with_capacity(linears);
             for (li, linear) in block.linears.iter_mut().enumerate() {
                 let s = sparsity(b, li);
                 let name = model.linear_name(b, li);
@@ -166,7 +168,12 @@ pub fn prune_resumable(
                 let pruned = stage("prune: prune linears", dev, || pruner.prune(weight, &calib[li], nsamples, pattern, &s)).map_err(|e| crate::err!("{name}: {e}"))?;
                 let values = if pruner.changes_kept_weights() { Some(stage("prune: read masks", dev, || host_f32(pruned.weight.clone(), &name))?) } else { None };
                 linear.weight = to_dtype(pruned.weight, model.dtype);
-                let mut bits = stage("prune: read masks", dev, || crate::mask::read_bits(pruned.mask, &name))?;
+                let packed = stage("prune: read masks", dev, || crate::mask::pack(pruned.mask, &name))?;
+                queued.push((li, name, s, values, packed));
+            }
+            let mut block_masks = Vec::with_capacity(linears);
+            for (li, name, s, values, packed) in queued {
+                let mut bits = stage("prune: read masks", dev, || packed.read(&name))?;
                 if bits.len() != shapes[li][0] * shapes[li][1] {
                     bail!("{name}: the mask read back from the device has {} entries, expected {}", bits.len(), shapes[li][0] * shapes[li][1]);
                 }
