@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Prepares, here, what scripts/device_bench.sh needs on a lent GPU machine. That machine gets
 # only the checkout plus at most 64 MiB of carried git-ignored folders, so this writes
-#   .bin/  the builds named in BUILDS (default "default nofusion autotune", what
-#          device_bench.sh's default steps compare; "default" has fusion, "nofusion" is
+#   .bin/  the builds named in BUILDS (default "default nofusion", what device_bench.sh's
+#          default steps compare; also "autotune"; "default" has fusion, "nofusion" is
 #          --no-default-features --features vulkan, "wgsl" --no-default-features),
 #          each stripped as neuroal[-FEATURES], and with WT2=1 wt2-llama with its test and
 #          validation texts (for the wt2 steps), all xz-compressed: about 12.5 MB per build
-#          and 24 MB for wt2-llama, so WT2=1 leaves room for three builds;
+#          and 24 MB for wt2-llama, so WT2=1 leaves room for two builds (the checkout
+#          itself travels too, about 4 MB);
 #   .gl/   the Vulkan and EGL loader packages (the device README's recipe), if missing.
 # Then: run `bash scripts/device_bench.sh` there with carry [".bin", ".gl"].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
 rm -rf .bin && mkdir -p .bin
-for build in ${BUILDS:-default nofusion autotune}; do
+for build in ${BUILDS:-default nofusion}; do
   case $build in
     default) cargo build --release; name=neuroal ;;
     nofusion) cargo build --release --no-default-features --features vulkan; name=neuroal-nofusion ;;
