@@ -3,9 +3,10 @@
 // Workgroups tile channel blocks (x) by row slices (y): one thread per channel walking every row
 // of a 4,096-token chunk kept a few dozen workgroups busy on a GPU with thousands of slots.
 // Adjacent threads read adjacent channels of a row, so every row is read coalesced. The caller
-// adds the slices up; outputs are fresh buffers (burn tensors may share storage).
-
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+// adds the slices up; outputs are fresh buffers (burn tensors may share storage). x is read in
+// the compute dtype ({{ elem }}); the sums are f32.
+{{ enable }}
+@group(0) @binding(0) var<storage, read_write> x: array<{{ elem }}>;
 @group(0) @binding(1) var<storage, read_write> sumsq_part: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sum_part: array<f32>;
 @group(0) @binding(3) var<storage, read_write> info: array<u32>;
@@ -25,7 +26,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
     var sq = 0.0;
     var s = 0.0;
     for (var i = start; i < end; i++) {
-        let v = x[i * cols + j];
+        let v = f32(x[i * cols + j]);
         sq += v * v;
         s += v;
     }

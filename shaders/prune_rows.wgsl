@@ -3,15 +3,15 @@
 // and never stored; the k[r] lowest scores of row r (ties: lower column first) are zeroed in
 // `out` and marked 1.0 in `mask` (the rest 0.0). The arithmetic is that of score.wgsl, then
 // select_lowest.wgsl, then apply_mask.wgsl, which move a score matrix and a mask through memory
-// between three launches. `w` and `out` are in the compute dtype ({{ weight }}), read and
+// between three launches. `w` and `out` are in the compute dtype ({{ elem }}), read and
 // written as they are stored; scores are f32. One workgroup per row: an exact radix select of
 // the k-th smallest key over four 8-bit digits, then a pass that ranks the ties by column with a
 // workgroup prefix sum and writes the row.
 {{ enable }}
-@group(0) @binding(0) var<storage, read_write> w: array<{{ weight }}>;
+@group(0) @binding(0) var<storage, read_write> w: array<{{ elem }}>;
 @group(0) @binding(1) var<storage, read_write> scaler: array<f32>;
 @group(0) @binding(2) var<storage, read_write> kth: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<{{ weight }}>;
+@group(0) @binding(3) var<storage, read_write> out: array<{{ elem }}>;
 @group(0) @binding(4) var<storage, read_write> mask: array<f32>;
 @group(0) @binding(5) var<storage, read_write> info: array<u32>;
 
@@ -130,7 +130,7 @@ fn main(
         if (j < cols) {
             let pruned = k > 0u && (key < prefix || (is_tie == 1u && rank <= remaining));
             if (pruned) {
-                out[base + j] = {{ weight }}(0.0);
+                out[base + j] = {{ elem }}(0.0);
                 mask[base + j] = 1.0;
             } else {
                 out[base + j] = w[base + j];

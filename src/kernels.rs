@@ -52,21 +52,23 @@ struct Shader {
     /// The pipeline cache's key: the file, and the weight type where a shader has variants.
     name: &'static str,
     source: &'static str,
-    /// What fills `{{ weight }}`: the element type of a shader's weight buffers.
-    weight: &'static str,
+    /// What fills `{{ elem }}`: the element type of the buffers a shader reads in the compute
+    /// dtype (f32 or f16; f16 also fills `{{ enable }}` with WGSL's `enable f16;`).
+    elem: &'static str,
 }
 
 macro_rules! shader {
     ($file:literal) => {
-        Shader { name: $file, source: include_str!(concat!("../shaders/", $file)), weight: "f32" }
+        Shader { name: $file, source: include_str!(concat!("../shaders/", $file)), elem: "f32" }
     };
-    ($file:literal, $weight:literal) => {
-        Shader { name: concat!($file, " (", $weight, ")"), source: include_str!(concat!("../shaders/", $file)), weight: $weight }
+    ($file:literal, $elem:literal) => {
+        Shader { name: concat!($file, " (", $elem, ")"), source: include_str!(concat!("../shaders/", $file)), elem: $elem }
     };
 }
 
 const SELECT_LOWEST: Shader = shader!("select_lowest.wgsl");
-const INPUT_STATS: Shader = shader!("input_stats.wgsl");
+const INPUT_STATS: Shader = shader!("input_stats.wgsl", "f32");
+const INPUT_STATS_F16: Shader = shader!("input_stats.wgsl", "f16");
 const SCORE: Shader = shader!("score.wgsl");
 const APPLY_MASK: Shader = shader!("apply_mask.wgsl");
 const ALIGNMENT: Shader = shader!("alignment.wgsl");
@@ -76,10 +78,10 @@ const PRUNE_ROWS_F16: Shader = shader!("prune_rows.wgsl", "f16");
 impl Shader {
     /// The shader's text with its template fields filled in.
     fn text(self) -> String {
-        let enable = if self.weight == "f16" { "enable f16;" } else { "" };
+        let enable = if self.elem == "f16" { "enable f16;" } else { "" };
         self.source
             .replace("{{ workgroup_size }}", &WORKGROUP.to_string())
-            .replace("{{ weight }}", self.weight)
+            .replace("{{ elem }}", self.elem)
             .replace("{{ enable }}", enable)
     }
 
@@ -252,13 +254,18 @@ pub fn prune_rows(w: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize]) -> Optio
 /// x [n, cols], summed per slice of rows on the device, then over the slices.
 pub fn input_stats(x: Tensor<2>, sumsq: Tensor<1>, sum: Tensor<1>) -> (Tensor<1>, Tensor<1>) {
     let [n, cols] = x.dims();
+    // x as computed (f32 or f16: read as stored, summed in f32), else an f32 copy.
+    let (shader, x) = match x.dtype() {
+        DType::F16 => (INPUT_STATS_F16, x),
+        _ => (INPUT_STATS, crate::model::to_dtype(x, DType::F32)),
+    };
     let x = cube(x);
     // Short slices fill the GPU; at most MAX_GROUPS of them.
     let rows_per_slice = STATS_ROWS.max(n.div_ceil(MAX_GROUPS as usize));
     let slices = n.div_ceil(rows_per_slice).max(1);
     let (sq_part, s_part) = (empty_like(&x, Shape::new([slices, cols])), empty_like(&x, Shape::new([slices, cols])));
     let groups = (cols as u32).div_ceil(WORKGROUP);
-    launch(INPUT_STATS, (groups, slices as u32), &[&x, &sq_part, &s_part], &[n as u32, cols as u32, rows_per_slice as u32]);
+    launch(shader, (groups, slices as u32), &[&x, &sq_part, &s_part], &[n as u32, cols as u32, rows_per_slice as u32]);
     let total = |part: CubeTensor| from_cube::<2>(part).sum_dim(0).reshape([cols]);
     (sumsq + total(sq_part), sum + total(s_part))
 }

@@ -97,7 +97,7 @@ pub fn read_bits(mask: Tensor<2>, what: &str) -> Result<Bits> {
 /// a caller can queue more work before [`PackedMask::read`] waits for the device.
 pub enum PackedMask {
     /// 16 flags to a value, on the device; `n` flags in all.
-    Packed { values: Tensor<1>, n: usize },
+    Packed { values: Box<Tensor<1>>, n: usize },
     /// Already read: the CPU backends' values are in host memory (and a size that is not a
     /// multiple of 16 is read unpacked).
     Read(Bits),
@@ -113,7 +113,7 @@ pub fn pack(mask: Tensor<2>, what: &str) -> Result<PackedMask> {
     let weights: Vec<f32> = (0..PACKED).map(|i| (1u32 << i) as f32).collect();
     let weights = Tensor::<2>::from_data(TensorData::new(weights, [1, PACKED]), &device);
     let flags = crate::model::to_dtype(mask, burn::tensor::DType::F32).reshape([n / PACKED, PACKED]).not_equal_elem(0.0).float();
-    Ok(PackedMask::Packed { values: (flags * weights).sum_dim(1).reshape([n / PACKED]), n })
+    Ok(PackedMask::Packed { values: Box::new((flags * weights).sum_dim(1).reshape([n / PACKED])), n })
 }
 
 impl PackedMask {
@@ -123,7 +123,7 @@ impl PackedMask {
             PackedMask::Read(bits) => return Ok(bits),
             PackedMask::Packed { values, n } => (values, n),
         };
-        let packed = crate::model::host_f32(values, what)?;
+        let packed = crate::model::host_f32(*values, what)?;
         if let Some(bad) = packed.iter().find(|&&v| !((0.0..65536.0).contains(&v) && v.fract() == 0.0)) {
             bail!("{what}: the device packed a mask value {bad}, not 16 flags");
         }

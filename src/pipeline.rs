@@ -168,7 +168,7 @@ pub fn prune_resumable(
                 let pruned = stage("prune: prune linears", dev, || pruner.prune(weight, &calib[li], nsamples, pattern, &s)).map_err(|e| crate::err!("{name}: {e}"))?;
                 let values = if pruner.changes_kept_weights() { Some(stage("prune: read masks", dev, || host_f32(pruned.weight.clone(), &name))?) } else { None };
                 linear.weight = to_dtype(pruned.weight, model.dtype);
-                let packed = stage("prune: read masks", dev, || crate::mask::pack(pruned.mask, &name))?;
+                let packed = stage("prune: pack masks", dev, || crate::mask::pack(pruned.mask, &name))?;
                 queued.push((li, name, s, values, packed));
             }
             let mut block_masks = Vec::with_capacity(linears);

@@ -23,11 +23,12 @@ impl InputStats {
     /// Adds the rows of x [.., cols] (one row per token).
     pub fn add(&mut self, x: &Tensor<3>) {
         let [b, t, cols] = x.dims();
-        let x2 = crate::model::to_dtype(x.clone().reshape([b * t, cols]), burn::tensor::DType::F32);
+        let x2 = x.clone().reshape([b * t, cols]);
+        // The shader reads x in the compute dtype and sums in f32, as the twin does on a copy.
         let (sumsq, sum) = if kernels::is_wgpu(&x2) {
             kernels::input_stats(x2, self.sumsq.clone(), self.sum.clone())
         } else {
-            input_stats_reference(x2, self.sumsq.clone(), self.sum.clone())
+            input_stats_reference(crate::model::to_dtype(x2, burn::tensor::DType::F32), self.sumsq.clone(), self.sum.clone())
         };
         self.sumsq = sumsq;
         self.sum = sum;

@@ -117,6 +117,7 @@ fn the_trace_counts_every_stage() {
         ("prune: load block", 3),
         ("prune: dense pass", 2),
         ("prune: prune linears", 14),
+        ("prune: pack masks", 14),
         ("prune: read masks", 14),
         ("prune: block forward", 1),
     ];

@@ -65,7 +65,8 @@ fn select_lowest_shader_and_host_path_equal_their_twin() {
 
 #[test]
 fn stats_score_and_mask_shaders_equal_their_twins() {
-    let gpu = select(Choice::Gpu).device;
+    let selected = select(Choice::Gpu);
+    let gpu = selected.device.clone();
     let cpu = Device::flex();
     let mut rng = SplitMix64::new(7);
     // Rows over several of the shader's 64-row slices, the last one short.
@@ -86,6 +87,15 @@ fn stats_score_and_mask_shaders_equal_their_twins() {
     let close = |a: &[f32], b: &[f32]| !a.is_empty() && a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5 * y.abs().max(1.0));
     assert!(close(&host(gs.clone()), &host(cs.clone())), "sum of squares");
     assert!(close(&host(gm), &host(cm)), "sum");
+    // f16 activations are read as stored and summed in f32: the twin sums the same values in f32.
+    if selected.shader_f16 {
+        let half = |d: &Device| neuroal::model::to_dtype(t2(x.clone(), [n, cols], d), DType::F16);
+        let a = |d: &Device| Tensor::<1>::from_data(TensorData::new(acc.clone(), [cols]), d);
+        let (hs, hm) = neuroal::kernels::input_stats(half(&gpu), a(&gpu), a(&gpu));
+        let (rs, rm) = score::input_stats_reference(neuroal::model::to_dtype(half(&cpu), DType::F32), a(&cpu), a(&cpu));
+        assert!(close(&host(hs), &host(rs)), "sum of squares of f16 inputs");
+        assert!(close(&host(hm), &host(rm)), "sum of f16 inputs");
+    }
 
     let w = random(&mut rng, rows * cols, None);
     let gscore = host(score::score(t2(w.clone(), [rows, cols], &gpu), Some(gs)));
