@@ -72,6 +72,9 @@ const INPUT_STATS_F16: Shader = shader!("input_stats.wgsl", "f16");
 const SCORE: Shader = shader!("score.wgsl");
 const APPLY_MASK: Shader = shader!("apply_mask.wgsl");
 const ALIGNMENT: Shader = shader!("alignment.wgsl");
+/// The per-row selection `select_lowest.wgsl` and `prune_rows.wgsl` share (WGSL has no
+/// includes: its text goes where they write `{{ row_select }}`).
+const ROW_SELECT: &str = include_str!("../shaders/row_select.wgsl");
 const PRUNE_ROWS: Shader = shader!("prune_rows.wgsl", "f32");
 const PRUNE_ROWS_F16: Shader = shader!("prune_rows.wgsl", "f16");
 
@@ -80,6 +83,7 @@ impl Shader {
     fn text(self) -> String {
         let enable = if self.elem == "f16" { "enable f16;" } else { "" };
         self.source
+            .replace("{{ row_select }}", ROW_SELECT)
             .replace("{{ workgroup_size }}", &WORKGROUP.to_string())
             .replace("{{ elem }}", self.elem)
             .replace("{{ enable }}", enable)

@@ -100,6 +100,23 @@ fn streamed_blocks_give_the_same_perplexity_as_resident_blocks() {
     assert!((streamed.ppl - want).abs() <= 1e-4 * want);
 }
 
+/// The CLI's perplexity of tiny-llama's first two windows on the GPU in f32, with the kernel
+/// variable `var` (and only it) set to `kernel`.
+fn eval_two_windows_with(seqlen: &str, var: &str, kernel: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(["eval", "--model"])
+        .arg(asset("tiny-llama"))
+        .arg("--text")
+        .arg(asset("sample.txt"))
+        .args(["--device", "gpu", "--max-windows", "2", "--seqlen", seqlen, "--dtype", "f32"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env_remove("NEUROAL_MATMUL")
+        .env_remove("NEUROAL_ATTENTION")
+        .env(var, kernel)
+        .output()
+        .unwrap()
+}
+
 /// `NEUROAL_MATMUL` names a fixed kernel for the linears' products on a GPU: with either
 /// per-thread kernel the CLI gives transformers' perplexity of the first two windows; so does a
 /// tensor-core kernel, which lavapipe declines (burn's kernel then runs, after one warning
@@ -110,18 +127,7 @@ fn a_fixed_matmul_kernel_gives_transformers_perplexity() {
     let losses = floats(&g["window_losses"]);
     let want = ((losses[0] as f64 + losses[1] as f64) / 2.0).exp();
     let seqlen = g["seqlen"].as_u64().unwrap().to_string();
-    let eval = |kernel: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
-            .args(["eval", "--model"])
-            .arg(asset("tiny-llama"))
-            .arg("--text")
-            .arg(asset("sample.txt"))
-            .args(["--device", "gpu", "--max-windows", "2", "--seqlen", &seqlen, "--dtype", "f32"])
-            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-            .env("NEUROAL_MATMUL", kernel)
-            .output()
-            .unwrap()
-    };
+    let eval = |kernel: &str| eval_two_windows_with(&seqlen, "NEUROAL_MATMUL", kernel);
     // Runs the kernel; returns its stderr after checking its perplexity against transformers.
     let check = |kernel: &str| -> String {
         let o = eval(kernel);
@@ -160,19 +166,7 @@ fn a_fixed_attention_kernel_gives_transformers_perplexity() {
     let losses = floats(&g["window_losses"]);
     let want = ((losses[0] as f64 + losses[1] as f64) / 2.0).exp();
     let seqlen = g["seqlen"].as_u64().unwrap().to_string();
-    let eval = |kernel: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
-            .args(["eval", "--model"])
-            .arg(asset("tiny-llama"))
-            .arg("--text")
-            .arg(asset("sample.txt"))
-            .args(["--device", "gpu", "--max-windows", "2", "--seqlen", &seqlen, "--dtype", "f32"])
-            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-            .env("NEUROAL_ATTENTION", kernel)
-            .env_remove("NEUROAL_MATMUL")
-            .output()
-            .unwrap()
-    };
+    let eval = |kernel: &str| eval_two_windows_with(&seqlen, "NEUROAL_ATTENTION", kernel);
     for kernel in ["flash-unit", "ops", "flash-4"] {
         let o = eval(kernel);
         let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));

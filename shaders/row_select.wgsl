@@ -1,0 +1,98 @@
+// The selection that select_lowest.wgsl and prune_rows.wgsl share (each writes {{ row_select }}
+// where it goes): in one row of `cols` entries, the k lowest keys, ties to the lower column, with
+// one workgroup. An exact radix select finds the k-th smallest key over four 8-bit digits (rows
+// may be far wider than workgroup memory); then a pass over the row ranks the ties by column with
+// a workgroup prefix sum and hands each column's verdict to the shader. The including shader
+// defines key_at(base, j), the key (key_of of the f32 score) of column j of the row starting at
+// `base`, and write_at(base, j, pruned).
+
+const WG: u32 = {{ workgroup_size }}u;
+
+var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> select_u32: array<u32, 2>;
+var<workgroup> flags: array<u32, {{ workgroup_size }}>;
+
+// Order-preserving map of f32 to u32; +0 and -0 share a key, as they compare equal.
+fn key_of(x: f32) -> u32 {
+    var bits = bitcast<u32>(x);
+    if (x == 0.0) {
+        bits = 0u;
+    }
+    if ((bits & 0x80000000u) != 0u) {
+        return ~bits;
+    }
+    return bits | 0x80000000u;
+}
+
+// Calls write_at(base, j, pruned) for every column j of the row: pruned for the k lowest keys.
+// Every invocation of the workgroup calls it (it holds barriers); `cols` is workgroup-uniform.
+fn select_row(base: u32, cols: u32, k: u32, lid: u32) {
+    // Radix select: after four digits, `prefix` is the key of the k-th smallest score and
+    // `remaining` how many scores equal to it are pruned.
+    var prefix = 0u;
+    var digits_mask = 0u;
+    var remaining = k;
+    for (var digit = 0u; digit < 4u; digit++) {
+        let shift = 24u - 8u * digit;
+        atomicStore(&hist[lid], 0u);
+        workgroupBarrier();
+        for (var j = lid; j < cols; j += WG) {
+            let key = key_at(base, j);
+            if ((key & digits_mask) == prefix) {
+                atomicAdd(&hist[(key >> shift) & 255u], 1u);
+            }
+        }
+        workgroupBarrier();
+        if (lid == 0u) {
+            var cum = 0u;
+            var sel = 255u;
+            var left = remaining;
+            for (var b = 0u; b < 256u; b++) {
+                let c = atomicLoad(&hist[b]);
+                if (cum + c >= remaining) {
+                    sel = b;
+                    left = remaining - cum;
+                    break;
+                }
+                cum += c;
+            }
+            select_u32[0] = sel;
+            select_u32[1] = left;
+        }
+        let sel = workgroupUniformLoad(&select_u32[0]);
+        remaining = workgroupUniformLoad(&select_u32[1]);
+        prefix = prefix | (sel << shift);
+        digits_mask = digits_mask | (255u << shift);
+    }
+
+    // Pruned: below the k-th key, or equal to it and among the first `remaining` such columns.
+    var ties_before = 0u;
+    for (var start = 0u; start < cols; start += WG) {
+        let j = start + lid;
+        var key = 0u;
+        var is_tie = 0u;
+        if (j < cols) {
+            key = key_at(base, j);
+            if (key == prefix) {
+                is_tie = 1u;
+            }
+        }
+        flags[lid] = is_tie;
+        workgroupBarrier();
+        // Inclusive prefix sum of the tie flags (Hillis-Steele).
+        for (var off = 1u; off < WG; off = off * 2u) {
+            var add = 0u;
+            if (lid >= off) {
+                add = flags[lid - off];
+            }
+            workgroupBarrier();
+            flags[lid] = flags[lid] + add;
+            workgroupBarrier();
+        }
+        let rank = ties_before + flags[lid];
+        if (j < cols) {
+            write_at(base, j, k > 0u && (key < prefix || (is_tie == 1u && rank <= remaining)));
+        }
+        ties_before = ties_before + workgroupUniformLoad(&flags[WG - 1u]);
+    }
+}
