@@ -172,8 +172,8 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
     let attention = crate::gpu_attention::choose(&device)?;
     let compiler = crate::kernels::compiler(&device);
     let mut description = format!("gpu: {} ({:?}, {:?}, {compiler})", best.info.name, best.info.device_type, best.info.backend);
-    // The fixed kernels, as their variables name them (the default ones run f16 products only).
-    let fixed: Vec<&str> = matmul.as_deref().into_iter().chain(attention).collect();
+    // The fixed kernels, as their variables name them (the defaults say what they cover).
+    let fixed: Vec<String> = matmul.into_iter().chain(attention).collect();
     if !fixed.is_empty() {
         description.push_str(&format!(" [{}]", fixed.join(", ")));
     }

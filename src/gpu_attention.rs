@@ -51,8 +51,9 @@ pub const NAMES: [&str; 5] = ["ops", "flash-2", "flash-4", "flash-8", "flash-uni
 static CHOSEN: OnceLock<Choice> = OnceLock::new();
 
 /// Reads `NEUROAL_ATTENTION` when a GPU is opened: the kernel it names, else the default for
-/// this adapter; a one-line error when it names none. Returns the name when a flash kernel runs.
-pub fn choose(device: &burn::tensor::Device) -> Result<Option<&'static str>> {
+/// this adapter; a one-line error when it names none. Returns, for the device line, the flash
+/// kernel's name when one runs, with what the default covers.
+pub fn choose(device: &burn::tensor::Device) -> Result<Option<String>> {
     let asked = std::env::var(VAR).unwrap_or_default();
     let asked = asked.trim();
     let choice = if asked.is_empty() {
@@ -68,7 +69,11 @@ pub fn choose(device: &burn::tensor::Device) -> Result<Option<&'static str>> {
     if chosen.explicit && chosen.name != asked {
         bail!("{VAR} changed after the GPU was opened; a process uses one kernel");
     }
-    Ok((chosen.name != "ops").then_some(chosen.name))
+    Ok(match (chosen.name, chosen.explicit) {
+        ("ops", _) => None,
+        (name, true) => Some(name.to_string()),
+        (name, false) => Some(format!("{name} for f16 heads ≤ {DEFAULT_MAX_HEAD_DIM}")),
+    })
 }
 
 /// The attention kernel when `NEUROAL_ATTENTION` is unset, given the compiler burn's runtime

@@ -85,8 +85,8 @@ static CHOSEN: OnceLock<Option<Choice>> = OnceLock::new();
 static DECLINED: Mutex<Vec<([usize; 3], DType)>> = Mutex::new(Vec::new());
 
 /// Reads `NEUROAL_MATMUL` when a GPU is opened: the kernel it names, or a one-line error
-/// listing the names when it names none; unset or empty, this adapter's default. Returns the
-/// kernel's name when one is fixed.
+/// listing the names when it names none; unset or empty, this adapter's default. Returns, for
+/// the device line, the kernel's name when one is fixed, with what the default covers.
 pub fn choose(device: &burn::tensor::Device) -> Result<Option<String>> {
     let name = std::env::var(VAR).unwrap_or_default();
     let name = name.trim();
@@ -106,7 +106,7 @@ pub fn choose(device: &burn::tensor::Device) -> Result<Option<String>> {
     if key(chosen) != wanted {
         bail!("{VAR} changed after the GPU was opened; a process uses one kernel");
     }
-    Ok(chosen.as_ref().map(|c| c.name.clone()))
+    Ok(chosen.as_ref().map(|c| if c.explicit { c.name.clone() } else { format!("{} for half-precision products", c.name) }))
 }
 
 /// The kernel the linears' products use when `NEUROAL_MATMUL` is unset, given the compiler
