@@ -14,7 +14,6 @@
 @group(0) @binding(4) var<storage, read_write> mask: array<f32>;
 @group(0) @binding(5) var<storage, read_write> info: array<u32>;
 
-var<workgroup> shared_u32: array<u32, 3>;
 // Whether the score multiplies by sqrt(scaler) (Wanda), set by main.
 var<private> use_scaler: u32;
 
@@ -45,17 +44,6 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row_id = wid.y * nwg.x + wid.x;
-    if (lid == 0u) {
-        shared_u32[0] = info[0];
-        shared_u32[1] = info[1];
-        shared_u32[2] = info[2];
-    }
-    let rows = workgroupUniformLoad(&shared_u32[0]);
-    let cols = workgroupUniformLoad(&shared_u32[1]);
-    use_scaler = workgroupUniformLoad(&shared_u32[2]);
-    if (row_id >= rows) {
-        return;
-    }
-    select_row(row_id * cols, cols, min(kth[row_id], cols), lid);
+    use_scaler = info[2];
+    select_workgroup_row(wid, nwg, lid);
 }

@@ -3,8 +3,9 @@
 // one workgroup. An exact radix select finds the k-th smallest key over four 8-bit digits (rows
 // may be far wider than workgroup memory); then a pass over the row ranks the ties by column with
 // a workgroup prefix sum and hands each column's verdict to the shader. The including shader
-// defines key_at(base, j), the key (key_of of the f32 score) of column j of the row starting at
-// `base`, and write_at(base, j, pruned).
+// binds `kth` (the count per row) and `info` (rows, cols first), and defines key_at(base, j),
+// the key (key_of of the f32 score) of column j of the row starting at `base`, and
+// write_at(base, j, pruned).
 
 const WG: u32 = {{ workgroup_size }}u;
 
@@ -95,4 +96,20 @@ fn select_row(base: u32, cols: u32, k: u32, lid: u32) {
         }
         ties_before = ties_before + workgroupUniformLoad(&flags[WG - 1u]);
     }
+}
+
+// The whole of a shader's work on the row of this workgroup (one workgroup per row, folded
+// into two dimensions): select_row over it, with its count clamped to the row's width.
+fn select_workgroup_row(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
+    let row_id = wid.y * nwg.x + wid.x;
+    if (lid == 0u) {
+        select_u32[0] = info[0];
+        select_u32[1] = info[1];
+    }
+    let rows = workgroupUniformLoad(&select_u32[0]);
+    let cols = workgroupUniformLoad(&select_u32[1]);
+    if (row_id >= rows) {
+        return;
+    }
+    select_row(row_id * cols, cols, min(kth[row_id], cols), lid);
 }

@@ -7,8 +7,6 @@
 @group(0) @binding(2) var<storage, read_write> mask: array<f32>;
 @group(0) @binding(3) var<storage, read_write> info: array<u32>;
 
-var<workgroup> shared_u32: array<u32, 2>;
-
 {{ row_select }}
 
 fn key_at(base: u32, j: u32) -> u32 {
@@ -25,15 +23,5 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row_id = wid.y * nwg.x + wid.x;
-    if (lid == 0u) {
-        shared_u32[0] = info[0];
-        shared_u32[1] = info[1];
-    }
-    let rows = workgroupUniformLoad(&shared_u32[0]);
-    let cols = workgroupUniformLoad(&shared_u32[1]);
-    if (row_id >= rows) {
-        return;
-    }
-    select_row(row_id * cols, cols, min(kth[row_id], cols), lid);
+    select_workgroup_row(wid, nwg, lid);
 }

@@ -38,6 +38,7 @@ const DEFAULT_MIN_SHARED: usize = 49_152;
 
 /// What a process uses; `explicit` when the user named it (it then applies to every dtype and
 /// says when a shape is declined).
+#[derive(Clone, Copy, PartialEq)]
 struct Choice {
     name: &'static str,
     explicit: bool,
@@ -66,7 +67,7 @@ pub fn choose(device: &burn::tensor::Device) -> Result<Option<String>> {
         }
     };
     let chosen = CHOSEN.get_or_init(|| choice);
-    if chosen.explicit && chosen.name != asked {
+    if *chosen != choice {
         bail!("{VAR} changed after the GPU was opened; a process uses one kernel");
     }
     Ok(match (chosen.name, chosen.explicit) {
@@ -119,7 +120,7 @@ pub fn causal(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> 
         Ok(out) => Some(kernels::from_cube(out)),
         Err(why) => {
             if choice.explicit {
-                let why = format!("{why:?}").split_whitespace().collect::<Vec<_>>().join(" ");
+                let why = crate::error::one_line(&format!("{why:?}"));
                 warn_once(&format!("warning: {VAR}={}: {why}; the separate kernels run where it declines", choice.name));
             }
             None

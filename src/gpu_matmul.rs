@@ -8,7 +8,6 @@
 use std::sync::{Mutex, OnceLock};
 
 use burn::backend::cubecl::dtype_to_storage_type;
-use burn::backend::wgpu::CubeTensor;
 use burn::tensor::{DType, Shape, Tensor};
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
 use cubek::matmul::multi_level::Strategy as Kernel;
@@ -152,7 +151,7 @@ fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: &Kernel) -> std::result::Resul
     if rhs.dtype != dtype {
         return Err(format!("operands in {dtype:?} and {:?}", rhs.dtype));
     }
-    let out = CubeTensor::new_contiguous(lhs.client.clone(), lhs.device.clone(), Shape::new([m, n]), lhs.client.empty(m * n * dtype.size()), dtype);
+    let out = kernels::empty_as(&lhs, Shape::new([m, n]), dtype);
     let client = lhs.client.clone();
     let storage = dtype_to_storage_type(dtype);
     let mut elems = MatmulElems::from_globals(&MatmulGlobalElems { lhs: storage, rhs: storage, out: storage });
@@ -165,7 +164,7 @@ fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: &Kernel) -> std::result::Resul
         out.clone().binding(),
         &mut elems,
     )
-    .map_err(|e| format!("{e:?}").split_whitespace().collect::<Vec<_>>().join(" "))?;
+    .map_err(|e| crate::error::one_line(&format!("{e:?}")))?;
     Ok(kernels::from_cube(out))
 }
 

@@ -153,9 +153,22 @@ pub(crate) fn from_cube<const D: usize>(t: CubeTensor) -> Tensor<D> {
     Tensor::from_primitive::<Wgpu>(out)
 }
 
+/// A new f32 buffer of `shape` on `t`'s runtime.
 fn empty_like(t: &CubeTensor, shape: Shape) -> CubeTensor {
-    let handle = t.client.empty(shape.num_elements() * DType::F32.size());
-    CubeTensor::new_contiguous(t.client.clone(), t.device.clone(), shape, handle, DType::F32)
+    empty_as(t, shape, DType::F32)
+}
+
+/// A new buffer of `shape` in `dtype` on `t`'s runtime (a kernel's output).
+pub(crate) fn empty_as(t: &CubeTensor, shape: Shape, dtype: DType) -> CubeTensor {
+    let handle = t.client.empty(shape.num_elements() * dtype.size());
+    CubeTensor::new_contiguous(t.client.clone(), t.device.clone(), shape, handle, dtype)
+}
+
+/// Each row's count `k` as u32s on `t`'s runtime, for the selection shaders.
+fn row_counts(t: &CubeTensor, k: &[usize]) -> CubeTensor {
+    let k: Vec<u32> = k.iter().map(|&k| k as u32).collect();
+    let handle = t.client.create_from_slice(bytemuck::cast_slice(&k));
+    CubeTensor::new_contiguous(t.client.clone(), t.device.clone(), Shape::new([k.len()]), handle, DType::U32)
 }
 
 /// Workgroups for `groups` units of work, folded into two dimensions past the per-dimension cap.
@@ -214,15 +227,7 @@ fn launch(shader: Shader, groups: (u32, u32), buffers: &[&CubeTensor], info: &[u
 pub fn select_lowest(scores: Tensor<2>, k: &[usize]) -> Tensor<2> {
     let [rows, cols] = scores.dims();
     let scores = cube(scores);
-    let k: Vec<u32> = k.iter().map(|&k| k as u32).collect();
-    let kth = scores.client.create_from_slice(bytemuck::cast_slice(&k));
-    let kth = CubeTensor::new_contiguous(
-        scores.client.clone(),
-        scores.device.clone(),
-        Shape::new([rows]),
-        kth,
-        DType::U32,
-    );
+    let kth = row_counts(&scores, k);
     let mask = empty_like(&scores, Shape::new([rows, cols]));
     launch(SELECT_LOWEST, grid(rows as u32), &[&scores, &kth, &mask], &[rows as u32, cols as u32]);
     from_cube(mask)
@@ -246,9 +251,8 @@ pub fn prune_rows(w: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize]) -> Optio
         Some(s) => cube(crate::model::to_dtype(s, DType::F32)),
         None => empty_like(&w, Shape::new([1])),
     };
-    let k: Vec<u32> = k.iter().map(|&k| k as u32).collect();
-    let kth = CubeTensor::new_contiguous(w.client.clone(), w.device.clone(), Shape::new([rows]), w.client.create_from_slice(bytemuck::cast_slice(&k)), DType::U32);
-    let out = CubeTensor::new_contiguous(w.client.clone(), w.device.clone(), Shape::new([rows, cols]), w.client.empty(rows * cols * w.dtype.size()), w.dtype);
+    let kth = row_counts(&w, k);
+    let out = empty_as(&w, Shape::new([rows, cols]), w.dtype);
     let mask = empty_like(&w, Shape::new([rows, cols]));
     launch(shader, grid(rows as u32), &[&w, &scaler, &kth, &out, &mask], &[rows as u32, cols as u32, use_scaler]);
     Some((from_cube(out), from_cube(mask)))

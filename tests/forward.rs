@@ -100,6 +100,19 @@ fn streamed_blocks_give_the_same_perplexity_as_resident_blocks() {
     assert!((streamed.ppl - want).abs() <= 1e-4 * want);
 }
 
+/// transformers' perplexity of tiny-llama's first two windows, and the windows' length.
+fn two_window_golden() -> (f64, String) {
+    let g = golden("tiny-llama");
+    let losses = floats(&g["window_losses"]);
+    (((losses[0] as f64 + losses[1] as f64) / 2.0).exp(), g["seqlen"].as_u64().unwrap().to_string())
+}
+
+/// The perplexity the CLI printed (on stdout or stderr).
+fn printed_perplexity(o: &std::process::Output, what: &str) -> f64 {
+    let line = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    line.split("perplexity ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{what}: {line}"))
+}
+
 /// The CLI's perplexity of tiny-llama's first two windows on the GPU in f32, with the kernel
 /// variable `var` (and only it) set to `kernel`.
 fn eval_two_windows_with(seqlen: &str, var: &str, kernel: &str) -> std::process::Output {
@@ -123,19 +136,15 @@ fn eval_two_windows_with(seqlen: &str, var: &str, kernel: &str) -> std::process:
 /// line); an unknown name gets one line and exit code 2.
 #[test]
 fn a_fixed_matmul_kernel_gives_transformers_perplexity() {
-    let g = golden("tiny-llama");
-    let losses = floats(&g["window_losses"]);
-    let want = ((losses[0] as f64 + losses[1] as f64) / 2.0).exp();
-    let seqlen = g["seqlen"].as_u64().unwrap().to_string();
+    let (want, seqlen) = two_window_golden();
     let eval = |kernel: &str| eval_two_windows_with(&seqlen, "NEUROAL_MATMUL", kernel);
     // Runs the kernel; returns its stderr after checking its perplexity against transformers.
     let check = |kernel: &str| -> String {
         let o = eval(kernel);
-        let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{kernel}: {err}");
         assert!(err.contains(&format!("[{kernel}]")), "{kernel}: the device line names it: {err}");
-        let line = format!("{out}{err}");
-        let ppl: f64 = line.split("perplexity ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{kernel}: {line}"));
+        let ppl = printed_perplexity(&o, kernel);
         assert!((ppl - want).abs() <= 1e-4 * want, "{kernel}: perplexity {ppl} vs transformers {want}");
         err.into_owned()
     };
@@ -162,20 +171,16 @@ fn a_fixed_matmul_kernel_gives_transformers_perplexity() {
 /// to them after at most one warning line; an unknown name gets one line and exit code 2.
 #[test]
 fn a_fixed_attention_kernel_gives_transformers_perplexity() {
-    let g = golden("tiny-llama");
-    let losses = floats(&g["window_losses"]);
-    let want = ((losses[0] as f64 + losses[1] as f64) / 2.0).exp();
-    let seqlen = g["seqlen"].as_u64().unwrap().to_string();
+    let (want, seqlen) = two_window_golden();
     let eval = |kernel: &str| eval_two_windows_with(&seqlen, "NEUROAL_ATTENTION", kernel);
     for kernel in ["flash-unit", "ops", "flash-4"] {
         let o = eval(kernel);
-        let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{kernel}: {err}");
         assert_eq!(err.contains(&format!("{kernel}]")), kernel != "ops", "{kernel}: the device line names a flash kernel: {err}");
         let warnings = err.lines().filter(|l| l.contains("warning")).count();
         assert!(warnings <= usize::from(kernel == "flash-4"), "{kernel}: {err}");
-        let line = format!("{out}{err}");
-        let ppl: f64 = line.split("perplexity ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{kernel}: {line}"));
+        let ppl = printed_perplexity(&o, kernel);
         assert!((ppl - want).abs() <= 1e-4 * want, "{kernel}: perplexity {ppl} vs transformers {want}");
     }
     let o = eval("flash");
