@@ -96,7 +96,7 @@ eval_tiny() { # build dtype
   [ -x ".bin/$1" ] && run "$1-tiny-eval-$2$tag" ".bin/$1" eval --model assets/tiny-llama --text assets/sample.txt --device gpu --dtype "$2"
 }
 prune_7b() { # build dtype
-  [ -x ".bin/$1" ] && run "$1-neuroal-$2$tag" ".bin/$1" bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --dtype "$2"
+  [ -x ".bin/$1" ] && run "$1-neuroal-$2$tag" ".bin/$1" bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --search-batch "$batch" --dtype "$2"
 }
 forward() { # build dtype
   [ -x ".bin/$1" ] && run "$1-forward-$2$tag" ".bin/$1" bench --synthetic $forward --devices gpu --seqlen "$seqlen" --batch 4 --dtype "$2"
@@ -128,19 +128,24 @@ profiled() { # name, then the bench arguments
 # kernel, src/gpu_matmul.rs); %best takes the kernel the autotune runs before it found fastest
 # on the most large shapes (`%burn`: burn's own choice). A step ending in +NAME runs with
 # NEUROAL_ATTENTION=NAME (ops, flash-2, flash-4, flash-8, flash-unit: src/gpu_attention.rs);
-# + comes last, as in forward-f16%burn+ops. The default list checks the default build's
+# + comes last, as in forward-f16%burn+ops. A prune step ending in ^N runs the search's dense
+# passes in batches of N candidates (--search-batch N; without it the prune's own choice, which
+# at this shape is 1), after any +NAME. The default list checks the default build's
 # perplexities on the card, times the two cases with it and without fusion, then with
-# flash-2 on the 7B shape's heads of 128 (not yet launched there) and with burn's own kernels,
+# flash-2 on the 7B shape's heads of 128 (not yet launched there), with dense batches of 2 and
+# 4 candidates, and with burn's own kernels,
 # then traces and profiles; it wants WT2=1 BUILDS="default nofusion" prepared (a third build
 # and wt2-llama would pass the 64 MiB the device tool carries, with the checkout's 4 MB).
-steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
+steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
   tag=""
   unset CUBECL_AUTOTUNE_LEVEL NEUROAL_MATMUL NEUROAL_ATTENTION
+  batch=0
+  case $step in *^*) batch=${step##*^}; tag="^$batch"; step=${step%^*} ;; esac
   case $step in *+*)
-    export NEUROAL_ATTENTION=${step##*+}; tag="+$NEUROAL_ATTENTION"; step=${step%+*} ;;
+    export NEUROAL_ATTENTION=${step##*+}; tag="+$NEUROAL_ATTENTION$tag"; step=${step%+*} ;;
   esac
   case $step in *%*)
     kernel=${step##*%}; step=${step%\%*}
@@ -159,7 +164,7 @@ for step in $steps; do
     wt2-*) eval_wt2 "$build" "$dtype" ;;
     neuroal-*) prune_7b "$build" "$dtype" ;;
     forward-*) forward "$build" "$dtype" ;;
-    trace-neuroal-*) [ -x ".bin/$build" ] && run "$build-trace-neuroal-$dtype$tag" NEUROAL_TRACE=1 ".bin/$build" bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --dtype "$dtype" && grep '^trace:' "$logs/$build-trace-neuroal-$dtype$tag.log" ;;
+    trace-neuroal-*) [ -x ".bin/$build" ] && run "$build-trace-neuroal-$dtype$tag" NEUROAL_TRACE=1 ".bin/$build" bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --search-batch "$batch" --dtype "$dtype" && grep '^trace:' "$logs/$build-trace-neuroal-$dtype$tag.log" ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -43,6 +43,9 @@ pub struct BenchRow {
     pub lambda_block: Option<f64>,
     #[serde(default)]
     pub lambda_row: Option<f64>,
+    /// With `--prune-sparsity`: the search's candidates per dense batch.
+    #[serde(default)]
+    pub dense_batch: Option<usize>,
 }
 
 /// What `--prune-sparsity` times: NeuroAL over Wanda at this sparsity on random tokens.
@@ -51,6 +54,8 @@ pub struct PruneBench {
     pub sparsity: f64,
     pub nsamples: usize,
     pub search_nsamples: usize,
+    /// Candidates whose dense passes share a batch (0: the prune's own choice).
+    pub search_batch: usize,
 }
 
 /// A published shape for synthetic checkpoints: its config.json, less the block count (which is
@@ -229,7 +234,7 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
         let n = (p.nsamples.max(p.search_nsamples) + 1) * seqlen + 1;
         let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab as u64) as u32).collect();
         let scratch = std::env::temp_dir().join(format!("neuroal-bench-{}", std::process::id()));
-        let r = crate::prune::bench_neuroal(&model, &ids, seqlen, p.sparsity, p.nsamples, p.search_nsamples, &scratch);
+        let r = crate::prune::bench_neuroal(&model, &ids, seqlen, &p, &scratch);
         let _ = std::fs::remove_dir_all(&scratch);
         pruned = Some(r?);
         prune_gpu_mib = gpu.map(GpuPeak::finish).transpose()?;
@@ -248,6 +253,7 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
         prune_s: pruned.as_ref().map(|p| p.prune_s),
         lambda_block: pruned.as_ref().and_then(|p| p.lambda_block),
         lambda_row: pruned.as_ref().and_then(|p| p.lambda_row),
+        dense_batch: pruned.as_ref().map(|p| p.dense_batch),
     })
 }
 
@@ -261,7 +267,7 @@ pub fn measure_in_child(model_dir: &Path, device: &str, dtype: ComputeDtype, seq
         .args(["--dtype", dtype.name()]);
     if let Some(p) = prune {
         cmd.args(["--prune-sparsity", &p.sparsity.to_string(), "--nsamples", &p.nsamples.to_string()])
-            .args(["--search-nsamples", &p.search_nsamples.to_string()]);
+            .args(["--search-nsamples", &p.search_nsamples.to_string(), "--search-batch", &p.search_batch.to_string()]);
     }
     let out = cmd
         .output()
@@ -280,8 +286,8 @@ pub fn measure_in_child(model_dir: &Path, device: &str, dtype: ComputeDtype, seq
 
 pub fn print_table(rows: &[BenchRow]) {
     println!(
-        "{:<48} {:>7} {:>6} {:>12} {:>12} {:>10} {:>16} {:>9} {:>9} {:>9} {:>7} {:>7}",
-        "device", "seqlen", "batch", "tokens/s", "ms/forward", "host MiB", "GPU MiB fwd/prn", "est. MiB", "search s", "prune s", "λ blk", "λ row"
+        "{:<48} {:>7} {:>6} {:>12} {:>12} {:>10} {:>16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
+        "device", "seqlen", "batch", "tokens/s", "ms/forward", "host MiB", "GPU MiB fwd/prn", "est. MiB", "search s", "prune s", "λ blk", "λ row", "dense"
     );
     let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
     for r in rows {
@@ -290,9 +296,10 @@ pub fn print_table(rows: &[BenchRow]) {
             (f, p) => format!("{} / {}", opt(f, 0), opt(p, 0)),
         };
         println!(
-            "{:<48} {:>7} {:>6} {:>12.0} {:>12.1} {:>10.0} {:>16} {:>9} {:>9} {:>9} {:>7} {:>7}",
+            "{:<48} {:>7} {:>6} {:>12.0} {:>12.1} {:>10.0} {:>16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
             r.device, r.seqlen, r.batch, r.tokens_per_s, r.ms_per_forward, r.peak_rss_mib, gpu, opt(r.prune_estimate_mib, 0),
-            opt(r.search_s, 1), opt(r.prune_s, 1), opt(r.lambda_block, 2), opt(r.lambda_row, 2)
+            opt(r.search_s, 1), opt(r.prune_s, 1), opt(r.lambda_block, 2), opt(r.lambda_row, 2),
+            r.dense_batch.map_or("-".to_string(), |k| k.to_string())
         );
     }
 }

@@ -103,6 +103,10 @@ enum Command {
         /// NeuroAL: candidates evaluated per pass over the blocks (0: a whole step at once).
         #[arg(long, default_value_t = 0)]
         search_chunk: usize,
+        /// NeuroAL: candidates whose dense passes through a block run as one batch (0: as many
+        /// as fit without raising the run's estimated peak memory).
+        #[arg(long, default_value_t = 0)]
+        search_batch: usize,
         /// Folder for PNG plots of the search and the sparsity distribution (a folder inside
         /// --out is written with the output).
         #[arg(long)]
@@ -158,6 +162,10 @@ enum Command {
         /// NeuroAL search windows of the timed prune.
         #[arg(long, default_value_t = 8)]
         search_nsamples: usize,
+        /// NeuroAL candidates whose dense passes share one batch in the timed prune (0: as many
+        /// as fit without raising its estimated peak memory).
+        #[arg(long, default_value_t = 0)]
+        search_batch: usize,
         /// Comma-separated devices, each measured in its own process.
         #[arg(long, default_value = "cpu,ndarray,gpu")]
         devices: String,
@@ -257,12 +265,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Prune {
             model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, compute, force, eval, zeroshot,
-            top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, resume,
+            top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, search_batch, plots, resume,
         } => {
             let Compute { device, dtype } = compute;
             let args = neuroal::prune::PruneArgs {
                 model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, force, eval, zeroshot,
-                top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, plots, device, dtype, resume,
+                top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, search_batch, plots, device, dtype, resume,
             };
             let report = neuroal::prune::run(&args)?;
             println!(
@@ -313,11 +321,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { model, synthetic, blocks, prune_sparsity, nsamples, search_nsamples, devices, seqlen, batch, iters, dtype, single, json } => {
+        Command::Bench { model, synthetic, blocks, prune_sparsity, nsamples, search_nsamples, search_batch, devices, seqlen, batch, iters, dtype, single, json } => {
             let prune = match prune_sparsity {
                 Some(s) if !(0.0..1.0).contains(&s) => bail!("--prune-sparsity {s} is outside [0, 1)"),
                 Some(_) if nsamples == 0 || search_nsamples == 0 => bail!("--nsamples and --search-nsamples must be at least 1"),
-                Some(sparsity) => Some(bench::PruneBench { sparsity, nsamples, search_nsamples }),
+                Some(sparsity) => Some(bench::PruneBench { sparsity, nsamples, search_nsamples, search_batch }),
                 None => None,
             };
             if single {

@@ -32,6 +32,8 @@ pub struct Run {
     pub search: Option<(usize, usize)>,
     /// NeuroAL candidates whose passes run at the same time (on the CPU backends, one per core).
     pub searches_at_once: usize,
+    /// NeuroAL candidates whose dense passes through a block run as one batch.
+    pub dense_batch: usize,
     /// SparseGPT: a Hessian per linear of a block, and every new weight held until written.
     pub hessians: bool,
     /// Bytes per value of the compute dtype, which weights, hidden states and the linears'
@@ -84,14 +86,17 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     }
     let Some((sn, carried)) = run.search else { return pruning };
     let at_once = run.searches_at_once.max(1) as u128;
+    // A step of the search holds the dense statistics of `dense_batch` or `at_once` candidates,
+    // whichever is more, and the activations of a dense batch's or of the side-by-side passes.
+    let step = at_once.max(run.dense_batch.max(1) as u128);
     let mut search = vec![
         Part { what: "NeuroAL search hidden states", bytes: carried as u128 * 2 * sn as u128 * t * d * h, lowered_by: "--search-chunk or --search-nsamples" },
-        activations(at_once, sn),
+        Part { lowered_by: if step > at_once { "--search-batch" } else { "--seqlen" }, ..activations(step, sn) },
         weights(at_once),
         outer,
     ];
     if run.hessians {
-        search.push(hessians(at_once));
+        search.push(hessians(step));
     }
     if total(&search) > total(&pruning) { search } else { pruning }
 }
@@ -111,6 +116,15 @@ pub fn total_mib(parts: &[Part]) -> f64 {
 pub fn searches_that_fit(c: &Config, shapes: &[[usize; 2]], run: &Run, available: u128) -> usize {
     let need = |at_once: usize| total(&prune_parts(c, shapes, &Run { searches_at_once: at_once, ..*run }));
     (1..=run.searches_at_once.max(1)).rev().find(|&k| need(k) <= available).unwrap_or(1)
+}
+
+/// The most NeuroAL candidates, up to those carried at once, whose dense passes can share a
+/// batch without raising the run's estimated peak (a larger batch may still be asked for).
+pub fn free_dense_batch(c: &Config, shapes: &[[usize; 2]], run: &Run) -> usize {
+    let Some((_, carried)) = run.search else { return 1 };
+    let need = |k: usize| total(&prune_parts(c, shapes, &Run { dense_batch: k, ..*run }));
+    let budget = need(1);
+    (1..=carried.max(1)).rev().find(|&k| need(k) <= budget).unwrap_or(1)
 }
 
 /// The largest single buffer of a prune run, as a part (what, bytes, what lowers it): what a GPU
@@ -256,7 +270,7 @@ mod tests {
         .unwrap();
         let shapes = crate::model::Spec::of(&c).shapes();
         let bytes = |parts: &[Part], what: &str| parts.iter().find(|p| p.what == what).map(|p| p.bytes);
-        let run = |search, at_once, hessians| Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: at_once, hessians, dtype_bytes: 4 };
+        let run = |search, at_once, hessians| Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: at_once, dense_batch: 1, hessians, dtype_bytes: 4 };
         // The pruning pass: 4 windows of 16 tokens, 8 wide. Attention and MLP of all 4 windows
         // in one chunk: 4 × (3·2·16² + 3·16·16 + 4·16·8) × 4 = 45,056 bytes. A block's linears:
         // q, k, v, o 4 × 64 and gate, up, down 3 × 128 → 640 weights, held with the pruned copy
@@ -312,7 +326,7 @@ mod tests {
         assert_eq!(bytes(&half_search, "NeuroAL search hidden states"), Some(30_720));
         // The largest single buffer: 4 windows' f32 attention scores, 4·2·16²·4 = 8192 bytes
         // (MLP 4·16·16·4 = 4096, f16 table 10·8·2 = 160, gate's f32 copy 16·8·4 = 512).
-        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, searches_at_once: 1, hessians, dtype_bytes: 2 };
+        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, searches_at_once: 1, dense_batch: 1, hessians, dtype_bytes: 2 };
         let big = largest_buffer(&c, &shapes, &one(16, false));
         assert_eq!((big.what, big.bytes, big.lowered_by), ("attention scores", 8192, "--seqlen"));
         // One token per window: down's 16 × 16 Hessian (1024 bytes) when SparseGPT records it,
@@ -329,5 +343,18 @@ mod tests {
         assert_eq!(searches_that_fit(&c, &shapes, &side(8), need(3) - 1), 2);
         assert_eq!(searches_that_fit(&c, &shapes, &side(8), need(8)), 8);
         assert_eq!(searches_that_fit(&c, &shapes, &side(8), 0), 1);
+        // Dense passes in batches of k: the search holds k candidates' activations, 24,704 +
+        // k · 22,528 bytes with 8 carried. With 8 calibration windows the pruning pass holds
+        // 8192 + 8 · 11,264 + 7680 + 640 + 160 = 106,784: batches of 3 fit under it (92,288),
+        // 4 would not (114,816), and then the activations name the flag.
+        let batched = |k| Run { nsamples: 8, dense_batch: k, ..run(Some((2, 8)), 1, false) };
+        let need = |k| total(&prune_parts(&c, &shapes, &batched(k)));
+        assert_eq!((need(1), need(3), need(4)), (106_784, 106_784, 114_816));
+        assert_eq!(free_dense_batch(&c, &shapes, &batched(1)), 3);
+        let over = prune_parts(&c, &shapes, &batched(4));
+        assert_eq!(over.iter().max_by_key(|p| p.bytes).map(|p| (p.what, p.lowered_by)), Some(("attention and MLP activations", "--search-batch")));
+        // Without room to spare (the search is the peak), or without a search, one at a time.
+        assert_eq!(free_dense_batch(&c, &shapes, &run(Some((2, 30)), 1, false)), 1);
+        assert_eq!(free_dense_batch(&c, &shapes, &run(None, 1, false)), 1);
     }
 }

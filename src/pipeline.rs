@@ -76,6 +76,40 @@ pub fn record_unchecked(model: &Model, block: &Block, hidden: &[Tensor<3>], pos:
     (stats, out)
 }
 
+/// The calibrations of several sets of hidden states through the same (dense) block, as
+/// [`record_unchecked`] without outputs gives for each set alone, from one pass: chunk i of
+/// every set goes through the block as one batch, so every product multiplies the sets' rows
+/// with one launch, and each set's calibrations are recorded from its own rows of that batch,
+/// chunk by chunk as alone. Each row of a product, a norm or an attention depends only on its own
+/// window, so the statistics are the same. The sets hold chunks of equal sizes.
+pub fn calibrate_together(model: &Model, block: &Block, sets: &[&[Tensor<3>]], pos: &Positions, hessian: bool) -> Vec<Vec<Calibration>> {
+    if let [one] = sets {
+        return vec![record_unchecked(model, block, one, pos, hessian, false).0];
+    }
+    let input_of = &model.spec.input_of;
+    let new = || -> Vec<Option<Calibration>> {
+        model.linear_shapes().iter().enumerate().map(|(li, s)| (input_of[li] == li).then(|| Calibration::new(s[1], &model.device, hessian))).collect()
+    };
+    let mut stats: Vec<Vec<Option<Calibration>>> = sets.iter().map(|_| new()).collect();
+    let chunks = sets.first().map_or(0, |s| s.len());
+    for i in 0..chunks {
+        let windows = sets[0][i].dims()[0];
+        let batch = Tensor::cat(sets.iter().map(|s| s[i].clone()).collect(), 0);
+        let mut record = |li: usize, x: &Tensor<3>| {
+            for (c, set) in stats.iter_mut().enumerate() {
+                if let Some(cal) = set[li].as_mut() {
+                    cal.add(&x.clone().narrow(0, c * windows, windows));
+                }
+            }
+        };
+        block.record_inputs(batch, pos, &model.spec.output_only, &mut record);
+    }
+    stats
+        .into_iter()
+        .map(|set| (0..set.len()).map(|li| set[input_of[li]].clone().expect("input_of names a linear that records")).collect())
+        .collect()
+}
+
 /// One readback for the whole block; the slow search for the culprit only when it fails.
 fn check_finite_stats(model: &Model, block: usize, stats: &[Calibration]) -> Result<()> {
     let total = stats.iter().map(|s| s.stats.sumsq.clone().sum()).reduce(|a, b| a + b);

@@ -25,7 +25,7 @@ use crate::staging::{check_plots, fault, write_lock, Destination, PlotsTarget, S
 use crate::tokenizer::{tokenize_checked, Tokenizer};
 use crate::topup::{
     block_grid, block_map, evaluate, neuroal_block_sparsities, owl_block_sparsities, owl_outlier_ratios, row_grid,
-    row_map, uniform_map, winner, Evaluation, Map,
+    row_map, uniform_map, winner, Evaluation, Map, SearchPlan,
 };
 use crate::writer::write_checkpoint;
 use crate::{bail, err};
@@ -54,6 +54,9 @@ pub struct PruneArgs {
     pub search_nsamples: usize,
     /// Candidates evaluated per pass over the blocks (0: all of a step at once).
     pub search_chunk: usize,
+    /// Candidates whose dense passes share one batch (0: as many as fit without raising the
+    /// run's estimated peak memory).
+    pub search_batch: usize,
     pub plots: Option<PathBuf>,
     pub device: Choice,
     pub dtype: crate::device::ComputeDtype,
@@ -120,7 +123,7 @@ fn choose_map(
     pattern: &Pattern,
     s: f64,
     progress: &Progress,
-    at_once: usize,
+    plan: SearchPlan,
 ) -> Result<TopUp> {
     let blocks = model.num_blocks();
     match kind {
@@ -157,12 +160,12 @@ fn choose_map(
                 search_windows: None,
             })
         }
-        TopUpKind::Neuroal => neuroal(args, model, ids, seqlen, pruner, step, s, progress, at_once),
+        TopUpKind::Neuroal => neuroal(args, model, ids, seqlen, pruner, step, s, progress, plan),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, pruner: &dyn Pruner, step: NeuroalStep, s: f64, saved: &Progress, at_once: usize) -> Result<TopUp> {
+fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, pruner: &dyn Pruner, step: NeuroalStep, s: f64, saved: &Progress, plan: SearchPlan) -> Result<TopUp> {
     let (do_block, do_row) = match step {
         NeuroalStep::Block => (true, false),
         NeuroalStep::Row => (false, true),
@@ -195,7 +198,7 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, pruner: 
                 bar.set_message(format!("{step} step: candidates {}-{} of {}, block {}/{blocks}", done + 1, done + group.len(), candidates.len(), b + 1));
                 bar.inc(group.len() as u64);
             };
-            let e = evaluate(model, &search, seqlen, pruner, pattern, group, group.len(), at_once, &progress)?;
+            let e = evaluate(model, &search, seqlen, pruner, pattern, group, group.len(), plan, &progress)?;
             saved.save_evaluations(&key, &e)?;
             fault(&format!("after-search-{key}"));
             evals.extend(e);
@@ -384,6 +387,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let gpu_peak = device.is_gpu.then(|| memory::GpuPeak::start(&device.device));
     let dtype = device.compute_dtype(args.dtype)?;
     estimate.dtype_bytes = dtype.size() as u128;
+    estimate.dense_batch = dense_batch(args, device.is_gpu, &config, &spec.shapes(), &estimate);
     let parts = memory::prune_parts(&config, &spec.shapes(), &estimate);
     let estimated_peak_mib = memory::total_mib(&parts);
     eprintln!("device {}", device.description);
@@ -406,7 +410,8 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let windows = gather_windows(&ids, &starts, seqlen);
 
     let t_topup = Instant::now();
-    let topup = choose_map(kind, args, &model, &ids, &windows, seqlen, pruner, step, &pattern, sparsity, &saved, estimate.searches_at_once)?;
+    let plan = SearchPlan { at_once: estimate.searches_at_once, dense_batch: estimate.dense_batch };
+    let topup = choose_map(kind, args, &model, &ids, &windows, seqlen, pruner, step, &pattern, sparsity, &saved, plan)?;
     let topup_s = t_topup.elapsed().as_secs_f64();
 
     let t_prune = Instant::now();
@@ -504,6 +509,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
             peak_host_mib: memory::peak_rss_mib(),
             peak_gpu_mib: gpu_peak.map(memory::GpuPeak::finish).transpose()?,
             estimated_peak_mib,
+            search_dense_batch: (kind == TopUpKind::Neuroal).then_some(estimate.dense_batch),
         },
         provenance: report::Provenance {
             tool: "neuroal".into(),
@@ -558,11 +564,25 @@ fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f6
         hessians,
         search: (kind == TopUpKind::Neuroal).then_some((args.search_nsamples, carried)),
         searches_at_once: if on_cpu { rayon::current_num_threads().min(carried) } else { 1 },
+        // Auto (0) is settled by [`dense_batch`] once the run's other sizes are known.
+        dense_batch: args.search_batch.clamp(1, carried.max(1)),
         // What a CPU backend computes in (auto: f32); a GPU run sets its own once it knows.
         dtype_bytes: match args.dtype {
             crate::device::ComputeDtype::F16 | crate::device::ComputeDtype::Bf16 => 2,
             _ => 4,
         },
+    }
+}
+
+/// Candidates per dense batch: as asked (at most those carried at once), or by default on a GPU
+/// as many as fit without raising the run's estimated peak. On the CPU backends one: their
+/// candidates already run side by side, one per core, which the batches would serialize
+/// (wt2-llama at 70% on 2 cores: search 3.7 s alone, 4.2 s in batches of 2; the same masks).
+fn dense_batch(args: &PruneArgs, gpu: bool, config: &crate::config::Config, shapes: &[[usize; 2]], run: &memory::Run) -> usize {
+    match (args.search_batch, run.search) {
+        (_, None) => 1,
+        (0, Some(_)) if gpu => memory::free_dense_batch(config, shapes, run),
+        (asked, Some((_, carried))) => asked.clamp(1, carried.max(1)),
     }
 }
 
@@ -574,6 +594,8 @@ pub struct BenchPrune {
     pub lambda_row: Option<f64>,
     /// The run's up-front memory estimate, in MiB.
     pub estimate_mib: f64,
+    /// Candidates whose dense passes shared a batch.
+    pub dense_batch: usize,
 }
 
 /// NeuroAL (block and row steps) over Wanda on token ids, timed, with no files around it:
@@ -582,11 +604,10 @@ pub fn bench_neuroal(
     model: &Model,
     ids: &[u32],
     seqlen: usize,
-    sparsity: f64,
-    nsamples: usize,
-    search_nsamples: usize,
+    p: &crate::bench::PruneBench,
     scratch: &std::path::Path,
 ) -> Result<BenchPrune> {
+    let (sparsity, nsamples, search_nsamples) = (p.sparsity, p.nsamples, p.search_nsamples);
     let args = PruneArgs {
         model: PathBuf::new(),
         calib: PathBuf::new(),
@@ -608,6 +629,7 @@ pub fn bench_neuroal(
         neuroal_step: NeuroalStep::Both,
         search_nsamples,
         search_chunk: 0,
+        search_batch: p.search_batch,
         plots: None,
         device: Choice::Cpu,
         dtype: crate::device::ComputeDtype::F32,
@@ -617,19 +639,22 @@ pub fn bench_neuroal(
     let starts = draw_windows(ids.len(), seqlen, nsamples, 0)?;
     let windows = gather_windows(ids, &starts, seqlen);
     let pruner = crate::pruner::Wanda;
+    let mut estimate = memory::Run {
+        dtype_bytes: model.dtype.size() as u128,
+        ..memory_run(&args, TopUpKind::Neuroal, NeuroalStep::Both, sparsity, seqlen, false, crate::model::on_cpu(&model.device))
+    };
+    estimate.dense_batch = dense_batch(&args, !crate::model::on_cpu(&model.device), &model.config, &model.linear_shapes(), &estimate);
+    let plan = SearchPlan { at_once: rayon::current_num_threads(), dense_batch: estimate.dense_batch };
     let t = Instant::now();
-    let topup = choose_map(TopUpKind::Neuroal, &args, model, ids, &windows, seqlen, &pruner, NeuroalStep::Both, &Pattern::Row, sparsity, &saved, rayon::current_num_threads())?;
+    let topup = choose_map(TopUpKind::Neuroal, &args, model, ids, &windows, seqlen, &pruner, NeuroalStep::Both, &Pattern::Row, sparsity, &saved, plan)?;
     let search_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let map = &topup.map;
     prune_resumable(model, &windows, seqlen, &pruner, &topup.pattern, &|b, l| map[b][l].clone(), Vec::new(), &mut |_, _| Ok(()))?;
     let prune_s = t.elapsed().as_secs_f64();
     crate::trace::report("bench prune");
-    let estimate = memory::Run {
-        dtype_bytes: model.dtype.size() as u128,
-        ..memory_run(&args, TopUpKind::Neuroal, NeuroalStep::Both, sparsity, seqlen, false, crate::model::on_cpu(&model.device))
-    };
     Ok(BenchPrune {
+        dense_batch: estimate.dense_batch,
         search_s,
         prune_s,
         lambda_block: topup.report.lambda_block,

@@ -134,6 +134,9 @@ pub struct MemoryUse {
     pub peak_gpu_mib: Option<f64>,
     #[serde(default)]
     pub estimated_peak_mib: f64,
+    /// NeuroAL: candidates whose dense passes shared a batch (`--search-batch`).
+    #[serde(default)]
+    pub search_dense_batch: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

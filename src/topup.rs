@@ -13,7 +13,8 @@ use crate::trace::stage;
 use crate::bail;
 use crate::mask::{Pattern, Sparsity};
 use crate::model::{Model, Spec};
-use crate::pipeline::{embed_windows, record_unchecked, run_recording};
+use crate::pipeline::{calibrate_together, embed_windows, record_unchecked, run_recording};
+use crate::pruner::Calibration;
 use crate::pruner::Pruner;
 use crate::score::score;
 
@@ -154,11 +155,28 @@ pub fn alignment_reference(dense: Tensor<1>, sparse: Tensor<1>) -> (Tensor<1>, T
     (m, dense - sparse)
 }
 
+/// How the search spreads its work: candidates whose passes run side by side (CPU backends),
+/// and candidates whose dense passes through a block share one batch.
+#[derive(Clone, Copy, Debug)]
+pub struct SearchPlan {
+    /// On the CPU backends up to this many candidates run side by side: a pass has serial
+    /// stretches that leave cores idle. On a GPU, which overlaps queued work itself, one.
+    pub at_once: usize,
+    /// Candidates whose dense passes through a block run as one batch: the dense block's
+    /// weights are the same for all of them, so their windows go through each product together,
+    /// in fewer and larger launches (what a GPU's matrix kernels run fastest).
+    pub dense_batch: usize,
+}
+
+impl SearchPlan {
+    /// One candidate at a time, each dense pass alone.
+    pub const ONE_BY_ONE: SearchPlan = SearchPlan { at_once: 1, dense_batch: 1 };
+}
+
 /// Scores candidate maps with the search windows. All candidates of a chunk share each block
-/// load (each carries its own hidden states); `chunk` = 1 evaluates them one by one. On the CPU
-/// backends up to `at_once` of them run side by side (a pass has serial stretches that leave
-/// cores idle); on a GPU, which overlaps queued work itself, one at a time. Each candidate's
-/// arithmetic is the same either way.
+/// load (each carries its own hidden states); `chunk` = 1 evaluates them one by one. `plan`
+/// says how many run side by side and how many share a dense pass; each candidate's arithmetic
+/// is the same either way (a test demands the same bits).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &Model,
@@ -168,10 +186,11 @@ pub fn evaluate(
     pattern: &Pattern,
     candidates: &[Map],
     chunk: usize,
-    at_once: usize,
+    plan: SearchPlan,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Vec<Evaluation>> {
-    let at_once = if on_cpu(&model.device) { at_once.max(1) } else { 1 };
+    let at_once = if on_cpu(&model.device) { plan.at_once.max(1) } else { 1 };
+    let dense_batch = plan.dense_batch.max(1);
     let dev = &model.device;
     let nsamples = windows.len() / seqlen;
     let pos = model.positions(seqlen);
@@ -188,17 +207,9 @@ pub fn evaluate(
             progress(results.len(), b);
             // Every candidate enters block 0 with the same embeddings: one dense pass serves all.
             let shared = (b == 0).then(|| stage("search: dense pass", dev, || record_unchecked(model, &block, &hidden[0], &pos, pruner.needs_hessian(), false).0));
-            // One candidate through this block: its dense statistics, its pruned copy of the
-            // block (sharing the other tensors), its sparse pass; its hidden states move on.
-            let one = |map: &Map, hidden: &mut Vec<Tensor<3>>| -> Result<Vec<(Tensor<1>, Tensor<1>)>> {
-                let own;
-                let stats_dense = match &shared {
-                    Some(s) => s,
-                    None => {
-                        own = stage("search: dense pass", dev, || record_unchecked(model, &block, hidden, &pos, pruner.needs_hessian(), false).0);
-                        &own
-                    }
-                };
+            // One candidate through this block, given its dense statistics: its pruned copy of
+            // the block (sharing the other tensors), its sparse pass; its hidden states move on.
+            let one = |map: &Map, stats_dense: &[Calibration], hidden: &mut Vec<Tensor<3>>| -> Result<Vec<(Tensor<1>, Tensor<1>)>> {
                 let mut sparse = block.clone();
                 stage("search: prune linears", dev, || -> Result<()> {
                     for (li, linear) in sparse.linears.iter_mut().enumerate() {
@@ -231,12 +242,30 @@ pub fn evaluate(
                 });
                 Ok(per_linear)
             };
+            // The candidates a step at a time: their dense statistics (shared at block 0, else in
+            // batches of `dense_batch`), then each one's pruning and sparse pass, `at_once` of
+            // them side by side. Only one step's statistics are held (SparseGPT's Hessians are
+            // large).
+            let step = dense_batch.max(at_once);
             let mut per: Vec<Result<_>> = Vec::with_capacity(group.len());
-            for (maps, hs) in group.chunks(at_once).zip(hidden.chunks_mut(at_once)) {
-                if at_once == 1 {
-                    per.extend(maps.iter().zip(hs.iter_mut()).map(|(map, h)| one(map, h)));
-                } else {
-                    per.extend(maps.par_iter().zip(hs.par_iter_mut()).map(|(map, h)| one(map, h)).collect::<Vec<_>>());
+            for (maps, hs) in group.chunks(step).zip(hidden.chunks_mut(step)) {
+                let dense: Vec<Vec<Calibration>> = match &shared {
+                    Some(s) => vec![s.clone(); maps.len()],
+                    None => stage("search: dense pass", dev, || {
+                        let batch = |hs: &[Vec<Tensor<3>>]| {
+                            let sets: Vec<&[Tensor<3>]> = hs.iter().map(|h| h.as_slice()).collect();
+                            calibrate_together(model, &block, &sets, &pos, pruner.needs_hessian())
+                        };
+                        let batches: Vec<_> = if at_once == 1 { hs.chunks(dense_batch).map(batch).collect() } else { hs.par_chunks(dense_batch).map(batch).collect() };
+                        batches.into_iter().flatten().collect()
+                    }),
+                };
+                for ((maps, hs), dense) in maps.chunks(at_once).zip(hs.chunks_mut(at_once)).zip(dense.chunks(at_once)) {
+                    if at_once == 1 {
+                        per.extend(maps.iter().zip(hs.iter_mut()).zip(dense).map(|((map, h), d)| one(map, d, h)));
+                    } else {
+                        per.extend(maps.par_iter().zip(hs.par_iter_mut()).zip(dense.par_iter()).map(|((map, h), d)| one(map, d, h)).collect::<Vec<_>>());
+                    }
                 }
             }
             for (c, r) in per.into_iter().enumerate() {

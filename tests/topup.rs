@@ -6,14 +6,14 @@ mod common;
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use common::*;
 use neuroal::calib::{draw_windows, gather_windows, SplitMix64};
 use neuroal::device::Choice;
 use neuroal::mask::{Pattern, Sparsity};
 use neuroal::model::Model;
 use neuroal::tokenizer::{tokenize_file, Tokenizer};
-use neuroal::topup::{block_map, evaluate, neuroal_block_sparsities, Map};
+use neuroal::topup::{block_map, evaluate, neuroal_block_sparsities, Map, SearchPlan};
 
 fn search_windows(dir: &Path, seqlen: usize, n: usize) -> Vec<u32> {
     let ids = tokenize_file(&Tokenizer::open(dir).unwrap(), &asset("sample.txt")).unwrap();
@@ -70,7 +70,7 @@ fn candidate_score_matches_an_independent_computation() {
     let windows = search_windows(&dir, 64, 4);
     for lambda in [0.0, 0.1, 0.25] {
         let blocks = neuroal_block_sparsities(2, lambda, 0.6);
-        let ours = evaluate(&model, &windows, 64, &neuroal::pruner::Wanda, &Pattern::Row, &[block_map(&blocks, model.linears().len())], 1, 1, &|_, _| {}).unwrap();
+        let ours = evaluate(&model, &windows, 64, &neuroal::pruner::Wanda, &Pattern::Row, &[block_map(&blocks, model.linears().len())], 1, SearchPlan::ONE_BY_ONE, &|_, _| {}).unwrap();
         let want = reference_score(&model, &windows, 64, &blocks);
         let rel = (ours[0].score - want).abs() / want;
         assert!(rel < 1e-4, "λ {lambda}: score {} vs reference {want} (rel {rel:.2e})", ours[0].score);
@@ -79,10 +79,17 @@ fn candidate_score_matches_an_independent_computation() {
 
 #[test]
 fn shared_block_loads_score_exactly_like_one_by_one() {
-    for choice in [Choice::Cpu, Choice::Gpu] {
+    // f32 everywhere, and f16 where the GPU computes in it (CI's Vulkan emulator): other
+    // kernels, the same demand.
+    let runs = [Choice::Cpu, Choice::Gpu].into_iter().flat_map(|choice| {
         let dev = select(choice);
+        let f16 = choice == Choice::Gpu && dev.shader_f16;
+        [Some((DType::F32, dev.device.clone())), f16.then(|| (DType::F16, dev.device.clone()))].into_iter().flatten().map(move |d| (choice, d))
+    });
+    for (choice, (dtype, device)) in runs {
+        let choice = (choice, dtype);
         let dir = asset("tiny-mistral-gqa");
-        let model = Model::open(&dir, &dev.device).unwrap();
+        let model = Model::open_as(&dir, &device, dtype).unwrap();
         let windows = search_windows(&dir, 32, 2);
         let candidates: Vec<Map> = [0.01, 0.1, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.7), 7)).collect();
         let mut with_rows = candidates.clone();
@@ -90,16 +97,20 @@ fn shared_block_loads_score_exactly_like_one_by_one() {
             model.linear_shapes().iter().map(|s| Sparsity::PerRow((0..s[0]).map(|r| 0.3 + r as f64 * 0.005).collect())).collect();
         with_rows.push(vec![per_row; 2]);
         for (pattern, cands) in [(Pattern::Row, &candidates), (Pattern::RowsVariable, &vec![with_rows[3].clone(), with_rows[3].clone()])] {
-            // Shared block loads with all candidates side by side (on the CPU), against one by one.
-            let shared = evaluate(&model, &windows, 32, &neuroal::pruner::Wanda, &pattern, cands, cands.len(), cands.len(), &|_, _| {}).unwrap();
-            let single = evaluate(&model, &windows, 32, &neuroal::pruner::Wanda, &pattern, cands, 1, 1, &|_, _| {}).unwrap();
-            assert_eq!(shared.len(), cands.len());
-            assert_eq!(single.len(), cands.len());
-            for (a, b) in shared.iter().zip(&single) {
-                assert!(a.score.is_finite() && a.score > 0.0, "{choice:?} {pattern:?}: score {}", a.score);
-                assert_eq!(a.d.len(), 2, "one d set per block");
-                assert_eq!(a.score.to_bits(), b.score.to_bits(), "{choice:?} {pattern:?}");
-                assert_eq!(a.d, b.d);
+            // Shared block loads with all candidates side by side (on the CPU), and with all their
+            // dense passes in one batch, or in batches of 2 beside 2 side by side, against one by one.
+            let n = cands.len();
+            let one_by_one = evaluate(&model, &windows, 32, &neuroal::pruner::Wanda, &pattern, cands, 1, SearchPlan::ONE_BY_ONE, &|_, _| {}).unwrap();
+            assert_eq!(one_by_one.len(), n);
+            for plan in [SearchPlan { at_once: n, dense_batch: 1 }, SearchPlan { at_once: 1, dense_batch: n }, SearchPlan { at_once: 2, dense_batch: 2 }] {
+                let shared = evaluate(&model, &windows, 32, &neuroal::pruner::Wanda, &pattern, cands, n, plan, &|_, _| {}).unwrap();
+                assert_eq!(shared.len(), n);
+                for (a, b) in shared.iter().zip(&one_by_one) {
+                    assert!(a.score.is_finite() && a.score > 0.0, "{choice:?} {pattern:?} {plan:?}: score {}", a.score);
+                    assert_eq!(a.d.len(), 2, "one d set per block");
+                    assert_eq!(a.score.to_bits(), b.score.to_bits(), "{choice:?} {pattern:?} {plan:?}");
+                    assert_eq!(a.d, b.d, "{choice:?} {pattern:?} {plan:?}");
+                }
             }
         }
     }
@@ -126,16 +137,20 @@ fn alignment_shader_equals_its_twin() {
     }
 }
 
-fn neuroal_cli(device: &str, out: &Path) -> serde_json::Value {
+fn neuroal_cli(device: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
     let plots = out.with_extension("plots");
-    serde_json::from_str(&tiny_neuroal_prune(out, &["--device", device, "--dtype", "f32", "--plots", plots.to_str().unwrap()])).unwrap()
+    let mut args = vec!["--device", device, "--dtype", "f32", "--plots", plots.to_str().unwrap()];
+    args.extend(extra);
+    serde_json::from_str(&tiny_neuroal_prune(out, &args)).unwrap()
 }
 
 #[test]
 fn neuroal_prunes_to_the_target_and_cpu_and_gpu_choose_the_same_lambdas() {
     let tmp = std::env::temp_dir().join(format!("neuroal-topup-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let (cpu, gpu) = (neuroal_cli("cpu", &tmp.join("cpu")), neuroal_cli("gpu", &tmp.join("gpu")));
+    // The GPU run's dense passes in batches of 4 candidates: the same λs all the same.
+    let (cpu, gpu) = (neuroal_cli("cpu", &tmp.join("cpu"), &[]), neuroal_cli("gpu", &tmp.join("gpu"), &["--search-batch", "4"]));
+    assert_eq!((cpu["memory"]["search_dense_batch"].as_u64(), gpu["memory"]["search_dense_batch"].as_u64()), (Some(1), Some(4)));
     for key in ["lambda_block", "lambda_row"] {
         assert!(cpu["topup"][key].as_f64().is_some(), "{key}: {}", cpu["topup"][key]);
         assert_eq!(cpu["topup"][key], gpu["topup"][key], "{key}");
@@ -165,12 +180,13 @@ fn neuroal_prunes_to_the_target_and_cpu_and_gpu_choose_the_same_lambdas() {
     // The estimate, by hand (tiny-llama: 64 wide, 4 heads, MLP 172, 384 tokens; 64-token
     // windows; one candidate at a time on the GPU). The search is the larger phase: 15 carried
     // candidates × 2 copies × 4 windows × 64 × 64 × 4 bytes = 1,966,080; activations of 4
-    // windows 4 × (3·4·64² + 3·64·172 + 4·64·64) × 4 = 1,576,960; the block, its pruned copy
-    // and the next 3 × 49,408 × 4 = 592,896; embeddings and head 2 × 384 × 64 × 4 = 196,608.
-    // (The pruning pass: 262,144 + 3,153,920 + 592,896 + 196,608 + 12,352 masks = 4,217,920.)
+    // windows 4 × (3·4·64² + 3·64·172 + 4·64·64) × 4 = 1,576,960, for each of the 4 candidates
+    // of a dense batch; the block, its pruned copy and the next 3 × 49,408 × 4 = 592,896;
+    // embeddings and head 2 × 384 × 64 × 4 = 196,608. (The pruning pass: 262,144 + 3,153,920 +
+    // 592,896 + 196,608 + 12,352 masks = 4,217,920.)
     let est = |r: &serde_json::Value| r["memory"]["estimated_peak_mib"].as_f64().unwrap() * (1u64 << 20) as f64;
-    assert_eq!(est(&gpu), (1_966_080 + 1_576_960 + 592_896 + 196_608) as f64);
-    // On the CPU, candidates side by side as memory allows: at least as much.
-    assert!(est(&cpu) >= est(&gpu), "{} vs {}", est(&cpu), est(&gpu));
+    assert_eq!(est(&gpu), (1_966_080 + 4 * 1_576_960 + 592_896 + 196_608) as f64);
+    // On the CPU, candidates side by side as memory allows: at least one batch's worth.
+    assert!(est(&cpu) >= (1_966_080 + 1_576_960 + 592_896 + 196_608) as f64, "{}", est(&cpu));
     let _ = std::fs::remove_dir_all(&tmp);
 }
