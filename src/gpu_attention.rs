@@ -32,7 +32,8 @@ const DEFAULT: &str = "flash-2";
 /// Larger heads (or more planes) ask for more workgroup memory than a Vulkan adapter may have:
 /// on the H100 `flash-4` with heads of 128 asked for 51,200 bytes and `flash-8` with heads of 64
 /// for 57,344, of 49,152, and the run failed at its next read-back (a launch error that the
-/// launcher does not report when it is called).
+/// launcher does not report when it is called). [`causal`] now declines such a launch up front
+/// ([`flash_workgroup_bytes`]); the default stays where it was timed.
 const DEFAULT_MAX_HEAD_DIM: usize = 64;
 const DEFAULT_MIN_SHARED: usize = 49_152;
 
@@ -46,10 +47,19 @@ struct Choice {
 
 /// The names `NEUROAL_ATTENTION` accepts: `ops` (separate kernels), `flash-N` (the tensor-core
 /// flash kernel with N planes per cube, autotune's candidates), `flash-unit` (per-thread). A
-/// named kernel runs as asked: see [`DEFAULT_MAX_HEAD_DIM`] for what the H100 could not launch.
+/// named kernel runs as asked where it fits (see [`DEFAULT_MAX_HEAD_DIM`]).
 pub const NAMES: [&str; 5] = ["ops", "flash-2", "flash-4", "flash-8", "flash-unit"];
 
 static CHOSEN: OnceLock<Choice> = OnceLock::new();
+
+/// What the flash kernels' workgroup memory is checked against: the adapter's workgroup memory
+/// in bytes and its f16 cooperative-matrix tiles (see [`flash_workgroup_bytes`]).
+struct Adapter {
+    workgroup_memory: usize,
+    tiles: Vec<(u32, u32, u32)>,
+}
+
+static ADAPTER: OnceLock<Adapter> = OnceLock::new();
 
 /// Reads `NEUROAL_ATTENTION` when a GPU is opened: the kernel it names, else the default for
 /// this adapter; a one-line error when it names none. Returns, for the device line, the flash
@@ -66,6 +76,7 @@ pub fn choose(device: &burn::tensor::Device) -> Result<Option<String>> {
             None => bail!("{VAR}={asked}: no such attention kernel; one of: {}", NAMES.join(", ")),
         }
     };
+    ADAPTER.get_or_init(|| Adapter { workgroup_memory: kernels::workgroup_memory(device), tiles: kernels::f16_cooperative_tiles(device) });
     let chosen = CHOSEN.get_or_init(|| choice);
     if *chosen != choice {
         bail!("{VAR} changed after the GPU was opened; a process uses one kernel");
@@ -102,11 +113,11 @@ pub fn named() -> bool {
 /// the kernel declines.
 pub fn causal(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
     let choice = CHOSEN.get()?;
-    let strategy = match choice.name {
-        "flash-2" => blackbox(2),
-        "flash-4" => blackbox(4),
-        "flash-8" => blackbox(8),
-        "flash-unit" => Strategy::Unit(BlueprintStrategy::Inferred(())),
+    let planes = match choice.name {
+        "flash-2" => Some(2),
+        "flash-4" => Some(4),
+        "flash-8" => Some(8),
+        "flash-unit" => None,
         _ => return None,
     };
     // The tensor-core kernel multiplies f16 fragments: by default only f16 runs take it, and
@@ -114,6 +125,27 @@ pub fn causal(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> 
     if !kernels::is_wgpu(q) || (!choice.explicit && !default_covers(q.dtype(), q.dims()[3])) {
         return None;
     }
+    let strategy = match planes {
+        Some(planes) => {
+            // A kernel that asks for more workgroup memory than the adapter has fails only at the
+            // next read-back, which ends the run: it is declined here instead.
+            let [_, _, seq, head_dim] = q.dims();
+            let adapter = ADAPTER.get()?;
+            if let Some(need) = flash_workgroup_bytes(planes, seq, head_dim, q.dtype().size(), &adapter.tiles)
+                && need > adapter.workgroup_memory
+            {
+                if choice.explicit {
+                    warn_once(&format!(
+                        "warning: {VAR}={}: heads of {head_dim} need {need} bytes of workgroup memory, more than the adapter's {}; the separate kernels run instead",
+                        choice.name, adapter.workgroup_memory
+                    ));
+                }
+                return None;
+            }
+            blackbox(planes as u8)
+        }
+        None => Strategy::Unit(BlueprintStrategy::Inferred(())),
+    };
     let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
     let (q, k, v) = (kernels::cube_strided(q.clone()), kernels::cube_strided(k.clone()), kernels::cube_strided(v.clone()));
     match flash_attention(q, k, v, None, None, options, strategy) {
@@ -126,6 +158,29 @@ pub fn causal(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> 
             None
         }
     }
+}
+
+/// The workgroup memory, in bytes, that cubek 0.3.1's tensor-core flash kernel asks for with
+/// `planes` planes on a causal attention of `seq` tokens and heads of `head_dim`, in a dtype of
+/// `elem` bytes, given the adapter's f16 × f16 → f32 cooperative tiles; `None` where cubek
+/// finds no tile (it then declines the launch itself). For the cube: one stage of key and of
+/// value rows (f16). Per plane: its query tile's staging and its output tile (the attention's
+/// dtype), its score tile (f32) and softmax tile (f16), and its output accumulators, one row of
+/// tiles across the head (f32). The tiles are the ones cubek picks (`find_instruction_size`, as
+/// its `BlackboxAcceleratedRoutine` calls it). With the H100's 16 × 16 × 16 tiles this gives
+/// the 51,200 bytes that flash-4 asked for with heads of 128 and the 57,344 of flash-8 with
+/// heads of 64, which its Vulkan driver reported.
+fn flash_workgroup_bytes(planes: usize, seq: usize, head_dim: usize, elem: usize, tiles: &[(u32, u32, u32)]) -> Option<usize> {
+    use cubek::matmul::multi_level::find_instruction_size;
+    let supported = |m, n, k| tiles.contains(&(m, n, k));
+    let fallback = || tiles.iter().map(|&t| t.into()).collect();
+    let (seq, hd) = (seq as u32, head_dim as u32);
+    let score = find_instruction_size((seq, seq, hd).into(), (None, None, None), supported, fallback)?;
+    let value = find_instruction_size((seq, hd, seq).into(), (Some(score.m), None, Some(score.n)), supported, fallback)?;
+    let (m, n, k, vn) = (score.m as usize, score.n as usize, score.k as usize, value.n as usize);
+    let stage = 2 * n * head_dim * 2;
+    let plane = m * k * elem + m * n * 4 + m * n * 2 + m * head_dim * 4 + m * vn * elem;
+    Some(stage + planes * plane)
 }
 
 fn blackbox(num_planes: u8) -> Strategy {
@@ -155,5 +210,29 @@ mod tests {
         assert!(default_covers(DType::F16, 32) && default_covers(DType::F16, 64));
         assert!(!default_covers(DType::F16, 128));
         assert!(!default_covers(DType::F32, 64) && !default_covers(DType::BF16, 64), "f16 fragments: f16 runs only");
+    }
+
+    #[test]
+    fn flash_workgroup_memory_is_what_the_h100_reported() {
+        // The H100's Vulkan driver offers 16 × 16 × 16 f16 tiles (among others cubek prefers
+        // less for square products); the 0.84 B shape's and the 7B shape's windows of 512.
+        let h100 = [(16, 16, 16), (16, 8, 16), (16, 8, 8)];
+        let need = |planes, head_dim, elem| flash_workgroup_bytes(planes, 512, head_dim, elem, &h100).unwrap();
+        // What the run reported when it failed: 51,200 and 57,344 bytes of 49,152.
+        assert_eq!(need(4, 128, 2), 51_200);
+        assert_eq!(need(8, 64, 2), 57_344);
+        // By hand, 16 × 16 tiles: 2 · 16 · 128 · 2 = 8192 for key and value; per plane 512
+        // (query) + 1024 (scores) + 512 (softmax) + 16 · 128 · 4 (accumulators) + 512 (output).
+        assert_eq!(need(2, 128, 2), 8192 + 2 * (512 + 1024 + 512 + 8192 + 512));
+        // What launched there: flash-2 and flash-4 with heads of 64 (and of 32, wt2-llama).
+        for (planes, head_dim) in [(2, 64), (4, 64), (2, 32), (4, 32)] {
+            assert!(need(planes, head_dim, 2) <= 49_152, "flash-{planes}, heads of {head_dim}");
+        }
+        // f32 attention stages its query and output tiles in f32.
+        assert_eq!(need(2, 64, 4) - need(2, 64, 2), 2 * (512 + 512));
+        // 8 × 8 × 8 tiles only (as Apple's simdgroup matrices): a quarter of the tiles' bytes.
+        assert_eq!(flash_workgroup_bytes(2, 512, 128, 2, &[(8, 8, 8)]), Some(2 * 8 * 128 * 2 + 2 * (128 + 256 + 128 + 8 * 128 * 4 + 128)));
+        // No f16 tile at all: cubek declines by itself.
+        assert_eq!(flash_workgroup_bytes(2, 512, 128, 2, &[]), None);
     }
 }

@@ -355,6 +355,14 @@ pub fn has_f16_cooperative_matrices(device: &burn::tensor::Device) -> bool {
     client(device).properties().features.matmul.cmma.iter().any(|c| c.a_type == f16 && c.b_type == f16)
 }
 
+/// The (m, n, k) tile shapes in which the GPU `device` multiplies f16 by f16 into f32 with
+/// cooperative matrices.
+pub fn f16_cooperative_tiles(device: &burn::tensor::Device) -> Vec<(u32, u32, u32)> {
+    use cubecl::ir::{ElemType, FloatKind};
+    let (f16, f32) = (ElemType::Float(FloatKind::F16), ElemType::Float(FloatKind::F32));
+    client(device).properties().features.matmul.cmma.iter().filter(|c| c.a_type == f16 && c.b_type == f16 && c.cd_type == f32).map(|c| (c.m, c.n, c.k)).collect()
+}
+
 /// The workgroup (shared) memory one cube may use on the GPU `device`, in bytes.
 pub fn workgroup_memory(device: &burn::tensor::Device) -> usize {
     client(device).properties().hardware.max_shared_memory_size

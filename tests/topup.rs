@@ -117,6 +117,26 @@ fn shared_block_loads_score_exactly_like_one_by_one() {
 }
 
 #[test]
+fn sparsegpt_hessians_from_a_dense_batch_score_exactly_like_one_by_one() {
+    // Each candidate's Hessian is accumulated from its own rows of the batch, chunk by chunk.
+    for choice in [Choice::Cpu, Choice::Gpu] {
+        let dev = select(choice);
+        let dir = asset("tiny-llama");
+        let model = Model::open(&dir, &dev.device).unwrap();
+        let windows = search_windows(&dir, 32, 2);
+        let cands: Vec<Map> = [0.02, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.6), 7)).collect();
+        let pruner = neuroal::pruner::SparseGpt::new(16, 0.01);
+        let alone = evaluate(&model, &windows, 32, &pruner, &Pattern::Row, &cands, 2, SearchPlan::ONE_BY_ONE, &|_, _| {}).unwrap();
+        let batched = evaluate(&model, &windows, 32, &pruner, &Pattern::Row, &cands, 2, SearchPlan { at_once: 1, dense_batch: 2 }, &|_, _| {}).unwrap();
+        for (a, b) in batched.iter().zip(&alone) {
+            assert!(a.score.is_finite() && a.score > 0.0, "{choice:?}: score {}", a.score);
+            assert_eq!(a.score.to_bits(), b.score.to_bits(), "{choice:?}");
+            assert_eq!(a.d, b.d, "{choice:?}");
+        }
+    }
+}
+
+#[test]
 fn alignment_shader_equals_its_twin() {
     let gpu = select(Choice::Gpu).device;
     let cpu = Device::flex();
