@@ -101,6 +101,12 @@ prune_7b() { # build dtype
 forward() { # build dtype
   [ -x ".bin/$1" ] && run "$1-forward-$2$tag" ".bin/$1" bench --synthetic $forward --devices gpu --seqlen "$seqlen" --batch 4 --dtype "$2"
 }
+# Every nameable matrix-product kernel (and burn's choice) on the products of both cases: the
+# 7B search's 4096 tokens through q/k/v/o, gate/up and down, the 0.84 B forward's 2048 through
+# its linears and head. Milliseconds per kernel, where a prune takes tens of seconds.
+matmul() { # build dtype
+  [ -x ".bin/$1" ] && run "$1-matmul-$2$tag" ".bin/$1" bench --matmul "${MATMUL:-4096x4096x4096,4096x4096x11008,4096x11008x4096,2048x2048x2048,2048x2048x5632,2048x5632x2048,2048x2048x32000}" --devices gpu --dtype "$2" --iters 10 && grep -v declined "$logs/$1-matmul-$2$tag.log"
+}
 # NeuroAL's λ in f16 on the card (0.10 / 0.10 on the CPU) and the run's peak memory.
 wt2_lambda() {
   [ "$wt2" = 1 ] || return
@@ -121,7 +127,8 @@ profiled() { # name, then the bench arguments
 # [BUILD/]KIND-DTYPE[@LEVEL]: BUILD is a binary in .bin (default neuroal; neuroal-wgsl,
 # neuroal-nofusion, neuroal-autotune: see device_prepare.sh), KIND one of
 # tiny (perplexity of assets/tiny-llama), wt2 (perplexity), neuroal (the 7B-shaped prune),
-# forward (0.84 B), trace-neuroal (the 7B prune with NEUROAL_TRACE's per-stage times); and
+# forward (0.84 B), trace-neuroal (the 7B prune with NEUROAL_TRACE's per-stage times), matmul
+# (every kernel's time on both cases' products, `bench --matmul`; MATMUL sets the products); and
 # wt2-lambda, profile-forward, profile-neuroal. LEVEL, for autotune builds, is cubecl's
 # CUBECL_AUTOTUNE_LEVEL (minimal, balanced, extensive, full): how many kernels it times per shape.
 # A step ending in %KERNEL runs with NEUROAL_MATMUL=KERNEL (the linears' products with that one
@@ -136,7 +143,7 @@ profiled() { # name, then the bench arguments
 # 4 candidates, and with burn's own kernels,
 # then traces and profiles; it wants WT2=1 BUILDS="default nofusion" prepared (a third build
 # and wt2-llama would pass the 64 MiB the device tool carries, with the checkout's 4 MB).
-steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
+steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 matmul-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
@@ -161,6 +168,7 @@ for step in $steps; do
     profile-forward) profiled neuroal-forward-f16-profile --synthetic ${PROFILE_FORWARD:-llama-0.8b --blocks 4} --devices gpu --seqlen "$seqlen" --batch 4 --iters 2 --dtype "${PROFILE_DTYPE:-f16}" ;;
     profile-neuroal) profiled neuroal-neuroal-f16-profile --synthetic ${PROFILE_NEUROAL:-llama2-7b --blocks 2} --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples 16 --search-nsamples 8 --iters 1 --dtype "${PROFILE_DTYPE:-f16}" ;;
     tiny-*) eval_tiny "$build" "$dtype" ;;
+    matmul-*) matmul "$build" "$dtype" ;;
     wt2-*) eval_wt2 "$build" "$dtype" ;;
     neuroal-*) prune_7b "$build" "$dtype" ;;
     forward-*) forward "$build" "$dtype" ;;

@@ -284,6 +284,36 @@ pub fn measure_in_child(model_dir: &Path, device: &str, dtype: ComputeDtype, seq
     serde_json::from_str(text.trim()).map_err(|e| err!("bench on {device}: unreadable result ({e})"))
 }
 
+/// `bench --matmul`: every kernel's time on each product, on the GPU, in this process.
+pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json: bool) -> Result<()> {
+    let shapes = crate::gpu_matmul::parse_shapes(list)?;
+    if iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    if devices != "gpu" {
+        bail!("--matmul times the GPU's kernels: use --devices gpu");
+    }
+    let selected = device::select(Choice::Gpu)?;
+    let dtype = selected.compute_dtype(dtype)?;
+    let rows = crate::gpu_matmul::time_kernels(&selected.device, &shapes, dtype, iters)?;
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).map_err(|e| err!("cannot encode the result: {e}"))?);
+        }
+        return Ok(());
+    }
+    println!("{} ({})", selected.description, crate::device::dtype_name(dtype));
+    println!("{:<20} {:<66} {:>9} {:>8} {:>9}", "M×K×N", "kernel", "ms", "TFLOP/s", "rel. err");
+    for r in &rows {
+        let shape = format!("{}×{}×{}", r.shape[0], r.shape[1], r.shape[2]);
+        match (r.ms, r.tflops, r.rel_err) {
+            (Some(ms), Some(t), Some(e)) => println!("{shape:<20} {:<66} {ms:>9.3} {t:>8.2} {e:>9.1e}", r.kernel),
+            _ => println!("{shape:<20} {:<66} declined: {}", r.kernel, r.declined.as_deref().unwrap_or("")),
+        }
+    }
+    Ok(())
+}
+
 pub fn print_table(rows: &[BenchRow]) {
     println!(
         "{:<48} {:>7} {:>6} {:>12} {:>12} {:>10} {:>16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",

@@ -168,6 +168,79 @@ fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: &Kernel) -> std::result::Resul
     Ok(kernels::from_cube(out))
 }
 
+/// One kernel's time on one product in `bench --matmul`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct MatmulTiming {
+    /// [m, k, n]: x [m, k] times the transpose of a weight [n, k], as the linears multiply.
+    pub shape: [usize; 3],
+    /// `burn` (burn's own choice), or a name `NEUROAL_MATMUL` accepts.
+    pub kernel: String,
+    pub ms: Option<f64>,
+    pub tflops: Option<f64>,
+    /// ‖y − y_burn‖ / ‖y_burn‖, in f32, against burn's own choice on the same operands.
+    pub rel_err: Option<f64>,
+    /// Why the kernel did not run this shape.
+    pub declined: Option<String>,
+}
+
+/// Parses `M×K×N[,…]` (or with `x`) into [m, k, n] shapes.
+pub fn parse_shapes(list: &str) -> Result<Vec<[usize; 3]>> {
+    list.split(',')
+        .map(|s| {
+            let dims: Vec<usize> = s.trim().split(['x', '×']).map(|d| d.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().unwrap_or_default();
+            match dims[..] {
+                [m, k, n] if m > 0 && k > 0 && n > 0 => Ok([m, k, n]),
+                _ => bail!("--matmul {s:?}: a product is MxKxN with three positive sizes, e.g. 4096x4096x11008"),
+            }
+        })
+        .collect()
+}
+
+/// Times every kernel a fixed choice can name, and burn's own choice, on each product in
+/// `dtype` on the GPU `device`: `iters` products after one warm-up each, waiting for the device
+/// at both ends. The fastest way to compare kernels on a card (a product of the 7B shape takes
+/// milliseconds, a prune tens of seconds); `rel_err` says that a kernel computes the product.
+pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 3]], dtype: DType, iters: usize) -> Result<Vec<MatmulTiming>> {
+    use burn::tensor::Distribution;
+    let mut rows = Vec::new();
+    for &[m, k, n] in shapes {
+        let x = Tensor::<2>::random([m, k], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
+        let w = Tensor::<2>::random([n, k], Distribution::Uniform(-1.0, 1.0), device).mul_scalar((3.0 / k as f64).sqrt()).cast(dtype);
+        let reference = x.clone().matmul(w.clone().transpose());
+        let flops = 2.0 * (m * k * n) as f64;
+        let run = |kernel: Option<&Kernel>| -> std::result::Result<Tensor<2>, String> {
+            match kernel {
+                None => Ok(x.clone().matmul(w.clone().transpose())),
+                Some(kernel) => launch(&x, &w.clone().transpose(), kernel),
+            }
+        };
+        let sync = || device.sync().map_err(|e| crate::err!("the GPU failed: {}", crate::error::device_words(&format!("{e:?}"))));
+        let candidates: Vec<(String, Option<Kernel>)> = std::iter::once(("burn".to_string(), None)).chain(kernels().into_iter().map(|k| (k.to_string(), Some(k)))).collect();
+        for (name, kernel) in candidates {
+            let first = match run(kernel.as_ref()) {
+                Ok(y) => y,
+                Err(why) => {
+                    rows.push(MatmulTiming { shape: [m, k, n], kernel: name, ms: None, tflops: None, rel_err: None, declined: Some(why) });
+                    continue;
+                }
+            };
+            let diff = (first.cast(DType::F32) - reference.clone().cast(DType::F32)).square().sum();
+            let norm = reference.clone().cast(DType::F32).square().sum();
+            let err = crate::model::host_f32(Tensor::cat(vec![diff, norm], 0), "the product's error")?;
+            sync()?;
+            let start = std::time::Instant::now();
+            // Kept until the device is done: a lazy backend may skip work whose result is gone.
+            let outputs: Vec<_> = (0..iters).map(|_| run(kernel.as_ref())).collect();
+            sync()?;
+            drop(outputs);
+            let ms = start.elapsed().as_secs_f64() * 1000.0 / iters as f64;
+            let rel_err = (err[0] as f64).sqrt() / (err[1] as f64).sqrt().max(f64::MIN_POSITIVE);
+            rows.push(MatmulTiming { shape: [m, k, n], kernel: name, ms: Some(ms), tflops: Some(flops / ms / 1e9), rel_err: Some(rel_err), declined: None });
+        }
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +253,14 @@ mod tests {
         assert_eq!(default_for("wgpu<spirv>", false), None, "no cooperative matrices");
         assert_eq!(default_for("wgpu<wgsl>", true), None, "WGSL (DX12, OpenGL) was not measured");
         assert_eq!(default_for("wgpu<msl>", true), None, "Metal was not measured");
+    }
+
+    #[test]
+    fn product_shapes_parse_or_get_one_line() {
+        assert_eq!(parse_shapes("4096x4096x11008, 2048×2048×32000").unwrap(), vec![[4096, 4096, 11008], [2048, 2048, 32000]]);
+        for bad in ["4096x4096", "0x1x2", "ax1x2", "1x2x3x4", ""] {
+            let e = parse_shapes(bad).unwrap_err().to_string();
+            assert!(e.contains("MxKxN") && !e.contains('\n'), "{bad}: {e}");
+        }
     }
 }

@@ -143,9 +143,14 @@ enum Command {
     },
     /// Forward throughput (tokens/s) and peak host memory of each device on a model.
     Bench {
-        /// Model folder to measure (or --synthetic).
-        #[arg(long, required_unless_present = "synthetic")]
+        /// Model folder to measure (or --synthetic, or --matmul).
+        #[arg(long, required_unless_present_any = ["synthetic", "matmul"])]
         model: Option<PathBuf>,
+        /// Instead of a model: time each matrix-product kernel (burn's choice and every name
+        /// NEUROAL_MATMUL accepts) on the GPU on these products, M×K×N comma-separated: x [M, K]
+        /// times the transpose of a weight [N, K], as the linears multiply.
+        #[arg(long, conflicts_with_all = ["model", "synthetic"])]
+        matmul: Option<String>,
         /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2; tiny, tiny-opt, tiny-phi)
         /// to a temporary folder and measure it.
         #[arg(long, conflicts_with = "model")]
@@ -321,7 +326,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { model, synthetic, blocks, prune_sparsity, nsamples, search_nsamples, search_batch, devices, seqlen, batch, iters, dtype, single, json } => {
+        Command::Bench { model, synthetic, matmul, blocks, prune_sparsity, nsamples, search_nsamples, search_batch, devices, seqlen, batch, iters, dtype, single, json } => {
+            if let Some(list) = matmul {
+                return bench::matmul(&list, &devices, dtype, iters, json);
+            }
             let prune = match prune_sparsity {
                 Some(s) if !(0.0..1.0).contains(&s) => bail!("--prune-sparsity {s} is outside [0, 1)"),
                 Some(_) if nsamples == 0 || search_nsamples == 0 => bail!("--nsamples and --search-nsamples must be at least 1"),
