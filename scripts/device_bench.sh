@@ -104,8 +104,13 @@ forward() { # build dtype
 # Every nameable matrix-product kernel (and burn's choice) on the products of both cases: the
 # 7B search's 4096 tokens through q/k/v/o, gate/up and down, the 0.84 B forward's 2048 through
 # its linears and head. Milliseconds per kernel, where a prune takes tens of seconds.
+# The ranking (scripts/matmul_summary.py) goes to the output and runs.log; a later step's
+# %fastest names its winner.
 matmul() { # build dtype
-  [ -x ".bin/$1" ] && run "$1-matmul-$2$tag" ".bin/$1" bench --matmul "${MATMUL:-4096x4096x4096,4096x4096x11008,4096x11008x4096,2048x2048x2048,2048x2048x5632,2048x5632x2048,2048x2048x32000}" --devices gpu --dtype "$2" --iters 10 && grep -v declined "$logs/$1-matmul-$2$tag.log"
+  [ -x ".bin/$1" ] || return
+  run "$1-matmul-$2$tag" ".bin/$1" bench --matmul "${MATMUL:-4096x4096x4096,4096x4096x11008,4096x11008x4096,2048x2048x2048,2048x2048x5632,2048x5632x2048,2048x2048x32000}" --devices gpu --dtype "$2" --iters 10 --json
+  cp "$logs/$1-matmul-$2$tag.log" "$logs/matmul-last.jsonl"
+  python3 scripts/matmul_summary.py "$logs/matmul-last.jsonl" --top 15 | tee -a "$out/runs.log"
 }
 # NeuroAL's λ in f16 on the card (0.10 / 0.10 on the CPU) and the run's peak memory.
 wt2_lambda() {
@@ -143,7 +148,7 @@ profiled() { # name, then the bench arguments
 # 4 candidates, and with burn's own kernels,
 # then traces and profiles; it wants WT2=1 BUILDS="default nofusion" prepared (a third build
 # and wt2-llama would pass the 64 MiB the device tool carries, with the checkout's 4 MB).
-steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 matmul-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
+steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 matmul-f16 neuroal-f16%fastest forward-f16%fastest neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
@@ -155,10 +160,12 @@ for step in $steps; do
     export NEUROAL_ATTENTION=${step##*+}; tag="+$NEUROAL_ATTENTION$tag"; step=${step%+*} ;;
   esac
   case $step in *%*)
-    kernel=${step##*%}; step=${step%\%*}
-    # %best: the kernel the autotune runs so far found fastest on the most large shapes.
+    kernel=${step##*%}; asked=$kernel; step=${step%\%*}
+    # %best: the kernel the autotune runs so far found fastest on the most large shapes;
+    # %fastest: the one the last matmul step timed fastest over its products.
     [ "$kernel" = best ] && kernel=$(cat "$logs"/*.decisions.jsonl 2>/dev/null | python3 scripts/autotune_summary.py --best /dev/stdin)
-    if [ -z "$kernel" ]; then echo "$build/$step%best: skipped, no autotune run has tuned a large matrix product yet"; continue; fi
+    [ "$kernel" = fastest ] && kernel=$(python3 scripts/matmul_summary.py "$logs/matmul-last.jsonl" --fastest 2>/dev/null)
+    if [ -z "$kernel" ]; then echo "$build/$step%$asked: skipped, no autotune or matmul step has found a kernel yet"; continue; fi
     export NEUROAL_MATMUL=$kernel; tag="%$kernel$tag" ;;
   esac
   case $step in *@*) export CUBECL_AUTOTUNE_LEVEL=${step##*@}; tag="@${step##*@}$tag"; step=${step%@*} ;; esac

@@ -29,7 +29,11 @@ use crate::{bail, kernels};
 pub const VAR: &str = "NEUROAL_MATMUL";
 
 /// The kernels a fixed choice can name: autotune's tensor-core candidates (cooperative or
-/// plain matrix-multiply-accumulate tiles) and its per-thread ones.
+/// plain matrix-multiply-accumulate tiles) and its per-thread ones; then the ordered
+/// double-buffered cooperative kernel over a grid of its three tiling knobs (k tiles per
+/// partition, planes' row count, rows per plane), which autotune does not try but which
+/// `bench --matmul` can time on a card. cubek checks each blueprint's workgroup memory before
+/// launch, so a setting too large for the adapter declines instead of failing.
 fn kernels() -> Vec<Kernel> {
     let simple = |multi_rows, tile_matmul| BlueprintStrategy::Inferred(SimpleArgs { multi_rows, tile_matmul });
     let double = |specialized, tile_matmul| BlueprintStrategy::Inferred(DoubleBufferingArgs { specialized, tile_matmul });
@@ -38,7 +42,13 @@ fn kernels() -> Vec<Kernel> {
     };
     let (cmma, mma) = (TileMatmulKind::Cmma, TileMatmulKind::Mma);
     let (max, min) = (TileSizeSelection::MaxTileSize, TileSizeSelection::MinTileSize);
-    vec![
+    let knobs = |partition_k, row_count, rows_per_plane| {
+        BlueprintStrategy::Inferred(OrderedSelectionArgs { partition_k: Some(partition_k), row_count: Some(row_count), rows_per_plane: Some(rows_per_plane), tile_matmul: cmma })
+    };
+    let grid = [1, 2, 4].into_iter().flat_map(|k| [4, 8, 16].into_iter().flat_map(move |rows| [1, 2, 4].into_iter().map(move |per_plane| (k, rows, per_plane))));
+    // autotune's two ordered candidates are in the list already.
+    let grid = grid.filter(|&(k, rows, per_plane)| !(k == 2 && per_plane == 2 && (rows == 4 || rows == 8)));
+    let mut list = vec![
         Kernel::SimpleCyclicCmma(simple(false, cmma)),
         Kernel::SimpleCyclicCmma(simple(true, cmma)),
         Kernel::DoubleCyclicCmma(double(false, cmma)),
@@ -57,7 +67,9 @@ fn kernels() -> Vec<Kernel> {
         Kernel::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs { tile_size: max })),
         Kernel::SimpleUnit(BlueprintStrategy::Inferred(SimpleUnitSelectionArgs { tile_size: min })),
         Kernel::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs { tile_size: min })),
-    ]
+    ];
+    list.extend(grid.map(|(k, rows, per_plane)| Kernel::OrderedDoubleCmma(knobs(k, rows, per_plane))));
+    list
 }
 
 /// Every name `NEUROAL_MATMUL` accepts.
@@ -253,6 +265,16 @@ mod tests {
         assert_eq!(default_for("wgpu<spirv>", false), None, "no cooperative matrices");
         assert_eq!(default_for("wgpu<wgsl>", true), None, "WGSL (DX12, OpenGL) was not measured");
         assert_eq!(default_for("wgpu<msl>", true), None, "Metal was not measured");
+    }
+
+    #[test]
+    fn every_kernel_has_its_own_name() {
+        let names = names();
+        let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        // autotune's 18 candidates and the ordered grid's 27 settings, 2 of them autotune's.
+        assert_eq!(names.len(), 18 + 25);
+        assert!(names.iter().any(|n| n == "matmul_ordered_double_cmma_partition_k4_row_count16_rows_per_plane1"), "{names:?}");
     }
 
     #[test]

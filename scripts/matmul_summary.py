@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Ranks the kernels of `neuroal bench --matmul ... --json` output (one JSON object a line;
+other lines are skipped): total milliseconds over the products every kernel of the ranking
+ran, each product's TFLOP/s beside it. A kernel that declined a product, or whose product is
+off burn's by more than --max-err (relative), is left out of the ranking.
+
+    python3 scripts/matmul_summary.py LOG [--top N] [--max-err E]
+    python3 scripts/matmul_summary.py LOG --fastest   # prints only the fastest kernel's name
+"""
+import argparse
+import json
+from collections import defaultdict
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("log")
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--max-err", type=float, default=1e-2)
+    ap.add_argument("--fastest", action="store_true")
+    a = ap.parse_args()
+    rows = []
+    for line in open(a.log, encoding="utf-8", errors="replace"):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    shapes = sorted({tuple(r["shape"]) for r in rows}, key=lambda s: -s[0] * s[1] * s[2])
+    by_kernel = defaultdict(dict)
+    for r in rows:
+        if r.get("ms") is not None and (r.get("rel_err") or 0.0) <= a.max_err:
+            by_kernel[r["kernel"]][tuple(r["shape"])] = r
+    ranked = sorted(
+        ((sum(v[s]["ms"] for s in shapes), k) for k, v in by_kernel.items() if all(s in v for s in shapes)),
+    )
+    if a.fastest:
+        if ranked:
+            print(ranked[0][1])
+        return
+    head = "  ".join(f"{'x'.join(map(str, s)):>16}" for s in shapes)
+    print(f"{'kernel (TFLOP/s per product)':<66} {'total ms':>9}  {head}")
+    burn = by_kernel.get("burn", {})
+    for total, k in ranked[: a.top]:
+        cells = "  ".join(f"{by_kernel[k][s]['tflops']:>16.1f}" for s in shapes)
+        speedup = sum(burn[s]["ms"] for s in shapes) / total if all(s in burn for s in shapes) else float("nan")
+        print(f"{k:<66} {total:>9.2f}  {cells}   ({speedup:.2f}x burn)")
+
+
+if __name__ == "__main__":
+    main()
