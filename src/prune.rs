@@ -391,7 +391,9 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let parts = memory::prune_parts(&config, &spec.shapes(), &estimate);
     let estimated_peak_mib = memory::total_mib(&parts);
     eprintln!("device {}", device.description);
-    if let Some(warning) = device.is_gpu.then(|| crate::kernels::capacity(&device.device)).flatten().and_then(|cap| memory::gpu_warning(&parts, cap as u128)) {
+    if let Some(cap) = device.is_gpu.then(|| crate::kernels::capacity(&device.device)).flatten()
+        && let Some(warning) = memory::gpu_check(&parts, cap as u128)?
+    {
         eprintln!("{warning}");
     }
     if let Some(limit) = device.max_buffer {
