@@ -27,7 +27,13 @@ def main():
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 pass
-    shapes = sorted({tuple(r["shape"]) for r in rows}, key=lambda s: -s[0] * s[1] * s[2])
+    # A run stopped early (the device tool's time limit) leaves its last product part-timed:
+    # rank over the products every kernel was tried on.
+    tried = defaultdict(int)
+    for r in rows:
+        tried[tuple(r["shape"])] += 1
+    most = max(tried.values(), default=0)
+    shapes = sorted((s for s, n in tried.items() if n == most), key=lambda s: -s[0] * s[1] * s[2])
     by_kernel = defaultdict(dict)
     for r in rows:
         if r.get("ms") is not None and (r.get("rel_err") or 0.0) <= a.max_err:

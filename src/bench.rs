@@ -295,23 +295,23 @@ pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json
     }
     let selected = device::select(Choice::Gpu)?;
     let dtype = selected.compute_dtype(dtype)?;
-    let rows = crate::gpu_matmul::time_kernels(&selected.device, &shapes, dtype, iters)?;
-    if json {
-        for r in &rows {
-            println!("{}", serde_json::to_string(r).map_err(|e| err!("cannot encode the result: {e}"))?);
-        }
-        return Ok(());
+    if !json {
+        println!("{} ({})", selected.description, crate::device::dtype_name(dtype));
+        println!("{:<20} {:<66} {:>9} {:>8} {:>9}", "M×K×N", "kernel", "ms", "TFLOP/s", "rel. err");
     }
-    println!("{} ({})", selected.description, crate::device::dtype_name(dtype));
-    println!("{:<20} {:<66} {:>9} {:>8} {:>9}", "M×K×N", "kernel", "ms", "TFLOP/s", "rel. err");
-    for r in &rows {
+    let mut print = |r: crate::gpu_matmul::MatmulTiming| -> Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(&r).map_err(|e| err!("cannot encode the result: {e}"))?);
+            return Ok(());
+        }
         let shape = format!("{}×{}×{}", r.shape[0], r.shape[1], r.shape[2]);
         match (r.ms, r.tflops, r.rel_err) {
             (Some(ms), Some(t), Some(e)) => println!("{shape:<20} {:<66} {ms:>9.3} {t:>8.2} {e:>9.1e}", r.kernel),
             _ => println!("{shape:<20} {:<66} declined: {}", r.kernel, r.declined.as_deref().unwrap_or("")),
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    crate::gpu_matmul::time_kernels(&selected.device, &shapes, dtype, iters, &mut print)
 }
 
 pub fn print_table(rows: &[BenchRow]) {

@@ -212,9 +212,9 @@ pub fn parse_shapes(list: &str) -> Result<Vec<[usize; 3]>> {
 /// `dtype` on the GPU `device`: `iters` products after one warm-up each, waiting for the device
 /// at both ends. The fastest way to compare kernels on a card (a product of the 7B shape takes
 /// milliseconds, a prune tens of seconds); `rel_err` says that a kernel computes the product.
-pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 3]], dtype: DType, iters: usize) -> Result<Vec<MatmulTiming>> {
+/// Each row goes to `row` as soon as it is measured, so a run stopped early keeps what it did.
+pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 3]], dtype: DType, iters: usize, row: &mut dyn FnMut(MatmulTiming) -> Result<()>) -> Result<()> {
     use burn::tensor::Distribution;
-    let mut rows = Vec::new();
     for &[m, k, n] in shapes {
         let x = Tensor::<2>::random([m, k], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
         let w = Tensor::<2>::random([n, k], Distribution::Uniform(-1.0, 1.0), device).mul_scalar((3.0 / k as f64).sqrt()).cast(dtype);
@@ -232,7 +232,7 @@ pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 3]], dtype:
             let first = match run(kernel.as_ref()) {
                 Ok(y) => y,
                 Err(why) => {
-                    rows.push(MatmulTiming { shape: [m, k, n], kernel: name, ms: None, tflops: None, rel_err: None, declined: Some(why) });
+                    row(MatmulTiming { shape: [m, k, n], kernel: name, ms: None, tflops: None, rel_err: None, declined: Some(why) })?;
                     continue;
                 }
             };
@@ -247,10 +247,10 @@ pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 3]], dtype:
             drop(outputs);
             let ms = start.elapsed().as_secs_f64() * 1000.0 / iters as f64;
             let rel_err = (err[0] as f64).sqrt() / (err[1] as f64).sqrt().max(f64::MIN_POSITIVE);
-            rows.push(MatmulTiming { shape: [m, k, n], kernel: name, ms: Some(ms), tflops: Some(flops / ms / 1e9), rel_err: Some(rel_err), declined: None });
+            row(MatmulTiming { shape: [m, k, n], kernel: name, ms: Some(ms), tflops: Some(flops / ms / 1e9), rel_err: Some(rel_err), declined: None })?;
         }
     }
-    Ok(rows)
+    Ok(())
 }
 
 #[cfg(test)]
