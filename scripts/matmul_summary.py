@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Ranks the kernels of `neuroal bench --matmul ... --json` output (one JSON object a line;
-other lines are skipped): total milliseconds over the products every kernel of the ranking
-ran, each product's TFLOP/s beside it. A kernel that declined a product, or whose product is
+other lines are skipped), each on both right-hand-side layouts: total milliseconds over the
+products every kernel of the ranking ran, each product's TFLOP/s beside it. A kernel that declined a product, or whose product is
 off burn's by more than --max-err (relative), is left out of the ranking.
 
     python3 scripts/matmul_summary.py LOG [--top N] [--max-err E]
@@ -34,16 +34,21 @@ def main():
         tried[tuple(r["shape"])] += 1
     most = max(tried.values(), default=0)
     shapes = sorted((s for s, n in tried.items() if n == most), key=lambda s: -s[0] * s[1] * s[2])
+    # A kernel on the linears' own layout (the weight's transposed view) is named as it is; on a
+    # row-major [k, n] copy with " [k_by_n]" after it. --fastest picks among the former, the
+    # layout NEUROAL_MATMUL runs.
+    label = lambda r: r["kernel"] if r.get("layout", "weight_t") == "weight_t" else f"{r['kernel']} [{r['layout']}]"
     by_kernel = defaultdict(dict)
     for r in rows:
         if r.get("ms") is not None and (r.get("rel_err") or 0.0) <= a.max_err:
-            by_kernel[r["kernel"]][tuple(r["shape"])] = r
+            by_kernel[label(r)][tuple(r["shape"])] = r
     ranked = sorted(
         ((sum(v[s]["ms"] for s in shapes), k) for k, v in by_kernel.items() if all(s in v for s in shapes)),
     )
     if a.fastest:
-        if ranked:
-            print(ranked[0][1])
+        own = [k for _, k in ranked if not k.endswith("]")]
+        if own:
+            print(own[0])
         return
     head = "  ".join(f"{'x'.join(map(str, s)):>16}" for s in shapes)
     print(f"{'kernel (TFLOP/s per product)':<66} {'total ms':>9}  {head}")

@@ -297,7 +297,7 @@ pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json
     let dtype = selected.compute_dtype(dtype)?;
     if !json {
         println!("{} ({})", selected.description, crate::device::dtype_name(dtype));
-        println!("{:<20} {:<66} {:>9} {:>8} {:>9}", "M×K×N", "kernel", "ms", "TFLOP/s", "rel. err");
+        println!("{:<20} {:<9} {:<66} {:>9} {:>8} {:>9}", "M×K×N", "rhs", "kernel", "ms", "TFLOP/s", "rel. err");
     }
     let mut print = |r: crate::gpu_matmul::MatmulTiming| -> Result<()> {
         if json {
@@ -306,8 +306,8 @@ pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json
         }
         let shape = format!("{}×{}×{}", r.shape[0], r.shape[1], r.shape[2]);
         match (r.ms, r.tflops, r.rel_err) {
-            (Some(ms), Some(t), Some(e)) => println!("{shape:<20} {:<66} {ms:>9.3} {t:>8.2} {e:>9.1e}", r.kernel),
-            _ => println!("{shape:<20} {:<66} declined: {}", r.kernel, r.declined.as_deref().unwrap_or("")),
+            (Some(ms), Some(t), Some(e)) => println!("{shape:<20} {:<9} {:<66} {ms:>9.3} {t:>8.2} {e:>9.1e}", r.layout, r.kernel),
+            _ => println!("{shape:<20} {:<9} {:<66} declined: {}", r.layout, r.kernel, r.declined.as_deref().unwrap_or("")),
         }
         Ok(())
     };

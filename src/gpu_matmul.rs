@@ -183,8 +183,12 @@ fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: &Kernel) -> std::result::Resul
 /// One kernel's time on one product in `bench --matmul`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct MatmulTiming {
-    /// [m, k, n]: x [m, k] times the transpose of a weight [n, k], as the linears multiply.
+    /// [m, k, n]: x [m, k] times a [k, n] right-hand side.
     pub shape: [usize; 3],
+    /// The right-hand side: `weight_t`, the transposed view of a weight [n, k], as the linears
+    /// multiply; or `k_by_n`, a row-major [k, n] tensor (what a weight transposed once when
+    /// loaded would be).
+    pub layout: String,
     /// `burn` (burn's own choice), or a name `NEUROAL_MATMUL` accepts.
     pub kernel: String,
     pub ms: Option<f64>,
@@ -209,45 +213,50 @@ pub fn parse_shapes(list: &str) -> Result<Vec<[usize; 3]>> {
 }
 
 /// Times every kernel a fixed choice can name, and burn's own choice, on each product in
-/// `dtype` on the GPU `device`: `iters` products after one warm-up each, waiting for the device
-/// at both ends. The fastest way to compare kernels on a card (a product of the 7B shape takes
+/// `dtype` on the GPU `device`, with the weight as the linears hold it and as a row-major
+/// [k, n] copy: `iters` products after one warm-up each, waiting for the device at both ends. The fastest way to compare kernels on a card (a product of the 7B shape takes
 /// milliseconds, a prune tens of seconds); `rel_err` says that a kernel computes the product.
 /// Each row goes to `row` as soon as it is measured, so a run stopped early keeps what it did.
 pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 3]], dtype: DType, iters: usize, row: &mut dyn FnMut(MatmulTiming) -> Result<()>) -> Result<()> {
     use burn::tensor::Distribution;
+    let sync = || device.sync().map_err(|e| crate::err!("the GPU failed: {}", crate::error::device_words(&format!("{e:?}"))));
     for &[m, k, n] in shapes {
         let x = Tensor::<2>::random([m, k], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
-        let w = Tensor::<2>::random([n, k], Distribution::Uniform(-1.0, 1.0), device).mul_scalar((3.0 / k as f64).sqrt()).cast(dtype);
-        let reference = x.clone().matmul(w.clone().transpose());
+        let scale = (3.0 / k as f64).sqrt();
+        let w = Tensor::<2>::random([n, k], Distribution::Uniform(-1.0, 1.0), device).mul_scalar(scale).cast(dtype);
+        let k_by_n = Tensor::<2>::random([k, n], Distribution::Uniform(-1.0, 1.0), device).mul_scalar(scale).cast(dtype);
         let flops = 2.0 * (m * k * n) as f64;
-        let run = |kernel: Option<&Kernel>| -> std::result::Result<Tensor<2>, String> {
-            match kernel {
-                None => Ok(x.clone().matmul(w.clone().transpose())),
-                Some(kernel) => launch(&x, &w.clone().transpose(), kernel),
-            }
-        };
-        let sync = || device.sync().map_err(|e| crate::err!("the GPU failed: {}", crate::error::device_words(&format!("{e:?}"))));
-        let candidates: Vec<(String, Option<Kernel>)> = std::iter::once(("burn".to_string(), None)).chain(kernels().into_iter().map(|k| (k.to_string(), Some(k)))).collect();
-        for (name, kernel) in candidates {
-            let first = match run(kernel.as_ref()) {
-                Ok(y) => y,
-                Err(why) => {
-                    row(MatmulTiming { shape: [m, k, n], kernel: name, ms: None, tflops: None, rel_err: None, declined: Some(why) })?;
-                    continue;
+        for (layout, rhs) in [("weight_t", w.transpose()), ("k_by_n", k_by_n)] {
+            let reference = x.clone().matmul(rhs.clone());
+            let run = |kernel: Option<&Kernel>| -> std::result::Result<Tensor<2>, String> {
+                match kernel {
+                    None => Ok(x.clone().matmul(rhs.clone())),
+                    Some(kernel) => launch(&x, &rhs, kernel),
                 }
             };
-            let diff = (first.cast(DType::F32) - reference.clone().cast(DType::F32)).square().sum();
-            let norm = reference.clone().cast(DType::F32).square().sum();
-            let err = crate::model::host_f32(Tensor::cat(vec![diff, norm], 0), "the product's error")?;
-            sync()?;
-            let start = std::time::Instant::now();
-            // Kept until the device is done: a lazy backend may skip work whose result is gone.
-            let outputs: Vec<_> = (0..iters).map(|_| run(kernel.as_ref())).collect();
-            sync()?;
-            drop(outputs);
-            let ms = start.elapsed().as_secs_f64() * 1000.0 / iters as f64;
-            let rel_err = (err[0] as f64).sqrt() / (err[1] as f64).sqrt().max(f64::MIN_POSITIVE);
-            row(MatmulTiming { shape: [m, k, n], kernel: name, ms: Some(ms), tflops: Some(flops / ms / 1e9), rel_err: Some(rel_err), declined: None })?;
+            let candidates = std::iter::once(("burn".to_string(), None)).chain(kernels().into_iter().map(|k| (k.to_string(), Some(k))));
+            for (name, kernel) in candidates {
+                let timing = |ms, tflops, rel_err, declined| MatmulTiming { shape: [m, k, n], layout: layout.into(), kernel: name.clone(), ms, tflops, rel_err, declined };
+                let first = match run(kernel.as_ref()) {
+                    Ok(y) => y,
+                    Err(why) => {
+                        row(timing(None, None, None, Some(why)))?;
+                        continue;
+                    }
+                };
+                let diff = (first.cast(DType::F32) - reference.clone().cast(DType::F32)).square().sum();
+                let norm = reference.clone().cast(DType::F32).square().sum();
+                let err = crate::model::host_f32(Tensor::cat(vec![diff, norm], 0), "the product's error")?;
+                sync()?;
+                let start = std::time::Instant::now();
+                // Kept until the device is done: a lazy backend may skip work whose result is gone.
+                let outputs: Vec<_> = (0..iters).map(|_| run(kernel.as_ref())).collect();
+                sync()?;
+                drop(outputs);
+                let ms = start.elapsed().as_secs_f64() * 1000.0 / iters as f64;
+                let rel_err = (err[0] as f64).sqrt() / (err[1] as f64).sqrt().max(f64::MIN_POSITIVE);
+                row(timing(Some(ms), Some(flops / ms / 1e9), Some(rel_err), None))?;
+            }
         }
     }
     Ok(())
