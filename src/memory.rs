@@ -374,6 +374,21 @@ mod tests {
         assert_eq!(free_dense_batch(&c, &shapes, &batched(1)), 3);
         let over = prune_parts(&c, &shapes, &batched(4));
         assert_eq!(over.iter().max_by_key(|p| p.bytes).map(|p| (p.what, p.lowered_by)), Some(("attention and MLP activations", "--search-batch")));
+        // The issue's 7B case in f16 (8 blocks, 64 calibration and 8 search windows of 512, 15
+        // candidates carried): its search (3.95 GB with 15 candidates' hidden states) is already
+        // above the pruning pass (3.69 GB), so no batch comes free; one of 2 would add 1.2 GB.
+        let llama7b = Config::from_json(
+            r#"{"model_type":"llama","vocab_size":32000,"hidden_size":4096,"intermediate_size":11008,
+            "num_hidden_layers":8,"num_attention_heads":32,"max_position_embeddings":4096}"#,
+        )
+        .unwrap();
+        let shapes7b = crate::model::Spec::of(&llama7b).shapes();
+        let case = Run { nsamples: 64, seqlen: 512, chunk: 8, search: Some((8, 15)), searches_at_once: 1, dense_batch: 1, hessians: false, dtype_bytes: 2 };
+        assert_eq!(free_dense_batch(&llama7b, &shapes7b, &case), 1);
+        let gb = |k| total(&prune_parts(&llama7b, &shapes7b, &Run { dense_batch: k, ..case })) as f64 / 1e9;
+        assert!((gb(1) - 3.95).abs() < 0.01 && (gb(2) - gb(1) - 1.21).abs() < 0.01, "{} {}", gb(1), gb(2));
+        let pruning = total(&prune_parts(&llama7b, &shapes7b, &Run { search: None, ..case })) as f64 / 1e9;
+        assert!((pruning - 3.69).abs() < 0.01, "{pruning}");
         // Without room to spare (the search is the peak), or without a search, one at a time.
         assert_eq!(free_dense_batch(&c, &shapes, &run(Some((2, 30)), 1, false)), 1);
         assert_eq!(free_dense_batch(&c, &shapes, &run(None, 1, false)), 1);
