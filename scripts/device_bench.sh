@@ -114,6 +114,12 @@ matmul() { # build dtype
   cp "$logs/$1-matmul-$2$tag.log" "$logs/matmul-last.jsonl"
   python3 scripts/matmul_summary.py "$logs/matmul-last.jsonl" --top 15 | tee -a "$out/runs.log"
 }
+# The separate attention kernels against each flash kernel on both cases' attentions (the
+# 0.84 B forward's heads of 64, the 7B's of 128, wt2-llama's of 32): whether flash-2 launches
+# and wins at heads of 128, and which flash kernel is fastest where.
+attention() { # build dtype
+  [ -x ".bin/$1" ] && run "$1-attention-$2$tag" ".bin/$1" bench --attention "${ATTENTION:-4x32x512x64,8x32x512x128,8x8x256x32}" --devices gpu --dtype "$2" --iters 10 && grep -v '^{' "$logs/$1-attention-$2$tag.log" | tail -n 20
+}
 # NeuroAL's λ in f16 on the card (0.10 / 0.10 on the CPU) and the run's peak memory.
 wt2_lambda() {
   [ "$wt2" = 1 ] || return
@@ -135,7 +141,9 @@ profiled() { # name, then the bench arguments
 # neuroal-nofusion, neuroal-autotune: see device_prepare.sh), KIND one of
 # tiny (perplexity of assets/tiny-llama), wt2 (perplexity), neuroal (the 7B-shaped prune),
 # forward (0.84 B), trace-neuroal (the 7B prune with NEUROAL_TRACE's per-stage times), matmul
-# (every kernel's time on both cases' products, `bench --matmul`; MATMUL sets the products); and
+# (every kernel's time on both cases' products, `bench --matmul`; MATMUL sets the products),
+# attention (the separate kernels and each flash kernel, `bench --attention`; ATTENTION sets the
+# shapes); and
 # wt2-lambda, profile-forward, profile-neuroal. LEVEL, for autotune builds, is cubecl's
 # CUBECL_AUTOTUNE_LEVEL (minimal, balanced, extensive, full): how many kernels it times per shape.
 # A step ending in %KERNEL runs with NEUROAL_MATMUL=KERNEL (the linears' products with that one
@@ -150,7 +158,7 @@ profiled() { # name, then the bench arguments
 # 4 candidates, and with burn's own kernels,
 # then traces and profiles; it wants WT2=1 BUILDS="default nofusion" prepared (a third build
 # and wt2-llama would pass the 64 MiB the device tool carries, with the checkout's 4 MB).
-steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 matmul-f16 neuroal-f16%fastest forward-f16%fastest neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
+steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 matmul-f16 neuroal-f16%fastest forward-f16%fastest attention-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
@@ -178,6 +186,7 @@ for step in $steps; do
     profile-neuroal) profiled neuroal-neuroal-f16-profile --synthetic ${PROFILE_NEUROAL:-llama2-7b --blocks 2} --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples 16 --search-nsamples 8 --iters 1 --dtype "${PROFILE_DTYPE:-f16}" ;;
     tiny-*) eval_tiny "$build" "$dtype" ;;
     matmul-*) matmul "$build" "$dtype" ;;
+    attention-*) attention "$build" "$dtype" ;;
     wt2-*) eval_wt2 "$build" "$dtype" ;;
     neuroal-*) prune_7b "$build" "$dtype" ;;
     forward-*) forward "$build" "$dtype" ;;

@@ -284,25 +284,30 @@ pub fn measure_in_child(model_dir: &Path, device: &str, dtype: ComputeDtype, seq
     serde_json::from_str(text.trim()).map_err(|e| err!("bench on {device}: unreadable result ({e})"))
 }
 
-/// `bench --matmul`: every kernel's time on each product, on the GPU, in this process.
-pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json: bool) -> Result<()> {
-    let shapes = crate::gpu_matmul::parse_shapes(list)?;
+/// The GPU and compute dtype a kernel benchmark (`--matmul`, `--attention`) runs on.
+fn kernel_bench_device(devices: &str, dtype: ComputeDtype, iters: usize, what: &str) -> Result<(device::Selected, burn::tensor::DType)> {
     if iters == 0 {
         bail!("--iters must be at least 1");
     }
     if devices != "gpu" {
-        bail!("--matmul times the GPU's kernels: use --devices gpu");
+        bail!("--{what} times the GPU's kernels: use --devices gpu");
     }
     let selected = device::select(Choice::Gpu)?;
     let dtype = selected.compute_dtype(dtype)?;
+    Ok((selected, dtype))
+}
+
+/// `bench --matmul`: every kernel's time on each product, on the GPU, in this process.
+pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json: bool) -> Result<()> {
+    let shapes = crate::gpu_matmul::parse_shapes(list)?;
+    let (selected, dtype) = kernel_bench_device(devices, dtype, iters, "matmul")?;
     if !json {
         println!("{} ({})", selected.description, crate::device::dtype_name(dtype));
         println!("{:<20} {:<9} {:<66} {:>9} {:>8} {:>9}", "M×K×N", "rhs", "kernel", "ms", "TFLOP/s", "rel. err");
     }
     let mut print = |r: crate::gpu_matmul::MatmulTiming| -> Result<()> {
         if json {
-            println!("{}", serde_json::to_string(&r).map_err(|e| err!("cannot encode the result: {e}"))?);
-            return Ok(());
+            return print_json(&r);
         }
         let shape = format!("{}×{}×{}", r.shape[0], r.shape[1], r.shape[2]);
         match (r.ms, r.tflops, r.rel_err) {
@@ -312,6 +317,34 @@ pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json
         Ok(())
     };
     crate::gpu_matmul::time_kernels(&selected.device, &shapes, dtype, iters, &mut print)
+}
+
+/// `bench --attention`: the separate kernels' and every flash kernel's time on each causal
+/// attention, on the GPU, in this process.
+pub fn attention(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json: bool) -> Result<()> {
+    let shapes = crate::gpu_attention::parse_shapes(list)?;
+    let (selected, dtype) = kernel_bench_device(devices, dtype, iters, "attention")?;
+    if !json {
+        println!("{} ({})", selected.description, crate::device::dtype_name(dtype));
+        println!("{:<20} {:<12} {:>9} {:>9}", "B×H×T×HD", "kernel", "ms", "rel. err");
+    }
+    let mut print = |r: crate::gpu_attention::AttentionTiming| -> Result<()> {
+        if json {
+            return print_json(&r);
+        }
+        let shape = format!("{}×{}×{}×{}", r.shape[0], r.shape[1], r.shape[2], r.shape[3]);
+        match (r.ms, r.rel_err) {
+            (Some(ms), Some(e)) => println!("{shape:<20} {:<12} {ms:>9.3} {e:>9.1e}", r.kernel),
+            _ => println!("{shape:<20} {:<12} declined: {}", r.kernel, r.declined.as_deref().unwrap_or("")),
+        }
+        Ok(())
+    };
+    crate::gpu_attention::time_kernels(&selected.device, &shapes, dtype, iters, &mut print)
+}
+
+fn print_json<T: Serialize>(row: &T) -> Result<()> {
+    println!("{}", serde_json::to_string(row).map_err(|e| err!("cannot encode the result: {e}"))?);
+    Ok(())
 }
 
 pub fn print_table(rows: &[BenchRow]) {

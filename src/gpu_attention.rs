@@ -113,51 +113,115 @@ pub fn named() -> bool {
 /// the kernel declines.
 pub fn causal(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
     let choice = CHOSEN.get()?;
-    let planes = match choice.name {
-        "flash-2" => Some(2),
-        "flash-4" => Some(4),
-        "flash-8" => Some(8),
-        "flash-unit" => None,
-        _ => return None,
-    };
+    if choice.name == "ops" {
+        return None;
+    }
     // The tensor-core kernel multiplies f16 fragments: by default only f16 runs take it, and
     // only with the head sizes it was measured on.
     if !kernels::is_wgpu(q) || (!choice.explicit && !default_covers(q.dtype(), q.dims()[3])) {
         return None;
     }
-    let strategy = match planes {
-        Some(planes) => {
-            // A kernel that asks for more workgroup memory than the adapter has fails only at the
-            // next read-back, which ends the run: it is declined here instead.
-            let [_, _, seq, head_dim] = q.dims();
-            let adapter = ADAPTER.get()?;
-            if let Some(need) = flash_workgroup_bytes(planes, seq, head_dim, q.dtype().size(), &adapter.tiles)
-                && need > adapter.workgroup_memory
-            {
-                if choice.explicit {
-                    warn_once(&format!(
-                        "warning: {VAR}={}: heads of {head_dim} need {need} bytes of workgroup memory, more than the adapter's {}; the separate kernels run instead",
-                        choice.name, adapter.workgroup_memory
-                    ));
-                }
-                return None;
-            }
-            blackbox(planes as u8)
-        }
-        None => Strategy::Unit(BlueprintStrategy::Inferred(())),
-    };
-    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-    let (q, k, v) = (kernels::cube_strided(q.clone()), kernels::cube_strided(k.clone()), kernels::cube_strided(v.clone()));
-    match flash_attention(q, k, v, None, None, options, strategy) {
-        Ok(out) => Some(kernels::from_cube(out)),
+    match flash(choice.name, q, k, v) {
+        Ok(out) => Some(out),
         Err(why) => {
             if choice.explicit {
-                let why = crate::error::one_line(&format!("{why:?}"));
                 warn_once(&format!("warning: {VAR}={}: {why}; the separate kernels run where it declines", choice.name));
             }
             None
         }
     }
+}
+
+/// The flash kernel `name` (one of [`NAMES`] but `ops`) on q, k, v [b, heads, t, hd], or why it
+/// declines, in one line. A tensor-core kernel that would ask for more workgroup memory than
+/// the adapter has fails only at the next read-back, which ends the run: it is declined here.
+fn flash(name: &str, q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> std::result::Result<Tensor<4>, String> {
+    let strategy = match name {
+        "flash-unit" => Strategy::Unit(BlueprintStrategy::Inferred(())),
+        _ => {
+            let planes = name.strip_prefix("flash-").and_then(|p| p.parse::<u8>().ok()).ok_or_else(|| format!("{name}: no such flash kernel"))?;
+            let [_, _, seq, head_dim] = q.dims();
+            let adapter = ADAPTER.get().ok_or("the GPU's properties were not read")?;
+            if let Some(need) = flash_workgroup_bytes(planes as usize, seq, head_dim, q.dtype().size(), &adapter.tiles)
+                && need > adapter.workgroup_memory
+            {
+                return Err(format!("heads of {head_dim} need {need} bytes of workgroup memory, more than the adapter's {}", adapter.workgroup_memory));
+            }
+            blackbox(planes)
+        }
+    };
+    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+    let (q, k, v) = (kernels::cube_strided(q.clone()), kernels::cube_strided(k.clone()), kernels::cube_strided(v.clone()));
+    flash_attention(q, k, v, None, None, options, strategy).map(kernels::from_cube).map_err(|why| crate::error::one_line(&format!("{why:?}")))
+}
+
+/// One attention kernel's time on one shape in `bench --attention`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct AttentionTiming {
+    /// [windows, heads, tokens, head size].
+    pub shape: [usize; 4],
+    /// `ops` (the separate kernels) or a flash kernel's name.
+    pub kernel: String,
+    pub ms: Option<f64>,
+    /// ‖y − y_ops‖ / ‖y_ops‖ in f32, against the separate kernels on the same q, k, v.
+    pub rel_err: Option<f64>,
+    /// Why the kernel did not run this shape.
+    pub declined: Option<String>,
+}
+
+/// Parses `B×H×T×HD[,…]` (or with `x`) into [windows, heads, tokens, head size].
+pub fn parse_shapes(list: &str) -> Result<Vec<[usize; 4]>> {
+    list.split(',')
+        .map(|s| {
+            let dims: Vec<usize> = s.trim().split(['x', '×']).map(|d| d.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().unwrap_or_default();
+            match dims[..] {
+                [b, h, t, hd] if b > 0 && h > 0 && t > 0 && hd > 0 => Ok([b, h, t, hd]),
+                _ => bail!("--attention {s:?}: an attention is BxHxTxHD (windows, heads, tokens, head size), e.g. 8x32x512x128"),
+            }
+        })
+        .collect()
+}
+
+/// Times the separate kernels and every flash kernel on causal attentions of each shape in
+/// `dtype` on the GPU `device` (`iters` runs after one warm-up, waiting for the device at both
+/// ends), each row to `row` as soon as it is measured.
+pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 4]], dtype: DType, iters: usize, row: &mut dyn FnMut(AttentionTiming) -> Result<()>) -> Result<()> {
+    use burn::tensor::Distribution;
+    let sync = || device.sync().map_err(|e| crate::err!("the GPU failed: {}", crate::error::device_words(&format!("{e:?}"))));
+    for &[b, h, t, hd] in shapes {
+        let random = || Tensor::<4>::random([b, h, t, hd], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
+        let (q, k, v) = (random(), random(), random());
+        let ops = || crate::model::attention_separate(q.clone(), k.clone(), v.clone(), Some((hd as f64).sqrt()));
+        let reference = ops().cast(DType::F32);
+        for name in NAMES {
+            let timing = |ms, rel_err, declined| AttentionTiming { shape: [b, h, t, hd], kernel: name.into(), ms, rel_err, declined };
+            let run = || -> std::result::Result<Tensor<3>, String> {
+                match name {
+                    "ops" => Ok(ops()),
+                    _ => flash(name, &q, &k, &v).map(|o| o.swap_dims(1, 2).reshape([b, t, h * hd])),
+                }
+            };
+            let first = match run() {
+                Ok(y) => y,
+                Err(why) => {
+                    row(timing(None, None, Some(why)))?;
+                    continue;
+                }
+            };
+            let diff = (first.cast(DType::F32) - reference.clone()).square().sum();
+            let norm = reference.clone().square().sum();
+            let err = crate::model::host_f32(Tensor::cat(vec![diff, norm], 0), "the attention's error")?;
+            sync()?;
+            let start = std::time::Instant::now();
+            // Kept until the device is done: a lazy backend may skip work whose result is gone.
+            let outputs: Vec<_> = (0..iters).map(|_| run()).collect();
+            sync()?;
+            drop(outputs);
+            let ms = start.elapsed().as_secs_f64() * 1000.0 / iters as f64;
+            row(timing(Some(ms), Some((err[0] as f64).sqrt() / (err[1] as f64).sqrt().max(f64::MIN_POSITIVE)), None))?;
+        }
+    }
+    Ok(())
 }
 
 /// The workgroup memory, in bytes, that cubek 0.3.1's tensor-core flash kernel asks for with

@@ -143,14 +143,19 @@ enum Command {
     },
     /// Forward throughput (tokens/s) and peak host memory of each device on a model.
     Bench {
-        /// Model folder to measure (or --synthetic, or --matmul).
-        #[arg(long, required_unless_present_any = ["synthetic", "matmul"])]
+        /// Model folder to measure (or --synthetic; or --matmul, --attention).
+        #[arg(long, required_unless_present_any = ["synthetic", "matmul", "attention"])]
         model: Option<PathBuf>,
         /// Instead of a model: time each matrix-product kernel (burn's choice and every name
         /// NEUROAL_MATMUL accepts) on the GPU on these products, M×K×N comma-separated: x [M, K]
         /// times the transpose of a weight [N, K], as the linears multiply.
-        #[arg(long, conflicts_with_all = ["model", "synthetic"])]
+        #[arg(long, conflicts_with_all = ["model", "synthetic", "attention"])]
         matmul: Option<String>,
+        /// Instead of a model: time the separate attention kernels and every flash kernel
+        /// (NEUROAL_ATTENTION's names) on the GPU on these causal attentions, B×H×T×HD
+        /// comma-separated (windows, heads, tokens, head size).
+        #[arg(long, conflicts_with_all = ["model", "synthetic"])]
+        attention: Option<String>,
         /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2; tiny, tiny-opt, tiny-phi)
         /// to a temporary folder and measure it.
         #[arg(long, conflicts_with = "model")]
@@ -326,9 +331,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { model, synthetic, matmul, blocks, prune_sparsity, nsamples, search_nsamples, search_batch, devices, seqlen, batch, iters, dtype, single, json } => {
+        Command::Bench { model, synthetic, matmul, attention, blocks, prune_sparsity, nsamples, search_nsamples, search_batch, devices, seqlen, batch, iters, dtype, single, json } => {
             if let Some(list) = matmul {
                 return bench::matmul(&list, &devices, dtype, iters, json);
+            }
+            if let Some(list) = attention {
+                return bench::attention(&list, &devices, dtype, iters, json);
             }
             let prune = match prune_sparsity {
                 Some(s) if !(0.0..1.0).contains(&s) => bail!("--prune-sparsity {s} is outside [0, 1)"),

@@ -169,3 +169,24 @@ fn matmul_bench_times_every_kernel_that_computes_the_product() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     }
 }
+
+#[test]
+fn attention_bench_times_the_flash_kernels_against_the_separate_ones() {
+    // f32 on the emulator: the separate kernels and the per-thread flash kernel run (it has no
+    // cooperative matrices for the tensor-core ones, which decline with their reason).
+    let o = bench(&["--attention", "2x4x64x16", "--devices", "gpu", "--dtype", "f32", "--iters", "2", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kernels: Vec<&str> = rows.iter().map(|r| r["kernel"].as_str().unwrap()).collect();
+    assert_eq!(kernels, ["ops", "flash-2", "flash-4", "flash-8", "flash-unit"]);
+    assert_eq!(rows[0]["rel_err"].as_f64(), Some(0.0));
+    // The per-thread flash kernel: the separate kernels' attention, to f32 rounding.
+    assert!(rows[4]["rel_err"].as_f64().is_some_and(|e| e < 1e-5) && rows[4]["ms"].as_f64().is_some_and(|ms| ms > 0.0), "{}", rows[4]);
+    for r in &rows[1..4] {
+        assert!(r["ms"].is_number() || r["declined"].as_str().is_some_and(|w| !w.is_empty() && !w.contains('\n')), "{r}");
+    }
+    let o = bench(&["--attention", "2x4x64", "--devices", "gpu"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("BxHxTxHD") && err.trim().lines().count() == 1, "{err}");
+}

@@ -591,6 +591,19 @@ fn attention_masked(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<
         let options = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
         return burn::tensor::module::attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([b, t, nh * hd]);
     }
+    separate(q, k, v, divide_by, mask, dt)
+}
+
+/// Causal attention as separate kernels, whatever flash kernel is chosen: q, k, v [b, heads,
+/// t, hd] (k and v repeated per query head) → [b, t, heads·hd]. What `bench --attention`
+/// times the flash kernels against.
+pub fn attention_separate(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>) -> Tensor<3> {
+    let (mask, dt) = (causal_mask(q.dims()[2], &v.device()), v.dtype());
+    separate(q, k, v, divide_by, mask, dt)
+}
+
+fn separate(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>, mask: Tensor<4>, dt: DType) -> Tensor<3> {
+    let [b, nh, t, hd] = q.dims();
     // Scores, mask and softmax in f32; the two products in the compute dtype.
     let scores = to_dtype(q.matmul(k.swap_dims(2, 3)), DType::F32);
     let scores = match divide_by {
