@@ -299,7 +299,7 @@ fn kernel_bench_device(devices: &str, dtype: ComputeDtype, iters: usize, what: &
 
 /// `bench --matmul`: every kernel's time on each product, on the GPU, in this process.
 pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json: bool) -> Result<()> {
-    let shapes = crate::gpu_matmul::parse_shapes(list)?;
+    let shapes = parse_sizes::<3>(list, "--matmul", "a product is MxKxN, e.g. 4096x4096x11008")?;
     let (selected, dtype) = kernel_bench_device(devices, dtype, iters, "matmul")?;
     if !json {
         println!("{} ({})", selected.description, crate::device::dtype_name(dtype));
@@ -322,7 +322,7 @@ pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json
 /// `bench --attention`: the separate kernels' and every flash kernel's time on each causal
 /// attention, on the GPU, in this process.
 pub fn attention(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json: bool) -> Result<()> {
-    let shapes = crate::gpu_attention::parse_shapes(list)?;
+    let shapes = parse_sizes::<4>(list, "--attention", "an attention is BxHxTxHD (windows, heads, tokens, head size), e.g. 8x32x512x128")?;
     let (selected, dtype) = kernel_bench_device(devices, dtype, iters, "attention")?;
     if !json {
         println!("{} ({})", selected.description, crate::device::dtype_name(dtype));
@@ -340,6 +340,20 @@ pub fn attention(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, j
         Ok(())
     };
     crate::gpu_attention::time_kernels(&selected.device, &shapes, dtype, iters, &mut print)
+}
+
+/// Parses a comma-separated list of N positive sizes joined by `x` (or `×`), one line naming
+/// the `flag` and the `form` on anything else.
+fn parse_sizes<const N: usize>(list: &str, flag: &str, form: &str) -> Result<Vec<[usize; N]>> {
+    list.split(',')
+        .map(|s| {
+            let dims: Vec<usize> = s.trim().split(['x', '×']).map(|d| d.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().unwrap_or_default();
+            match <[usize; N]>::try_from(dims) {
+                Ok(sizes) if sizes.iter().all(|&d| d > 0) => Ok(sizes),
+                _ => bail!("{flag} {s:?}: {form}, all sizes positive"),
+            }
+        })
+        .collect()
 }
 
 fn print_json<T: Serialize>(row: &T) -> Result<()> {
@@ -371,6 +385,16 @@ pub fn print_table(rows: &[BenchRow]) {
 mod tests {
     use super::*;
     use crate::weights::decode_f32;
+
+    #[test]
+    fn kernel_bench_sizes_parse_or_get_one_line() {
+        assert_eq!(parse_sizes::<3>("4096x4096x11008, 2048×2048×32000", "--matmul", "MxKxN").unwrap(), vec![[4096, 4096, 11008], [2048, 2048, 32000]]);
+        assert_eq!(parse_sizes::<4>("8x32x512x128", "--attention", "BxHxTxHD").unwrap(), vec![[8, 32, 512, 128]]);
+        for bad in ["4096x4096", "0x1x2", "ax1x2", "1x2x3x4", "", "1x2x3,"] {
+            let e = parse_sizes::<3>(bad, "--matmul", "a product is MxKxN").unwrap_err().to_string();
+            assert!(e.starts_with("--matmul") && e.contains("MxKxN") && !e.contains('\n'), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn synthetic_checkpoints_hold_what_each_family_declares() {

@@ -169,19 +169,6 @@ pub struct AttentionTiming {
     pub declined: Option<String>,
 }
 
-/// Parses `B×H×T×HD[,…]` (or with `x`) into [windows, heads, tokens, head size].
-pub fn parse_shapes(list: &str) -> Result<Vec<[usize; 4]>> {
-    list.split(',')
-        .map(|s| {
-            let dims: Vec<usize> = s.trim().split(['x', '×']).map(|d| d.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().unwrap_or_default();
-            match dims[..] {
-                [b, h, t, hd] if b > 0 && h > 0 && t > 0 && hd > 0 => Ok([b, h, t, hd]),
-                _ => bail!("--attention {s:?}: an attention is BxHxTxHD (windows, heads, tokens, head size), e.g. 8x32x512x128"),
-            }
-        })
-        .collect()
-}
-
 /// Times the separate kernels and every flash kernel on causal attentions of each shape in
 /// `dtype` on the GPU `device` (`iters` runs after one warm-up, waiting for the device at both
 /// ends), each row to `row` as soon as it is measured.

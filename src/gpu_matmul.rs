@@ -199,19 +199,6 @@ pub struct MatmulTiming {
     pub declined: Option<String>,
 }
 
-/// Parses `M×K×N[,…]` (or with `x`) into [m, k, n] shapes.
-pub fn parse_shapes(list: &str) -> Result<Vec<[usize; 3]>> {
-    list.split(',')
-        .map(|s| {
-            let dims: Vec<usize> = s.trim().split(['x', '×']).map(|d| d.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().unwrap_or_default();
-            match dims[..] {
-                [m, k, n] if m > 0 && k > 0 && n > 0 => Ok([m, k, n]),
-                _ => bail!("--matmul {s:?}: a product is MxKxN with three positive sizes, e.g. 4096x4096x11008"),
-            }
-        })
-        .collect()
-}
-
 /// Times every kernel a fixed choice can name, and burn's own choice, on each product in
 /// `dtype` on the GPU `device`, with the weight as the linears hold it and as a row-major
 /// [k, n] copy: `iters` products after one warm-up each, waiting for the device at both ends. The fastest way to compare kernels on a card (a product of the 7B shape takes
@@ -284,14 +271,5 @@ mod tests {
         // autotune's 18 candidates and the ordered grid's 27 settings, 2 of them autotune's.
         assert_eq!(names.len(), 18 + 25);
         assert!(names.iter().any(|n| n == "matmul_ordered_double_cmma_partition_k4_row_count16_rows_per_plane1"), "{names:?}");
-    }
-
-    #[test]
-    fn product_shapes_parse_or_get_one_line() {
-        assert_eq!(parse_shapes("4096x4096x11008, 2048×2048×32000").unwrap(), vec![[4096, 4096, 11008], [2048, 2048, 32000]]);
-        for bad in ["4096x4096", "0x1x2", "ax1x2", "1x2x3x4", ""] {
-            let e = parse_shapes(bad).unwrap_err().to_string();
-            assert!(e.contains("MxKxN") && !e.contains('\n'), "{bad}: {e}");
-        }
     }
 }
