@@ -158,7 +158,7 @@ profiled() { # name, then the bench arguments
 # 4 candidates, and with burn's own kernels,
 # then traces and profiles; it wants WT2=1 BUILDS="default nofusion" prepared (a third build
 # and wt2-llama would pass the 64 MiB the device tool carries, with the checkout's 4 MB).
-steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 matmul-f16 neuroal-f16%fastest forward-f16%fastest attention-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
+steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 matmul-f16 neuroal-f16%fastest forward-f16%fastest neuroal-f16%rules forward-f16%rules attention-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
@@ -175,8 +175,12 @@ for step in $steps; do
     # %fastest: the one the last matmul step timed fastest over its products.
     [ "$kernel" = best ] && kernel=$(cat "$logs"/*.decisions.jsonl 2>/dev/null | python3 scripts/autotune_summary.py --best /dev/stdin)
     [ "$kernel" = fastest ] && kernel=$(python3 scripts/matmul_summary.py "$logs/matmul-last.jsonl" --fastest 2>/dev/null)
+    # %rules: the last matmul step's fastest kernel per weight shape (NEUROAL_MATMUL rules).
+    [ "$kernel" = rules ] && kernel=$(python3 scripts/matmul_summary.py "$logs/matmul-last.jsonl" --rules 2>/dev/null)
     if [ -z "$kernel" ]; then echo "$build/$step%$asked: skipped, no autotune or matmul step has found a kernel yet"; continue; fi
-    export NEUROAL_MATMUL=$kernel; tag="%$kernel$tag" ;;
+    export NEUROAL_MATMUL=$kernel
+    # Rules are too long for a log's file name: the run is named %rules, the rules echoed.
+    if [ "$asked" = rules ]; then echo "%rules: NEUROAL_MATMUL=$kernel"; tag="%rules$tag"; else tag="%$kernel$tag"; fi ;;
   esac
   case $step in *@*) export CUBECL_AUTOTUNE_LEVEL=${step##*@}; tag="@${step##*@}$tag"; step=${step%@*} ;; esac
   dtype=${step##*-}

@@ -6,6 +6,8 @@ off burn's by more than --max-err (relative), is left out of the ranking.
 
     python3 scripts/matmul_summary.py LOG [--top N] [--max-err E]
     python3 scripts/matmul_summary.py LOG --fastest   # prints only the fastest kernel's name
+    python3 scripts/matmul_summary.py LOG --rules     # NEUROAL_MATMUL rules: the fastest
+                                                      # kernel per weight shape KxN
 """
 import argparse
 import json
@@ -18,6 +20,7 @@ def main():
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--max-err", type=float, default=1e-2)
     ap.add_argument("--fastest", action="store_true")
+    ap.add_argument("--rules", action="store_true")
     a = ap.parse_args()
     rows = []
     for line in open(a.log, encoding="utf-8", errors="replace"):
@@ -45,10 +48,23 @@ def main():
     ranked = sorted(
         ((sum(v[s]["ms"] for s in shapes), k) for k, v in by_kernel.items() if all(s in v for s in shapes)),
     )
+    own = [k for _, k in ranked if not k.endswith("]")]
     if a.fastest:
-        own = [k for _, k in ranked if not k.endswith("]")]
         if own:
             print(own[0])
+        return
+    if a.rules:
+        # Per weight shape [K, N] (over every M timed with it), the fastest kernel on the linears'
+        # own layout; the overall fastest for the other products.
+        rules = []
+        for kn in sorted({(s[1], s[2]) for s in shapes}):
+            timed = [(sum(v[s]["ms"] for s in shapes if (s[1], s[2]) == kn), k) for k, v in by_kernel.items()
+                     if not k.endswith("]") and all(s in v for s in shapes if (s[1], s[2]) == kn)]
+            if timed:
+                rules.append(f"{kn[0]}x{kn[1]}={min(timed)[1]}")
+        if own:
+            rules.append(own[0])
+        print(",".join(rules))
         return
     head = "  ".join(f"{'x'.join(map(str, s)):>16}" for s in shapes)
     print(f"{'kernel (TFLOP/s per product)':<66} {'total ms':>9}  {head}")

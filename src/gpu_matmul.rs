@@ -82,12 +82,26 @@ pub fn names() -> Vec<String> {
 /// 0.84 B-shaped models (README, "Speed").
 const DEFAULT: &str = "matmul_simple_cyclic_cmma_multi_rows";
 
-/// The kernel in use; `explicit` when `NEUROAL_MATMUL` named it (it then runs every dtype and
-/// says when it declines a shape; the default runs f16 and bf16 products, silently).
+/// The kernels in use; `explicit` when `NEUROAL_MATMUL` named them (they then run every dtype
+/// and say when they decline a shape; the default runs f16 and bf16 products, silently).
 struct Choice {
+    /// For the device line: the variable's value, or the default kernel's name.
     name: String,
-    kernel: Kernel,
+    /// Kernels for the products with a weight of [K, N] (`None`: burn's choice), then the
+    /// kernel for the other products.
+    by_shape: Vec<([usize; 2], Option<Kernel>)>,
+    others: Option<Kernel>,
     explicit: bool,
+}
+
+impl Choice {
+    /// The kernel for a product with a weight of [k, n]; `None`: burn chooses.
+    fn kernel(&self, k: usize, n: usize) -> Option<&Kernel> {
+        match self.by_shape.iter().find(|(shape, _)| *shape == [k, n]) {
+            Some((_, kernel)) => kernel.as_ref(),
+            None => self.others.as_ref(),
+        }
+    }
 }
 
 /// What [`choose`] settled on for the process (`None`: burn chooses).
@@ -95,21 +109,57 @@ static CHOSEN: OnceLock<Option<Choice>> = OnceLock::new();
 /// Shapes ([m, k, n], dtype) the kernel declined: burn's kernel runs them without asking again.
 static DECLINED: Mutex<Vec<([usize; 3], DType)>> = Mutex::new(Vec::new());
 
-/// Reads `NEUROAL_MATMUL` when a GPU is opened: the kernel it names, or a one-line error
-/// listing the names when it names none; unset or empty, this adapter's default. Returns, for
-/// the device line, the kernel's name when one is fixed, with what the default covers.
+/// A kernel by name, `burn` being burn's own choice (`None`); a one-line error listing the
+/// names for any other.
+fn kernel_named(name: &str) -> Result<Option<Kernel>> {
+    if name == "burn" {
+        return Ok(None);
+    }
+    match kernels().into_iter().find(|k| k.to_string() == name) {
+        Some(kernel) => Ok(Some(kernel)),
+        None => bail!("{VAR}={name}: no such matrix-product kernel; one of: burn, {}", names().join(", ")),
+    }
+}
+
+/// `NEUROAL_MATMUL`'s value: one kernel name for every product, or comma-separated rules
+/// `KxN=NAME` for the products with a weight of [K, N] (the sizes of `bench --matmul`'s K and
+/// N), with at most one bare NAME for the others (else burn chooses them). What a per-product
+/// sweep of `bench --matmul` finds can so be run as it is.
+fn parse_choice(value: &str) -> Result<Choice> {
+    let mut choice = Choice { name: value.to_string(), by_shape: Vec::new(), others: None, explicit: true };
+    let mut others_named = false;
+    for rule in value.split(',').map(str::trim) {
+        match rule.split_once('=') {
+            Some((shape, name)) => {
+                let sizes: Vec<usize> = shape.trim().split(['x', '×']).filter_map(|d| d.trim().parse().ok()).collect();
+                let [k, n] = sizes[..] else {
+                    bail!("{VAR}: {rule:?}: a rule is KxN=KERNEL, K and N the weight's input and output sizes (e.g. 4096x11008=matmul_simple_cyclic_cmma)");
+                };
+                choice.by_shape.push(([k, n], kernel_named(name.trim())?));
+            }
+            None if others_named => bail!("{VAR}: {value:?} names two kernels for the other products"),
+            None => {
+                others_named = true;
+                choice.others = kernel_named(rule)?;
+            }
+        }
+    }
+    Ok(choice)
+}
+
+/// Reads `NEUROAL_MATMUL` when a GPU is opened: the kernels it names, or a one-line error;
+/// unset or empty, this adapter's default. Returns, for the device line, what is fixed, with
+/// what the default covers.
 pub fn choose(device: &burn::tensor::Device) -> Result<Option<String>> {
-    let name = std::env::var(VAR).unwrap_or_default();
-    let name = name.trim();
-    let find = |name: &str| kernels().into_iter().find(|k| k.to_string() == name);
-    let found = match name {
+    let value = std::env::var(VAR).unwrap_or_default();
+    let value = value.trim();
+    let found = match value {
         "burn" => None,
-        "" => default_for(kernels::compiler(device), kernels::has_f16_cooperative_matrices(device))
-            .and_then(|name| find(name).map(|kernel| Choice { name: name.into(), kernel, explicit: false })),
-        _ => match find(name) {
-            Some(kernel) => Some(Choice { name: name.to_string(), kernel, explicit: true }),
-            None => bail!("{VAR}={name}: no such matrix-product kernel; one of: burn, {}", names().join(", ")),
-        },
+        "" => default_for(kernels::compiler(device), kernels::has_f16_cooperative_matrices(device)).and_then(|name| {
+            let kernel = kernel_named(name).ok().flatten()?;
+            Some(Choice { name: name.into(), by_shape: Vec::new(), others: Some(kernel), explicit: false })
+        }),
+        _ => Some(parse_choice(value)?),
     };
     let key = |c: &Option<Choice>| c.as_ref().map(|c| (c.name.clone(), c.explicit));
     let wanted = key(&found);
@@ -130,12 +180,15 @@ fn default_for(compiler: &str, f16_cooperative_matrices: bool) -> Option<&'stati
 
 /// x [m, k] · wᵀ, wᵀ being the transposed view of a linear's weight [n, k].
 pub fn linear(x: Tensor<2>, w_t: Tensor<2>) -> Tensor<2> {
-    let Some(Some(Choice { name, kernel, explicit })) = CHOSEN.get() else { return x.matmul(w_t) };
+    let Some(Some(choice)) = CHOSEN.get() else { return x.matmul(w_t) };
+    let (name, explicit) = (&choice.name, &choice.explicit);
     if !kernels::is_wgpu(&x) || (!explicit && !matches!(x.dtype(), DType::F16 | DType::BF16)) {
         return x.matmul(w_t);
     }
     let [m, k] = x.dims();
-    let shape = ([m, k, w_t.dims()[1]], x.dtype());
+    let n = w_t.dims()[1];
+    let Some(kernel) = choice.kernel(k, n) else { return x.matmul(w_t) };
+    let shape = ([m, k, n], x.dtype());
     if DECLINED.lock().unwrap_or_else(|e| e.into_inner()).contains(&shape) {
         return x.matmul(w_t);
     }
@@ -261,6 +314,28 @@ mod tests {
         assert_eq!(default_for("wgpu<spirv>", false), None, "no cooperative matrices");
         assert_eq!(default_for("wgpu<wgsl>", true), None, "WGSL (DX12, OpenGL) was not measured");
         assert_eq!(default_for("wgpu<msl>", true), None, "Metal was not measured");
+    }
+
+    #[test]
+    fn rules_pick_a_kernel_per_weight_shape() {
+        let (a, b) = ("matmul_simple_cyclic_cmma", "matmul_double_unit_min_tile_size");
+        let name = |k: Option<&Kernel>| k.map(|k| k.to_string());
+        let c = parse_choice(&format!("4096x11008={a}, 11008×4096=burn, {b}")).unwrap();
+        assert_eq!(name(c.kernel(4096, 11008)), Some(a.to_string()));
+        assert_eq!(name(c.kernel(11008, 4096)), None, "burn's choice for down_proj");
+        assert_eq!(name(c.kernel(4096, 4096)), Some(b.to_string()), "the others");
+        // Without a bare name, burn takes the others; one name alone takes everything.
+        assert_eq!(name(parse_choice(&format!("64x172={a}")).unwrap().kernel(64, 64)), None);
+        assert_eq!(name(parse_choice(a).unwrap().kernel(7, 9)), Some(a.to_string()));
+        for (bad, says) in [
+            (format!("64={a}"), "a rule is KxN=KERNEL"),
+            (format!("64x64x64={a}"), "a rule is KxN=KERNEL"),
+            (format!("{a},{b}"), "names two kernels for the other products"),
+            ("64x64=nope".to_string(), "NEUROAL_MATMUL=nope: no such matrix-product kernel"),
+        ] {
+            let e = parse_choice(&bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(says) && !e.contains('\n'), "{bad}: {e}");
+        }
     }
 
     #[test]
