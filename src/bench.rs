@@ -342,9 +342,10 @@ pub fn attention(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, j
     crate::gpu_attention::time_kernels(&selected.device, &shapes, dtype, iters, &mut print)
 }
 
-/// Parses a comma-separated list of N positive sizes joined by `x` (or `×`), one line naming
-/// the `flag` and the `form` on anything else.
-fn parse_sizes<const N: usize>(list: &str, flag: &str, form: &str) -> Result<Vec<[usize; N]>> {
+/// Parses a comma-separated list of N positive sizes joined by `x` (or `×`), as bench's kernel
+/// lists and `NEUROAL_MATMUL`'s rules write them; one line naming the `flag` and the `form` on
+/// anything else.
+pub(crate) fn parse_sizes<const N: usize>(list: &str, flag: &str, form: &str) -> Result<Vec<[usize; N]>> {
     list.split(',')
         .map(|s| {
             let dims: Vec<usize> = s.trim().split(['x', '×']).map(|d| d.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().unwrap_or_default();
@@ -354,6 +355,34 @@ fn parse_sizes<const N: usize>(list: &str, flag: &str, form: &str) -> Result<Vec
             }
         })
         .collect()
+}
+
+/// One kernel's run in a kernel benchmark, on the GPU `device`: `run` once (its `Err` says why
+/// the kernel declined), its error against `reference` (‖y − ref‖ / ‖ref‖ in f32), then `iters`
+/// runs between two waits for the device: `(ms per run, error)`.
+pub(crate) fn time_kernel<const D: usize>(
+    device: &burn::tensor::Device,
+    iters: usize,
+    reference: &burn::tensor::Tensor<D>,
+    run: impl Fn() -> std::result::Result<burn::tensor::Tensor<D>, String>,
+) -> Result<std::result::Result<(f64, f64), String>> {
+    use burn::tensor::{DType, Tensor};
+    let first = match run() {
+        Ok(y) => y,
+        Err(why) => return Ok(Err(why)),
+    };
+    let reference = reference.clone().cast(DType::F32);
+    let diff = (first.cast(DType::F32) - reference.clone()).square().sum();
+    let err = crate::model::host_f32(Tensor::cat(vec![diff, reference.square().sum()], 0), "the kernel's error")?;
+    let sync = || device.sync().map_err(|e| err!("the GPU failed: {}", crate::error::device_words(&format!("{e:?}"))));
+    sync()?;
+    let start = Instant::now();
+    // Kept until the device is done: a lazy backend may skip work whose result is gone.
+    let outputs: Vec<_> = (0..iters).map(|_| run()).collect();
+    sync()?;
+    drop(outputs);
+    let ms = start.elapsed().as_secs_f64() * 1000.0 / iters as f64;
+    Ok(Ok((ms, (err[0] as f64).sqrt() / (err[1] as f64).sqrt().max(f64::MIN_POSITIVE))))
 }
 
 fn print_json<T: Serialize>(row: &T) -> Result<()> {

@@ -170,42 +170,25 @@ pub struct AttentionTiming {
 }
 
 /// Times the separate kernels and every flash kernel on causal attentions of each shape in
-/// `dtype` on the GPU `device` (`iters` runs after one warm-up, waiting for the device at both
-/// ends), each row to `row` as soon as it is measured.
+/// `dtype` on the GPU `device` (`bench::time_kernel`: `iters` runs after one warm-up), each row
+/// to `row` as soon as it is measured.
 pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 4]], dtype: DType, iters: usize, row: &mut dyn FnMut(AttentionTiming) -> Result<()>) -> Result<()> {
     use burn::tensor::Distribution;
-    let sync = || device.sync().map_err(|e| crate::err!("the GPU failed: {}", crate::error::device_words(&format!("{e:?}"))));
     for &[b, h, t, hd] in shapes {
         let random = || Tensor::<4>::random([b, h, t, hd], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
         let (q, k, v) = (random(), random(), random());
         let ops = || crate::model::attention_separate(q.clone(), k.clone(), v.clone(), Some((hd as f64).sqrt()));
-        let reference = ops().cast(DType::F32);
+        let reference = ops();
         for name in NAMES {
+            let run = || match name {
+                "ops" => Ok(ops()),
+                _ => flash(name, &q, &k, &v).map(|o| o.swap_dims(1, 2).reshape([b, t, h * hd])),
+            };
             let timing = |ms, rel_err, declined| AttentionTiming { shape: [b, h, t, hd], kernel: name.into(), ms, rel_err, declined };
-            let run = || -> std::result::Result<Tensor<3>, String> {
-                match name {
-                    "ops" => Ok(ops()),
-                    _ => flash(name, &q, &k, &v).map(|o| o.swap_dims(1, 2).reshape([b, t, h * hd])),
-                }
-            };
-            let first = match run() {
-                Ok(y) => y,
-                Err(why) => {
-                    row(timing(None, None, Some(why)))?;
-                    continue;
-                }
-            };
-            let diff = (first.cast(DType::F32) - reference.clone()).square().sum();
-            let norm = reference.clone().square().sum();
-            let err = crate::model::host_f32(Tensor::cat(vec![diff, norm], 0), "the attention's error")?;
-            sync()?;
-            let start = std::time::Instant::now();
-            // Kept until the device is done: a lazy backend may skip work whose result is gone.
-            let outputs: Vec<_> = (0..iters).map(|_| run()).collect();
-            sync()?;
-            drop(outputs);
-            let ms = start.elapsed().as_secs_f64() * 1000.0 / iters as f64;
-            row(timing(Some(ms), Some((err[0] as f64).sqrt() / (err[1] as f64).sqrt().max(f64::MIN_POSITIVE)), None))?;
+            row(match crate::bench::time_kernel(device, iters, &reference, run)? {
+                Ok((ms, rel_err)) => timing(Some(ms), Some(rel_err), None),
+                Err(why) => timing(None, None, Some(why)),
+            })?;
         }
     }
     Ok(())

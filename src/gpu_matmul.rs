@@ -131,9 +131,10 @@ fn parse_choice(value: &str) -> Result<Choice> {
     for rule in value.split(',').map(str::trim) {
         match rule.split_once('=') {
             Some((shape, name)) => {
-                let sizes: Vec<usize> = shape.trim().split(['x', '×']).filter_map(|d| d.trim().parse().ok()).collect();
-                let [k, n] = sizes[..] else {
-                    bail!("{VAR}: {rule:?}: a rule is KxN=KERNEL, K and N the weight's input and output sizes (e.g. 4096x11008=matmul_simple_cyclic_cmma)");
+                // The rule's one shape, its sizes positive (the list parser's error is replaced
+                // by the rules' own).
+                let Some(&[k, n]) = crate::bench::parse_sizes::<2>(shape, VAR, "").ok().as_deref().and_then(|s| s.first()) else {
+                    bail!("{VAR}: {rule:?}: a rule is KxN=KERNEL, K and N the weight's positive input and output sizes (e.g. 4096x11008=matmul_simple_cyclic_cmma)");
                 };
                 choice.by_shape.push(([k, n], kernel_named(name.trim())?));
             }
@@ -254,12 +255,12 @@ pub struct MatmulTiming {
 
 /// Times every kernel a fixed choice can name, and burn's own choice, on each product in
 /// `dtype` on the GPU `device`, with the weight as the linears hold it and as a row-major
-/// [k, n] copy: `iters` products after one warm-up each, waiting for the device at both ends. The fastest way to compare kernels on a card (a product of the 7B shape takes
-/// milliseconds, a prune tens of seconds); `rel_err` says that a kernel computes the product.
-/// Each row goes to `row` as soon as it is measured, so a run stopped early keeps what it did.
+/// [k, n] copy (`bench::time_kernel`: `iters` products after one warm-up each). The fastest
+/// way to compare kernels on a card (a product of the 7B shape takes milliseconds, a prune tens
+/// of seconds); `rel_err` says that a kernel computes the product. Each row goes to `row` as
+/// soon as it is measured, so a run stopped early keeps what it did.
 pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 3]], dtype: DType, iters: usize, row: &mut dyn FnMut(MatmulTiming) -> Result<()>) -> Result<()> {
     use burn::tensor::Distribution;
-    let sync = || device.sync().map_err(|e| crate::err!("the GPU failed: {}", crate::error::device_words(&format!("{e:?}"))));
     for &[m, k, n] in shapes {
         let x = Tensor::<2>::random([m, k], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
         let scale = (3.0 / k as f64).sqrt();
@@ -268,34 +269,17 @@ pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 3]], dtype:
         let flops = 2.0 * (m * k * n) as f64;
         for (layout, rhs) in [("weight_t", w.transpose()), ("k_by_n", k_by_n)] {
             let reference = x.clone().matmul(rhs.clone());
-            let run = |kernel: Option<&Kernel>| -> std::result::Result<Tensor<2>, String> {
-                match kernel {
-                    None => Ok(x.clone().matmul(rhs.clone())),
-                    Some(kernel) => launch(&x, &rhs, kernel),
-                }
-            };
             let candidates = std::iter::once(("burn".to_string(), None)).chain(kernels().into_iter().map(|k| (k.to_string(), Some(k))));
             for (name, kernel) in candidates {
-                let timing = |ms, tflops, rel_err, declined| MatmulTiming { shape: [m, k, n], layout: layout.into(), kernel: name.clone(), ms, tflops, rel_err, declined };
-                let first = match run(kernel.as_ref()) {
-                    Ok(y) => y,
-                    Err(why) => {
-                        row(timing(None, None, None, Some(why)))?;
-                        continue;
-                    }
+                let run = || match &kernel {
+                    None => Ok(x.clone().matmul(rhs.clone())),
+                    Some(kernel) => launch(&x, &rhs, kernel),
                 };
-                let diff = (first.cast(DType::F32) - reference.clone().cast(DType::F32)).square().sum();
-                let norm = reference.clone().cast(DType::F32).square().sum();
-                let err = crate::model::host_f32(Tensor::cat(vec![diff, norm], 0), "the product's error")?;
-                sync()?;
-                let start = std::time::Instant::now();
-                // Kept until the device is done: a lazy backend may skip work whose result is gone.
-                let outputs: Vec<_> = (0..iters).map(|_| run(kernel.as_ref())).collect();
-                sync()?;
-                drop(outputs);
-                let ms = start.elapsed().as_secs_f64() * 1000.0 / iters as f64;
-                let rel_err = (err[0] as f64).sqrt() / (err[1] as f64).sqrt().max(f64::MIN_POSITIVE);
-                row(timing(Some(ms), Some(flops / ms / 1e9), Some(rel_err), None))?;
+                let timing = |ms, tflops, rel_err, declined| MatmulTiming { shape: [m, k, n], layout: layout.into(), kernel: name.clone(), ms, tflops, rel_err, declined };
+                row(match crate::bench::time_kernel(device, iters, &reference, run)? {
+                    Ok((ms, rel_err)) => timing(Some(ms), Some(flops / ms / 1e9), Some(rel_err), None),
+                    Err(why) => timing(None, None, None, Some(why)),
+                })?;
             }
         }
     }
@@ -330,6 +314,8 @@ mod tests {
         for (bad, says) in [
             (format!("64={a}"), "a rule is KxN=KERNEL"),
             (format!("64x64x64={a}"), "a rule is KxN=KERNEL"),
+            (format!("0x64={a}"), "a rule is KxN=KERNEL"),
+            (format!("64xax64={a}"), "a rule is KxN=KERNEL"),
             (format!("{a},{b}"), "names two kernels for the other products"),
             ("64x64=nope".to_string(), "NEUROAL_MATMUL=nope: no such matrix-product kernel"),
         ] {

@@ -55,9 +55,7 @@ fn record(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, h
 /// Linears that read the same input (the family's [`Spec::input_of`]) share one calibration:
 /// the statistics, and SparseGPT's Hessian, are made once per input.
 pub fn record_unchecked(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, hessian: bool, outputs: bool) -> (Vec<Calibration>, Vec<Tensor<3>>) {
-    let input_of = &model.spec.input_of;
-    let mut stats: Vec<Option<Calibration>> =
-        model.linear_shapes().iter().enumerate().map(|(li, s)| (input_of[li] == li).then(|| Calibration::new(s[1], &model.device, hessian))).collect();
+    let mut stats = new_calibrations(model, hessian);
     let mut out = Vec::new();
     for h in hidden {
         let mut record = |li: usize, x: &Tensor<3>| {
@@ -71,9 +69,22 @@ pub fn record_unchecked(model: &Model, block: &Block, hidden: &[Tensor<3>], pos:
             block.record_inputs(h.clone(), pos, &model.spec.output_only, &mut record);
         }
     }
+    (per_linear(model, stats), out)
+}
+
+/// An empty calibration for each linear that records its input, `None` for those that share
+/// another's (the family's [`Spec::input_of`](crate::model::Spec)).
+fn new_calibrations(model: &Model, hessian: bool) -> Vec<Option<Calibration>> {
+    let input_of = &model.spec.input_of;
+    model.linear_shapes().iter().enumerate().map(|(li, s)| (input_of[li] == li).then(|| Calibration::new(s[1], &model.device, hessian))).collect()
+}
+
+/// Each linear's calibration from [`new_calibrations`]' recorded ones: its own, or the one of
+/// the linear that reads the same input.
+fn per_linear(model: &Model, stats: Vec<Option<Calibration>>) -> Vec<Calibration> {
+    let input_of = &model.spec.input_of;
     // Every family's `input_of` names a recording linear (a test checks the declarations).
-    let stats = (0..stats.len()).map(|li| stats[input_of[li]].clone().expect("input_of names a linear that records")).collect();
-    (stats, out)
+    (0..stats.len()).map(|li| stats[input_of[li]].clone().expect("input_of names a linear that records")).collect()
 }
 
 /// The calibrations of several sets of hidden states through the same (dense) block, as
@@ -86,11 +97,7 @@ pub fn calibrate_together(model: &Model, block: &Block, sets: &[&[Tensor<3>]], p
     if let [one] = sets {
         return vec![record_unchecked(model, block, one, pos, hessian, false).0];
     }
-    let input_of = &model.spec.input_of;
-    let new = || -> Vec<Option<Calibration>> {
-        model.linear_shapes().iter().enumerate().map(|(li, s)| (input_of[li] == li).then(|| Calibration::new(s[1], &model.device, hessian))).collect()
-    };
-    let mut stats: Vec<Vec<Option<Calibration>>> = sets.iter().map(|_| new()).collect();
+    let mut stats: Vec<Vec<Option<Calibration>>> = sets.iter().map(|_| new_calibrations(model, hessian)).collect();
     let chunks = sets.first().map_or(0, |s| s.len());
     for i in 0..chunks {
         let windows = sets[0][i].dims()[0];
@@ -104,10 +111,7 @@ pub fn calibrate_together(model: &Model, block: &Block, sets: &[&[Tensor<3>]], p
         };
         block.record_inputs(batch, pos, &model.spec.output_only, &mut record);
     }
-    stats
-        .into_iter()
-        .map(|set| (0..set.len()).map(|li| set[input_of[li]].clone().expect("input_of names a linear that records")).collect())
-        .collect()
+    stats.into_iter().map(|set| per_linear(model, set)).collect()
 }
 
 /// One readback for the whole block; the slow search for the culprit only when it fails.

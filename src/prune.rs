@@ -576,16 +576,13 @@ fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f6
     }
 }
 
-/// Candidates per dense batch: as asked (at most those carried at once), or by default on a GPU
-/// as many as fit without raising the run's estimated peak. On the CPU backends one: their
-/// candidates already run side by side, one per core, which the batches would serialize
-/// (wt2-llama at 70% on 2 cores: search 3.7 s alone, 4.2 s in batches of 2; the same masks).
+/// Candidates per dense batch: as asked (`memory_run` clamped it to those carried at once), or
+/// by default on a GPU as many as fit without raising the run's estimated peak. On the CPU
+/// backends one by default: their candidates already run side by side, one per core, which the
+/// batches would serialize (wt2-llama at 70% on 2 cores: search 3.7 s alone, 4.2 s in batches
+/// of 2; the same masks).
 fn dense_batch(args: &PruneArgs, gpu: bool, config: &crate::config::Config, shapes: &[[usize; 2]], run: &memory::Run) -> usize {
-    match (args.search_batch, run.search) {
-        (_, None) => 1,
-        (0, Some(_)) if gpu => memory::free_dense_batch(config, shapes, run),
-        (asked, Some((_, carried))) => asked.clamp(1, carried.max(1)),
-    }
+    if args.search_batch == 0 && gpu { memory::free_dense_batch(config, shapes, run) } else { run.dense_batch }
 }
 
 /// What `bench`'s timed NeuroAL prune reports.

@@ -155,10 +155,21 @@ fn new_flags_refuse_bad_values_in_one_line() {
         (vec!["bench", "--synthetic", "gpt5"], "unknown --synthetic shape \"gpt5\""),
         (vec!["bench", "--synthetic", "tiny", "--blocks", "0", "--devices", "cpu"], "--blocks must be at least 1"),
         (vec!["bench", "--model", m, "--devices", "cpu", "--prune-sparsity", "1.5"], "--prune-sparsity 1.5 is outside [0, 1)"),
+        (prune(&["--top-up", "neuroal", "--search-batch", "two"]), "invalid value 'two' for '--search-batch <SEARCH_BATCH>'"),
+        (vec!["bench", "--matmul", "64x48x80", "--devices", "gpu", "--iters", "0"], "--iters must be at least 1"),
+        (vec!["bench", "--attention", "2x4x64x16", "--devices", "cpu"], "--attention times the GPU's kernels: use --devices gpu"),
+        (vec!["bench", "--attention", "2x4x0x16", "--devices", "gpu"], "--attention \"2x4x0x16\": an attention is BxHxTxHD"),
     ];
     for (args, expect) in cases {
         let msg = fails(&args, &[]);
         assert!(msg.contains(expect), "{args:?}: expected \"{expect}\" in: {msg}");
         assert!(!out.exists(), "{args:?}: nothing may be written");
+    }
+    // NEUROAL_MATMUL's rules, read when the GPU opens: a size of zero or a stray letter.
+    let gpu_prune = vec!["prune", "--model", m, "--calib", t, "--out", o, "--seqlen", "32", "--nsamples", "2", "--sparsity", "0.5", "--device", "gpu"];
+    for rule in ["0x64=burn", "64xax64=burn"] {
+        let msg = fails(&gpu_prune, &[("NEUROAL_MATMUL", rule), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
+        assert!(msg.contains("a rule is KxN=KERNEL"), "{rule}: {msg}");
+        assert!(!out.exists(), "{rule}: nothing may be written");
     }
 }
