@@ -26,6 +26,11 @@ if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
 fi
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg}"
 mkdir -p "$XDG_RUNTIME_DIR"
+# `neuroal tune` keeps its kernels in $XDG_CACHE_HOME: the tune step writes into $tuned, which
+# only %tuned steps read; every other step runs with an empty cache.
+tuned="$logs/tuned"
+none="$logs/no-cache"
+rm -rf "$tuned" "$none"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 
 # The device tool stops a command at 600 s and returns nothing of a killed pipeline, so every
@@ -120,6 +125,15 @@ matmul() { # build dtype
 attention() { # build dtype
   [ -x ".bin/$1" ] && run "$1-attention-$2$tag" ".bin/$1" bench --attention "${ATTENTION:-4x32x512x64,8x32x512x128,8x8x256x32}" --devices gpu --dtype "$2" --iters 10 && grep -v '^{' "$logs/$1-attention-$2$tag.log" | tail -n 20
 }
+# `neuroal tune` on both cases' linears (the 7B search's 4096 tokens, the 0.84 B forward's
+# 2048), as a user would run it once on a new card: its own time, and the kernels it keeps
+# (for the %tuned steps).
+tune() { # build dtype
+  [ -x ".bin/$1" ] || return
+  run "$1-tune-$2$tag" XDG_CACHE_HOME="$tuned" ".bin/$1" tune --synthetic "${neuroal%% *}" --tokens "${TUNE_NEUROAL_TOKENS:-4096}" --dtype "$2"
+  run "$1-tune-forward-$2$tag" XDG_CACHE_HOME="$tuned" ".bin/$1" tune --synthetic "${forward%% *}" --tokens "${TUNE_FORWARD_TOKENS:-2048}" --dtype "$2"
+  cat "$tuned"/neuroal/*.txt 2>/dev/null | tee -a "$out/runs.log"
+}
 # NeuroAL's λ in f16 on the card (0.10 / 0.10 on the CPU) and the run's peak memory.
 wt2_lambda() {
   [ "$wt2" = 1 ] || return
@@ -143,27 +157,29 @@ profiled() { # name, then the bench arguments
 # forward (0.84 B), trace-neuroal (the 7B prune with NEUROAL_TRACE's per-stage times), matmul
 # (every kernel's time on both cases' products, `bench --matmul`; MATMUL sets the products),
 # attention (the separate kernels and each flash kernel, `bench --attention`; ATTENTION sets the
-# shapes); and
+# shapes), tune (`neuroal tune` on both cases' linears, kept for %tuned steps); and
 # wt2-lambda, profile-forward, profile-neuroal. LEVEL, for autotune builds, is cubecl's
 # CUBECL_AUTOTUNE_LEVEL (minimal, balanced, extensive, full): how many kernels it times per shape.
 # A step ending in %KERNEL runs with NEUROAL_MATMUL=KERNEL (the linears' products with that one
 # kernel, src/gpu_matmul.rs); %best takes the kernel the autotune runs before it found fastest
 # on the most large shapes (`%burn`: burn's own choice). A step ending in +NAME runs with
 # NEUROAL_ATTENTION=NAME (ops, flash-2, flash-4, flash-8, flash-unit: src/gpu_attention.rs);
-# + comes last, as in forward-f16%burn+ops. A prune step ending in ^N runs the search's dense
+# + comes last, as in forward-f16%burn+ops. %tuned runs with the kernels the last tune step kept. A prune step ending in ^N runs the search's dense
 # passes in batches of N candidates (--search-batch N; without it the prune's own choice, which
 # at this shape is 1), after any +NAME. The default list checks the default build's
-# perplexities on the card, times the issue's two cases with it and without fusion, then with
+# perplexities on the card, times the issue's two cases with it, with the kernel sweep's
+# winners and with what `neuroal tune` keeps, without fusion, then with
 # flash-2 on the 7B shape's heads of 128 (not yet launched there), with dense batches of 2 and
 # 4 candidates, and with burn's own kernels,
 # then traces and profiles; it wants WT2=1 BUILDS="default nofusion" prepared (a third build
 # and wt2-llama would pass the 64 MiB the device tool carries, with the checkout's 4 MB).
-steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 matmul-f16 neuroal-f16%fastest forward-f16%fastest neuroal-f16%rules forward-f16%rules attention-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
+steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 matmul-f16 neuroal-f16%fastest forward-f16%fastest tune-f16 neuroal-f16%tuned forward-f16%tuned attention-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
   tag=""
   unset CUBECL_AUTOTUNE_LEVEL NEUROAL_MATMUL NEUROAL_ATTENTION
+  export XDG_CACHE_HOME="$none"
   batch=0
   case $step in *^*) batch=${step##*^}; tag="^$batch"; step=${step%^*} ;; esac
   case $step in *+*)
@@ -177,10 +193,14 @@ for step in $steps; do
     [ "$kernel" = fastest ] && kernel=$(python3 scripts/matmul_summary.py "$logs/matmul-last.jsonl" --fastest 2>/dev/null)
     # %rules: the last matmul step's fastest kernel per weight shape (NEUROAL_MATMUL rules).
     [ "$kernel" = rules ] && kernel=$(python3 scripts/matmul_summary.py "$logs/matmul-last.jsonl" --rules 2>/dev/null)
-    if [ -z "$kernel" ]; then echo "$build/$step%$asked: skipped, no autotune or matmul step has found a kernel yet"; continue; fi
-    export NEUROAL_MATMUL=$kernel
+    if [ "$kernel" = tuned ]; then
+      if ! ls "$tuned"/neuroal/*.txt >/dev/null 2>&1; then echo "$build/$step%tuned: skipped, no tune step has kept kernels yet"; continue; fi
+      export XDG_CACHE_HOME="$tuned"; kernel=""; tag="%tuned$tag"
+    fi
+    if [ -z "$kernel" ] && [ "$asked" != tuned ]; then echo "$build/$step%$asked: skipped, no autotune or matmul step has found a kernel yet"; continue; fi
+    [ -n "$kernel" ] && export NEUROAL_MATMUL=$kernel
     # Rules are too long for a log's file name: the run is named %rules, the rules echoed.
-    if [ "$asked" = rules ]; then echo "%rules: NEUROAL_MATMUL=$kernel"; tag="%rules$tag"; else tag="%$kernel$tag"; fi ;;
+    if [ "$asked" = rules ]; then echo "%rules: NEUROAL_MATMUL=$kernel"; tag="%rules$tag"; elif [ -n "$kernel" ]; then tag="%$kernel$tag"; fi ;;
   esac
   case $step in *@*) export CUBECL_AUTOTUNE_LEVEL=${step##*@}; tag="@${step##*@}$tag"; step=${step%@*} ;; esac
   dtype=${step##*-}
@@ -190,6 +210,7 @@ for step in $steps; do
     profile-neuroal) profiled neuroal-neuroal-f16-profile --synthetic ${PROFILE_NEUROAL:-llama2-7b --blocks 2} --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples 16 --search-nsamples 8 --iters 1 --dtype "${PROFILE_DTYPE:-f16}" ;;
     tiny-*) eval_tiny "$build" "$dtype" ;;
     matmul-*) matmul "$build" "$dtype" ;;
+    tune-*) tune "$build" "$dtype" ;;
     attention-*) attention "$build" "$dtype" ;;
     wt2-*) eval_wt2 "$build" "$dtype" ;;
     neuroal-*) prune_7b "$build" "$dtype" ;;

@@ -316,7 +316,7 @@ pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json
         }
         Ok(())
     };
-    crate::gpu_matmul::time_kernels(&selected.device, &shapes, dtype, iters, &mut print)
+    crate::gpu_matmul::time_kernels(&selected.device, &shapes, dtype, iters, true, &mut print)
 }
 
 /// `bench --attention`: the separate kernels' and every flash kernel's time on each causal

@@ -41,6 +41,8 @@ pub struct Selected {
     pub max_buffer: Option<u64>,
     /// Whether shaders can compute in f16 (GPUs only).
     pub shader_f16: bool,
+    /// The adapter's key for the kernels `neuroal tune` keeps (GPUs only).
+    pub adapter_key: Option<String>,
 }
 
 /// `--dtype`: what weights, activations and matrix products are computed in.
@@ -168,9 +170,10 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
         .init_with_setup()
         .map_err(|e| err!("cannot open GPU adapter \"{}\": {e}", best.info.name))?;
     crate::kernels::register(setup.device, setup.queue);
-    let matmul = crate::gpu_matmul::choose(&device)?;
-    let attention = crate::gpu_attention::choose(&device)?;
     let compiler = crate::kernels::compiler(&device);
+    let key = crate::tune::adapter_key(&best.info.name, &format!("{:?}", best.info.backend), compiler);
+    let matmul = crate::gpu_matmul::choose(&device, &key)?;
+    let attention = crate::gpu_attention::choose(&device)?;
     let mut description = format!("gpu: {} ({:?}, {:?}, {compiler})", best.info.name, best.info.device_type, best.info.backend);
     // The fixed kernels, as their variables name them (the defaults say what they cover).
     let fixed: Vec<String> = matmul.into_iter().chain(attention).collect();
@@ -180,15 +183,15 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
     // The runtime's own limit: the smaller of the buffer and storage-binding limits (lavapipe:
     // 2 GiB and 128 MiB), not the adapter's buffer limit alone.
     let max_buffer = Some(crate::kernels::max_allocation(&device));
-    Ok(Some(Selected { device, description, is_gpu: true, max_buffer, shader_f16: best.shader_f16 }))
+    Ok(Some(Selected { device, description, is_gpu: true, max_buffer, shader_f16: best.shader_f16, adapter_key: Some(key) }))
 }
 
 pub fn select(choice: Choice) -> Result<Selected> {
-    let cpu = || Selected { device: Device::flex(), description: "cpu: burn-flex".into(), is_gpu: false, max_buffer: None, shader_f16: false };
+    let cpu = || Selected { device: Device::flex(), description: "cpu: burn-flex".into(), is_gpu: false, max_buffer: None, shader_f16: false, adapter_key: None };
     Ok(match choice {
         Choice::Cpu => cpu(),
         #[allow(deprecated)] // users asked for the NdArray fallback by name
-        Choice::Ndarray => Selected { device: Device::ndarray(), description: "ndarray: burn-ndarray".into(), is_gpu: false, max_buffer: None, shader_f16: false },
+        Choice::Ndarray => Selected { device: Device::ndarray(), description: "ndarray: burn-ndarray".into(), is_gpu: false, max_buffer: None, shader_f16: false, adapter_key: None },
         Choice::Gpu => match open_gpu(true)? {
             Some(s) => s,
             None => bail!("--device gpu: wgpu found no GPU adapter (Vulkan, Metal or DX12)"),

@@ -1,9 +1,11 @@
 //! The linears' matrix products on a GPU with one fixed kernel, named by `NEUROAL_MATMUL` the way
 //! cubecl's autotune names its candidates (`scripts/autotune_summary.py` prints them per shape).
-//! Unset, the kernel measured fastest runs where it was measured (half-precision products under
-//! the SPIR-V compiler, on adapters with f16 cooperative matrices), else burn chooses: cubek's
-//! default kernel, or autotune's pick in an autotune build. `NEUROAL_MATMUL=burn` always lets
-//! burn choose. A fixed kernel keeps a tuned choice without paying for tuning in every run.
+//! Unset, the kernels `neuroal tune` kept for this adapter run its tuned dtypes' products
+//! (`src/tune.rs`), and the kernel measured fastest runs where it was measured (half-precision
+//! products under the SPIR-V compiler, on adapters with f16 cooperative matrices); elsewhere burn
+//! chooses: cubek's default kernel, or autotune's pick in an autotune build.
+//! `NEUROAL_MATMUL=burn` always lets burn choose. A fixed kernel keeps a tuned choice without
+//! paying for tuning in every run.
 
 use std::sync::{Mutex, OnceLock};
 
@@ -82,19 +84,90 @@ pub fn names() -> Vec<String> {
 /// 0.84 B-shaped models (README, "Speed").
 const DEFAULT: &str = "matmul_simple_cyclic_cmma_multi_rows";
 
-/// The kernels in use; `explicit` when `NEUROAL_MATMUL` named them (they then run every dtype
-/// and say when they decline a shape; the default runs f16 and bf16 products, silently).
+/// Rules as written: a kernel name (`burn`: burn's own choice) per weight shape [K, N], and
+/// at most one for the other products (none: burn chooses them). `NEUROAL_MATMUL` and the
+/// files `neuroal tune` writes hold them as `KxN=NAME,…,NAME`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rules {
+    pub by_shape: Vec<([usize; 2], String)>,
+    pub others: Option<String>,
+}
+
+impl Rules {
+    /// Parses rules; `source` begins each error line (the variable, or the tuned file).
+    pub fn parse(value: &str, source: &str) -> Result<Rules> {
+        let mut rules = Rules::default();
+        let mut others_named = false;
+        for rule in value.split(',').map(str::trim) {
+            match rule.split_once('=') {
+                Some((shape, name)) => {
+                    // The rule's one shape, its sizes positive (the list parser's error is
+                    // replaced by the rules' own).
+                    let Some(&[k, n]) = crate::bench::parse_sizes::<2>(shape, source, "").ok().as_deref().and_then(|s| s.first()) else {
+                        bail!("{source}: {rule:?}: a rule is KxN=KERNEL, K and N the weight's positive input and output sizes (e.g. 4096x11008=matmul_simple_cyclic_cmma)");
+                    };
+                    rules.by_shape.push(([k, n], name.trim().to_string()));
+                }
+                None if others_named => bail!("{source}: {value:?} names two kernels for the other products"),
+                None => {
+                    others_named = true;
+                    rules.others = (rule != "burn").then(|| rule.to_string());
+                }
+            }
+        }
+        Ok(rules)
+    }
+
+    /// `newer`'s rules, and this one's for the shapes `newer` does not name; `newer`'s kernel
+    /// for the other products.
+    pub fn updated_by(self, newer: Rules) -> Rules {
+        let mut by_shape = newer.by_shape;
+        for (shape, name) in self.by_shape {
+            if !by_shape.iter().any(|(s, _)| *s == shape) {
+                by_shape.push((shape, name));
+            }
+        }
+        by_shape.sort_by_key(|(s, _)| *s);
+        Rules { by_shape, others: newer.others }
+    }
+}
+
+impl std::fmt::Display for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = self.by_shape.iter().map(|([k, n], name)| format!("{k}x{n}={name}")).collect();
+        parts.push(self.others.clone().unwrap_or_else(|| "burn".into()));
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Kernels for the products with a weight of [K, N] (`None`: burn's choice).
+type ByShape = Vec<([usize; 2], Option<Kernel>)>;
+
+/// One source of kernels and the products it covers: `NEUROAL_MATMUL` (every product), a
+/// tuned file's line (its dtype's products), or the default (half-precision products).
 struct Choice {
-    /// For the device line: the variable's value, or the default kernel's name.
-    name: String,
-    /// Kernels for the products with a weight of [K, N] (`None`: burn's choice), then the
-    /// kernel for the other products.
-    by_shape: Vec<([usize; 2], Option<Kernel>)>,
+    /// For the device line.
+    label: String,
+    /// Kernels for the products with a weight of [K, N], then the kernel for the other products.
+    by_shape: ByShape,
     others: Option<Kernel>,
+    /// The compute dtypes whose products it takes; `None`: all.
+    dtypes: Option<Vec<DType>>,
+    /// Named by `NEUROAL_MATMUL`: a kernel that declines a shape says so.
     explicit: bool,
 }
 
 impl Choice {
+    /// The rules' kernels; `source` names them in errors.
+    fn from_rules(rules: &Rules, source: &str) -> Result<(ByShape, Option<Kernel>)> {
+        let by_shape = rules.by_shape.iter().map(|(shape, name)| Ok((*shape, kernel_named(name, source)?))).collect::<Result<_>>()?;
+        let others = match &rules.others {
+            Some(name) => kernel_named(name, source)?,
+            None => None,
+        };
+        Ok((by_shape, others))
+    }
+
     /// The kernel for a product with a weight of [k, n]; `None`: burn chooses.
     fn kernel(&self, k: usize, n: usize) -> Option<&Kernel> {
         match self.by_shape.iter().find(|(shape, _)| *shape == [k, n]) {
@@ -102,22 +175,28 @@ impl Choice {
             None => self.others.as_ref(),
         }
     }
+
+    fn covers(&self, dtype: DType) -> bool {
+        self.dtypes.as_ref().is_none_or(|d| d.contains(&dtype))
+    }
 }
 
-/// What [`choose`] settled on for the process (`None`: burn chooses).
-static CHOSEN: OnceLock<Option<Choice>> = OnceLock::new();
+/// What [`choose`] settled on for the process, the first covering a product's dtype deciding
+/// (none: burn chooses).
+static CHOSEN: OnceLock<Vec<Choice>> = OnceLock::new();
 /// Shapes ([m, k, n], dtype) the kernel declined: burn's kernel runs them without asking again.
 static DECLINED: Mutex<Vec<([usize; 3], DType)>> = Mutex::new(Vec::new());
 
 /// A kernel by name, `burn` being burn's own choice (`None`); a one-line error listing the
 /// names for any other.
-fn kernel_named(name: &str) -> Result<Option<Kernel>> {
+fn kernel_named(name: &str, source: &str) -> Result<Option<Kernel>> {
     if name == "burn" {
         return Ok(None);
     }
     match kernels().into_iter().find(|k| k.to_string() == name) {
         Some(kernel) => Ok(Some(kernel)),
-        None => bail!("{VAR}={name}: no such matrix-product kernel; one of: burn, {}", names().join(", ")),
+        None if source == VAR => bail!("{VAR}={name}: no such matrix-product kernel; one of: burn, {}", names().join(", ")),
+        None => bail!("{source}: no matrix-product kernel is named {name} in this version (run `neuroal tune` again, or delete the file)"),
     }
 }
 
@@ -126,49 +205,53 @@ fn kernel_named(name: &str) -> Result<Option<Kernel>> {
 /// N), with at most one bare NAME for the others (else burn chooses them). What a per-product
 /// sweep of `bench --matmul` finds can so be run as it is.
 fn parse_choice(value: &str) -> Result<Choice> {
-    let mut choice = Choice { name: value.to_string(), by_shape: Vec::new(), others: None, explicit: true };
-    let mut others_named = false;
-    for rule in value.split(',').map(str::trim) {
-        match rule.split_once('=') {
-            Some((shape, name)) => {
-                // The rule's one shape, its sizes positive (the list parser's error is replaced
-                // by the rules' own).
-                let Some(&[k, n]) = crate::bench::parse_sizes::<2>(shape, VAR, "").ok().as_deref().and_then(|s| s.first()) else {
-                    bail!("{VAR}: {rule:?}: a rule is KxN=KERNEL, K and N the weight's positive input and output sizes (e.g. 4096x11008=matmul_simple_cyclic_cmma)");
-                };
-                choice.by_shape.push(([k, n], kernel_named(name.trim())?));
-            }
-            None if others_named => bail!("{VAR}: {value:?} names two kernels for the other products"),
-            None => {
-                others_named = true;
-                choice.others = kernel_named(rule)?;
-            }
-        }
-    }
-    Ok(choice)
+    let (by_shape, others) = Choice::from_rules(&Rules::parse(value, VAR)?, VAR)?;
+    Ok(Choice { label: value.to_string(), by_shape, others, dtypes: None, explicit: true })
 }
 
-/// Reads `NEUROAL_MATMUL` when a GPU is opened: the kernels it names, or a one-line error;
-/// unset or empty, this adapter's default. Returns, for the device line, what is fixed, with
-/// what the default covers.
-pub fn choose(device: &burn::tensor::Device) -> Result<Option<String>> {
+/// Set by `neuroal tune` before it opens the GPU: the tuned file it rewrites is not read.
+static TUNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Opens the GPU without this adapter's tuned kernels (what `neuroal tune` measures against).
+pub fn ignore_tuned() {
+    TUNING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Reads `NEUROAL_MATMUL` when a GPU is opened: the kernels it names, or a one-line error.
+/// Unset or empty: the kernels `neuroal tune` found fastest on this adapter (`adapter`, its
+/// key) for the dtypes it tuned, and this adapter's default for the other half-precision
+/// products. Returns, for the device line, what is fixed, with what each part covers.
+pub fn choose(device: &burn::tensor::Device, adapter: &str) -> Result<Option<String>> {
     let value = std::env::var(VAR).unwrap_or_default();
     let value = value.trim();
-    let found = match value {
-        "burn" => None,
-        "" => default_for(kernels::compiler(device), kernels::has_f16_cooperative_matrices(device)).and_then(|name| {
-            let kernel = kernel_named(name).ok().flatten()?;
-            Some(Choice { name: name.into(), by_shape: Vec::new(), others: Some(kernel), explicit: false })
-        }),
-        _ => Some(parse_choice(value)?),
-    };
-    let key = |c: &Option<Choice>| c.as_ref().map(|c| (c.name.clone(), c.explicit));
-    let wanted = key(&found);
+    let mut found = Vec::new();
+    match value {
+        "burn" => {}
+        "" => {
+            let tuned = if TUNING.load(std::sync::atomic::Ordering::Relaxed) { Vec::new() } else { crate::tune::read_tuned(adapter)? };
+            for (dtype, rules, file) in &tuned {
+                let source = format!("{} ({} rules)", file.display(), crate::device::dtype_name(*dtype));
+                let (by_shape, others) = Choice::from_rules(rules, &source)?;
+                let label = format!("tuned for {}: {rules}", crate::device::dtype_name(*dtype));
+                found.push(Choice { label, by_shape, others, dtypes: Some(vec![*dtype]), explicit: false });
+            }
+            let half: Vec<DType> = [DType::F16, DType::BF16].into_iter().filter(|d| !tuned.iter().any(|(t, _, _)| t == d)).collect();
+            let default = default_for(kernels::compiler(device), kernels::has_f16_cooperative_matrices(device));
+            if let (Some(name), false) = (default, half.is_empty()) {
+                let (_, others) = Choice::from_rules(&Rules { by_shape: Vec::new(), others: Some(name.into()) }, VAR)?;
+                let covers = if half.len() == 2 { "half-precision".to_string() } else { crate::device::dtype_name(half[0]).to_string() };
+                found.push(Choice { label: format!("{name} for {covers} products"), by_shape: Vec::new(), others, dtypes: Some(half), explicit: false });
+            }
+        }
+        _ => found.push(parse_choice(value)?),
+    }
+    let labels = |c: &[Choice]| c.iter().map(|c| c.label.clone()).collect::<Vec<_>>();
+    let wanted = labels(&found);
     let chosen = CHOSEN.get_or_init(|| found);
-    if key(chosen) != wanted {
+    if labels(chosen) != wanted {
         bail!("{VAR} changed after the GPU was opened; a process uses one kernel");
     }
-    Ok(chosen.as_ref().map(|c| if c.explicit { c.name.clone() } else { format!("{} for half-precision products", c.name) }))
+    Ok((!wanted.is_empty()).then(|| wanted.join(", ")))
 }
 
 /// The kernel the linears' products use when `NEUROAL_MATMUL` is unset, given the compiler
@@ -181,11 +264,11 @@ fn default_for(compiler: &str, f16_cooperative_matrices: bool) -> Option<&'stati
 
 /// x [m, k] · wᵀ, wᵀ being the transposed view of a linear's weight [n, k].
 pub fn linear(x: Tensor<2>, w_t: Tensor<2>) -> Tensor<2> {
-    let Some(Some(choice)) = CHOSEN.get() else { return x.matmul(w_t) };
-    let (name, explicit) = (&choice.name, &choice.explicit);
-    if !kernels::is_wgpu(&x) || (!explicit && !matches!(x.dtype(), DType::F16 | DType::BF16)) {
+    let Some(chosen) = CHOSEN.get() else { return x.matmul(w_t) };
+    if !kernels::is_wgpu(&x) {
         return x.matmul(w_t);
     }
+    let Some(choice) = chosen.iter().find(|c| c.covers(x.dtype())) else { return x.matmul(w_t) };
     let [m, k] = x.dims();
     let n = w_t.dims()[1];
     let Some(kernel) = choice.kernel(k, n) else { return x.matmul(w_t) };
@@ -199,8 +282,8 @@ pub fn linear(x: Tensor<2>, w_t: Tensor<2>) -> Tensor<2> {
             // A kernel may decline a shape (or this adapter); burn's choice then runs, said
             // once, at the first shape declined.
             let mut declined = DECLINED.lock().unwrap_or_else(|e| e.into_inner());
-            if declined.is_empty() && *explicit {
-                eprintln!("warning: {VAR}={name}: {why}; burn's own kernel runs where it declines");
+            if declined.is_empty() && choice.explicit {
+                eprintln!("warning: {VAR}={}: {why}; burn's own kernel runs where it declines", choice.label);
             }
             declined.push(shape);
             x.matmul(w_t)
@@ -235,7 +318,7 @@ fn launch(x: &Tensor<2>, w_t: &Tensor<2>, kernel: &Kernel) -> std::result::Resul
 }
 
 /// One kernel's time on one product in `bench --matmul`.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MatmulTiming {
     /// [m, k, n]: x [m, k] times a [k, n] right-hand side.
     pub shape: [usize; 3],
@@ -255,19 +338,20 @@ pub struct MatmulTiming {
 
 /// Times every kernel a fixed choice can name, and burn's own choice, on each product in
 /// `dtype` on the GPU `device`, with the weight as the linears hold it and as a row-major
-/// [k, n] copy (`bench::time_kernel`: `iters` products after one warm-up each). The fastest
+/// [k, n] copy when `k_by_n` (`bench::time_kernel`: `iters` products after one warm-up each). The fastest
 /// way to compare kernels on a card (a product of the 7B shape takes milliseconds, a prune tens
 /// of seconds); `rel_err` says that a kernel computes the product. Each row goes to `row` as
 /// soon as it is measured, so a run stopped early keeps what it did.
-pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 3]], dtype: DType, iters: usize, row: &mut dyn FnMut(MatmulTiming) -> Result<()>) -> Result<()> {
+pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 3]], dtype: DType, iters: usize, k_by_n: bool, row: &mut dyn FnMut(MatmulTiming) -> Result<()>) -> Result<()> {
     use burn::tensor::Distribution;
     for &[m, k, n] in shapes {
         let x = Tensor::<2>::random([m, k], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
         let scale = (3.0 / k as f64).sqrt();
         let w = Tensor::<2>::random([n, k], Distribution::Uniform(-1.0, 1.0), device).mul_scalar(scale).cast(dtype);
-        let k_by_n = Tensor::<2>::random([k, n], Distribution::Uniform(-1.0, 1.0), device).mul_scalar(scale).cast(dtype);
+        let k_by_n_rhs = Tensor::<2>::random([k, n], Distribution::Uniform(-1.0, 1.0), device).mul_scalar(scale).cast(dtype);
         let flops = 2.0 * (m * k * n) as f64;
-        for (layout, rhs) in [("weight_t", w.transpose()), ("k_by_n", k_by_n)] {
+        let layouts = [("weight_t", w.transpose()), ("k_by_n", k_by_n_rhs)];
+        for (layout, rhs) in layouts.into_iter().take(if k_by_n { 2 } else { 1 }) {
             let reference = x.clone().matmul(rhs.clone());
             let candidates = std::iter::once(("burn".to_string(), None)).chain(kernels().into_iter().map(|k| (k.to_string(), Some(k))));
             for (name, kernel) in candidates {

@@ -30,3 +30,4 @@ pub mod zeroshot;
 pub mod memory;
 pub mod score;
 pub mod trace;
+pub mod tune;

@@ -196,6 +196,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find this GPU's fastest matrix-product kernel for each of a model's linears and keep the
+    /// choice for later runs on it (a file per adapter in the user's cache folder).
+    Tune {
+        /// Model folder whose linears are timed (only its config.json is read).
+        #[arg(long, required_unless_present = "synthetic")]
+        model: Option<PathBuf>,
+        /// Instead of a model: a published shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2; tiny, tiny-opt, tiny-phi).
+        #[arg(long, conflicts_with = "model")]
+        synthetic: Option<String>,
+        /// Rows of each timed product (tokens per pass: windows × seqlen; NeuroAL's search
+        /// passes 8 × seqlen), comma-separated; each shape's kernel is the fastest over all.
+        #[arg(long, default_value = "4096")]
+        tokens: String,
+        /// Compute dtype whose products are tuned: auto = f16 on a GPU whose shaders support it, else f32.
+        #[arg(long, value_enum, default_value = "auto")]
+        dtype: ComputeDtype,
+        /// Timed products per kernel and shape (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
 }
 
 /// Where the model runs and in which dtype (eval, prune, zeroshot).
@@ -331,6 +351,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Tune { model, synthetic, tokens, dtype, iters } => neuroal::tune::run(&neuroal::tune::TuneArgs { model, synthetic, tokens, dtype, iters }),
         Command::Bench { model, synthetic, matmul, attention, blocks, prune_sparsity, nsamples, search_nsamples, search_batch, devices, seqlen, batch, iters, dtype, single, json } => {
             if let Some(list) = matmul {
                 return bench::matmul(&list, &devices, dtype, iters, json);

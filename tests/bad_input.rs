@@ -159,6 +159,11 @@ fn new_flags_refuse_bad_values_in_one_line() {
         (vec!["bench", "--matmul", "64x48x80", "--devices", "gpu", "--iters", "0"], "--iters must be at least 1"),
         (vec!["bench", "--attention", "2x4x64x16", "--devices", "cpu"], "--attention times the GPU's kernels: use --devices gpu"),
         (vec!["bench", "--attention", "2x4x0x16", "--devices", "gpu"], "--attention \"2x4x0x16\": an attention is BxHxTxHD"),
+        (vec!["tune", "--model", "/nonexistent"], "/nonexistent: no config.json"),
+        (vec!["tune", "--synthetic", "gpt5"], "unknown --synthetic shape \"gpt5\""),
+        (vec!["tune", "--model", m, "--tokens", "64,0"], "--tokens \"0\": a list of token counts"),
+        (vec!["tune", "--model", m, "--iters", "0"], "--iters must be at least 1"),
+        (vec!["tune", "--model", m, "--synthetic", "tiny"], "the argument '--model <MODEL>' cannot be used with '--synthetic <SYNTHETIC>'"),
     ];
     for (args, expect) in cases {
         let msg = fails(&args, &[]);
