@@ -125,14 +125,14 @@ matmul() { # build dtype
 attention() { # build dtype
   [ -x ".bin/$1" ] && run "$1-attention-$2$tag" ".bin/$1" bench --attention "${ATTENTION:-4x32x512x64,8x32x512x128,8x8x256x32}" --devices gpu --dtype "$2" --iters 10 && grep -v '^{' "$logs/$1-attention-$2$tag.log" | tail -n 20
 }
-# `neuroal tune` on both cases' linears (the 7B search's 4096 tokens, the 0.84 B forward's
-# 2048), as a user would run it once on a new card: its own time, and the kernels it keeps
-# (for the %tuned steps).
+# `neuroal tune` on both cases' linears and attentions (the 7B search's 8 windows of 512
+# tokens, the 0.84 B forward's 4), as a user would run it once on a new card: its own time, and
+# the kernels it keeps (for the %tuned steps).
 tune() { # build dtype
   [ -x ".bin/$1" ] || return
-  run "$1-tune-$2$tag" XDG_CACHE_HOME="$tuned" ".bin/$1" tune --synthetic "${neuroal%% *}" --tokens "${TUNE_NEUROAL_TOKENS:-4096}" --dtype "$2"
-  run "$1-tune-forward-$2$tag" XDG_CACHE_HOME="$tuned" ".bin/$1" tune --synthetic "${forward%% *}" --tokens "${TUNE_FORWARD_TOKENS:-2048}" --dtype "$2"
-  cat "$tuned"/neuroal/*.txt 2>/dev/null | tee -a "$out/runs.log"
+  run "$1-tune-$2$tag" XDG_CACHE_HOME="$tuned" ".bin/$1" tune --synthetic "${neuroal%% *}" --tokens "${TUNE_NEUROAL_TOKENS:-4096}" --seqlen "$seqlen" --dtype "$2"
+  run "$1-tune-forward-$2$tag" XDG_CACHE_HOME="$tuned" ".bin/$1" tune --synthetic "${forward%% *}" --tokens "${TUNE_FORWARD_TOKENS:-2048}" --seqlen "$seqlen" --dtype "$2"
+  cat "$tuned"/neuroal/kernels-*.txt 2>/dev/null | tee -a "$out/runs.log"
 }
 # NeuroAL's λ in f16 on the card (0.10 / 0.10 on the CPU) and the run's peak memory.
 wt2_lambda() {
@@ -194,7 +194,7 @@ for step in $steps; do
     # %rules: the last matmul step's fastest kernel per weight shape (NEUROAL_MATMUL rules).
     [ "$kernel" = rules ] && kernel=$(python3 scripts/matmul_summary.py "$logs/matmul-last.jsonl" --rules 2>/dev/null)
     if [ "$kernel" = tuned ]; then
-      if ! ls "$tuned"/neuroal/*.txt >/dev/null 2>&1; then echo "$build/$step%tuned: skipped, no tune step has kept kernels yet"; continue; fi
+      if ! ls "$tuned"/neuroal/kernels-*.txt >/dev/null 2>&1; then echo "$build/$step%tuned: skipped, no tune step has kept kernels yet"; continue; fi
       export XDG_CACHE_HOME="$tuned"; kernel=""; tag="%tuned$tag"
     fi
     if [ -z "$kernel" ] && [ "$asked" != tuned ]; then echo "$build/$step%$asked: skipped, no autotune or matmul step has found a kernel yet"; continue; fi

@@ -172,8 +172,9 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
     crate::kernels::register(setup.device, setup.queue);
     let compiler = crate::kernels::compiler(&device);
     let key = crate::tune::adapter_key(&best.info.name, &format!("{:?}", best.info.backend), compiler);
-    let matmul = crate::gpu_matmul::choose(&device, &key)?;
-    let attention = crate::gpu_attention::choose(&device)?;
+    let tuned = crate::tune::read_tuned(&key)?;
+    let matmul = crate::gpu_matmul::choose(&device, &tuned)?;
+    let attention = crate::gpu_attention::choose(&device, &tuned)?;
     let mut description = format!("gpu: {} ({:?}, {:?}, {compiler})", best.info.name, best.info.device_type, best.info.backend);
     // The fixed kernels, as their variables name them (the defaults say what they cover).
     let fixed: Vec<String> = matmul.into_iter().chain(attention).collect();

@@ -37,12 +37,28 @@ const DEFAULT: &str = "flash-2";
 const DEFAULT_MAX_HEAD_DIM: usize = 64;
 const DEFAULT_MIN_SHARED: usize = 49_152;
 
-/// What a process uses; `explicit` when the user named it (it then applies to every dtype and
-/// says when a shape is declined).
-#[derive(Clone, Copy, PartialEq)]
+/// What a process uses: the kernel `NEUROAL_ATTENTION` named (every attention; it says when a
+/// shape is declined), else `neuroal tune`'s per compute dtype and head size, else this
+/// adapter's default for f16 heads of at most [`DEFAULT_MAX_HEAD_DIM`].
+#[derive(Clone, PartialEq)]
 struct Choice {
-    name: &'static str,
-    explicit: bool,
+    named: Option<&'static str>,
+    tuned: Vec<(DType, usize, &'static str)>,
+    default: &'static str,
+}
+
+impl Choice {
+    /// The kernel for an attention in `dtype` with heads of `head_dim`, and whether it is fixed
+    /// (named or tuned: an autotune build then runs it instead of timing its own).
+    fn kernel(&self, dtype: DType, head_dim: usize) -> (&'static str, bool) {
+        if let Some(name) = self.named {
+            return (name, true);
+        }
+        if let Some(&(_, _, name)) = self.tuned.iter().find(|(d, hd, _)| *d == dtype && *hd == head_dim) {
+            return (name, true);
+        }
+        (if default_covers(dtype, head_dim) { self.default } else { "ops" }, false)
+    }
 }
 
 /// The names `NEUROAL_ATTENTION` accepts: `ops` (separate kernels), `flash-N` (the tensor-core
@@ -61,31 +77,48 @@ struct Adapter {
 
 static ADAPTER: OnceLock<Adapter> = OnceLock::new();
 
-/// Reads `NEUROAL_ATTENTION` when a GPU is opened: the kernel it names, else the default for
-/// this adapter; a one-line error when it names none. Returns, for the device line, the flash
-/// kernel's name when one runs, with what the default covers.
-pub fn choose(device: &burn::tensor::Device) -> Result<Option<String>> {
+/// Reads `NEUROAL_ATTENTION` when a GPU is opened: the kernel it names, else what `neuroal
+/// tune` kept for this adapter (`tuned`) and the default for the rest; a one-line error when it
+/// names none. Returns, for the device line, what runs other than the separate kernels.
+pub fn choose(device: &burn::tensor::Device, tuned: &crate::tune::Tuned) -> Result<Option<String>> {
     let asked = std::env::var(VAR).unwrap_or_default();
     let asked = asked.trim();
-    let choice = if asked.is_empty() {
-        let name = default_for(kernels::compiler(device), kernels::has_f16_cooperative_matrices(device), kernels::workgroup_memory(device));
-        Choice { name, explicit: false }
-    } else {
-        match NAMES.iter().find(|n| **n == asked) {
-            Some(name) => Choice { name, explicit: true },
+    let named = match asked {
+        "" => None,
+        _ => match NAMES.iter().find(|n| **n == asked) {
+            Some(name) => Some(*name),
             None => bail!("{VAR}={asked}: no such attention kernel; one of: {}", NAMES.join(", ")),
-        }
+        },
     };
+    let mut kept = Vec::new();
+    for (dtype, rules) in tuned.attention.iter().filter(|_| named.is_none()) {
+        for (head_dim, name) in &rules.0 {
+            // The file's names were checked when it was read.
+            let name = NAMES.iter().find(|n| *n == name).copied().unwrap_or("ops");
+            kept.push((*dtype, *head_dim, name));
+        }
+    }
+    let default = default_for(kernels::compiler(device), kernels::has_f16_cooperative_matrices(device), kernels::workgroup_memory(device));
+    let choice = Choice { named, tuned: kept, default };
     ADAPTER.get_or_init(|| Adapter { workgroup_memory: kernels::workgroup_memory(device), tiles: kernels::f16_cooperative_tiles(device) });
-    let chosen = CHOSEN.get_or_init(|| choice);
+    let chosen = CHOSEN.get_or_init(|| choice.clone());
     if *chosen != choice {
         bail!("{VAR} changed after the GPU was opened; a process uses one kernel");
     }
-    Ok(match (chosen.name, chosen.explicit) {
-        ("ops", _) => None,
-        (name, true) => Some(name.to_string()),
-        (name, false) => Some(format!("{name} for f16 heads ≤ {DEFAULT_MAX_HEAD_DIM}")),
-    })
+    let mut said = Vec::new();
+    match chosen.named {
+        Some("ops") => {}
+        Some(name) => said.push(name.to_string()),
+        None => {
+            for (dtype, rules) in &tuned.attention {
+                said.push(format!("attention tuned for {}: {rules}", crate::device::dtype_name(*dtype)));
+            }
+            if chosen.default != "ops" {
+                said.push(format!("{} for f16 heads ≤ {DEFAULT_MAX_HEAD_DIM}", chosen.default));
+            }
+        }
+    }
+    Ok((!said.is_empty()).then(|| said.join(", ")))
 }
 
 /// The attention kernel when `NEUROAL_ATTENTION` is unset, given the compiler burn's runtime
@@ -102,9 +135,10 @@ fn default_covers(dtype: DType, head_dim: usize) -> bool {
     dtype == DType::F16 && head_dim <= DEFAULT_MAX_HEAD_DIM
 }
 
-/// Whether `NEUROAL_ATTENTION` named a kernel (an autotune build then runs it, not its tuner).
-pub fn named() -> bool {
-    CHOSEN.get().is_some_and(|c| c.explicit)
+/// Whether a kernel is fixed for an attention in `dtype` with heads of `head_dim`, named or
+/// tuned (an autotune build then runs it, not its tuner).
+pub fn fixed(dtype: DType, head_dim: usize) -> bool {
+    CHOSEN.get().is_some_and(|c| c.kernel(dtype, head_dim).1)
 }
 
 /// softmax(q·kᵀ/√hd + causal mask)·v with the chosen flash kernel: q, k, v [b, heads, t, hd]
@@ -113,19 +147,17 @@ pub fn named() -> bool {
 /// the kernel declines.
 pub fn causal(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<4>> {
     let choice = CHOSEN.get()?;
-    if choice.name == "ops" {
-        return None;
-    }
     // The tensor-core kernel multiplies f16 fragments: by default only f16 runs take it, and
     // only with the head sizes it was measured on.
-    if !kernels::is_wgpu(q) || (!choice.explicit && !default_covers(q.dtype(), q.dims()[3])) {
+    let (name, _) = choice.kernel(q.dtype(), q.dims()[3]);
+    if name == "ops" || !kernels::is_wgpu(q) {
         return None;
     }
-    match flash(choice.name, q, k, v) {
+    match flash(name, q, k, v) {
         Ok(out) => Some(out),
         Err(why) => {
-            if choice.explicit {
-                warn_once(&format!("warning: {VAR}={}: {why}; the separate kernels run where it declines", choice.name));
+            if choice.named.is_some() {
+                warn_once(&format!("warning: {VAR}={name}: {why}; the separate kernels run where it declines"));
             }
             None
         }

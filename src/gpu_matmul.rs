@@ -209,33 +209,25 @@ fn parse_choice(value: &str) -> Result<Choice> {
     Ok(Choice { label: value.to_string(), by_shape, others, dtypes: None, explicit: true })
 }
 
-/// Set by `neuroal tune` before it opens the GPU: the tuned file it rewrites is not read.
-static TUNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Opens the GPU without this adapter's tuned kernels (what `neuroal tune` measures against).
-pub fn ignore_tuned() {
-    TUNING.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// Reads `NEUROAL_MATMUL` when a GPU is opened: the kernels it names, or a one-line error.
-/// Unset or empty: the kernels `neuroal tune` found fastest on this adapter (`adapter`, its
-/// key) for the dtypes it tuned, and this adapter's default for the other half-precision
-/// products. Returns, for the device line, what is fixed, with what each part covers.
-pub fn choose(device: &burn::tensor::Device, adapter: &str) -> Result<Option<String>> {
+/// Unset or empty: the kernels `neuroal tune` found fastest on this adapter (`tuned`) for the
+/// dtypes it tuned, and this adapter's default for the other half-precision products. Returns,
+/// for the device line, what is fixed, with what each part covers.
+pub fn choose(device: &burn::tensor::Device, tuned: &crate::tune::Tuned) -> Result<Option<String>> {
     let value = std::env::var(VAR).unwrap_or_default();
     let value = value.trim();
     let mut found = Vec::new();
     match value {
         "burn" => {}
         "" => {
-            let tuned = if TUNING.load(std::sync::atomic::Ordering::Relaxed) { Vec::new() } else { crate::tune::read_tuned(adapter)? };
-            for (dtype, rules, file) in &tuned {
-                let source = format!("{} ({} rules)", file.display(), crate::device::dtype_name(*dtype));
+            let file = tuned.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+            for (dtype, rules) in &tuned.matmul {
+                let source = format!("{file} (matmul {})", crate::device::dtype_name(*dtype));
                 let (by_shape, others) = Choice::from_rules(rules, &source)?;
-                let label = format!("tuned for {}: {rules}", crate::device::dtype_name(*dtype));
+                let label = format!("matmul tuned for {}: {rules}", crate::device::dtype_name(*dtype));
                 found.push(Choice { label, by_shape, others, dtypes: Some(vec![*dtype]), explicit: false });
             }
-            let half: Vec<DType> = [DType::F16, DType::BF16].into_iter().filter(|d| !tuned.iter().any(|(t, _, _)| t == d)).collect();
+            let half: Vec<DType> = [DType::F16, DType::BF16].into_iter().filter(|d| !tuned.matmul.iter().any(|(t, _)| t == d)).collect();
             let default = default_for(kernels::compiler(device), kernels::has_f16_cooperative_matrices(device));
             if let (Some(name), false) = (default, half.is_empty()) {
                 let (_, others) = Choice::from_rules(&Rules { by_shape: Vec::new(), others: Some(name.into()) }, VAR)?;

@@ -209,10 +209,13 @@ enum Command {
         /// passes 8 × seqlen), comma-separated; each shape's kernel is the fastest over all.
         #[arg(long, default_value = "4096")]
         tokens: String,
+        /// Tokens per window of the timed attention (its windows: the first --tokens value over it).
+        #[arg(long, default_value_t = 512)]
+        seqlen: usize,
         /// Compute dtype whose products are tuned: auto = f16 on a GPU whose shaders support it, else f32.
         #[arg(long, value_enum, default_value = "auto")]
         dtype: ComputeDtype,
-        /// Timed products per kernel and shape (after one warm-up).
+        /// Timed runs per kernel and shape (after one warm-up).
         #[arg(long, default_value_t = 5)]
         iters: usize,
     },
@@ -351,7 +354,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Tune { model, synthetic, tokens, dtype, iters } => neuroal::tune::run(&neuroal::tune::TuneArgs { model, synthetic, tokens, dtype, iters }),
+        Command::Tune { model, synthetic, tokens, seqlen, dtype, iters } => neuroal::tune::run(&neuroal::tune::TuneArgs { model, synthetic, tokens, seqlen, dtype, iters }),
         Command::Bench { model, synthetic, matmul, attention, blocks, prune_sparsity, nsamples, search_nsamples, search_batch, devices, seqlen, batch, iters, dtype, single, json } => {
             if let Some(list) = matmul {
                 return bench::matmul(&list, &devices, dtype, iters, json);

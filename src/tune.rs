@@ -1,6 +1,7 @@
-//! `neuroal tune`: times every matrix-product kernel on a model's linears on this GPU, and keeps
-//! the fastest per weight shape in a file for the adapter, which later runs on it read
-//! (`gpu_matmul::choose`). A card nobody measured for this project (a Mac's, an AMD or Intel
+//! `neuroal tune`: times every matrix-product kernel on a model's linears and every attention
+//! kernel on its attention on this GPU, and keeps the fastest (per weight shape, per head size)
+//! in a file for the adapter, which later runs on it read (`gpu_matmul::choose`,
+//! `gpu_attention::choose`). A card nobody measured for this project (a Mac's, an AMD or Intel
 //! one) so gets the fastest kernel this build has for it, paid for once; and the choice stays
 //! fixed, so every run after the tuning computes the same products and repeats its masks
 //! (autotune chooses anew in every process).
@@ -23,6 +24,8 @@ pub struct TuneArgs {
     /// Rows of each product (tokens per pass), comma-separated; each weight shape's kernel is
     /// the fastest over all of them.
     pub tokens: String,
+    /// Tokens per window of the timed attention.
+    pub seqlen: usize,
     pub dtype: ComputeDtype,
     pub iters: usize,
 }
@@ -58,7 +61,56 @@ pub fn adapter_key(name: &str, api: &str, compiler: &str) -> String {
 
 /// The tuned file of the adapter `key`.
 pub fn tuned_path(key: &str) -> Option<PathBuf> {
-    tuned_dir().map(|d| d.join(format!("matmul-{key}.txt")))
+    tuned_dir().map(|d| d.join(format!("kernels-{key}.txt")))
+}
+
+/// What `neuroal tune` kept for an adapter: per compute dtype, the matrix products' rules and
+/// the attention kernel per head size.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tuned {
+    /// The file it was read from.
+    pub path: Option<PathBuf>,
+    pub matmul: Vec<(DType, Rules)>,
+    pub attention: Vec<(DType, AttentionRules)>,
+}
+
+/// The attention kernel (one of `gpu_attention::NAMES`) per head size, written `HD=NAME,…`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AttentionRules(pub Vec<(usize, String)>);
+
+impl AttentionRules {
+    fn parse(value: &str, source: &str) -> Result<AttentionRules> {
+        let mut rules = Vec::new();
+        for rule in value.split(',').map(str::trim) {
+            let parsed = rule.split_once('=').and_then(|(hd, name)| Some((hd.trim().parse::<usize>().ok().filter(|&h| h > 0)?, name.trim())));
+            let Some((head_dim, name)) = parsed else {
+                bail!("{source}: {rule:?}: an attention rule is HEAD_SIZE=KERNEL (e.g. 64=flash-2)");
+            };
+            if !crate::gpu_attention::NAMES.contains(&name) {
+                bail!("{source}: no attention kernel is named {name} in this version");
+            }
+            rules.push((head_dim, name.to_string()));
+        }
+        Ok(AttentionRules(rules))
+    }
+
+    /// `newer`'s head sizes, and this one's that `newer` does not name.
+    fn updated_by(self, newer: AttentionRules) -> AttentionRules {
+        let mut rules = newer.0;
+        for (hd, name) in self.0 {
+            if !rules.iter().any(|(h, _)| *h == hd) {
+                rules.push((hd, name));
+            }
+        }
+        rules.sort();
+        AttentionRules(rules)
+    }
+}
+
+impl std::fmt::Display for AttentionRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.iter().map(|(hd, name)| format!("{hd}={name}")).collect::<Vec<_>>().join(","))
+    }
 }
 
 fn dtype_named(name: &str) -> Option<DType> {
@@ -70,38 +122,56 @@ fn dtype_named(name: &str) -> Option<DType> {
     }
 }
 
-/// A tuned file's lines: `DTYPE RULES`, one per dtype tuned; `#` begins a comment.
-fn parse_file(text: &str, path: &Path) -> Result<Vec<(DType, Rules)>> {
-    let mut entries: Vec<(DType, Rules)> = Vec::new();
+const AGAIN: &str = "run `neuroal tune` again, or delete the file";
+
+/// A tuned file's lines: `matmul DTYPE RULES` and `attention DTYPE RULES`, one of each per
+/// dtype tuned; `#` begins a comment.
+fn parse_file(text: &str, path: &Path) -> Result<Tuned> {
+    let mut tuned = Tuned { path: Some(path.to_path_buf()), ..Tuned::default() };
     for (i, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let source = format!("{}, line {i}", path.display());
-        let (name, rules) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-        let Some(dtype) = dtype_named(name) else {
-            bail!("{source}: expected `f32|f16|bf16 RULES`, found {line:?} (run `neuroal tune` again, or delete the file)");
+        let words: Vec<&str> = line.splitn(3, char::is_whitespace).collect();
+        let (kind, dtype, rules) = match words[..] {
+            [kind @ ("matmul" | "attention"), dtype, rules] if dtype_named(dtype).is_some() => (kind, dtype_named(dtype).unwrap_or(DType::F32), rules.trim()),
+            _ => bail!("{source}: expected `matmul|attention f32|f16|bf16 RULES`, found {line:?} ({AGAIN})"),
         };
-        if entries.iter().any(|(d, _)| *d == dtype) {
-            bail!("{source}: a second {name} line (run `neuroal tune` again, or delete the file)");
+        let again = |e: crate::error::Error| err!("{e} ({AGAIN})");
+        let twice = || err!("{source}: a second {kind} {} line ({AGAIN})", device::dtype_name(dtype));
+        if kind == "matmul" {
+            if tuned.matmul.iter().any(|(d, _)| *d == dtype) {
+                return Err(twice());
+            }
+            tuned.matmul.push((dtype, Rules::parse(rules, &source).map_err(again)?));
+        } else {
+            if tuned.attention.iter().any(|(d, _)| *d == dtype) {
+                return Err(twice());
+            }
+            tuned.attention.push((dtype, AttentionRules::parse(rules, &source).map_err(again)?));
         }
-        let rules = Rules::parse(rules.trim(), &source).map_err(|e| err!("{e} (run `neuroal tune` again, or delete the file)"))?;
-        entries.push((dtype, rules));
     }
-    Ok(entries)
+    Ok(tuned)
 }
 
-/// The rules `neuroal tune` wrote for the adapter `key`, each with its dtype and the file: none
-/// where it was not tuned; a one-line error where the file cannot be read or understood.
-pub fn read_tuned(key: &str) -> Result<Vec<(DType, Rules, PathBuf)>> {
-    let Some(path) = tuned_path(key) else { return Ok(Vec::new()) };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+/// What `neuroal tune` kept for the adapter `key`: nothing where it was not tuned (or while
+/// `tune` itself runs); a one-line error where the file cannot be read or understood.
+pub fn read_tuned(key: &str) -> Result<Tuned> {
+    if TUNING.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(Tuned::default());
+    }
+    let Some(path) = tuned_path(key) else { return Ok(Tuned::default()) };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse_file(&text, &path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Tuned::default()),
         Err(e) => bail!("{}: cannot read the tuned kernels: {}", path.display(), crate::error::io_words(&e)),
-    };
-    Ok(parse_file(&text, &path)?.into_iter().map(|(d, r)| (d, r, path.clone())).collect())
+    }
 }
+
+/// Set by `neuroal tune` before it opens the GPU: it measures against the defaults, not what it
+/// kept before.
+static TUNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The fastest kernel for one weight shape, with what it and burn's choice took.
 #[derive(Debug, PartialEq)]
@@ -169,8 +239,8 @@ fn best(candidates: Vec<(f64, &str)>) -> Option<(f64, &str)> {
     candidates.into_iter().min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)))
 }
 
-/// The weight shapes [K, N] of the linears of the model or published shape asked for.
-fn weight_shapes(args: &TuneArgs) -> Result<Vec<[usize; 2]>> {
+/// The config of the model or published shape asked for, and its linears' weight shapes [K, N].
+fn weight_shapes(args: &TuneArgs) -> Result<(crate::config::Config, Vec<[usize; 2]>)> {
     let config = match (&args.model, &args.synthetic) {
         (Some(dir), _) => {
             let path = dir.join("config.json");
@@ -190,7 +260,7 @@ fn weight_shapes(args: &TuneArgs) -> Result<Vec<[usize; 2]>> {
     let mut shapes: Vec<[usize; 2]> = crate::model::Spec::of(&config).shapes().into_iter().map(|[out, inp]| [inp, out]).collect();
     shapes.sort();
     shapes.dedup();
-    Ok(shapes)
+    Ok((config, shapes))
 }
 
 /// Largest relative error against burn's product a tuned kernel may have: f32 products must be
@@ -205,9 +275,12 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     if args.iters == 0 {
         bail!("--iters must be at least 1");
     }
-    let shapes = weight_shapes(args)?;
+    let (config, shapes) = weight_shapes(args)?;
+    if args.seqlen == 0 {
+        bail!("--seqlen must be at least 1");
+    }
     let tokens: Vec<usize> = crate::bench::parse_sizes::<1>(&args.tokens, "--tokens", "a list of token counts, e.g. 2048,4096")?.into_iter().map(|[m]| m).collect();
-    crate::gpu_matmul::ignore_tuned();
+    TUNING.store(true, std::sync::atomic::Ordering::Relaxed);
     let selected = device::select(device::Choice::Gpu).map_err(|e| err!("tune times the GPU's kernels: {e}"))?;
     let dtype = selected.compute_dtype(args.dtype)?;
     let dtype_name = device::dtype_name(dtype);
@@ -216,7 +289,20 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         bail!("tune: no cache folder to keep the result in (set XDG_CACHE_HOME or HOME)");
     };
     let products: Vec<[usize; 3]> = tokens.iter().flat_map(|&m| shapes.iter().map(move |&[k, n]| [m, k, n])).collect();
-    eprintln!("{} ({dtype_name}): timing {} kernels and burn's on {} products", selected.description, crate::gpu_matmul::names().len(), products.len());
+    // The attention of the first token count's windows of --seqlen tokens, every query head.
+    let t = args.seqlen.min(config.max_positions);
+    let attention = [(tokens[0] / t).max(1), config.num_heads, t, config.head_dim];
+    eprintln!(
+        "{} ({dtype_name}): timing {} matrix-product kernels and burn's on {} products, and {} attention kernels on {}×{}×{}×{}",
+        selected.description,
+        crate::gpu_matmul::names().len(),
+        products.len(),
+        crate::gpu_attention::NAMES.len(),
+        attention[0],
+        attention[1],
+        attention[2],
+        attention[3]
+    );
     let mut rows = Vec::new();
     crate::gpu_matmul::time_kernels(&selected.device, &products, dtype, args.iters, false, &mut |r| {
         rows.push(r);
@@ -226,40 +312,58 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     if found.len() != shapes.len() {
         bail!("tune: no kernel, burn's included, ran every product of some weight shape on this GPU");
     }
-    // The other dtypes' lines stay; this dtype's rules are updated (shapes of other models kept).
-    let mut entries = match std::fs::read_to_string(&path) {
-        Ok(text) => match parse_file(&text, &path) {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("replacing an unreadable tuned file ({e})");
-                Vec::new()
-            }
-        },
-        Err(_) => Vec::new(),
+    let mut timed = Vec::new();
+    crate::gpu_attention::time_kernels(&selected.device, &[attention], dtype, args.iters, &mut |r| {
+        timed.push(r);
+        Ok(())
+    })?;
+    let within = |r: &&crate::gpu_attention::AttentionTiming| r.ms.is_some() && r.rel_err.is_some_and(|e| e <= max_err(dtype));
+    let Some(fastest_attention) = timed.iter().filter(within).min_by(|a, b| a.ms.unwrap_or(f64::MAX).total_cmp(&b.ms.unwrap_or(f64::MAX))) else {
+        bail!("tune: no attention kernel, the separate ones included, ran on this GPU");
     };
-    let kept = entries.iter().position(|(d, _)| *d == dtype).map(|i| entries.remove(i).1).unwrap_or_default();
-    let rules = kept.updated_by(rules);
-    entries.push((dtype, rules.clone()));
-    entries.sort_by_key(|(d, _)| device::dtype_name(*d));
-    write_tuned(&path, &selected.description, &entries)?;
+    let ops_ms = timed.iter().find(|r| r.kernel == "ops").and_then(|r| r.ms);
+    // Other dtypes' lines stay; this dtype's are updated (other models' shapes kept).
+    let mut kept = match std::fs::read_to_string(&path) {
+        Ok(text) => parse_file(&text, &path).unwrap_or_else(|e| {
+            eprintln!("replacing an unreadable tuned file ({e})");
+            Tuned::default()
+        }),
+        Err(_) => Tuned::default(),
+    };
+    let old = kept.matmul.iter().position(|(d, _)| *d == dtype).map(|i| kept.matmul.remove(i).1).unwrap_or_default();
+    let rules = old.updated_by(rules);
+    kept.matmul.push((dtype, rules.clone()));
+    let old = kept.attention.iter().position(|(d, _)| *d == dtype).map(|i| kept.attention.remove(i).1).unwrap_or_default();
+    let heads = old.updated_by(AttentionRules(vec![(config.head_dim, fastest_attention.kernel.clone())]));
+    kept.attention.push((dtype, heads.clone()));
+    write_tuned(&path, &selected.description, &kept)?;
     println!("{:<14} {:<66} {:>10} {:>10}", "K×N", "fastest kernel", "ms", "burn's ms");
     for f in &found {
         let burn = f.burn_ms.map_or("-".to_string(), |b| format!("{b:.3}"));
         println!("{:<14} {:<66} {:>10.3} {burn:>10}", format!("{}×{}", f.shape[0], f.shape[1]), f.kernel, f.ms);
     }
-    println!("wrote {}: {dtype_name} products on this GPU now use {rules} (NEUROAL_MATMUL overrides it; delete the file to undo)", path.display());
+    let ops = ops_ms.map_or("-".to_string(), |b| format!("{b:.3}"));
+    println!("{:<14} {:<66} {:>10.3} {ops:>10}", format!("heads of {}", config.head_dim), fastest_attention.kernel, fastest_attention.ms.unwrap_or(0.0));
+    println!(
+        "wrote {}: {dtype_name} products on this GPU now use {rules}, attentions {heads} (NEUROAL_MATMUL and NEUROAL_ATTENTION override it; delete the file to undo)",
+        path.display()
+    );
     Ok(())
 }
 
 /// Writes the tuned file whole or not at all (a `.part` file, then renamed).
-fn write_tuned(path: &Path, adapter: &str, entries: &[(DType, Rules)]) -> Result<()> {
+fn write_tuned(path: &Path, adapter: &str, tuned: &Tuned) -> Result<()> {
     let dir = path.parent().ok_or_else(|| err!("{}: no parent folder", path.display()))?;
     std::fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
     let mut text = format!(
-        "# neuroal tune: the fastest matrix-product kernel per weight shape KxN (input x output size)\n# on {adapter}, per compute dtype. NEUROAL_MATMUL overrides it; delete this file to undo.\n"
+        "# neuroal tune: on {adapter}, per compute dtype, the fastest matrix-product kernel per weight shape\n# KxN (input x output size) and attention kernel per head size. NEUROAL_MATMUL and\n# NEUROAL_ATTENTION override it; delete this file to undo.\n"
     );
-    for (dtype, rules) in entries {
-        text.push_str(&format!("{} {rules}\n", device::dtype_name(*dtype)));
+    let mut lines: Vec<String> = tuned.matmul.iter().map(|(d, r)| format!("matmul {} {r}", device::dtype_name(*d))).collect();
+    lines.extend(tuned.attention.iter().map(|(d, r)| format!("attention {} {r}", device::dtype_name(*d))));
+    lines.sort();
+    for line in lines {
+        text.push_str(&line);
+        text.push('\n');
     }
     let part = path.with_extension("part");
     std::fs::write(&part, text).context(|| format!("cannot write {}", part.display()))?;
@@ -316,21 +420,32 @@ mod tests {
 
     #[test]
     fn tuned_files_round_trip_and_bad_ones_get_one_line() {
-        let path = Path::new("/x/matmul-gpu.txt");
-        let text = "# comment\nf16 4096x4096=a,4096x11008=burn,b\n\nf32 burn\n";
-        let e = parse_file(text, path).unwrap();
-        assert_eq!(e.len(), 2);
-        assert_eq!(e[0].0, DType::F16);
-        assert_eq!(e[0].1.to_string(), "4096x4096=a,4096x11008=burn,b");
-        assert_eq!(e[1], (DType::F32, Rules::default()));
+        let path = Path::new("/x/kernels-gpu.txt");
+        let text = "# comment\nmatmul f16 4096x4096=a,4096x11008=burn,b\n\nmatmul f32 burn\nattention f16 64=flash-2,128=ops\n";
+        let t = parse_file(text, path).unwrap();
+        assert_eq!(t.matmul.len(), 2);
+        assert_eq!(t.matmul[0].0, DType::F16);
+        assert_eq!(t.matmul[0].1.to_string(), "4096x4096=a,4096x11008=burn,b");
+        assert_eq!(t.matmul[1], (DType::F32, Rules::default()));
+        assert_eq!(t.attention, vec![(DType::F16, AttentionRules(vec![(64, "flash-2".into()), (128, "ops".into())]))]);
+        let dir = std::env::temp_dir().join(format!("neuroal-tuned-unit-{}", std::process::id()));
+        let file = dir.join("kernels-gpu.txt");
+        write_tuned(&file, "a GPU", &t).unwrap();
+        let back = parse_file(&std::fs::read_to_string(&file).unwrap(), &file).unwrap();
+        assert_eq!((back.matmul.len(), back.attention), (2, t.attention.clone()));
+        let _ = std::fs::remove_dir_all(&dir);
         for (bad, says) in [
-            ("f64 a", "expected `f32|f16|bf16 RULES`"),
-            ("f16 a\nf16 b", "a second f16 line"),
-            ("f16 0x64=a", "a rule is KxN=KERNEL"),
-            ("f16 a,b", "names two kernels"),
+            ("f16 a", "expected `matmul|attention f32|f16|bf16 RULES`"),
+            ("matmul f64 a", "expected `matmul|attention f32|f16|bf16 RULES`"),
+            ("matmul f16 a\nmatmul f16 b", "a second matmul f16 line"),
+            ("matmul f16 0x64=a", "a rule is KxN=KERNEL"),
+            ("matmul f16 a,b", "names two kernels"),
+            ("attention f16 64", "an attention rule is HEAD_SIZE=KERNEL"),
+            ("attention f16 0=ops", "an attention rule is HEAD_SIZE=KERNEL"),
+            ("attention f16 64=flash-3", "no attention kernel is named flash-3"),
         ] {
             let msg = parse_file(bad, path).unwrap_err().to_string();
-            assert!(msg.starts_with("/x/matmul-gpu.txt, line") && msg.contains(says) && !msg.contains('\n'), "{bad}: {msg}");
+            assert!(msg.starts_with("/x/kernels-gpu.txt, line") && msg.contains(says) && msg.contains(AGAIN) && !msg.contains('\n'), "{bad}: {msg}");
         }
     }
 
@@ -339,6 +454,8 @@ mod tests {
         let old = Rules::parse("64x64=a,64x172=b,c", "t").unwrap();
         let new = Rules::parse("64x172=d,128x64=e,burn", "t").unwrap();
         assert_eq!(old.updated_by(new).to_string(), "64x64=a,64x172=d,128x64=e,burn");
+        let old = AttentionRules::parse("64=ops,128=flash-2", "t").unwrap();
+        assert_eq!(old.updated_by(AttentionRules(vec![(64, "flash-4".into())])).to_string(), "64=flash-4,128=flash-2");
     }
 
     #[test]

@@ -163,6 +163,7 @@ fn new_flags_refuse_bad_values_in_one_line() {
         (vec!["tune", "--synthetic", "gpt5"], "unknown --synthetic shape \"gpt5\""),
         (vec!["tune", "--model", m, "--tokens", "64,0"], "--tokens \"0\": a list of token counts"),
         (vec!["tune", "--model", m, "--iters", "0"], "--iters must be at least 1"),
+        (vec!["tune", "--model", m, "--seqlen", "0"], "--seqlen must be at least 1"),
         (vec!["tune", "--model", m, "--synthetic", "tiny"], "the argument '--model <MODEL>' cannot be used with '--synthetic <SYNTHETIC>'"),
     ];
     for (args, expect) in cases {

@@ -169,70 +169,70 @@ fn a_fixed_matmul_kernel_gives_transformers_perplexity() {
 }
 
 /// `neuroal tune` on the GPU (lavapipe here) times every kernel on tiny-llama's linears and
-/// keeps the fastest per weight shape in the adapter's file; a later evaluation on that GPU
-/// uses them (its device line gives the rules) and still gives transformers' perplexity;
-/// `NEUROAL_MATMUL` overrides the file; a file it cannot understand stops the run with one
-/// line naming it, until tune writes it anew; a second tune keeps the other dtypes' lines.
+/// attention and keeps the fastest per weight shape and head size in the adapter's file; a
+/// later evaluation on that GPU uses them (its device line gives the rules) and still gives
+/// transformers' perplexity; `NEUROAL_MATMUL` and `NEUROAL_ATTENTION` override the file; a file
+/// it cannot understand stops the run with one line naming it, until tune writes it anew; a
+/// second tune keeps the other dtypes' lines.
 #[test]
 fn tuned_kernels_are_kept_and_used() {
     let (want, seqlen) = two_window_golden();
     let cache = std::env::temp_dir().join(format!("neuroal-tune-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache);
-    let run = |args: &[&str], matmul: Option<&str>| {
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"));
         cmd.args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).env("XDG_CACHE_HOME", &cache).env_remove("NEUROAL_MATMUL").env_remove("NEUROAL_ATTENTION");
-        if let Some(m) = matmul {
-            cmd.env("NEUROAL_MATMUL", m);
-        }
+        cmd.envs(vars.iter().copied());
         cmd.output().unwrap()
     };
     let (model, text) = (asset("tiny-llama"), asset("sample.txt"));
-    let tune = ["tune", "--model", model.to_str().unwrap(), "--tokens", "64", "--iters", "1", "--dtype", "f32"];
+    let tune = ["tune", "--model", model.to_str().unwrap(), "--tokens", "64", "--seqlen", "32", "--iters", "1", "--dtype", "f32"];
     let eval = ["eval", "--model", model.to_str().unwrap(), "--text", text.to_str().unwrap(), "--device", "gpu", "--max-windows", "2", "--seqlen", &seqlen, "--dtype", "f32"];
-    let o = run(&tune, None);
+    let o = run(&tune, &[]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
-    // One file for the adapter, one f32 line: a rule for each of q/k/v/o (64x64), gate/up
-    // (64x172) and down (172x64), then the kernel for other products.
+    // One file for the adapter: a rule for each of q/k/v/o (64x64), gate/up (64x172) and down
+    // (172x64), then the kernel for other products; the kernel for heads of 16.
     let files: Vec<_> = std::fs::read_dir(cache.join("neuroal")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
-    let line = text.lines().find(|l| l.starts_with("f32 ")).unwrap_or_else(|| panic!("{text}"));
-    let rules = line.trim_start_matches("f32 ");
+    let line = |kind: &str| text.lines().find(|l| l.starts_with(kind)).unwrap_or_else(|| panic!("{kind} in {text}")).trim_start_matches(kind).to_string();
+    let (rules, heads) = (line("matmul f32 "), line("attention f32 "));
     for shape in ["64x64=", "64x172=", "172x64="] {
         assert!(rules.contains(shape), "{shape} in {rules}");
     }
+    assert!(heads.starts_with("16=") && !heads.contains(','), "{heads}");
     assert!(out.contains(&format!("wrote {}", files[0].display())), "{out}");
     // The evaluation uses them.
-    let o = run(&eval, None);
+    let o = run(&eval, &[]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
-    assert!(err.contains(&format!("[tuned for f32: {rules}]")), "the device line gives the rules: {err}");
+    assert!(err.contains(&format!("[matmul tuned for f32: {rules}, attention tuned for f32: {heads}]")), "the device line gives the rules: {err}");
     let ppl = printed_perplexity(&o, "tuned");
     assert!((ppl - want).abs() <= 1e-4 * want, "tuned: perplexity {ppl} vs transformers {want}");
-    // NEUROAL_MATMUL overrides them.
-    let o = run(&eval, Some("burn"));
+    // The variables override them.
+    let o = run(&eval, &[("NEUROAL_MATMUL", "burn"), ("NEUROAL_ATTENTION", "ops")]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success() && !err.contains("tuned"), "{err}");
     // Another dtype's line is kept by the next tune; a broken line stops runs with one line.
-    std::fs::write(&files[0], format!("{text}bf16 matmul_no_such_kernel\n")).unwrap();
-    let o = run(&eval, None);
+    std::fs::write(&files[0], format!("{text}matmul bf16 matmul_no_such_kernel\n")).unwrap();
+    let o = run(&eval, &[]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains(&files[0].display().to_string()) && err.contains("no matrix-product kernel is named matmul_no_such_kernel") && err.contains("run `neuroal tune` again"), "{err}");
-    std::fs::write(&files[0], format!("{text}bf16 burn\n")).unwrap();
-    assert!(run(&tune, None).status.success());
+    std::fs::write(&files[0], format!("{text}matmul bf16 burn\n")).unwrap();
+    assert!(run(&tune, &[]).status.success());
     let text = std::fs::read_to_string(&files[0]).unwrap();
-    assert!(text.lines().any(|l| l == "bf16 burn") && text.lines().any(|l| l.starts_with("f32 64x64=")), "{text}");
+    assert!(text.lines().any(|l| l == "matmul bf16 burn") && text.lines().any(|l| l.starts_with("matmul f32 64x")), "{text}");
     // A file that is not rules at all: one line, then tune replaces it.
     std::fs::write(&files[0], "not a tuned file\n").unwrap();
-    let o = run(&eval, None);
+    let o = run(&eval, &[]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("expected `f32|f16|bf16 RULES`"));
-    let o = run(&tune, None);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expected `matmul|attention f32|f16|bf16 RULES`"));
+    let o = run(&tune, &[]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("replacing an unreadable tuned file"));
-    assert!(run(&eval, None).status.success());
+    assert!(run(&eval, &[]).status.success());
     let _ = std::fs::remove_dir_all(&cache);
 }
 

@@ -587,7 +587,7 @@ fn attention_masked(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<
         return out.swap_dims(1, 2).reshape([b, t, nh * hd]);
     }
     #[cfg(feature = "autotune")]
-    if flash_fits && !crate::gpu_attention::named() {
+    if flash_fits && !crate::gpu_attention::fixed(dt, hd) {
         let options = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
         return burn::tensor::module::attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([b, t, nh * hd]);
     }
