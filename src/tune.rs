@@ -158,7 +158,7 @@ fn parse_file(text: &str, path: &Path) -> Result<Tuned> {
 /// What `neuroal tune` kept for the adapter `key`: nothing where it was not tuned (or while
 /// `tune` itself runs); a one-line error where the file cannot be read or understood.
 pub fn read_tuned(key: &str) -> Result<Tuned> {
-    if TUNING.load(std::sync::atomic::Ordering::Relaxed) {
+    if tuning() {
         return Ok(Tuned::default());
     }
     let Some(path) = tuned_path(key) else { return Ok(Tuned::default()) };
@@ -172,6 +172,11 @@ pub fn read_tuned(key: &str) -> Result<Tuned> {
 /// Set by `neuroal tune` before it opens the GPU: it measures against the defaults, not what it
 /// kept before.
 static TUNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process is `neuroal tune`.
+pub fn tuning() -> bool {
+    TUNING.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// The fastest kernel for one weight shape, with what it and burn's choice took.
 #[derive(Debug, PartialEq)]
