@@ -279,6 +279,19 @@ mod tests {
     }
 
     #[test]
+    fn a_named_kernel_comes_before_a_tuned_one_before_the_default() {
+        let tuned = vec![(DType::F16, 128, "flash-2"), (DType::F32, 64, "flash-unit"), (DType::F16, 32, "ops")];
+        let c = Choice { named: None, tuned: tuned.clone(), default: DEFAULT };
+        assert_eq!(c.kernel(DType::F16, 128), ("flash-2", true), "tuned, where the default does not go");
+        assert_eq!(c.kernel(DType::F32, 64), ("flash-unit", true));
+        assert_eq!(c.kernel(DType::F16, 32), ("ops", true), "tuned to the separate kernels: autotune stays out");
+        assert_eq!(c.kernel(DType::F16, 64), (DEFAULT, false), "not tuned: the default");
+        assert_eq!(c.kernel(DType::F32, 128), ("ops", false));
+        let c = Choice { named: Some("flash-4"), tuned, default: DEFAULT };
+        assert_eq!(c.kernel(DType::F16, 32), ("flash-4", true), "the variable overrides the file");
+    }
+
+    #[test]
     fn flash_workgroup_memory_is_what_the_h100_reported() {
         // The H100's Vulkan driver offers 16 × 16 × 16 f16 tiles (among others cubek prefers
         // less for square products); the 0.84 B shape's and the 7B shape's windows of 512.
