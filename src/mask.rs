@@ -276,10 +276,7 @@ pub fn select_lowest_host(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
             if k == 0 {
                 return;
             }
-            scratch.clear();
-            scratch.extend_from_slice(row);
-            let (_, &mut tau, _) = scratch.select_nth_unstable_by(k - 1, f32::total_cmp);
-            let mut ties = k - row.iter().filter(|&&v| v < tau).count();
+            let (tau, mut ties) = row_threshold(row.iter().copied(), k, scratch);
             for (o, &v) in out.iter_mut().zip(row) {
                 if v < tau {
                     *o = 1.0;
@@ -291,6 +288,16 @@ pub fn select_lowest_host(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
         },
     );
     Ok(Tensor::from_data(TensorData::new(mask, [rows, cols]), &device))
+}
+
+/// A row's k-th lowest score τ (k ≥ 1, in `f32::total_cmp` order) and how many of the scores
+/// equal to τ are pruned, the first by column: what the host selections mark (every score
+/// below τ, then that many equal to it).
+pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize, scratch: &mut Vec<f32>) -> (f32, usize) {
+    scratch.clear();
+    scratch.extend(scores.clone());
+    let (_, &mut tau, _) = scratch.select_nth_unstable_by(k - 1, f32::total_cmp);
+    (tau, k - scores.filter(|&v| v < tau).count())
 }
 
 /// The CPU twin, in burn tensor ops: the k-th smallest value τ of each row comes from a sort of
