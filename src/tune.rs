@@ -244,7 +244,8 @@ fn best(candidates: Vec<(f64, &str)>) -> Option<(f64, &str)> {
     candidates.into_iter().min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)))
 }
 
-/// The config of the model or published shape asked for, and its linears' weight shapes [K, N].
+/// The config of the model or published shape asked for, and its linears' and LM head's weight
+/// shapes [K, N].
 fn weight_shapes(args: &TuneArgs) -> Result<(crate::config::Config, Vec<[usize; 2]>)> {
     let config = match (&args.model, &args.synthetic) {
         (Some(dir), _) => {
@@ -262,7 +263,9 @@ fn weight_shapes(args: &TuneArgs) -> Result<(crate::config::Config, Vec<[usize; 
         }
         (None, None) => bail!("--model or --synthetic is required"),
     };
-    let mut shapes: Vec<[usize; 2]> = crate::model::Spec::of(&config).shapes().into_iter().map(|[out, inp]| [inp, out]).collect();
+    // The blocks' linears and the LM head (evaluations and zero-shot runs multiply by it).
+    let head = crate::model::head_shape(&config);
+    let mut shapes: Vec<[usize; 2]> = crate::model::Spec::of(&config).shapes().into_iter().chain(head).map(|[out, inp]| [inp, out]).collect();
     shapes.sort();
     shapes.dedup();
     Ok((config, shapes))

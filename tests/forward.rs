@@ -191,14 +191,15 @@ fn tuned_kernels_are_kept_and_used() {
     let o = run(&tune, &[]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
-    // One file for the adapter: a rule for each of q/k/v/o (64x64), gate/up (64x172) and down
-    // (172x64), then the kernel for other products; the kernel for heads of 16.
+    // One file for the adapter: a rule for each of q/k/v/o (64x64), gate/up (64x172), down
+    // (172x64) and the LM head (64x384), then the kernel for other products; the kernel for
+    // heads of 16.
     let files: Vec<_> = std::fs::read_dir(cache.join("neuroal")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
     let line = |kind: &str| text.lines().find(|l| l.starts_with(kind)).unwrap_or_else(|| panic!("{kind} in {text}")).trim_start_matches(kind).to_string();
     let (rules, heads) = (line("matmul f32 "), line("attention f32 "));
-    for shape in ["64x64=", "64x172=", "172x64="] {
+    for shape in ["64x64=", "64x172=", "172x64=", "64x384="] {
         assert!(rules.contains(shape), "{shape} in {rules}");
     }
     assert!(heads.starts_with("16=") && !heads.contains(','), "{heads}");

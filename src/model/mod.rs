@@ -697,6 +697,11 @@ pub fn checkpoint_tensors(config: &Config, lm_head_stored: bool) -> Vec<(String,
     all
 }
 
+/// The LM head's weight shape [vocab, input] as the family declares it (stored or tied).
+pub fn head_shape(config: &Config) -> Option<[usize; 2]> {
+    checkpoint_tensors(config, true).into_iter().find(|(name, _)| name == "lm_head.weight").and_then(|(_, s)| <[usize; 2]>::try_from(s).ok())
+}
+
 /// The embedding table is the largest tensor a GPU holds in one buffer for `eval`, `zeroshot`
 /// and `bench` (the prune checks its own buffers up front): over the runtime's per-buffer limit,
 /// say so before loading, with what helps.
