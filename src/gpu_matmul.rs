@@ -340,10 +340,12 @@ pub fn time_kernels(device: &burn::tensor::Device, shapes: &[[usize; 3]], dtype:
         let x = Tensor::<2>::random([m, k], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
         let scale = (3.0 / k as f64).sqrt();
         let w = Tensor::<2>::random([n, k], Distribution::Uniform(-1.0, 1.0), device).mul_scalar(scale).cast(dtype);
-        let k_by_n_rhs = Tensor::<2>::random([k, n], Distribution::Uniform(-1.0, 1.0), device).mul_scalar(scale).cast(dtype);
+        let mut layouts = vec![("weight_t", w.transpose())];
+        if k_by_n {
+            layouts.push(("k_by_n", Tensor::<2>::random([k, n], Distribution::Uniform(-1.0, 1.0), device).mul_scalar(scale).cast(dtype)));
+        }
         let flops = 2.0 * (m * k * n) as f64;
-        let layouts = [("weight_t", w.transpose()), ("k_by_n", k_by_n_rhs)];
-        for (layout, rhs) in layouts.into_iter().take(if k_by_n { 2 } else { 1 }) {
+        for (layout, rhs) in layouts {
             let reference = x.clone().matmul(rhs.clone());
             let candidates = std::iter::once(("burn".to_string(), None)).chain(kernels().into_iter().map(|k| (k.to_string(), Some(k))));
             for (name, kernel) in candidates {
