@@ -293,10 +293,19 @@ pub fn select_lowest_host(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
 /// A row's k-th lowest score τ (k ≥ 1, in `f32::total_cmp` order) and how many of the scores
 /// equal to τ are pruned, the first by column: what the host selections mark (every score
 /// below τ, then that many equal to it).
-pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize, scratch: &mut Vec<f32>) -> (f32, usize) {
+///
+/// Scores are selected by their bits as u32 keys: for scores whose sign bit is clear (every
+/// score |w|·√s, and +NaN), that order is `total_cmp`'s, and integer comparisons make the
+/// selection faster. A row with a sign bit set takes `total_cmp` itself.
+pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize, scratch: &mut Vec<u32>) -> (f32, usize) {
     scratch.clear();
-    scratch.extend(scores.clone());
-    let (_, &mut tau, _) = scratch.select_nth_unstable_by(k - 1, f32::total_cmp);
+    scratch.extend(scores.clone().map(f32::to_bits));
+    let tau = if scratch.iter().all(|&b| b >> 31 == 0) {
+        f32::from_bits(*scratch.select_nth_unstable(k - 1).1)
+    } else {
+        let mut values: Vec<f32> = scores.clone().collect();
+        *values.select_nth_unstable_by(k - 1, f32::total_cmp).1
+    };
     (tau, k - scores.filter(|&v| v < tau).count())
 }
 
@@ -323,6 +332,25 @@ pub fn select_lowest_reference(scores: Tensor<2>, k: &[usize]) -> Tensor<2> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The k-th lowest in `total_cmp` order and the ties to take, whether the row's keys are
+    /// compared as integers (no sign bit set) or as floats (a negative score, or -0.0).
+    #[test]
+    fn row_thresholds_follow_total_order() {
+        let mut scratch = Vec::new();
+        let mut check = |row: &[f32], k: usize, want: (f32, usize)| {
+            let (tau, ties) = row_threshold(row.iter().copied(), k, &mut scratch);
+            assert_eq!((tau.to_bits(), ties), (want.0.to_bits(), want.1), "{row:?} k {k}");
+        };
+        check(&[0.5, 0.25, 0.25, 1.0, 0.0], 3, (0.25, 2));
+        check(&[0.5, 0.25, 0.25, 1.0, 0.0], 2, (0.25, 1));
+        // A NaN threshold compares with nothing (no score is below or equal to it): the callers
+        // refuse non-finite weights and statistics before they select.
+        check(&[3.0, f32::NAN, 1.0, f32::INFINITY], 4, (f32::NAN, 4));
+        check(&[3.0, f32::NAN, 1.0, f32::INFINITY], 3, (f32::INFINITY, 1));
+        check(&[0.5, -0.25, 0.0, -0.0, 2.0], 2, (-0.0, 1));
+        check(&[0.5, -0.25, 0.0, -1.0, 2.0], 1, (-1.0, 1));
+    }
     use burn::tensor::Device;
 
     fn run(scores: Vec<f32>, shape: [usize; 2], p: &Pattern, s: Sparsity) -> Vec<f32> {

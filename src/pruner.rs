@@ -158,22 +158,23 @@ fn prune_by_score(weight: Tensor<2>, scaler: Option<Tensor<1>>, pattern: &Patter
 fn prune_rows_on_cpu(weight: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize]) -> Pruned {
     let ([rows, cols], device) = (weight.dims(), weight.device());
     let norms: Option<Vec<f32>> = scaler.map(|s| cpu_values(to_dtype(s, DType::F32)).iter().map(|x| x.sqrt()).collect());
-    let score = |c: usize, w: f32| match &norms {
-        Some(n) => w.abs() * n[c],
-        None => w.abs(),
-    };
     let mut w = cpu_values(weight);
     let mut mask = vec![0f32; rows * cols];
     w.par_chunks_exact_mut(cols).zip(mask.par_chunks_exact_mut(cols)).enumerate().for_each_init(
-        || Vec::with_capacity(cols),
-        |scratch, (r, (row, out))| {
+        || (Vec::with_capacity(cols), Vec::with_capacity(cols)),
+        |(scores, keys), (r, (row, out))| {
             let k = k[r].min(cols);
             if k == 0 {
                 return;
             }
-            let (tau, mut ties) = row_threshold(row.iter().enumerate().map(|(c, &x)| score(c, x)), k, scratch);
-            for (c, (x, o)) in row.iter_mut().zip(out.iter_mut()).enumerate() {
-                let v = score(c, *x);
+            // The row's scores once, in a loop the compiler vectorizes.
+            scores.clear();
+            match &norms {
+                Some(n) => scores.extend(row.iter().zip(n).map(|(x, n)| x.abs() * n)),
+                None => scores.extend(row.iter().map(|x| x.abs())),
+            }
+            let (tau, mut ties) = row_threshold(scores.iter().copied(), k, keys);
+            for ((x, o), &v) in row.iter_mut().zip(out.iter_mut()).zip(scores.iter()) {
                 if v < tau || (v == tau && ties > 0) {
                     if v == tau {
                         ties -= 1;
