@@ -311,15 +311,39 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         attention[2],
         attention[3]
     );
-    let mut rows = Vec::new();
+    // What an earlier tune kept: other dtypes' lines stay, this dtype's are updated (other
+    // models' shapes kept).
+    let mut kept = match std::fs::read_to_string(&path) {
+        Ok(text) => parse_file(&text, &path).unwrap_or_else(|e| {
+            eprintln!("replacing an unreadable tuned file ({e})");
+            Tuned::default()
+        }),
+        Err(_) => Tuned::default(),
+    };
+    // Each product's winner is said as it is timed; a long sweep shows where it is.
+    let per_product = crate::gpu_matmul::names().len() + 1;
+    let mut rows: Vec<MatmulTiming> = Vec::new();
     crate::gpu_matmul::time_kernels(&selected.device, &products, dtype, args.iters, false, &mut |r| {
         rows.push(r);
+        if rows.len().is_multiple_of(per_product) {
+            let product = &rows[rows.len() - per_product..];
+            let ran = |t: &&MatmulTiming| t.ms.is_some() && t.rel_err.is_some_and(|e| e <= max_err(dtype));
+            if let Some(best) = product.iter().filter(ran).min_by(|a, b| a.ms.unwrap_or(f64::MAX).total_cmp(&b.ms.unwrap_or(f64::MAX))) {
+                let [m, k, n] = best.shape;
+                eprintln!("{m}×{k}×{n}: {} {:.3} ms (burn's {})", best.kernel, best.ms.unwrap_or(0.0), product[0].ms.map_or("-".into(), |b| format!("{b:.3} ms")));
+            }
+        }
         Ok(())
     })?;
     let (rules, found) = fastest(&rows, max_err(dtype));
     if found.len() != shapes.len() {
         bail!("tune: no kernel, burn's included, ran every product of some weight shape on this GPU");
     }
+    // Kept at once: a run stopped during the attention's sweep keeps the products'.
+    let old = kept.matmul.iter().position(|(d, _)| *d == dtype).map(|i| kept.matmul.remove(i).1).unwrap_or_default();
+    let rules = old.updated_by(rules);
+    kept.matmul.push((dtype, rules.clone()));
+    write_tuned(&path, &selected.description, &kept)?;
     let mut timed = Vec::new();
     crate::gpu_attention::time_kernels(&selected.device, &[attention], dtype, args.iters, &mut |r| {
         timed.push(r);
@@ -330,17 +354,6 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         bail!("tune: no attention kernel, the separate ones included, ran on this GPU");
     };
     let ops_ms = timed.iter().find(|r| r.kernel == "ops").and_then(|r| r.ms);
-    // Other dtypes' lines stay; this dtype's are updated (other models' shapes kept).
-    let mut kept = match std::fs::read_to_string(&path) {
-        Ok(text) => parse_file(&text, &path).unwrap_or_else(|e| {
-            eprintln!("replacing an unreadable tuned file ({e})");
-            Tuned::default()
-        }),
-        Err(_) => Tuned::default(),
-    };
-    let old = kept.matmul.iter().position(|(d, _)| *d == dtype).map(|i| kept.matmul.remove(i).1).unwrap_or_default();
-    let rules = old.updated_by(rules);
-    kept.matmul.push((dtype, rules.clone()));
     let old = kept.attention.iter().position(|(d, _)| *d == dtype).map(|i| kept.attention.remove(i).1).unwrap_or_default();
     let heads = old.updated_by(AttentionRules(vec![(config.head_dim, fastest_attention.kernel.clone())]));
     kept.attention.push((dtype, heads.clone()));
