@@ -475,7 +475,7 @@ pub fn install_interrupt_handler() {
             let name = if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
             match kept.first() {
                 Some(dir) => eprintln!("interrupted by {name}: progress kept in {}; run the same command with --resume to continue", dir.display()),
-                None => eprintln!("interrupted by {name}; nothing was written"),
+                None => eprintln!("interrupted by {name}; nothing half-written was left"),
             }
             libc::_exit(128 + sig);
         });
@@ -496,7 +496,7 @@ pub fn install_interrupt_handler() {
         };
         match kept.first() {
             Some(dir) => eprintln!("interrupted by {name}: progress kept in {}; run the same command with --resume to continue", dir.display()),
-            None => eprintln!("interrupted by {name}; nothing was written"),
+            None => eprintln!("interrupted by {name}; nothing half-written was left"),
         }
         std::process::exit(130);
     }

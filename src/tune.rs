@@ -296,7 +296,9 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     let Some(path) = tuned_path(&key) else {
         bail!("tune: no cache folder to keep the result in (set XDG_CACHE_HOME or HOME)");
     };
-    let products: Vec<[usize; 3]> = tokens.iter().flat_map(|&m| shapes.iter().map(move |&[k, n]| [m, k, n])).collect();
+    // Shape by shape, each over every token count: a shape's rule is known once its last
+    // product is timed.
+    let products: Vec<[usize; 3]> = shapes.iter().flat_map(|&[k, n]| tokens.iter().map(move |&m| [m, k, n])).collect();
     // The attention of the first token count's windows of --seqlen tokens, every query head.
     let t = args.seqlen.min(config.max_positions);
     let attention = [(tokens[0] / t).max(1), config.num_heads, t, config.head_dim];
@@ -320,18 +322,33 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         }),
         Err(_) => Tuned::default(),
     };
-    // Each product's winner is said as it is timed; a long sweep shows where it is.
+    // This dtype's rules so far; the new ones are written over them shape by shape, so a run
+    // stopped part-way keeps what it timed.
+    let old = kept.matmul.iter().position(|(d, _)| *d == dtype).map(|i| kept.matmul.remove(i).1).unwrap_or_default();
+    let save = |kept: &Tuned, rules: Rules| -> Result<Rules> {
+        let rules = old.clone().updated_by(rules);
+        let mut now = kept.clone();
+        now.matmul.push((dtype, rules.clone()));
+        write_tuned(&path, &selected.description, &now)?;
+        Ok(rules)
+    };
     let per_product = crate::gpu_matmul::names().len() + 1;
     let mut rows: Vec<MatmulTiming> = Vec::new();
     crate::gpu_matmul::time_kernels(&selected.device, &products, dtype, args.iters, false, &mut |r| {
         rows.push(r);
-        if rows.len().is_multiple_of(per_product) {
-            let product = &rows[rows.len() - per_product..];
-            let ran = |t: &&MatmulTiming| t.ms.is_some() && t.rel_err.is_some_and(|e| e <= max_err(dtype));
-            if let Some(best) = product.iter().filter(ran).min_by(|a, b| a.ms.unwrap_or(f64::MAX).total_cmp(&b.ms.unwrap_or(f64::MAX))) {
-                let [m, k, n] = best.shape;
-                eprintln!("{m}×{k}×{n}: {} {:.3} ms (burn's {})", best.kernel, best.ms.unwrap_or(0.0), product[0].ms.map_or("-".into(), |b| format!("{b:.3} ms")));
-            }
+        if !rows.len().is_multiple_of(per_product) {
+            return Ok(());
+        }
+        // A product is timed: its winner is said (a long sweep shows where it is), and with a
+        // shape's last product its rule is kept.
+        let product = &rows[rows.len() - per_product..];
+        let ran = |t: &&MatmulTiming| t.ms.is_some() && t.rel_err.is_some_and(|e| e <= max_err(dtype));
+        if let Some(best) = product.iter().filter(ran).min_by(|a, b| a.ms.unwrap_or(f64::MAX).total_cmp(&b.ms.unwrap_or(f64::MAX))) {
+            let [m, k, n] = best.shape;
+            eprintln!("{m}×{k}×{n}: {} {:.3} ms (burn's {})", best.kernel, best.ms.unwrap_or(0.0), product[0].ms.map_or("-".into(), |b| format!("{b:.3} ms")));
+        }
+        if rows.len().is_multiple_of(per_product * tokens.len()) {
+            save(&kept, fastest(&rows, max_err(dtype)).0)?;
         }
         Ok(())
     })?;
@@ -339,11 +356,8 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     if found.len() != shapes.len() {
         bail!("tune: no kernel, burn's included, ran every product of some weight shape on this GPU");
     }
-    // Kept at once: a run stopped during the attention's sweep keeps the products'.
-    let old = kept.matmul.iter().position(|(d, _)| *d == dtype).map(|i| kept.matmul.remove(i).1).unwrap_or_default();
-    let rules = old.updated_by(rules);
+    let rules = save(&kept, rules)?;
     kept.matmul.push((dtype, rules.clone()));
-    write_tuned(&path, &selected.description, &kept)?;
     let mut timed = Vec::new();
     crate::gpu_attention::time_kernels(&selected.device, &[attention], dtype, args.iters, &mut |r| {
         timed.push(r);
