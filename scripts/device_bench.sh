@@ -108,14 +108,16 @@ forward() { # build dtype
 }
 # Every nameable matrix-product kernel (and burn's choice) on the products of both cases: the
 # 7B search's 4096 tokens through q/k/v/o, gate/up and down, the 0.84 B forward's 2048 through
-# its linears and head. Milliseconds per kernel, where a prune takes tens of seconds.
+# its linears and head (k and v: 2048 → 256); then, if the cap leaves time, the products that
+# one launch per shared input would make (q, k and v together; gate and up together), to see
+# whether fusing them would pay. Milliseconds per kernel, where a prune takes tens of seconds.
 # The ranking (scripts/matmul_summary.py) goes to the output and runs.log; a later step's
 # %fastest names its winner.
 matmul() { # build dtype
   [ -x ".bin/$1" ] || return
   # At most MATMUL_CAP seconds (default 150): rows print as they are timed, and the ranking
   # takes the products that every kernel was tried on.
-  RUN_CAP=${MATMUL_CAP:-150} run "$1-matmul-$2$tag" ".bin/$1" bench --matmul "${MATMUL:-4096x4096x4096,4096x4096x11008,4096x11008x4096,2048x2048x2048,2048x2048x5632,2048x5632x2048,2048x2048x32000}" --devices gpu --dtype "$2" --iters 10 --json
+  RUN_CAP=${MATMUL_CAP:-150} run "$1-matmul-$2$tag" ".bin/$1" bench --matmul "${MATMUL:-4096x4096x4096,4096x4096x11008,4096x11008x4096,2048x2048x2048,2048x2048x5632,2048x5632x2048,2048x2048x32000,2048x2048x256,4096x4096x12288,4096x4096x22016,2048x2048x2560,2048x2048x11264}" --devices gpu --dtype "$2" --iters 10 --json
   cp "$logs/$1-matmul-$2$tag.log" "$logs/matmul-last.jsonl"
   python3 scripts/matmul_summary.py "$logs/matmul-last.jsonl" --top 15 | tee -a "$out/runs.log"
 }
