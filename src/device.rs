@@ -172,11 +172,13 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
     crate::kernels::register(setup.device, setup.queue);
     let compiler = crate::kernels::compiler(&device);
     let key = crate::tune::adapter_key(&best.info.name, &format!("{:?}", best.info.backend), compiler);
-    let tuned = crate::tune::read_tuned(&key)?;
+    // What `neuroal tune` kept for this adapter, unless both variables name every kernel (then
+    // not even an unreadable file stops the run).
+    let named: Vec<bool> = [crate::gpu_matmul::VAR, crate::gpu_attention::VAR].iter().map(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty())).collect();
+    let tuned = if named.iter().all(|&n| n) { crate::tune::Tuned::default() } else { crate::tune::read_tuned(&key)? };
     // A real GPU that was never tuned: say once per run how to find its fastest kernels (the
     // defaults were measured on one card).
-    let named = [crate::gpu_matmul::VAR, crate::gpu_attention::VAR].iter().any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
-    if rank(&best.kind) < 3 && tuned.path.is_none() && !named && !crate::tune::tuning() {
+    if rank(&best.kind) < 3 && tuned.path.is_none() && !named.contains(&true) && !crate::tune::tuning() {
         eprintln!("note: `neuroal tune --model DIR` times this GPU's kernels once and keeps the fastest for later runs (README, \"GPU kernels\")");
     }
     let matmul = crate::gpu_matmul::choose(&device, &tuned)?;

@@ -222,6 +222,9 @@ fn tuned_kernels_are_kept_and_used() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains(&files[0].display().to_string()) && err.contains("no matrix-product kernel is named matmul_no_such_kernel") && err.contains("run `neuroal tune` again"), "{err}");
+    // Both variables name every kernel: the file is not read, broken or not.
+    let o = run(&eval, &[("NEUROAL_MATMUL", "burn"), ("NEUROAL_ATTENTION", "ops")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::write(&files[0], format!("{text}matmul bf16 burn\n")).unwrap();
     assert!(run(&tune, &[]).status.success());
     let text = std::fs::read_to_string(&files[0]).unwrap();
