@@ -257,6 +257,32 @@ fn keep_freed_memory() {
     }
 }
 
+/// Listing GPU adapters loads the Vulkan drivers, and Mesa's (lavapipe, installed on many CPU
+/// machines) prints "error: XDG_RUNTIME_DIR is invalid or not set" twice where that variable is
+/// missing, as in containers and CI: a `--device auto` run on a CPU box began with two error
+/// lines about nothing it did. Where it is unset or not a folder, it points at a private folder
+/// of this user's in the temporary folder (created 0700), for this process and its children.
+fn quiet_gpu_probe() {
+    #[cfg(all(unix, not(target_os = "macos")))]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir()) {
+            return;
+        }
+        // SAFETY: getuid cannot fail and has no side effects.
+        let uid = unsafe { libc::getuid() };
+        let dir = std::env::temp_dir().join(format!("neuroal-runtime-{uid}"));
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        // Only a folder of this user's that no one else can enter.
+        let own = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0);
+        if own {
+            // SAFETY: called first in main, before any other thread exists that could read the
+            // environment.
+            unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+        }
+    }
+}
+
 fn parse_device(s: &str) -> Result<Choice> {
     s.parse::<Choice>().map_err(neuroal::error::Error)
 }
@@ -417,8 +443,10 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    neuroal::staging::install_interrupt_handler();
+    // Both change process-wide settings: before any other thread exists.
     keep_freed_memory();
+    quiet_gpu_probe();
+    neuroal::staging::install_interrupt_handler();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

@@ -168,6 +168,25 @@ fn a_fixed_matmul_kernel_gives_transformers_perplexity() {
     assert!(o.status.success() && !err.contains("[matmul"), "{err}");
 }
 
+/// Listing GPU adapters loads Mesa's Vulkan driver (lavapipe here, as on many CPU machines),
+/// which complains twice on stderr when XDG_RUNTIME_DIR is unset; a `--device auto` run sets
+/// it to a private folder first, so it starts with nothing but its device line.
+#[test]
+fn the_gpu_probe_is_quiet_without_xdg_runtime_dir() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(["eval", "--model"])
+        .arg(asset("tiny-llama"))
+        .arg("--text")
+        .arg(asset("sample.txt"))
+        .args(["--max-windows", "1"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR") && err.lines().all(|l| l.starts_with("device ") || l.starts_with("note: ")), "{err}");
+}
+
 /// `neuroal tune` on the GPU (lavapipe here) times every kernel on tiny-llama's linears and
 /// attention and keeps the fastest per weight shape and head size in the adapter's file; a
 /// later evaluation on that GPU uses them (its device line gives the rules) and still gives
