@@ -91,18 +91,25 @@ pub fn score(w: Tensor<2>, scaler_row: Option<Tensor<1>>) -> Tensor<2> {
 fn score_on_cpu(w: Tensor<2>, scaler_row: Option<Tensor<1>>) -> Tensor<2> {
     let ([rows, cols], device) = (w.dims(), w.device());
     let mut v = cpu_values(w);
-    match scaler_row {
-        Some(s) => {
-            let norms: Vec<f32> = cpu_values(to_dtype(s, DType::F32)).iter().map(|x| x.sqrt()).collect();
-            for row in v.chunks_exact_mut(cols) {
-                for (x, n) in row.iter_mut().zip(&norms) {
-                    *x = x.abs() * n;
-                }
-            }
-        }
-        None => v.iter_mut().for_each(|x| *x = x.abs()),
+    let norms = scaler_row.map(cpu_norms);
+    for row in v.chunks_exact_mut(cols) {
+        score_row_in_place(row, norms.as_deref());
     }
     Tensor::from_data(TensorData::new(v, [rows, cols]), &device)
+}
+
+/// √scaler on the host: the per-column factor of Wanda's score.
+pub(crate) fn cpu_norms(scaler_row: Tensor<1>) -> Vec<f32> {
+    cpu_values(to_dtype(scaler_row, DType::F32)).iter().map(|x| x.sqrt()).collect()
+}
+
+/// One row of weights turned into its scores, |w| or |w|·√s (`norms`), in f32: the host paths'
+/// one definition (a loop the compiler vectorizes), the twin's bits.
+pub(crate) fn score_row_in_place(row: &mut [f32], norms: Option<&[f32]>) {
+    match norms {
+        Some(n) => row.iter_mut().zip(n).for_each(|(x, n)| *x = x.abs() * n),
+        None => row.iter_mut().for_each(|x| *x = x.abs()),
+    }
 }
 
 pub fn score_reference(w: Tensor<2>, scaler_row: Option<Tensor<1>>) -> Tensor<2> {
