@@ -9,20 +9,12 @@ use serde_json::Value;
 
 use crate::error::{Context, Result};
 use crate::mask::{Bits, LayerMask};
-use crate::staging::{write_lock, RESUME_DIR};
+use crate::staging::{write_whole, RESUME_DIR};
 use crate::topup::Evaluation;
 use crate::{bail, err};
 
 pub struct Progress {
     dir: PathBuf,
-}
-
-/// Writes a file whole or not at all: into a `.part` file, then renamed.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let _guard = write_lock();
-    let part = path.with_extension("part");
-    std::fs::write(&part, bytes).context(|| format!("cannot write {}", part.display()))?;
-    std::fs::rename(&part, path).context(|| format!("cannot write {}", path.display()))
 }
 
 /// The first key (as `section.key`) whose value differs between two states.
@@ -65,7 +57,7 @@ impl Progress {
         if !resumed {
             std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
             let text = serde_json::to_string_pretty(state).map_err(|e| err!("cannot encode the run state: {e}"))?;
-            write_atomic(&path, text.as_bytes())?;
+            write_whole(&path, text.as_bytes())?;
         }
         Ok(Progress { dir })
     }
@@ -119,7 +111,7 @@ impl Progress {
                 }
             }
         }
-        write_atomic(&self.dir.join(format!("block-{block}.masks")), &w)
+        write_whole(&self.dir.join(format!("block-{block}.masks")), &w)
     }
 
     pub fn evaluations(&self, key: &str) -> Result<Option<Vec<Evaluation>>> {
@@ -159,7 +151,7 @@ impl Progress {
                 }
             }
         }
-        write_atomic(&self.dir.join(format!("search-{key}.evals")), &w)
+        write_whole(&self.dir.join(format!("search-{key}.evals")), &w)
     }
 
     pub fn floats(&self, key: &str) -> Result<Option<Vec<f64>>> {
@@ -177,7 +169,7 @@ impl Progress {
         for v in values {
             put(&mut w, v.to_bits());
         }
-        write_atomic(&self.dir.join(format!("{key}.f64")), &w)
+        write_whole(&self.dir.join(format!("{key}.f64")), &w)
     }
 }
 

@@ -425,6 +425,19 @@ pub fn write_lock() -> std::sync::MutexGuard<'static, ()> {
     WRITING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Writes a file whole or not at all: into a part file named for this process (two processes
+/// writing one file each rename a whole one in), then renamed over `path`; a part left by a
+/// failed write is removed. Under [`write_lock`], so an interruption waits for the rename.
+pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
+    let _guard = write_lock();
+    let part = path.with_extension(format!("part-{}", std::process::id()));
+    let written = std::fs::write(&part, bytes).map_err(|e| (part.clone(), e)).and_then(|_| std::fs::rename(&part, path).map_err(|e| (path.to_path_buf(), e)));
+    written.map_err(|(what, e)| {
+        let _ = std::fs::remove_file(&part);
+        err!("cannot write {}: {}", what.display(), crate::error::io_words(&e))
+    })
+}
+
 /// Removes what an interrupted run staged, keeping its progress (small) for `--resume`.
 /// Returns the folders whose progress was kept.
 #[cfg(any(unix, windows))]

@@ -386,7 +386,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes the tuned file whole or not at all (a `.part-PID` file, then renamed).
+/// Writes the tuned file whole or not at all (`staging::write_whole`).
 fn write_tuned(path: &Path, adapter: &str, tuned: &Tuned) -> Result<()> {
     let dir = path.parent().ok_or_else(|| err!("{}: no parent folder", path.display()))?;
     std::fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
@@ -400,13 +400,7 @@ fn write_tuned(path: &Path, adapter: &str, tuned: &Tuned) -> Result<()> {
         text.push_str(&line);
         text.push('\n');
     }
-    // Named for this process: two tunes at once each rename a whole file in.
-    let part = path.with_extension(format!("part-{}", std::process::id()));
-    std::fs::write(&part, text).context(|| format!("cannot write {}", part.display()))?;
-    std::fs::rename(&part, path).map_err(|e| {
-        let _ = std::fs::remove_file(&part);
-        err!("cannot write {}: {}", path.display(), crate::error::io_words(&e))
-    })
+    crate::staging::write_whole(path, text.as_bytes())
 }
 
 #[cfg(test)]
