@@ -203,12 +203,12 @@ pub fn fastest(rows: &[MatmulTiming], max_err: f64) -> (Rules, Vec<Fastest>) {
         let shape = [r.shape[1], r.shape[2]];
         products.entry(shape).or_default().insert(r.shape);
         let e = by_shape.entry(shape).or_default().entry(r.kernel.as_str()).or_insert((0.0, 0, false));
-        match (r.ms, r.rel_err) {
-            (Some(ms), Some(err)) if err <= max_err => {
+        match counted(r.ms, r.rel_err, max_err) {
+            Some(ms) => {
                 e.0 += ms;
                 e.1 += 1;
             }
-            _ => e.2 = true,
+            None => e.2 = true,
         }
     }
     let ran_all = |shape: &[usize; 2], (_, n, failed): &Totals| !failed && *n == products[shape].len();
@@ -237,6 +237,17 @@ pub fn fastest(rows: &[MatmulTiming], max_err: f64) -> (Rules, Vec<Fastest>) {
     let others = best(overall).map(|(_, k)| k).filter(|k| *k != "burn").map(str::to_string);
     let rules = Rules { by_shape: found.iter().map(|f| (f.shape, f.kernel.clone())).collect(), others };
     (rules, found)
+}
+
+/// A timing's milliseconds where the kernel ran and its error is within `max_err`; `None`
+/// where it is no candidate.
+fn counted(ms: Option<f64>, rel_err: Option<f64>, max_err: f64) -> Option<f64> {
+    ms.filter(|_| rel_err.is_some_and(|e| e <= max_err))
+}
+
+/// The fastest of one shape's timings (ms, error, kernel) that count; on a tie the earlier name.
+fn quickest<'a>(timings: impl Iterator<Item = (Option<f64>, Option<f64>, &'a str)>, max_err: f64) -> Option<(f64, &'a str)> {
+    best(timings.filter_map(|(ms, err, kernel)| Some((counted(ms, err, max_err)?, kernel))).collect())
 }
 
 /// The least time of `candidates`; on a tie the earlier name.
@@ -332,44 +343,42 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         write_tuned(&path, &selected.description, &now)?;
         Ok(rules)
     };
-    let per_product = crate::gpu_matmul::names().len() + 1;
     let mut rows: Vec<MatmulTiming> = Vec::new();
-    crate::gpu_matmul::time_kernels(&selected.device, &products, dtype, args.iters, false, &mut |r| {
-        rows.push(r);
-        if !rows.len().is_multiple_of(per_product) {
-            return Ok(());
+    let mut rules = old.clone();
+    for (i, &product) in products.iter().enumerate() {
+        let mut timed = Vec::new();
+        crate::gpu_matmul::time_kernels(&selected.device, &[product], dtype, args.iters, false, &mut |r| {
+            timed.push(r);
+            Ok(())
+        })?;
+        // Its winner is said as it is timed (a long sweep shows where it is).
+        if let Some((ms, kernel)) = quickest(timed.iter().map(|t| (t.ms, t.rel_err, t.kernel.as_str())), max_err(dtype)) {
+            let [m, k, n] = product;
+            let burn = timed.iter().find(|t| t.kernel == "burn").and_then(|t| t.ms).map_or("-".into(), |b| format!("{b:.3} ms"));
+            eprintln!("{m}×{k}×{n}: {kernel} {ms:.3} ms (burn's {burn})");
         }
-        // A product is timed: its winner is said (a long sweep shows where it is), and with a
-        // shape's last product its rule is kept.
-        let product = &rows[rows.len() - per_product..];
-        let ran = |t: &&MatmulTiming| t.ms.is_some() && t.rel_err.is_some_and(|e| e <= max_err(dtype));
-        if let Some(best) = product.iter().filter(ran).min_by(|a, b| a.ms.unwrap_or(f64::MAX).total_cmp(&b.ms.unwrap_or(f64::MAX))) {
-            let [m, k, n] = best.shape;
-            eprintln!("{m}×{k}×{n}: {} {:.3} ms (burn's {})", best.kernel, best.ms.unwrap_or(0.0), product[0].ms.map_or("-".into(), |b| format!("{b:.3} ms")));
+        rows.extend(timed);
+        // A shape's last product: its rule is kept (after the last shape, all of them).
+        if (i + 1).is_multiple_of(tokens.len()) {
+            rules = save(&kept, fastest(&rows, max_err(dtype)).0)?;
         }
-        if rows.len().is_multiple_of(per_product * tokens.len()) {
-            save(&kept, fastest(&rows, max_err(dtype)).0)?;
-        }
-        Ok(())
-    })?;
-    let (rules, found) = fastest(&rows, max_err(dtype));
+    }
+    let (_, found) = fastest(&rows, max_err(dtype));
     if found.len() != shapes.len() {
         bail!("tune: no kernel, burn's included, ran every product of some weight shape on this GPU");
     }
-    let rules = save(&kept, rules)?;
     kept.matmul.push((dtype, rules.clone()));
     let mut timed = Vec::new();
     crate::gpu_attention::time_kernels(&selected.device, &[attention], dtype, args.iters, &mut |r| {
         timed.push(r);
         Ok(())
     })?;
-    let within = |r: &&crate::gpu_attention::AttentionTiming| r.ms.is_some() && r.rel_err.is_some_and(|e| e <= max_err(dtype));
-    let Some(fastest_attention) = timed.iter().filter(within).min_by(|a, b| a.ms.unwrap_or(f64::MAX).total_cmp(&b.ms.unwrap_or(f64::MAX))) else {
+    let Some((attention_ms, attention_kernel)) = quickest(timed.iter().map(|t| (t.ms, t.rel_err, t.kernel.as_str())), max_err(dtype)) else {
         bail!("tune: no attention kernel, the separate ones included, ran on this GPU");
     };
     let ops_ms = timed.iter().find(|r| r.kernel == "ops").and_then(|r| r.ms);
     let old = kept.attention.iter().position(|(d, _)| *d == dtype).map(|i| kept.attention.remove(i).1).unwrap_or_default();
-    let heads = old.updated_by(AttentionRules(vec![(config.head_dim, fastest_attention.kernel.clone())]));
+    let heads = old.updated_by(AttentionRules(vec![(config.head_dim, attention_kernel.to_string())]));
     kept.attention.push((dtype, heads.clone()));
     write_tuned(&path, &selected.description, &kept)?;
     println!("{:<14} {:<66} {:>10} {:>10}", "K×N", "fastest kernel", "ms", "burn's ms");
@@ -378,7 +387,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         println!("{:<14} {:<66} {:>10.3} {burn:>10}", format!("{}×{}", f.shape[0], f.shape[1]), f.kernel, f.ms);
     }
     let ops = ops_ms.map_or("-".to_string(), |b| format!("{b:.3}"));
-    println!("{:<14} {:<66} {:>10.3} {ops:>10}", format!("heads of {}", config.head_dim), fastest_attention.kernel, fastest_attention.ms.unwrap_or(0.0));
+    println!("{:<14} {:<66} {attention_ms:>10.3} {ops:>10}", format!("heads of {}", config.head_dim), attention_kernel);
     println!(
         "wrote {}: {dtype_name} products on this GPU now use {rules}, attentions {heads} (NEUROAL_MATMUL and NEUROAL_ATTENTION override it; delete the file to undo)",
         path.display()
