@@ -172,9 +172,9 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
     crate::kernels::register(setup.device, setup.queue);
     let compiler = crate::kernels::compiler(&device);
     let key = crate::tune::adapter_key(&best.info.name, &format!("{:?}", best.info.backend), compiler);
-    // What `neuroal tune` kept for this adapter, unless both variables name every kernel (then
-    // not even an unreadable file stops the run).
-    let named: Vec<bool> = [crate::gpu_matmul::VAR, crate::gpu_attention::VAR].iter().map(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty())).collect();
+    // What `neuroal tune` kept for this adapter, unless the variables decide everything it
+    // could (then not even an unreadable file stops the run).
+    let named: Vec<bool> = [crate::gpu_matmul::VAR, crate::gpu_attention::VAR, crate::fused::VAR].iter().map(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty())).collect();
     let tuned = if named.iter().all(|&n| n) { crate::tune::Tuned::default() } else { crate::tune::read_tuned(&key)? };
     // A real GPU that was never tuned: say once per run how to find its fastest kernels (the
     // defaults were measured on one card).
@@ -183,9 +183,10 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
     }
     let matmul = crate::gpu_matmul::choose(&device, &tuned)?;
     let attention = crate::gpu_attention::choose(&device, &tuned)?;
+    let fused = crate::fused::choose(&tuned)?;
     let mut description = format!("gpu: {} ({:?}, {:?}, {compiler})", best.info.name, best.info.device_type, best.info.backend);
     // The fixed kernels, as their variables name them (the defaults say what they cover).
-    let fixed: Vec<String> = matmul.into_iter().chain(attention).collect();
+    let fixed: Vec<String> = matmul.into_iter().chain(attention).chain(fused).collect();
     if !fixed.is_empty() {
         description.push_str(&format!(" [{}]", fixed.join(", ")));
     }

@@ -121,14 +121,7 @@ impl Rules {
     /// `newer`'s rules, and this one's for the shapes `newer` does not name; `newer`'s kernel
     /// for the other products.
     pub fn updated_by(self, newer: Rules) -> Rules {
-        let mut by_shape = newer.by_shape;
-        for (shape, name) in self.by_shape {
-            if !by_shape.iter().any(|(s, _)| *s == shape) {
-                by_shape.push((shape, name));
-            }
-        }
-        by_shape.sort_by_key(|(s, _)| *s);
-        Rules { by_shape, others: newer.others }
+        Rules { by_shape: crate::tune::merged(self.by_shape, newer.by_shape), others: newer.others }
     }
 }
 

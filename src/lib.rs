@@ -31,3 +31,4 @@ pub mod memory;
 pub mod score;
 pub mod trace;
 pub mod tune;
+pub mod fused;

@@ -39,6 +39,9 @@ pub struct Run {
     /// Bytes per value of the compute dtype, which weights, hidden states and the linears'
     /// activations are held in; attention scores, statistics and Hessians are f32 whatever it is.
     pub dtype_bytes: u128,
+    /// Values of a block's weights stacked for fused products (`src/fused.rs`; 0 where none
+    /// are), held beside the weights they copy.
+    pub stacked_params: u128,
 }
 
 /// The widest linear output of a block (the MLP's hidden width in every family here).
@@ -63,8 +66,8 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
         lowered_by: "--seqlen",
     };
     // The block being pruned, its pruned copy (one per candidate running), and the next block
-    // decoded ahead.
-    let weights = |at_once: u128| Part { what: "one block's weights", bytes: (2 + at_once) * block_params * h, lowered_by: MODEL_SIZE };
+    // decoded ahead; the stacked weights of the first two.
+    let weights = |at_once: u128| Part { what: "one block's weights", bytes: ((2 + at_once) * block_params + (1 + at_once) * run.stacked_params) * h, lowered_by: MODEL_SIZE };
     let outer = Part { what: "embeddings and head", bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * h, lowered_by: MODEL_SIZE };
     // One set per candidate running (each records its own in the search). Linears that read one
     // input share a Hessian, so this per-linear count is an upper bound.
@@ -286,7 +289,7 @@ mod tests {
         .unwrap();
         let shapes = crate::model::Spec::of(&c).shapes();
         let bytes = |parts: &[Part], what: &str| parts.iter().find(|p| p.what == what).map(|p| p.bytes);
-        let run = |search, at_once, hessians| Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: at_once, dense_batch: 1, hessians, dtype_bytes: 4 };
+        let run = |search, at_once, hessians| Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: at_once, dense_batch: 1, hessians, dtype_bytes: 4, stacked_params: 0 };
         // The pruning pass: 4 windows of 16 tokens, 8 wide. Attention and MLP of all 4 windows
         // in one chunk: 4 × (3·2·16² + 3·16·16 + 4·16·8) × 4 = 45,056 bytes. A block's linears:
         // q, k, v, o 4 × 64 and gate, up, down 3 × 128 → 640 weights, held with the pruned copy
@@ -347,7 +350,7 @@ mod tests {
         assert_eq!(bytes(&half_search, "NeuroAL search hidden states"), Some(30_720));
         // The largest single buffer: 4 windows' f32 attention scores, 4·2·16²·4 = 8192 bytes
         // (MLP 4·16·16·4 = 4096, f16 table 10·8·2 = 160, gate's f32 copy 16·8·4 = 512).
-        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, searches_at_once: 1, dense_batch: 1, hessians, dtype_bytes: 2 };
+        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, searches_at_once: 1, dense_batch: 1, hessians, dtype_bytes: 2, stacked_params: 0 };
         let big = largest_buffer(&c, &shapes, &one(16, false));
         assert_eq!((big.what, big.bytes, big.lowered_by), ("attention scores", 8192, "--seqlen"));
         // One token per window: down's 16 × 16 Hessian (1024 bytes) when SparseGPT records it,
@@ -383,7 +386,7 @@ mod tests {
         )
         .unwrap();
         let shapes7b = crate::model::Spec::of(&llama7b).shapes();
-        let case = Run { nsamples: 64, seqlen: 512, chunk: 8, search: Some((8, 15)), searches_at_once: 1, dense_batch: 1, hessians: false, dtype_bytes: 2 };
+        let case = Run { nsamples: 64, seqlen: 512, chunk: 8, search: Some((8, 15)), searches_at_once: 1, dense_batch: 1, hessians: false, dtype_bytes: 2, stacked_params: 0 };
         assert_eq!(free_dense_batch(&llama7b, &shapes7b, &case), 1);
         let gb = |k| total(&prune_parts(&llama7b, &shapes7b, &Run { dense_batch: k, ..case })) as f64 / 1e9;
         assert!((gb(1) - 3.95).abs() < 0.01 && (gb(2) - gb(1) - 1.21).abs() < 0.01, "{} {}", gb(1), gb(2));

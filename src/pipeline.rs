@@ -185,11 +185,12 @@ pub fn prune_resumable(
             if saved.len() != linears || saved.iter().enumerate().any(|(li, m)| !fits(li, m)) {
                 bail!("--resume: the saved masks of block {b} do not fit this model; rerun without --resume");
             }
-            for (linear, m) in block.linears.iter_mut().zip(&saved) {
-                linear.weight = match &m.values {
+            for (li, m) in saved.iter().enumerate() {
+                let weight = match &m.values {
                     Some(v) => to_dtype(Tensor::from_data(TensorData::new(v.clone(), m.shape), &model.device), model.dtype),
-                    None => to_dtype(apply_mask(to_dtype(linear.weight.clone(), DType::F32), mask_tensor(m, &model.device)), model.dtype),
+                    None => to_dtype(apply_mask(to_dtype(block.linears()[li].weight.clone(), DType::F32), mask_tensor(m, &model.device)), model.dtype),
                 };
+                block.set_weight(li, weight);
             }
             saved
         } else {
@@ -198,14 +199,14 @@ pub fn prune_resumable(
             // On a GPU every linear's pruning is queued before any mask is read back: the device
             // works through them while the host unpacks the masks that are done.
             let mut queued = Vec::with_capacity(linears);
-            for (li, linear) in block.linears.iter_mut().enumerate() {
+            for (li, calib) in calib.iter().enumerate() {
                 let s = sparsity(b, li);
                 let name = model.linear_name(b, li);
                 // Pruners compute in f32 whatever the compute dtype (see `Pruner::prune`).
-                let weight = linear.weight.clone();
-                let pruned = stage("prune: prune linears", dev, || pruner.prune(weight, &calib[li], nsamples, pattern, &s)).map_err(|e| crate::err!("{name}: {e}"))?;
+                let weight = block.linears()[li].weight.clone();
+                let pruned = stage("prune: prune linears", dev, || pruner.prune(weight, calib, nsamples, pattern, &s)).map_err(|e| crate::err!("{name}: {e}"))?;
                 let values = if pruner.changes_kept_weights() { Some(stage("prune: read masks", dev, || host_f32(pruned.weight.clone(), &name))?) } else { None };
-                linear.weight = to_dtype(pruned.weight, model.dtype);
+                block.set_weight(li, to_dtype(pruned.weight, model.dtype));
                 let packed = stage("prune: pack masks", dev, || crate::mask::pack(pruned.mask, &name))?;
                 queued.push((li, name, s, values, packed));
             }

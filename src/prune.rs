@@ -387,6 +387,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let gpu_peak = device.is_gpu.then(|| memory::GpuPeak::start(&device.device));
     let dtype = device.compute_dtype(args.dtype)?;
     estimate.dtype_bytes = dtype.size() as u128;
+    estimate.stacked_params = crate::fused::stacked_params(&spec.fused_groups(), dtype, device.is_gpu);
     estimate.dense_batch = dense_batch(args, device.is_gpu, &config, &spec.shapes(), &estimate);
     let parts = memory::prune_parts(&config, &spec.shapes(), &estimate);
     let estimated_peak_mib = memory::total_mib(&parts);
@@ -573,6 +574,8 @@ fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f6
             crate::device::ComputeDtype::F16 | crate::device::ComputeDtype::Bf16 => 2,
             _ => 4,
         },
+        // The CPU backends stack nothing; a GPU run sets its own once it knows.
+        stacked_params: 0,
     }
 }
 
@@ -640,6 +643,7 @@ pub fn bench_neuroal(
     let pruner = crate::pruner::Wanda;
     let mut estimate = memory::Run {
         dtype_bytes: model.dtype.size() as u128,
+        stacked_params: crate::fused::stacked_params(&model.spec.fused_groups(), model.dtype, !crate::model::on_cpu(&model.device)),
         ..memory_run(&args, TopUpKind::Neuroal, NeuroalStep::Both, sparsity, seqlen, false, crate::model::on_cpu(&model.device))
     };
     estimate.dense_batch = dense_batch(&args, !crate::model::on_cpu(&model.device), &model.config, &model.linear_shapes(), &estimate);

@@ -212,11 +212,11 @@ pub fn evaluate(
             let one = |map: &Map, stats_dense: &[Calibration], hidden: &mut Vec<Tensor<3>>| -> Result<Vec<(Tensor<1>, Tensor<1>)>> {
                 let mut sparse = block.clone();
                 stage("search: prune linears", dev, || -> Result<()> {
-                    for (li, linear) in sparse.linears.iter_mut().enumerate() {
+                    for li in 0..names.len() {
                         let pruned = pruner
-                            .prune(linear.weight.clone(), &stats_dense[li], nsamples, pattern, &map[b][li])
+                            .prune(block.linears()[li].weight.clone(), &stats_dense[li], nsamples, pattern, &map[b][li])
                             .map_err(|e| crate::err!("NeuroAL: block {b} {}: {e}", names[li]))?;
-                        linear.weight = to_dtype(pruned.weight, model.dtype);
+                        sparse.set_weight(li, to_dtype(pruned.weight, model.dtype));
                     }
                     Ok(())
                 })?;
@@ -331,7 +331,7 @@ pub fn owl_outlier_ratios(model: &Model, windows: &[u32], seqlen: usize, m: f64)
         let (stats, outputs) = run_recording(model, &block, &hidden, &pos, false)?;
         hidden = outputs;
         let scores: Vec<Tensor<2>> = block
-            .linears
+            .linears()
             .iter()
             .zip(&stats)
             .map(|(l, st)| score(to_dtype(l.weight.clone(), DType::F32), Some(st.stats.scaler_row(nsamples))))

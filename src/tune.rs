@@ -64,14 +64,16 @@ pub fn tuned_path(key: &str) -> Option<PathBuf> {
     tuned_dir().map(|d| d.join(format!("kernels-{key}.txt")))
 }
 
-/// What `neuroal tune` kept for an adapter: per compute dtype, the matrix products' rules and
-/// the attention kernel per head size.
+/// What `neuroal tune` kept for an adapter: per compute dtype, the matrix products' rules, the
+/// attention kernel per head size, and which groups of linears that read one input multiply
+/// as one product (`src/fused.rs`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tuned {
     /// The file it was read from.
     pub path: Option<PathBuf>,
     pub matmul: Vec<(DType, Rules)>,
     pub attention: Vec<(DType, AttentionRules)>,
+    pub fuse: Vec<(DType, crate::fused::Rules)>,
 }
 
 /// The attention kernel (one of `gpu_attention::NAMES`) per head size, written `HD=NAME,…`.
@@ -96,14 +98,7 @@ impl AttentionRules {
 
     /// `newer`'s head sizes, and this one's that `newer` does not name.
     fn updated_by(self, newer: AttentionRules) -> AttentionRules {
-        let mut rules = newer.0;
-        for (hd, name) in self.0 {
-            if !rules.iter().any(|(h, _)| *h == hd) {
-                rules.push((hd, name));
-            }
-        }
-        rules.sort();
-        AttentionRules(rules)
+        AttentionRules(merged(self.0, newer.0))
     }
 }
 
@@ -111,6 +106,19 @@ impl std::fmt::Display for AttentionRules {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0.iter().map(|(hd, name)| format!("{hd}={name}")).collect::<Vec<_>>().join(","))
     }
+}
+
+/// A tuned file's rules after a newer tune: `newer`'s, and `older`'s for the keys (weight
+/// shapes, head sizes, groups) `newer` does not name; in key order.
+pub(crate) fn merged<K: Ord, V: Ord>(older: Vec<(K, V)>, newer: Vec<(K, V)>) -> Vec<(K, V)> {
+    let mut rules = newer;
+    for (key, value) in older {
+        if !rules.iter().any(|(k, _)| *k == key) {
+            rules.push((key, value));
+        }
+    }
+    rules.sort();
+    rules
 }
 
 fn dtype_named(name: &str) -> Option<DType> {
@@ -124,8 +132,8 @@ fn dtype_named(name: &str) -> Option<DType> {
 
 const AGAIN: &str = "run `neuroal tune` again, or delete the file";
 
-/// A tuned file's lines: `matmul DTYPE RULES` and `attention DTYPE RULES`, one of each per
-/// dtype tuned; `#` begins a comment.
+/// A tuned file's lines: `matmul DTYPE RULES`, `attention DTYPE RULES` and `fuse DTYPE RULES`,
+/// one of each per dtype tuned; `#` begins a comment.
 fn parse_file(text: &str, path: &Path) -> Result<Tuned> {
     let mut tuned = Tuned { path: Some(path.to_path_buf()), ..Tuned::default() };
     for (i, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
@@ -135,8 +143,8 @@ fn parse_file(text: &str, path: &Path) -> Result<Tuned> {
         let source = format!("{}, line {i}", path.display());
         let words: Vec<&str> = line.splitn(3, char::is_whitespace).collect();
         let (kind, dtype, rules) = match words[..] {
-            [kind @ ("matmul" | "attention"), dtype, rules] if dtype_named(dtype).is_some() => (kind, dtype_named(dtype).unwrap_or(DType::F32), rules.trim()),
-            _ => bail!("{source}: expected `matmul|attention f32|f16|bf16 RULES`, found {line:?} ({AGAIN})"),
+            [kind @ ("matmul" | "attention" | "fuse"), dtype, rules] if dtype_named(dtype).is_some() => (kind, dtype_named(dtype).unwrap_or(DType::F32), rules.trim()),
+            _ => bail!("{source}: expected `matmul|attention|fuse f32|f16|bf16 RULES`, found {line:?} ({AGAIN})"),
         };
         let again = |e: crate::error::Error| err!("{e} ({AGAIN})");
         let twice = || err!("{source}: a second {kind} {} line ({AGAIN})", device::dtype_name(dtype));
@@ -145,6 +153,11 @@ fn parse_file(text: &str, path: &Path) -> Result<Tuned> {
                 return Err(twice());
             }
             tuned.matmul.push((dtype, Rules::parse(rules, &source).map_err(again)?));
+        } else if kind == "fuse" {
+            if tuned.fuse.iter().any(|(d, _)| *d == dtype) {
+                return Err(twice());
+            }
+            tuned.fuse.push((dtype, crate::fused::Rules::parse(rules, &source).map_err(again)?));
         } else {
             if tuned.attention.iter().any(|(d, _)| *d == dtype) {
                 return Err(twice());
@@ -255,9 +268,9 @@ fn best(candidates: Vec<(f64, &str)>) -> Option<(f64, &str)> {
     candidates.into_iter().min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)))
 }
 
-/// The config of the model or published shape asked for, and its linears' and LM head's weight
-/// shapes [K, N].
-fn weight_shapes(args: &TuneArgs) -> Result<(crate::config::Config, Vec<[usize; 2]>)> {
+/// The config of the model or published shape asked for; its linears', LM head's and stacked
+/// groups' weight shapes [K, N]; and its groups of linears that read one input.
+fn weight_shapes(args: &TuneArgs) -> Result<(crate::config::Config, Vec<[usize; 2]>, Vec<crate::fused::Group>)> {
     let config = match (&args.model, &args.synthetic) {
         (Some(dir), _) => {
             let path = dir.join("config.json");
@@ -276,10 +289,13 @@ fn weight_shapes(args: &TuneArgs) -> Result<(crate::config::Config, Vec<[usize; 
     };
     // The blocks' linears and the LM head (evaluations and zero-shot runs multiply by it).
     let head = crate::model::head_shape(&config);
-    let mut shapes: Vec<[usize; 2]> = crate::model::Spec::of(&config).shapes().into_iter().chain(head).map(|[out, inp]| [inp, out]).collect();
+    let spec = crate::model::Spec::of(&config);
+    let groups = spec.fused_groups();
+    let stacked = groups.iter().map(|g| [g.n(), g.k]);
+    let mut shapes: Vec<[usize; 2]> = spec.shapes().into_iter().chain(head).chain(stacked).map(|[out, inp]| [inp, out]).collect();
     shapes.sort();
     shapes.dedup();
-    Ok((config, shapes))
+    Ok((config, shapes, groups))
 }
 
 /// Largest relative error against burn's product a tuned kernel may have: f32 products must be
@@ -294,7 +310,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     if args.iters == 0 {
         bail!("--iters must be at least 1");
     }
-    let (config, shapes) = weight_shapes(args)?;
+    let (config, shapes, groups) = weight_shapes(args)?;
     if args.seqlen == 0 {
         bail!("--seqlen must be at least 1");
     }
@@ -368,6 +384,14 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         bail!("tune: no kernel, burn's included, ran every product of some weight shape on this GPU");
     }
     kept.matmul.push((dtype, rules.clone()));
+    // Each group fused where its stacked product beats its members' together.
+    let ms_of = |shape: [usize; 2]| found.iter().find(|f| f.shape == shape).map(|f| f.ms);
+    let verdicts: Vec<(crate::fused::Group, bool)> = groups.iter().filter_map(|g| Some((g.clone(), crate::fused::verdict(g, &ms_of)?))).collect();
+    let old = kept.fuse.iter().position(|(d, _)| *d == dtype).map(|i| kept.fuse.remove(i).1).unwrap_or_default();
+    let fuse = old.updated_by(crate::fused::Rules(verdicts.clone()));
+    if !fuse.0.is_empty() {
+        kept.fuse.push((dtype, fuse.clone()));
+    }
     let mut timed = Vec::new();
     crate::gpu_attention::time_kernels(&selected.device, &[attention], dtype, args.iters, &mut |r| {
         timed.push(r);
@@ -388,8 +412,14 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     }
     let ops = ops_ms.map_or("-".to_string(), |b| format!("{b:.3}"));
     println!("{:<14} {:<66} {attention_ms:>10.3} {ops:>10}", format!("heads of {}", config.head_dim), attention_kernel);
+    for (g, on) in &verdicts {
+        let apart: f64 = g.ns.iter().filter_map(|&n| ms_of([g.k, n])).sum();
+        let stacked = ms_of([g.k, g.n()]).unwrap_or(f64::NAN);
+        println!("{:<14} {:<66} {stacked:>10.3} {apart:>10.3}", g.to_string(), if *on { "fused (ms: stacked, apart)" } else { "apart (ms: stacked, apart)" });
+    }
+    let fused_said = if fuse.0.is_empty() { String::new() } else { format!(", fusion {fuse}") };
     println!(
-        "wrote {}: {dtype_name} products on this GPU now use {rules}, attentions {heads} (NEUROAL_MATMUL and NEUROAL_ATTENTION override it; delete the file to undo)",
+        "wrote {}: {dtype_name} products on this GPU now use {rules}, attentions {heads}{fused_said} (NEUROAL_MATMUL, NEUROAL_ATTENTION and NEUROAL_FUSE override it; delete the file to undo)",
         path.display()
     );
     Ok(())
@@ -400,10 +430,11 @@ fn write_tuned(path: &Path, adapter: &str, tuned: &Tuned) -> Result<()> {
     let dir = path.parent().ok_or_else(|| err!("{}: no parent folder", path.display()))?;
     std::fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
     let mut text = format!(
-        "# neuroal tune: on {adapter}, per compute dtype, the fastest matrix-product kernel per weight shape\n# KxN (input x output size) and attention kernel per head size. NEUROAL_MATMUL and\n# NEUROAL_ATTENTION override it; delete this file to undo.\n"
+        "# neuroal tune: on {adapter}, per compute dtype, the fastest matrix-product kernel per weight shape\n# KxN (input x output size), attention kernel per head size, and whether the linears that read\n# one input (KxN1+N2+...) multiply as one product. NEUROAL_MATMUL, NEUROAL_ATTENTION and\n# NEUROAL_FUSE override it; delete this file to undo.\n"
     );
     let mut lines: Vec<String> = tuned.matmul.iter().map(|(d, r)| format!("matmul {} {r}", device::dtype_name(*d))).collect();
     lines.extend(tuned.attention.iter().map(|(d, r)| format!("attention {} {r}", device::dtype_name(*d))));
+    lines.extend(tuned.fuse.iter().map(|(d, r)| format!("fuse {} {r}", device::dtype_name(*d))));
     lines.sort();
     for line in lines {
         text.push_str(&line);
@@ -463,22 +494,26 @@ mod tests {
     #[test]
     fn tuned_files_round_trip_and_bad_ones_get_one_line() {
         let path = Path::new("/x/kernels-gpu.txt");
-        let text = "# comment\nmatmul f16 4096x4096=a,4096x11008=burn,b\n\nmatmul f32 burn\nattention f16 64=flash-2,128=ops\n";
+        let text = "# comment\nmatmul f16 4096x4096=a,4096x11008=burn,b\n\nmatmul f32 burn\nattention f16 64=flash-2,128=ops\nfuse f16 4096x4096+4096+4096=off,4096x11008+11008=on\n";
         let t = parse_file(text, path).unwrap();
         assert_eq!(t.matmul.len(), 2);
         assert_eq!(t.matmul[0].0, DType::F16);
         assert_eq!(t.matmul[0].1.to_string(), "4096x4096=a,4096x11008=burn,b");
         assert_eq!(t.matmul[1], (DType::F32, Rules::default()));
         assert_eq!(t.attention, vec![(DType::F16, AttentionRules(vec![(64, "flash-2".into()), (128, "ops".into())]))]);
+        assert_eq!(t.fuse.len(), 1);
+        assert_eq!(t.fuse[0].1.to_string(), "4096x4096+4096+4096=off,4096x11008+11008=on");
         let dir = std::env::temp_dir().join(format!("neuroal-tuned-unit-{}", std::process::id()));
         let file = dir.join("kernels-gpu.txt");
         write_tuned(&file, "a GPU", &t).unwrap();
         let back = parse_file(&std::fs::read_to_string(&file).unwrap(), &file).unwrap();
-        assert_eq!((back.matmul.len(), back.attention), (2, t.attention.clone()));
+        assert_eq!((back.matmul.len(), back.attention, back.fuse), (2, t.attention.clone(), t.fuse.clone()));
         let _ = std::fs::remove_dir_all(&dir);
         for (bad, says) in [
-            ("f16 a", "expected `matmul|attention f32|f16|bf16 RULES`"),
-            ("matmul f64 a", "expected `matmul|attention f32|f16|bf16 RULES`"),
+            ("f16 a", "expected `matmul|attention|fuse f32|f16|bf16 RULES`"),
+            ("matmul f64 a", "expected `matmul|attention|fuse f32|f16|bf16 RULES`"),
+            ("fuse f16 64x64+16=on\nfuse f16 64x64+16=off", "a second fuse f16 line"),
+            ("fuse f16 64x64=on", "a group is KxN1+N2"),
             ("matmul f16 a\nmatmul f16 b", "a second matmul f16 line"),
             ("matmul f16 0x64=a", "a rule is KxN=KERNEL"),
             ("matmul f16 a,b", "names two kernels"),

@@ -200,7 +200,7 @@ fn tuned_kernels_are_kept_and_used() {
     let _ = std::fs::remove_dir_all(&cache);
     let run = |args: &[&str], vars: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"));
-        cmd.args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).env("XDG_CACHE_HOME", &cache).env_remove("NEUROAL_MATMUL").env_remove("NEUROAL_ATTENTION");
+        cmd.args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).env("XDG_CACHE_HOME", &cache).env_remove("NEUROAL_MATMUL").env_remove("NEUROAL_ATTENTION").env_remove("NEUROAL_FUSE");
         cmd.envs(vars.iter().copied());
         cmd.output().unwrap()
     };
@@ -211,23 +211,28 @@ fn tuned_kernels_are_kept_and_used() {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
     // One file for the adapter: a rule for each of q/k/v/o (64x64), gate/up (64x172), down
-    // (172x64) and the LM head (64x384), then the kernel for other products; the kernel for
-    // heads of 16.
+    // (172x64), the LM head (64x384) and the stacked q+k+v (64x192) and gate+up (64x344), then
+    // the kernel for other products; the kernel for heads of 16; whether the two groups fuse.
     let files: Vec<_> = std::fs::read_dir(cache.join("neuroal")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
     let line = |kind: &str| text.lines().find(|l| l.starts_with(kind)).unwrap_or_else(|| panic!("{kind} in {text}")).trim_start_matches(kind).to_string();
-    let (rules, heads) = (line("matmul f32 "), line("attention f32 "));
-    for shape in ["64x64=", "64x172=", "172x64=", "64x384="] {
+    let (rules, heads, fuse) = (line("matmul f32 "), line("attention f32 "), line("fuse f32 "));
+    for shape in ["64x64=", "64x172=", "172x64=", "64x384=", "64x192=", "64x344="] {
         assert!(rules.contains(shape), "{shape} in {rules}");
     }
     assert!(heads.starts_with("16=") && !heads.contains(','), "{heads}");
+    let verdicts: Vec<&str> = fuse.split(',').collect();
+    assert_eq!(verdicts.len(), 2, "{fuse}");
+    assert!(verdicts[0].starts_with("64x64+64+64=") && verdicts[1].starts_with("64x172+172="), "{fuse}");
     assert!(out.contains(&format!("wrote {}", files[0].display())), "{out}");
-    // The evaluation uses them.
+    // The evaluation uses them (and says which groups it fuses, if any won).
     let o = run(&eval, &[]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
-    assert!(err.contains(&format!("[matmul tuned for f32: {rules}, attention tuned for f32: {heads}]")), "the device line gives the rules: {err}");
+    let on: Vec<&str> = verdicts.iter().filter_map(|v| v.strip_suffix("=on")).collect();
+    let fused = if on.is_empty() { String::new() } else { format!(", fused {} for f32", on.join(",")) };
+    assert!(err.contains(&format!("[matmul tuned for f32: {rules}, attention tuned for f32: {heads}{fused}]")), "the device line gives the rules: {err}");
     let ppl = printed_perplexity(&o, "tuned");
     assert!((ppl - want).abs() <= 1e-4 * want, "tuned: perplexity {ppl} vs transformers {want}");
     // The variables override them.
@@ -241,8 +246,8 @@ fn tuned_kernels_are_kept_and_used() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains(&files[0].display().to_string()) && err.contains("no matrix-product kernel is named matmul_no_such_kernel") && err.contains("run `neuroal tune` again"), "{err}");
-    // Both variables name every kernel: the file is not read, broken or not.
-    let o = run(&eval, &[("NEUROAL_MATMUL", "burn"), ("NEUROAL_ATTENTION", "ops")]);
+    // The three variables decide everything: the file is not read, broken or not.
+    let o = run(&eval, &[("NEUROAL_MATMUL", "burn"), ("NEUROAL_ATTENTION", "ops"), ("NEUROAL_FUSE", "none")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::write(&files[0], format!("{text}matmul bf16 burn\n")).unwrap();
     assert!(run(&tune, &[]).status.success());
@@ -252,7 +257,7 @@ fn tuned_kernels_are_kept_and_used() {
     std::fs::write(&files[0], "not a tuned file\n").unwrap();
     let o = run(&eval, &[]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("expected `matmul|attention f32|f16|bf16 RULES`"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expected `matmul|attention|fuse f32|f16|bf16 RULES`"));
     let o = run(&tune, &[]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("replacing an unreadable tuned file"));
     assert!(run(&eval, &[]).status.success());
@@ -282,4 +287,49 @@ fn a_fixed_attention_kernel_gives_transformers_perplexity() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("NEUROAL_ATTENTION=flash: no such attention kernel; one of: ops, flash-2"), "{err}");
+}
+
+/// `NEUROAL_FUSE=all` multiplies the linears that read one input (q, k and v; gate and up;
+/// Phi's q, k, v and fc1) as one product with their weights stacked, biases included: every
+/// family still gives transformers' perplexity of the first two windows. `none` fuses nothing; any
+/// other value gets one line and exit code 2.
+#[test]
+fn fused_products_give_transformers_perplexity_in_every_family() {
+    let eval = |name: &str, fuse: &str| {
+        let g = golden(name);
+        let seqlen = g["seqlen"].as_u64().unwrap().to_string();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
+            .args(["eval", "--model"])
+            .arg(asset(name))
+            .arg("--text")
+            .arg(asset("sample.txt"))
+            .args(["--device", "gpu", "--max-windows", "2", "--seqlen", &seqlen, "--dtype", "f32", "--json"])
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env_remove("NEUROAL_MATMUL")
+            .env_remove("NEUROAL_ATTENTION")
+            .env("NEUROAL_FUSE", fuse)
+            .output()
+            .unwrap();
+        (g, o)
+    };
+    for name in ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2", "tiny-opt", "tiny-phi"] {
+        let (g, o) = eval(name, "all");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{name}: {err}");
+        assert!(err.contains("fused products per shared input]"), "{name}: the device line says so: {err}");
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {}", String::from_utf8_lossy(&o.stdout)));
+        let losses = floats(&g["window_losses"]);
+        let want = ((losses[0] as f64 + losses[1] as f64) / 2.0).exp();
+        let ppl = r["ppl"].as_f64().unwrap();
+        assert_eq!(r["windows"].as_u64(), Some(2), "{name}");
+        assert!((ppl - want).abs() <= 1e-4 * want, "{name} fused: perplexity {ppl} vs transformers {want}");
+    }
+    let (_, o) = eval("tiny-llama", "none");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("fused"), "{err}");
+    let (_, o) = eval("tiny-llama", "some");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("NEUROAL_FUSE=some: expected all or none"), "{err}");
 }

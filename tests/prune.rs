@@ -45,13 +45,14 @@ fn wanda_reference(model: &Model, windows: &[u32], seqlen: usize, s: f64) -> Vec
         let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); model.linears().len()];
         let mut capture = |li: usize, x: &Tensor<3>| inputs[li] = host(x.clone());
         block.forward(h.clone(), &rope, Some(&mut capture));
-        for (li, linear) in block.linears.iter_mut().enumerate() {
-            let [rows, cols] = linear.weight.dims();
-            let w = host(linear.weight.clone());
-            let norm = channel_norms(&inputs[li], cols, n);
+        for (li, input) in inputs.iter().enumerate() {
+            let weight = block.linears()[li].weight.clone();
+            let [rows, cols] = weight.dims();
+            let w = host(weight);
+            let norm = channel_norms(input, cols, n);
             let mask = wanda_row_mask(&w, &norm, rows, cols, (cols as f64 * s).floor() as usize);
             let pruned: Vec<f32> = w.iter().zip(&mask).map(|(v, m)| if *m { 0.0 } else { *v }).collect();
-            linear.weight = Tensor::from_data(TensorData::new(pruned, [rows, cols]), &model.device);
+            block.set_weight(li, Tensor::from_data(TensorData::new(pruned, [rows, cols]), &model.device));
             masks.push(mask);
         }
         h = block.forward(h, &rope, None);

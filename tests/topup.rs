@@ -38,13 +38,14 @@ fn reference_score(model: &Model, windows: &[u32], seqlen: usize, blocks: &[f64]
         let mut cap = |li: usize, x: &Tensor<3>| dense_in[li] = host(x.clone());
         block.forward(h.clone(), &rope, Some(&mut cap));
         let mut a_dense = Vec::new();
-        for (li, linear) in block.linears.iter_mut().enumerate() {
-            let [rows, cols] = linear.weight.dims();
-            let a = channel_norms(&dense_in[li], cols, n);
-            let w = host(linear.weight.clone());
+        for (li, input) in dense_in.iter().enumerate() {
+            let weight = block.linears()[li].weight.clone();
+            let [rows, cols] = weight.dims();
+            let a = channel_norms(input, cols, n);
+            let w = host(weight);
             let mask = wanda_row_mask(&w, &a, rows, cols, (cols as f64 * s).floor() as usize);
             let pruned: Vec<f32> = w.iter().zip(&mask).map(|(v, m)| if *m { 0.0 } else { *v }).collect();
-            linear.weight = Tensor::from_data(TensorData::new(pruned, [rows, cols]), &model.device);
+            block.set_weight(li, Tensor::from_data(TensorData::new(pruned, [rows, cols]), &model.device));
             a_dense.push(a);
         }
         let mut sparse_in: Vec<Vec<f32>> = vec![Vec::new(); nl];
@@ -208,5 +209,38 @@ fn neuroal_prunes_to_the_target_and_cpu_and_gpu_choose_the_same_lambdas() {
     assert_eq!(est(&gpu), (1_966_080 + 4 * 1_576_960 + 592_896 + 196_608) as f64);
     // On the CPU, candidates side by side as memory allows: at least one batch's worth.
     assert!(est(&cpu) >= (1_966_080 + 1_576_960 + 592_896 + 196_608) as f64, "{}", est(&cpu));
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// With `NEUROAL_FUSE=all` a GPU run multiplies q/k/v and gate/up as one product each, from
+/// weights stacked anew after every pruning: the search scores each candidate as the products
+/// apart do (a stale stack, the dense weights, would score every candidate near 0), picks the
+/// same λs, and its estimate counts the stacked copies.
+#[test]
+fn fused_products_score_the_search_as_apart() {
+    let tmp = std::env::temp_dir().join(format!("neuroal-fused-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let run = |fuse: &str| -> serde_json::Value {
+        let args = ["--device", "gpu", "--dtype", "f32", "--search-batch", "1"];
+        serde_json::from_str(&tiny_neuroal_prune_with(&tmp.join(fuse), &args, &[("NEUROAL_FUSE", fuse)])).unwrap()
+    };
+    let (apart, fused) = (run("none"), run("all"));
+    assert!(fused["device"].as_str().unwrap().contains("fused products per shared input"), "{}", fused["device"]);
+    assert!(!apart["device"].as_str().unwrap().contains("fused"), "{}", apart["device"]);
+    for key in ["block_scores", "row_scores"] {
+        let (a, f) = (apart["topup"][key].as_array().unwrap(), fused["topup"][key].as_array().unwrap());
+        assert_eq!(a.len(), f.len(), "{key}");
+        for (a, f) in a.iter().zip(f) {
+            let (sa, sf) = (a[1].as_f64().unwrap(), f[1].as_f64().unwrap());
+            assert!(sa > 0.0 && (sa - sf).abs() <= 1e-4 * sa, "{key} at λ {}: apart {sa}, fused {sf}", a[0]);
+        }
+    }
+    for key in ["lambda_block", "lambda_row"] {
+        assert_eq!(apart["topup"][key], fused["topup"][key], "{key}");
+    }
+    // tiny-llama stacks q+k+v (64 × 192) and gate+up (64 × 344): 34,304 values, f32, for the
+    // block being pruned and its pruned copy.
+    let est = |r: &serde_json::Value| r["memory"]["estimated_peak_mib"].as_f64().unwrap() * (1u64 << 20) as f64;
+    assert_eq!(est(&fused) - est(&apart), (2 * 34_304 * 4) as f64);
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -14,7 +14,7 @@ pub mod opt;
 pub mod phi;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
@@ -97,6 +97,21 @@ impl Spec {
     pub fn shapes(&self) -> Vec<[usize; 2]> {
         self.linears.iter().map(|l| l.shape).collect()
     }
+
+    /// The linears of each input that more than one reads ([`Spec::input_of`]), in declared
+    /// order: what a GPU may multiply as one product (`src/fused.rs`).
+    pub fn shared_inputs(&self) -> Vec<Vec<usize>> {
+        (0..self.linears.len())
+            .filter(|&l| self.input_of[l] == l)
+            .map(|l| (0..self.linears.len()).filter(|&m| self.input_of[m] == l).collect::<Vec<_>>())
+            .filter(|members| members.len() > 1)
+            .collect()
+    }
+
+    /// [`Spec::shared_inputs`] by their stacked weights' shapes.
+    pub fn fused_groups(&self) -> Vec<crate::fused::Group> {
+        self.shared_inputs().iter().map(|g| crate::fused::Group { k: self.linears[g[0]].shape[1], ns: g.iter().map(|&m| self.linears[m].shape[0]).collect() }).collect()
+    }
 }
 
 #[derive(Clone)]
@@ -139,11 +154,54 @@ enum Parts {
 #[derive(Clone)]
 pub struct Block {
     pub index: usize,
-    pub linears: Vec<Linear>,
+    linears: Vec<Linear>,
     parts: Parts,
+    /// The family's [`Spec::shared_inputs`].
+    shared_inputs: Arc<Vec<Vec<usize>>>,
+    /// Per shared input, its linears' weights stacked into one linear where that group runs
+    /// fused (`src/fused.rs`); made at the first pass that needs them, and dropped with any
+    /// change of a weight.
+    stacked: Arc<OnceLock<Vec<Option<Linear>>>>,
 }
 
 impl Block {
+    /// The prunable linears, in the family's declared order.
+    pub fn linears(&self) -> &[Linear] {
+        &self.linears
+    }
+
+    /// Replaces linear `li`'s weight (its pruned copy).
+    pub fn set_weight(&mut self, li: usize, weight: Tensor<2>) {
+        self.linears[li].weight = weight;
+        self.stacked = Arc::new(OnceLock::new());
+    }
+
+    /// Per shared input, the stacked linear where its group runs fused on this device.
+    fn stacked(&self) -> &[Option<Linear>] {
+        self.stacked.get_or_init(|| {
+            self.shared_inputs
+                .iter()
+                .map(|members| {
+                    let first = &self.linears[members[0]].weight;
+                    let group = crate::fused::Group { k: first.dims()[1], ns: members.iter().map(|&m| self.linears[m].weight.dims()[0]).collect() };
+                    if !crate::kernels::is_wgpu(first) || !crate::fused::fuses(first.dtype(), &group) {
+                        return None;
+                    }
+                    let weight = Tensor::cat(members.iter().map(|&m| self.linears[m].weight.clone()).collect(), 0);
+                    let biased = members.iter().any(|&m| self.linears[m].bias.is_some());
+                    let bias = biased.then(|| {
+                        let parts = members.iter().map(|&m| {
+                            let l = &self.linears[m];
+                            l.bias.clone().unwrap_or_else(|| Tensor::zeros([l.weight.dims()[0]], (&l.weight.device(), l.weight.dtype())))
+                        });
+                        Tensor::cat(parts.collect(), 0)
+                    });
+                    Some(Linear { weight, bias })
+                })
+                .collect()
+        })
+    }
+
     /// hidden [b, t, d] → hidden [b, t, d]. `hook` sees each linear's input.
     pub fn forward(&self, h: Tensor<3>, pos: &Positions, hook: Option<InputHook>) -> Tensor<3> {
         self.run(h, pos, hook, &[])
@@ -158,6 +216,9 @@ impl Block {
 
     fn run(&self, h: Tensor<3>, pos: &Positions, hook: Option<InputHook>, skip: &[usize]) -> Tensor<3> {
         let mut hook = hook;
+        let stacked = self.stacked();
+        // Outputs of a fused group's other linears, made with the first one the forward ran.
+        let mut made: Vec<Option<Tensor<3>>> = vec![None; self.linears.len()];
         let mut run = |i: usize, x: &Tensor<3>| {
             if let Some(hook) = hook.as_mut() {
                 hook(i, x);
@@ -166,6 +227,26 @@ impl Block {
                 // Broadcast by the residual add that consumes it.
                 let w = &self.linears[i].weight;
                 return Tensor::zeros([1, 1, w.dims()[0]], (&w.device(), w.dtype()));
+            }
+            if let Some(y) = made[i].take() {
+                return y;
+            }
+            // The family calls every linear of a shared input with that input. A group with a
+            // skipped product runs apart.
+            let group = self.shared_inputs.iter().position(|g| g.contains(&i)).filter(|&g| !self.shared_inputs[g].iter().any(|m| skip.contains(m)));
+            if let Some(g) = group
+                && let Some(fused) = &stacked[g]
+            {
+                let y = fused.forward(x.clone());
+                let mut at = 0;
+                for &m in &self.shared_inputs[g] {
+                    let n = self.linears[m].weight.dims()[0];
+                    made[m] = Some(y.clone().narrow(2, at, n));
+                    at += n;
+                }
+                if let Some(y) = made[i].take() {
+                    return y;
+                }
             }
             self.linears[i].forward(x.clone())
         };
@@ -281,7 +362,7 @@ impl Model {
             Arch::Opt(o) => Parts::Opt(opt::Parts::load(ck, &prefix, &self.config, o, &self.device)?),
             Arch::Phi(p) => Parts::Phi(phi::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
         };
-        Ok(Block { index, linears, parts })
+        Ok(Block { index, linears, parts, shared_inputs: Arc::new(self.spec.shared_inputs()), stacked: Arc::new(OnceLock::new()) })
     }
 
     /// The block walker: every block in order. While the caller computes with block b, a

@@ -78,12 +78,18 @@ pub fn wanda_row_mask(w: &[f32], norm: &[f64], rows: usize, cols: usize, k: usiz
 /// Wanda + NeuroAL (both steps) at 70% on tiny-llama through the CLI: 8 windows of 64 tokens,
 /// 4 search windows, `extra` flags (device, dtype, …) added. Returns report.json's text.
 pub fn tiny_neuroal_prune(out: &std::path::Path, extra: &[&str]) -> String {
+    tiny_neuroal_prune_with(out, extra, &[])
+}
+
+/// [`tiny_neuroal_prune`] with environment variables `vars` set.
+pub fn tiny_neuroal_prune_with(out: &std::path::Path, extra: &[&str], vars: &[(&str, &str)]) -> String {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
         .args(["prune", "--model", asset("tiny-llama").to_str().unwrap(), "--calib", asset("sample.txt").to_str().unwrap()])
         .args(["--out", out.to_str().unwrap(), "--sparsity", "0.7", "--seqlen", "64", "--nsamples", "8", "--search-nsamples", "4"])
         .args(["--top-up", "neuroal", "--force"])
         .args(extra)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .envs(vars.iter().copied())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
