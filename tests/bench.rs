@@ -190,3 +190,39 @@ fn attention_bench_times_the_flash_kernels_against_the_separate_ones() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("BxHxTxHD") && err.trim().lines().count() == 1, "{err}");
 }
+
+/// A fused group whose stacked weight, or whose output, would pass the GPU's largest buffer runs
+/// apart instead (lavapipe: 128 MiB per buffer). First gate and up are 5,000 × 4,096 in f32, 78
+/// MiB each, 156 MiB stacked (q, k and v stack to 48 MiB and fuse); then gate and up are 8,192 ×
+/// 64, and 5 windows of 512 tokens give each an output of 80 MiB, 160 MiB stacked. The forward
+/// runs, fused or not.
+#[test]
+fn a_stack_over_the_gpu_buffer_limit_runs_apart() {
+    let dir = std::env::temp_dir().join(format!("neuroal-wide-stack-{}", std::process::id()));
+    let wide_weights = r#"{"model_type": "llama", "vocab_size": 384, "hidden_size": 4096, "intermediate_size": 5000,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": false}"#;
+    let wide_outputs = r#"{"model_type": "llama", "vocab_size": 384, "hidden_size": 64, "intermediate_size": 8192,
+        "num_attention_heads": 4, "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "tie_word_embeddings": false}"#;
+    for (config, seqlen, batch) in [(wide_weights, "16", "1"), (wide_outputs, "512", "5")] {
+        let _ = std::fs::remove_dir_all(&dir);
+        neuroal::bench::write_synthetic(&dir, &neuroal::bench::Shape { name: "wide", config }, 1).unwrap();
+        check_runs_fused_or_not(&dir, seqlen, batch);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn check_runs_fused_or_not(dir: &std::path::Path, seqlen: &str, batch: &str) {
+    for fuse in ["all", "none"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+            .args(["bench", "--model", dir.to_str().unwrap(), "--devices", "gpu", "--seqlen", seqlen, "--batch", batch, "--iters", "1", "--dtype", "f32", "--json"])
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("NEUROAL_FUSE", fuse)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "NEUROAL_FUSE={fuse}: {err}");
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(rows[0]["tokens_per_s"].as_f64().is_some_and(|t| t > 0.0), "{}", rows[0]);
+    }
+}

@@ -187,6 +187,10 @@ impl Block {
                     if !crate::kernels::is_wgpu(first) || !crate::fused::fuses(first.dtype(), &group) {
                         return None;
                     }
+                    // A stack larger than the device's largest buffer runs apart.
+                    if (group.k * group.n() * first.dtype().size()) as u64 > crate::kernels::max_allocation(&first.device()) {
+                        return None;
+                    }
                     let weight = Tensor::cat(members.iter().map(|&m| self.linears[m].weight.clone()).collect(), 0);
                     let biased = members.iter().any(|&m| self.linears[m].bias.is_some());
                     let bias = biased.then(|| {
@@ -234,8 +238,15 @@ impl Block {
             // The family calls every linear of a shared input with that input. A group with a
             // skipped product runs apart.
             let group = self.shared_inputs.iter().position(|g| g.contains(&i)).filter(|&g| !self.shared_inputs[g].iter().any(|m| skip.contains(m)));
+            // So does one whose output would not fit in a buffer.
+            let fits = |fused: &Linear| {
+                let [b, t, _] = x.dims();
+                let w = &fused.weight;
+                (b * t * w.dims()[0] * w.dtype().size()) as u64 <= crate::kernels::max_allocation(&w.device())
+            };
             if let Some(g) = group
                 && let Some(fused) = &stacked[g]
+                && fits(fused)
             {
                 let y = fused.forward(x.clone());
                 let mut at = 0;
