@@ -171,13 +171,14 @@ profiled() { # name, then the bench arguments
 # that read one input multiplied as one product, or apart (src/fused.rs). A prune step ending in ^N runs the search's dense
 # passes in batches of N candidates (--search-batch N; without it the prune's own choice, which
 # at this shape is 1), after any +NAME. The default list checks the default build's
-# perplexities on the card, times the two cases with it, with the kernel sweep's
-# winners, with q/k/v and gate/up fused, with what `neuroal tune` keeps, without fusion, then with
+# perplexities on the card, times the issue's two cases with it, with what `neuroal tune` keeps
+# (kernels, attention and fused groups: what a user's card runs), with q/k/v and gate/up all
+# fused, with the kernel sweep's winners, without fusion, then with
 # flash-2 on the 7B shape's heads of 128 (not yet launched there), with dense batches of 2 and
 # 4 candidates, and with burn's own kernels,
 # then traces and profiles; it wants WT2=1 BUILDS="default nofusion" prepared (a third build
 # and wt2-llama would pass the 64 MiB the device tool carries, with the checkout's 4 MB).
-steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 forward-f16~all neuroal-f16~all matmul-f16 neuroal-f16%fastest forward-f16%fastest tune-f16 neuroal-f16%tuned forward-f16%tuned attention-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
+steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 tune-f16 neuroal-f16%tuned forward-f16%tuned forward-f16~all neuroal-f16~all matmul-f16 neuroal-f16%fastest forward-f16%fastest attention-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
