@@ -140,14 +140,23 @@ pub fn stacked_params(groups: &[Group], dtype: DType, gpu: bool) -> u128 {
     groups.iter().filter(|g| gpu && fuses(dtype, g)).map(|g| (g.k * g.n()) as u128).sum()
 }
 
-/// `neuroal tune`'s verdict for a group from the fastest time of each product it measured
+/// `neuroal tune`'s verdict on a group, with the times it compared.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Verdict {
+    pub fused: bool,
+    /// The stacked product's milliseconds, and its members' together.
+    pub stacked_ms: f64,
+    pub apart_ms: f64,
+}
+
+/// The verdict for a group from the fastest time of each product `neuroal tune` measured
 /// (milliseconds per weight shape [K, N], over the same token counts): fused when the stacked
 /// product beats the members' products together by more than the 3% the stacking and the
 /// split outputs' copies may cost; `None` where a time is missing.
-pub fn verdict(group: &Group, ms: &dyn Fn([usize; 2]) -> Option<f64>) -> Option<bool> {
-    let apart: f64 = group.ns.iter().map(|&n| ms([group.k, n])).sum::<Option<f64>>()?;
-    let fused = ms([group.k, group.n()])?;
-    Some(fused < 0.97 * apart)
+pub fn verdict(group: &Group, ms: &dyn Fn([usize; 2]) -> Option<f64>) -> Option<Verdict> {
+    let apart_ms: f64 = group.ns.iter().map(|&n| ms([group.k, n])).sum::<Option<f64>>()?;
+    let stacked_ms = ms([group.k, group.n()])?;
+    Some(Verdict { fused: stacked_ms < 0.97 * apart_ms, stacked_ms, apart_ms })
 }
 
 #[cfg(test)]
@@ -182,9 +191,11 @@ mod tests {
         let g = Group { k: 64, ns: vec![32, 16, 16] };
         let times = |fused: f64| move |[k, n]: [usize; 2]| (k == 64).then_some(if n == 64 { fused } else { n as f64 / 16.0 });
         // Apart: 2 + 1 + 1 = 4 ms.
-        assert_eq!(verdict(&g, &times(3.8)), Some(true));
-        assert_eq!(verdict(&g, &times(3.9)), Some(false), "within 3%");
-        assert_eq!(verdict(&g, &times(5.0)), Some(false));
+        let fused = |fused_ms: f64| verdict(&g, &times(fused_ms)).map(|v| v.fused);
+        assert_eq!(fused(3.8), Some(true));
+        assert_eq!(fused(3.9), Some(false), "within 3%");
+        assert_eq!(fused(5.0), Some(false));
+        assert_eq!(verdict(&g, &times(3.8)), Some(Verdict { fused: true, stacked_ms: 3.8, apart_ms: 4.0 }));
         assert_eq!(verdict(&g, &|_| None), None);
     }
 }

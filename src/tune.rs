@@ -148,24 +148,23 @@ fn parse_file(text: &str, path: &Path) -> Result<Tuned> {
         };
         let again = |e: crate::error::Error| err!("{e} ({AGAIN})");
         let twice = || err!("{source}: a second {kind} {} line ({AGAIN})", device::dtype_name(dtype));
-        if kind == "matmul" {
-            if tuned.matmul.iter().any(|(d, _)| *d == dtype) {
-                return Err(twice());
-            }
-            tuned.matmul.push((dtype, Rules::parse(rules, &source).map_err(again)?));
-        } else if kind == "fuse" {
-            if tuned.fuse.iter().any(|(d, _)| *d == dtype) {
-                return Err(twice());
-            }
-            tuned.fuse.push((dtype, crate::fused::Rules::parse(rules, &source).map_err(again)?));
-        } else {
-            if tuned.attention.iter().any(|(d, _)| *d == dtype) {
-                return Err(twice());
-            }
-            tuned.attention.push((dtype, AttentionRules::parse(rules, &source).map_err(again)?));
+        match kind {
+            "matmul" => add_line(&mut tuned.matmul, dtype, twice, || Rules::parse(rules, &source).map_err(again))?,
+            "fuse" => add_line(&mut tuned.fuse, dtype, twice, || crate::fused::Rules::parse(rules, &source).map_err(again))?,
+            _ => add_line(&mut tuned.attention, dtype, twice, || AttentionRules::parse(rules, &source).map_err(again))?,
         }
     }
     Ok(tuned)
+}
+
+/// Adds a tuned file's line for `dtype` to its kind's `lines`: `twice`'s error where that dtype
+/// has one already, else what `parse` makes of it.
+fn add_line<T>(lines: &mut Vec<(DType, T)>, dtype: DType, twice: impl FnOnce() -> crate::error::Error, parse: impl FnOnce() -> Result<T>) -> Result<()> {
+    if lines.iter().any(|(d, _)| *d == dtype) {
+        return Err(twice());
+    }
+    lines.push((dtype, parse()?));
+    Ok(())
 }
 
 /// What `neuroal tune` kept for the adapter `key`: nothing where it was not tuned (or while
@@ -386,9 +385,9 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     kept.matmul.push((dtype, rules.clone()));
     // Each group fused where its stacked product beats its members' together.
     let ms_of = |shape: [usize; 2]| found.iter().find(|f| f.shape == shape).map(|f| f.ms);
-    let verdicts: Vec<(crate::fused::Group, bool)> = groups.iter().filter_map(|g| Some((g.clone(), crate::fused::verdict(g, &ms_of)?))).collect();
+    let verdicts: Vec<(crate::fused::Group, crate::fused::Verdict)> = groups.iter().filter_map(|g| Some((g.clone(), crate::fused::verdict(g, &ms_of)?))).collect();
     let old = kept.fuse.iter().position(|(d, _)| *d == dtype).map(|i| kept.fuse.remove(i).1).unwrap_or_default();
-    let fuse = old.updated_by(crate::fused::Rules(verdicts.clone()));
+    let fuse = old.updated_by(crate::fused::Rules(verdicts.iter().map(|(g, v)| (g.clone(), v.fused)).collect()));
     if !fuse.0.is_empty() {
         kept.fuse.push((dtype, fuse.clone()));
     }
@@ -412,10 +411,9 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     }
     let ops = ops_ms.map_or("-".to_string(), |b| format!("{b:.3}"));
     println!("{:<14} {:<66} {attention_ms:>10.3} {ops:>10}", format!("heads of {}", config.head_dim), attention_kernel);
-    for (g, on) in &verdicts {
-        let apart: f64 = g.ns.iter().filter_map(|&n| ms_of([g.k, n])).sum();
-        let stacked = ms_of([g.k, g.n()]).unwrap_or(f64::NAN);
-        println!("{:<14} {:<66} {stacked:>10.3} {apart:>10.3}", g.to_string(), if *on { "fused (ms: stacked, apart)" } else { "apart (ms: stacked, apart)" });
+    for (g, v) in &verdicts {
+        let said = if v.fused { "fused (ms: stacked, apart)" } else { "apart (ms: stacked, apart)" };
+        println!("{:<14} {said:<66} {:>10.3} {:>10.3}", g.to_string(), v.stacked_ms, v.apart_ms);
     }
     let fused_said = if fuse.0.is_empty() { String::new() } else { format!(", fusion {fuse}") };
     println!(

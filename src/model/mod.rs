@@ -99,18 +99,23 @@ impl Spec {
     }
 
     /// The linears of each input that more than one reads ([`Spec::input_of`]), in declared
-    /// order: what a GPU may multiply as one product (`src/fused.rs`).
-    pub fn shared_inputs(&self) -> Vec<Vec<usize>> {
+    /// order, with their stacked weight's shape: what a GPU may multiply as one product
+    /// (`src/fused.rs`).
+    pub fn shared_inputs(&self) -> Vec<(Vec<usize>, crate::fused::Group)> {
         (0..self.linears.len())
             .filter(|&l| self.input_of[l] == l)
             .map(|l| (0..self.linears.len()).filter(|&m| self.input_of[m] == l).collect::<Vec<_>>())
             .filter(|members| members.len() > 1)
+            .map(|members| {
+                let group = crate::fused::Group { k: self.linears[members[0]].shape[1], ns: members.iter().map(|&m| self.linears[m].shape[0]).collect() };
+                (members, group)
+            })
             .collect()
     }
 
-    /// [`Spec::shared_inputs`] by their stacked weights' shapes.
+    /// [`Spec::shared_inputs`]' stacked weights' shapes.
     pub fn fused_groups(&self) -> Vec<crate::fused::Group> {
-        self.shared_inputs().iter().map(|g| crate::fused::Group { k: self.linears[g[0]].shape[1], ns: g.iter().map(|&m| self.linears[m].shape[0]).collect() }).collect()
+        self.shared_inputs().into_iter().map(|(_, group)| group).collect()
     }
 }
 
@@ -156,8 +161,8 @@ pub struct Block {
     pub index: usize,
     linears: Vec<Linear>,
     parts: Parts,
-    /// The family's [`Spec::shared_inputs`].
-    shared_inputs: Arc<Vec<Vec<usize>>>,
+    /// The family's [`Spec::shared_inputs`], each with its stacked weight's shape.
+    shared_inputs: Arc<Vec<(Vec<usize>, crate::fused::Group)>>,
     /// Per shared input, its linears' weights stacked into one linear where that group runs
     /// fused (`src/fused.rs`); made at the first pass that needs them, and dropped with any
     /// change of a weight.
@@ -181,10 +186,9 @@ impl Block {
         self.stacked.get_or_init(|| {
             self.shared_inputs
                 .iter()
-                .map(|members| {
+                .map(|(members, group)| {
                     let first = &self.linears[members[0]].weight;
-                    let group = crate::fused::Group { k: first.dims()[1], ns: members.iter().map(|&m| self.linears[m].weight.dims()[0]).collect() };
-                    if !crate::kernels::is_wgpu(first) || !crate::fused::fuses(first.dtype(), &group) {
+                    if !crate::kernels::is_wgpu(first) || !crate::fused::fuses(first.dtype(), group) {
                         return None;
                     }
                     // A stack larger than the device's largest buffer runs apart.
@@ -237,7 +241,7 @@ impl Block {
             }
             // The family calls every linear of a shared input with that input. A group with a
             // skipped product runs apart.
-            let group = self.shared_inputs.iter().position(|g| g.contains(&i)).filter(|&g| !self.shared_inputs[g].iter().any(|m| skip.contains(m)));
+            let group = self.shared_inputs.iter().position(|(g, _)| g.contains(&i)).filter(|&g| !self.shared_inputs[g].0.iter().any(|m| skip.contains(m)));
             // So does one whose output would not fit in a buffer.
             let fits = |fused: &Linear| {
                 let [b, t, _] = x.dims();
@@ -249,9 +253,9 @@ impl Block {
                 && fits(fused)
             {
                 let y = fused.forward(x.clone());
+                let (members, shape) = &self.shared_inputs[g];
                 let mut at = 0;
-                for &m in &self.shared_inputs[g] {
-                    let n = self.linears[m].weight.dims()[0];
+                for (&m, &n) in members.iter().zip(&shape.ns) {
                     made[m] = Some(y.clone().narrow(2, at, n));
                     at += n;
                 }
