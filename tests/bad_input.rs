@@ -178,4 +178,8 @@ fn new_flags_refuse_bad_values_in_one_line() {
         assert!(msg.contains("a rule is KxN=KERNEL"), "{rule}: {msg}");
         assert!(!out.exists(), "{rule}: nothing may be written");
     }
+    // NEUROAL_FUSE, read there too: all or none.
+    let msg = fails(&gpu_prune, &[("NEUROAL_FUSE", "qkv"), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
+    assert!(msg.contains("NEUROAL_FUSE=qkv: expected all or none"), "{msg}");
+    assert!(!out.exists(), "NEUROAL_FUSE: nothing may be written");
 }
