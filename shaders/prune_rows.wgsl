@@ -1,7 +1,8 @@
 // Magnitude or Wanda pruning of each row of a weight w [rows, cols] in one shader: the score of
 // w[r, j] is |w| (magnitude) or |w| * sqrt(scaler[j]) (Wanda), recomputed wherever it is read
 // and never stored; the k[r] lowest scores of row r (ties: lower column first) are zeroed in
-// `out` and marked 1.0 in `mask` (the rest 0.0). The arithmetic is that of score.wgsl, then
+// `out` and, when info[3] asks (the final prune; NeuroAL's search needs only the weights),
+// marked 1.0 in `mask` (the rest 0.0). The arithmetic is that of score.wgsl, then
 // select_lowest.wgsl, then apply_mask.wgsl, which move a score matrix and a mask through memory
 // between three launches. `w` and `out` are in the compute dtype ({{ elem }}), read and
 // written as they are stored; scores are f32. One workgroup per row, with the selection of
@@ -14,8 +15,10 @@
 @group(0) @binding(4) var<storage, read_write> mask: array<f32>;
 @group(0) @binding(5) var<storage, read_write> info: array<u32>;
 
-// Whether the score multiplies by sqrt(scaler) (Wanda), set by main.
+// Whether the score multiplies by sqrt(scaler) (Wanda), and whether the mask is written, set by
+// main.
 var<private> use_scaler: u32;
+var<private> write_mask: u32;
 
 {{ row_select }}
 
@@ -31,10 +34,11 @@ fn key_at(base: u32, j: u32) -> u32 {
 fn write_at(base: u32, j: u32, pruned: bool) {
     if (pruned) {
         out[base + j] = {{ elem }}(0.0);
-        mask[base + j] = 1.0;
     } else {
         out[base + j] = w[base + j];
-        mask[base + j] = 0.0;
+    }
+    if (write_mask == 1u) {
+        mask[base + j] = select(0.0, 1.0, pruned);
     }
 }
 
@@ -45,5 +49,6 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     use_scaler = info[2];
+    write_mask = info[3];
     select_workgroup_row(wid, nwg, lid);
 }

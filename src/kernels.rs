@@ -233,12 +233,12 @@ pub fn select_lowest(scores: Tensor<2>, k: &[usize]) -> Tensor<2> {
     from_cube(mask)
 }
 
-/// `prune_rows.wgsl`: w [rows, cols] with the k[r] lowest scores of each row r zeroed, and the
-/// mask of those (1.0; f32), where a score is |w| or, given the scaler, |w|·√scaler[col]: what
-/// [`score`], [`select_lowest`] and [`apply_mask`] give in three launches, in one, without a
-/// score matrix, reading and writing w in its own dtype (f32, or f16 where the adapter has
-/// shader f16). `None` for another dtype.
-pub fn prune_rows(w: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize]) -> Option<(Tensor<2>, Tensor<2>)> {
+/// `prune_rows.wgsl`: w [rows, cols] with the k[r] lowest scores of each row r zeroed, and, when
+/// `masked`, the mask of those (1.0; f32), where a score is |w| or, given the scaler,
+/// |w|·√scaler[col]: what [`score`], [`select_lowest`] and [`apply_mask`] give in three launches,
+/// in one, without a score matrix, reading and writing w in its own dtype (f32, or f16 where the
+/// adapter has shader f16). `None` for another dtype.
+pub fn prune_rows(w: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], masked: bool) -> Option<(Tensor<2>, Option<Tensor<2>>)> {
     let shader = match w.dtype() {
         DType::F32 => PRUNE_ROWS,
         DType::F16 => PRUNE_ROWS_F16,
@@ -253,9 +253,10 @@ pub fn prune_rows(w: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize]) -> Optio
     };
     let kth = row_counts(&w, k);
     let out = empty_as(&w, Shape::new([rows, cols]), w.dtype);
-    let mask = empty_like(&w, Shape::new([rows, cols]));
-    launch(shader, grid(rows as u32), &[&w, &scaler, &kth, &out, &mask], &[rows as u32, cols as u32, use_scaler]);
-    Some((from_cube(out), from_cube(mask)))
+    // Without a mask to write, the binding takes a one-value placeholder.
+    let mask = empty_like(&w, Shape::new(if masked { [rows, cols] } else { [1, 1] }));
+    launch(shader, grid(rows as u32), &[&w, &scaler, &kth, &out, &mask], &[rows as u32, cols as u32, use_scaler, masked as u32]);
+    Some((from_cube(out), masked.then(|| from_cube(mask))))
 }
 
 /// `input_stats.wgsl`: the accumulators plus the per-channel sum of squares and sum of

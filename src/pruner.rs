@@ -97,6 +97,12 @@ pub trait Pruner: Sync {
     /// whatever that is. `nsamples`: calibration windows (Wanda's normaliser).
     fn prune(&self, weight: Tensor<2>, calib: &Calibration, nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned>;
 
+    /// [`Pruner::prune`]'s weight alone, for NeuroAL's candidates, which never read a mask: a
+    /// pruner that can skip making one (magnitude, Wanda) does.
+    fn prune_weight(&self, weight: Tensor<2>, calib: &Calibration, nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Tensor<2>> {
+        Ok(self.prune(weight, calib, nsamples, pattern, sparsity)?.weight)
+    }
+
     /// The count of pruned weights the engine checks after pruning.
     fn expected(&self, pattern: &Pattern, sparsity: &Sparsity, shape: [usize; 2]) -> Expected {
         Expected::Exactly(expected_pruned(pattern, sparsity, shape))
@@ -112,7 +118,11 @@ impl Pruner for Magnitude {
     }
 
     fn prune(&self, weight: Tensor<2>, _calib: &Calibration, _nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned> {
-        prune_by_score(weight, None, pattern, sparsity)
+        with_mask(prune_by_score(weight, None, pattern, sparsity, true)?)
+    }
+
+    fn prune_weight(&self, weight: Tensor<2>, _calib: &Calibration, _nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Tensor<2>> {
+        Ok(prune_by_score(weight, None, pattern, sparsity, false)?.0)
     }
 }
 
@@ -125,65 +135,83 @@ impl Pruner for Wanda {
     }
 
     fn prune(&self, weight: Tensor<2>, calib: &Calibration, nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned> {
-        prune_by_score(weight, Some(calib.stats.scaler_row(nsamples)), pattern, sparsity)
+        with_mask(prune_by_score(weight, Some(calib.stats.scaler_row(nsamples)), pattern, sparsity, true)?)
+    }
+
+    fn prune_weight(&self, weight: Tensor<2>, calib: &Calibration, nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Tensor<2>> {
+        Ok(prune_by_score(weight, Some(calib.stats.scaler_row(nsamples)), pattern, sparsity, false)?.0)
     }
 }
 
 /// Magnitude's or Wanda's pruning: the lowest scores (|W|, or |W|·√scaler) zeroed under
-/// `pattern`. On a GPU the row patterns take one shader (`kernels::prune_rows`) on the weight as
-/// it is stored; otherwise the score, the mask and the zeroing are separate steps, in f32.
-fn prune_by_score(weight: Tensor<2>, scaler: Option<Tensor<1>>, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned> {
+/// `pattern`, and their mask when `masked`. On a GPU the row patterns take one shader
+/// (`kernels::prune_rows`) on the weight as it is stored; otherwise the score, the mask and the
+/// zeroing are separate steps, in f32.
+fn prune_by_score(weight: Tensor<2>, scaler: Option<Tensor<1>>, pattern: &Pattern, sparsity: &Sparsity, masked: bool) -> Result<(Tensor<2>, Option<Tensor<2>>)> {
     if kernels::is_wgpu(&weight)
         && let Some(k) = row_prune_counts(pattern, sparsity, weight.dims())?
-        && let Some((weight, mask)) = kernels::prune_rows(weight.clone(), scaler.clone(), &k)
+        && let Some(pruned) = kernels::prune_rows(weight.clone(), scaler.clone(), &k, masked)
     {
-        return Ok(Pruned { weight, mask });
+        return Ok(pruned);
     }
     let weight = to_dtype(weight, DType::F32);
     if on_cpu_in_f32(&weight)
         && let Some(k) = row_prune_counts(pattern, sparsity, weight.dims())?
     {
-        return Ok(prune_rows_on_cpu(weight, scaler, &k));
+        return Ok(prune_rows_on_cpu(weight, scaler, &k, masked));
     }
     let m = mask(score(weight.clone(), scaler), pattern, sparsity)?;
-    Ok(Pruned { weight: apply_mask(weight, m.clone()), mask: m })
+    Ok((apply_mask(weight, m.clone()), masked.then_some(m)))
+}
+
+/// [`prune_by_score`]'s result when it was asked for the mask.
+fn with_mask((weight, mask): (Tensor<2>, Option<Tensor<2>>)) -> Result<Pruned> {
+    let Some(mask) = mask else { bail!("internal: the pruning made no mask where one was asked for") };
+    Ok(Pruned { weight, mask })
 }
 
 /// The row patterns on the CPU backends in one pass over the rows, on every core: each row's
 /// scores (|w|, or |w|·√scaler, in f32 as `score` computes them), the selection of its k[r]
 /// lowest (ties to the lower column, as `mask::select_lowest_host`), the row written pruned
-/// (as `apply_mask`) and its mask. The same bits as those three steps, which made three host
-/// copies of the weight and ran two of them on one core (NeuroAL's search prunes every linear
-/// once per candidate; at the 0.84 B shape that took a third of its CPU time).
-fn prune_rows_on_cpu(weight: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize]) -> Pruned {
+/// (as `apply_mask`) and, when `masked`, its mask. The same bits as those three steps, which made
+/// three host copies of the weight and ran two of them on one core (NeuroAL's search prunes
+/// every linear once per candidate; at the 0.84 B shape that took a third of its CPU time).
+fn prune_rows_on_cpu(weight: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], masked: bool) -> (Tensor<2>, Option<Tensor<2>>) {
     let ([rows, cols], device) = (weight.dims(), weight.device());
     let norms = scaler.map(cpu_norms);
     let mut w = cpu_values(weight);
-    let mut mask = vec![0f32; rows * cols];
-    w.par_chunks_exact_mut(cols).zip(mask.par_chunks_exact_mut(cols)).enumerate().for_each_init(
-        || (Vec::with_capacity(cols), Vec::with_capacity(cols)),
-        |(scores, keys), (r, (row, out))| {
-            let k = k[r].min(cols);
-            if k == 0 {
-                return;
-            }
-            // The row's scores once.
-            scores.clear();
-            scores.extend_from_slice(row);
-            score_row_in_place(scores, norms.as_deref());
-            let (tau, mut ties) = row_threshold(scores.iter().copied(), k, keys);
-            for ((x, o), &v) in row.iter_mut().zip(out.iter_mut()).zip(scores.iter()) {
-                if v < tau || (v == tau && ties > 0) {
-                    if v == tau {
-                        ties -= 1;
-                    }
-                    *o = 1.0;
-                    *x = 0.0;
+    // One row: its scores once, its selection, the row pruned and its flags in `out`.
+    let prune_row = |(scores, keys): &mut (Vec<f32>, Vec<u32>), r: usize, row: &mut [f32], mut out: Option<&mut [f32]>| {
+        let k = k[r].min(cols);
+        if k == 0 {
+            return;
+        }
+        scores.clear();
+        scores.extend_from_slice(row);
+        score_row_in_place(scores, norms.as_deref());
+        let (tau, mut ties) = row_threshold(scores.iter().copied(), k, keys);
+        for (c, (x, &v)) in row.iter_mut().zip(scores.iter()).enumerate() {
+            if v < tau || (v == tau && ties > 0) {
+                if v == tau {
+                    ties -= 1;
                 }
+                if let Some(out) = out.as_deref_mut() {
+                    out[c] = 1.0;
+                }
+                *x = 0.0;
             }
-        },
-    );
-    Pruned { weight: Tensor::from_data(TensorData::new(w, [rows, cols]), &device), mask: Tensor::from_data(TensorData::new(mask, [rows, cols]), &device) }
+        }
+    };
+    let buffers = || (Vec::with_capacity(cols), Vec::with_capacity(cols));
+    let mask = if masked {
+        let mut mask = vec![0f32; rows * cols];
+        w.par_chunks_exact_mut(cols).zip(mask.par_chunks_exact_mut(cols)).enumerate().for_each_init(buffers, |buf, (r, (row, out))| prune_row(buf, r, row, Some(out)));
+        Some(Tensor::from_data(TensorData::new(mask, [rows, cols]), &device))
+    } else {
+        w.par_chunks_exact_mut(cols).enumerate().for_each_init(buffers, |buf, (r, row)| prune_row(buf, r, row, None));
+        None
+    };
+    (Tensor::from_data(TensorData::new(w, [rows, cols]), &device), mask)
 }
 
 /// SparseGPT (Frantar & Alistarh), as the reference implementation runs it: the inverse
@@ -414,12 +442,16 @@ mod tests {
         let k: Vec<usize> = (0..rows).map(|r| [0, 1, 5, 18, 19, 30, 36, 37, 12][r]).collect();
         let weight = Tensor::<2>::from_data(TensorData::new(w, [rows, cols]), &device);
         for scaler in [None, Some(Tensor::<1>::from_data(TensorData::new(scaler.clone(), [cols]), &device))] {
-            let got = prune_rows_on_cpu(weight.clone(), scaler.clone(), &k);
-            let m = select_lowest_reference(score_reference(weight.clone(), scaler), &k);
+            let (got_weight, got_mask) = prune_rows_on_cpu(weight.clone(), scaler.clone(), &k, true);
+            let m = select_lowest_reference(score_reference(weight.clone(), scaler.clone()), &k);
             let want = apply_mask_reference(weight.clone(), m.clone());
             let bits = |t: Tensor<2>| cpu_values(t).iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(got.mask), bits(m), "mask");
-            assert_eq!(bits(got.weight), bits(want), "weight");
+            assert_eq!(bits(got_mask.expect("asked for")), bits(m), "mask");
+            assert_eq!(bits(got_weight), bits(want.clone()), "weight");
+            // Without its mask (NeuroAL's candidates), the same weight.
+            let (weight_alone, none) = prune_rows_on_cpu(weight.clone(), scaler, &k, false);
+            assert!(none.is_none());
+            assert_eq!(bits(weight_alone), bits(want), "weight without a mask");
         }
     }
 }

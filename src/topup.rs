@@ -214,9 +214,9 @@ pub fn evaluate(
                 stage("search: prune linears", dev, || -> Result<()> {
                     for li in 0..names.len() {
                         let pruned = pruner
-                            .prune(block.linears()[li].weight.clone(), &stats_dense[li], nsamples, pattern, &map[b][li])
+                            .prune_weight(block.linears()[li].weight.clone(), &stats_dense[li], nsamples, pattern, &map[b][li])
                             .map_err(|e| crate::err!("NeuroAL: block {b} {}: {e}", names[li]))?;
-                        sparse.set_weight(li, to_dtype(pruned.weight, model.dtype));
+                        sparse.set_weight(li, to_dtype(pruned, model.dtype));
                     }
                     Ok(())
                 })?;

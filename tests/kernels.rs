@@ -150,9 +150,13 @@ fn fused_row_prune_equals_score_select_and_zero() {
             for (what, scaler) in [("magnitude", None), ("wanda", Some(&any_scaler)), ("wanda, square scalers", Some(&square_scaler))] {
                 let at = format!("{what}, {dt:?}, {rows}x{cols}");
                 let wg = as_dtype(t2(w.clone(), [rows, cols], &gpu), dt);
-                let (fw, fm) = neuroal::kernels::prune_rows(wg.clone(), scaler.map(|s| vector(s, &gpu)), &k).expect("f32 and f16 weights");
+                let (fw, fm) = neuroal::kernels::prune_rows(wg.clone(), scaler.map(|s| vector(s, &gpu)), &k, true).expect("f32 and f16 weights");
                 assert_eq!(fw.dtype(), dt, "{at}: the weight keeps its dtype");
-                let (fw, fm) = (f32_host(fw), host(fm));
+                let (fw, fm) = (f32_host(fw), host(fm.expect("asked for")));
+                // Without the mask (NeuroAL's candidates): the same weight, and no mask.
+                let (alone, none) = neuroal::kernels::prune_rows(wg.clone(), scaler.map(|s| vector(s, &gpu)), &k, false).expect("f32 and f16 weights");
+                assert!(none.is_none(), "{at}: a mask nobody asked for");
+                assert_eq!(f32_host(alone), fw, "{at}: weights without the mask");
                 // The three launches on the same GPU, in f32.
                 let w32 = as_dtype(wg, DType::F32);
                 let m3 = neuroal::kernels::select_lowest(neuroal::kernels::score(w32.clone(), scaler.map(|s| vector(s, &gpu))), &k);
