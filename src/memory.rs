@@ -30,8 +30,9 @@ pub struct Run {
     pub chunk: usize,
     /// NeuroAL: (search windows, candidates carried at once).
     pub search: Option<(usize, usize)>,
-    /// NeuroAL candidates whose passes run at the same time (on the CPU backends, one per core).
-    pub searches_at_once: usize,
+    /// Passes run at the same time on the CPU backends, one per core: NeuroAL's candidates in
+    /// the search, the calibration chunks in the pruning pass (without SparseGPT's Hessians).
+    pub passes_at_once: usize,
     /// NeuroAL candidates whose dense passes through a block run as one batch.
     pub dense_batch: usize,
     /// SparseGPT: a Hessian per linear of a block, and every new weight held until written.
@@ -76,9 +77,11 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
         bytes: at_once * shapes.iter().map(|s| (s[1] * s[1]) as u128).sum::<u128>() * f,
         lowered_by: MODEL_SIZE,
     };
+    let chunks = run.nsamples.div_ceil(run.chunk.max(1)).max(1);
+    let chunks_at_once = if run.hessians { 1 } else { run.passes_at_once.clamp(1, chunks) as u128 };
     let mut pruning = vec![
         Part { what: "calibration hidden states", bytes: 2 * run.nsamples as u128 * t * d * h, lowered_by: "--nsamples or --seqlen" },
-        activations(1, run.nsamples),
+        activations(chunks_at_once, run.nsamples),
         weights(1),
         outer.clone(),
         Part { what: "masks", bytes: block_params * c.num_layers as u128 / 8, lowered_by: MODEL_SIZE },
@@ -88,7 +91,7 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
         pruning.push(Part { what: "SparseGPT's new weights", bytes: block_params * c.num_layers as u128 * f, lowered_by: MODEL_SIZE });
     }
     let Some((sn, carried)) = run.search else { return pruning };
-    let at_once = run.searches_at_once.max(1) as u128;
+    let at_once = run.passes_at_once.max(1) as u128;
     // A step of the search holds the dense statistics of `dense_batch` or `at_once` candidates,
     // whichever is more, and the activations of a dense batch's or of the side-by-side passes.
     let step = at_once.max(run.dense_batch.max(1) as u128);
@@ -114,11 +117,11 @@ pub fn total_mib(parts: &[Part]) -> f64 {
     total(parts) as f64 / (1u128 << 20) as f64
 }
 
-/// The most NeuroAL candidates, up to `run.searches_at_once`, that can run side by side within
+/// The most passes (NeuroAL candidates, calibration chunks), up to `run.passes_at_once`, that can run side by side within
 /// `available` bytes; 1 when even that does not fit (the caller's check then says what to lower).
-pub fn searches_that_fit(c: &Config, shapes: &[[usize; 2]], run: &Run, available: u128) -> usize {
-    let need = |at_once: usize| total(&prune_parts(c, shapes, &Run { searches_at_once: at_once, ..*run }));
-    (1..=run.searches_at_once.max(1)).rev().find(|&k| need(k) <= available).unwrap_or(1)
+pub fn passes_that_fit(c: &Config, shapes: &[[usize; 2]], run: &Run, available: u128) -> usize {
+    let need = |at_once: usize| total(&prune_parts(c, shapes, &Run { passes_at_once: at_once, ..*run }));
+    (1..=run.passes_at_once.max(1)).rev().find(|&k| need(k) <= available).unwrap_or(1)
 }
 
 /// The most NeuroAL candidates, up to those carried at once, whose dense passes can share a
@@ -289,7 +292,7 @@ mod tests {
         .unwrap();
         let shapes = crate::model::Spec::of(&c).shapes();
         let bytes = |parts: &[Part], what: &str| parts.iter().find(|p| p.what == what).map(|p| p.bytes);
-        let run = |search, at_once, hessians| Run { nsamples: 4, seqlen: 16, chunk: 8, search, searches_at_once: at_once, dense_batch: 1, hessians, dtype_bytes: 4, stacked_params: 0 };
+        let run = |search, at_once, hessians| Run { nsamples: 4, seqlen: 16, chunk: 8, search, passes_at_once: at_once, dense_batch: 1, hessians, dtype_bytes: 4, stacked_params: 0 };
         // The pruning pass: 4 windows of 16 tokens, 8 wide. Attention and MLP of all 4 windows
         // in one chunk: 4 × (3·2·16² + 3·16·16 + 4·16·8) × 4 = 45,056 bytes. A block's linears:
         // q, k, v, o 4 × 64 and gate, up, down 3 × 128 → 640 weights, held with the pruned copy
@@ -326,12 +329,19 @@ mod tests {
         assert_eq!(bytes(&search, "calibration hidden states"), None);
         assert_eq!(total(&search), 61_440 + 22_528 + 7680 + 640);
         // Two candidates side by side (CPU): two passes' activations and two pruned copies in the
-        // search; the pruning pass runs one at a time whatever the cores.
+        // search; the pruning pass has one chunk of 4 windows, which runs alone.
         let two = prune_parts(&c, &shapes, &run(Some((2, 3)), 2, false));
         assert_eq!(bytes(&two, "attention and MLP activations"), Some(2 * 22_528));
         assert_eq!(bytes(&two, "one block's weights"), Some(4 * 640 * 4));
         assert_eq!(total(&two), 6144 + 45_056 + 10_240 + 640);
         assert_eq!(total(&prune_parts(&c, &shapes, &run(None, 2, false))), total(&parts));
+        // 16 windows are two chunks of 8, whose passes run side by side: 2 × 8 × (3·2·16²·4 +
+        // (3·16·16 + 4·16·8)·4) bytes of activations; with SparseGPT's Hessians one at a time.
+        let chunks = |at_once, hessians| bytes(&prune_parts(&c, &shapes, &Run { nsamples: 16, ..run(None, at_once, hessians) }), "attention and MLP activations");
+        assert_eq!(chunks(1, false), Some(90_112));
+        assert_eq!(chunks(2, false), Some(180_224));
+        assert_eq!(chunks(3, false), Some(180_224));
+        assert_eq!(chunks(2, true), Some(90_112));
         // SparseGPT: a Hessian per linear of a block per candidate running; q, k, v, o and
         // gate, up take 8 inputs, down 16: 6·64 + 256 = 640 values. The pruning pass also keeps
         // every new weight (2 blocks × 640).
@@ -350,7 +360,7 @@ mod tests {
         assert_eq!(bytes(&half_search, "NeuroAL search hidden states"), Some(30_720));
         // The largest single buffer: 4 windows' f32 attention scores, 4·2·16²·4 = 8192 bytes
         // (MLP 4·16·16·4 = 4096, f16 table 10·8·2 = 160, gate's f32 copy 16·8·4 = 512).
-        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, searches_at_once: 1, dense_batch: 1, hessians, dtype_bytes: 2, stacked_params: 0 };
+        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, passes_at_once: 1, dense_batch: 1, hessians, dtype_bytes: 2, stacked_params: 0 };
         let big = largest_buffer(&c, &shapes, &one(16, false));
         assert_eq!((big.what, big.bytes, big.lowered_by), ("attention scores", 8192, "--seqlen"));
         // One token per window: down's 16 × 16 Hessian (1024 bytes) when SparseGPT records it,
@@ -363,10 +373,10 @@ mod tests {
         let side = |k| run(Some((2, 8)), k, false);
         let need = |k| total(&prune_parts(&c, &shapes, &side(k)));
         assert_eq!((need(1), need(3)), (57_632, 97_408));
-        assert_eq!(searches_that_fit(&c, &shapes, &side(8), need(3)), 3);
-        assert_eq!(searches_that_fit(&c, &shapes, &side(8), need(3) - 1), 2);
-        assert_eq!(searches_that_fit(&c, &shapes, &side(8), need(8)), 8);
-        assert_eq!(searches_that_fit(&c, &shapes, &side(8), 0), 1);
+        assert_eq!(passes_that_fit(&c, &shapes, &side(8), need(3)), 3);
+        assert_eq!(passes_that_fit(&c, &shapes, &side(8), need(3) - 1), 2);
+        assert_eq!(passes_that_fit(&c, &shapes, &side(8), need(8)), 8);
+        assert_eq!(passes_that_fit(&c, &shapes, &side(8), 0), 1);
         // Dense passes in batches of k: the search holds k candidates' activations, 24,704 +
         // k · 22,528 bytes with 8 carried. With 8 calibration windows the pruning pass holds
         // 8192 + 8 · 11,264 + 7680 + 640 + 160 = 106,784: batches of 3 fit under it (92,288),
@@ -386,7 +396,7 @@ mod tests {
         )
         .unwrap();
         let shapes7b = crate::model::Spec::of(&llama7b).shapes();
-        let case = Run { nsamples: 64, seqlen: 512, chunk: 8, search: Some((8, 15)), searches_at_once: 1, dense_batch: 1, hessians: false, dtype_bytes: 2, stacked_params: 0 };
+        let case = Run { nsamples: 64, seqlen: 512, chunk: 8, search: Some((8, 15)), passes_at_once: 1, dense_batch: 1, hessians: false, dtype_bytes: 2, stacked_params: 0 };
         assert_eq!(free_dense_batch(&llama7b, &shapes7b, &case), 1);
         let gb = |k| total(&prune_parts(&llama7b, &shapes7b, &Run { dense_batch: k, ..case })) as f64 / 1e9;
         assert!((gb(1) - 3.95).abs() < 0.01 && (gb(2) - gb(1) - 1.21).abs() < 0.01, "{} {}", gb(1), gb(2));

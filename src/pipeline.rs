@@ -3,17 +3,16 @@
 //! statistics, score and mask each linear, zero the pruned weights, run the block again on the
 //! same inputs, and hand those pruned outputs to the next block.
 
-use burn::tensor::Tensor;
-
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::progress::progress_bar;
 use crate::mask::{Pattern, Sparsity};
 pub use crate::mask::{Bits, LayerMask};
-use crate::model::{host_f32, to_dtype, Block, Model, Positions};
+use crate::model::{host_f32, on_cpu, to_dtype, Block, Model, Positions};
 use crate::pruner::{Calibration, Expected, Pruner};
-use crate::score::apply_mask;
+use crate::score::{apply_mask, InputStats};
 use crate::trace::stage;
 use crate::bail;
 
@@ -39,6 +38,60 @@ pub fn run_recording(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &P
 /// the block's output are skipped.
 pub fn calibrate(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, hessian: bool) -> Result<Vec<Calibration>> {
     Ok(record(model, block, hidden, pos, hessian, false)?.0)
+}
+
+/// [`calibrate`] with up to `at_once` chunks' passes side by side on the CPU backends: a pass
+/// has serial stretches (norms, statistics, the products' edges) that leave cores idle. Each
+/// chunk's statistics are made alone and merged in chunk order, the same bits as one by one
+/// ([`InputStats::merge`]). SparseGPT's Hessians, a running average, and GPUs, which overlap
+/// queued work themselves, go one by one.
+pub fn calibrate_at_once(model: &Model, block: &Block, hidden: &[Tensor<3>], pos: &Positions, hessian: bool, at_once: usize) -> Result<Vec<Calibration>> {
+    if at_once <= 1 || hessian || !on_cpu(&model.device) {
+        return calibrate(model, block, hidden, pos, hessian);
+    }
+    let mut stats = new_calibrations(model, false);
+    for group in hidden.chunks(at_once) {
+        let chunks: Vec<Vec<Option<InputStats>>> = group
+            .par_iter()
+            .map(|h| {
+                let mut mine: Vec<Option<InputStats>> = stats.iter().map(|c| c.as_ref().map(|c| InputStats::new(c.stats.sumsq.dims()[0], &model.device))).collect();
+                block.record_inputs(h.clone(), pos, &model.spec.output_only, &mut |li, x| {
+                    if let Some(s) = mine[li].as_mut() {
+                        s.add(x);
+                    }
+                });
+                mine
+            })
+            .collect();
+        for chunk in chunks {
+            for (total, part) in stats.iter_mut().zip(chunk) {
+                if let (Some(total), Some(part)) = (total.as_mut(), part) {
+                    total.stats.merge(&part);
+                }
+            }
+        }
+    }
+    let stats = per_linear(model, stats);
+    check_finite_stats(model, block.index, &stats)?;
+    Ok(stats)
+}
+
+/// `block` on every chunk of `hidden`, up to `at_once` chunks side by side on the CPU backends
+/// (as [`calibrate_at_once`]; each chunk's output is the same either way).
+pub fn forward_at_once(model: &Model, block: &Block, hidden: Vec<Tensor<3>>, pos: &Positions, at_once: usize) -> Vec<Tensor<3>> {
+    if at_once <= 1 || !on_cpu(&model.device) {
+        return hidden.into_iter().map(|h| block.forward(h, pos, None)).collect();
+    }
+    let mut out = Vec::with_capacity(hidden.len());
+    let mut rest = hidden.into_iter();
+    loop {
+        // Taken a group at a time, so that inputs already run are dropped.
+        let group: Vec<Tensor<3>> = rest.by_ref().take(at_once).collect();
+        if group.is_empty() {
+            return out;
+        }
+        out.extend(group.into_par_iter().map(|h| block.forward(h, pos, None)).collect::<Vec<_>>());
+    }
 }
 
 /// Both of the above: the block's outputs only when `outputs`.
@@ -144,13 +197,14 @@ pub fn prune(
     pattern: &Pattern,
     sparsity: SparsityMap,
 ) -> Result<Vec<LayerMask>> {
-    prune_resumable(model, windows, seqlen, pruner, pattern, sparsity, Vec::new(), &mut |_, _| Ok(()))
+    prune_resumable(model, windows, seqlen, pruner, pattern, sparsity, 1, Vec::new(), &mut |_, _| Ok(()))
 }
 
 /// [`prune`], continuing after the blocks whose masks `done` holds (an interrupted run's):
 /// those are replayed, their saved masks (or new values, for pruners that change kept weights)
 /// applied and the block run once to rebuild the next block's inputs, exactly as the pruning
-/// pass had computed them. `finished` is told each newly pruned block's masks.
+/// pass had computed them. `finished` is told each newly pruned block's masks. On the CPU
+/// backends up to `at_once` chunks' passes run side by side, with the same results.
 #[allow(clippy::too_many_arguments)]
 pub fn prune_resumable(
     model: &Model,
@@ -159,6 +213,7 @@ pub fn prune_resumable(
     pruner: &dyn Pruner,
     pattern: &Pattern,
     sparsity: SparsityMap,
+    at_once: usize,
     done: Vec<Vec<LayerMask>>,
     finished: &mut dyn FnMut(usize, &[LayerMask]) -> Result<()>,
 ) -> Result<Vec<LayerMask>> {
@@ -195,7 +250,7 @@ pub fn prune_resumable(
             saved
         } else {
             // Wanda's order: statistics from the dense block; its outputs are not kept.
-            let calib = stage("prune: dense pass", dev, || calibrate(model, &block, &hidden, &pos, pruner.needs_hessian()))?;
+            let calib = stage("prune: dense pass", dev, || calibrate_at_once(model, &block, &hidden, &pos, pruner.needs_hessian(), at_once))?;
             // On a GPU every linear's pruning is queued before any mask is read back: the device
             // works through them while the host unpacks the masks that are done.
             let mut queued = Vec::with_capacity(linears);
@@ -240,7 +295,7 @@ pub fn prune_resumable(
         masks.extend(block_masks);
         // The last block's outputs would feed nothing.
         if b + 1 < model.num_blocks() {
-            hidden = stage("prune: block forward", dev, || hidden.into_iter().map(|h| block.forward(h, &pos, None)).collect());
+            hidden = stage("prune: block forward", dev, || forward_at_once(model, &block, hidden, &pos, at_once));
         }
         bar.inc(1);
     }

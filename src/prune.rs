@@ -351,7 +351,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     };
     let mut estimate = memory_run(args, kind, step, sparsity, seqlen, pruner.needs_hessian(), args.device != Choice::Gpu);
     if args.device != Choice::Gpu && let Some(avail) = memory::available_host() {
-        estimate.searches_at_once = memory::searches_that_fit(&config, &spec.shapes(), &estimate, avail);
+        estimate.passes_at_once = memory::passes_that_fit(&config, &spec.shapes(), &estimate, avail);
         memory::check(&memory::prune_parts(&config, &spec.shapes(), &estimate), avail, "this machine")?;
     }
 
@@ -413,7 +413,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let windows = gather_windows(&ids, &starts, seqlen);
 
     let t_topup = Instant::now();
-    let plan = SearchPlan { at_once: estimate.searches_at_once, dense_batch: estimate.dense_batch };
+    let plan = SearchPlan { at_once: estimate.passes_at_once, dense_batch: estimate.dense_batch };
     let topup = choose_map(kind, args, &model, &ids, &windows, seqlen, pruner, step, &pattern, sparsity, &saved, plan)?;
     let topup_s = t_topup.elapsed().as_secs_f64();
 
@@ -428,7 +428,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         fault(&format!("after-block-{b}"));
         Ok(())
     };
-    let masks = prune_resumable(&model, &windows, seqlen, pruner, &topup.pattern, &|b, l| map[b][l].clone(), done, &mut finished)?;
+    let masks = prune_resumable(&model, &windows, seqlen, pruner, &topup.pattern, &|b, l| map[b][l].clone(), estimate.passes_at_once, done, &mut finished)?;
     crate::trace::report("prune");
     let prune_s = t_prune.elapsed().as_secs_f64();
     let mut topup_report = topup.report;
@@ -566,7 +566,7 @@ fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f6
         chunk: crate::pipeline::CHUNK,
         hessians,
         search: (kind == TopUpKind::Neuroal).then_some((args.search_nsamples, carried)),
-        searches_at_once: if on_cpu { rayon::current_num_threads().min(carried) } else { 1 },
+        passes_at_once: if on_cpu { rayon::current_num_threads().min(carried) } else { 1 },
         // Auto (0) is settled by [`dense_batch`] once the run's other sizes are known.
         dense_batch: args.search_batch.clamp(1, carried.max(1)),
         // What a CPU backend computes in (auto: f32); a GPU run sets its own once it knows.
@@ -653,7 +653,7 @@ pub fn bench_neuroal(
     let search_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let map = &topup.map;
-    prune_resumable(model, &windows, seqlen, &pruner, &topup.pattern, &|b, l| map[b][l].clone(), Vec::new(), &mut |_, _| Ok(()))?;
+    prune_resumable(model, &windows, seqlen, &pruner, &topup.pattern, &|b, l| map[b][l].clone(), plan.at_once, Vec::new(), &mut |_, _| Ok(()))?;
     let prune_s = t.elapsed().as_secs_f64();
     crate::trace::report("bench prune");
     Ok(BenchPrune {

@@ -35,6 +35,16 @@ impl InputStats {
         self.tokens += b * t;
     }
 
+    /// Adds the sums of `chunk`, a later chunk's statistics made alone. On the CPU backends the
+    /// same bits as [`InputStats::add`] of that chunk here (which sums the chunk alone, then
+    /// adds the sums), so chunks recorded side by side and merged in order give what recording
+    /// them one by one does.
+    pub fn merge(&mut self, chunk: &InputStats) {
+        self.sumsq = self.sumsq.clone() + chunk.sumsq.clone();
+        self.sum = self.sum.clone() + chunk.sum.clone();
+        self.tokens += chunk.tokens;
+    }
+
     /// Wanda's `scaler_row`: Σ_tokens x_j² / N, N the number of calibration windows;
     /// ‖X_j‖₂ is its square root.
     pub fn scaler_row(&self, nsamples: usize) -> Tensor<1> {

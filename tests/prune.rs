@@ -85,6 +85,40 @@ fn wanda_masks_equal_the_reference_including_propagation() {
     assert!(block1_differs, "pruned outputs of block 0 must reach block 1");
 }
 
+/// The pruning pass with calibration chunks side by side (CPU backends): every chunk's
+/// statistics, output and so every mask are the same bits as one chunk at a time, with a
+/// partial last group (5 chunks of 8 windows, 2 or 3 at once).
+#[test]
+fn chunks_side_by_side_equal_one_by_one() {
+    use neuroal::pipeline::{calibrate, calibrate_at_once, embed_windows, forward_at_once, prune_resumable};
+    let dir = asset("tiny-llama");
+    for choice in [Choice::Cpu, Choice::Ndarray] {
+        let dev = select(choice);
+        let model = Model::open(&dir, &dev.device).unwrap();
+        let windows = calib_windows(&dir, 32, 36);
+        let (pos, block) = (model.positions(32), model.load_block(0).unwrap());
+        let hidden = embed_windows(&model, &windows, 32);
+        assert_eq!(hidden.len(), 5);
+        let one = calibrate(&model, &block, &hidden, &pos, false).unwrap();
+        let outputs: Vec<Vec<f32>> = forward_at_once(&model, &block, hidden.clone(), &pos, 1).into_iter().map(host).collect();
+        for at_once in [2, 3] {
+            let side = calibrate_at_once(&model, &block, &hidden, &pos, false, at_once).unwrap();
+            for (li, (a, b)) in one.iter().zip(&side).enumerate() {
+                assert_eq!(a.stats.tokens, b.stats.tokens);
+                for (x, y) in [(&a.stats.sumsq, &b.stats.sumsq), (&a.stats.sum, &b.stats.sum)] {
+                    let (x, y) = (host(x.clone()), host(y.clone()));
+                    assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{choice:?} linear {li}, {at_once} at once: statistics differ");
+                }
+            }
+            let side: Vec<Vec<f32>> = forward_at_once(&model, &block, hidden.clone(), &pos, at_once).into_iter().map(host).collect();
+            assert!(side.iter().flatten().zip(outputs.iter().flatten()).all(|(p, q)| p.to_bits() == q.to_bits()), "{choice:?}, {at_once} at once: outputs differ");
+        }
+        let masks = |at_once| prune_resumable(&model, &windows, 32, &neuroal::pruner::Wanda, &Pattern::Row, &|_, _| Sparsity::Uniform(0.5), at_once, Vec::new(), &mut |_, _| Ok(())).unwrap();
+        let (one, three) = (masks(1), masks(3));
+        assert!(one.iter().zip(&three).all(|(a, b)| a.pruned == b.pruned), "{choice:?}: masks differ");
+    }
+}
+
 fn run_cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_neuroal")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
 }
