@@ -8,6 +8,7 @@
 //! them: `embed` → `Block::forward` for each block of [`Model::blocks`] → `head`.
 
 mod cpu_attention;
+mod cpu_linear;
 mod cpu_math;
 pub mod llama;
 pub mod opt;
@@ -130,7 +131,9 @@ impl Linear {
     /// x [.., in] → [.., out]
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d_in] = x.dims();
-        let y = crate::gpu_matmul::linear(x.reshape([b * t, d_in]), self.weight.clone().transpose());
+        let x = x.reshape([b * t, d_in]);
+        let on_flex = if on_cpu_in_f32(&x) { cpu_linear::linear(&x, &self.weight) } else { None };
+        let y = on_flex.unwrap_or_else(|| crate::gpu_matmul::linear(x, self.weight.clone().transpose()));
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
             None => y,
