@@ -25,8 +25,21 @@ impl InputStats {
         let [b, t, cols] = x.dims();
         let x2 = x.clone().reshape([b * t, cols]);
         // The shader reads x in the compute dtype and sums in f32, as the twin does on a copy.
+        let on_host = || {
+            crate::model::cpu_linear::with_rows(&x2, |x| {
+                let (mut sumsq, mut sum) = (vec![0f32; cols], vec![0f32; cols]);
+                if cols > 0 {
+                    crate::model::cpu_math::column_sums(x, cols, &mut sumsq, &mut sum);
+                }
+                (sumsq, sum)
+            })
+        };
         let (sumsq, sum) = if kernels::is_wgpu(&x2) {
             kernels::input_stats(x2, self.sumsq.clone(), self.sum.clone())
+        } else if let Some((sq, s)) = on_host() {
+            // The twin's arithmetic in one pass over x, without its squared copy.
+            let device = x2.device();
+            (self.sumsq.clone() + Tensor::from_data(TensorData::new(sq, [cols]), &device), self.sum.clone() + Tensor::from_data(TensorData::new(s, [cols]), &device))
         } else {
             input_stats_reference(crate::model::to_dtype(x2, burn::tensor::DType::F32), self.sumsq.clone(), self.sum.clone())
         };
@@ -150,4 +163,37 @@ pub fn apply_mask(w: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
 pub fn apply_mask_reference(w: Tensor<2>, mask: Tensor<2>) -> Tensor<2> {
     let zeros = w.zeros_like();
     w.mask_where(mask.not_equal_elem(0.0), zeros)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::{input_stats_reference, InputStats};
+    use crate::calib::SplitMix64;
+
+    /// The one-pass host sums equal the burn-ops twin bit for bit on both CPU backends, over
+    /// several chunks (so the running sums are added to), odd widths and views at an offset.
+    #[test]
+    fn host_statistics_equal_the_twin() {
+        #[allow(deprecated)] // the NdArray backend is kept on request
+        let devices = [Device::flex(), Device::ndarray()];
+        let mut rng = SplitMix64::new(11);
+        for device in &devices {
+            for &(windows, tokens, cols) in &[(2, 5, 3), (3, 17, 37), (1, 1, 1), (4, 64, 129)] {
+                let mut stats = InputStats::new(cols, device);
+                let (mut sumsq, mut sum) = (Tensor::<1>::zeros([cols], device), Tensor::<1>::zeros([cols], device));
+                for _ in 0..3 {
+                    let v: Vec<f32> = (0..(windows + 1) * tokens * cols).map(|_| rng.uniform(-40.0, 40.0)).collect();
+                    let x = Tensor::<3>::from_data(TensorData::new(v, [windows + 1, tokens, cols]), device).narrow(0, 1, windows);
+                    stats.add(&x);
+                    (sumsq, sum) = input_stats_reference(x.reshape([windows * tokens, cols]), sumsq, sum);
+                }
+                let host = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(host(stats.sumsq.clone()), host(sumsq), "Σx² of {windows} × {tokens} × {cols}");
+                assert_eq!(host(stats.sum.clone()), host(sum), "Σx of {windows} × {tokens} × {cols}");
+                assert_eq!(stats.tokens, 3 * windows * tokens);
+            }
+        }
+    }
 }

@@ -67,6 +67,24 @@ pub fn linear(x: &Tensor<2>, w: &Tensor<2>) -> Option<Tensor<2>> {
     Some(Tensor::from_data(TensorData::new(out, [m, n]), &device))
 }
 
+/// `f` on the values of an f32 burn-flex tensor [rows, cols] stored row by row (a view at an
+/// offset included), read in place: no copy even when the tensor is shared. `None` for other
+/// tensors and layouts.
+pub fn with_rows<R>(t: &Tensor<2>, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let [rows, cols] = t.dims();
+    let flex: FlexTensor = t.clone().try_into_primitive::<Flex>().ok()?;
+    let (layout, data) = (flex.layout(), flex.storage::<f32>());
+    let row_major = layout.strides() == [cols as isize, 1] || rows <= 1 && layout.strides().get(1) == Some(&1);
+    let end = layout.start_offset() + rows * cols;
+    if !row_major || end > data.len() {
+        return None;
+    }
+    Some(f(&data[layout.start_offset()..end]))
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::{Device, Tensor, TensorData};

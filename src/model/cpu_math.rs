@@ -170,6 +170,24 @@ widest! {
     pub fn silu(x: &mut [f32]) = silu_generic
 }
 
+#[inline(always)]
+fn column_sums_generic(x: &[f32], cols: usize, sumsq: &mut [f32], sum: &mut [f32]) {
+    let (sumsq, sum) = (&mut sumsq[..cols], &mut sum[..cols]);
+    for row in x.chunks_exact(cols) {
+        for ((q, s), &v) in sumsq.iter_mut().zip(sum.iter_mut()).zip(row) {
+            *q += v * v;
+            *s += v;
+        }
+    }
+}
+
+widest! {
+    /// Adds Σ x² and Σ x over the rows of `x` (rows of `cols` values) to `sumsq` and `sum`,
+    /// row after row: the order, and so the bits, of burn-flex's x.square().sum_dim(0) and
+    /// x.sum_dim(0).
+    pub fn column_sums(x: &[f32], cols: usize, sumsq: &mut [f32], sum: &mut [f32]) = column_sums_generic
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

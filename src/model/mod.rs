@@ -8,8 +8,8 @@
 //! them: `embed` → `Block::forward` for each block of [`Model::blocks`] → `head`.
 
 mod cpu_attention;
-mod cpu_linear;
-mod cpu_math;
+pub(crate) mod cpu_linear;
+pub(crate) mod cpu_math;
 pub mod llama;
 pub mod opt;
 pub mod phi;
