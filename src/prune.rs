@@ -315,6 +315,14 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         bail!("{}: the {} family declares no row routing, so NeuroAL's row step cannot run; use --neuroal-step block", args.model.display(), config.model_type);
     }
     let dest = Destination::check(&args.model, &args.out, args.force, args.resume)?;
+    // The checkpoint's hashes (for the report and --resume) are made while the text is
+    // tokenized and the rest is checked: both are slow and on one core otherwise. A check that
+    // fails below leaves the thread to end with the process.
+    let hashing = {
+        let dir = args.model.clone();
+        let shards: Vec<String> = checkpoint.shards.iter().map(|s| s.file_name.clone()).collect();
+        std::thread::spawn(move || provenance::model_hashes(&dir, &shards))
+    };
     let plots = match &args.plots {
         Some(p) => Some(check_plots(&args.model, &dest, p)?),
         None => None,
@@ -356,8 +364,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     }
 
     // Provenance and the progress of an interrupted run.
-    let shard_names: Vec<String> = checkpoint.shards.iter().map(|s| s.file_name.clone()).collect();
-    let mut inputs = provenance::model_hashes(&args.model, &shard_names)?;
+    let mut inputs = hashing.join().map_err(|_| crate::err!("hashing the model's files failed"))??;
     inputs.insert("calibration text".into(), provenance::sha256_file(&args.calib)?);
     if let Some(e) = &args.eval {
         inputs.insert("evaluation text".into(), provenance::sha256_file(e)?);
