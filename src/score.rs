@@ -26,7 +26,7 @@ impl InputStats {
         let x2 = x.clone().reshape([b * t, cols]);
         // The shader reads x in the compute dtype and sums in f32, as the twin does on a copy.
         let on_host = || {
-            crate::model::cpu_linear::with_rows(&x2, |x| {
+            crate::model::with_cpu_rows(&x2, |x| {
                 let (mut sumsq, mut sum) = (vec![0f32; cols], vec![0f32; cols]);
                 if cols > 0 {
                     crate::model::cpu_math::column_sums(x, cols, &mut sumsq, &mut sum);

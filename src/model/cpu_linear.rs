@@ -17,9 +17,9 @@ pub fn linear(x: &Tensor<2>, w: &Tensor<2>) -> Option<Tensor<2>> {
         return None;
     }
     let device = x.device();
+    let ([m, k], [n, _]) = (x.dims(), w.dims());
     let lhs: FlexTensor = x.clone().try_into_primitive::<Flex>().ok()?;
     let rhs: FlexTensor = w.clone().transpose().try_into_primitive::<Flex>().ok()?;
-    let ([m, k], [_, n]) = (x.dims(), w.clone().transpose().dims());
     let (ls, rs) = (lhs.layout().strides(), rhs.layout().strides());
     let (lhs_data, rhs_data) = (lhs.storage::<f32>(), rhs.storage::<f32>());
     let (lhs_at, rhs_at) = (lhs.layout().start_offset(), rhs.layout().start_offset());
@@ -65,24 +65,6 @@ pub fn linear(x: &Tensor<2>, w: &Tensor<2>) -> Option<Tensor<2>> {
         }
     }
     Some(Tensor::from_data(TensorData::new(out, [m, n]), &device))
-}
-
-/// `f` on the values of an f32 burn-flex tensor [rows, cols] stored row by row (a view at an
-/// offset included), read in place: no copy even when the tensor is shared. `None` for other
-/// tensors and layouts.
-pub fn with_rows<R>(t: &Tensor<2>, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    let [rows, cols] = t.dims();
-    let flex: FlexTensor = t.clone().try_into_primitive::<Flex>().ok()?;
-    let (layout, data) = (flex.layout(), flex.storage::<f32>());
-    let row_major = layout.strides() == [cols as isize, 1] || rows <= 1 && layout.strides().get(1) == Some(&1);
-    let end = layout.start_offset() + rows * cols;
-    if !row_major || end > data.len() {
-        return None;
-    }
-    Some(f(&data[layout.start_offset()..end]))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! them: `embed` → `Block::forward` for each block of [`Model::blocks`] → `head`.
 
 mod cpu_attention;
-pub(crate) mod cpu_linear;
+mod cpu_linear;
 pub(crate) mod cpu_math;
 pub mod llama;
 pub mod opt;
@@ -632,6 +632,24 @@ pub fn on_cpu(device: &Device) -> bool {
 /// the caller; then nothing can fail). No copy when `t` is contiguous and not shared.
 pub fn cpu_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec::<f32>().expect("an f32 tensor in host memory")
+}
+
+/// `f` on the values of an f32 burn-flex tensor [rows, cols] stored row by row (a view at an
+/// offset included), read in place: no copy even when the tensor is shared. `None` for other
+/// tensors and layouts.
+pub fn with_cpu_rows<R>(t: &Tensor<2>, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let [rows, cols] = t.dims();
+    let flex: burn::backend::flex::FlexTensor = t.clone().try_into_primitive::<burn::backend::Flex>().ok()?;
+    let (layout, data) = (flex.layout(), flex.storage::<f32>());
+    let row_major = layout.strides() == [cols as isize, 1] || rows <= 1 && layout.strides().get(1) == Some(&1);
+    let end = layout.start_offset() + rows * cols;
+    if !row_major || end > data.len() {
+        return None;
+    }
+    Some(f(&data[layout.start_offset()..end]))
 }
 
 /// SiLU, x·σ(x). On the CPU backends in f32 a vectorized host loop (`cpu_math`): burn-flex's
