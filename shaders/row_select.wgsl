@@ -1,8 +1,10 @@
 // The selection that select_lowest.wgsl and prune_rows.wgsl share (each writes {{ row_select }}
 // where it goes): in one row of `cols` entries, the k lowest keys, ties to the lower column, with
 // one workgroup. An exact radix select finds the k-th smallest key over four 8-bit digits (rows
-// may be far wider than workgroup memory); then a pass over the row ranks the ties by column with
-// a workgroup prefix sum and hands each column's verdict to the shader. The including shader
+// may be far wider than workgroup memory); then a pass over the row hands each column's verdict
+// to the shader. Only where some but not all of the keys equal to the k-th are pruned does that
+// pass rank the ties by column, with a workgroup prefix sum (17 barriers per WG columns); scores
+// of distinct values (the usual case) need no barrier there. The including shader
 // binds `kth` (the count per row) and `info` (rows, cols first), and defines key_at(base, j),
 // the key (key_of of the f32 score) of column j of the row starting at `base`, and
 // write_at(base, j, pruned).
@@ -10,7 +12,7 @@
 const WG: u32 = {{ workgroup_size }}u;
 
 var<workgroup> hist: array<atomic<u32>, 256>;
-var<workgroup> select_u32: array<u32, 2>;
+var<workgroup> select_u32: array<u32, 3>;
 var<workgroup> flags: array<u32, {{ workgroup_size }}>;
 
 // Order-preserving map of f32 to u32; +0 and -0 share a key, as they compare equal.
@@ -59,6 +61,8 @@ fn select_row(base: u32, cols: u32, k: u32, lid: u32) {
             }
             select_u32[0] = sel;
             select_u32[1] = left;
+            // After the last digit: how many keys equal the k-th.
+            select_u32[2] = atomicLoad(&hist[sel]);
         }
         let sel = workgroupUniformLoad(&select_u32[0]);
         remaining = workgroupUniformLoad(&select_u32[1]);
@@ -66,6 +70,14 @@ fn select_row(base: u32, cols: u32, k: u32, lid: u32) {
         digits_mask = digits_mask | (255u << shift);
     }
 
+    // Every key equal to the k-th is pruned (or none is, for k = 0): no ranking of ties.
+    let equal = workgroupUniformLoad(&select_u32[2]);
+    if (remaining == equal) {
+        for (var j = lid; j < cols; j += WG) {
+            write_at(base, j, k > 0u && key_at(base, j) <= prefix);
+        }
+        return;
+    }
     // Pruned: below the k-th key, or equal to it and among the first `remaining` such columns.
     var ties_before = 0u;
     for (var start = 0u; start < cols; start += WG) {

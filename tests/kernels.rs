@@ -35,12 +35,15 @@ fn select_lowest_shader_and_host_path_equal_their_twin() {
     let gpu = gpu.device;
     let cpu = Device::flex();
     let mut rng = SplitMix64::new(42);
-    // Rows wider than a workgroup (256), odd widths, all-tie rows, k = 0 and k = cols.
+    // Rows wider than a workgroup (256), odd widths, all-tie rows, k = 0 and k = cols, and a
+    // k that ends a run of ties (every value ≤ 0.25 pruned: the selection's pass without
+    // ranking), where a random k mostly splits one (the pass that ranks them).
     for (rows, cols, levels) in [(3, 1000, None), (5, 300, Some(4)), (4, 7, Some(2)), (2, 4099, Some(50)), (6, 256, Some(1))] {
         let s = random(&mut rng, rows * cols, levels);
         let k: Vec<usize> = (0..rows).map(|r| match r {
             0 => 0,
             1 => cols,
+            2 => s[r * cols..(r + 1) * cols].iter().filter(|&&v| v <= 0.25).count(),
             _ => rng.below(cols as u64 + 1) as usize,
         }).collect();
         let a = host(mask::select_lowest(t2(s.clone(), [rows, cols], &gpu), &k).unwrap());
