@@ -276,7 +276,13 @@ pub fn select_lowest_host(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
             if k == 0 {
                 return;
             }
-            let (tau, mut ties) = row_threshold(row.iter().copied(), k, scratch);
+            let (tau, mut ties, all_ties) = row_threshold(row.iter().copied(), k, scratch);
+            if all_ties {
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o = if v <= tau { 1.0 } else { 0.0 };
+                }
+                return;
+            }
             for (o, &v) in out.iter_mut().zip(row) {
                 if v < tau {
                     *o = 1.0;
@@ -290,14 +296,16 @@ pub fn select_lowest_host(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
     Ok(Tensor::from_data(TensorData::new(mask, [rows, cols]), &device))
 }
 
-/// A row's k-th lowest score τ (k ≥ 1, in `f32::total_cmp` order) and how many of the scores
+/// A row's k-th lowest score τ (k ≥ 1, in `f32::total_cmp` order), how many of the scores
 /// equal to τ are pruned, the first by column: what the host selections mark (every score
-/// below τ, then that many equal to it).
+/// below τ, then that many equal to it); and whether those are all the scores equal to τ, as
+/// with scores of distinct values: then the pruned scores are those ≤ τ, a comparison per
+/// column that compiles without branches (which a row pruned at random would mispredict).
 ///
 /// Scores are selected by their bits as u32 keys: for scores whose sign bit is clear (every
 /// score |w|·√s, and +NaN), that order is `total_cmp`'s, and integer comparisons make the
 /// selection faster. A row with a sign bit set takes `total_cmp` itself.
-pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize, scratch: &mut Vec<u32>) -> (f32, usize) {
+pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize, scratch: &mut Vec<u32>) -> (f32, usize, bool) {
     scratch.clear();
     scratch.extend(scores.clone().map(f32::to_bits));
     let tau = if scratch.iter().all(|&b| b >> 31 == 0) {
@@ -306,7 +314,8 @@ pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize,
         let mut values: Vec<f32> = scores.clone().collect();
         *values.select_nth_unstable_by(k - 1, f32::total_cmp).1
     };
-    (tau, k - scores.filter(|&v| v < tau).count())
+    let (below, equal) = scores.fold((0, 0), |(b, e), v| (b + usize::from(v < tau), e + usize::from(v == tau)));
+    (tau, k - below, k - below == equal)
 }
 
 /// The CPU twin, in burn tensor ops: the k-th smallest value τ of each row comes from a sort of
@@ -338,18 +347,21 @@ mod tests {
     #[test]
     fn row_thresholds_follow_total_order() {
         let mut scratch = Vec::new();
-        let mut check = |row: &[f32], k: usize, want: (f32, usize)| {
-            let (tau, ties) = row_threshold(row.iter().copied(), k, &mut scratch);
-            assert_eq!((tau.to_bits(), ties), (want.0.to_bits(), want.1), "{row:?} k {k}");
+        let mut check = |row: &[f32], k: usize, want: (f32, usize, bool)| {
+            let (tau, ties, all) = row_threshold(row.iter().copied(), k, &mut scratch);
+            assert_eq!((tau.to_bits(), ties, all), (want.0.to_bits(), want.1, want.2), "{row:?} k {k}");
         };
-        check(&[0.5, 0.25, 0.25, 1.0, 0.0], 3, (0.25, 2));
-        check(&[0.5, 0.25, 0.25, 1.0, 0.0], 2, (0.25, 1));
+        check(&[0.5, 0.25, 0.25, 1.0, 0.0], 3, (0.25, 2, true));
+        check(&[0.5, 0.25, 0.25, 1.0, 0.0], 2, (0.25, 1, false));
+        check(&[0.5, 0.25, 0.75, 1.0, 0.0], 2, (0.25, 1, true));
         // A NaN threshold compares with nothing (no score is below or equal to it): the callers
         // refuse non-finite weights and statistics before they select.
-        check(&[3.0, f32::NAN, 1.0, f32::INFINITY], 4, (f32::NAN, 4));
-        check(&[3.0, f32::NAN, 1.0, f32::INFINITY], 3, (f32::INFINITY, 1));
-        check(&[0.5, -0.25, 0.0, -0.0, 2.0], 2, (-0.0, 1));
-        check(&[0.5, -0.25, 0.0, -1.0, 2.0], 1, (-1.0, 1));
+        check(&[3.0, f32::NAN, 1.0, f32::INFINITY], 4, (f32::NAN, 4, false));
+        check(&[3.0, f32::NAN, 1.0, f32::INFINITY], 3, (f32::INFINITY, 1, true));
+        // -0.0 and 0.0 are equal as floats: both count as ties of either.
+        check(&[0.5, -0.25, 0.0, -0.0, 2.0], 2, (-0.0, 1, false));
+        check(&[0.5, -0.25, 0.0, -0.0, 2.0], 3, (0.0, 2, true));
+        check(&[0.5, -0.25, 0.0, -1.0, 2.0], 1, (-1.0, 1, true));
     }
     use burn::tensor::Device;
 

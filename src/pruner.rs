@@ -189,7 +189,24 @@ fn prune_rows_on_cpu(weight: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], 
         scores.clear();
         scores.extend_from_slice(row);
         score_row_in_place(scores, norms.as_deref());
-        let (tau, mut ties) = row_threshold(scores.iter().copied(), k, keys);
+        let (tau, mut ties, all_ties) = row_threshold(scores.iter().copied(), k, keys);
+        if all_ties {
+            // Every score ≤ τ goes: the same verdicts as the loop below, without its branches.
+            match out {
+                Some(out) => {
+                    for ((x, o), &v) in row.iter_mut().zip(out.iter_mut()).zip(scores.iter()) {
+                        *x = if v <= tau { 0.0 } else { *x };
+                        *o = if v <= tau { 1.0 } else { 0.0 };
+                    }
+                }
+                None => {
+                    for (x, &v) in row.iter_mut().zip(scores.iter()) {
+                        *x = if v <= tau { 0.0 } else { *x };
+                    }
+                }
+            }
+            return;
+        }
         for (c, (x, &v)) in row.iter_mut().zip(scores.iter()).enumerate() {
             if v < tau || (v == tau && ties > 0) {
                 if v == tau {
