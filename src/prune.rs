@@ -18,7 +18,7 @@ use crate::memory;
 use crate::model::{check_model_dir, Model, Spec};
 use crate::pipeline::prune_resumable;
 use crate::provenance;
-use crate::resume::Progress;
+use crate::resume::{Progress, State};
 use crate::pruner::Pruner;
 use crate::score::Method;
 use crate::staging::{check_plots, fault, write_lock, Destination, PlotsTarget, Staging};
@@ -316,8 +316,9 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     }
     let dest = Destination::check(&args.model, &args.out, args.force, args.resume)?;
     // The checkpoint's hashes (for the report and --resume) are made while the text is
-    // tokenized and the rest is checked: both are slow and on one core otherwise. A check that
-    // fails below leaves the thread to end with the process.
+    // tokenized, the rest is checked and (unless --resume must check them first) the run works:
+    // hashing a 7B checkpoint's largest shard takes seconds. A check that fails below leaves the
+    // thread to end with the process.
     let hashing = {
         let dir = args.model.clone();
         let shards: Vec<String> = checkpoint.shards.iter().map(|s| s.file_name.clone()).collect();
@@ -363,32 +364,39 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         memory::check(&memory::prune_parts(&config, &spec.shapes(), &estimate), avail, "this machine")?;
     }
 
-    // Provenance and the progress of an interrupted run.
-    let mut inputs = hashing.join().map_err(|_| crate::err!("hashing the model's files failed"))??;
-    inputs.insert("calibration text".into(), provenance::sha256_file(&args.calib)?);
-    if let Some(e) = &args.eval {
-        inputs.insert("evaluation text".into(), provenance::sha256_file(e)?);
-    }
-    if let Some((paths, _)) = &zeroshot {
-        for p in paths {
-            inputs.insert(format!("task file {}", p.display()), provenance::sha256_file(p)?);
-        }
-    }
+    // Provenance and the progress of an interrupted run. The run starts while the inputs are
+    // still being hashed, unless --resume must check them first (see `resume::State`).
     let settings = json!({
         "method": method.name(), "pattern": pattern.name(), "sparsity": sparsity, "nsamples": args.nsamples,
         "seqlen": seqlen, "seed": args.seed, "top_up": kind.name(), "owl_m": args.owl_m, "owl_lambda": args.owl_lambda,
         "neuroal_step": args.neuroal_step.name(), "blocksize": args.blocksize, "percdamp": args.percdamp, "search_nsamples": args.search_nsamples, "search_chunk": args.search_chunk,
         "device": format!("{:?}", args.device).to_lowercase(), "dtype": args.dtype.name(),
     });
-    let state = json!({ "version": provenance::VERSION, "settings": settings, "inputs": &inputs });
-    let (staging, adopted) = Staging::create(&dest, &|dir| Progress::verify(dir, &state))?;
+    let texts: Vec<(String, PathBuf)> = std::iter::once(("calibration text".to_string(), args.calib.clone()))
+        .chain(args.eval.iter().map(|e| ("evaluation text".to_string(), e.clone())))
+        .chain(zeroshot.iter().flat_map(|(paths, _)| paths.iter().map(|p| (format!("task file {}", p.display()), p.clone()))))
+        .collect();
+    let make_state = move || -> Result<serde_json::Value> {
+        let mut inputs = hashing.join().map_err(|_| crate::err!("hashing the model's files failed"))??;
+        for (what, path) in &texts {
+            inputs.insert(what.clone(), provenance::sha256_file(path)?);
+        }
+        Ok(json!({ "version": provenance::VERSION, "settings": settings, "inputs": inputs }))
+    };
+    let (state, (staging, adopted)) = if dest.resumes() {
+        let state = make_state()?;
+        let created = Staging::create(&dest, &|dir| Progress::verify(dir, &state))?;
+        (State::Ready(state), created)
+    } else {
+        (State::Pending(Box::new(make_state)), Staging::create(&dest, &|_| Ok(()))?)
+    };
     if args.resume {
         match &adopted {
             Some(p) => eprintln!("resuming the interrupted run saved in {}", p.display()),
             None => eprintln!("--resume: no interrupted run of {} to continue; starting from the beginning", args.out.display()),
         }
     }
-    let saved = Progress::open(&staging.dir, &state, adopted.is_some())?;
+    let saved = Progress::open(&staging.dir, state, adopted.is_some())?;
 
     let device = device::select(args.device)?;
     let gpu_peak = device.is_gpu.then(|| memory::GpuPeak::start(&device.device));
@@ -528,7 +536,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
             command_line: provenance::command_line(),
             device: device.description.clone(),
             resumed_from: adopted,
-            sha256: inputs,
+            sha256: serde_json::from_value(saved.state()?["inputs"].clone()).map_err(|e| crate::err!("cannot read the input hashes back: {e}"))?,
         },
         plots: None,
     };
@@ -644,7 +652,7 @@ pub fn bench_neuroal(
         dtype: crate::device::ComputeDtype::F32,
         resume: false,
     };
-    let saved = Progress::open(scratch, &json!({ "bench": true }), false)?;
+    let saved = Progress::open(scratch, State::Ready(json!({ "bench": true })), false)?;
     let starts = draw_windows(ids.len(), seqlen, nsamples, 0)?;
     let windows = gather_windows(ids, &starts, seqlen);
     let pruner = crate::pruner::Wanda;

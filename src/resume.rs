@@ -4,6 +4,7 @@
 //! is stored bit for bit, the result is byte-identical to a run that was never stopped.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde_json::Value;
 
@@ -15,6 +16,17 @@ use crate::{bail, err};
 
 pub struct Progress {
     dir: PathBuf,
+    state: Mutex<State>,
+}
+
+/// A run's state (settings and input hashes), or the work that makes it: hashing a checkpoint's
+/// largest shard takes seconds on one core (LLaMA-2-7B's 10 GB: about 7 s), so a run starts
+/// without waiting for it, and the state is written before the first unit of progress: no
+/// progress is ever saved without the state a resume checks it against.
+pub enum State {
+    Ready(Value),
+    Pending(Box<dyn FnOnce() -> Result<Value> + Send>),
+    Failed(String),
 }
 
 /// The first key (as `section.key`) whose value differs between two states.
@@ -50,16 +62,35 @@ impl Progress {
         Ok(())
     }
 
-    /// Starts recording into `staging`, or, when `resumed` (its state verified), continues.
-    pub fn open(staging: &Path, state: &Value, resumed: bool) -> Result<Progress> {
+    /// Starts recording into `staging`, or, when `resumed` (its state verified, and so
+    /// [`State::Ready`]), continues. A ready state is written at once, a pending one when it is
+    /// first needed.
+    pub fn open(staging: &Path, state: State, resumed: bool) -> Result<Progress> {
         let dir = staging.join(RESUME_DIR);
-        let path = dir.join("state.json");
         if !resumed {
             std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
-            let text = serde_json::to_string_pretty(state).map_err(|e| err!("cannot encode the run state: {e}"))?;
-            write_whole(&path, text.as_bytes())?;
+            if let State::Ready(v) = &state {
+                write_state(&dir, v)?;
+            }
         }
-        Ok(Progress { dir })
+        Ok(Progress { dir, state: Mutex::new(state) })
+    }
+
+    /// The run's state, made (and written) first if still pending.
+    pub fn state(&self) -> Result<Value> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *state = match std::mem::replace(&mut *state, State::Failed(String::new())) {
+            State::Pending(make) => match make().and_then(|v| write_state(&self.dir, &v).map(|_| v)) {
+                Ok(v) => State::Ready(v),
+                Err(e) => State::Failed(e.to_string()),
+            },
+            other => other,
+        };
+        match &*state {
+            State::Ready(v) => Ok(v.clone()),
+            State::Failed(e) => Err(err!("{e}")),
+            State::Pending(_) => Err(err!("the run's state was not made")),
+        }
     }
 
     fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
@@ -92,6 +123,7 @@ impl Progress {
     }
 
     pub fn save_block_masks(&self, block: usize, masks: &[LayerMask]) -> Result<()> {
+        self.state()?;
         let mut w = Vec::new();
         put(&mut w, masks.len() as u64);
         for m in masks {
@@ -138,6 +170,7 @@ impl Progress {
     }
 
     pub fn save_evaluations(&self, key: &str, evals: &[Evaluation]) -> Result<()> {
+        self.state()?;
         let mut w = Vec::new();
         put(&mut w, evals.len() as u64);
         for e in evals {
@@ -164,6 +197,7 @@ impl Progress {
     }
 
     pub fn save_floats(&self, key: &str, values: &[f64]) -> Result<()> {
+        self.state()?;
         let mut w = Vec::new();
         put(&mut w, values.len() as u64);
         for v in values {
@@ -226,5 +260,52 @@ impl<'a> Reader<'a> {
             return Err(self.damaged());
         }
         Ok(())
+    }
+}
+
+fn write_state(dir: &Path, state: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(state).map_err(|e| err!("cannot encode the run state: {e}"))?;
+    write_whole(&dir.join("state.json"), text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pending state is made once, and written before the first progress it guards; one that
+    /// fails to be made lets no progress be saved.
+    #[test]
+    fn a_pending_state_is_written_before_the_first_progress() {
+        let staging = std::env::temp_dir().join(format!("neuroal-resume-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).unwrap();
+        let made = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = made.clone();
+        let state = State::Pending(Box::new(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(serde_json::json!({ "inputs": { "model.safetensors": "ab" } }))
+        }));
+        let progress = Progress::open(&staging, state, false).unwrap();
+        let state_file = staging.join(RESUME_DIR).join("state.json");
+        assert!(!state_file.exists());
+        progress.save_floats("owl", &[0.5]).unwrap();
+        let written: Value = serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+        assert_eq!(written["inputs"]["model.safetensors"], "ab");
+        Progress::verify(&staging, &written).unwrap();
+        progress.save_floats("owl2", &[0.25]).unwrap();
+        assert_eq!(progress.state().unwrap(), written);
+        assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(progress.floats("owl").unwrap(), Some(vec![0.5]));
+
+        let failing = staging.join("failing");
+        std::fs::create_dir_all(&failing).unwrap();
+        let progress = Progress::open(&failing, State::Pending(Box::new(|| Err(err!("cannot read model.safetensors")))), false).unwrap();
+        for _ in 0..2 {
+            let e = progress.save_floats("owl", &[0.5]).unwrap_err().to_string();
+            assert!(e.contains("cannot read model.safetensors"), "{e}");
+        }
+        assert!(!failing.join(RESUME_DIR).join("state.json").exists());
+        assert!(!failing.join(RESUME_DIR).join("owl.f64").exists());
+        let _ = std::fs::remove_dir_all(&staging);
     }
 }

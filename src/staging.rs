@@ -161,6 +161,12 @@ fn check_not_input(input: &Path, target: &Path, shown: &Path, what: &str, replac
 }
 
 impl Destination {
+    /// Whether [`Staging::create`] will take over an interrupted run (with `--resume`, one
+    /// holding progress was found).
+    pub fn resumes(&self) -> bool {
+        !self.adoptable.is_empty()
+    }
+
     /// Checks `out` for a run reading `input`: a plain folder name in an existing parent, not a
     /// file, not a mount point, never the input or an alias of it, and absent unless `force`.
     /// What interrupted runs left behind is dealt with first: an old output moved aside is
