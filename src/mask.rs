@@ -276,36 +276,31 @@ pub fn select_lowest_host(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
             if k == 0 {
                 return;
             }
-            let (tau, mut ties, all_ties) = row_threshold(row.iter().copied(), k, scratch);
-            if all_ties {
-                for (o, &v) in out.iter_mut().zip(row) {
-                    *o = if v <= tau { 1.0 } else { 0.0 };
-                }
-                return;
+            let (tau, bound) = row_threshold(row.iter().copied(), k, scratch);
+            let (out_head, out_tail) = out.split_at_mut(bound);
+            for (o, &v) in out_head.iter_mut().zip(&row[..bound]) {
+                *o = if v <= tau { 1.0 } else { 0.0 };
             }
-            for (o, &v) in out.iter_mut().zip(row) {
-                if v < tau {
-                    *o = 1.0;
-                } else if v == tau && ties > 0 {
-                    *o = 1.0;
-                    ties -= 1;
-                }
+            for (o, &v) in out_tail.iter_mut().zip(&row[bound..]) {
+                *o = if v < tau { 1.0 } else { 0.0 };
             }
         },
     );
     Ok(Tensor::from_data(TensorData::new(mask, [rows, cols]), &device))
 }
 
-/// A row's k-th lowest score τ (k ≥ 1, in `f32::total_cmp` order), how many of the scores
-/// equal to τ are pruned, the first by column: what the host selections mark (every score
-/// below τ, then that many equal to it); and whether those are all the scores equal to τ, as
-/// with scores of distinct values: then the pruned scores are those ≤ τ, a comparison per
-/// column that compiles without branches (which a row pruned at random would mispredict).
+/// A row's k-th lowest score τ (k ≥ 1, in `f32::total_cmp` order) and the column bound of
+/// the scores equal to τ that are pruned: every score below τ goes, and those equal to it in
+/// columns below the bound, the first by column, as many as make k. So a row's verdicts are
+/// `score <= τ` below the bound and `score < τ` from it: two loops without branches, where a
+/// branch per column (a row is pruned at random, so about half of them mispredict) took most
+/// of a CPU row pruning. Where every score equal to τ is pruned (scores of distinct values),
+/// the bound is the row's length.
 ///
 /// Scores are selected by their bits as u32 keys: for scores whose sign bit is clear (every
 /// score |w|·√s, and +NaN), that order is `total_cmp`'s, and integer comparisons make the
 /// selection faster. A row with a sign bit set takes `total_cmp` itself.
-pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize, scratch: &mut Vec<u32>) -> (f32, usize, bool) {
+pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize, scratch: &mut Vec<u32>) -> (f32, usize) {
     scratch.clear();
     scratch.extend(scores.clone().map(f32::to_bits));
     let tau = if scratch.iter().all(|&b| b >> 31 == 0) {
@@ -314,8 +309,15 @@ pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize,
         let mut values: Vec<f32> = scores.clone().collect();
         *values.select_nth_unstable_by(k - 1, f32::total_cmp).1
     };
-    let (below, equal) = scores.fold((0, 0), |(b, e), v| (b + usize::from(v < tau), e + usize::from(v == tau)));
-    (tau, k - below, k - below == equal)
+    let (below, equal) = scores.clone().fold((0, 0), |(b, e), v| (b + usize::from(v < tau), e + usize::from(v == tau)));
+    let ties = k - below;
+    if ties == equal {
+        return (tau, scratch.len());
+    }
+    // The column of the last tie pruned (none where τ is NaN, which equals nothing: the callers
+    // refuse non-finite weights and statistics before they select).
+    let last = scores.enumerate().filter(|&(_, v)| v == tau).nth(ties.wrapping_sub(1));
+    (tau, last.map_or(0, |(c, _)| c + 1))
 }
 
 /// The CPU twin, in burn tensor ops: the k-th smallest value τ of each row comes from a sort of
@@ -347,21 +349,22 @@ mod tests {
     #[test]
     fn row_thresholds_follow_total_order() {
         let mut scratch = Vec::new();
-        let mut check = |row: &[f32], k: usize, want: (f32, usize, bool)| {
-            let (tau, ties, all) = row_threshold(row.iter().copied(), k, &mut scratch);
-            assert_eq!((tau.to_bits(), ties, all), (want.0.to_bits(), want.1, want.2), "{row:?} k {k}");
+        let mut check = |row: &[f32], k: usize, want: (f32, usize)| {
+            let (tau, bound) = row_threshold(row.iter().copied(), k, &mut scratch);
+            assert_eq!((tau.to_bits(), bound), (want.0.to_bits(), want.1), "{row:?} k {k}");
         };
-        check(&[0.5, 0.25, 0.25, 1.0, 0.0], 3, (0.25, 2, true));
-        check(&[0.5, 0.25, 0.25, 1.0, 0.0], 2, (0.25, 1, false));
-        check(&[0.5, 0.25, 0.75, 1.0, 0.0], 2, (0.25, 1, true));
+        check(&[0.5, 0.25, 0.25, 1.0, 0.0], 3, (0.25, 5));
+        check(&[0.5, 0.25, 0.25, 1.0, 0.0], 2, (0.25, 2));
+        check(&[0.25, 0.5, 0.25, 1.0, 0.25, 0.0, 0.25], 3, (0.25, 3));
+        check(&[0.5, 0.25, 0.75, 1.0, 0.0], 2, (0.25, 5));
         // A NaN threshold compares with nothing (no score is below or equal to it): the callers
         // refuse non-finite weights and statistics before they select.
-        check(&[3.0, f32::NAN, 1.0, f32::INFINITY], 4, (f32::NAN, 4, false));
-        check(&[3.0, f32::NAN, 1.0, f32::INFINITY], 3, (f32::INFINITY, 1, true));
+        check(&[3.0, f32::NAN, 1.0, f32::INFINITY], 4, (f32::NAN, 0));
+        check(&[3.0, f32::NAN, 1.0, f32::INFINITY], 3, (f32::INFINITY, 4));
         // -0.0 and 0.0 are equal as floats: both count as ties of either.
-        check(&[0.5, -0.25, 0.0, -0.0, 2.0], 2, (-0.0, 1, false));
-        check(&[0.5, -0.25, 0.0, -0.0, 2.0], 3, (0.0, 2, true));
-        check(&[0.5, -0.25, 0.0, -1.0, 2.0], 1, (-1.0, 1, true));
+        check(&[0.5, -0.25, 0.0, -0.0, 2.0], 2, (-0.0, 3));
+        check(&[0.5, -0.25, 0.0, -0.0, 2.0], 3, (0.0, 5));
+        check(&[0.5, -0.25, 0.0, -1.0, 2.0], 1, (-1.0, 5));
     }
     use burn::tensor::Device;
 

@@ -24,6 +24,8 @@ pub struct Part {
 /// What a run needs: the sizes it was asked for.
 #[derive(Clone, Copy)]
 pub struct Run {
+    /// Calibration windows that go through the model outside the search: 0 for a pruner that
+    /// reads none (magnitude, unless OWL's outlier ratios need them).
     pub nsamples: usize,
     pub seqlen: usize,
     /// Windows per forward pass of the engine.
@@ -63,7 +65,7 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     // `at_once` passes over chunks of at most `windows` windows each.
     let activations = |at_once: u128, windows: usize| Part {
         what: "attention and MLP activations",
-        bytes: at_once * run.chunk.min(windows).max(1) as u128 * (3 * c.num_heads as u128 * t * t * f + (3 * t * ff + 4 * t * d) * h),
+        bytes: at_once * run.chunk.min(windows) as u128 * (3 * c.num_heads as u128 * t * t * f + (3 * t * ff + 4 * t * d) * h),
         lowered_by: "--seqlen",
     };
     // The block being pruned, its pruned copy (one per candidate running), and the next block
@@ -308,6 +310,11 @@ mod tests {
         let e = check(&parts, total(&parts) - 1, "this machine").unwrap_err().to_string();
         assert!(e.contains("(attention and MLP activations 44.0 KiB)") && e.ends_with("lower --seqlen"), "{e}");
         assert_eq!(human(3 << 30), "3.0 GiB");
+        // Magnitude's pruning pass runs no window (nsamples 0): no hidden states, no activations.
+        let weights_only = prune_parts(&c, &shapes, &Run { nsamples: 0, ..run(None, 1, false) });
+        assert_eq!(bytes(&weights_only, "calibration hidden states"), Some(0));
+        assert_eq!(bytes(&weights_only, "attention and MLP activations"), Some(0));
+        assert_eq!(total(&weights_only), 7680 + 640 + 160);
         // On a GPU the same estimate warns, naming the same part and flag, up to 1.5 × the
         // GPU's memory (the estimate runs up to 1.35× above measured peaks); beyond, it refuses.
         let need = total(&parts);

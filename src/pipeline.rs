@@ -219,7 +219,9 @@ pub fn prune_resumable(
 ) -> Result<Vec<LayerMask>> {
     let nsamples = windows.len() / seqlen;
     let pos = model.positions(seqlen);
-    let mut hidden = embed_windows(model, windows, seqlen);
+    // A pruner that reads no calibration (magnitude) gets the statistics of no windows: no
+    // window is embedded, so its dense passes and forwards run over nothing.
+    let mut hidden = if pruner.needs_calibration() { embed_windows(model, windows, seqlen) } else { Vec::new() };
     let shapes = model.linear_shapes();
     let bar = progress_bar(model.num_blocks(), "pruning blocks");
     let mut masks = Vec::new();

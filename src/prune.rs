@@ -358,7 +358,9 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         }
         None => None,
     };
-    let mut estimate = memory_run(args, kind, step, sparsity, seqlen, pruner.needs_hessian(), args.device != Choice::Gpu);
+    // OWL's outlier ratios take a dense pass over the calibration windows whatever the pruner.
+    let windows_run = pruner.needs_calibration() || kind == TopUpKind::Owl;
+    let mut estimate = memory_run(args, kind, step, sparsity, seqlen, pruner.needs_hessian(), args.device != Choice::Gpu, windows_run);
     if args.device != Choice::Gpu && let Some(avail) = memory::available_host() {
         estimate.passes_at_once = memory::passes_that_fit(&config, &spec.shapes(), &estimate, avail);
         memory::check(&memory::prune_parts(&config, &spec.shapes(), &estimate), avail, "this machine")?;
@@ -572,11 +574,14 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
 
 /// The sizes the memory estimate needs of a run. On the CPU backends (`on_cpu`) NeuroAL's
 /// candidates run side by side, one per core (`topup::evaluate`); on a GPU one at a time.
-fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f64, seqlen: usize, hessians: bool, on_cpu: bool) -> memory::Run {
+/// The run's sizes for the memory estimate; `windows_run`: whether the calibration windows go
+/// through the model outside NeuroAL's search (not for magnitude's pruning pass).
+#[allow(clippy::too_many_arguments)]
+fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f64, seqlen: usize, hessians: bool, on_cpu: bool, windows_run: bool) -> memory::Run {
     let search_grid = if step == NeuroalStep::Row { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };
     let carried = if args.search_chunk == 0 { search_grid } else { args.search_chunk.min(search_grid) };
     memory::Run {
-        nsamples: args.nsamples,
+        nsamples: if windows_run { args.nsamples } else { 0 },
         seqlen,
         chunk: crate::pipeline::CHUNK,
         hessians,
@@ -659,7 +664,7 @@ pub fn bench_neuroal(
     let mut estimate = memory::Run {
         dtype_bytes: model.dtype.size() as u128,
         stacked_params: crate::fused::stacked_params(&model.spec.fused_groups(), model.dtype, !crate::model::on_cpu(&model.device)),
-        ..memory_run(&args, TopUpKind::Neuroal, NeuroalStep::Both, sparsity, seqlen, false, crate::model::on_cpu(&model.device))
+        ..memory_run(&args, TopUpKind::Neuroal, NeuroalStep::Both, sparsity, seqlen, false, crate::model::on_cpu(&model.device), true)
     };
     estimate.dense_batch = dense_batch(&args, !crate::model::on_cpu(&model.device), &model.config, &model.linear_shapes(), &estimate);
     let plan = SearchPlan { at_once: rayon::current_num_threads(), dense_batch: estimate.dense_batch };

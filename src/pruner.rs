@@ -78,6 +78,12 @@ pub enum Expected {
 pub trait Pruner: Sync {
     fn name(&self) -> &'static str;
 
+    /// Whether [`Pruner::prune`] reads the calibration at all: a pruner that does not (magnitude)
+    /// is given an empty one, and the pruning pass runs no window through the model.
+    fn needs_calibration(&self) -> bool {
+        true
+    }
+
     /// Whether [`Pruner::prune`] needs the Hessian recorded.
     fn needs_hessian(&self) -> bool {
         false
@@ -115,6 +121,10 @@ pub struct Magnitude;
 impl Pruner for Magnitude {
     fn name(&self) -> &'static str {
         "magnitude"
+    }
+
+    fn needs_calibration(&self) -> bool {
+        false
     }
 
     fn prune(&self, weight: Tensor<2>, _calib: &Calibration, _nsamples: usize, pattern: &Pattern, sparsity: &Sparsity) -> Result<Pruned> {
@@ -181,7 +191,7 @@ fn prune_rows_on_cpu(weight: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], 
     let norms = scaler.map(cpu_norms);
     let mut w = cpu_values(weight);
     // One row: its scores once, its selection, the row pruned and its flags in `out`.
-    let prune_row = |(scores, keys): &mut (Vec<f32>, Vec<u32>), r: usize, row: &mut [f32], mut out: Option<&mut [f32]>| {
+    let prune_row = |(scores, keys): &mut (Vec<f32>, Vec<u32>), r: usize, row: &mut [f32], out: Option<&mut [f32]>| {
         let k = k[r].min(cols);
         if k == 0 {
             return;
@@ -189,33 +199,19 @@ fn prune_rows_on_cpu(weight: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], 
         scores.clear();
         scores.extend_from_slice(row);
         score_row_in_place(scores, norms.as_deref());
-        let (tau, mut ties, all_ties) = row_threshold(scores.iter().copied(), k, keys);
-        if all_ties {
-            // Every score ≤ τ goes: the same verdicts as the loop below, without its branches.
-            match out {
-                Some(out) => {
-                    for ((x, o), &v) in row.iter_mut().zip(out.iter_mut()).zip(scores.iter()) {
-                        *x = if v <= tau { 0.0 } else { *x };
-                        *o = if v <= tau { 1.0 } else { 0.0 };
-                    }
-                }
-                None => {
-                    for (x, &v) in row.iter_mut().zip(scores.iter()) {
-                        *x = if v <= tau { 0.0 } else { *x };
-                    }
-                }
+        let (tau, bound) = row_threshold(scores.iter().copied(), k, keys);
+        // Columns below the bound are pruned at ≤ τ, the rest at < τ: two loops that vectorize.
+        let (row_head, row_tail) = row.split_at_mut(bound);
+        let (head, tail) = scores.split_at(bound);
+        match out {
+            Some(out) => {
+                let (out_head, out_tail) = out.split_at_mut(bound);
+                write_row(row_head, Some(out_head), head, |v| v <= tau);
+                write_row(row_tail, Some(out_tail), tail, |v| v < tau);
             }
-            return;
-        }
-        for (c, (x, &v)) in row.iter_mut().zip(scores.iter()).enumerate() {
-            if v < tau || (v == tau && ties > 0) {
-                if v == tau {
-                    ties -= 1;
-                }
-                if let Some(out) = out.as_deref_mut() {
-                    out[c] = 1.0;
-                }
-                *x = 0.0;
+            None => {
+                write_row(row_head, None, head, |v| v <= tau);
+                write_row(row_tail, None, tail, |v| v < tau);
             }
         }
     };
@@ -229,6 +225,29 @@ fn prune_rows_on_cpu(weight: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], 
         None
     };
     (Tensor::from_data(TensorData::new(w, [rows, cols]), &device), mask)
+}
+
+/// Zeros the weights of `row` whose score is `pruned`, and flags them in `out`. Bit masks, with
+/// every value stored: `if pruned { 0.0 } else { *x }` compiles to a conditional store, which
+/// without AVX's masked stores is a branch per column.
+#[inline(always)]
+fn write_row(row: &mut [f32], out: Option<&mut [f32]>, scores: &[f32], pruned: impl Fn(f32) -> bool) {
+    // All ones where kept, zero where pruned.
+    let keep = |v: f32| u32::from(!pruned(v)).wrapping_neg();
+    match out {
+        Some(out) => {
+            for ((x, o), &v) in row.iter_mut().zip(out.iter_mut()).zip(scores) {
+                let keep = keep(v);
+                *x = f32::from_bits(x.to_bits() & keep);
+                *o = f32::from_bits(!keep & 1f32.to_bits());
+            }
+        }
+        None => {
+            for (x, &v) in row.iter_mut().zip(scores) {
+                *x = f32::from_bits(x.to_bits() & keep(v));
+            }
+        }
+    }
 }
 
 /// SparseGPT (Frantar & Alistarh), as the reference implementation runs it: the inverse
