@@ -39,6 +39,9 @@ pub struct BenchRow {
     pub search_s: Option<f64>,
     #[serde(default)]
     pub prune_s: Option<f64>,
+    /// With `--prune-sparsity`: writing the pruned checkpoint, in seconds.
+    #[serde(default)]
+    pub write_s: Option<f64>,
     #[serde(default)]
     pub lambda_block: Option<f64>,
     #[serde(default)]
@@ -251,6 +254,7 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
         prune_estimate_mib: pruned.as_ref().map(|p| p.estimate_mib),
         search_s: pruned.as_ref().map(|p| p.search_s),
         prune_s: pruned.as_ref().map(|p| p.prune_s),
+        write_s: pruned.as_ref().map(|p| p.write_s),
         lambda_block: pruned.as_ref().and_then(|p| p.lambda_block),
         lambda_row: pruned.as_ref().and_then(|p| p.lambda_row),
         dense_batch: pruned.as_ref().map(|p| p.dense_batch),
@@ -392,8 +396,8 @@ fn print_json<T: Serialize>(row: &T) -> Result<()> {
 
 pub fn print_table(rows: &[BenchRow]) {
     println!(
-        "{:<48} {:>7} {:>6} {:>12} {:>12} {:>10} {:>16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
-        "device", "seqlen", "batch", "tokens/s", "ms/forward", "host MiB", "GPU MiB fwd/prn", "est. MiB", "search s", "prune s", "λ blk", "λ row", "dense"
+        "{:<48} {:>7} {:>6} {:>12} {:>12} {:>10} {:>16} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
+        "device", "seqlen", "batch", "tokens/s", "ms/forward", "host MiB", "GPU MiB fwd/prn", "est. MiB", "search s", "prune s", "write s", "λ blk", "λ row", "dense"
     );
     let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
     for r in rows {
@@ -402,9 +406,9 @@ pub fn print_table(rows: &[BenchRow]) {
             (f, p) => format!("{} / {}", opt(f, 0), opt(p, 0)),
         };
         println!(
-            "{:<48} {:>7} {:>6} {:>12.0} {:>12.1} {:>10.0} {:>16} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
+            "{:<48} {:>7} {:>6} {:>12.0} {:>12.1} {:>10.0} {:>16} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
             r.device, r.seqlen, r.batch, r.tokens_per_s, r.ms_per_forward, r.peak_rss_mib, gpu, opt(r.prune_estimate_mib, 0),
-            opt(r.search_s, 1), opt(r.prune_s, 1), opt(r.lambda_block, 2), opt(r.lambda_row, 2),
+            opt(r.search_s, 1), opt(r.prune_s, 1), opt(r.write_s, 1), opt(r.lambda_block, 2), opt(r.lambda_row, 2),
             r.dense_batch.map_or("-".to_string(), |k| k.to_string())
         );
     }

@@ -612,6 +612,8 @@ fn dense_batch(args: &PruneArgs, gpu: bool, config: &crate::config::Config, shap
 pub struct BenchPrune {
     pub search_s: f64,
     pub prune_s: f64,
+    /// Writing the pruned checkpoint.
+    pub write_s: f64,
     pub lambda_block: Option<f64>,
     pub lambda_row: Option<f64>,
     /// The run's up-front memory estimate, in MiB.
@@ -620,8 +622,9 @@ pub struct BenchPrune {
     pub dense_batch: usize,
 }
 
-/// NeuroAL (block and row steps) over Wanda on token ids, timed, with no files around it:
-/// what `bench --prune-sparsity` measures. `scratch` receives the search's progress files.
+/// NeuroAL (block and row steps) over Wanda on token ids, timed, then the pruned checkpoint's
+/// writing: what `bench --prune-sparsity` measures. `scratch` receives the search's progress
+/// files and the checkpoint.
 pub fn bench_neuroal(
     model: &Model,
     ids: &[u32],
@@ -673,13 +676,20 @@ pub fn bench_neuroal(
     let search_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let map = &topup.map;
-    prune_resumable(model, &windows, seqlen, &pruner, &topup.pattern, &|b, l| map[b][l].clone(), plan.at_once, Vec::new(), &mut |_, _| Ok(()))?;
+    let masks = prune_resumable(model, &windows, seqlen, &pruner, &topup.pattern, &|b, l| map[b][l].clone(), plan.at_once, Vec::new(), &mut |_, _| Ok(()))?;
     let prune_s = t.elapsed().as_secs_f64();
     crate::trace::report("bench prune");
+    // What a user waits for after the prune: the pruned checkpoint written (into `scratch`).
+    let t = Instant::now();
+    let written = scratch.join("checkpoint");
+    std::fs::create_dir_all(&written).map_err(|e| crate::err!("cannot create {}: {}", written.display(), crate::error::io_words(&e)))?;
+    write_checkpoint(&model.checkpoint, &masks, &written)?;
+    let write_s = t.elapsed().as_secs_f64();
     Ok(BenchPrune {
         dense_batch: estimate.dense_batch,
         search_s,
         prune_s,
+        write_s,
         lambda_block: topup.report.lambda_block,
         lambda_row: topup.report.lambda_row,
         estimate_mib: memory::total_mib(&memory::prune_parts(&model.config, &model.linear_shapes(), &estimate)),

@@ -18,7 +18,7 @@ fn synthetic_bench_runs_on_cpu_and_gpu_and_cleans_up() {
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rows.len(), 2);
     for r in &rows {
-        for k in ["tokens_per_s", "ms_per_forward", "search_s", "prune_s"] {
+        for k in ["tokens_per_s", "ms_per_forward", "search_s", "prune_s", "write_s"] {
             assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
         }
     }
