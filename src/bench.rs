@@ -130,8 +130,12 @@ pub fn shape(name: &str) -> Result<Shape> {
     }
 }
 
+/// The project's own small BPE tokenizer (`scripts/make_fixtures.py`, 384 ids, within every
+/// shape's vocabulary), written beside a synthetic checkpoint so `prune` and `eval` take it.
+const TOKENIZER: &str = include_str!("../assets/tokenizer.json");
+
 /// Writes a random f16 checkpoint of `shape` with `blocks` blocks into `dir`: config.json, one
-/// shard per block plus one for the tensors outside the blocks, and the index. Matrices are
+/// shard per block plus one for the tensors outside the blocks, the index and a tokenizer. Matrices are
 /// uniform with a unit-variance-preserving scale (±√(3/fan_in)), norm weights 1, biases 0;
 /// seeded, so every run measures the same model.
 pub fn write_synthetic(dir: &Path, shape: &Shape, blocks: usize) -> Result<()> {
@@ -146,6 +150,7 @@ pub fn write_synthetic(dir: &Path, shape: &Shape, blocks: usize) -> Result<()> {
     let parsed = crate::config::Config::from_json(&text)?;
     std::fs::create_dir_all(dir).map_err(|e| err!("cannot create {}: {e}", dir.display()))?;
     std::fs::write(dir.join("config.json"), text).map_err(|e| err!("cannot write config.json: {e}"))?;
+    std::fs::write(dir.join("tokenizer.json"), TOKENIZER).map_err(|e| err!("cannot write tokenizer.json: {e}"))?;
     // Shard 0 holds what lies outside the blocks, shard b + 1 block b.
     let prefix = format!("{}.", crate::model::Spec::of(&parsed).block_prefix);
     let mut shards: Vec<Vec<(String, Vec<usize>)>> = vec![Vec::new(); blocks + 1];

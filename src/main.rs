@@ -163,6 +163,10 @@ enum Command {
         /// Blocks of the synthetic checkpoint.
         #[arg(long, default_value_t = 8)]
         blocks: usize,
+        /// Instead of measuring: write the synthetic checkpoint into this new folder and keep it
+        /// (for `prune` and `eval`, whose tokenizer it holds: the project's own, 384 ids).
+        #[arg(long, requires = "synthetic", conflicts_with_all = ["prune_sparsity", "matmul", "attention"])]
+        save: Option<PathBuf>,
         /// Also time a NeuroAL prune (Wanda, block and row steps) at this sparsity on random tokens.
         #[arg(long)]
         prune_sparsity: Option<f64>,
@@ -381,7 +385,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Tune { model, synthetic, tokens, seqlen, dtype, iters } => neuroal::tune::run(&neuroal::tune::TuneArgs { model, synthetic, tokens, seqlen, dtype, iters }),
-        Command::Bench { model, synthetic, matmul, attention, blocks, prune_sparsity, nsamples, search_nsamples, search_batch, devices, seqlen, batch, iters, dtype, single, json } => {
+        Command::Bench { model, synthetic, matmul, attention, blocks, save, prune_sparsity, nsamples, search_nsamples, search_batch, devices, seqlen, batch, iters, dtype, single, json } => {
             if let Some(list) = matmul {
                 return bench::matmul(&list, &devices, dtype, iters, json);
             }
@@ -399,6 +403,18 @@ fn run(cli: Cli) -> Result<()> {
                 let model = model.ok_or_else(|| neuroal::err!("--model is required"))?;
                 let r = bench::measure(&model, choice, dtype, seqlen, batch, iters, prune)?;
                 println!("{}", serde_json::to_string(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
+                return Ok(());
+            }
+            if let (Some(dir), Some(name)) = (&save, &synthetic) {
+                let shape = bench::shape(name)?;
+                if std::fs::symlink_metadata(dir).is_ok() {
+                    bail!("--save {}: already exists; name a new folder", dir.display());
+                }
+                if let Err(e) = bench::write_synthetic(dir, &shape, blocks) {
+                    let _ = std::fs::remove_dir_all(dir);
+                    return Err(e);
+                }
+                eprintln!("wrote a random {name} checkpoint with {blocks} blocks to {}", dir.display());
                 return Ok(());
             }
             let (model, temp) = match (model, synthetic) {

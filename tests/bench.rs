@@ -226,3 +226,33 @@ fn check_runs_fused_or_not(dir: &std::path::Path, seqlen: &str, batch: &str) {
         assert!(rows[0]["tokens_per_s"].as_f64().is_some_and(|t| t > 0.0), "{}", rows[0]);
     }
 }
+
+/// `--save` keeps the synthetic checkpoint in a new folder, with a tokenizer, so `prune` takes
+/// it as it is; an existing folder is refused in one line and left as it was.
+#[test]
+fn a_saved_synthetic_checkpoint_prunes_and_an_existing_folder_is_refused() {
+    let root = std::env::temp_dir().join(format!("neuroal-bench-save-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = root.join("tiny");
+    let o = bench(&["--synthetic", "tiny", "--blocks", "2", "--save", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = root.join("pruned");
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sample.txt");
+    let p = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(["prune", "--model", dir.to_str().unwrap(), "--calib", sample, "--sparsity", "0.5", "--seqlen", "32", "--nsamples", "4", "--device", "cpu", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    assert!(out.join("model.safetensors.index.json").is_file() && out.join("tokenizer.json").is_file());
+
+    let mine = root.join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "keep me").unwrap();
+    let o = bench(&["--synthetic", "tiny", "--blocks", "2", "--save", mine.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.trim().lines().count() == 1 && err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
+    assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "keep me");
+    let _ = std::fs::remove_dir_all(&root);
+}
