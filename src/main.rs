@@ -405,28 +405,24 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
                 return Ok(());
             }
-            if let (Some(dir), Some(name)) = (&save, &synthetic) {
-                let shape = bench::shape(name)?;
-                if std::fs::symlink_metadata(dir).is_ok() {
-                    bail!("--save {}: already exists; name a new folder", dir.display());
-                }
-                if let Err(e) = bench::write_synthetic(dir, &shape, blocks) {
-                    let _ = std::fs::remove_dir_all(dir);
-                    return Err(e);
-                }
-                eprintln!("wrote a random {name} checkpoint with {blocks} blocks to {}", dir.display());
-                return Ok(());
-            }
             let (model, temp) = match (model, synthetic) {
                 (Some(m), _) => (m, None),
                 (None, Some(name)) => {
                     let shape = bench::shape(&name)?;
-                    let dir = std::env::temp_dir().join(format!("neuroal-synthetic-{}-{name}-{blocks}", std::process::id()));
+                    // A new folder (--save, kept, nothing measured) or a temporary one.
+                    let dir = match &save {
+                        Some(dir) if std::fs::symlink_metadata(dir).is_ok() => bail!("--save {}: already exists; name a new folder", dir.display()),
+                        Some(dir) => dir.clone(),
+                        None => std::env::temp_dir().join(format!("neuroal-synthetic-{}-{name}-{blocks}", std::process::id())),
+                    };
                     if let Err(e) = bench::write_synthetic(&dir, &shape, blocks) {
                         let _ = std::fs::remove_dir_all(&dir);
                         return Err(e);
                     }
                     eprintln!("wrote a random {name} checkpoint with {blocks} blocks to {}", dir.display());
+                    if save.is_some() {
+                        return Ok(());
+                    }
                     (dir.clone(), Some(dir))
                 }
                 (None, None) => bail!("--model or --synthetic is required"),

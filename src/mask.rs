@@ -316,7 +316,8 @@ pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize,
     }
     // The column of the last tie pruned (none where τ is NaN, which equals nothing: the callers
     // refuse non-finite weights and statistics before they select).
-    let last = scores.enumerate().filter(|&(_, v)| v == tau).nth(ties.wrapping_sub(1));
+    // `ties` is at least 1: τ is the k-th lowest, so fewer than k scores lie below it.
+    let last = scores.enumerate().filter(|&(_, v)| v == tau).nth(ties - 1);
     (tau, last.map_or(0, |(c, _)| c + 1))
 }
 

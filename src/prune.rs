@@ -574,8 +574,8 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
 
 /// The sizes the memory estimate needs of a run. On the CPU backends (`on_cpu`) NeuroAL's
 /// candidates run side by side, one per core (`topup::evaluate`); on a GPU one at a time.
-/// The run's sizes for the memory estimate; `windows_run`: whether the calibration windows go
-/// through the model outside NeuroAL's search (not for magnitude's pruning pass).
+/// `windows_run`: whether the calibration windows go through the model outside NeuroAL's
+/// search (not for magnitude's pruning pass, unless OWL's ratios need them).
 #[allow(clippy::too_many_arguments)]
 fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f64, seqlen: usize, hessians: bool, on_cpu: bool, windows_run: bool) -> memory::Run {
     let search_grid = if step == NeuroalStep::Row { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };

@@ -203,17 +203,9 @@ fn prune_rows_on_cpu(weight: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], 
         // Columns below the bound are pruned at ≤ τ, the rest at < τ: two loops that vectorize.
         let (row_head, row_tail) = row.split_at_mut(bound);
         let (head, tail) = scores.split_at(bound);
-        match out {
-            Some(out) => {
-                let (out_head, out_tail) = out.split_at_mut(bound);
-                write_row(row_head, Some(out_head), head, |v| v <= tau);
-                write_row(row_tail, Some(out_tail), tail, |v| v < tau);
-            }
-            None => {
-                write_row(row_head, None, head, |v| v <= tau);
-                write_row(row_tail, None, tail, |v| v < tau);
-            }
-        }
+        let (out_head, out_tail) = out.map(|o| o.split_at_mut(bound)).unzip();
+        write_row(row_head, out_head, head, |v| v <= tau);
+        write_row(row_tail, out_tail, tail, |v| v < tau);
     };
     let buffers = || (Vec::with_capacity(cols), Vec::with_capacity(cols));
     let mask = if masked {

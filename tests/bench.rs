@@ -251,7 +251,7 @@ fn a_saved_synthetic_checkpoint_prunes_and_an_existing_folder_is_refused() {
     std::fs::write(mine.join("notes.txt"), "keep me").unwrap();
     let o = bench(&["--synthetic", "tiny", "--blocks", "2", "--save", mine.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.trim().lines().count() == 1 && err.contains("already exists"), "{err}");
+    assert!(o.status.code() == Some(2) && err.trim().lines().count() == 1 && err.contains("already exists"), "{err}");
     assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
     assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "keep me");
     let _ = std::fs::remove_dir_all(&root);
