@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::device::{self, Choice, ComputeDtype};
@@ -158,28 +159,30 @@ pub fn write_synthetic(dir: &Path, shape: &Shape, blocks: usize) -> Result<()> {
         let block = name.strip_prefix(&prefix).and_then(|r| r.split('.').next()?.parse::<usize>().ok());
         shards[block.map_or(0, |b| b + 1)].push((name, dims));
     }
-    let mut rng = crate::calib::SplitMix64::new(0x5eed);
-    let mut values = |name: &str, dims: &[usize]| -> Vec<u8> {
+    // Matrices draw from one seeded stream, in the order the shards list them.
+    let random = |name: &str, dims: &[usize]| dims.len() != 1 && !name.ends_with(".bias");
+    let values = |name: &str, dims: &[usize], first: u64| -> Vec<u8> {
         let n: usize = dims.iter().product();
-        let constant = |v: half::f16| (0..n).flat_map(|_| v.to_le_bytes()).collect();
-        if name.ends_with(".bias") {
-            return constant(half::f16::ZERO);
+        if !random(name, dims) {
+            let v = if name.ends_with(".bias") { half::f16::ZERO } else { half::f16::ONE };
+            return (0..n).flat_map(|_| v.to_le_bytes()).collect();
         }
-        if dims.len() == 1 {
-            return constant(half::f16::ONE);
-        }
-        let a = (3.0 / dims[1] as f64).sqrt();
-        let mut out = Vec::with_capacity(n * 2);
-        for _ in 0..n {
-            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            out.extend_from_slice(&half::f16::from_f64((2.0 * u - 1.0) * a).to_le_bytes());
-        }
-        out
+        uniform_f16(first, n, (3.0 / dims[1] as f64).sqrt(), 1 << 16)
     };
+    let mut drawn = 0u64;
     let mut weight_map = serde_json::Map::new();
     for (k, tensors) in shards.iter().enumerate() {
         let file = format!("model-{:05}-of-{:05}.safetensors", k + 1, shards.len());
-        let data: Vec<Vec<u8>> = tensors.iter().map(|(n, dims)| values(n, dims)).collect();
+        let data: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(n, dims)| {
+                let first = drawn;
+                if random(n, dims) {
+                    drawn += dims.iter().product::<usize>() as u64;
+                }
+                values(n, dims, first)
+            })
+            .collect();
         let views = tensors
             .iter()
             .zip(&data)
@@ -194,6 +197,24 @@ pub fn write_synthetic(dir: &Path, shape: &Shape, blocks: usize) -> Result<()> {
     let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
     std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index).unwrap_or_default())
         .map_err(|e| err!("cannot write the index: {e}"))
+}
+
+/// The synthetic checkpoints' seed.
+const SEED: u64 = 0x5eed;
+
+/// Draws `first..first + n` of the seeded stream as f16 bytes uniform in ±`a`, made in pieces of
+/// `piece` values on every core, each piece's generator started where the stream is at its
+/// first value: the same bytes as drawing them in order, in a fraction of the time.
+fn uniform_f16(first: u64, n: usize, a: f64, piece: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n * 2];
+    out.par_chunks_mut(2 * piece).enumerate().for_each(|(i, bytes)| {
+        let mut rng = crate::calib::SplitMix64::after(SEED, first + (i * piece) as u64);
+        for v in bytes.chunks_exact_mut(2) {
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            v.copy_from_slice(&half::f16::from_f64((2.0 * u - 1.0) * a).to_le_bytes());
+        }
+    });
+    out
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -423,6 +444,27 @@ pub fn print_table(rows: &[BenchRow]) {
 mod tests {
     use super::*;
     use crate::weights::decode_f32;
+
+    #[test]
+    fn random_matrices_made_in_pieces_equal_the_stream_drawn_in_order() {
+        // The reference: the stream drawn one value at a time from its seed, skipping `first`.
+        let (first, n, a) = (5u64, 1000usize, 0.25f64);
+        let mut rng = crate::calib::SplitMix64::new(SEED);
+        for _ in 0..first {
+            rng.next_u64();
+        }
+        let want: Vec<u8> = (0..n)
+            .flat_map(|_| {
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                half::f16::from_f64((2.0 * u - 1.0) * a).to_le_bytes()
+            })
+            .collect();
+        for piece in [1, 7, 999, 1000, 1 << 16] {
+            assert_eq!(uniform_f16(first, n, a, piece), want, "pieces of {piece}");
+        }
+        let values: Vec<f32> = want.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+        assert!(values.iter().all(|v| v.abs() <= 0.25) && values.iter().any(|&v| v > 0.2) && values.iter().any(|&v| v < -0.2));
+    }
 
     #[test]
     fn kernel_bench_sizes_parse_or_get_one_line() {

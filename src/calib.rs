@@ -7,13 +7,22 @@ use crate::error::Result;
 
 pub struct SplitMix64(u64);
 
+/// What each draw adds to SplitMix64's state.
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 impl SplitMix64 {
     pub fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
 
+    /// The generator seeded with `seed` after `draws` draws. Each draw adds one constant to the
+    /// state, so a long stream can be made in pieces, side by side, equal to the one drawn in order.
+    pub fn after(seed: u64, draws: u64) -> Self {
+        SplitMix64(seed.wrapping_add(draws.wrapping_mul(GAMMA)))
+    }
+
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.0 = self.0.wrapping_add(GAMMA);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -57,6 +66,19 @@ mod tests {
         for w in want {
             assert_eq!(r.next_u64(), w);
         }
+    }
+
+    #[test]
+    fn a_generator_after_n_draws_continues_the_stream() {
+        let mut r = SplitMix64::new(1234567);
+        let stream: Vec<u64> = (0..1000).map(|_| r.next_u64()).collect();
+        for n in [0usize, 1, 2, 17, 999] {
+            assert_eq!(SplitMix64::after(1234567, n as u64).next_u64(), stream[n], "after {n} draws");
+        }
+        // The state wraps around u64 as the stream does.
+        let mut far = SplitMix64::new(u64::MAX - 3);
+        let _ = (0..5).map(|_| far.next_u64()).count();
+        assert_eq!(SplitMix64::after(u64::MAX - 3, 5).next_u64(), far.next_u64());
     }
 
     #[test]
