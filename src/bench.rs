@@ -141,14 +141,13 @@ const TOKENIZER: &str = include_str!("../assets/tokenizer.json");
 /// seeded, so every run measures the same model.
 pub fn write_synthetic(dir: &Path, shape: &Shape, blocks: usize) -> Result<()> {
     use safetensors::tensor::{Dtype, TensorView};
-    if blocks == 0 {
-        bail!("--blocks must be at least 1");
+    let (text, parsed) = synthetic_config(shape, blocks)?;
+    if let Some(free) = crate::staging::free_bytes(dir) {
+        let need = synthetic_bytes(&parsed);
+        if need > free {
+            bail!("a random {} checkpoint with {blocks} blocks needs {:.1} GB, and {} has {:.1} GB free", shape.name, need as f64 / 1e9, dir.parent().unwrap_or(dir).display(), free as f64 / 1e9);
+        }
     }
-    let mut config: serde_json::Value = serde_json::from_str(shape.config).map_err(|e| err!("shape {}: {e}", shape.name))?;
-    config["num_hidden_layers"] = blocks.into();
-    config["torch_dtype"] = "float16".into();
-    let text = serde_json::to_string_pretty(&config).map_err(|e| err!("shape {}: {e}", shape.name))?;
-    let parsed = crate::config::Config::from_json(&text)?;
     std::fs::create_dir_all(dir).map_err(|e| err!("cannot create {}: {e}", dir.display()))?;
     std::fs::write(dir.join("config.json"), text).map_err(|e| err!("cannot write config.json: {e}"))?;
     std::fs::write(dir.join("tokenizer.json"), TOKENIZER).map_err(|e| err!("cannot write tokenizer.json: {e}"))?;
@@ -199,6 +198,45 @@ pub fn write_synthetic(dir: &Path, shape: &Shape, blocks: usize) -> Result<()> {
         .map_err(|e| err!("cannot write the index: {e}"))
 }
 
+/// The config.json of a synthetic checkpoint of `shape` with `blocks` blocks, as written and as
+/// read: the run's arguments are checked against it before gigabytes are written.
+pub fn synthetic_config(shape: &Shape, blocks: usize) -> Result<(String, crate::config::Config)> {
+    if blocks == 0 {
+        bail!("--blocks must be at least 1");
+    }
+    let mut config: serde_json::Value = serde_json::from_str(shape.config).map_err(|e| err!("shape {}: {e}", shape.name))?;
+    config["num_hidden_layers"] = blocks.into();
+    config["torch_dtype"] = "float16".into();
+    let text = serde_json::to_string_pretty(&config).map_err(|e| err!("shape {}: {e}", shape.name))?;
+    let parsed = crate::config::Config::from_json(&text)?;
+    Ok((text, parsed))
+}
+
+/// Bytes of a synthetic checkpoint's tensors (f16).
+fn synthetic_bytes(config: &crate::config::Config) -> u64 {
+    crate::model::checkpoint_tensors(config, false).iter().map(|(_, dims)| 2 * dims.iter().product::<usize>() as u64).sum()
+}
+
+/// What each measuring child would refuse before it measures anything (devices, sizes, dtype,
+/// the window against the model's positions), checked once before a synthetic checkpoint is
+/// written for them.
+pub fn check_run(config: &crate::config::Config, devices: &str, dtype: ComputeDtype, seqlen: usize, batch: usize, iters: usize) -> Result<()> {
+    check_sizes(batch, iters)?;
+    config.check_seqlen(seqlen)?;
+    for d in devices.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let choice: Choice = d.parse().map_err(crate::error::Error)?;
+        device::refuse_dtype(choice == Choice::Ndarray, choice == Choice::Gpu, dtype).map_err(|e| err!("bench on {d}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn check_sizes(batch: usize, iters: usize) -> Result<()> {
+    if batch == 0 || iters == 0 {
+        bail!("--batch and --iters must be at least 1");
+    }
+    Ok(())
+}
+
 /// The synthetic checkpoints' seed.
 const SEED: u64 = 0x5eed;
 
@@ -219,9 +257,7 @@ fn uniform_f16(first: u64, n: usize, a: f64, piece: usize) -> Vec<u8> {
 
 #[allow(clippy::too_many_arguments)]
 pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: usize, batch: usize, iters: usize, prune: Option<PruneBench>) -> Result<BenchRow> {
-    if batch == 0 || iters == 0 {
-        bail!("--batch and --iters must be at least 1");
-    }
+    check_sizes(batch, iters)?;
     let selected = device::select(choice)?;
     let dtype = selected.compute_dtype(dtype)?;
     let model = Model::open_as(model_dir, &selected.device, dtype)?;
@@ -262,10 +298,8 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
         let mut rng = crate::calib::SplitMix64::new(7);
         let n = (p.nsamples.max(p.search_nsamples) + 1) * seqlen + 1;
         let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab as u64) as u32).collect();
-        let scratch = std::env::temp_dir().join(format!("neuroal-bench-{}", std::process::id()));
-        let r = crate::prune::bench_neuroal(&model, &ids, seqlen, &p, &scratch);
-        let _ = std::fs::remove_dir_all(&scratch);
-        pruned = Some(r?);
+        let scratch = crate::staging::Scratch::new(std::env::temp_dir().join(format!("neuroal-bench-{}", std::process::id())));
+        pruned = Some(crate::prune::bench_neuroal(&model, &ids, seqlen, &p, scratch.path())?);
         prune_gpu_mib = gpu.map(GpuPeak::finish).transpose()?;
     }
     Ok(BenchRow {
@@ -299,9 +333,7 @@ pub fn measure_in_child(model_dir: &Path, device: &str, dtype: ComputeDtype, seq
         cmd.args(["--prune-sparsity", &p.sparsity.to_string(), "--nsamples", &p.nsamples.to_string()])
             .args(["--search-nsamples", &p.search_nsamples.to_string(), "--search-batch", &p.search_batch.to_string()]);
     }
-    let out = cmd
-        .output()
-        .map_err(|e| err!("cannot run the benchmark child: {e}"))?;
+    let out = crate::staging::child_output(&mut cmd).map_err(|e| err!("cannot run the benchmark child: {e}"))?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stderr);
         bail!("bench on {device}: {}", msg.lines().last().unwrap_or("failed").trim_start_matches("error: "));

@@ -60,15 +60,25 @@ impl Selected {
     pub fn compute_dtype(&self, asked: ComputeDtype) -> Result<burn::tensor::DType> {
         use burn::tensor::DType;
         let ndarray = self.description.starts_with("ndarray");
+        refuse_dtype(ndarray, self.is_gpu, asked)?;
         match asked {
             ComputeDtype::Auto if self.is_gpu && self.shader_f16 => Ok(DType::F16),
             ComputeDtype::Auto | ComputeDtype::F32 => Ok(DType::F32),
-            _ if ndarray => bail!("--dtype {} is not supported on ndarray (use --device cpu or gpu)", asked.name()),
             ComputeDtype::F16 if self.is_gpu && !self.shader_f16 => bail!("--dtype f16: the adapter has no shader f16 support (use --dtype f32)"),
             ComputeDtype::F16 => Ok(DType::F16),
-            ComputeDtype::Bf16 if self.is_gpu => bail!("--dtype bf16 is not supported on wgpu, whose shaders have no bf16 (use f16)"),
             ComputeDtype::Bf16 => Ok(DType::BF16),
         }
+    }
+}
+
+/// The dtypes a device refuses whatever its adapter: ndarray computes in f32 only, and wgpu's
+/// shaders have no bf16. Known before any device is opened (`bench` checks them before it
+/// writes a synthetic checkpoint).
+pub fn refuse_dtype(ndarray: bool, gpu: bool, asked: ComputeDtype) -> Result<()> {
+    match asked {
+        ComputeDtype::F16 | ComputeDtype::Bf16 if ndarray => bail!("--dtype {} is not supported on ndarray (use --device cpu or gpu)", asked.name()),
+        ComputeDtype::Bf16 if gpu => bail!("--dtype bf16 is not supported on wgpu, whose shaders have no bf16 (use f16)"),
+        _ => Ok(()),
     }
 }
 

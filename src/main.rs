@@ -409,21 +409,27 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(m), _) => (m, None),
                 (None, Some(name)) => {
                     let shape = bench::shape(&name)?;
-                    // A new folder (--save, kept, nothing measured) or a temporary one.
-                    let dir = match &save {
-                        Some(dir) if std::fs::symlink_metadata(dir).is_ok() => bail!("--save {}: already exists; name a new folder", dir.display()),
-                        Some(dir) => dir.clone(),
-                        None => std::env::temp_dir().join(format!("neuroal-synthetic-{}-{name}-{blocks}", std::process::id())),
-                    };
-                    if let Err(e) = bench::write_synthetic(&dir, &shape, blocks) {
-                        let _ = std::fs::remove_dir_all(&dir);
-                        return Err(e);
-                    }
-                    eprintln!("wrote a random {name} checkpoint with {blocks} blocks to {}", dir.display());
-                    if save.is_some() {
+                    let (_, config) = bench::synthetic_config(&shape, blocks)?;
+                    if let Some(dir) = &save {
+                        // Written beside its name and renamed in whole; an interruption removes it.
+                        if std::fs::symlink_metadata(dir).is_ok() {
+                            bail!("--save {}: already exists; name a new folder", dir.display());
+                        }
+                        let Some(file) = dir.file_name() else { bail!("--save {}: name a new folder", dir.display()) };
+                        let partial = dir.with_file_name(format!(".{}.partial-{}", file.to_string_lossy(), std::process::id()));
+                        let scratch = neuroal::staging::Scratch::new(partial);
+                        bench::write_synthetic(scratch.path(), &shape, blocks)?;
+                        neuroal::staging::fault("synthetic-written");
+                        scratch.keep_as(dir).map_err(|e| neuroal::err!("--save {e}"))?;
+                        eprintln!("wrote a random {name} checkpoint with {blocks} blocks to {}", dir.display());
                         return Ok(());
                     }
-                    (dir.clone(), Some(dir))
+                    // What the measuring children would refuse, refused before gigabytes are written.
+                    bench::check_run(&config, &devices, dtype, seqlen, batch, iters)?;
+                    let scratch = neuroal::staging::Scratch::new(std::env::temp_dir().join(format!("neuroal-synthetic-{}-{name}-{blocks}", std::process::id())));
+                    bench::write_synthetic(scratch.path(), &shape, blocks)?;
+                    eprintln!("wrote a random {name} checkpoint with {blocks} blocks to {}", scratch.path().display());
+                    (scratch.path().to_path_buf(), Some(scratch))
                 }
                 (None, None) => bail!("--model or --synthetic is required"),
             };
@@ -438,9 +444,7 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
-            if let Some(dir) = &temp {
-                let _ = std::fs::remove_dir_all(dir);
-            }
+            drop(temp);
             if let Some(e) = failure {
                 return Err(e);
             }

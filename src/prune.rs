@@ -661,6 +661,7 @@ pub fn bench_neuroal(
         resume: false,
     };
     let saved = Progress::open(scratch, State::Ready(json!({ "bench": true })), false)?;
+    crate::staging::fault("bench-prune-started");
     let starts = draw_windows(ids.len(), seqlen, nsamples, 0)?;
     let windows = gather_windows(ids, &starts, seqlen);
     let pruner = crate::pruner::Wanda;

@@ -412,6 +412,112 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::result::Result<(), String> {
 
 static STAGED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static WRITING: Mutex<()> = Mutex::new(());
+static SCRATCH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// A folder this process makes for itself and removes (a benchmark's random checkpoint, its
+/// timed prune's output): removed when dropped, or by the interrupt handler when the process is
+/// stopped first, so a stopped `bench` leaves no gigabytes behind in the temporary folder.
+pub struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(dir: PathBuf) -> Scratch {
+        if let Ok(mut v) = SCRATCH.lock() {
+            v.push(dir.clone());
+        }
+        Scratch { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keeps the folder under the name `to`, which must not exist yet: whole, or not at all.
+    pub fn keep_as(self, to: &Path) -> Result<()> {
+        {
+            let _guard = write_lock();
+            if std::fs::symlink_metadata(to).is_ok() {
+                bail!("{}: already exists; name a new folder", to.display());
+            }
+            std::fs::rename(&self.dir, to).map_err(|e| err!("cannot rename {} to {}: {}", self.dir.display(), to.display(), crate::error::io_words(&e)))?;
+            self.forget();
+        }
+        // Dropped here, outside the lock its drop takes, with nothing left to remove.
+        Ok(())
+    }
+
+    fn forget(&self) {
+        if let Ok(mut v) = SCRATCH.lock() {
+            v.retain(|d| d != &self.dir);
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _guard = write_lock();
+        if SCRATCH.lock().is_ok_and(|v| v.contains(&self.dir)) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            self.forget();
+        }
+    }
+}
+
+/// Bytes free for an unprivileged writer on the file system that `path` (or its nearest existing
+/// ancestor) is on; `None` where that cannot be asked (Windows here).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let base = std::path::absolute(path).ok()?;
+        let existing = base.ancestors().find(|p| p.exists())?;
+        let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs fills the zeroed struct it is given for a NUL-terminated path.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Runs a child process of this one to its end, collecting its output; an interruption of this
+/// process is passed on to it (it cleans up after itself, as this one does).
+pub fn child_output(cmd: &mut std::process::Command) -> std::io::Result<std::process::Output> {
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()?;
+    let pid = child.id();
+    if let Ok(mut v) = CHILDREN.lock() {
+        v.push(pid);
+    }
+    let out = child.wait_with_output();
+    if let Ok(mut v) = CHILDREN.lock() {
+        v.retain(|&p| p != pid);
+    }
+    out
+}
+
+/// What an interruption removes before the staged output: the scratch folders, after passing
+/// the signal on to the children (unix; on Windows the console's Ctrl-C reaches them itself).
+#[cfg(any(unix, windows))]
+fn clean_scratch(_signal: i32) {
+    #[cfg(unix)]
+    for pid in CHILDREN.lock().map(|v| v.clone()).unwrap_or_default() {
+        // SAFETY: kill only sends a signal to a process this one started and still waits for.
+        unsafe {
+            libc::kill(pid as libc::pid_t, _signal);
+        }
+    }
+    for dir in SCRATCH.lock().map(|v| v.clone()).unwrap_or_default() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
 
 fn register(dir: &Path) {
     if let Ok(mut v) = STAGED.lock() {
@@ -442,6 +548,15 @@ pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&part);
         err!("cannot write {}: {}", what.display(), crate::error::io_words(&e))
     })
+}
+
+/// The interrupt handler's last line. Not `eprintln!`, which panics when stderr is gone (a
+/// benchmark child whose parent was stopped first): the handler's thread would die before the
+/// process exits, and the process would run on.
+#[cfg(any(unix, windows))]
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Removes what an interrupted run staged, keeping its progress (small) for `--resume`.
@@ -490,11 +605,12 @@ pub fn install_interrupt_handler() {
                 return;
             }
             let _guard = write_lock();
+            clean_scratch(sig);
             let kept = clean_staged();
             let name = if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
             match kept.first() {
-                Some(dir) => eprintln!("interrupted by {name}: progress kept in {}; run the same command with --resume to continue", dir.display()),
-                None => eprintln!("interrupted by {name}; nothing half-written was left"),
+                Some(dir) => say(&format!("interrupted by {name}: progress kept in {}; run the same command with --resume to continue", dir.display())),
+                None => say(&format!("interrupted by {name}; nothing half-written was left")),
             }
             libc::_exit(128 + sig);
         });
@@ -507,6 +623,7 @@ pub fn install_interrupt_handler() {
 pub fn install_interrupt_handler() {
     unsafe extern "system" fn handler(event: u32) -> windows_sys::core::BOOL {
         let _guard = write_lock();
+        clean_scratch(0);
         let kept = clean_staged();
         let name = match event {
             windows_sys::Win32::System::Console::CTRL_C_EVENT => "Ctrl-C",
@@ -514,8 +631,8 @@ pub fn install_interrupt_handler() {
             _ => "the console closing",
         };
         match kept.first() {
-            Some(dir) => eprintln!("interrupted by {name}: progress kept in {}; run the same command with --resume to continue", dir.display()),
-            None => eprintln!("interrupted by {name}; nothing half-written was left"),
+            Some(dir) => say(&format!("interrupted by {name}: progress kept in {}; run the same command with --resume to continue", dir.display())),
+            None => say(&format!("interrupted by {name}; nothing half-written was left")),
         }
         std::process::exit(130);
     }

@@ -237,6 +237,8 @@ fn a_saved_synthetic_checkpoint_prunes_and_an_existing_folder_is_refused() {
     let dir = root.join("tiny");
     let o = bench(&["--synthetic", "tiny", "--blocks", "2", "--save", dir.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Written beside its name, then renamed in: nothing else is left in the parent.
+    assert_eq!(entries(&root), vec!["tiny".to_string()]);
     let out = root.join("pruned");
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sample.txt");
     let p = Command::new(env!("CARGO_BIN_EXE_neuroal"))
@@ -255,4 +257,114 @@ fn a_saved_synthetic_checkpoint_prunes_and_an_existing_folder_is_refused() {
     assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
     assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "keep me");
     let _ = std::fs::remove_dir_all(&root);
+}
+
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// A folder of the test's own for `TMPDIR`, where bench makes its random checkpoint and its
+/// timed prune's folder.
+fn own_tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("neuroal-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// What a measuring child would refuse is refused before gigabytes are written, in one line.
+#[test]
+fn bad_bench_arguments_are_refused_before_the_checkpoint_is_written() {
+    let tmp = own_tmp("bench-refusals");
+    let mut cases = vec![
+        (vec!["--devices", "cpu", "--seqlen", "0"], "--seqlen must be at least 1"),
+        (vec!["--devices", "cpu", "--seqlen", "100000"], "exceeds the model's max_position_embeddings (256)"),
+        (vec!["--devices", "cpu", "--batch", "0"], "--batch and --iters must be at least 1"),
+        (vec!["--devices", "cpu", "--iters", "0"], "--batch and --iters must be at least 1"),
+        (vec!["--devices", "cpu,nope"], "unknown device \"nope\""),
+        (vec!["--devices", "ndarray", "--dtype", "f16"], "bench on ndarray: --dtype f16 is not supported on ndarray"),
+        (vec!["--devices", "gpu", "--dtype", "bf16"], "bench on gpu: --dtype bf16 is not supported on wgpu"),
+    ];
+    // A checkpoint larger than the disk (LLaMA-2-7B's blocks, 400,000 of them: 162 TB).
+    if cfg!(unix) {
+        cases.push((vec!["--devices", "cpu", "--blocks", "400000"], "needs 161"));
+    }
+    for (args, words) in cases {
+        let name = if args.contains(&"--blocks") { "llama2-7b" } else { "tiny" };
+        let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+            .args(["bench", "--synthetic", name])
+            .args(&args)
+            .env("TMPDIR", &tmp)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.trim().lines().count() == 1 && err.contains(words), "{args:?}: {err}");
+        assert!(entries(&tmp).is_empty(), "{args:?} wrote {:?}", entries(&tmp));
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A stopped bench leaves nothing behind: its random checkpoint, the timed prune's folder and
+/// the child measuring a device all go with it; a stopped `--save` leaves no folder.
+#[cfg(unix)]
+#[test]
+fn a_stopped_bench_removes_its_checkpoint_and_stops_its_child() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let tmp = own_tmp("bench-stopped");
+    let mut parent = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(["bench", "--synthetic", "tiny", "--blocks", "2", "--devices", "cpu", "--seqlen", "32", "--iters", "1"])
+        .args(["--prune-sparsity", "0.5", "--nsamples", "4", "--search-nsamples", "1"])
+        .env("TMPDIR", &tmp)
+        .env("NEUROAL_PAUSE", "bench-prune-started")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The child pauses once its timed prune has a folder: neuroal-bench-<its pid>.
+    let start = Instant::now();
+    let child = loop {
+        let found = entries(&tmp).iter().find_map(|n| n.strip_prefix("neuroal-bench-").and_then(|p| p.parse::<i32>().ok()));
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no timed prune started: {:?}", entries(&tmp));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(entries(&tmp).iter().any(|n| n.starts_with("neuroal-synthetic-")), "{:?}", entries(&tmp));
+    // SAFETY: signals to the test's own child, and a probe (signal 0) of its child.
+    unsafe { libc::kill(parent.id() as i32, libc::SIGTERM) };
+    let mut err = String::new();
+    for line in BufReader::new(parent.stderr.take().unwrap()).lines() {
+        err.push_str(&line.unwrap());
+        err.push('\n');
+    }
+    assert_eq!(parent.wait().unwrap().code(), Some(143), "{err}");
+    assert_eq!(err.lines().last(), Some("interrupted by SIGTERM; nothing half-written was left"), "{err}");
+    let start = Instant::now();
+    while !(entries(&tmp).is_empty() && unsafe { libc::kill(child, 0) } != 0) {
+        assert!(start.elapsed() < Duration::from_secs(30), "left behind: {:?}; child {child} running: {}", entries(&tmp), unsafe { libc::kill(child, 0) } == 0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // --save, stopped once the checkpoint is written and before it is renamed in.
+    let saved = tmp.join("saved");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(["bench", "--synthetic", "tiny", "--blocks", "2", "--save", saved.to_str().unwrap()])
+        .env("NEUROAL_PAUSE", "synthetic-written")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(run.stderr.take().unwrap()).lines();
+    assert!(lines.by_ref().map(|l| l.unwrap()).any(|l| l.starts_with("paused at")));
+    assert_eq!(entries(&tmp).len(), 1, "the checkpoint is written beside its name first");
+    unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
+    assert_eq!(run.wait().unwrap().code(), Some(130));
+    assert!(entries(&tmp).is_empty(), "{:?}", entries(&tmp));
+    let _ = std::fs::remove_dir_all(&tmp);
 }
