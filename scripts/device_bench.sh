@@ -92,6 +92,26 @@ seqlen=${SEQLEN:-512}
 nsamples=${NSAMPLES:-64}
 wt2=0
 [ "${WT2:-1}" = 1 ] && [ -f .bin/wt2-llama/model.safetensors ] && wt2=1
+# Each synthetic shape is written once (bench --save, into $models) and every step that times it
+# measures that folder (bench --model): a 7B-shaped stack of 8 blocks is 3.6 GB, and about ten
+# steps time it.
+models=/tmp/neuroal-synthetic-models
+rm -rf "$models"
+mkdir -p "$models"
+model_of() { # build, then the shape's words (e.g. llama2-7b --blocks 8); prints the folder
+  local build=$1; shift
+  local dir
+  dir="$models/$(printf '%s' "$*" | tr -c 'A-Za-z0-9.-' '_')"
+  if [ ! -d "$dir" ]; then
+    local start=$(date +%s%N)
+    if ".bin/$build" bench --synthetic "$@" --save "$dir" >>"$logs/synthetic.log" 2>&1; then
+      echo "synthetic $*: written in $(( ($(date +%s%N) - start) / 1000000 )) ms" >&2
+    else
+      echo "synthetic $*: not written: $(tail -n 1 "$logs/synthetic.log")" >&2
+    fi
+  fi
+  printf '%s\n' "$dir"
+}
 eval_wt2() { # build dtype
   [ "$wt2" = 1 ] && [ -x ".bin/$1" ] && run "$1-wt2-eval-$2$tag" ".bin/$1" eval --model .bin/wt2-llama --text .bin/test.txt --seqlen 256 --device gpu --dtype "$2"
 }
@@ -101,10 +121,10 @@ eval_tiny() { # build dtype
   [ -x ".bin/$1" ] && run "$1-tiny-eval-$2$tag" ".bin/$1" eval --model assets/tiny-llama --text assets/sample.txt --device gpu --dtype "$2"
 }
 prune_7b() { # build dtype
-  [ -x ".bin/$1" ] && run "$1-neuroal-$2$tag" ".bin/$1" bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --search-batch "$batch" --dtype "$2"
+  [ -x ".bin/$1" ] && run "$1-neuroal-$2$tag" ".bin/$1" bench --model "$(model_of "$1" $neuroal)" --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --search-batch "$batch" --dtype "$2"
 }
 forward() { # build dtype
-  [ -x ".bin/$1" ] && run "$1-forward-$2$tag" ".bin/$1" bench --synthetic $forward --devices gpu --seqlen "$seqlen" --batch 4 --dtype "$2"
+  [ -x ".bin/$1" ] && run "$1-forward-$2$tag" ".bin/$1" bench --model "$(model_of "$1" $forward)" --devices gpu --seqlen "$seqlen" --batch 4 --dtype "$2"
 }
 # Every nameable matrix-product kernel (and burn's choice) on the products of both cases: the
 # 7B search's 4096 tokens through q/k/v/o, gate/up and down, the 0.84 B forward's 2048 through
@@ -212,8 +232,8 @@ for step in $steps; do
   dtype=${step##*-}
   case $step in
     wt2-lambda) wt2_lambda ;;
-    profile-forward) profiled neuroal-forward-f16-profile --synthetic ${PROFILE_FORWARD:-llama-0.8b --blocks 4} --devices gpu --seqlen "$seqlen" --batch 4 --iters 2 --dtype "${PROFILE_DTYPE:-f16}" ;;
-    profile-neuroal) profiled neuroal-neuroal-f16-profile --synthetic ${PROFILE_NEUROAL:-llama2-7b --blocks 2} --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples 16 --search-nsamples 8 --iters 1 --dtype "${PROFILE_DTYPE:-f16}" ;;
+    profile-forward) profiled neuroal-forward-f16-profile --model "$(model_of neuroal ${PROFILE_FORWARD:-llama-0.8b --blocks 4})" --devices gpu --seqlen "$seqlen" --batch 4 --iters 2 --dtype "${PROFILE_DTYPE:-f16}" ;;
+    profile-neuroal) profiled neuroal-neuroal-f16-profile --model "$(model_of neuroal ${PROFILE_NEUROAL:-llama2-7b --blocks 2})" --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples 16 --search-nsamples 8 --iters 1 --dtype "${PROFILE_DTYPE:-f16}" ;;
     tiny-*) eval_tiny "$build" "$dtype" ;;
     matmul-*) matmul "$build" "$dtype" ;;
     tune-*) tune "$build" "$dtype" ;;
@@ -221,7 +241,7 @@ for step in $steps; do
     wt2-*) eval_wt2 "$build" "$dtype" ;;
     neuroal-*) prune_7b "$build" "$dtype" ;;
     forward-*) forward "$build" "$dtype" ;;
-    trace-neuroal-*) [ -x ".bin/$build" ] && run "$build-trace-neuroal-$dtype$tag" NEUROAL_TRACE=1 ".bin/$build" bench --synthetic $neuroal --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --search-batch "$batch" --dtype "$dtype" && grep '^trace:' "$logs/$build-trace-neuroal-$dtype$tag.log" ;;
+    trace-neuroal-*) [ -x ".bin/$build" ] && run "$build-trace-neuroal-$dtype$tag" NEUROAL_TRACE=1 ".bin/$build" bench --model "$(model_of "$build" $neuroal)" --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples "$nsamples" --search-nsamples 8 --search-batch "$batch" --dtype "$dtype" && grep '^trace:' "$logs/$build-trace-neuroal-$dtype$tag.log" ;;
     *) echo "unknown step $step" ;;
   esac
 done
