@@ -491,7 +491,8 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
 /// Runs a child process of this one to its end, collecting its output; an interruption of this
 /// process is passed on to it (it cleans up after itself, as this one does).
 pub fn child_output(cmd: &mut std::process::Command) -> std::io::Result<std::process::Output> {
-    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()?;
+    use std::process::Stdio;
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let pid = child.id();
     if let Ok(mut v) = CHILDREN.lock() {
         v.push(pid);
