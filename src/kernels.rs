@@ -223,6 +223,59 @@ fn launch(shader: Shader, groups: (u32, u32), buffers: &[&CubeTensor], info: &[u
     shared.queue.submit([encoder.finish()]);
 }
 
+/// An f32 tensor on its way to the host. burn's reads copy lazily, when the bytes are first
+/// touched, so a copy queues behind everything submitted before that moment. This one is
+/// queued and submitted when it starts, right behind the work that makes the tensor: the host
+/// can queue more work (the next block's forward) and wait for the copy while the device runs it.
+pub struct Reading {
+    copy: Copy,
+    len: usize,
+}
+
+type Copied = Result<Vec<cubecl::bytes::Bytes>, cubecl::server::ServerError>;
+
+enum Copy {
+    Pending(std::pin::Pin<Box<dyn std::future::Future<Output = Copied> + Send>>),
+    Done(Copied),
+}
+
+/// Starts reading `t` (cast to f32 first) back to the host.
+pub fn start_read(t: Tensor<1>) -> Reading {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let t = cube(crate::model::to_dtype(t, DType::F32));
+    let len = t.meta.shape().num_elements();
+    let descriptor = cubecl::server::CopyDescriptor::new(t.handle.binding(), t.meta.shape().clone(), t.meta.strides().clone(), DType::F32.size());
+    let client = t.client.clone();
+    let mut copy = Box::pin(async move { client.read_tensor_async(vec![descriptor]).await });
+    // The first poll queues and submits the copy (cubecl does that eagerly when the read is
+    // made); what is left is waiting for it.
+    let copy = match copy.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(copied) => Copy::Done(copied),
+        Poll::Pending => Copy::Pending(copy),
+    };
+    Reading { copy, len }
+}
+
+impl Reading {
+    /// Waits for the copy; the values, or the device's error in words.
+    pub fn finish(self) -> Result<Vec<f32>, String> {
+        let copied = match self.copy {
+            Copy::Pending(copy) => pollster::block_on(copy),
+            Copy::Done(copied) => copied,
+        };
+        let mut bytes = copied.map_err(|e| e.to_string())?;
+        if bytes.len() != 1 {
+            return Err(format!("{} buffers came back for one", bytes.len()));
+        }
+        let bytes = bytes.remove(0);
+        if bytes.len() != self.len * 4 {
+            return Err(format!("{} bytes came back for {} values", bytes.len(), self.len));
+        }
+        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+}
+
 /// `select_lowest.wgsl`: mask [rows, cols] of the k[r] lowest scores per row.
 pub fn select_lowest(scores: Tensor<2>, k: &[usize]) -> Tensor<2> {
     let [rows, cols] = scores.dims();

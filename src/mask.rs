@@ -93,27 +93,28 @@ pub fn read_bits(mask: Tensor<2>, what: &str) -> Result<Bits> {
     pack(mask, what)?.read(what)
 }
 
-/// A mask on its way to the host: on a GPU, [`pack`] queues the packing and returns at once, so
-/// a caller can queue more work before [`PackedMask::read`] waits for the device.
+/// A mask on its way to the host: on a GPU, [`pack`] queues the packing and the copy back and
+/// returns at once, so a caller can queue more work before [`PackedMask::read`] waits for it.
 pub enum PackedMask {
-    /// 16 flags to a value, on the device; `n` flags in all.
-    Packed { values: Box<Tensor<1>>, n: usize },
+    /// 16 flags to a value, being copied from the device; `n` flags in all.
+    Packed { values: crate::kernels::Reading, n: usize },
     /// Already read: the CPU backends' values are in host memory (and a size that is not a
     /// multiple of 16 is read unpacked).
     Read(Bits),
 }
 
-/// Queues the packing of `mask` on a GPU; elsewhere reads it (see [`read_bits`]).
+/// Queues the packing of `mask` on a GPU, and its copy to the host right behind it; elsewhere
+/// reads it (see [`read_bits`]).
 pub fn pack(mask: Tensor<2>, what: &str) -> Result<PackedMask> {
     let n = mask.shape().num_elements();
     let device = mask.device();
-    if crate::model::on_cpu(&device) || !n.is_multiple_of(PACKED) {
+    if !crate::kernels::is_wgpu(&mask) || !n.is_multiple_of(PACKED) {
         return Ok(PackedMask::Read(Bits::from_nonzero(&crate::model::host_f32(mask, what)?)));
     }
     let weights: Vec<f32> = (0..PACKED).map(|i| (1u32 << i) as f32).collect();
     let weights = Tensor::<2>::from_data(TensorData::new(weights, [1, PACKED]), &device);
     let flags = crate::model::to_dtype(mask, burn::tensor::DType::F32).reshape([n / PACKED, PACKED]).not_equal_elem(0.0).float();
-    Ok(PackedMask::Packed { values: Box::new((flags * weights).sum_dim(1).reshape([n / PACKED])), n })
+    Ok(PackedMask::Packed { values: crate::kernels::start_read((flags * weights).sum_dim(1).reshape([n / PACKED])), n })
 }
 
 impl PackedMask {
@@ -123,7 +124,10 @@ impl PackedMask {
             PackedMask::Read(bits) => return Ok(bits),
             PackedMask::Packed { values, n } => (values, n),
         };
-        let packed = crate::model::host_f32(*values, what)?;
+        let packed = values.finish().map_err(|e| crate::err!("{what}: reading the result back from the device failed: {}", crate::error::device_words(&e)))?;
+        if packed.len() != n / PACKED {
+            bail!("{what}: the device returned {} values, expected {}", packed.len(), n / PACKED);
+        }
         Ok(Bits::from_words(unpack(&packed, n, what)?, n))
     }
 }

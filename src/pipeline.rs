@@ -233,6 +233,7 @@ pub fn prune_resumable(
     while let Some(block) = stage("prune: load block", dev, || blocks.next()) {
         let mut block = block?;
         let b = block.index;
+        let mut forwarded = false;
         let block_masks = if b < replay {
             let saved = done.next().unwrap_or_default();
             let fits = |li: usize, m: &LayerMask| {
@@ -267,6 +268,13 @@ pub fn prune_resumable(
                 let packed = stage("prune: pack masks", dev, || crate::mask::pack(pruned.mask, &name))?;
                 queued.push((li, name, s, values, packed));
             }
+            // The next block's inputs are queued before any mask is waited for: the masks' copies
+            // were queued behind their packing, so the host unpacks and checks them while the
+            // device runs the forward.
+            if b + 1 < model.num_blocks() {
+                hidden = stage("prune: block forward", dev, || forward_at_once(model, &block, hidden, &pos, at_once));
+                forwarded = true;
+            }
             let mut block_masks = Vec::with_capacity(linears);
             for (li, name, s, values, packed) in queued {
                 let mut bits = stage("prune: read masks", dev, || packed.read(&name))?;
@@ -296,7 +304,7 @@ pub fn prune_resumable(
         };
         masks.extend(block_masks);
         // The last block's outputs would feed nothing.
-        if b + 1 < model.num_blocks() {
+        if b + 1 < model.num_blocks() && !forwarded {
             hidden = stage("prune: block forward", dev, || forward_at_once(model, &block, hidden, &pos, at_once));
         }
         bar.inc(1);
