@@ -291,11 +291,16 @@ fn bad_bench_arguments_are_refused_before_the_checkpoint_is_written() {
     if cfg!(unix) {
         cases.push((vec!["--devices", "cpu", "--blocks", "400000"], "needs 161"));
     }
+    // --save without --synthetic: there is nothing to save.
+    cases.push((vec!["--save", "saved"], "--synthetic"));
     for (args, words) in cases {
         let name = if args.contains(&"--blocks") { "llama2-7b" } else { "tiny" };
+        let synthetic = if args.contains(&"--save") { vec![] } else { vec!["--synthetic", name] };
         let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
-            .args(["bench", "--synthetic", name])
+            .arg("bench")
+            .args(&synthetic)
             .args(&args)
+            .current_dir(&tmp)
             .env("TMPDIR", &tmp)
             .env("XDG_RUNTIME_DIR", std::env::temp_dir())
             .output()
