@@ -144,7 +144,7 @@ enum Command {
     /// Forward throughput (tokens/s) and peak host memory of each device on a model.
     Bench {
         /// Model folder to measure (or --synthetic; or --matmul, --attention).
-        #[arg(long, required_unless_present_any = ["synthetic", "matmul", "attention"])]
+        #[arg(long, required_unless_present_any = ["synthetic", "matmul", "attention", "save"])]
         model: Option<PathBuf>,
         /// Instead of a model: time each matrix-product kernel (burn's choice and every name
         /// NEUROAL_MATMUL accepts) on the GPU on these products, M×K×N comma-separated: x [M, K]
@@ -165,7 +165,7 @@ enum Command {
         blocks: usize,
         /// Instead of measuring: write the synthetic checkpoint into this new folder and keep it
         /// (for `prune` and `eval`, whose tokenizer it holds: the project's own, 384 ids).
-        #[arg(long, requires = "synthetic", conflicts_with_all = ["prune_sparsity", "matmul", "attention"])]
+        #[arg(long, conflicts_with_all = ["model", "prune_sparsity", "matmul", "attention"])]
         save: Option<PathBuf>,
         /// Also time a NeuroAL prune (Wanda, block and row steps) at this sparsity on random tokens.
         #[arg(long)]
@@ -404,6 +404,9 @@ fn run(cli: Cli) -> Result<()> {
                 let r = bench::measure(&model, choice, dtype, seqlen, batch, iters, prune)?;
                 println!("{}", serde_json::to_string(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
                 return Ok(());
+            }
+            if save.is_some() && synthetic.is_none() {
+                bail!("--save keeps the random checkpoint that --synthetic SHAPE writes; add --synthetic (e.g. --synthetic llama2-7b --blocks 8)");
             }
             let (model, temp) = match (model, synthetic) {
                 (Some(m), _) => (m, None),

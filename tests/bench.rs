@@ -292,7 +292,7 @@ fn bad_bench_arguments_are_refused_before_the_checkpoint_is_written() {
         cases.push((vec!["--devices", "cpu", "--blocks", "400000"], "needs 161"));
     }
     // --save without --synthetic: there is nothing to save.
-    cases.push((vec!["--save", "saved"], "--synthetic"));
+    cases.push((vec!["--save", "saved"], "--save keeps the random checkpoint that --synthetic SHAPE writes; add --synthetic"));
     for (args, words) in cases {
         let name = if args.contains(&"--blocks") { "llama2-7b" } else { "tiny" };
         let synthetic = if args.contains(&"--save") { vec![] } else { vec!["--synthetic", name] };
