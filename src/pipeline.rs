@@ -233,8 +233,8 @@ pub fn prune_resumable(
     while let Some(block) = stage("prune: load block", dev, || blocks.next()) {
         let mut block = block?;
         let b = block.index;
-        let mut forwarded = false;
-        let block_masks = if b < replay {
+        // A replayed block's saved masks, or a new block's masks still on their way from the device.
+        let (saved, queued) = if b < replay {
             let saved = done.next().unwrap_or_default();
             let fits = |li: usize, m: &LayerMask| {
                 let n = shapes[li][0] * shapes[li][1];
@@ -250,7 +250,7 @@ pub fn prune_resumable(
                 };
                 block.set_weight(li, weight);
             }
-            saved
+            (Some(saved), Vec::new())
         } else {
             // Wanda's order: statistics from the dense block; its outputs are not kept.
             let calib = stage("prune: dense pass", dev, || calibrate_at_once(model, &block, &hidden, &pos, pruner.needs_hessian(), at_once))?;
@@ -268,45 +268,46 @@ pub fn prune_resumable(
                 let packed = stage("prune: pack masks", dev, || crate::mask::pack(pruned.mask, &name))?;
                 queued.push((li, name, s, values, packed));
             }
-            // The next block's inputs are queued before any mask is waited for: the masks' copies
-            // were queued behind their packing, so the host unpacks and checks them while the
-            // device runs the forward.
-            if b + 1 < model.num_blocks() {
-                hidden = stage("prune: block forward", dev, || forward_at_once(model, &block, hidden, &pos, at_once));
-                forwarded = true;
-            }
-            let mut block_masks = Vec::with_capacity(linears);
-            for (li, name, s, values, packed) in queued {
-                let mut bits = stage("prune: read masks", dev, || packed.read(&name))?;
-                if bits.len() != shapes[li][0] * shapes[li][1] {
-                    bail!("{name}: the mask read back from the device has {} entries, expected {}", bits.len(), shapes[li][0] * shapes[li][1]);
-                }
-                if crate::staging::fault_point("drop-one-mask-bit") {
-                    let first = bits.ones().next();
-                    let flags: Vec<bool> = bits.iter().enumerate().map(|(i, f)| f && Some(i) != first).collect();
-                    bits = Bits::from_flags(flags.into_iter());
-                }
-                let lm = LayerMask { name, shape: shapes[li], pruned: bits, values };
-                let got = lm.pruned.count_ones();
-                match pruner.expected(pattern, &s, shapes[li]) {
-                    Expected::Exactly(want) if got != want => {
-                        bail!("{}: pruned {got} weights where the sparsity map asks for {want}; refusing to write a wrongly pruned model", lm.name)
-                    }
-                    Expected::AtLeast(want) if got < want => {
-                        bail!("{}: pruned {got} weights where the sparsity map asks for at least {want}; refusing to write a wrongly pruned model", lm.name)
-                    }
-                    _ => {}
-                }
-                block_masks.push(lm);
-            }
-            finished(b, &block_masks)?;
-            block_masks
+            (None, queued)
         };
-        masks.extend(block_masks);
-        // The last block's outputs would feed nothing.
-        if b + 1 < model.num_blocks() && !forwarded {
+        // The next block's inputs (the last block's outputs would feed nothing), queued before any
+        // mask is waited for: the masks' copies were queued behind their packing, so the host
+        // unpacks and checks them while the device runs the forward.
+        if b + 1 < model.num_blocks() {
             hidden = stage("prune: block forward", dev, || forward_at_once(model, &block, hidden, &pos, at_once));
         }
+        let block_masks = match saved {
+            Some(saved) => saved,
+            None => {
+                let mut block_masks = Vec::with_capacity(linears);
+                for (li, name, s, values, packed) in queued {
+                    let mut bits = stage("prune: read masks", dev, || packed.read(&name))?;
+                    if bits.len() != shapes[li][0] * shapes[li][1] {
+                        bail!("{name}: the mask read back from the device has {} entries, expected {}", bits.len(), shapes[li][0] * shapes[li][1]);
+                    }
+                    if crate::staging::fault_point("drop-one-mask-bit") {
+                        let first = bits.ones().next();
+                        let flags: Vec<bool> = bits.iter().enumerate().map(|(i, f)| f && Some(i) != first).collect();
+                        bits = Bits::from_flags(flags.into_iter());
+                    }
+                    let lm = LayerMask { name, shape: shapes[li], pruned: bits, values };
+                    let got = lm.pruned.count_ones();
+                    match pruner.expected(pattern, &s, shapes[li]) {
+                        Expected::Exactly(want) if got != want => {
+                            bail!("{}: pruned {got} weights where the sparsity map asks for {want}; refusing to write a wrongly pruned model", lm.name)
+                        }
+                        Expected::AtLeast(want) if got < want => {
+                            bail!("{}: pruned {got} weights where the sparsity map asks for at least {want}; refusing to write a wrongly pruned model", lm.name)
+                        }
+                        _ => {}
+                    }
+                    block_masks.push(lm);
+                }
+                finished(b, &block_masks)?;
+                block_masks
+            }
+        };
+        masks.extend(block_masks);
         bar.inc(1);
     }
     bar.finish_and_clear();

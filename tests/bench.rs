@@ -278,27 +278,24 @@ fn own_tmp(name: &str) -> std::path::PathBuf {
 #[test]
 fn bad_bench_arguments_are_refused_before_the_checkpoint_is_written() {
     let tmp = own_tmp("bench-refusals");
-    let mut cases = vec![
-        (vec!["--devices", "cpu", "--seqlen", "0"], "--seqlen must be at least 1"),
-        (vec!["--devices", "cpu", "--seqlen", "100000"], "exceeds the model's max_position_embeddings (256)"),
-        (vec!["--devices", "cpu", "--batch", "0"], "--batch and --iters must be at least 1"),
-        (vec!["--devices", "cpu", "--iters", "0"], "--batch and --iters must be at least 1"),
-        (vec!["--devices", "cpu,nope"], "unknown device \"nope\""),
-        (vec!["--devices", "ndarray", "--dtype", "f16"], "bench on ndarray: --dtype f16 is not supported on ndarray"),
-        (vec!["--devices", "gpu", "--dtype", "bf16"], "bench on gpu: --dtype bf16 is not supported on wgpu"),
+    let mut cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--synthetic", "tiny", "--devices", "cpu", "--seqlen", "0"], "--seqlen must be at least 1"),
+        (vec!["--synthetic", "tiny", "--devices", "cpu", "--seqlen", "100000"], "exceeds the model's max_position_embeddings (256)"),
+        (vec!["--synthetic", "tiny", "--devices", "cpu", "--batch", "0"], "--batch and --iters must be at least 1"),
+        (vec!["--synthetic", "tiny", "--devices", "cpu", "--iters", "0"], "--batch and --iters must be at least 1"),
+        (vec!["--synthetic", "tiny", "--devices", "cpu,nope"], "unknown device \"nope\""),
+        (vec!["--synthetic", "tiny", "--devices", "ndarray", "--dtype", "f16"], "bench on ndarray: --dtype f16 is not supported on ndarray"),
+        (vec!["--synthetic", "tiny", "--devices", "gpu", "--dtype", "bf16"], "bench on gpu: --dtype bf16 is not supported on wgpu"),
+        // --save without --synthetic: there is nothing to save.
+        (vec!["--save", "saved"], "--save keeps the random checkpoint that --synthetic SHAPE writes; add --synthetic"),
     ];
     // A checkpoint larger than the disk (LLaMA-2-7B's blocks, 400,000 of them: 162 TB).
     if cfg!(unix) {
-        cases.push((vec!["--devices", "cpu", "--blocks", "400000"], "needs 161"));
+        cases.push((vec!["--synthetic", "llama2-7b", "--devices", "cpu", "--blocks", "400000"], "needs 161"));
     }
-    // --save without --synthetic: there is nothing to save.
-    cases.push((vec!["--save", "saved"], "--save keeps the random checkpoint that --synthetic SHAPE writes; add --synthetic"));
     for (args, words) in cases {
-        let name = if args.contains(&"--blocks") { "llama2-7b" } else { "tiny" };
-        let synthetic = if args.contains(&"--save") { vec![] } else { vec!["--synthetic", name] };
         let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
             .arg("bench")
-            .args(&synthetic)
             .args(&args)
             .current_dir(&tmp)
             .env("TMPDIR", &tmp)
