@@ -78,6 +78,16 @@ const ROW_SELECT: &str = include_str!("../shaders/row_select.wgsl");
 const PRUNE_ROWS: Shader = shader!("prune_rows.wgsl", "f32");
 const PRUNE_ROWS_F16: Shader = shader!("prune_rows.wgsl", "f16");
 
+/// Every shader wgpu may be given: its name, its text with the template fields filled in, and
+/// whether it reads f16 buffers (then wgpu needs the adapter's shader f16). For the test that
+/// has naga validate each one and translate it for every graphics API.
+pub fn shader_texts() -> Vec<(&'static str, String, bool)> {
+    [SELECT_LOWEST, INPUT_STATS, INPUT_STATS_F16, SCORE, APPLY_MASK, ALIGNMENT, PRUNE_ROWS, PRUNE_ROWS_F16]
+        .into_iter()
+        .map(|s| (s.name, s.text(), s.elem == "f16"))
+        .collect()
+}
+
 impl Shader {
     /// The shader's text with its template fields filled in.
     fn text(self) -> String {

@@ -215,3 +215,46 @@ fn native_runtimes_report_the_gpus_memory() {
         assert_eq!(capacity, None, "{}", gpu.description);
     }
 }
+
+/// Every shader as wgpu receives it validates under naga (wgpu's translator, the same version)
+/// and translates to HLSL for DX12: shader model 5.1 (FXC's, wgpu's lowest) for f32, 6.2 (the
+/// first with 16-bit types) for f16. No test machine has DX12; the emulator runs the Vulkan
+/// (SPIR-V) and OpenGL translations. An f16 shader is refused without the shader-f16
+/// capability, so the validation can fail.
+#[test]
+fn every_shader_validates_and_translates_for_dx12() {
+    use naga::back::hlsl;
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    let shaders = neuroal::kernels::shader_texts();
+    // Every file in shaders/ is given to wgpu, but the selection that two of them include.
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders")).unwrap() {
+        let file = entry.unwrap().file_name().into_string().unwrap();
+        assert!(file == "row_select.wgsl" || shaders.iter().any(|(name, _, _)| name.starts_with(file.as_str())), "{file} is not among the shaders");
+    }
+    let hlsl = |module: &naga::Module, info: &naga::valid::ModuleInfo, model| {
+        let options = hlsl::Options { shader_model: model, ..Default::default() };
+        let mut out = String::new();
+        hlsl::Writer::new(&mut out, &options, &hlsl::PipelineOptions { entry_point: None }).write(module, info, None).map(|_| out)
+    };
+    // NEUROAL_WRITE_SHADERS=DIR keeps the texts, for translators this build lacks (Metal's:
+    // README, "Devices and dtypes").
+    let keep = std::env::var_os("NEUROAL_WRITE_SHADERS").map(std::path::PathBuf::from);
+    for (name, text, f16) in shaders {
+        if let Some(dir) = &keep {
+            std::fs::create_dir_all(dir).unwrap();
+            let file = if name.ends_with(')') { name.replace(".wgsl (", "-").replace(')', ".wgsl") } else { name.to_string() };
+            std::fs::write(dir.join(file), &text).unwrap();
+        }
+        let module = naga::front::wgsl::parse_str(&text).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&text)));
+        let validate = |caps| Validator::new(ValidationFlags::all(), caps).validate(&module).map_err(|e| e.emit_to_string(&text));
+        let caps = if f16 { Capabilities::SHADER_FLOAT16 } else { Capabilities::empty() };
+        let info = validate(caps).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let model = if f16 { hlsl::ShaderModel::V6_2 } else { hlsl::ShaderModel::V5_1 };
+        let out = hlsl(&module, &info, model).unwrap_or_else(|e| panic!("{name}: HLSL: {e}"));
+        assert!(out.contains("[numthreads(256, 1, 1)]"), "{name}: HLSL has no 256-wide entry point");
+        if f16 {
+            assert!(validate(Capabilities::empty()).is_err(), "{name} validated without shader f16");
+            assert!(out.contains("half"), "{name}: HLSL has no 16-bit floats");
+        }
+    }
+}
