@@ -8,6 +8,10 @@
 #          validation texts (for the wt2 steps), all xz-compressed: about 12.5 MB per build
 #          and 24 MB for wt2-llama, so WT2=1 leaves room for two builds (the checkout
 #          itself travels too, about 4 MB);
+#          With AUTHORS=CHECKOUT also the authors' code (a local checkout of
+#          github.com/eliacunegatti/NeuroAL, about 0.2 MB, never committed here) as
+#          .bin/authors, and the WikiText-2 validation text, for the `authors` step: their code
+#          timed on the same card and windows as neuroal's prune (scripts/time_authors_code.py);
 #   .gl/   the Vulkan and EGL loader packages (the device README's recipe), if missing.
 # Then: run `bash scripts/device_bench.sh` there with carry [".bin", ".gl"].
 set -euo pipefail
@@ -28,6 +32,12 @@ if [ "${WT2:-0}" = 1 ]; then
   cp ../shared/models/wt2-llama/config.json ../shared/models/wt2-llama/model.safetensors ../shared/models/wt2-llama/tokenizer.json .bin/wt2-llama/
   cp ../shared/data/wikitext-2/test.txt ../shared/data/wikitext-2/valid.txt .bin/
   xz -T0 -6 .bin/wt2-llama/model.safetensors .bin/test.txt .bin/valid.txt
+fi
+if [ -n "${AUTHORS:-}" ]; then
+  [ -f "$AUTHORS/sparsity_distribution.py" ] && [ -d "$AUTHORS/lib" ] || { echo "AUTHORS=$AUTHORS: not a checkout of the authors' NeuroAL code"; exit 1; }
+  mkdir -p .bin/authors
+  (cd "$AUTHORS" && tar --exclude=.git -cf - .) | tar -xf - -C .bin/authors
+  [ -f .bin/valid.txt.xz ] || { cp ../shared/data/wikitext-2/valid.txt .bin/ && xz -T0 -6 .bin/valid.txt; }
 fi
 xz -T0 -6 .bin/neuroal*
 if [ ! -d .gl ]; then

@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""Times the authors' NeuroAL code (Wanda + NeuroAL, both steps) on the CPU on the same windows
-as a neuroal run, for the speed comparison of issue 8. Nothing of theirs is in this repository:
-pass the path of a local checkout of their repository (github.com/eliacunegatti/NeuroAL); their
-`lib/` and `sparsity_distribution.py` run unmodified. Three things a CPU run cannot load are
-stood in for: `weightwatcher` (only their AlphaPruning baseline uses it), `datasets` (the windows
-come from neuroal's report instead), and their CUDA mask op, replaced by the same rule in torch
-(per row, keep the first top_k entries of the descending sort, prune the rest).
+"""Times the authors' NeuroAL code (Wanda + NeuroAL, both steps) on the CPU or a CUDA GPU on the
+same windows as a neuroal run, for the speed comparison of issue 8. Nothing of theirs is in this
+repository: pass the path of a local checkout of their repository
+(github.com/eliacunegatti/NeuroAL); their `lib/` and `sparsity_distribution.py` run unmodified.
+Three things are stood in for: `weightwatcher` (only their AlphaPruning baseline uses it),
+`datasets` (the windows come from neuroal's report instead), and their CUDA mask op (a compiled
+extension), replaced by the same rule in torch (per row, keep the first top_k entries of the
+descending sort, prune the rest). Their code calls each decoder layer with position_ids alone,
+as transformers 4.x allowed; under transformers 5, whose layers take the rotary cos and sin from
+the model, each layer is handed the model's own, made from those position_ids.
 
-    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type mistral] [--dtype float32]
+    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type auto] [--dtype float32] [--device cpu|cuda]
 
 REPORT_JSON is a neuroal report.json; its calibration.windows and calibration.search_windows are
-the window starts (token offsets into the tokenized CALIB_TXT). Use --model-type mistral for a
-LLaMA-architecture model with grouped-query attention: their code keeps q, k and v at the block
-sparsity in the row step only under that name, as neuroal does under GQA. Prints λ, the search
-and prune seconds, and every candidate's score.
+the window starts (token offsets into the tokenized CALIB_TXT). --model-type is their name for
+the family; auto (the default) names a LLaMA-architecture model with grouped-query attention
+mistral: their code keeps q, k and v at the block sparsity in the row step only under that name,
+as neuroal does under GQA. Prints λ, the search and prune seconds, and every candidate's score.
 """
 import argparse
 import json
@@ -33,9 +36,15 @@ def main():
     ap.add_argument("model_dir")
     ap.add_argument("calib_txt")
     ap.add_argument("report")
-    ap.add_argument("--model-type", default="llama")
+    ap.add_argument("--model-type", default="auto", help="their name for the family; auto: mistral under grouped-query attention, else llama")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (the whole model on the GPU, as their main.py loads it)")
     a = ap.parse_args()
+    dev = torch.device(a.device)
+    if a.model_type == "auto":
+        config = json.load(open(f"{a.model_dir}/config.json"))
+        heads = config["num_attention_heads"]
+        a.model_type = "mistral" if config.get("num_key_value_heads", heads) < heads else "llama"
 
     sys.path.insert(0, a.checkout)
     sys.modules["weightwatcher"] = types.ModuleType("weightwatcher")
@@ -45,7 +54,7 @@ def main():
     mask_op = types.ModuleType("mask_gen_cuda")
 
     def mask_gen_forward(mask, sort_index, top_k):
-        keep = torch.arange(mask.shape[1]).unsqueeze(0) < top_k.unsqueeze(1)
+        keep = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0) < top_k.to(mask.device).unsqueeze(1)
         mask.scatter_(1, sort_index, (~keep).to(mask.dtype))
         return [mask]
 
@@ -86,21 +95,34 @@ def main():
 
     sd.get_neuroal_block, sd.get_neuroal_row = block_logged, row_logged
 
-    model = AutoModelForCausalLM.from_pretrained(a.model_dir, torch_dtype=getattr(torch, a.dtype))
+    model = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=getattr(torch, a.dtype)).to(dev)
     model.seqlen = seqlen
     model.eval()
+    rotary = getattr(model.model, "rotary_emb", None)
+    if int(transformers.__version__.split(".")[0]) >= 5 and rotary is not None:
+        for layer in model.model.layers:
+            def forward(hidden_states, *args, _forward=layer.forward, **kw):
+                if kw.get("position_embeddings") is None and kw.get("position_ids") is not None:
+                    kw["position_embeddings"] = rotary(hidden_states, kw["position_ids"])
+                return _forward(hidden_states, *args, **kw)
+            layer.forward = forward
     args = types.SimpleNamespace(seed=0, nsamples=len(calib), sparsity_ratio=report["settings"]["sparsity"],
                                  prune_method="wanda", top_up="neuroal", neuroal_step="both", model_type=a.model_type)
-    dev = torch.device("cpu")
+    # A GPU runs queued work: wait for it before each clock reading.
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync()
     t0 = time.time()
     with torch.no_grad():
         dist, gran, lb, lr = sd.get_neuroal_sparsity_distribution(args, model, None, dev, model.model.layers)
+    sync()
     t1 = time.time()
     args.nsamples = len(calib)
     with torch.no_grad():
         prune_wanda(args, model, None, dev, calib, dist=dist, granularity=gran)
+    sync()
     t2 = time.time()
-    print(json.dumps({"torch_threads": torch.get_num_threads(), "dtype": a.dtype, "lambda_block": lb, "lambda_row": lr,
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(json.dumps({"device": where, "torch": torch.__version__, "transformers": transformers.__version__, "dtype": a.dtype, "lambda_block": lb, "lambda_row": lr,
                       "search_s": round(t1 - t0, 2), "prune_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2),
                       "sparsity": round(float(check_sparsity(model)), 4), "block_scores": scores["block"], "row_scores": scores["row"]}))
 

@@ -191,7 +191,9 @@ pub fn write_synthetic(dir: &Path, shape: &Shape, blocks: usize) -> Result<()> {
         for (n, _) in tensors {
             weight_map.insert(n.clone(), serde_json::Value::String(file.clone()));
         }
-        safetensors::serialize_to_file(views, None, &dir.join(&file)).map_err(|e| err!("cannot write {file}: {e}"))?;
+        // The header's format tag, which transformers 4.x demands of a checkpoint it loads.
+        let format = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+        safetensors::serialize_to_file(views, format, &dir.join(&file)).map_err(|e| err!("cannot write {file}: {e}"))?;
     }
     let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
     std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index).unwrap_or_default())
@@ -529,6 +531,9 @@ mod tests {
             assert_eq!(config.num_layers, 2);
             assert_eq!(config.dtype.as_deref(), Some("float16"));
             assert_eq!(ck.shards.len(), 3, "{name}: one shard outside the blocks, one per block");
+            for shard in &ck.shards {
+                assert_eq!(shard.metadata.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"), "{name}: the format tag transformers 4.x asks for");
+            }
             for (t, dims) in crate::model::checkpoint_tensors(&config, false) {
                 let (shard, info) = ck.info(&t).unwrap();
                 assert_eq!(info.dtype, safetensors::Dtype::F16);
