@@ -95,11 +95,13 @@ def main():
 
     sd.get_neuroal_block, sd.get_neuroal_row = block_logged, row_logged
 
-    model = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=getattr(torch, a.dtype)).to(dev)
+    v5 = int(transformers.__version__.split(".")[0]) >= 5
+    # transformers 5 renamed torch_dtype to dtype.
+    model = AutoModelForCausalLM.from_pretrained(a.model_dir, **{"dtype" if v5 else "torch_dtype": getattr(torch, a.dtype)}).to(dev)
     model.seqlen = seqlen
     model.eval()
     rotary = getattr(model.model, "rotary_emb", None)
-    if int(transformers.__version__.split(".")[0]) >= 5 and rotary is not None:
+    if v5 and rotary is not None:
         for layer in model.model.layers:
             def forward(hidden_states, *args, _forward=layer.forward, **kw):
                 if kw.get("position_embeddings") is None and kw.get("position_ids") is not None:
