@@ -183,6 +183,13 @@ authors() { # dtype
   python3 -c 'import json, sys; t = json.load(open(sys.argv[1]))["topup"]; print(json.dumps({"neuroal": {k: t[k] for k in ("lambda_block", "lambda_row")}, "block_scores": [s for _, s in t["block_scores"]], "row_scores": [s for _, s in t["row_scores"]]}))' /tmp/authors-ours/report.json | tee -a "$out/runs.log"
   rm -rf /tmp/authors-ours
 }
+# PyTorch's forward (transformers, the step's dtype) on the 0.84 B checkpoint that `forward`
+# times, with bench's batch, ids and read-back: the issue's 137,216 tokens/s in f16 was an H100's.
+torch_forward() { # dtype
+  local torch_dtype=float16
+  [ "$1" = f32 ] && torch_dtype=float32
+  run "torch-forward-$1" python3 scripts/time_torch_forward.py "$(model_of neuroal $forward)" --batch 4 --seqlen "$seqlen" --dtype "$torch_dtype" --device "${AUTHORS_DEVICE:-cuda}"
+}
 # Where the GPU time goes: cubecl's per-kernel timings (each kernel waited for) on smaller runs
 # of the same shapes, summed per kernel kind by scripts/kernel_times.sh.
 profiled() { # name, then the bench arguments
@@ -201,7 +208,8 @@ profiled() { # name, then the bench arguments
 # attention (the separate kernels and each flash kernel, `bench --attention`; ATTENTION sets the
 # shapes), tune (`neuroal tune` on both cases' linears, kept for %tuned steps); and
 # wt2-lambda, profile-forward, profile-neuroal, authors (the authors' code and neuroal's prune
-# on the 7B-shaped checkpoint, the same windows). LEVEL, for autotune builds, is cubecl's
+# on the 7B-shaped checkpoint, the same windows), torch-forward (PyTorch's forward on the 0.84 B
+# checkpoint). LEVEL, for autotune builds, is cubecl's
 # CUBECL_AUTOTUNE_LEVEL (minimal, balanced, extensive, full): how many kernels it times per shape.
 # A step ending in %KERNEL runs with NEUROAL_MATMUL=KERNEL (the linears' products with that one
 # kernel, src/gpu_matmul.rs); %best takes the kernel the autotune runs before it found fastest
@@ -219,7 +227,7 @@ profiled() { # name, then the bench arguments
 # 4 candidates, and with burn's own kernels,
 # then traces and profiles; it wants WT2=1 BUILDS="default nofusion" prepared (a third build
 # and wt2-llama would pass the 64 MiB the device tool carries, with the checkout's 4 MB).
-steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 authors-f16 tune-f16 neuroal-f16%tuned forward-f16%tuned forward-f16~all neuroal-f16~all matmul-f16 neuroal-f16%fastest forward-f16%fastest attention-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
+steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 authors-f16 torch-forward-f16 tune-f16 neuroal-f16%tuned forward-f16%tuned forward-f16~all neuroal-f16~all matmul-f16 neuroal-f16%fastest forward-f16%fastest attention-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
@@ -254,6 +262,7 @@ for step in $steps; do
   case $step in
     wt2-lambda) wt2_lambda ;;
     authors-*) authors "$dtype" ;;
+    torch-forward-*) torch_forward "$dtype" ;;
     profile-forward) profiled neuroal-forward-f16-profile --model "$(model_of neuroal ${PROFILE_FORWARD:-llama-0.8b --blocks 4})" --devices gpu --seqlen "$seqlen" --batch 4 --iters 2 --dtype "${PROFILE_DTYPE:-f16}" ;;
     profile-neuroal) profiled neuroal-neuroal-f16-profile --model "$(model_of neuroal ${PROFILE_NEUROAL:-llama2-7b --blocks 2})" --devices gpu --seqlen "$seqlen" --prune-sparsity 0.5 --nsamples 16 --search-nsamples 8 --iters 1 --dtype "${PROFILE_DTYPE:-f16}" ;;
     tiny-*) eval_tiny "$build" "$dtype" ;;
