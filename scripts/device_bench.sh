@@ -168,6 +168,8 @@ wt2_lambda() {
 # `prune` draws them from WikiText-2's validation text (the checkpoint's own 384-id tokenizer)
 # and its report.json hands them to scripts/time_authors_code.py. The issue's goal is twice their
 # speed on the same kind of card; their 21.2 s was an H100's. Needs AUTHORS= at prepare time.
+# PyTorch's name for a step's dtype.
+torch_dtype() { if [ "$1" = f32 ]; then echo float32; else echo float16; fi; }
 authors() { # dtype
   if [ ! -d .bin/authors ] || [ ! -f .bin/valid.txt ]; then echo "authors-$1: skipped, prepared without AUTHORS="; return; fi
   local model
@@ -176,9 +178,7 @@ authors() { # dtype
   run "neuroal-prune-$1" .bin/neuroal prune --model "$model" --calib .bin/valid.txt --seqlen "$seqlen" --nsamples "$nsamples" --search-nsamples 8 --sparsity 0.5 --top-up neuroal --device gpu --dtype "$1" --out /tmp/authors-ours --force
   grep -oE '"(topup_s|prune_s|total_s|lambda_block|lambda_row|peak_[a-z_]*)": [0-9.]*' /tmp/authors-ours/report.json 2>/dev/null | tr '\n' ' '; echo
   [ -f /tmp/authors-ours/report.json ] || return
-  local torch_dtype=float16
-  [ "$1" = f32 ] && torch_dtype=float32
-  run "authors-$1" python3 scripts/time_authors_code.py .bin/authors "$model" .bin/valid.txt /tmp/authors-ours/report.json --dtype "$torch_dtype" --device "${AUTHORS_DEVICE:-cuda}"
+  run "authors-$1" python3 scripts/time_authors_code.py .bin/authors "$model" .bin/valid.txt /tmp/authors-ours/report.json --dtype "$(torch_dtype "$1")" --device "${AUTHORS_DEVICE:-cuda}"
   # neuroal's candidates' scores beside theirs (the same windows: the same λ, or a tie).
   python3 -c 'import json, sys; t = json.load(open(sys.argv[1]))["topup"]; print(json.dumps({"neuroal": {k: t[k] for k in ("lambda_block", "lambda_row")}, "block_scores": [s for _, s in t["block_scores"]], "row_scores": [s for _, s in t["row_scores"]]}))' /tmp/authors-ours/report.json | tee -a "$out/runs.log"
   rm -rf /tmp/authors-ours
@@ -186,9 +186,7 @@ authors() { # dtype
 # PyTorch's forward (transformers, the step's dtype) on the 0.84 B checkpoint that `forward`
 # times, with bench's batch, ids and read-back: the issue's 137,216 tokens/s in f16 was an H100's.
 torch_forward() { # dtype
-  local torch_dtype=float16
-  [ "$1" = f32 ] && torch_dtype=float32
-  run "torch-forward-$1" python3 scripts/time_torch_forward.py "$(model_of neuroal $forward)" --batch 4 --seqlen "$seqlen" --dtype "$torch_dtype" --device "${AUTHORS_DEVICE:-cuda}"
+  run "torch-forward-$1" python3 scripts/time_torch_forward.py "$(model_of neuroal $forward)" --batch 4 --seqlen "$seqlen" --dtype "$(torch_dtype "$1")" --device "${AUTHORS_DEVICE:-cuda}"
 }
 # Where the GPU time goes: cubecl's per-kernel timings (each kernel waited for) on smaller runs
 # of the same shapes, summed per kernel kind by scripts/kernel_times.sh.

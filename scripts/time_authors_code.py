@@ -26,8 +26,9 @@ import types
 
 import torch
 import transformers  # noqa: F401  (imported before the `datasets` stand-in below)
-from transformers import AutoModelForCausalLM
 from tokenizers import Tokenizer
+
+import torch_model
 
 
 def main():
@@ -95,13 +96,10 @@ def main():
 
     sd.get_neuroal_block, sd.get_neuroal_row = block_logged, row_logged
 
-    v5 = int(transformers.__version__.split(".")[0]) >= 5
-    # transformers 5 renamed torch_dtype to dtype.
-    model = AutoModelForCausalLM.from_pretrained(a.model_dir, **{"dtype" if v5 else "torch_dtype": getattr(torch, a.dtype)}).to(dev)
+    model = torch_model.load(a.model_dir, a.dtype, dev)
     model.seqlen = seqlen
-    model.eval()
     rotary = getattr(model.model, "rotary_emb", None)
-    if v5 and rotary is not None:
+    if torch_model.V5 and rotary is not None:
         for layer in model.model.layers:
             def forward(hidden_states, *args, _forward=layer.forward, **kw):
                 if kw.get("position_embeddings") is None and kw.get("position_ids") is not None:
@@ -123,8 +121,7 @@ def main():
         prune_wanda(args, model, None, dev, calib, dist=dist, granularity=gran)
     sync()
     t2 = time.time()
-    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(json.dumps({"device": where, "torch": torch.__version__, "transformers": transformers.__version__, "dtype": a.dtype, "lambda_block": lb, "lambda_row": lr,
+    print(json.dumps({**torch_model.versions(dev), "dtype": a.dtype, "lambda_block": lb, "lambda_row": lr,
                       "search_s": round(t1 - t0, 2), "prune_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2),
                       "sparsity": round(float(check_sparsity(model)), 4), "block_scores": scores["block"], "row_scores": scores["row"]}))
 

@@ -14,8 +14,8 @@ import json
 import time
 
 import torch
-import transformers
-from transformers import AutoModelForCausalLM
+
+import torch_model
 
 
 def main():
@@ -28,10 +28,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     a = ap.parse_args()
     dev = torch.device(a.device)
-    v5 = int(transformers.__version__.split(".")[0]) >= 5
-    # transformers 5 renamed torch_dtype to dtype.
-    model = AutoModelForCausalLM.from_pretrained(a.model_dir, **{"dtype" if v5 else "torch_dtype": getattr(torch, a.dtype)}).to(dev)
-    model.eval()
+    model = torch_model.load(a.model_dir, a.dtype, dev)
     vocab = model.config.vocab_size
     n = a.batch * a.seqlen
     ids = torch.tensor([(i * 2_654_435_761) % (1 << 32) % vocab for i in range(n)], device=dev).view(a.batch, a.seqlen)
@@ -46,8 +43,7 @@ def main():
     for _ in range(a.iters):
         forward()
     secs = time.time() - start
-    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(json.dumps({"device": where, "torch": torch.__version__, "transformers": transformers.__version__, "dtype": a.dtype,
+    print(json.dumps({**torch_model.versions(dev), "dtype": a.dtype,
                       "attention": model.config._attn_implementation, "batch": a.batch, "seqlen": a.seqlen,
                       "tokens_per_s": round(a.iters * n / secs, 1), "ms_per_forward": round(secs * 1000 / a.iters, 2)}))
 
