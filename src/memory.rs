@@ -52,6 +52,11 @@ fn widest(shapes: &[[usize; 2]]) -> u128 {
     shapes.iter().map(|s| s[0]).max().unwrap_or(0) as u128
 }
 
+/// A block's weight count; `shapes` are its linears.
+fn block_params(shapes: &[[usize; 2]]) -> u128 {
+    shapes.iter().map(|s| (s[0] * s[1]) as u128).sum()
+}
+
 /// The parts held at once at the peak of a prune run; `shapes` are a block's linears.
 /// A run holds one of two phases at a time: NeuroAL's search, whose candidates carry their own
 /// hidden states, is over before the pruning pass embeds the calibration windows. The peak is
@@ -61,7 +66,7 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     let h = run.dtype_bytes;
     let (d, ff, v) = (c.hidden_size as u128, widest(shapes), c.vocab_size as u128);
     let t = run.seqlen as u128;
-    let block_params: u128 = shapes.iter().map(|s| (s[0] * s[1]) as u128).sum();
+    let block_params = block_params(shapes);
     // `at_once` passes over chunks of at most `windows` windows each.
     let activations = |at_once: u128, windows: usize| Part {
         what: "attention and MLP activations",
@@ -123,16 +128,16 @@ pub fn total_mib(parts: &[Part]) -> f64 {
 pub const CPU_ONE_PASS_FROM: u128 = 32 << 20;
 
 /// Passes (NeuroAL candidates, calibration chunks) the CPU backends run side by side before
-/// memory is counted: one per core where a block has fewer than [`CPU_ONE_PASS_FROM`] weights,
-/// else one, with every core in its products. Side by side, each pass allocates its pruned
+/// memory is counted: one per core where a block (its linears' `shapes`) has fewer than
+/// [`CPU_ONE_PASS_FROM`] weights, else one, with every core in its products. Side by side, each pass allocates its pruned
 /// weights and activations on a worker thread, where glibc maps every block above 64 MiB afresh
 /// and the kernel faults and clears it page by page, and holds a pruned block more. Measured on
 /// 2 cores, NeuroAL 50%, 8 search windows of 256 tokens, one pass against two side by side:
 /// 7B-shaped blocks (202 M weights) 376 s against 397 s; 0.84 B-shaped (45 M) 79.5 against
 /// 79.4 s; wt2-llama (0.7 M) 10.5 against 9.4 s. The pruning pass of 32 windows on the 7B
 /// shape: 49.7 against 50.5 s.
-pub fn cpu_passes_at_once(block_params: u128) -> usize {
-    if block_params >= CPU_ONE_PASS_FROM {
+pub fn cpu_passes_at_once(shapes: &[[usize; 2]]) -> usize {
+    if block_params(shapes) >= CPU_ONE_PASS_FROM {
         1
     } else {
         rayon::current_num_threads()

@@ -360,8 +360,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     };
     // OWL's outlier ratios take a dense pass over the calibration windows whatever the pruner.
     let windows_run = pruner.needs_calibration() || kind == TopUpKind::Owl;
-    let block_params = spec.shapes().iter().map(|s| (s[0] * s[1]) as u128).sum();
-    let mut estimate = memory_run(args, kind, step, sparsity, seqlen, pruner.needs_hessian(), args.device != Choice::Gpu, block_params, windows_run);
+    let mut estimate = memory_run(args, kind, step, sparsity, seqlen, pruner.needs_hessian(), args.device != Choice::Gpu, &spec.shapes(), windows_run);
     if args.device != Choice::Gpu && let Some(avail) = memory::available_host() {
         estimate.passes_at_once = memory::passes_that_fit(&config, &spec.shapes(), &estimate, avail);
         memory::check(&memory::prune_parts(&config, &spec.shapes(), &estimate), avail, "this machine")?;
@@ -575,11 +574,11 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
 
 /// The sizes the memory estimate needs of a run. On the CPU backends (`on_cpu`) NeuroAL's
 /// candidates, and the calibration chunks, run side by side, one per core, where a block is
-/// small ([`memory::cpu_passes_at_once`] of its `block_params` weights); on a GPU one at a
+/// small ([`memory::cpu_passes_at_once`] of its linears' `shapes`); on a GPU one at a
 /// time. `windows_run`: whether the calibration windows go through the model outside
 /// NeuroAL's search (not for magnitude's pruning pass, unless OWL's ratios need them).
 #[allow(clippy::too_many_arguments)]
-fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f64, seqlen: usize, hessians: bool, on_cpu: bool, block_params: u128, windows_run: bool) -> memory::Run {
+fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f64, seqlen: usize, hessians: bool, on_cpu: bool, shapes: &[[usize; 2]], windows_run: bool) -> memory::Run {
     let search_grid = if step == NeuroalStep::Row { row_grid().len() } else { block_grid(sparsity).len().max(row_grid().len()) };
     let carried = if args.search_chunk == 0 { search_grid } else { args.search_chunk.min(search_grid) };
     memory::Run {
@@ -588,7 +587,7 @@ fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f6
         chunk: crate::pipeline::CHUNK,
         hessians,
         search: (kind == TopUpKind::Neuroal).then_some((args.search_nsamples, carried)),
-        passes_at_once: if on_cpu { memory::cpu_passes_at_once(block_params).min(carried) } else { 1 },
+        passes_at_once: if on_cpu { memory::cpu_passes_at_once(shapes).min(carried) } else { 1 },
         // Auto (0) is settled by [`dense_batch`] once the run's other sizes are known.
         dense_batch: args.search_batch.clamp(1, carried.max(1)),
         // What a CPU backend computes in (auto: f32); a GPU run sets its own once it knows.
@@ -667,11 +666,10 @@ pub fn bench_neuroal(
     let starts = draw_windows(ids.len(), seqlen, nsamples, 0)?;
     let windows = gather_windows(ids, &starts, seqlen);
     let pruner = crate::pruner::Wanda;
-    let block_params = model.linear_shapes().iter().map(|s| (s[0] * s[1]) as u128).sum();
     let mut estimate = memory::Run {
         dtype_bytes: model.dtype.size() as u128,
         stacked_params: crate::fused::stacked_params(&model.spec.fused_groups(), model.dtype, !crate::model::on_cpu(&model.device)),
-        ..memory_run(&args, TopUpKind::Neuroal, NeuroalStep::Both, sparsity, seqlen, false, crate::model::on_cpu(&model.device), block_params, true)
+        ..memory_run(&args, TopUpKind::Neuroal, NeuroalStep::Both, sparsity, seqlen, false, crate::model::on_cpu(&model.device), &model.linear_shapes(), true)
     };
     estimate.dense_batch = dense_batch(&args, !crate::model::on_cpu(&model.device), &model.config, &model.linear_shapes(), &estimate);
     let plan = SearchPlan { at_once: estimate.passes_at_once, dense_batch: estimate.dense_batch };
