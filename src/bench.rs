@@ -271,12 +271,12 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
     // Deterministic pseudo-random ids: throughput does not depend on which tokens they are.
     let ids: Vec<u32> = (0..batch * seqlen).map(|i| (i as u32).wrapping_mul(2_654_435_761) % vocab).collect();
     let forward = || -> Result<()> {
-        let mut h = model.embed(&ids, batch);
+        let mut h = model.embed(&ids, batch)?;
         for block in &blocks {
             h = block.forward(h, &rope, None);
         }
         // Reading one value back waits for the device to finish the whole pass.
-        crate::model::host_f32(model.head(h).sum(), "forward pass")?;
+        crate::model::host_f32(model.head(h)?.sum(), "forward pass")?;
         Ok(())
     };
     forward()?;
@@ -286,6 +286,7 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
     }
     let secs = start.elapsed().as_secs_f64();
     drop(blocks);
+    drop(model);
     let forward_gpu_mib = gpu.map(GpuPeak::finish).transpose()?;
     let (mut pruned, mut prune_gpu_mib) = (None, None);
     if let Some(p) = prune {
@@ -301,6 +302,9 @@ pub fn measure(model_dir: &Path, choice: Choice, dtype: ComputeDtype, seqlen: us
         let n = (p.nsamples.max(p.search_nsamples) + 1) * seqlen + 1;
         let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab as u64) as u32).collect();
         let scratch = crate::staging::Scratch::new(std::env::temp_dir().join(format!("neuroal-bench-{}", std::process::id())));
+        // Loaded as `prune` loads it without --eval: no head, the table left in the map.
+        let (config, checkpoint) = crate::model::check_model_dir(model_dir)?;
+        let model = Model::load(config, checkpoint, &selected.device, dtype, crate::model::Ends::Hidden)?;
         pruned = Some(crate::prune::bench_neuroal(&model, &ids, seqlen, &p, scratch.path())?);
         prune_gpu_mib = gpu.map(GpuPeak::finish).transpose()?;
     }

@@ -101,7 +101,7 @@ pub fn perplexity_within(
     for first in (0..windows).step_by(group) {
         let n = group.min(windows - first);
         let span = &ids[first * seqlen..(first + n) * seqlen];
-        let mut hidden: Vec<Tensor<3>> = span.chunks(batch * seqlen).map(|c| model.embed(c, c.len() / seqlen)).collect();
+        let mut hidden: Vec<Tensor<3>> = span.chunks(batch * seqlen).map(|c| model.embed(c, c.len() / seqlen)).collect::<Result<_>>()?;
         if resident {
             for block in &blocks {
                 hidden = through(hidden, block);
@@ -112,7 +112,7 @@ pub fn perplexity_within(
             }
         }
         for (h, c) in hidden.into_iter().zip(span.chunks(batch * seqlen)) {
-            losses.extend(sequence_losses(model.head(h), c)?);
+            losses.extend(sequence_losses(model.head(h)?, c)?);
         }
         bar.inc(n as u64);
     }

@@ -243,7 +243,7 @@ impl Compute {
         let dtype = selected.compute_dtype(self.dtype)?;
         eprintln!("device {}", selected.description);
         let described = format!("{} ({})", selected.description, device::dtype_name(dtype));
-        Ok((Model::load(config, checkpoint, &selected.device, dtype)?, described))
+        Ok((Model::load(config, checkpoint, &selected.device, dtype, neuroal::model::Ends::Logits)?, described))
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Run {
     /// Values of a block's weights stacked for fused products (`src/fused.rs`; 0 where none
     /// are), held beside the weights they copy.
     pub stacked_params: u128,
+    /// Whether the dense model computes logits (`--eval`, `--zeroshot`): only then are the
+    /// embedding table and the LM head loaded (a pruning pass reads its windows' rows from the
+    /// memory map).
+    pub logits: bool,
 }
 
 /// The widest linear output of a block (the MLP's hidden width in every family here).
@@ -76,7 +80,7 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     // The block being pruned, its pruned copy (one per candidate running), and the next block
     // decoded ahead; the stacked weights of the first two.
     let weights = |at_once: u128| Part { what: "one block's weights", bytes: ((2 + at_once) * block_params + (1 + at_once) * run.stacked_params) * h, lowered_by: MODEL_SIZE };
-    let outer = Part { what: "embeddings and head", bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * h, lowered_by: MODEL_SIZE };
+    let outer = Part { what: "embeddings and head", bytes: if !run.logits { 0 } else if c.tie_word_embeddings { 1 } else { 2 } * v * d * h, lowered_by: MODEL_SIZE };
     // One set per candidate running (each records its own in the search). Linears that read one
     // input share a Hessian, so this per-linear count is an upper bound.
     let hessians = |at_once: u128| Part {
@@ -161,8 +165,8 @@ pub fn free_dense_batch(c: &Config, shapes: &[[usize; 2]], run: &Run) -> usize {
 }
 
 /// The largest single buffer of a prune run, as a part (what, bytes, what lowers it): what a GPU
-/// adapter's buffer limit must allow. The embedding table is uploaded in the run's compute
-/// dtype; scores, statistics and the pruners' weight copies are f32.
+/// adapter's buffer limit must allow. The embedding table is uploaded (in the run's compute
+/// dtype) only for logits; scores, statistics and the pruners' weight copies are f32.
 pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Part {
     let chunk = (run.chunk.min(run.nsamples).max(1)) as u128;
     let t = run.seqlen as u128;
@@ -171,7 +175,7 @@ pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Part {
     let mut parts = vec![
         Part { what: "attention scores", bytes: chunk * c.num_heads as u128 * t * t * 4, lowered_by: "--seqlen" },
         Part { what: "MLP activations", bytes: chunk * t * widest(shapes) * 4, lowered_by: "--seqlen" },
-        Part { what: "embedding table", bytes: c.vocab_size as u128 * c.hidden_size as u128 * run.dtype_bytes, lowered_by: "--dtype f16" },
+        Part { what: "embedding table", bytes: if run.logits { c.vocab_size as u128 * c.hidden_size as u128 * run.dtype_bytes } else { 0 }, lowered_by: "--dtype f16" },
         Part { what: "a linear's f32 copy for pruning", bytes: largest_linear * 4, lowered_by: MODEL_SIZE },
     ];
     if run.hessians {
@@ -319,7 +323,7 @@ mod tests {
         .unwrap();
         let shapes = crate::model::Spec::of(&c).shapes();
         let bytes = |parts: &[Part], what: &str| parts.iter().find(|p| p.what == what).map(|p| p.bytes);
-        let run = |search, at_once, hessians| Run { nsamples: 4, seqlen: 16, chunk: 8, search, passes_at_once: at_once, dense_batch: 1, hessians, dtype_bytes: 4, stacked_params: 0 };
+        let run = |search, at_once, hessians| Run { nsamples: 4, seqlen: 16, chunk: 8, search, passes_at_once: at_once, dense_batch: 1, hessians, dtype_bytes: 4, stacked_params: 0, logits: true };
         // The pruning pass: 4 windows of 16 tokens, 8 wide. Attention and MLP of all 4 windows
         // in one chunk: 4 × (3·2·16² + 3·16·16 + 4·16·8) × 4 = 45,056 bytes. A block's linears:
         // q, k, v, o 4 × 64 and gate, up, down 3 × 128 → 640 weights, held with the pruned copy
@@ -392,7 +396,7 @@ mod tests {
         assert_eq!(bytes(&half_search, "NeuroAL search hidden states"), Some(30_720));
         // The largest single buffer: 4 windows' f32 attention scores, 4·2·16²·4 = 8192 bytes
         // (MLP 4·16·16·4 = 4096, f16 table 10·8·2 = 160, gate's f32 copy 16·8·4 = 512).
-        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, passes_at_once: 1, dense_batch: 1, hessians, dtype_bytes: 2, stacked_params: 0 };
+        let one = |seqlen, hessians| Run { nsamples: 4, seqlen, chunk: 8, search: None, passes_at_once: 1, dense_batch: 1, hessians, dtype_bytes: 2, stacked_params: 0, logits: true };
         let big = largest_buffer(&c, &shapes, &one(16, false));
         assert_eq!((big.what, big.bytes, big.lowered_by), ("attention scores", 8192, "--seqlen"));
         // One token per window: down's 16 × 16 Hessian (1024 bytes) when SparseGPT records it,
@@ -428,12 +432,24 @@ mod tests {
         )
         .unwrap();
         let shapes7b = crate::model::Spec::of(&llama7b).shapes();
-        let case = Run { nsamples: 64, seqlen: 512, chunk: 8, search: Some((8, 15)), passes_at_once: 1, dense_batch: 1, hessians: false, dtype_bytes: 2, stacked_params: 0 };
+        let case = Run { nsamples: 64, seqlen: 512, chunk: 8, search: Some((8, 15)), passes_at_once: 1, dense_batch: 1, hessians: false, dtype_bytes: 2, stacked_params: 0, logits: true };
         assert_eq!(free_dense_batch(&llama7b, &shapes7b, &case), 1);
         let gb = |k| total(&prune_parts(&llama7b, &shapes7b, &Run { dense_batch: k, ..case })) as f64 / 1e9;
         assert!((gb(1) - 3.95).abs() < 0.01 && (gb(2) - gb(1) - 1.21).abs() < 0.01, "{} {}", gb(1), gb(2));
         let pruning = total(&prune_parts(&llama7b, &shapes7b, &Run { search: None, ..case })) as f64 / 1e9;
         assert!((pruning - 3.69).abs() < 0.01, "{pruning}");
+        // Without --eval or --zeroshot the dense model computes no logits: no table or head on
+        // the device, 2 × 32,000 × 4,096 × 2 bytes (0.52 GB) less in both phases, and the largest
+        // buffer (at 128 tokens a window) is no longer the f16 table (262 MB) but up's f32 copy
+        // for pruning (180 MB).
+        let hidden = Run { logits: false, ..case };
+        let gb_hidden = total(&prune_parts(&llama7b, &shapes7b, &hidden)) as f64 / 1e9;
+        assert!((gb(1) - gb_hidden - 0.524).abs() < 0.001, "{} {gb_hidden}", gb(1));
+        let outer_bytes = |run: Run| prune_parts(&llama7b, &shapes7b, &run).iter().find(|p| p.what == "embeddings and head").map(|p| p.bytes);
+        assert_eq!(outer_bytes(hidden), Some(0));
+        let short = |run: Run| largest_buffer(&llama7b, &shapes7b, &Run { seqlen: 128, ..run });
+        assert_eq!((short(case).what, short(case).bytes), ("embedding table", 32_000 * 4096 * 2));
+        assert_eq!((short(hidden).what, short(hidden).bytes), ("a linear's f32 copy for pruning", 11_008 * 4096 * 4));
         // Without room to spare (the search is the peak), or without a search, one at a time.
         assert_eq!(free_dense_batch(&c, &shapes, &run(Some((2, 30)), 1, false)), 1);
         assert_eq!(free_dense_batch(&c, &shapes, &run(None, 1, false)), 1);

@@ -23,7 +23,7 @@ pub const CHUNK: usize = 8;
 pub type SparsityMap<'a> = &'a dyn Fn(usize, usize) -> Sparsity;
 
 /// Embeds `windows` ([n · seqlen] ids) in chunks of [`CHUNK`] windows.
-pub fn embed_windows(model: &Model, windows: &[u32], seqlen: usize) -> Vec<Tensor<3>> {
+pub fn embed_windows(model: &Model, windows: &[u32], seqlen: usize) -> Result<Vec<Tensor<3>>> {
     windows.chunks(CHUNK * seqlen).map(|c| model.embed(c, c.len() / seqlen)).collect()
 }
 
@@ -221,7 +221,7 @@ pub fn prune_resumable(
     let pos = model.positions(seqlen);
     // A pruner that reads no calibration (magnitude) gets the statistics of no windows: no
     // window is embedded, so its dense passes and forwards run over nothing.
-    let mut hidden = if pruner.needs_calibration() { embed_windows(model, windows, seqlen) } else { Vec::new() };
+    let mut hidden = if pruner.needs_calibration() { embed_windows(model, windows, seqlen)? } else { Vec::new() };
     let shapes = model.linear_shapes();
     let bar = progress_bar(model.num_blocks(), "pruning blocks");
     let mut masks = Vec::new();

@@ -15,7 +15,7 @@ use crate::progress::progress_bar;
 use crate::mask::{Pattern, Sparsity};
 use crate::report::{self, Report, Summary, TopUpReport};
 use crate::memory;
-use crate::model::{check_model_dir, Model, Spec};
+use crate::model::{check_model_dir, Ends, Model, Spec};
 use crate::pipeline::prune_resumable;
 use crate::provenance;
 use crate::resume::{Progress, State};
@@ -425,7 +425,9 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
             bail!("this run needs a {} buffer ({}), more than the adapter's limit of {}; {advice}", memory::human(need.bytes), need.what, memory::human(limit as u128));
         }
     }
-    let model = Model::load(config, checkpoint, &device.device, dtype)?;
+    // The dense model's logits are computed only for --eval and --zeroshot.
+    let ends = if estimate.logits { Ends::Logits } else { Ends::Hidden };
+    let model = Model::load(config, checkpoint, &device.device, dtype, ends)?;
     let starts = draw_windows(ids.len(), seqlen, args.nsamples, args.seed)?;
     let windows = gather_windows(&ids, &starts, seqlen);
 
@@ -597,6 +599,7 @@ fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f6
         },
         // The CPU backends stack nothing; a GPU run sets its own once it knows.
         stacked_params: 0,
+        logits: args.eval.is_some() || args.zeroshot.is_some(),
     }
 }
 

@@ -197,7 +197,9 @@ pub fn evaluate(
     let names: Vec<&str> = model.linears().iter().map(|l| l.name).collect();
     let mut results = Vec::with_capacity(candidates.len());
     for group in candidates.chunks(chunk.max(1)) {
-        let mut hidden: Vec<Vec<Tensor<3>>> = group.iter().map(|_| embed_windows(model, windows, seqlen)).collect();
+        // One embedding of the windows, which each candidate carries on from.
+        let embedded = embed_windows(model, windows, seqlen)?;
+        let mut hidden: Vec<Vec<Tensor<3>>> = group.iter().map(|_| embedded.clone()).collect();
         // Per candidate, every linear's m and d in (block, linear) order, kept on the device.
         let mut pending: Vec<Vec<(Tensor<1>, Tensor<1>)>> = group.iter().map(|_| Vec::new()).collect();
         let mut blocks = model.blocks();
@@ -323,7 +325,7 @@ pub fn owl_outlier_ratios(model: &Model, windows: &[u32], seqlen: usize, m: f64)
     let nsamples = windows.len() / seqlen;
     let pos = model.positions(seqlen);
     let shapes = model.linear_shapes();
-    let mut hidden = embed_windows(model, windows, seqlen);
+    let mut hidden = embed_windows(model, windows, seqlen)?;
     let mut ratios = Vec::new();
     for block in model.blocks() {
         let block = block?;

@@ -39,6 +39,25 @@ impl Shard {
         let start = 8 + self.header_len;
         &self.mmap[start + info.data_offsets.0..start + info.data_offsets.1]
     }
+
+    /// Hands the map's pages under `bytes` (a slice of it, read) back to the kernel. They are
+    /// the file's, so the next read faults them in again; otherwise every page read stays
+    /// resident, and a run's resident memory (`memory.peak_host_mib`, what an out-of-memory
+    /// killer counts) grows to the whole checkpoint's size however little it holds.
+    pub fn release(&self, bytes: &[u8]) {
+        let offset = (bytes.as_ptr() as usize).wrapping_sub(self.mmap.as_ptr() as usize);
+        if bytes.is_empty() || offset.checked_add(bytes.len()).is_none_or(|end| end > self.mmap.len()) {
+            return;
+        }
+        #[cfg(unix)]
+        // SAFETY: `Mmap::map` maps the file shared and read-only (MAP_SHARED, PROT_READ), so its
+        // pages are the file's page cache and never written: MADV_DONTNEED only unmaps them, a
+        // later read faults the same bytes back in, and every slice into the map stays valid.
+        // Failing advice changes nothing, so it is ignored.
+        unsafe {
+            let _ = self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, bytes.len());
+        }
+    }
 }
 
 /// A checkpoint folder's weights: every tensor name resolved to its shard.
@@ -116,7 +135,41 @@ impl Checkpoint {
     pub fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let (bytes, dtype) = self.checked_bytes(name, shape)?;
         let data = decode_f32(bytes, dtype).map_err(|e| err!("tensor \"{name}\": {e}"))?;
+        self.release(name, bytes);
         Ok(HostTensor { shape: shape.to_vec(), data, dtype })
+    }
+
+    /// Checks a tensor's shape and that every value is finite, decoding nothing: what a run
+    /// that never reads a tensor whole (a pruning run's embeddings and head) still refuses.
+    pub fn check(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let (bytes, _) = self.checked_bytes(name, shape)?;
+        self.release(name, bytes);
+        Ok(())
+    }
+
+    /// Rows `ids` of the 2-D tensor `name` [rows, cols], decoded to f32, one after another.
+    /// The tensor was checked by [`Checkpoint::check`]; an id past its rows is an error.
+    pub fn rows(&self, name: &str, ids: &[u32]) -> Result<Vec<f32>> {
+        let (shard, info) = self.info(name)?;
+        let [rows, cols] = info.shape[..] else { bail!("tensor \"{name}\" has shape {:?}, expected two dimensions", info.shape) };
+        let width = info.dtype.bitsize() / 8;
+        let bytes = shard.bytes(info);
+        let mut out = vec![0.0f32; ids.len() * cols];
+        for (row, &id) in out.chunks_exact_mut(cols).zip(ids) {
+            let id = id as usize;
+            if id >= rows {
+                bail!("token id {id} is outside \"{name}\" ({rows} rows)");
+            }
+            let stored = &bytes[id * cols * width..(id + 1) * cols * width];
+            match info.dtype {
+                Dtype::F32 => row.iter_mut().zip(stored.as_chunks::<4>().0).for_each(|(o, b)| *o = f32::from_le_bytes(*b)),
+                Dtype::F16 => row.iter_mut().zip(stored.as_chunks::<2>().0).for_each(|(o, b)| *o = half::f16::from_le_bytes(*b).to_f32()),
+                Dtype::BF16 => row.iter_mut().zip(stored.as_chunks::<2>().0).for_each(|(o, b)| *o = half::bf16::from_le_bytes(*b).to_f32()),
+                other => bail!("tensor \"{name}\": unsupported dtype {other} (supported: F32, F16, BF16)"),
+            }
+        }
+        shard.release(bytes);
+        Ok(out)
     }
 
     /// A tensor in the compute dtype `dtype`, ready to upload: the stored bytes themselves when
@@ -129,14 +182,23 @@ impl Checkpoint {
         if same {
             let mut copy = vec![0u8; bytes.len()];
             copy.par_chunks_mut(1 << 20).zip(bytes.par_chunks(1 << 20)).for_each(|(to, from)| to.copy_from_slice(from));
+            self.release(name, bytes);
             return Ok(TensorData::from_bytes_vec(copy, shape.to_vec(), dtype));
         }
         let values = decode_f32(bytes, stored).map_err(|e| err!("tensor \"{name}\": {e}"))?;
+        self.release(name, bytes);
         Ok(match dtype {
             DType::F16 => TensorData::new(par_map(&values, |&v| half::f16::from_f32(v)), shape.to_vec()),
             DType::BF16 => TensorData::new(par_map(&values, |&v| half::bf16::from_f32(v)), shape.to_vec()),
             _ => TensorData::new(values, shape.to_vec()).convert_dtype(dtype),
         })
+    }
+
+    /// Hands a read tensor's pages back to the kernel ([`Shard::release`]).
+    fn release(&self, name: &str, bytes: &[u8]) {
+        if let Some(&i) = self.names.get(name) {
+            self.shards[i].release(bytes);
+        }
     }
 
     /// A tensor's stored bytes and dtype, its shape checked and every value finite.
@@ -256,5 +318,49 @@ mod tests {
             assert!(e.contains("holds a non-finite value (inf at index 70001)"), "{e}");
             let _ = std::fs::remove_dir_all(&ck.dir);
         }
+    }
+
+    /// KiB of this process's memory resident in the mapping that holds `ptr` (Linux's smaps).
+    #[cfg(target_os = "linux")]
+    fn resident_kib(ptr: *const u8) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().and_then(|r| r.split_once('-')).and_then(|(a, b)| Some((usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?)));
+            if let Some((start, end)) = range.filter(|_| !line.starts_with(|c: char| c.is_ascii_uppercase())) {
+                inside = (start..end).contains(&(ptr as usize));
+            } else if inside && let Some(kib) = line.strip_prefix("Rss:") {
+                return kib.trim().trim_end_matches("kB").trim().parse().unwrap();
+            }
+        }
+        panic!("no mapping holds {ptr:?}");
+    }
+
+    /// A tensor read through any of the readers leaves none of its pages resident in this
+    /// process; read through the map directly, they all are (what the readers used to leave).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn read_tensors_leave_no_pages_resident() {
+        let n = 1 << 20;
+        let values: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
+        let ck = checkpoint(&values, Dtype::F32, "resident");
+        let ptr = ck.shards[0].mmap.as_ptr();
+        // The header's page is read at opening; 4 MiB of values are not.
+        let touch = |ck: &Checkpoint| {
+            let (shard, info) = ck.info("w").unwrap();
+            shard.bytes(info).iter().step_by(4096).map(|&b| b as u64).sum::<u64>()
+        };
+        // Kept, so that the reads are not optimized away.
+        std::hint::black_box(touch(&ck));
+        assert!(resident_kib(ptr) >= 4096, "{} KiB", resident_kib(ptr));
+        ck.check("w", &[n]).unwrap();
+        assert!(resident_kib(ptr) <= 8, "after check: {} KiB", resident_kib(ptr));
+        let loaded = ck.load("w", &[n]).unwrap();
+        assert_eq!(loaded.data, values);
+        assert!(resident_kib(ptr) <= 8, "after load: {} KiB", resident_kib(ptr));
+        ck.load_data("w", &[n], DType::F16).unwrap();
+        ck.load_data("w", &[n], DType::F32).unwrap();
+        assert!(resident_kib(ptr) <= 8, "after load_data: {} KiB", resident_kib(ptr));
+        let _ = std::fs::remove_dir_all(&ck.dir);
     }
 }

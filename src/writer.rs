@@ -135,13 +135,23 @@ fn write_shard(shard: &Shard, pieces: &[Piece], path: &Path) -> std::io::Result<
     let file = File::create(path)?;
     file.set_len(shard.mmap.len() as u64)?;
     write_at(&file, &shard.mmap[..8 + shard.header_len], 0)?;
-    pieces.par_iter().try_for_each_init(Vec::new, |buf: &mut Vec<u8>, p| match p.edit {
-        Edit::Keep => write_at(&file, p.stored, p.offset),
+    pieces.par_iter().try_for_each_init(Vec::new, |buf: &mut Vec<u8>, p| {
+        write_piece(&file, buf, p)?;
+        shard.release(p.stored);
+        Ok(())
+    })
+}
+
+/// One piece into the output file: its stored bytes, with the pruned elements zeroed or the
+/// new values encoded.
+fn write_piece(file: &File, buf: &mut Vec<u8>, p: &Piece) -> std::io::Result<()> {
+    match p.edit {
+        Edit::Keep => write_at(file, p.stored, p.offset),
         Edit::Zero(mask) => {
             buf.clear();
             buf.extend_from_slice(p.stored);
             zero_pruned(buf, p.size, mask, p.first);
-            write_at(&file, buf, p.offset)
+            write_at(file, buf, p.offset)
         }
         Edit::Replace(mask, values) => {
             buf.clear();
@@ -152,9 +162,9 @@ fn write_shard(shard: &Shard, pieces: &[Piece], path: &Path) -> std::io::Result<
                 _ => buf.extend(values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())),
             }
             zero_pruned(buf, p.size, mask, p.first);
-            write_at(&file, buf, p.offset)
+            write_at(file, buf, p.offset)
         }
-    })
+    }
 }
 
 /// Zeros the elements of `bytes` (elements of `size` bytes, the first being element `first` of

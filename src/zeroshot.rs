@@ -156,7 +156,7 @@ pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_
         }).collect();
         let b = batch.len();
         let pos = model.positions(t);
-        let mut h = model.embed(&ids, b);
+        let mut h = model.embed(&ids, b)?;
         match &blocks {
             Some(bs) => {
                 for block in bs {
@@ -178,7 +178,7 @@ pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_
                 targets[row * t + first + j] = tok;
             }
         }
-        let picked = token_log_probs(model.head(h), &targets, "zero-shot log-likelihoods")?;
+        let picked = token_log_probs(model.head(h)?, &targets, "zero-shot log-likelihoods")?;
         for (row, &r) in batch.iter().enumerate() {
             let (input, cont) = &reqs[r];
             let first = input.len() - cont.len();

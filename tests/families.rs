@@ -124,7 +124,7 @@ fn calibration_pass_records_what_the_full_forward_records() {
             let tok = Tokenizer::open(&asset(fixture)).unwrap();
             let ids = tokenize_file(&tok, &asset("sample.txt")).unwrap();
             let windows: Vec<u32> = ids[..4 * 32].to_vec();
-            let hidden = neuroal::pipeline::embed_windows(&model, &windows, 32);
+            let hidden = neuroal::pipeline::embed_windows(&model, &windows, 32).unwrap();
             let pos = model.positions(32);
             for block in model.blocks() {
                 let block = block.unwrap();

@@ -40,7 +40,7 @@ fn block_by_block_equals_whole_forward() {
         // block dropped before the next one is loaded: what the streaming pruner does.
         let t = ids.len() / batch;
         let rope = model.positions(t);
-        let mut h = model.embed(&ids, batch);
+        let mut h = model.embed(&ids, batch).unwrap();
         for i in 0..model.num_blocks() {
             let block = model.load_block(i).unwrap();
             let dims = h.dims();
@@ -48,7 +48,7 @@ fn block_by_block_equals_whole_forward() {
             let back: Tensor<3> = Tensor::from_data(TensorData::new(host, dims), &dev.device);
             h = block.forward(back, &rope, None);
         }
-        let staged = model.head(h).into_data().try_to_vec::<f32>().unwrap();
+        let staged = model.head(h).unwrap().into_data().try_to_vec::<f32>().unwrap();
         let err = rel_l2(&staged, &whole);
         assert!(err < 1e-6, "{dev_name}: block-by-block differs from whole forward by {err:.3e}");
     }
@@ -332,4 +332,32 @@ fn fused_products_give_transformers_perplexity_in_every_family() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("NEUROAL_FUSE=some: expected all or none"), "{err}");
+}
+
+#[test]
+fn a_model_loaded_to_prune_embeds_the_same_bits_and_computes_no_logits() {
+    use burn::tensor::DType;
+    use neuroal::model::{check_model_dir, Ends};
+    for (dev_name, dev) in devices() {
+        let dtypes: &[DType] = if dev.shader_f16 && dev_name == "gpu" { &[DType::F32, DType::F16] } else { &[DType::F32] };
+        for name in fixtures() {
+            for &dtype in dtypes {
+                let g = golden(name);
+                let (ids, batch) = ids_of(&g);
+                let load = |ends| {
+                    let (config, checkpoint) = check_model_dir(&asset(name)).unwrap();
+                    Model::load(config, checkpoint, &dev.device, dtype, ends).unwrap()
+                };
+                let (logits, hidden) = (load(Ends::Logits), load(Ends::Hidden));
+                // Rows read from the memory map are the rows of the uploaded table, bit for bit.
+                let host = |m: &Model| m.embed(&ids, batch).unwrap().cast(DType::F32).into_data().try_to_vec::<f32>().unwrap();
+                let (a, b) = (host(&logits), host(&hidden));
+                assert!(!a.is_empty() && a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())), "{name} on {dev_name} in {dtype:?}");
+                // The pruning model has no head: asking it for logits is an error, not a panic.
+                let e = hidden.forward(&ids, batch).unwrap_err().to_string();
+                assert!(e.contains("without its LM head"), "{e}");
+                assert!(logits.forward(&ids, batch).is_ok());
+            }
+        }
+    }
 }

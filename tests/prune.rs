@@ -38,7 +38,7 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 fn wanda_reference(model: &Model, windows: &[u32], seqlen: usize, s: f64) -> Vec<Vec<bool>> {
     let n = windows.len() / seqlen;
     let rope = model.positions(seqlen);
-    let mut h = model.embed(windows, n);
+    let mut h = model.embed(windows, n).unwrap();
     let mut masks = Vec::new();
     for b in 0..model.num_blocks() {
         let mut block = model.load_block(b).unwrap();
@@ -97,7 +97,7 @@ fn chunks_side_by_side_equal_one_by_one() {
         let model = Model::open(&dir, &dev.device).unwrap();
         let windows = calib_windows(&dir, 32, 36);
         let (pos, block) = (model.positions(32), model.load_block(0).unwrap());
-        let hidden = embed_windows(&model, &windows, 32);
+        let hidden = embed_windows(&model, &windows, 32).unwrap();
         assert_eq!(hidden.len(), 5);
         let one = calibrate(&model, &block, &hidden, &pos, false).unwrap();
         let outputs: Vec<Vec<f32>> = forward_at_once(&model, &block, hidden.clone(), &pos, 1).into_iter().map(host).collect();

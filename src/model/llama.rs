@@ -5,13 +5,15 @@
 //! `attention_bias`), tied embeddings, `llama3` rope scaling, and Mistral's sliding window, which
 //! is refused rather than approximated when a window does not fit in it.
 
-use burn::tensor::{DType, Device, Int, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{attention, rms_norm, silu, split_heads, to_device1, to_device2_as, LinearSpec, Positions, Route, RopeFreqs, Spec};
+use super::{attention, lm_head, rms_norm, silu, split_heads, to_device1, Ends, LinearSpec, TokenTable, Positions, Route, RopeFreqs, Spec};
 use crate::config::{self, need, positive, rope_field, Arch};
 use crate::error::Result;
+use std::sync::Arc;
+
 use crate::weights::Checkpoint;
 use crate::{bail, err};
 
@@ -202,42 +204,37 @@ pub fn tensors(c: &config::Config, _l: &Config, lm_head_stored: bool) -> Vec<(St
 }
 
 pub struct Outer {
-    embed_tokens: Tensor<2>,
+    embed_tokens: TokenTable,
     final_norm: Tensor<1>,
-    lm_head: Tensor<2>,
+    /// None when loaded for pruning.
+    lm_head: Option<Tensor<2>>,
     eps: f64,
     hidden: usize,
     pub rope: RopeFreqs,
 }
 
 impl Outer {
-    pub fn load(ck: &Checkpoint, c: &config::Config, l: &Config, device: &Device, dtype: DType) -> Result<Outer> {
+    pub fn load(ck: &Arc<Checkpoint>, c: &config::Config, l: &Config, device: &Device, dtype: DType, ends: Ends) -> Result<Outer> {
         let (v, d) = (c.vocab_size, c.hidden_size);
-        let embed_tokens = to_device2_as(ck.load("model.embed_tokens.weight", &[v, d])?, device, dtype);
-        let lm_head = if ck.contains("lm_head.weight") {
-            to_device2_as(ck.load("lm_head.weight", &[v, d])?, device, dtype)
-        } else if c.tie_word_embeddings {
-            embed_tokens.clone()
-        } else {
-            bail!("{}: tensor \"lm_head.weight\" not found and tie_word_embeddings is false", ck.dir.display());
-        };
+        let embed_tokens = TokenTable::load(ck, "model.embed_tokens.weight", [v, d], device, dtype, ends)?;
         Ok(Outer {
+            lm_head: lm_head(ck, c, &embed_tokens, device, dtype, ends)?,
             embed_tokens,
             final_norm: to_device1(ck.load("model.norm.weight", &[d])?, device),
-            lm_head,
             eps: l.rms_norm_eps,
             hidden: d,
             rope: rope_freqs(l),
         })
     }
 
-    pub fn embed(&self, ids: Tensor<1, Int>, batch: usize, t: usize) -> Tensor<3> {
-        self.embed_tokens.clone().select(0, ids).reshape([batch, t, self.hidden])
+    pub fn embed(&self, ids: &[u32], batch: usize, t: usize) -> Result<Tensor<3>> {
+        Ok(self.embed_tokens.rows(ids)?.reshape([batch, t, self.hidden]))
     }
 
-    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+    pub fn head(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
+        let weight = self.lm_head.clone()?;
         let x = rms_norm(hidden, &self.final_norm, self.eps);
-        super::Linear { weight: self.lm_head.clone(), bias: None }.forward(x)
+        Some(super::Linear { weight, bias: None }.forward(x))
     }
 }
 

@@ -277,6 +277,78 @@ impl Block {
 }
 
 /// The weights outside the blocks.
+/// What a model's passes end in. Logits (perplexity, zero-shot, the forward benchmark) need
+/// the final norm, the LM head and the embedding table on the device. Pruning ends in hidden
+/// states: it loads no head and embeds its windows from rows of the memory-mapped table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ends {
+    Logits,
+    Hidden,
+}
+
+/// The token embeddings. For logits the table is on the device, where a tied head is the same
+/// tensor. A pruning run reads only its windows' rows from the memory map: the table is a
+/// model's largest tensor (LLaMA-3's 128,256 × 4,096 is 2 GiB in f32, 1 GiB in f16), and a row
+/// is a copy whichever way it is taken, so the hidden states are the same bits.
+pub enum TokenTable {
+    OnDevice(Box<Tensor<2>>),
+    Mapped { checkpoint: Arc<Checkpoint>, name: String, device: Device, dtype: DType },
+}
+
+impl TokenTable {
+    /// The table `name` [vocab, hidden]: uploaded in `dtype` for logits, else checked (shape,
+    /// every value finite, as a loaded one is) and left in the map.
+    pub fn load(ck: &Arc<Checkpoint>, name: &str, shape: [usize; 2], device: &Device, dtype: DType, ends: Ends) -> Result<TokenTable> {
+        Ok(match ends {
+            Ends::Logits => TokenTable::OnDevice(Box::new(to_device2_as(ck.load(name, &shape)?, device, dtype))),
+            Ends::Hidden => {
+                ck.check(name, &shape)?;
+                TokenTable::Mapped { checkpoint: ck.clone(), name: name.to_string(), device: device.clone(), dtype }
+            }
+        })
+    }
+
+    /// The rows of `ids`, [ids, hidden], in the compute dtype.
+    pub fn rows(&self, ids: &[u32]) -> Result<Tensor<2>> {
+        Ok(match self {
+            TokenTable::OnDevice(table) => {
+                let device = table.device();
+                let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [ids.len()]), &device);
+                table.clone().select(0, idx)
+            }
+            TokenTable::Mapped { checkpoint, name, device, dtype } => {
+                let rows = checkpoint.rows(name, ids)?;
+                let hidden = rows.len() / ids.len().max(1);
+                Tensor::from_data(TensorData::new(rows, [ids.len(), hidden]).convert_dtype(*dtype), (device, *dtype))
+            }
+        })
+    }
+
+    /// The table on the device (logits only): what a tied head multiplies by.
+    pub fn on_device(&self) -> Option<Tensor<2>> {
+        match self {
+            TokenTable::OnDevice(table) => Some(*table.clone()),
+            TokenTable::Mapped { .. } => None,
+        }
+    }
+}
+
+/// The LM head's weight for `ends`: the stored `lm_head.weight`, else the tied table; none when
+/// pruning (a stored head is still checked, as a loaded one is).
+pub fn lm_head(ck: &Checkpoint, c: &Config, table: &TokenTable, device: &Device, dtype: DType, ends: Ends) -> Result<Option<Tensor<2>>> {
+    let shape = [c.vocab_size, c.hidden_size];
+    let stored = ck.contains("lm_head.weight");
+    if !stored && !c.tie_word_embeddings {
+        bail!("{}: tensor \"lm_head.weight\" not found and tie_word_embeddings is false", ck.dir.display());
+    }
+    match ends {
+        Ends::Hidden if stored => ck.check("lm_head.weight", &shape).map(|_| None),
+        Ends::Hidden => Ok(None),
+        Ends::Logits if stored => Ok(Some(to_device2_as(ck.load("lm_head.weight", &shape)?, device, dtype))),
+        Ends::Logits => Ok(table.on_device()),
+    }
+}
+
 enum Outer {
     Llama(llama::Outer),
     Opt(opt::Outer),
@@ -314,22 +386,24 @@ impl Model {
     /// [`Model::open`] computing in `dtype` (F32, F16 or BF16).
     pub fn open_as(dir: &Path, device: &Device, dtype: DType) -> Result<Model> {
         let (config, checkpoint) = check_model_dir(dir)?;
-        Model::load(config, checkpoint, device, dtype)
+        Model::load(config, checkpoint, device, dtype, Ends::Logits)
     }
 
     /// A model from what [`check_model_dir`] already read and checked (no second pass over
-    /// the folder).
-    pub fn load(config: Config, checkpoint: Checkpoint, device: &Device, dtype: DType) -> Result<Model> {
-        if !on_cpu(device) {
+    /// the folder), for passes that end in `ends`.
+    pub fn load(config: Config, checkpoint: Checkpoint, device: &Device, dtype: DType, ends: Ends) -> Result<Model> {
+        if ends == Ends::Logits && !on_cpu(device) {
             check_table_fits(&config, dtype.size(), crate::kernels::max_allocation(device))?;
         }
         let spec = Spec::of(&config);
+        let checkpoint = Arc::new(checkpoint);
+        let ck = &checkpoint;
         let outer = match &config.arch {
-            Arch::Llama(l) => Outer::Llama(llama::Outer::load(&checkpoint, &config, l, device, dtype)?),
-            Arch::Opt(o) => Outer::Opt(opt::Outer::load(&checkpoint, &config, o, device, dtype)?),
-            Arch::Phi(p) => Outer::Phi(phi::Outer::load(&checkpoint, &config, p, device, dtype)?),
+            Arch::Llama(l) => Outer::Llama(llama::Outer::load(ck, &config, l, device, dtype, ends)?),
+            Arch::Opt(o) => Outer::Opt(opt::Outer::load(ck, &config, o, device, dtype, ends)?),
+            Arch::Phi(p) => Outer::Phi(phi::Outer::load(ck, &config, p, device, dtype, ends)?),
         };
-        Ok(Model { config, spec, checkpoint: Arc::new(checkpoint), device: device.clone(), dtype, outer })
+        Ok(Model { config, spec, checkpoint, device: device.clone(), dtype, outer })
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -405,23 +479,24 @@ impl Model {
     }
 
     /// Token ids [b, t] → hidden states [b, t, d].
-    pub fn embed(&self, ids: &[u32], batch: usize) -> Tensor<3> {
+    pub fn embed(&self, ids: &[u32], batch: usize) -> Result<Tensor<3>> {
         let t = ids.len() / batch;
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [ids.len()]), &self.device);
-        match &self.outer {
-            Outer::Llama(o) => o.embed(idx, batch, t),
-            Outer::Opt(o) => o.embed(idx, batch, t, &self.device),
-            Outer::Phi(o) => o.embed(idx, batch, t),
-        }
+        Ok(match &self.outer {
+            Outer::Llama(o) => o.embed(ids, batch, t)?,
+            Outer::Opt(o) => o.embed(ids, batch, t, &self.device)?,
+            Outer::Phi(o) => o.embed(ids, batch, t)?,
+        })
     }
 
-    /// Final norm and LM head: hidden [b, t, d] → logits [b, t, vocab].
-    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        match &self.outer {
+    /// Final norm and LM head: hidden [b, t, d] → logits [b, t, vocab]. An error for a model
+    /// loaded for [`Ends::Hidden`].
+    pub fn head(&self, hidden: Tensor<3>) -> Result<Tensor<3>> {
+        let logits = match &self.outer {
             Outer::Llama(o) => o.head(hidden),
             Outer::Opt(o) => o.head(hidden),
             Outer::Phi(o) => o.head(hidden),
-        }
+        };
+        logits.ok_or_else(|| err!("this model was loaded for pruning, without its LM head: it computes no logits"))
     }
 
     /// Positional tables for windows of `t` tokens.
@@ -454,11 +529,11 @@ impl Model {
     /// Whole forward pass: ids [b, t] → logits [b, t, vocab], with every block loaded in turn.
     pub fn forward(&self, ids: &[u32], batch: usize) -> Result<Tensor<3>> {
         let pos = self.positions(ids.len() / batch);
-        let mut h = self.embed(ids, batch);
+        let mut h = self.embed(ids, batch)?;
         for block in self.blocks() {
             h = block?.forward(h, &pos, None);
         }
-        Ok(self.head(h))
+        self.head(h)
     }
 }
 

@@ -11,9 +11,11 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{attention, split_heads, to_device2_as, LayerNorm, LinearSpec, Positions, Route, Spec};
+use super::{attention, lm_head, split_heads, to_device2_as, Ends, LayerNorm, TokenTable, LinearSpec, Positions, Route, Spec};
 use crate::config::{self, need, Arch};
 use crate::error::Result;
+use std::sync::Arc;
+
 use crate::weights::Checkpoint;
 use crate::{bail, err};
 
@@ -156,17 +158,18 @@ pub fn tensors(c: &config::Config, o: &Config, lm_head_stored: bool) -> Vec<(Str
 }
 
 pub struct Outer {
-    embed_tokens: Tensor<2>,
+    embed_tokens: TokenTable,
     embed_positions: Tensor<2>,
     final_norm: Option<LayerNorm>,
-    lm_head: Tensor<2>,
+    /// None when loaded for pruning.
+    lm_head: Option<Tensor<2>>,
     hidden: usize,
 }
 
 impl Outer {
-    pub fn load(ck: &Checkpoint, c: &config::Config, o: &Config, device: &Device, dtype: DType) -> Result<Outer> {
+    pub fn load(ck: &Arc<Checkpoint>, c: &config::Config, o: &Config, device: &Device, dtype: DType, ends: Ends) -> Result<Outer> {
         let (v, d) = (c.vocab_size, c.hidden_size);
-        let embed_tokens = to_device2_as(ck.load("model.decoder.embed_tokens.weight", &[v, d])?, device, dtype);
+        let embed_tokens = TokenTable::load(ck, "model.decoder.embed_tokens.weight", [v, d], device, dtype, ends)?;
         let embed_positions =
             to_device2_as(ck.load("model.decoder.embed_positions.weight", &[c.max_positions + POSITION_OFFSET, d])?, device, dtype);
         let final_norm = if o.final_layer_norm {
@@ -174,31 +177,25 @@ impl Outer {
         } else {
             None
         };
-        let lm_head = if ck.contains("lm_head.weight") {
-            to_device2_as(ck.load("lm_head.weight", &[v, d])?, device, dtype)
-        } else if c.tie_word_embeddings {
-            embed_tokens.clone()
-        } else {
-            bail!("{}: tensor \"lm_head.weight\" not found and tie_word_embeddings is false", ck.dir.display());
-        };
-        Ok(Outer { embed_tokens, embed_positions, final_norm, lm_head, hidden: d })
+        Ok(Outer { lm_head: lm_head(ck, c, &embed_tokens, device, dtype, ends)?, embed_tokens, embed_positions, final_norm, hidden: d })
     }
 
     /// Token embeddings plus the learned embeddings of positions 0..t (rows 2..t + 2).
-    pub fn embed(&self, ids: Tensor<1, Int>, batch: usize, t: usize, device: &Device) -> Tensor<3> {
-        let tokens = self.embed_tokens.clone().select(0, ids).reshape([batch, t, self.hidden]);
+    pub fn embed(&self, ids: &[u32], batch: usize, t: usize, device: &Device) -> Result<Tensor<3>> {
+        let tokens = self.embed_tokens.rows(ids)?.reshape([batch, t, self.hidden]);
         let rows: Vec<i64> = (0..t).map(|p| (p + POSITION_OFFSET) as i64).collect();
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [t]), device);
         let positions = self.embed_positions.clone().select(0, rows).unsqueeze::<3>();
-        tokens + positions
+        Ok(tokens + positions)
     }
 
-    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+    pub fn head(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
+        let weight = self.lm_head.clone()?;
         let x = match &self.final_norm {
             Some(n) => n.forward(hidden),
             None => hidden,
         };
-        super::Linear { weight: self.lm_head.clone(), bias: None }.forward(x)
+        Some(super::Linear { weight, bias: None }.forward(x))
     }
 }
 

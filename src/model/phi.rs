@@ -5,13 +5,15 @@
 //! `partial_rotary_factor × head_dim` dims of each head. Biases everywhere, a final LayerNorm,
 //! and an `lm_head` with bias. `qk_layernorm` is refused with one line.
 
-use burn::tensor::{DType, Device, Int, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{attention, split_heads, to_device1_as, to_device2_as, LayerNorm, LinearSpec, Positions, Route, RopeFreqs, Spec};
+use super::{attention, lm_head, split_heads, to_device1_as, Ends, LayerNorm, TokenTable, LinearSpec, Positions, Route, RopeFreqs, Spec};
 use crate::config::{self, need, positive, rope_field, Arch};
 use crate::error::Result;
+use std::sync::Arc;
+
 use crate::weights::Checkpoint;
 use crate::{bail, err};
 
@@ -157,38 +159,35 @@ pub fn tensors(c: &config::Config, _p: &Config) -> Vec<(String, Vec<usize>)> {
 }
 
 pub struct Outer {
-    embed_tokens: Tensor<2>,
+    embed_tokens: TokenTable,
     final_norm: LayerNorm,
-    lm_head: super::Linear,
+    /// None when loaded for pruning.
+    lm_head: Option<super::Linear>,
     hidden: usize,
     pub rope: RopeFreqs,
 }
 
 impl Outer {
-    pub fn load(ck: &Checkpoint, c: &config::Config, p: &Config, device: &Device, dtype: DType) -> Result<Outer> {
+    pub fn load(ck: &Arc<Checkpoint>, c: &config::Config, p: &Config, device: &Device, dtype: DType, ends: Ends) -> Result<Outer> {
         let (v, d) = (c.vocab_size, c.hidden_size);
-        let embed_tokens = to_device2_as(ck.load("model.embed_tokens.weight", &[v, d])?, device, dtype);
-        let weight = if ck.contains("lm_head.weight") {
-            to_device2_as(ck.load("lm_head.weight", &[v, d])?, device, dtype)
-        } else {
-            embed_tokens.clone()
-        };
-        let bias = Some(to_device1_as(ck.load("lm_head.bias", &[v])?, device, dtype));
+        let embed_tokens = TokenTable::load(ck, "model.embed_tokens.weight", [v, d], device, dtype, ends)?;
+        let weight = lm_head(ck, c, &embed_tokens, device, dtype, ends)?;
+        let bias = ck.load("lm_head.bias", &[v])?;
         Ok(Outer {
             embed_tokens,
             final_norm: LayerNorm::load(ck, "model.final_layernorm", d, p.layer_norm_eps, device)?,
-            lm_head: super::Linear { weight, bias },
+            lm_head: weight.map(|weight| super::Linear { weight, bias: Some(to_device1_as(bias, device, dtype)) }),
             hidden: d,
             rope: RopeFreqs::new(p.rope_theta, p.rotary_dim),
         })
     }
 
-    pub fn embed(&self, ids: Tensor<1, Int>, batch: usize, t: usize) -> Tensor<3> {
-        self.embed_tokens.clone().select(0, ids).reshape([batch, t, self.hidden])
+    pub fn embed(&self, ids: &[u32], batch: usize, t: usize) -> Result<Tensor<3>> {
+        Ok(self.embed_tokens.rows(ids)?.reshape([batch, t, self.hidden]))
     }
 
-    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        self.lm_head.forward(self.final_norm.forward(hidden))
+    pub fn head(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
+        Some(self.lm_head.as_ref()?.forward(self.final_norm.forward(hidden)))
     }
 }
 
