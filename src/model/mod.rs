@@ -292,7 +292,7 @@ pub enum Ends {
 /// is a copy whichever way it is taken, so the hidden states are the same bits.
 pub enum TokenTable {
     OnDevice(Box<Tensor<2>>),
-    Mapped { checkpoint: Arc<Checkpoint>, name: String, device: Device, dtype: DType },
+    Mapped { checkpoint: Arc<Checkpoint>, name: String, hidden: usize, device: Device, dtype: DType },
 }
 
 impl TokenTable {
@@ -303,7 +303,7 @@ impl TokenTable {
             Ends::Logits => TokenTable::OnDevice(Box::new(to_device2_as(ck.load(name, &shape)?, device, dtype))),
             Ends::Hidden => {
                 ck.check(name, &shape)?;
-                TokenTable::Mapped { checkpoint: ck.clone(), name: name.to_string(), device: device.clone(), dtype }
+                TokenTable::Mapped { checkpoint: ck.clone(), name: name.to_string(), hidden: shape[1], device: device.clone(), dtype }
             }
         })
     }
@@ -316,10 +316,9 @@ impl TokenTable {
                 let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [ids.len()]), &device);
                 table.clone().select(0, idx)
             }
-            TokenTable::Mapped { checkpoint, name, device, dtype } => {
+            TokenTable::Mapped { checkpoint, name, hidden, device, dtype } => {
                 let rows = checkpoint.rows(name, ids)?;
-                let hidden = rows.len() / ids.len().max(1);
-                Tensor::from_data(TensorData::new(rows, [ids.len(), hidden]).convert_dtype(*dtype), (device, *dtype))
+                Tensor::from_data(TensorData::new(rows, [ids.len(), *hidden]).convert_dtype(*dtype), (device, *dtype))
             }
         })
     }
