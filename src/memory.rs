@@ -45,9 +45,10 @@ pub struct Run {
     /// Values of a block's weights stacked for fused products (`src/fused.rs`; 0 where none
     /// are), held beside the weights they copy.
     pub stacked_params: u128,
-    /// Whether the dense model computes logits (`--eval`, `--zeroshot`): only then are the
-    /// embedding table and the LM head loaded (a pruning pass reads its windows' rows from the
-    /// memory map).
+    /// Whether the run computes logits (`--eval`, `--zeroshot`): only then are an embedding
+    /// table and LM head on the device, in the models opened to measure once the checkpoint is
+    /// written (the pruning reads its windows' rows from the memory map). Counted once, beside
+    /// the pruning's parts.
     pub logits: bool,
 }
 

@@ -425,9 +425,8 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
             bail!("this run needs a {} buffer ({}), more than the adapter's limit of {}; {advice}", memory::human(need.bytes), need.what, memory::human(limit as u128));
         }
     }
-    // The dense model's logits are computed only for --eval and --zeroshot.
-    let ends = if estimate.logits { Ends::Logits } else { Ends::Hidden };
-    let model = Model::load(config, checkpoint, &device.device, dtype, ends)?;
+    // Pruning computes no logits: no head, and the embedding table left in the memory map.
+    let model = Model::load(config, checkpoint, &device.device, dtype, Ends::Hidden)?;
     let starts = draw_windows(ids.len(), seqlen, args.nsamples, args.seed)?;
     let windows = gather_windows(&ids, &starts, seqlen);
 
@@ -463,12 +462,16 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
 
     write_checkpoint(&model.checkpoint, &masks, &staging.dir)?;
 
-    // What was written, read back, is what --eval and --zeroshot measure.
-    let pruned_model =
-        if args.eval.is_some() || zeroshot.is_some() { Some(Model::open_as(&staging.dir, &device.device, dtype)?) } else { None };
+    // What was written, read back, is what --eval and --zeroshot measure, against the dense
+    // model opened again with its head and table, which the pruning did not hold.
+    let measured = if args.eval.is_some() || zeroshot.is_some() {
+        Some((Model::open_as(&args.model, &device.device, dtype)?, Model::open_as(&staging.dir, &device.device, dtype)?))
+    } else {
+        None
+    };
     let mut eval = report::EvalReport::default();
-    if let (Some(text), Some(eval_ids), Some(pruned_model)) = (&args.eval, &eval_ids, &pruned_model) {
-        let dense = perplexity(&model, eval_ids, seqlen, None, &device.description)?;
+    if let (Some(text), Some(eval_ids), Some((dense_model, pruned_model))) = (&args.eval, &eval_ids, &measured) {
+        let dense = perplexity(dense_model, eval_ids, seqlen, None, &device.description)?;
         let pruned = perplexity(pruned_model, eval_ids, seqlen, None, &device.description)?;
         eval = report::EvalReport {
             file: Some(text.clone()),
@@ -479,10 +482,10 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         };
     }
 
-    let zeroshot_report = match (&zeroshot, &pruned_model) {
-        (Some((paths, examples)), Some(pruned_model)) => {
+    let zeroshot_report = match (&zeroshot, &measured) {
+        (Some((paths, examples)), Some((dense_model, pruned_model))) => {
             let max_len = crate::eval::default_seqlen(&model.config);
-            let dense = crate::zeroshot::evaluate(&model, &tokenizer, examples, max_len, &device.description)?;
+            let dense = crate::zeroshot::evaluate(dense_model, &tokenizer, examples, max_len, &device.description)?;
             let pruned = crate::zeroshot::evaluate(pruned_model, &tokenizer, examples, max_len, &device.description)?;
             Some(report::ZeroShotReport { files: paths.clone(), max_len, dense: dense.tasks, pruned: pruned.tasks })
         }
