@@ -133,17 +133,17 @@ impl Checkpoint {
 
     /// Decodes a tensor to f32 and checks its shape.
     pub fn load(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        let (bytes, dtype) = self.checked_bytes(name, shape)?;
+        let (shard, bytes, dtype) = self.checked_bytes(name, shape)?;
         let data = decode_f32(bytes, dtype).map_err(|e| err!("tensor \"{name}\": {e}"))?;
-        self.release(name, bytes);
+        shard.release(bytes);
         Ok(HostTensor { shape: shape.to_vec(), data, dtype })
     }
 
     /// Checks a tensor's shape and that every value is finite, decoding nothing: what a run
     /// that never reads a tensor whole (a pruning run's embeddings and head) still refuses.
     pub fn check(&self, name: &str, shape: &[usize]) -> Result<()> {
-        let (bytes, _) = self.checked_bytes(name, shape)?;
-        self.release(name, bytes);
+        let (shard, bytes, _) = self.checked_bytes(name, shape)?;
+        shard.release(bytes);
         Ok(())
     }
 
@@ -152,24 +152,18 @@ impl Checkpoint {
     pub fn rows(&self, name: &str, ids: &[u32]) -> Result<Vec<f32>> {
         let (shard, info) = self.info(name)?;
         let [rows, cols] = info.shape[..] else { bail!("tensor \"{name}\" has shape {:?}, expected two dimensions", info.shape) };
-        let width = info.dtype.bitsize() / 8;
+        let row = cols * (info.dtype.bitsize() / 8);
         let bytes = shard.bytes(info);
-        let mut out = vec![0.0f32; ids.len() * cols];
-        for (row, &id) in out.chunks_exact_mut(cols).zip(ids) {
+        let mut stored = Vec::with_capacity(ids.len() * row);
+        for &id in ids {
             let id = id as usize;
             if id >= rows {
                 bail!("token id {id} is outside \"{name}\" ({rows} rows)");
             }
-            let stored = &bytes[id * cols * width..(id + 1) * cols * width];
-            match info.dtype {
-                Dtype::F32 => row.iter_mut().zip(stored.as_chunks::<4>().0).for_each(|(o, b)| *o = f32::from_le_bytes(*b)),
-                Dtype::F16 => row.iter_mut().zip(stored.as_chunks::<2>().0).for_each(|(o, b)| *o = half::f16::from_le_bytes(*b).to_f32()),
-                Dtype::BF16 => row.iter_mut().zip(stored.as_chunks::<2>().0).for_each(|(o, b)| *o = half::bf16::from_le_bytes(*b).to_f32()),
-                other => bail!("tensor \"{name}\": unsupported dtype {other} (supported: F32, F16, BF16)"),
-            }
+            stored.extend_from_slice(&bytes[id * row..(id + 1) * row]);
         }
         shard.release(bytes);
-        Ok(out)
+        decode_f32(&stored, info.dtype).map_err(|e| err!("tensor \"{name}\": {e}"))
     }
 
     /// A tensor in the compute dtype `dtype`, ready to upload: the stored bytes themselves when
@@ -177,16 +171,16 @@ impl Checkpoint {
     /// decoded and converted on every core. Decoding a 7B block on one core took longer than
     /// the GPU's work on it, which then waited for the next block.
     pub fn load_data(&self, name: &str, shape: &[usize], dtype: DType) -> Result<TensorData> {
-        let (bytes, stored) = self.checked_bytes(name, shape)?;
+        let (shard, bytes, stored) = self.checked_bytes(name, shape)?;
         let same = matches!((stored, dtype), (Dtype::F32, DType::F32) | (Dtype::F16, DType::F16) | (Dtype::BF16, DType::BF16));
         if same {
             let mut copy = vec![0u8; bytes.len()];
             copy.par_chunks_mut(1 << 20).zip(bytes.par_chunks(1 << 20)).for_each(|(to, from)| to.copy_from_slice(from));
-            self.release(name, bytes);
+            shard.release(bytes);
             return Ok(TensorData::from_bytes_vec(copy, shape.to_vec(), dtype));
         }
         let values = decode_f32(bytes, stored).map_err(|e| err!("tensor \"{name}\": {e}"))?;
-        self.release(name, bytes);
+        shard.release(bytes);
         Ok(match dtype {
             DType::F16 => TensorData::new(par_map(&values, |&v| half::f16::from_f32(v)), shape.to_vec()),
             DType::BF16 => TensorData::new(par_map(&values, |&v| half::bf16::from_f32(v)), shape.to_vec()),
@@ -194,15 +188,8 @@ impl Checkpoint {
         })
     }
 
-    /// Hands a read tensor's pages back to the kernel ([`Shard::release`]).
-    fn release(&self, name: &str, bytes: &[u8]) {
-        if let Some(&i) = self.names.get(name) {
-            self.shards[i].release(bytes);
-        }
-    }
-
-    /// A tensor's stored bytes and dtype, its shape checked and every value finite.
-    fn checked_bytes(&self, name: &str, shape: &[usize]) -> Result<(&[u8], Dtype)> {
+    /// A tensor's shard, stored bytes and dtype, its shape checked and every value finite.
+    fn checked_bytes(&self, name: &str, shape: &[usize]) -> Result<(&Shard, &[u8], Dtype)> {
         let (shard, info) = self.info(name)?;
         if info.shape != shape {
             bail!("tensor \"{name}\" has shape {:?}, expected {shape:?}", info.shape);
@@ -213,7 +200,7 @@ impl Checkpoint {
             let value = decode_f32(&bytes[i * width..(i + 1) * width], info.dtype)?[0];
             bail!("{}: tensor \"{name}\" holds a non-finite value ({value} at index {i}); the checkpoint is damaged", self.dir.display());
         }
-        Ok((bytes, info.dtype))
+        Ok((shard, bytes, info.dtype))
     }
 }
 

@@ -5,6 +5,8 @@
 //! `attention_bias`), tied embeddings, `llama3` rope scaling, and Mistral's sliding window, which
 //! is refused rather than approximated when a window does not fit in it.
 
+use std::sync::Arc;
+
 use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -12,8 +14,6 @@ use serde_json::Value;
 use super::{attention, lm_head, rms_norm, silu, split_heads, to_device1, Ends, LinearSpec, TokenTable, Positions, Route, RopeFreqs, Spec};
 use crate::config::{self, need, positive, rope_field, Arch};
 use crate::error::Result;
-use std::sync::Arc;
-
 use crate::weights::Checkpoint;
 use crate::{bail, err};
 

@@ -6,6 +6,8 @@
 //! embeddings. Post-LN OPT (`do_layer_norm_before: false`, OPT-350m) and the projections of a
 //! narrower embedding (`word_embed_proj_dim` ≠ hidden) are refused with one line.
 
+use std::sync::Arc;
+
 use burn::tensor::activation::relu;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
@@ -14,8 +16,6 @@ use serde_json::Value;
 use super::{attention, lm_head, split_heads, to_device2_as, Ends, LayerNorm, TokenTable, LinearSpec, Positions, Route, Spec};
 use crate::config::{self, need, Arch};
 use crate::error::Result;
-use std::sync::Arc;
-
 use crate::weights::Checkpoint;
 use crate::{bail, err};
 

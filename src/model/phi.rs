@@ -5,6 +5,8 @@
 //! `partial_rotary_factor × head_dim` dims of each head. Biases everywhere, a final LayerNorm,
 //! and an `lm_head` with bias. `qk_layernorm` is refused with one line.
 
+use std::sync::Arc;
+
 use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -12,8 +14,6 @@ use serde_json::Value;
 use super::{attention, lm_head, split_heads, to_device1_as, Ends, LayerNorm, TokenTable, LinearSpec, Positions, Route, RopeFreqs, Spec};
 use crate::config::{self, need, positive, rope_field, Arch};
 use crate::error::Result;
-use std::sync::Arc;
-
 use crate::weights::Checkpoint;
 use crate::{bail, err};
 
