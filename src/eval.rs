@@ -30,10 +30,9 @@ pub fn default_seqlen(config: &crate::config::Config) -> usize {
 }
 
 /// Windows per forward pass, keeping the logits under ~256 MB.
-fn batch_size(seqlen: usize, vocab: usize) -> usize {
+pub fn batch_size(seqlen: usize, vocab: usize) -> usize {
     ((64usize << 20) / (seqlen * vocab).max(1)).clamp(1, 16)
 }
-
 
 /// Models whose blocks take at most this much in f32 keep them all loaded during evaluation;
 /// larger ones are streamed block by block over groups of windows.
@@ -42,11 +41,21 @@ pub const RESIDENT_BLOCKS_BYTES: usize = 2 << 30;
 /// Hidden states held per group of windows when blocks are streamed.
 const STREAM_GROUP_BYTES: usize = 1 << 30;
 
+/// Windows whose hidden states a streamed pass holds at once (as many as fit in
+/// [`STREAM_GROUP_BYTES`] in f32).
+pub fn stream_group(seqlen: usize, hidden: usize) -> usize {
+    (STREAM_GROUP_BYTES / (seqlen * hidden * 4).max(1)).max(1)
+}
+
+/// Whether `blocks` blocks of linears `shapes` take at most `budget` bytes in f32.
+pub fn blocks_fit(shapes: &[[usize; 2]], blocks: usize, budget: usize) -> bool {
+    shapes.iter().map(|s| s[0] as u128 * s[1] as u128 * 4).sum::<u128>() * blocks as u128 <= budget as u128
+}
+
 /// Every block loaded, when all of them take at most `budget` bytes in f32; `None` when the
 /// model is too large and its blocks must be streamed instead.
 pub fn resident_blocks(model: &Model, budget: usize) -> Result<Option<Vec<Block>>> {
-    let block_bytes: usize = model.linear_shapes().iter().map(|s| s[0] * s[1] * 4).sum::<usize>() * model.num_blocks();
-    if block_bytes > budget {
+    if !blocks_fit(&model.linear_shapes(), model.num_blocks(), budget) {
         return Ok(None);
     }
     Ok(Some(model.blocks().collect::<Result<_>>()?))
@@ -90,11 +99,7 @@ pub fn perplexity_within(
     let pos = model.positions(seqlen);
     let through = |hidden: Vec<Tensor<3>>, block: &Block| -> Vec<Tensor<3>> { hidden.into_iter().map(|h| block.forward(h, &pos, None)).collect() };
     let batch = batch_size(seqlen, model.config.vocab_size);
-    let group = if resident {
-        batch
-    } else {
-        (STREAM_GROUP_BYTES / (seqlen * model.config.hidden_size * 4)).max(1)
-    };
+    let group = if resident { batch } else { stream_group(seqlen, model.config.hidden_size) };
     let bar = progress_bar(windows, "perplexity");
     let start = Instant::now();
     let mut losses = Vec::with_capacity(windows);

@@ -238,10 +238,12 @@ struct Compute {
 impl Compute {
     /// Opens the device (its line goes to stderr) and loads the model on it; returns the model
     /// and the device's description with the dtype, for the results.
-    fn load(&self, config: neuroal::config::Config, checkpoint: neuroal::weights::Checkpoint) -> Result<(Model, String)> {
+    /// What `measure` will hold is checked against the device's memory first.
+    fn load(&self, config: neuroal::config::Config, checkpoint: neuroal::weights::Checkpoint, measure: &neuroal::memory::Measure) -> Result<(Model, String)> {
         let selected = device::select(self.device)?;
         let dtype = selected.compute_dtype(self.dtype)?;
         eprintln!("device {}", selected.description);
+        neuroal::memory::check_measuring(&config, measure, &selected, dtype)?;
         let described = format!("{} ({})", selected.description, device::dtype_name(dtype));
         Ok((Model::load(config, checkpoint, &selected.device, dtype, neuroal::model::Ends::Logits)?, described))
     }
@@ -314,7 +316,9 @@ fn run(cli: Cli) -> Result<()> {
             if ids.len() < seqlen {
                 bail!("the text has {} tokens, fewer than one window of {seqlen}", ids.len());
             }
-            let (m, described) = compute.load(config, checkpoint)?;
+            let windows = (ids.len() / seqlen).min(max_windows.unwrap_or(usize::MAX));
+            let measure = neuroal::memory::Measure { perplexity: Some((windows, seqlen)), zeroshot: None };
+            let (m, described) = compute.load(config, checkpoint, &measure)?;
             let result = perplexity(&m, &ids, seqlen, max_windows, &described)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&result).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
@@ -357,7 +361,8 @@ fn run(cli: Cli) -> Result<()> {
             config.check_seqlen(max_len)?;
             let examples = neuroal::zeroshot::read_tasks(&paths, limit)?;
             let tokenizer = Tokenizer::open(&model)?;
-            let (m, described) = compute.load(config, checkpoint)?;
+            let measure = neuroal::memory::Measure { perplexity: None, zeroshot: Some(neuroal::zeroshot::request_sizes(&tokenizer, &examples, max_len)?) };
+            let (m, described) = compute.load(config, checkpoint, &measure)?;
             let r = neuroal::zeroshot::evaluate(&m, &tokenizer, &examples, max_len, &described)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);

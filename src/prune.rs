@@ -2,7 +2,7 @@
 //! and its report, optionally evaluate before and after.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::json;
@@ -349,18 +349,24 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         Some(list) => {
             let paths = crate::zeroshot::task_paths(list)?;
             let examples = crate::zeroshot::read_tasks(&paths, None)?;
-            for ex in &examples {
-                for (ctx, cont) in ex.requests() {
-                    crate::zeroshot::encode_request(&tokenizer, &ctx, &cont)?;
-                }
-            }
             Some((paths, examples))
         }
         None => None,
     };
+    // What --eval and --zeroshot will measure, for the memory estimate; every zero-shot request
+    // is encoded here, so one that cannot be fails before any work.
+    let zeroshot_len = crate::eval::default_seqlen(&config);
+    let measure = (eval_ids.is_some() || zeroshot.is_some())
+        .then(|| -> Result<memory::Measure> {
+            Ok(memory::Measure {
+                perplexity: eval_ids.as_ref().map(|e| (e.len() / seqlen, seqlen)),
+                zeroshot: zeroshot.as_ref().map(|(_, examples)| crate::zeroshot::request_sizes(&tokenizer, examples, zeroshot_len)).transpose()?,
+            })
+        })
+        .transpose()?;
     // OWL's outlier ratios take a dense pass over the calibration windows whatever the pruner.
     let windows_run = pruner.needs_calibration() || kind == TopUpKind::Owl;
-    let mut estimate = memory_run(args, kind, step, sparsity, seqlen, pruner.needs_hessian(), args.device != Choice::Gpu, &spec.shapes(), windows_run);
+    let mut estimate = memory::Run { measure, ..memory_run(args, kind, step, sparsity, seqlen, pruner.needs_hessian(), args.device != Choice::Gpu, &spec.shapes(), windows_run) };
     if args.device != Choice::Gpu && let Some(avail) = memory::available_host() {
         estimate.passes_at_once = memory::passes_that_fit(&config, &spec.shapes(), &estimate, avail);
         memory::check(&memory::prune_parts(&config, &spec.shapes(), &estimate), avail, "this machine")?;
@@ -415,15 +421,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         eprintln!("{warning}");
     }
     if let Some(limit) = device.max_buffer {
-        let need = memory::largest_buffer(&config, &spec.shapes(), &estimate);
-        if need.bytes > limit as u128 {
-            let advice = match need.lowered_by {
-                "--seqlen" => "lower --seqlen",
-                "--dtype f16" => "use --dtype f16",
-                _ => "use --device cpu",
-            };
-            bail!("this run needs a {} buffer ({}), more than the adapter's limit of {}; {advice}", memory::human(need.bytes), need.what, memory::human(limit as u128));
-        }
+        memory::check_buffer(&memory::largest_buffer(&config, &spec.shapes(), &estimate), limit)?;
     }
     // Pruning computes no logits: no head, and the embedding table left in the memory map.
     let model = Model::load(config, checkpoint, &device.device, dtype, Ends::Hidden)?;
@@ -446,7 +444,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         fault(&format!("after-block-{b}"));
         Ok(())
     };
-    let masks = prune_resumable(&model, &windows, seqlen, pruner, &topup.pattern, &|b, l| map[b][l].clone(), estimate.passes_at_once, done, &mut finished)?;
+    let mut masks = prune_resumable(&model, &windows, seqlen, pruner, &topup.pattern, &|b, l| map[b][l].clone(), estimate.passes_at_once, done, &mut finished)?;
     crate::trace::report("prune");
     let prune_s = t_prune.elapsed().as_secs_f64();
     let mut topup_report = topup.report;
@@ -462,32 +460,34 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
 
     write_checkpoint(&model.checkpoint, &masks, &staging.dir)?;
 
-    // What was written, read back, is what --eval and --zeroshot measure, against the dense
-    // model opened again with its head and table, which the pruning did not hold.
-    let measured = if args.eval.is_some() || zeroshot.is_some() {
-        Some((Model::open_as(&args.model, &device.device, dtype)?, Model::open_as(&staging.dir, &device.device, dtype)?))
-    } else {
-        None
+    // SparseGPT's new weights are in the checkpoint now; the report needs only the masks.
+    for m in &mut masks {
+        m.values = None;
+    }
+
+    // --eval and --zeroshot measure the dense model, opened again with the head and table that
+    // the pruning did not hold, then what was written, read back: one model at a time.
+    let measure_model = |dir: &Path| -> Result<(Option<crate::eval::Perplexity>, Option<crate::zeroshot::ZeroShot>)> {
+        let m = Model::open_as(dir, &device.device, dtype)?;
+        let ppl = eval_ids.as_ref().map(|ids| perplexity(&m, ids, seqlen, None, &device.description)).transpose()?;
+        let zs = zeroshot.as_ref().map(|(_, examples)| crate::zeroshot::evaluate(&m, &tokenizer, examples, zeroshot_len, &device.description)).transpose()?;
+        Ok((ppl, zs))
     };
-    let mut eval = report::EvalReport::default();
-    if let (Some(text), Some(eval_ids), Some((dense_model, pruned_model))) = (&args.eval, &eval_ids, &measured) {
-        let dense = perplexity(dense_model, eval_ids, seqlen, None, &device.description)?;
-        let pruned = perplexity(pruned_model, eval_ids, seqlen, None, &device.description)?;
-        eval = report::EvalReport {
+    let ((ppl_dense, zs_dense), (ppl_pruned, zs_pruned)) =
+        if estimate.measure.is_some() { (measure_model(&args.model)?, measure_model(&staging.dir)?) } else { ((None, None), (None, None)) };
+    let eval = match (&args.eval, ppl_dense, ppl_pruned) {
+        (Some(text), Some(dense), Some(pruned)) => report::EvalReport {
             file: Some(text.clone()),
             seqlen: Some(seqlen),
             windows: Some(dense.windows),
             ppl_dense: Some(dense.ppl),
             ppl_pruned: Some(pruned.ppl),
-        };
-    }
-
-    let zeroshot_report = match (&zeroshot, &measured) {
-        (Some((paths, examples)), Some((dense_model, pruned_model))) => {
-            let max_len = crate::eval::default_seqlen(&model.config);
-            let dense = crate::zeroshot::evaluate(dense_model, &tokenizer, examples, max_len, &device.description)?;
-            let pruned = crate::zeroshot::evaluate(pruned_model, &tokenizer, examples, max_len, &device.description)?;
-            Some(report::ZeroShotReport { files: paths.clone(), max_len, dense: dense.tasks, pruned: pruned.tasks })
+        },
+        _ => report::EvalReport::default(),
+    };
+    let zeroshot_report = match (&zeroshot, zs_dense, zs_pruned) {
+        (Some((paths, _)), Some(dense), Some(pruned)) => {
+            Some(report::ZeroShotReport { files: paths.clone(), max_len: zeroshot_len, dense: dense.tasks, pruned: pruned.tasks })
         }
         _ => None,
     };
@@ -602,7 +602,8 @@ fn memory_run(args: &PruneArgs, kind: TopUpKind, step: NeuroalStep, sparsity: f6
         },
         // The CPU backends stack nothing; a GPU run sets its own once it knows.
         stacked_params: 0,
-        logits: args.eval.is_some() || args.zeroshot.is_some(),
+        // Set by the caller, which has read what is measured.
+        measure: None,
     }
 }
 

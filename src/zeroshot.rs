@@ -114,10 +114,15 @@ pub fn encode_request(tok: &Tokenizer, context: &str, continuation: &str) -> Res
     Ok((ctx, cont))
 }
 
-/// Log-likelihood of every request of every example, in order.
-pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_len: usize) -> Result<Vec<Vec<f64>>> {
-    // Build the sequences: input ids (cut on the left) and the continuation length.
-    let mut reqs: Vec<(Vec<u32>, Vec<u32>)> = Vec::new(); // (input, targets of the continuation)
+/// Requests per forward pass of `tokens` tokens each, keeping the logits under ~256 MB.
+pub fn batch_cap(tokens: usize, vocab: usize) -> usize {
+    ((64usize << 20) / (tokens * vocab).max(1)).clamp(1, 32)
+}
+
+/// Every request of every example, in order, as (input ids cut on the left to `max_len`, the
+/// continuation's ids that the input predicts).
+fn sequences(tok: &Tokenizer, examples: &[Example], max_len: usize) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+    let mut reqs = Vec::new();
     for ex in examples {
         for (ctx, cont) in ex.requests() {
             let (c, k) = encode_request(tok, &ctx, &cont)?;
@@ -130,6 +135,19 @@ pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_
             reqs.push((input, seq[seq.len() - n..].to_vec()));
         }
     }
+    Ok(reqs)
+}
+
+/// (requests, the longest input's tokens) of `examples`: what the memory estimate needs. Every
+/// request is encoded, so one that cannot be is an error here, before any work.
+pub fn request_sizes(tok: &Tokenizer, examples: &[Example], max_len: usize) -> Result<(usize, usize)> {
+    let reqs = sequences(tok, examples, max_len)?;
+    Ok((reqs.len(), reqs.iter().map(|r| r.0.len()).max().unwrap_or(0)))
+}
+
+/// Log-likelihood of every request of every example, in order.
+pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_len: usize) -> Result<Vec<Vec<f64>>> {
+    let reqs = sequences(tok, examples, max_len)?;
     if let Some(&max) = reqs.iter().flat_map(|r| r.0.iter().chain(&r.1)).max() {
         model.check_ids(&[max])?;
     }
@@ -145,8 +163,7 @@ pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_
     let mut i = 0;
     while i < order.len() {
         let t = reqs[order[i]].0.len();
-        // Keep the logits of a batch under ~256 MB.
-        let cap = ((64usize << 20) / (t * vocab).max(1)).clamp(1, 32);
+        let cap = batch_cap(t, vocab);
         let batch: Vec<usize> = order[i..(i + cap).min(order.len())].to_vec();
         i += batch.len();
         let ids: Vec<u32> = batch.iter().flat_map(|&r| {
