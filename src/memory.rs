@@ -102,7 +102,7 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
 pub fn measuring_parts(c: &Config, shapes: &[[usize; 2]], dtype_bytes: u128, stacked_params: u128, m: &Measure) -> Vec<Part> {
     let h = dtype_bytes;
     let (d, v) = (c.hidden_size as u128, c.vocab_size as u128);
-    let resident = crate::eval::blocks_fit(shapes, c.num_layers, crate::eval::RESIDENT_BLOCKS_BYTES);
+    let resident = all_blocks_resident(c, shapes);
     let block = (block_params(shapes) + stacked_params) * h;
     let mut parts = vec![
         Part { what: "embeddings and head", bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * h, lowered_by: MODEL_SIZE },
@@ -116,8 +116,13 @@ pub fn measuring_parts(c: &Config, shapes: &[[usize; 2]], dtype_bytes: u128, sta
             Part { what: "logits and their log-probabilities", bytes: batch * t * v * (h + 8), lowered_by: p.lowered_by },
         ]
     };
-    parts.extend(measuring_passes(c, shapes, m).into_iter().map(pass).max_by_key(|p| total(p)).unwrap_or_default());
+    parts.extend(measuring_passes(c, m, resident).into_iter().map(pass).max_by_key(|p| total(p)).unwrap_or_default());
     parts
+}
+
+/// Whether measuring holds every block, as `eval` decides.
+fn all_blocks_resident(c: &Config, shapes: &[[usize; 2]]) -> bool {
+    crate::eval::blocks_fit(shapes, c.num_layers, crate::eval::RESIDENT_BLOCKS_BYTES)
 }
 
 /// One kind of pass of the measuring phase.
@@ -131,9 +136,9 @@ struct Pass {
     lowered_by: &'static str,
 }
 
-/// The passes perplexity and zero-shot accuracy run, sized as `eval` and `zeroshot` size them.
-fn measuring_passes(c: &Config, shapes: &[[usize; 2]], m: &Measure) -> Vec<Pass> {
-    let resident = crate::eval::blocks_fit(shapes, c.num_layers, crate::eval::RESIDENT_BLOCKS_BYTES);
+/// The passes perplexity and zero-shot accuracy run, sized as `eval` and `zeroshot` size them;
+/// `resident` when all blocks are held ([`all_blocks_resident`]).
+fn measuring_passes(c: &Config, m: &Measure, resident: bool) -> Vec<Pass> {
     let perplexity = m.perplexity.map(|(windows, t)| {
         let batch = crate::eval::batch_size(t, c.vocab_size).min(windows);
         // Streamed blocks run a group of windows through each; resident ones a batch at a time.
@@ -246,9 +251,9 @@ pub fn free_dense_batch(c: &Config, shapes: &[[usize; 2]], run: &Run) -> usize {
 }
 
 /// The largest single buffer of a prune run, as a part (what, bytes, what lowers it): what a GPU
-/// adapter's buffer limit must allow. The embedding table is uploaded (in the run's compute
-/// dtype) only to measure (`--eval`, `--zeroshot`); scores, statistics, log-probabilities and
-/// the pruners' weight copies are f32.
+/// adapter's buffer limit must allow. The embedding table is uploaded only to measure
+/// (`--eval`, `--zeroshot`); scores, statistics, log-probabilities and the pruners' weight
+/// copies are f32.
 pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Part {
     let chunk = (run.chunk.min(run.nsamples).max(1)) as u128;
     let t = run.seqlen as u128;
@@ -259,29 +264,37 @@ pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Part {
         Part { what: "MLP activations", bytes: chunk * t * widest(shapes) * 4, lowered_by: "--seqlen" },
         Part { what: "a linear's f32 copy for pruning", bytes: largest_linear * 4, lowered_by: MODEL_SIZE },
     ];
-    parts.extend(run.measure.map(|m| measuring_buffers(c, shapes, run.dtype_bytes, &m)).unwrap_or_default());
+    if let Some(m) = run.measure {
+        parts.push(table_buffer(c, run.dtype_bytes));
+        parts.extend(measuring_buffers(c, shapes, &m));
+    }
     if run.hessians {
         parts.push(Part { what: "a SparseGPT Hessian", bytes: widest_input * widest_input * 4, lowered_by: MODEL_SIZE });
     }
     parts.into_iter().max_by_key(|p| p.bytes).unwrap_or(Part { what: "nothing", bytes: 0, lowered_by: "nothing" })
 }
 
-/// The largest buffers of measuring: the embedding table (in the compute dtype, `dtype_bytes` a
-/// value), and a pass's attention scores and log-probabilities, both f32.
-fn measuring_buffers(c: &Config, shapes: &[[usize; 2]], dtype_bytes: u128, m: &Measure) -> Vec<Part> {
-    let table = Part {
+/// The embedding table as one buffer, in the compute dtype (`dtype_bytes` a value).
+fn table_buffer(c: &Config, dtype_bytes: u128) -> Part {
+    Part {
         what: "embedding table",
         bytes: c.vocab_size as u128 * c.hidden_size as u128 * dtype_bytes,
         lowered_by: if dtype_bytes > 2 { "--dtype f16" } else { MODEL_SIZE },
-    };
-    let passes = measuring_passes(c, shapes, m).into_iter().flat_map(|p| {
-        let (batch, t) = (p.batch as u128, p.tokens as u128);
-        [
-            Part { what: "a measuring pass's attention scores", bytes: batch * c.num_heads as u128 * t * t * 4, lowered_by: p.lowered_by },
-            Part { what: "a measuring pass's log-probabilities", bytes: batch * t * c.vocab_size as u128 * 4, lowered_by: p.lowered_by },
-        ]
-    });
-    std::iter::once(table).chain(passes).collect()
+    }
+}
+
+/// The largest buffers of a measuring pass: its attention scores and log-probabilities, both f32.
+fn measuring_buffers(c: &Config, shapes: &[[usize; 2]], m: &Measure) -> Vec<Part> {
+    measuring_passes(c, m, all_blocks_resident(c, shapes))
+        .into_iter()
+        .flat_map(|p| {
+            let (batch, t) = (p.batch as u128, p.tokens as u128);
+            [
+                Part { what: "a measuring pass's attention scores", bytes: batch * c.num_heads as u128 * t * t * 4, lowered_by: p.lowered_by },
+                Part { what: "a measuring pass's log-probabilities", bytes: batch * t * c.vocab_size as u128 * 4, lowered_by: p.lowered_by },
+            ]
+        })
+        .collect()
 }
 
 /// Fails with one line when the buffer `need` is larger than the adapter's `limit`.
@@ -354,8 +367,8 @@ pub fn check_measuring(c: &Config, m: &Measure, device: &crate::device::Selected
         eprintln!("{warning}");
     }
     // The table is checked as it is loaded, with its own message.
-    let passes = measuring_buffers(c, &spec.shapes(), dtype.size() as u128, m).into_iter().filter(|p| p.what != "embedding table");
-    match (device.max_buffer, passes.max_by_key(|p| p.bytes)) {
+    let passes = measuring_buffers(c, &spec.shapes(), m);
+    match (device.max_buffer, passes.into_iter().max_by_key(|p| p.bytes)) {
         (Some(limit), Some(need)) => check_buffer(&need, limit),
         _ => Ok(()),
     }
@@ -667,7 +680,7 @@ mod tests {
         check_buffer(&scores, 2 << 20).unwrap();
         let e = check_buffer(&scores, 1 << 20).unwrap_err().to_string();
         assert_eq!(e, "this run needs a 2.0 MiB buffer (a measuring pass's attention scores), more than the adapter's limit of 1.0 MiB; lower --seqlen");
-        let table = |dtype_bytes| measuring_buffers(&config(1 << 20), &[], dtype_bytes, &Measure::default()).remove(0);
+        let table = |dtype_bytes| table_buffer(&config(1 << 20), dtype_bytes);
         assert!(check_buffer(&table(4), 1 << 20).unwrap_err().to_string().ends_with("(embedding table), more than the adapter's limit of 1.0 MiB; use --dtype f16"));
         assert!(check_buffer(&table(2), 1 << 20).unwrap_err().to_string().ends_with("; use --device cpu"));
     }
