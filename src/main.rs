@@ -361,9 +361,10 @@ fn run(cli: Cli) -> Result<()> {
             config.check_seqlen(max_len)?;
             let examples = neuroal::zeroshot::read_tasks(&paths, limit)?;
             let tokenizer = Tokenizer::open(&model)?;
-            let measure = neuroal::memory::Measure { perplexity: None, zeroshot: Some(neuroal::zeroshot::request_sizes(&tokenizer, &examples, max_len)?) };
+            let requests = neuroal::zeroshot::Requests::encode(&tokenizer, &examples, max_len)?;
+            let measure = neuroal::memory::Measure { perplexity: None, zeroshot: Some(requests.sizes()) };
             let (m, described) = compute.load(config, checkpoint, &measure)?;
-            let r = neuroal::zeroshot::evaluate(&m, &tokenizer, &examples, max_len, &described)?;
+            let r = neuroal::zeroshot::evaluate(&m, &requests, &described)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
             } else {

@@ -353,17 +353,14 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
         }
         None => None,
     };
-    // What --eval and --zeroshot will measure, for the memory estimate; every zero-shot request
-    // is encoded here, so one that cannot be fails before any work.
+    // Every zero-shot request is encoded here, once, so one that cannot be fails before any
+    // work; what --eval and --zeroshot will measure goes into the memory estimate.
     let zeroshot_len = crate::eval::default_seqlen(&config);
-    let measure = (eval_ids.is_some() || zeroshot.is_some())
-        .then(|| -> Result<memory::Measure> {
-            Ok(memory::Measure {
-                perplexity: eval_ids.as_ref().map(|e| (e.len() / seqlen, seqlen)),
-                zeroshot: zeroshot.as_ref().map(|(_, examples)| crate::zeroshot::request_sizes(&tokenizer, examples, zeroshot_len)).transpose()?,
-            })
-        })
-        .transpose()?;
+    let requests = zeroshot.as_ref().map(|(_, examples)| crate::zeroshot::Requests::encode(&tokenizer, examples, zeroshot_len)).transpose()?;
+    let measure = (eval_ids.is_some() || requests.is_some()).then(|| memory::Measure {
+        perplexity: eval_ids.as_ref().map(|e| (e.len() / seqlen, seqlen)),
+        zeroshot: requests.as_ref().map(|r| r.sizes()),
+    });
     // OWL's outlier ratios take a dense pass over the calibration windows whatever the pruner.
     let windows_run = pruner.needs_calibration() || kind == TopUpKind::Owl;
     let mut estimate = memory::Run { measure, ..memory_run(args, kind, step, sparsity, seqlen, pruner.needs_hessian(), args.device != Choice::Gpu, &spec.shapes(), windows_run) };
@@ -470,7 +467,7 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     let measure_model = |dir: &Path| -> Result<(Option<crate::eval::Perplexity>, Option<crate::zeroshot::ZeroShot>)> {
         let m = Model::open_as(dir, &device.device, dtype)?;
         let ppl = eval_ids.as_ref().map(|ids| perplexity(&m, ids, seqlen, None, &device.description)).transpose()?;
-        let zs = zeroshot.as_ref().map(|(_, examples)| crate::zeroshot::evaluate(&m, &tokenizer, examples, zeroshot_len, &device.description)).transpose()?;
+        let zs = requests.as_ref().map(|r| crate::zeroshot::evaluate(&m, r, &device.description)).transpose()?;
         Ok((ppl, zs))
     };
     let ((ppl_dense, zs_dense), (ppl_pruned, zs_pruned)) =

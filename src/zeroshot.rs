@@ -119,35 +119,43 @@ pub fn batch_cap(tokens: usize, vocab: usize) -> usize {
     ((64usize << 20) / (tokens * vocab).max(1)).clamp(1, 32)
 }
 
-/// Every request of every example, in order, as (input ids cut on the left to `max_len`, the
-/// continuation's ids that the input predicts).
-fn sequences(tok: &Tokenizer, examples: &[Example], max_len: usize) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
-    let mut reqs = Vec::new();
-    for ex in examples {
-        for (ctx, cont) in ex.requests() {
-            let (c, k) = encode_request(tok, &ctx, &cont)?;
-            let mut seq = c;
-            seq.extend_from_slice(&k);
-            let start = seq.len().saturating_sub(max_len + 1);
-            let seq = &seq[start..];
-            let input = seq[..seq.len() - 1].to_vec();
-            let n = k.len().min(input.len());
-            reqs.push((input, seq[seq.len() - n..].to_vec()));
+/// Every request of a list of examples, encoded once before any work: the memory estimate is
+/// sized from them, and `prune --zeroshot` scores them on the dense and the pruned model.
+pub struct Requests<'a> {
+    examples: &'a [Example],
+    /// In the examples' order: (input ids cut on the left to `max_len`, the continuation's ids
+    /// that the input predicts).
+    seqs: Vec<(Vec<u32>, Vec<u32>)>,
+}
+
+impl<'a> Requests<'a> {
+    /// Encodes every choice of every example; one that cannot be is an error here.
+    pub fn encode(tok: &Tokenizer, examples: &'a [Example], max_len: usize) -> Result<Requests<'a>> {
+        let mut seqs = Vec::new();
+        for ex in examples {
+            for (ctx, cont) in ex.requests() {
+                let (c, k) = encode_request(tok, &ctx, &cont)?;
+                let mut seq = c;
+                seq.extend_from_slice(&k);
+                let start = seq.len().saturating_sub(max_len + 1);
+                let seq = &seq[start..];
+                let input = seq[..seq.len() - 1].to_vec();
+                let n = k.len().min(input.len());
+                seqs.push((input, seq[seq.len() - n..].to_vec()));
+            }
         }
+        Ok(Requests { examples, seqs })
     }
-    Ok(reqs)
+
+    /// (requests, the longest input's tokens): what the memory estimate needs.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.seqs.len(), self.seqs.iter().map(|r| r.0.len()).max().unwrap_or(0))
+    }
 }
 
-/// (requests, the longest input's tokens) of `examples`: what the memory estimate needs. Every
-/// request is encoded, so one that cannot be is an error here, before any work.
-pub fn request_sizes(tok: &Tokenizer, examples: &[Example], max_len: usize) -> Result<(usize, usize)> {
-    let reqs = sequences(tok, examples, max_len)?;
-    Ok((reqs.len(), reqs.iter().map(|r| r.0.len()).max().unwrap_or(0)))
-}
-
-/// Log-likelihood of every request of every example, in order.
-pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_len: usize) -> Result<Vec<Vec<f64>>> {
-    let reqs = sequences(tok, examples, max_len)?;
+/// Log-likelihood of every request, grouped by example, in order.
+pub fn loglikelihoods(model: &Model, requests: &Requests<'_>) -> Result<Vec<Vec<f64>>> {
+    let reqs = &requests.seqs;
     if let Some(&max) = reqs.iter().flat_map(|r| r.0.iter().chain(&r.1)).max() {
         model.check_ids(&[max])?;
     }
@@ -157,8 +165,9 @@ pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_
     let vocab = model.config.vocab_size;
     let blocks = resident_blocks(model, RESIDENT_BLOCKS_BYTES)?;
     let mut out = vec![0f64; reqs.len()];
-    let bar = rate_bar(examples.len(), "zero-shot", "examples");
-    let per_example = reqs.len() as f64 / examples.len() as f64;
+    let examples = requests.examples.len();
+    let bar = rate_bar(examples, "zero-shot", "examples");
+    let per_example = reqs.len() as f64 / examples as f64;
     let mut done_reqs = 0usize;
     let mut i = 0;
     while i < order.len() {
@@ -209,7 +218,7 @@ pub fn loglikelihoods(model: &Model, tok: &Tokenizer, examples: &[Example], max_
     }
     bar.finish_and_clear();
     let mut it = out.into_iter();
-    Ok(examples.iter().map(|ex| (0..ex.choices.len()).map(|_| it.next().unwrap_or(f64::NAN)).collect()).collect())
+    Ok(requests.examples.iter().map(|ex| (0..ex.choices.len()).map(|_| it.next().unwrap_or(f64::NAN)).collect()).collect())
 }
 
 /// First index of the largest value (numpy's argmax).
@@ -279,9 +288,9 @@ pub fn score(examples: &[Example], lls: &[Vec<f64>]) -> BTreeMap<String, TaskSco
 }
 
 /// The whole evaluation of a model on task files.
-pub fn evaluate(model: &Model, tok: &Tokenizer, examples: &[Example], max_len: usize, device: &str) -> Result<ZeroShot> {
-    let start = Instant::now();
-    let lls = loglikelihoods(model, tok, examples, max_len)?;
+pub fn evaluate(model: &Model, requests: &Requests<'_>, device: &str) -> Result<ZeroShot> {
+    let (start, examples) = (Instant::now(), requests.examples);
+    let lls = loglikelihoods(model, requests)?;
     Ok(ZeroShot { tasks: score(examples, &lls), examples_per_s: examples.len() as f64 / start.elapsed().as_secs_f64(), device: device.to_string() })
 }
 

@@ -11,7 +11,7 @@ use common::*;
 use neuroal::model::Model;
 use neuroal::report::Report;
 use neuroal::tokenizer::Tokenizer;
-use neuroal::zeroshot::{loglikelihoods, read_tasks};
+use neuroal::zeroshot::{loglikelihoods, read_tasks, Requests};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("neuroal-zeroshot-{}-{name}", std::process::id()));
@@ -35,7 +35,7 @@ fn loglikelihoods_match_transformers_on_every_device() {
             let model = Model::open(&asset(name), &dev.device).unwrap();
             let tok = Tokenizer::open(&asset(name)).unwrap();
             // The long example is cut on the left to max_len tokens.
-            let got = loglikelihoods(&model, &tok, &examples, max_len).unwrap();
+            let got = loglikelihoods(&model, &Requests::encode(&tok, &examples, max_len).unwrap()).unwrap();
             let want: Vec<Vec<f64>> = want.as_array().unwrap().iter().map(|e| e.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()).collect();
             assert_eq!(got.len(), want.len(), "{name}");
             let mut worst = 0f64;
