@@ -29,9 +29,15 @@ pub fn default_seqlen(config: &crate::config::Config) -> usize {
     config.max_positions.min(2048)
 }
 
-/// Windows per forward pass, keeping the logits under ~256 MB.
+/// Sequences of `tokens` tokens per forward pass, at most `most`, whose f32 logits stay under
+/// ~256 MB: perplexity's windows and zero-shot's requests.
+pub fn logits_batch(tokens: usize, vocab: usize, most: usize) -> usize {
+    ((64usize << 20) / (tokens * vocab).max(1)).clamp(1, most)
+}
+
+/// Windows per forward pass.
 pub fn batch_size(seqlen: usize, vocab: usize) -> usize {
-    ((64usize << 20) / (seqlen * vocab).max(1)).clamp(1, 16)
+    logits_batch(seqlen, vocab, 16)
 }
 
 /// Models whose blocks take at most this much in f32 keep them all loaded during evaluation;

@@ -114,9 +114,9 @@ pub fn encode_request(tok: &Tokenizer, context: &str, continuation: &str) -> Res
     Ok((ctx, cont))
 }
 
-/// Requests per forward pass of `tokens` tokens each, keeping the logits under ~256 MB.
+/// Requests per forward pass of `tokens` tokens each.
 pub fn batch_cap(tokens: usize, vocab: usize) -> usize {
-    ((64usize << 20) / (tokens * vocab).max(1)).clamp(1, 32)
+    crate::eval::logits_batch(tokens, vocab, 32)
 }
 
 /// Every request of a list of examples, encoded once before any work: the memory estimate is
