@@ -67,6 +67,30 @@ pub fn resident_blocks(model: &Model, budget: usize) -> Result<Option<Vec<Block>
     Ok(Some(model.blocks().collect::<Result<_>>()?))
 }
 
+/// Refuses a window length or window cap that can measure nothing; `eval` asks before it opens
+/// the tokenizer and the device, [`window_count`] again once the text is tokenized.
+pub fn check_windows(seqlen: usize, max_windows: Option<usize>) -> Result<()> {
+    if seqlen < 2 {
+        bail!("--seqlen must be at least 2 to predict a token");
+    }
+    if max_windows == Some(0) {
+        bail!("--max-windows must be at least 1");
+    }
+    Ok(())
+}
+
+/// The windows perplexity measures on `tokens` tokens: ⌊tokens / seqlen⌋, at most
+/// `max_windows`; refused when that is none. The memory estimate and the measurement both count
+/// them here.
+pub fn window_count(tokens: usize, seqlen: usize, max_windows: Option<usize>) -> Result<usize> {
+    check_windows(seqlen, max_windows)?;
+    let windows = tokens / seqlen;
+    if windows == 0 {
+        bail!("the text has {tokens} tokens, fewer than one window of {seqlen}");
+    }
+    Ok(windows.min(max_windows.unwrap_or(usize::MAX)))
+}
+
 /// Perplexity of `model` on the token stream `ids`.
 pub fn perplexity(model: &Model, ids: &[u32], seqlen: usize, max_windows: Option<usize>, device_name: &str) -> Result<Perplexity> {
     perplexity_within(model, ids, seqlen, max_windows, device_name, RESIDENT_BLOCKS_BYTES)
@@ -86,19 +110,7 @@ pub fn perplexity_within(
 ) -> Result<Perplexity> {
     model.check_seqlen(seqlen)?;
     model.check_ids(ids)?;
-    if seqlen < 2 {
-        bail!("--seqlen must be at least 2 to predict a token");
-    }
-    let mut windows = ids.len() / seqlen;
-    if windows == 0 {
-        bail!("the text has {} tokens, fewer than one window of {seqlen}", ids.len());
-    }
-    if let Some(k) = max_windows {
-        if k == 0 {
-            bail!("--max-windows must be at least 1");
-        }
-        windows = windows.min(k);
-    }
+    let windows = window_count(ids.len(), seqlen, max_windows)?;
     let resident_blocks = resident_blocks(model, resident_budget)?;
     let resident = resident_blocks.is_some();
     let blocks: Vec<Block> = resident_blocks.unwrap_or_default();
@@ -145,4 +157,22 @@ pub fn perplexity_within(
         device: device_name.to_string(),
         window_losses: losses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_whole_and_capped() {
+        // 1000 tokens in windows of 256: three whole windows, the last 232 tokens unused.
+        assert_eq!(window_count(1000, 256, None).unwrap(), 3);
+        assert_eq!(window_count(1000, 256, Some(2)).unwrap(), 2);
+        assert_eq!(window_count(1000, 256, Some(9)).unwrap(), 3);
+        assert_eq!(window_count(256, 256, None).unwrap(), 1);
+        let refused = |tokens, seqlen, cap| window_count(tokens, seqlen, cap).unwrap_err().to_string();
+        assert!(refused(255, 256, None).contains("the text has 255 tokens, fewer than one window of 256"));
+        assert!(refused(1000, 256, Some(0)).contains("--max-windows must be at least 1"));
+        assert!(refused(1000, 1, None).contains("--seqlen must be at least 2"));
+    }
 }

@@ -8,7 +8,7 @@ use neuroal::mask::Pattern;
 use neuroal::prune::{NeuroalStep, TopUpKind};
 use neuroal::score::Method;
 use neuroal::error::Result;
-use neuroal::eval::{default_seqlen, perplexity};
+use neuroal::eval::{check_windows, default_seqlen, perplexity, window_count};
 use neuroal::model::Model;
 use neuroal::tokenizer::{tokenize_checked, Tokenizer};
 use neuroal::{bail, bench};
@@ -305,18 +305,10 @@ fn run(cli: Cli) -> Result<()> {
             let (config, checkpoint) = neuroal::model::check_model_dir(&model)?;
             let seqlen = seqlen.unwrap_or_else(|| default_seqlen(&config));
             config.check_seqlen(seqlen)?;
-            if seqlen < 2 {
-                bail!("--seqlen must be at least 2 to predict a token");
-            }
-            if max_windows == Some(0) {
-                bail!("--max-windows must be at least 1");
-            }
+            check_windows(seqlen, max_windows)?;
             let tokenizer = Tokenizer::open(&model)?;
             let ids = tokenize_checked(&tokenizer, &model, &text, config.vocab_size)?;
-            if ids.len() < seqlen {
-                bail!("the text has {} tokens, fewer than one window of {seqlen}", ids.len());
-            }
-            let windows = (ids.len() / seqlen).min(max_windows.unwrap_or(usize::MAX));
+            let windows = window_count(ids.len(), seqlen, max_windows)?;
             let measure = neuroal::memory::Measure { perplexity: Some((windows, seqlen)), zeroshot: None };
             let (m, described) = compute.load(config, checkpoint, &measure)?;
             let result = perplexity(&m, &ids, seqlen, max_windows, &described)?;
