@@ -3,12 +3,7 @@
 same windows as a neuroal run, for the speed comparison of issue 8. Nothing of theirs is in this
 repository: pass the path of a local checkout of their repository
 (github.com/eliacunegatti/NeuroAL); their `lib/` and `sparsity_distribution.py` run unmodified.
-Three things are stood in for: `weightwatcher` (only their AlphaPruning baseline uses it),
-`datasets` (the windows come from neuroal's report instead), and their CUDA mask op (a compiled
-extension), replaced by the same rule in torch (per row, keep the first top_k entries of the
-descending sort, prune the rest). Their code calls each decoder layer with position_ids alone,
-as transformers 4.x allowed; under transformers 5, whose layers take the rotary cos and sin from
-the model, each layer is handed the model's own, made from those position_ids.
+The stand-ins its imports need, the windows and the model are made as `authors_code.py` says.
 
     python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type auto] [--dtype float32] [--device cpu|cuda]
 
@@ -20,14 +15,14 @@ as neuroal does under GQA. Prints λ, the search and prune seconds, and every ca
 """
 import argparse
 import json
-import sys
 import time
 import types
 
 import torch
-import transformers  # noqa: F401  (imported before the `datasets` stand-in below)
+import transformers  # noqa: F401  (imported before the `datasets` stand-in)
 from tokenizers import Tokenizer
 
+import authors_code
 import torch_model
 
 
@@ -42,26 +37,9 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (the whole model on the GPU, as their main.py loads it)")
     a = ap.parse_args()
     dev = torch.device(a.device)
-    if a.model_type == "auto":
-        config = json.load(open(f"{a.model_dir}/config.json"))
-        heads = config["num_attention_heads"]
-        a.model_type = "mistral" if config.get("num_key_value_heads", heads) < heads else "llama"
+    a.model_type = authors_code.model_type(a.model_dir, a.model_type)
 
-    sys.path.insert(0, a.checkout)
-    sys.modules["weightwatcher"] = types.ModuleType("weightwatcher")
-    datasets = types.ModuleType("datasets")
-    datasets.load_dataset = None
-    sys.modules["datasets"] = datasets
-    mask_op = types.ModuleType("mask_gen_cuda")
-
-    def mask_gen_forward(mask, sort_index, top_k):
-        keep = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0) < top_k.to(mask.device).unsqueeze(1)
-        mask.scatter_(1, sort_index, (~keep).to(mask.dtype))
-        return [mask]
-
-    mask_op.mask_gen_forward = mask_gen_forward
-    sys.modules["mask_gen_cuda"] = mask_op
-
+    authors_code.import_checkout(a.checkout)
     import sparsity_distribution as sd
     from lib.prune import prune_wanda, check_sparsity
 
@@ -70,16 +48,7 @@ def main():
     seqlen = cal["seqlen"]
     ids = Tokenizer.from_file(f"{a.model_dir}/tokenizer.json").encode(open(a.calib_txt).read()).ids
 
-    def windows(starts):
-        out = []
-        for s in starts:
-            inp = torch.tensor([ids[s : s + seqlen]])
-            tar = inp.clone()
-            tar[:, :-1] = -100
-            out.append((inp, tar))
-        return out
-
-    calib, search = windows(cal["windows"]), windows(cal["search_windows"])
+    calib, search = (authors_code.windows(ids, cal[k], seqlen) for k in ("windows", "search_windows"))
     sd.get_loaders = lambda *args, **kw: (search, None)
     scores = {"block": [], "row": []}
     block_fn, row_fn = sd.get_neuroal_block, sd.get_neuroal_row
@@ -96,16 +65,7 @@ def main():
 
     sd.get_neuroal_block, sd.get_neuroal_row = block_logged, row_logged
 
-    model = torch_model.load(a.model_dir, a.dtype, dev)
-    model.seqlen = seqlen
-    rotary = getattr(model.model, "rotary_emb", None)
-    if torch_model.V5 and rotary is not None:
-        for layer in model.model.layers:
-            def forward(hidden_states, *args, _forward=layer.forward, **kw):
-                if kw.get("position_embeddings") is None and kw.get("position_ids") is not None:
-                    kw["position_embeddings"] = rotary(hidden_states, kw["position_ids"])
-                return _forward(hidden_states, *args, **kw)
-            layer.forward = forward
+    model = authors_code.load_model(a.model_dir, a.dtype, dev, seqlen)
     args = types.SimpleNamespace(seed=0, nsamples=len(calib), sparsity_ratio=report["settings"]["sparsity"],
                                  prune_method="wanda", top_up="neuroal", neuroal_step="both", model_type=a.model_type)
     # A GPU runs queued work: wait for it before each clock reading.

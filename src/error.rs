@@ -47,6 +47,27 @@ pub fn io_words(e: &std::io::Error) -> String {
     }
 }
 
+/// Checks an input file named on the command line: missing, a folder, or not a regular file (a
+/// pipe or a device, which the run could not read twice: once for its tokens, once for the
+/// report's SHA-256) each get their own line, where "not found" had said all three.
+pub fn check_input_file(path: &std::path::Path, what: &str) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(m) if m.is_dir() => Err(Error(format!("{}: the {what} is a folder; name a file", path.display()))),
+        Ok(_) => Err(Error(format!("{}: the {what} is not a regular file (a pipe or a device); save it to a file first", path.display()))),
+        Err(_) => Err(Error(format!("{}: {what} not found", path.display()))),
+    }
+}
+
+/// Checks a model folder named on the command line: missing, or a file.
+pub fn check_input_folder(path: &std::path::Path, what: &str) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error(format!("{}: the {what} is a file; name the folder that holds config.json", path.display()))),
+        Err(_) => Err(Error(format!("{}: {what} not found", path.display()))),
+    }
+}
+
 /// A multi-line message from a library folded into one line.
 pub fn one_line(text: &str) -> String {
     text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::calib::{draw_windows, gather_windows};
 use crate::device::{self, Choice};
-use crate::error::Result;
+use crate::error::{check_input_file, Result};
 use crate::eval::perplexity;
 use crate::progress::progress_bar;
 use crate::mask::{Pattern, Sparsity};
@@ -301,11 +301,9 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     if kind == TopUpKind::Neuroal && args.search_nsamples == 0 {
         bail!("--search-nsamples must be at least 1");
     }
-    if !args.calib.is_file() {
-        bail!("{}: calibration file not found", args.calib.display());
-    }
-    if let Some(e) = &args.eval && !e.is_file() {
-        bail!("{}: evaluation file not found", e.display());
+    check_input_file(&args.calib, "calibration file")?;
+    if let Some(e) = &args.eval {
+        check_input_file(e, "evaluation file")?;
     }
 
     // The model, read without a device: config, weights' names and shapes, tokenizer.

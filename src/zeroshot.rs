@@ -301,9 +301,7 @@ pub fn task_paths(list: &str) -> Result<Vec<PathBuf>> {
         bail!("--tasks names no file");
     }
     for p in &paths {
-        if !Path::new(p).is_file() {
-            bail!("{}: task file not found", p.display());
-        }
+        crate::error::check_input_file(Path::new(p), "task file")?;
     }
     Ok(paths)
 }

@@ -69,6 +69,10 @@ fn bad_inputs_are_rejected_with_one_line() {
 
     eval_fails(Path::new("/nonexistent/model"), &text, &[], "model folder not found");
     eval_fails(&good, Path::new("/nonexistent/text.txt"), &[], "text file not found");
+    // A folder, or a pipe or device, named as a file (or a file as the model): each its own line.
+    eval_fails(&text, &text, &[], "the model folder is a file; name the folder that holds config.json");
+    eval_fails(&good, &good, &[], "the text file is a folder; name a file");
+    eval_fails(&good, Path::new("/dev/null"), &[], "/dev/null: the text file is not a regular file (a pipe or a device)");
 
     let d = model_copy("tiny-llama", "notjson");
     std::fs::write(d.join("config.json"), "{ not json").unwrap();
@@ -149,6 +153,9 @@ fn new_flags_refuse_bad_values_in_one_line() {
         (prune(&["--method", "sparsegpt", "--blocksize", "0"]), "--blocksize must be at least 1"),
         (prune(&["--dtype", "f8"]), "invalid value 'f8' for '--dtype <DTYPE>'"),
         (prune(&["--zeroshot", "/nonexistent/tasks.jsonl"]), "/nonexistent/tasks.jsonl: task file not found"),
+        (prune(&["--zeroshot", "/dev/null"]), "/dev/null: the task file is not a regular file (a pipe or a device)"),
+        (vec!["prune", "--model", m, "--calib", m, "--out", o, "--sparsity", "0.5"], "the calibration file is a folder; name a file"),
+        (prune(&["--eval", "/dev/null"]), "/dev/null: the evaluation file is not a regular file"),
         (vec!["eval", "--model", m, "--text", t, "--device", "ndarray", "--dtype", "f16"], "--dtype f16 is not supported on ndarray"),
         (vec!["zeroshot", "--model", m, "--tasks", tasks.to_str().unwrap(), "--limit", "0"], "--limit must be at least 1"),
         (vec!["zeroshot", "--model", m, "--tasks", ","], "--tasks names no file"),

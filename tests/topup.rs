@@ -1,6 +1,7 @@
 //! NeuroAL's search: the candidate score against an independent computation, shared block
 //! loads against one-by-one evaluation, the alignment shader against its twin, overall
-//! sparsity, and CPU vs GPU choices.
+//! sparsity, and CPU vs GPU choices. OWL's outlier ratios and block sparsities against the
+//! authors' code on the real model.
 
 mod common;
 
@@ -13,7 +14,7 @@ use neuroal::device::Choice;
 use neuroal::mask::{Pattern, Sparsity};
 use neuroal::model::Model;
 use neuroal::tokenizer::{tokenize_file, Tokenizer};
-use neuroal::topup::{block_map, evaluate, neuroal_block_sparsities, Map, SearchPlan};
+use neuroal::topup::{block_map, evaluate, neuroal_block_sparsities, owl_block_sparsities, owl_outlier_ratios, Map, SearchPlan};
 
 fn search_windows(dir: &Path, seqlen: usize, n: usize) -> Vec<u32> {
     let ids = tokenize_file(&Tokenizer::open(dir).unwrap(), &asset("sample.txt")).unwrap();
@@ -243,4 +244,54 @@ fn fused_products_score_the_search_as_apart() {
     let est = |r: &serde_json::Value| r["memory"]["estimated_peak_mib"].as_f64().unwrap() * (1u64 << 20) as f64;
     assert_eq!(est(&fused) - est(&apart), (2 * 34_304 * 4) as f64);
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// OWL on the real model of ../shared against the authors' code (their OWL baseline, which
+/// follows OWL's own), run by scripts/owl_golden.py on the same windows: each block's outlier
+/// ratio (100 × #(|W|·‖X‖ > M·mean) / #weights over the dense model) and the block sparsities
+/// λ spreads from them, clamped to [0.01, 0.99]. A ratio may differ by the few scores within
+/// rounding of the threshold: two weights each (one is 100 / 724,992 ≈ 1.4e-4 here); the
+/// sparsities then by what such ratios can move them (16λε / the ratios' range for ratios
+/// within ε), while the mapping from their ratios gives their sparsities to rounding.
+fn owl_matches_the_authors_code(choice: Choice) {
+    let g = golden("wt2-llama-owl");
+    let dir = shared("models/wt2-llama");
+    let seqlen = g["seqlen"].as_u64().unwrap() as usize;
+    let ids = tokenize_file(&Tokenizer::open(&dir).unwrap(), &shared(g["calib"].as_str().unwrap())).unwrap();
+    let starts: Vec<usize> = g["windows"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let windows = gather_windows(&ids, &starts, seqlen);
+    let model = Model::open(&dir, &select(choice).device).unwrap();
+    let per_weight = 100.0 / model.linear_shapes().iter().map(|s| (s[0] * s[1]) as f64).sum::<f64>();
+    for case in g["cases"].as_array().unwrap() {
+        let num = |k: &str| case[k].as_f64().unwrap();
+        let list = |k: &str| -> Vec<f64> { case[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+        let ratios = owl_outlier_ratios(&model, &windows, seqlen, num("owl_m")).unwrap();
+        let (want_ratios, want_sparsities) = (list("outlier_ratios"), list("block_sparsities"));
+        assert_eq!(ratios.len(), want_ratios.len());
+        for (b, (r, w)) in ratios.iter().zip(&want_ratios).enumerate() {
+            assert!((r - w).abs() <= 2.0 * per_weight + 1e-12, "{choice:?} M {}: block {b} outlier ratio {r} vs the authors' {w}", num("owl_m"));
+        }
+        let range = want_ratios.iter().cloned().fold(f64::NEG_INFINITY, f64::max) - want_ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+        let tolerance = 16.0 * num("owl_lambda") * 2.0 * per_weight / range + 1e-12;
+        // The mapping alone, from their ratios: their arithmetic, to rounding.
+        let from_theirs = owl_block_sparsities(&want_ratios, num("owl_lambda"), num("sparsity"));
+        for (b, (s, w)) in from_theirs.iter().zip(&want_sparsities).enumerate() {
+            assert!((s - w).abs() <= 1e-12, "{case}: block {b} sparsity {s} from the authors' ratios vs theirs {w}");
+        }
+        let sparsities = owl_block_sparsities(&ratios, num("owl_lambda"), num("sparsity"));
+        for (b, (s, w)) in sparsities.iter().zip(&want_sparsities).enumerate() {
+            assert!((s - w).abs() <= tolerance, "{choice:?} {case}: block {b} sparsity {s} vs the authors' {w}");
+        }
+        println!("OWL on {choice:?}, M {}: ratios {ratios:?}, the authors' {want_ratios:?}", num("owl_m"));
+    }
+}
+
+#[test]
+fn owl_matches_the_authors_code_on_cpu() {
+    owl_matches_the_authors_code(Choice::Cpu);
+}
+
+#[test]
+fn owl_matches_the_authors_code_on_gpu() {
+    owl_matches_the_authors_code(Choice::Gpu);
 }

@@ -1,0 +1,75 @@
+"""What the scripts that run the authors' NeuroAL code (github.com/eliacunegatti/NeuroAL) share:
+importing a local checkout of it with the stand-ins its imports need, the calibration windows
+in the form their loaders give, and a transformers model their layer-by-layer loops can call.
+Nothing of theirs is in this repository; their `lib/` and `sparsity_distribution.py` run
+unmodified.
+
+Three things are stood in for: `weightwatcher` (only their AlphaPruning baseline uses it),
+`datasets` (the windows come from the caller instead), and their CUDA mask op (a compiled
+extension), replaced by the same rule in torch (per row, keep the first top_k entries of the
+descending sort, prune the rest)."""
+import json
+import sys
+import types
+
+import torch
+
+import torch_model
+
+
+def import_checkout(checkout):
+    """Puts the checkout on the import path, its missing imports stood in for."""
+    sys.path.insert(0, checkout)
+    sys.modules["weightwatcher"] = types.ModuleType("weightwatcher")
+    datasets = types.ModuleType("datasets")
+    datasets.load_dataset = None
+    sys.modules["datasets"] = datasets
+    mask_op = types.ModuleType("mask_gen_cuda")
+
+    def mask_gen_forward(mask, sort_index, top_k):
+        keep = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0) < top_k.to(mask.device).unsqueeze(1)
+        mask.scatter_(1, sort_index, (~keep).to(mask.dtype))
+        return [mask]
+
+    mask_op.mask_gen_forward = mask_gen_forward
+    sys.modules["mask_gen_cuda"] = mask_op
+
+
+def model_type(model_dir, name="auto"):
+    """Their name for the family. auto names a LLaMA-architecture model with grouped-query
+    attention mistral: their row step keeps q, k and v at the block sparsity only under that
+    name, as neuroal does under GQA."""
+    if name != "auto":
+        return name
+    config = json.load(open(f"{model_dir}/config.json"))
+    heads = config["num_attention_heads"]
+    return "mistral" if config.get("num_key_value_heads", heads) < heads else "llama"
+
+
+def windows(ids, starts, seqlen):
+    """(input, target) pairs of `seqlen` tokens from each start, as their loaders make them."""
+    out = []
+    for s in starts:
+        inp = torch.tensor([ids[s : s + seqlen]])
+        tar = inp.clone()
+        tar[:, :-1] = -100
+        out.append((inp, tar))
+    return out
+
+
+def load_model(model_dir, dtype, dev, seqlen):
+    """The checkpoint as their loops expect it. Their code calls each decoder layer with
+    position_ids alone, as transformers 4.x allowed; under transformers 5, whose layers take the
+    rotary cos and sin from the model, each layer is handed the model's own, made from those
+    position_ids."""
+    model = torch_model.load(model_dir, dtype, dev)
+    model.seqlen = seqlen
+    rotary = getattr(model.model, "rotary_emb", None)
+    if torch_model.V5 and rotary is not None:
+        for layer in model.model.layers:
+            def forward(hidden_states, *args, _forward=layer.forward, **kw):
+                if kw.get("position_embeddings") is None and kw.get("position_ids") is not None:
+                    kw["position_embeddings"] = rotary(hidden_states, kw["position_ids"])
+                return _forward(hidden_states, *args, **kw)
+            layer.forward = forward
+    return model
