@@ -224,12 +224,14 @@ pub enum Sparsity {
     PerRow(Vec<f64>),
 }
 
-/// Pruned count per row under `rows-variable`: row r keeps ⌊f32(f32(1 − s_r)·in)⌋.
+/// Pruned count per row under `rows-variable`: row r keeps ⌊(1 − s_r)·in⌋ in f64, as the
+/// authors' row step counts: its row sparsities are numpy float64 values, which `torch.tensor`
+/// keeps in float64 (a list of Python floats would have been float32).
 pub fn rows_variable_prune_counts(per_row: &[f64], cols: usize) -> Vec<usize> {
     per_row
         .iter()
         .map(|&s| {
-            let keep = ((1.0 - s) as f32 * cols as f32).floor() as usize;
+            let keep = ((1.0 - s) * cols as f64).floor() as usize;
             cols - keep.min(cols)
         })
         .collect()
@@ -456,12 +458,13 @@ mod tests {
     }
 
     #[test]
-    fn rows_variable_rounds_in_f32() {
-        // Computed by hand in f32 (numpy): f32(f32(1 − 0.8)·10) = 2.0 keeps 2 where f64 gives
-        // 1.9999999999999996 and keeps 1; f32(f32(1 − 0.41)·100) = 58.999996 keeps 58 where f64
-        // gives 59.00000000000001 and keeps 59.
-        assert_eq!(rows_variable_prune_counts(&[0.3, 0.0, 0.99, 0.25, 0.8], 10), vec![3, 0, 10, 3, 8]);
-        assert_eq!(rows_variable_prune_counts(&[0.41], 100), vec![42]);
+    fn rows_variable_rounds_in_f64() {
+        // The authors' count, run in torch 2.5.1 on numpy float64 sparsities:
+        // (torch.tensor([1 - x for x in s]) * in).long() keeps [7, 10, 0, 7, 1] of 10 and 59 of
+        // 100 for s = 0.41. In f32 (a list of Python floats) it would keep 2 of 10 for s = 0.8
+        // (f32(f32(0.2)·10) = 2.0, where f64 gives 1.9999999999999996) and 58 of 100 for 0.41.
+        assert_eq!(rows_variable_prune_counts(&[0.3, 0.0, 0.99, 0.25, 0.8], 10), vec![3, 0, 10, 3, 9]);
+        assert_eq!(rows_variable_prune_counts(&[0.41], 100), vec![41]);
         let m = run(vec![1., 2., 3., 4., 4., 3., 2., 1.], [2, 4], &Pattern::RowsVariable, Sparsity::PerRow(vec![0.25, 0.75]));
         assert_eq!(m, vec![1., 0., 0., 0., 0., 1., 1., 1.]);
     }
