@@ -5,13 +5,17 @@ repository: pass the path of a local checkout of their repository
 (github.com/eliacunegatti/NeuroAL); their `lib/` and `sparsity_distribution.py` run unmodified.
 The stand-ins its imports need, the windows and the model are made as `authors_code.py` says.
 
-    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type auto] [--dtype float32] [--device cpu|cuda]
+    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type auto] [--dtype float32] [--device cpu|cuda] [--golden OUT]
 
 REPORT_JSON is a neuroal report.json; its calibration.windows and calibration.search_windows are
 the window starts (token offsets into the tokenized CALIB_TXT). --model-type is their name for
 the family; auto (the default) names a LLaMA-architecture model with grouped-query attention
 mistral: their code keeps q, k and v at the block sparsity in the row step only under that name,
 as neuroal does under GQA. Prints λ, the search and prune seconds, and every candidate's score.
+--golden also writes those scores and λs with the search windows and settings to OUT, for the
+test that compares neuroal's search with theirs (assets/golden/wt2-llama-neuroal.json, made from
+the report of `neuroal prune --model ../shared/models/wt2-llama --calib
+../shared/data/wikitext-2/valid.txt --seqlen 256 --sparsity 0.7 --top-up neuroal --nsamples 4`).
 """
 import argparse
 import json
@@ -35,6 +39,7 @@ def main():
     ap.add_argument("--model-type", default="auto", help="their name for the family; auto: mistral under grouped-query attention, else llama")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (the whole model on the GPU, as their main.py loads it)")
+    ap.add_argument("--golden", help="also write the search's scores, λs, windows and settings to this JSON file")
     a = ap.parse_args()
     dev = torch.device(a.device)
     a.model_type = authors_code.model_type(a.model_dir, a.model_type)
@@ -84,6 +89,14 @@ def main():
     print(json.dumps({**torch_model.versions(dev), "dtype": a.dtype, "lambda_block": lb, "lambda_row": lr,
                       "search_s": round(t1 - t0, 2), "prune_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2),
                       "sparsity": round(float(check_sparsity(model)), 4), "block_scores": scores["block"], "row_scores": scores["row"]}))
+    if a.golden:
+        golden = {"model": a.model_dir.rstrip("/").split("/")[-1], "versions": torch_model.versions(dev), "dtype": a.dtype,
+                  "model_type": a.model_type, "sparsity": args.sparsity_ratio, "seqlen": seqlen,
+                  "search_windows": cal["search_windows"], "lambda_block": lb, "lambda_row": lr,
+                  "block_scores": scores["block"], "row_scores": scores["row"]}
+        with open(a.golden, "w") as f:
+            json.dump(golden, f, indent=1)
+            f.write("\n")
 
 
 if __name__ == "__main__":
