@@ -226,7 +226,10 @@ pub enum Sparsity {
 
 /// Pruned count per row under `rows-variable`: row r keeps ⌊(1 − s_r)·in⌋ in f64, as the
 /// authors' row step counts: its row sparsities are numpy float64 values, which `torch.tensor`
-/// keeps in float64 (a list of Python floats would have been float32).
+/// keeps in float64 (a list of Python floats would have been float32). One case is theirs in
+/// float32: a layer that keeps a block sparsity their block step clamped (a Python 0.01 or
+/// 0.99) on every row; the counts then differ only where in·0.01 or in·0.99 falls within
+/// float32 rounding of an integer (in a multiple of 100), which no supported family's width is.
 pub fn rows_variable_prune_counts(per_row: &[f64], cols: usize) -> Vec<usize> {
     per_row
         .iter()
