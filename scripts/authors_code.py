@@ -7,7 +7,8 @@ unmodified.
 Three things are stood in for: `weightwatcher` (only their AlphaPruning baseline uses it),
 `datasets` (the windows come from the caller instead), and their CUDA mask op (a compiled
 extension), replaced by the same rule in torch (per row, keep the first top_k entries of the
-descending sort, prune the rest)."""
+descending sort, prune the rest). Without a CUDA device, `torch.cuda.synchronize` (which their
+SparseGPT calls after each linear) does nothing instead of failing."""
 import json
 import sys
 import types
@@ -33,6 +34,8 @@ def import_checkout(checkout):
 
     mask_op.mask_gen_forward = mask_gen_forward
     sys.modules["mask_gen_cuda"] = mask_op
+    if not torch.cuda.is_available():
+        torch.cuda.synchronize = lambda *args, **kw: None
 
 
 def model_type(model_dir, name="auto"):

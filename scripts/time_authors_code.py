@@ -5,13 +5,15 @@ repository: pass the path of a local checkout of their repository
 (github.com/eliacunegatti/NeuroAL); their `lib/` and `sparsity_distribution.py` run unmodified.
 The stand-ins its imports need, the windows and the model are made as `authors_code.py` says.
 
-    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type auto] [--dtype float32] [--device cpu|cuda] [--golden OUT]
+    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type auto] [--dtype float32] [--device cpu|cuda] [--method wanda|sparsegpt] [--golden OUT]
 
 REPORT_JSON is a neuroal report.json; its calibration.windows and calibration.search_windows are
 the window starts (token offsets into the tokenized CALIB_TXT). --model-type is their name for
 the family; auto (the default) names a LLaMA-architecture model with grouped-query attention
 mistral: their code keeps q, k and v at the block sparsity in the row step only under that name,
 as neuroal does under GQA. Prints λ, the search and prune seconds, and every candidate's score.
+--method sparsegpt runs their NeuroAL over SparseGPT (the block step only, as theirs does) and
+their SparseGPT prune; compare with a neuroal report of `--method sparsegpt`.
 --golden also writes those scores and λs with the search windows and settings to OUT, for the
 test that compares neuroal's search with theirs (assets/golden/wt2-llama-neuroal.json, made from
 the report of `neuroal prune --model ../shared/models/wt2-llama --calib
@@ -39,6 +41,7 @@ def main():
     ap.add_argument("--model-type", default="auto", help="their name for the family; auto: mistral under grouped-query attention, else llama")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (the whole model on the GPU, as their main.py loads it)")
+    ap.add_argument("--method", default="wanda", choices=["wanda", "sparsegpt"], help="the base pruner under NeuroAL")
     ap.add_argument("--golden", help="also write the search's scores, λs, windows and settings to this JSON file")
     a = ap.parse_args()
     dev = torch.device(a.device)
@@ -46,7 +49,7 @@ def main():
 
     authors_code.import_checkout(a.checkout)
     import sparsity_distribution as sd
-    from lib.prune import prune_wanda, check_sparsity
+    from lib.prune import prune_sparsegpt, prune_wanda, check_sparsity
 
     report = json.load(open(a.report))
     cal = report["calibration"]
@@ -56,23 +59,23 @@ def main():
     calib, search = (authors_code.windows(ids, cal[k], seqlen) for k in ("windows", "search_windows"))
     sd.get_loaders = lambda *args, **kw: (search, None)
     scores = {"block": [], "row": []}
-    block_fn, row_fn = sd.get_neuroal_block, sd.get_neuroal_row
 
-    def block_logged(*args, **kw):
-        r = block_fn(*args, **kw)
-        scores["block"].append(float(r[0]))
-        return r
+    def logged(name, step):
+        run = getattr(sd, name)
 
-    def row_logged(*args, **kw):
-        r = row_fn(*args, **kw)
-        scores["row"].append(float(r[0]))
-        return r
+        def wrapper(*args, **kw):
+            r = run(*args, **kw)
+            scores[step].append(float(r[0]))
+            return r
 
-    sd.get_neuroal_block, sd.get_neuroal_row = block_logged, row_logged
+        setattr(sd, name, wrapper)
+
+    for name, step in [("get_neuroal_block", "block"), ("get_neuroal_block_sparsegpt", "block"), ("get_neuroal_row", "row")]:
+        logged(name, step)
 
     model = authors_code.load_model(a.model_dir, a.dtype, dev, seqlen)
     args = types.SimpleNamespace(seed=0, nsamples=len(calib), sparsity_ratio=report["settings"]["sparsity"],
-                                 prune_method="wanda", top_up="neuroal", neuroal_step="both", model_type=a.model_type)
+                                 prune_method=a.method, top_up="neuroal", neuroal_step="both", model_type=a.model_type)
     # A GPU runs queued work: wait for it before each clock reading.
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     sync()
@@ -83,7 +86,13 @@ def main():
     t1 = time.time()
     args.nsamples = len(calib)
     with torch.no_grad():
-        prune_wanda(args, model, None, dev, calib, dist=dist, granularity=gran)
+        if a.method == "sparsegpt":
+            # Their SparseGPT reads the placement accelerate records when loading with a
+            # device_map; the whole model is on `dev`, which an empty map says.
+            model.hf_device_map = {}
+            prune_sparsegpt(args, model, None, dev, calib, dist=dist)
+        else:
+            prune_wanda(args, model, None, dev, calib, dist=dist, granularity=gran)
     sync()
     t2 = time.time()
     print(json.dumps({**torch_model.versions(dev), "dtype": a.dtype, "lambda_block": lb, "lambda_row": lr,
