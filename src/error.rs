@@ -60,11 +60,11 @@ pub fn check_input_file(path: &std::path::Path, what: &str) -> Result<()> {
 }
 
 /// Checks a model folder named on the command line: missing, or a file.
-pub fn check_input_folder(path: &std::path::Path, what: &str) -> Result<()> {
+pub fn check_model_folder(path: &std::path::Path) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(Error(format!("{}: the {what} is a file; name the folder that holds config.json", path.display()))),
-        Err(_) => Err(Error(format!("{}: {what} not found", path.display()))),
+        Ok(_) => Err(Error(format!("{}: the model folder is a file; name the folder that holds config.json", path.display()))),
+        Err(_) => Err(Error(format!("{}: model folder not found", path.display()))),
     }
 }
 

@@ -7,7 +7,7 @@ use neuroal::device::{self, Choice, ComputeDtype};
 use neuroal::mask::Pattern;
 use neuroal::prune::{NeuroalStep, TopUpKind};
 use neuroal::score::Method;
-use neuroal::error::{check_input_file, check_input_folder, Result};
+use neuroal::error::{check_input_file, check_model_folder, Result};
 use neuroal::eval::{check_windows, default_seqlen, perplexity, window_count};
 use neuroal::model::Model;
 use neuroal::tokenizer::{tokenize_checked, Tokenizer};
@@ -296,7 +296,7 @@ fn parse_device(s: &str) -> Result<Choice> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Eval { model, text, seqlen, max_windows, compute, json } => {
-            check_input_folder(&model, "model folder")?;
+            check_model_folder(&model)?;
             check_input_file(&text, "text file")?;
             let (config, checkpoint) = neuroal::model::check_model_dir(&model)?;
             let seqlen = seqlen.unwrap_or_else(|| default_seqlen(&config));

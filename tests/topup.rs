@@ -264,9 +264,8 @@ fn owl_matches_the_authors_code(choice: Choice) {
     let per_weight = 100.0 / model.linear_shapes().iter().map(|s| (s[0] * s[1]) as f64).sum::<f64>();
     for case in g["cases"].as_array().unwrap() {
         let num = |k: &str| case[k].as_f64().unwrap();
-        let list = |k: &str| -> Vec<f64> { case[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
         let ratios = owl_outlier_ratios(&model, &windows, seqlen, num("owl_m")).unwrap();
-        let (want_ratios, want_sparsities) = (list("outlier_ratios"), list("block_sparsities"));
+        let (want_ratios, want_sparsities) = (doubles(&case["outlier_ratios"]), doubles(&case["block_sparsities"]));
         assert_eq!(ratios.len(), want_ratios.len());
         for (b, (r, w)) in ratios.iter().zip(&want_ratios).enumerate() {
             assert!((r - w).abs() <= 2.0 * per_weight + 1e-12, "{choice:?} M {}: block {b} outlier ratio {r} vs the authors' {w}", num("owl_m"));
@@ -318,17 +317,16 @@ fn neuroal_search_matches_the_authors_code() {
     let _ = std::fs::remove_dir_all(&out);
     assert_eq!(r["calibration"]["search_windows"], g["search_windows"], "the golden was made on other windows");
     assert_eq!(r["topup"]["lambda_block"], g["lambda_block"]);
-    let theirs = |k: &str| -> Vec<f64> { g[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
     for (key, tolerance) in [("block_scores", 1e-4), ("row_scores", 1e-3)] {
         let ours = r["topup"][key].as_array().unwrap();
-        let want = theirs(key);
+        let want = doubles(&g[key]);
         assert_eq!(ours.len(), want.len(), "{key}");
         for (pair, w) in ours.iter().zip(&want) {
             let (lambda, score) = (pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap());
             assert!((score - w).abs() <= tolerance * w, "{key} at λ {lambda}: ours {score}, the authors' {w}");
         }
     }
-    let rows = theirs("row_scores");
+    let rows = doubles(&g["row_scores"]);
     let ours_at = r["topup"]["row_scores"].as_array().unwrap().iter().position(|p| p[0] == r["topup"]["lambda_row"]).unwrap();
     let best = rows.iter().cloned().fold(f64::INFINITY, f64::min);
     assert!(rows[ours_at] <= best * (1.0 + 1e-3), "row λ {}: their score {} against their best {best}", r["topup"]["lambda_row"], rows[ours_at]);

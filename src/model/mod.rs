@@ -916,7 +916,7 @@ pub fn check_table_fits(config: &Config, dtype_bytes: usize, limit: u64) -> Resu
 /// the config, the weights' headers, the block count, and that every tensor the forward pass
 /// loads is present with its shape. Errors surface here, before any device is opened.
 pub fn check_model_dir(dir: &Path) -> Result<(Config, Checkpoint)> {
-    crate::error::check_input_folder(dir, "model folder")?;
+    crate::error::check_model_folder(dir)?;
     let config_path = dir.join("config.json");
     if !config_path.exists() {
         bail!("{}: no config.json", dir.display());

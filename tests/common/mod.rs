@@ -25,7 +25,11 @@ pub fn golden(name: &str) -> Value {
 }
 
 pub fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    doubles(v).into_iter().map(|x| x as f32).collect()
+}
+
+pub fn doubles(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 pub fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
