@@ -125,6 +125,8 @@ def build_model(name, cls, cfg, dtype, seed, shard=False, v5=False):
     model = model.to(dtype)
     model.save_pretrained(folder, safe_serialization=True,
                           max_shard_size="100KB" if shard else "5GB")
+    if cfg.tie_word_embeddings and name in STORED_TIED_HEAD:
+        store_tied_head(folder, model, seed)
     if shard:
         # save_pretrained names shards by size; keep exactly two shards, as the tests expect.
         merge_into_two_shards(folder)
@@ -138,6 +140,22 @@ def build_model(name, cls, cfg, dtype, seed, shard=False, v5=False):
     if v5:
         to_v5_config(folder)
     return folder, ref
+
+
+# Tied fixtures whose checkpoint stores an lm_head.weight anyway, unlike the embedding table (as
+# some exporters write them): transformers ties the head to the table after loading, so the
+# stored one must not be what a tool computes with.
+STORED_TIED_HEAD = {"tiny-llama-bias"}
+
+
+def store_tied_head(folder, model, seed):
+    path = os.path.join(folder, "model.safetensors")
+    tensors = load_file(path)
+    assert "lm_head.weight" not in tensors
+    g = torch.Generator().manual_seed(seed + 1000)
+    table = model.get_input_embeddings().weight
+    tensors["lm_head.weight"] = (torch.randn(table.shape, generator=g) * table.float().std()).to(table.dtype)
+    save_file(tensors, path, metadata={"format": "pt"})
 
 
 def merge_into_two_shards(folder):
@@ -310,11 +328,19 @@ def main():
             partial_rotary_factor=0.5, rope_theta=10000.0, layer_norm_eps=1e-5,
             hidden_act="gelu_new", qk_layernorm=False, tie_word_embeddings=False,
             bos_token_id=0, eos_token_id=1), torch.float32, 5, False, True),
+        # LLaMA with every bias its modeling code offers (attention_bias: q, k, v and o;
+        # mlp_bias: gate, up and down), GQA, and a tied head that the checkpoint also stores
+        # (differently; see STORED_TIED_HEAD), f32.
+        ("tiny-llama-bias", transformers.LlamaForCausalLM, transformers.LlamaConfig(
+            num_key_value_heads=2, rope_theta=500000.0, attention_bias=True, mlp_bias=True,
+            tie_word_embeddings=True, **common), torch.float32, 6, False, False),
     ]
     if only:
         specs = [sp for sp in specs if sp[0] in only]
     for name, cls, cfg, dtype, seed, shard, v5 in specs:
         folder, ref = build_model(name, cls, cfg, dtype, seed, shard, v5)
+        if name in STORED_TIED_HEAD:
+            assert torch.equal(ref.lm_head.weight, ref.get_input_embeddings().weight)
         ids, logits = logits_golden(ref, seed + 100)
         losses = window_losses(ref, text_ids, EVAL_SEQLEN)
         golden = {

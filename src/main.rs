@@ -14,7 +14,7 @@ use neuroal::tokenizer::{tokenize_checked, Tokenizer};
 use neuroal::{bail, bench};
 
 #[derive(Parser)]
-#[command(name = "neuroal", version, about = "Prune Hugging Face LLMs with Wanda/magnitude and the NeuroAL top-up, on wgpu or the CPU")]
+#[command(name = "neuroal", version, about = "Prune Hugging Face LLMs with magnitude, Wanda or SparseGPT and a uniform, OWL or NeuroAL top-up, on wgpu or the CPU")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +42,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Prune a model with magnitude or Wanda scores and write the pruned checkpoint.
+    /// Prune a model (magnitude, Wanda or SparseGPT; uniform, OWL or NeuroAL sparsities) and write the pruned checkpoint.
     Prune {
         #[arg(long)]
         model: PathBuf,

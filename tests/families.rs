@@ -73,13 +73,19 @@ fn wanda_and_neuroal_at_70_percent_on_every_family() {
 #[test]
 fn bad_configs_of_each_family_get_one_line() {
     let s = scratch("bad");
-    let cases: [(&str, &str, serde_json::Value, &str); 6] = [
+    let cases: [(&str, &str, serde_json::Value, &str); 7] = [
         ("tiny-opt", "ffn_dim", serde_json::Value::Null, "missing field \"ffn_dim\""),
         ("tiny-opt", "activation_function", "gelu".into(), "unsupported activation_function \"gelu\" for OPT (only relu)"),
         ("tiny-opt", "do_layer_norm_before", false.into(), "post-LayerNorm, as OPT-350m) is not supported"),
         ("tiny-phi", "intermediate_size", serde_json::Value::Null, "missing field \"intermediate_size\""),
         ("tiny-phi", "hidden_act", "relu".into(), "unsupported hidden_act \"relu\" for Phi (only gelu_new)"),
         ("tiny-phi", "qk_layernorm", true.into(), "Phi with qk_layernorm = true is not supported"),
+        (
+            "tiny-phi",
+            "rope_parameters",
+            serde_json::json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
+            "Phi with rope scaling \"linear\" (rope_parameters) is not supported",
+        ),
     ];
     for (i, (fixture, key, value, expect)) in cases.into_iter().enumerate() {
         let dir = s.join(format!("{i}"));
@@ -107,6 +113,48 @@ fn bad_configs_of_each_family_get_one_line() {
             assert_eq!(lines.len(), 1, "{fixture} {key}: {err}");
             assert!(lines[0].contains(expect), "{fixture} {key}: expected \"{expect}\" in {err}");
         }
+    }
+    let _ = std::fs::remove_dir_all(&s);
+}
+
+/// Which bias flags a family reads is its modeling code's choice in transformers: LLaMA reads
+/// `attention_bias` (q, k, v and o) and `mlp_bias` (gate, up, down); Qwen2 always has q/k/v
+/// biases and nothing else; Mistral has none. A flag the family ignores changes nothing (the
+/// perplexity is transformers' on the unchanged fixture), one it reads asks for the tensors.
+#[test]
+fn bias_flags_are_read_as_each_familys_modeling_code_reads_them() {
+    let s = scratch("bias-flags");
+    let with = |i: usize, fixture: &str, edits: &[(&str, bool)]| -> PathBuf {
+        let dir = s.join(format!("{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(asset(fixture)).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        for (key, value) in edits {
+            c[*key] = (*value).into();
+        }
+        std::fs::write(dir.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
+        dir
+    };
+    let eval = |dir: &Path| neuroal(&["eval", "--model", dir.to_str().unwrap(), "--text", asset("sample.txt").to_str().unwrap(), "--device", "cpu", "--seqlen", "64", "--max-windows", "2", "--json"]);
+    let ignored = [("tiny-mistral-gqa", [("attention_bias", true), ("mlp_bias", true)]), ("tiny-qwen2", [("attention_bias", false), ("mlp_bias", true)])];
+    for (i, (fixture, edits)) in ignored.into_iter().enumerate() {
+        let o = eval(&with(i, fixture, &edits));
+        assert!(o.status.success(), "{fixture}: {}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let losses = floats(&golden(fixture)["window_losses"]);
+        let want = ((losses[0] as f64 + losses[1] as f64) / 2.0).exp();
+        let ppl = r["ppl"].as_f64().unwrap();
+        assert!((ppl - want).abs() <= 1e-4 * want, "{fixture} {edits:?}: perplexity {ppl}, transformers {want}");
+    }
+    for (i, (edit, missing)) in [("attention_bias", "model.layers.0.self_attn.q_proj.bias"), ("mlp_bias", "model.layers.0.mlp.gate_proj.bias")].into_iter().enumerate() {
+        let o = eval(&with(10 + i, "tiny-llama", &[(edit, true)]));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{edit}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{edit}: {err}");
+        assert!(err.contains(&format!("tensor \"{missing}\" not found")), "{edit}: {err}");
     }
     let _ = std::fs::remove_dir_all(&s);
 }

@@ -1,9 +1,10 @@
 //! The LLaMA family (LLaMA 1/2/3, Mistral, Qwen2), read top to bottom.
 //!
 //! One block: pre-RMSNorm attention with rotary embeddings and optional grouped-query heads,
-//! then a SwiGLU MLP. The variants differ only in their config: q/k/v biases (Qwen2, or
-//! `attention_bias`), tied embeddings, `llama3` rope scaling, and Mistral's sliding window, which
-//! is refused rather than approximated when a window does not fit in it.
+//! then a SwiGLU MLP. The variants differ only in their config: biases (Qwen2's q/k/v; LLaMA's
+//! `attention_bias` on q/k/v/o and `mlp_bias` on gate/up/down, which Mistral and Qwen2 ignore, as
+//! transformers does), tied embeddings, `llama3` rope scaling, and Mistral's sliding window,
+//! which is refused rather than approximated when a window does not fit in it.
 
 use std::sync::Arc;
 
@@ -44,6 +45,10 @@ pub struct Config {
     pub rope_scaling: RopeScaling,
     /// q/k/v projections carry biases (Qwen2, or LLaMA with `attention_bias`).
     pub qkv_bias: bool,
+    /// o_proj carries one (LLaMA with `attention_bias`; never Qwen2 or Mistral).
+    pub o_bias: bool,
+    /// gate, up and down carry biases (LLaMA with `mlp_bias`).
+    pub mlp_bias: bool,
     /// Mistral's sliding window; attention is exact only while windows fit inside it.
     pub sliding_window: Option<usize>,
 }
@@ -62,6 +67,7 @@ struct Raw {
     rope_parameters: Option<Value>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
     sliding_window: Option<Value>,
     use_sliding_window: Option<bool>,
     torch_dtype: Option<String>,
@@ -91,10 +97,13 @@ impl Config {
             Some(s) => parse_rope_scaling(s)?,
             None => RopeScaling::None,
         };
-        let (model_type, qkv_default) = match model_type {
-            "mistral" => ("mistral", false),
-            "qwen2" => ("qwen2", true),
-            _ => ("llama", false),
+        // Only LLaMA's modeling code reads attention_bias and mlp_bias; Qwen2's always has q/k/v
+        // biases and nothing else, Mistral's none.
+        let (attention_bias, mlp_bias) = (raw.attention_bias.unwrap_or(false), raw.mlp_bias.unwrap_or(false));
+        let (model_type, qkv_bias, o_bias, mlp_bias) = match model_type {
+            "mistral" => ("mistral", false, false, false),
+            "qwen2" => ("qwen2", true, false, false),
+            _ => ("llama", attention_bias, attention_bias, mlp_bias),
         };
         let sliding_window = match (model_type, raw.use_sliding_window) {
             ("qwen2", Some(false) | None) => None,
@@ -112,7 +121,9 @@ impl Config {
             rms_norm_eps: positive(raw.rms_norm_eps.unwrap_or(1e-6), "rms_norm_eps")?,
             rope_theta,
             rope_scaling,
-            qkv_bias: qkv_default || raw.attention_bias.unwrap_or(false),
+            qkv_bias,
+            o_bias,
+            mlp_bias,
             sliding_window,
         };
         Ok(config::Config {
@@ -166,10 +177,10 @@ pub fn spec(c: &config::Config, l: &Config) -> Spec {
             lin("self_attn.q_proj", [q, d], l.qkv_bias, true),
             lin("self_attn.k_proj", [kv, d], l.qkv_bias, true),
             lin("self_attn.v_proj", [kv, d], l.qkv_bias, true),
-            lin("self_attn.o_proj", [d, q], false, false),
-            lin("mlp.gate_proj", [f, d], false, false),
-            lin("mlp.up_proj", [f, d], false, false),
-            lin("mlp.down_proj", [d, f], false, false),
+            lin("self_attn.o_proj", [d, q], l.o_bias, false),
+            lin("mlp.gate_proj", [f, d], l.mlp_bias, false),
+            lin("mlp.up_proj", [f, d], l.mlp_bias, false),
+            lin("mlp.down_proj", [d, f], l.mlp_bias, false),
         ],
         // The authors' routing: q, k, v ← o; o ← gate; gate, up ← down; down ← next block's q.
         routes: Some(vec![

@@ -332,7 +332,9 @@ impl TokenTable {
     }
 }
 
-/// The LM head's weight for `ends`: the stored `lm_head.weight`, else the tied table; none when
+/// The LM head's weight for `ends`: the tied table where `tie_word_embeddings` is set (even if
+/// the checkpoint stores a head: transformers ties it to the table after loading, so a stored
+/// one that differs is not what it computes), else the stored `lm_head.weight`; none when
 /// pruning (a stored head is still checked, as a loaded one is).
 pub fn lm_head(ck: &Checkpoint, c: &Config, table: &TokenTable, device: &Device, dtype: DType, ends: Ends) -> Result<Option<Tensor<2>>> {
     let shape = [c.vocab_size, c.hidden_size];
@@ -343,8 +345,8 @@ pub fn lm_head(ck: &Checkpoint, c: &Config, table: &TokenTable, device: &Device,
     match ends {
         Ends::Hidden if stored => ck.check("lm_head.weight", &shape).map(|_| None),
         Ends::Hidden => Ok(None),
-        Ends::Logits if stored => Ok(Some(to_device2_as(ck.load("lm_head.weight", &shape)?, device, dtype))),
-        Ends::Logits => Ok(table.on_device()),
+        Ends::Logits if c.tie_word_embeddings => Ok(table.on_device()),
+        Ends::Logits => Ok(Some(to_device2_as(ck.load("lm_head.weight", &shape)?, device, dtype))),
     }
 }
 
@@ -1018,7 +1020,7 @@ mod tests {
     /// linear on its own in tests/families.rs.
     #[test]
     fn shared_inputs_are_declared_consistently() {
-        for fixture in ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2", "tiny-opt", "tiny-phi"] {
+        for fixture in ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2", "tiny-opt", "tiny-phi", "tiny-llama-bias"] {
             let c = Config::from_file(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join(fixture).join("config.json")).unwrap();
             let s = Spec::of(&c);
             assert_eq!(s.input_of.len(), s.linears.len(), "{fixture}");

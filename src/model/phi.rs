@@ -67,6 +67,11 @@ impl Config {
         if raw.rope_scaling.as_ref().is_some_and(|s| !s.is_null()) {
             bail!("Phi with rope_scaling is not supported");
         }
+        // transformers 5.x keeps a scaling in rope_parameters, beside rope_theta.
+        let rope_type = value.get("rope_parameters").and_then(|p| p.get("rope_type").or_else(|| p.get("type"))).and_then(Value::as_str);
+        if let Some(kind) = rope_type && kind != "default" {
+            bail!("Phi with rope scaling \"{kind}\" (rope_parameters) is not supported");
+        }
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
