@@ -264,6 +264,9 @@ pub fn prune_resumable(
                 let weight = block.linears()[li].weight.clone();
                 let pruned = stage("prune: prune linears", dev, || pruner.prune(weight, calib, nsamples, pattern, &s)).map_err(|e| crate::err!("{name}: {e}"))?;
                 let values = if pruner.changes_kept_weights() { Some(stage("prune: read masks", dev, || host_f32(pruned.weight.clone(), &name))?) } else { None };
+                if let Some(v) = &values {
+                    fits_stored_dtype(model, &name, v)?;
+                }
                 block.set_weight(li, to_dtype(pruned.weight, model.dtype));
                 let packed = stage("prune: pack masks", dev, || crate::mask::pack(pruned.mask, &name))?;
                 queued.push((li, name, s, values, packed));
@@ -312,4 +315,26 @@ pub fn prune_resumable(
     }
     bar.finish_and_clear();
     Ok(masks)
+}
+
+/// New kept weights (SparseGPT's) must fit the dtype the checkpoint stores them in: a value
+/// past f16's range would be written as infinity.
+fn fits_stored_dtype(model: &Model, name: &str, values: &[f32]) -> Result<()> {
+    let (_, info) = model.checkpoint.info(name)?;
+    let stored = match info.dtype {
+        safetensors::Dtype::F16 => DType::F16,
+        safetensors::Dtype::BF16 => DType::BF16,
+        _ => return Ok(()),
+    };
+    if let Some(i) = crate::weights::first_out_of_range(values, stored) {
+        let (what, max) = crate::weights::half_range(stored);
+        let cols = info.shape[1];
+        bail!(
+            "{name}: the pruned weight at row {}, column {} is {}, beyond {what}'s range (±{max}), the checkpoint's dtype; refusing to write it as infinity (store the checkpoint in f32 first, or use another --method)",
+            i / cols,
+            i % cols,
+            values[i]
+        );
+    }
+    Ok(())
 }

@@ -181,6 +181,14 @@ impl Checkpoint {
         }
         let values = decode_f32(bytes, stored).map_err(|e| err!("tensor \"{name}\": {e}"))?;
         shard.release(bytes);
+        if let Some(i) = first_out_of_range(&values, dtype) {
+            let (what, max) = half_range(dtype);
+            bail!(
+                "{}: tensor \"{name}\" holds {} (index {i}), beyond {what}'s range (±{max}); use --dtype f32",
+                self.dir.display(),
+                values[i]
+            );
+        }
         Ok(match dtype {
             DType::F16 => TensorData::new(par_map(&values, |&v| half::f16::from_f32(v)), shape.to_vec()),
             DType::BF16 => TensorData::new(par_map(&values, |&v| half::bf16::from_f32(v)), shape.to_vec()),
@@ -213,6 +221,30 @@ fn par_map<I: Sync, O: Copy + Default + Send>(inputs: &[I], one: impl Fn(&I) -> 
         }
     });
     out
+}
+
+/// Index of the first finite value that `dtype` (f16 or bf16) cannot hold: it would round to
+/// infinity there. Found on every core; none for other dtypes.
+pub fn first_out_of_range(values: &[f32], dtype: DType) -> Option<usize> {
+    let over: fn(&f32) -> bool = match dtype {
+        DType::F16 => |v| v.is_finite() && half::f16::from_f32(*v).is_infinite(),
+        DType::BF16 => |v| v.is_finite() && half::bf16::from_f32(*v).is_infinite(),
+        _ => return None,
+    };
+    values.par_chunks(BLOCK).enumerate().find_map_first(|(bi, block)| {
+        if !block.iter().fold(false, |any, v| any | over(v)) {
+            return None;
+        }
+        block.iter().position(over).map(|i| bi * BLOCK + i)
+    })
+}
+
+/// A half dtype's name and largest finite value, for messages.
+pub fn half_range(dtype: DType) -> (&'static str, f32) {
+    match dtype {
+        DType::BF16 => ("bf16", half::bf16::MAX.to_f32()),
+        _ => ("f16", half::f16::MAX.to_f32()),
+    }
 }
 
 /// Values per block of the parallel loops.

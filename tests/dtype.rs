@@ -73,3 +73,31 @@ fn neuroal_in_f16_chooses_the_f32_lambdas_or_a_tie() {
     assert!((a.sparsity.overall - b.sparsity.overall).abs() < 0.01);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A stored value that the compute dtype cannot hold (1e6 in a bf16 checkpoint, past f16's
+/// 65504) is refused in one line naming the tensor, where it became infinity in the weights and
+/// NaN in the outputs; in f32 the same checkpoint runs.
+#[test]
+fn a_weight_beyond_the_compute_dtypes_range_is_refused_in_one_line() {
+    let tmp = std::env::temp_dir().join(format!("neuroal-dtype-range-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let model = model_copy("tiny-qwen2", &tmp);
+    edit_tensor(&model, "model.layers.0.mlp.up_proj.weight", |v| v[197] = 1.0e6);
+    let eval = |dtype: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
+            .args(["eval", "--model", model.to_str().unwrap(), "--text", asset("sample.txt").to_str().unwrap()])
+            .args(["--device", "cpu", "--seqlen", "64", "--max-windows", "1", "--dtype", dtype])
+            .output()
+            .unwrap()
+    };
+    let o = eval("f16");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("device ")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    // bf16 holds 1e6 as 999424.
+    assert!(lines[0].contains("tensor \"model.layers.0.mlp.up_proj.weight\" holds 999424 (index 197), beyond f16's range (±65504); use --dtype f32"), "{err}");
+    let o = eval("f32");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _ = std::fs::remove_dir_all(&tmp);
+}

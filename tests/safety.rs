@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use common::*;
-use safetensors::tensor::{Dtype, TensorView};
 use serde_json::Value;
 
 fn scratch(name: &str) -> PathBuf {
@@ -17,16 +16,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// A private copy of a fixture (tests must not risk the real assets).
-fn model_copy(fixture: &str, dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    for entry in std::fs::read_dir(asset(fixture)).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
-    dir.to_path_buf()
 }
 
 /// Every file under `dir` with its bytes, by relative path.
@@ -232,22 +221,6 @@ fn plots_are_checked_like_the_output_and_kept_with_it() {
         assert!(std::fs::read(&p).unwrap().starts_with(b"\x89PNG"), "{} listed but missing", p.display());
     }
     let _ = std::fs::remove_dir_all(&s);
-}
-
-/// Rewrites one tensor of model.safetensors through `edit` on its f32 values.
-fn edit_tensor(dir: &Path, name: &str, edit: impl Fn(&mut [f32])) {
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut map: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
-        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
-    let e = map.iter_mut().find(|e| e.0 == name).unwrap();
-    assert_eq!(e.1, Dtype::F32);
-    let mut vals: Vec<f32> = e.3.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    edit(&mut vals);
-    e.3 = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let views: Vec<(String, TensorView)> = map.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
-    safetensors::serialize_to_file(views, None, &path).unwrap();
 }
 
 fn edit_config(dir: &Path, key: &str, value: Value) {

@@ -235,6 +235,33 @@ fn tensors(dir: &Path) -> std::collections::BTreeMap<String, (safetensors::Dtype
     all
 }
 
+/// SparseGPT moves kept weights: where one leaves the range of the checkpoint's dtype (f16
+/// weights near its 65504 limit), the prune stops with one line naming the weight rather than
+/// writing it as infinity.
+#[test]
+fn a_new_weight_beyond_the_checkpoints_dtype_is_refused() {
+    let s = scratch("range");
+    let model = model_copy("tiny-opt", &s.join("model"));
+    edit_tensor(&model, "model.decoder.layers.1.fc2.weight", |v| {
+        for (i, x) in v.iter_mut().enumerate() {
+            let sign = if (i as u64 * 2654435761) % 7 < 4 { 1.0 } else { -1.0 };
+            *x = sign * (50000 + (i * 7919) % 15000) as f32;
+        }
+    });
+    let out = s.join("out");
+    let o = neuroal_cli(&[
+        "prune", "--model", model.to_str().unwrap(), "--calib", asset("sample.txt").to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "--device", "cpu", "--dtype", "f32", "--seqlen", "64", "--nsamples", "4", "--sparsity", "0.5", "--method", "sparsegpt",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("device ")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("model.decoder.layers.1.fc2.weight: the pruned weight at row ") && lines[0].contains("beyond f16's range (±65504), the checkpoint's dtype"), "{err}");
+    assert!(!out.exists(), "nothing written");
+    let _ = std::fs::remove_dir_all(&s);
+}
+
 #[test]
 fn written_checkpoints_hold_the_new_values_in_every_dtype() {
     let s = scratch("roundtrip");

@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 //! Shared helpers of the integration tests: fixture paths, golden files, devices.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use neuroal::device::{self, Choice, Selected};
@@ -98,4 +98,36 @@ pub fn tiny_neuroal_prune_with(out: &std::path::Path, extra: &[&str], vars: &[(&
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::read_to_string(out.join("report.json")).unwrap()
+}
+
+/// A private copy of a fixture in `dir` (tests must not risk the real assets).
+pub fn model_copy(fixture: &str, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir(asset(fixture)).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+/// Rewrites tensor `name` of the checkpoint in `dir` (one file or shards) through `edit` on its
+/// values as f32, stored back in the tensor's dtype.
+pub fn edit_tensor(dir: &Path, name: &str, edit: impl Fn(&mut [f32])) {
+    use safetensors::tensor::TensorView;
+    let index = dir.join("model.safetensors.index.json");
+    let file = match std::fs::read_to_string(&index) {
+        Ok(text) => serde_json::from_str::<Value>(&text).unwrap()["weight_map"][name].as_str().unwrap().to_string(),
+        Err(_) => "model.safetensors".to_string(),
+    };
+    let path = dir.join(file);
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut map: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    let e = map.iter_mut().find(|e| e.0 == name).unwrap();
+    let mut vals = neuroal::weights::decode_f32(&e.3, e.1).unwrap();
+    edit(&mut vals);
+    e.3 = neuroal::weights::encode_f32(&vals, e.1).unwrap();
+    let views: Vec<(String, TensorView)> = map.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
 }
