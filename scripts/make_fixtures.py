@@ -6,6 +6,7 @@ compare against. Run from the repository root:
     python3 scripts/make_fixtures.py --shared   # also the real-model golden (../shared)
     python3 scripts/make_fixtures.py --only tiny-opt,tiny-phi   # just these fixtures
     python3 scripts/make_fixtures.py --zeroshot # only the task file and its log-likelihoods
+    python3 scripts/make_fixtures.py --rope     # only tiny-llama under other rope scalings
 
 Versions used for the committed fixtures: torch 2.5.1 (CPU), transformers 4.46.3,
 tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. Everything here is generated from seeds:
@@ -268,6 +269,31 @@ def zeroshot_goldens(text, versions):
     print(f"zeroshot: {len(examples)} examples")
 
 
+ROPE_VARIANTS = [
+    {"rope_type": "linear", "factor": 2.0},
+    {"type": "linear", "factor": 4.0},
+    {"rope_type": "dynamic", "factor": 2.0},
+]
+
+
+def rope_goldens(text_ids, versions):
+    """tiny-llama's weights under other rope scalings (its config's rope_scaling replaced): the
+    first two windows' losses at EVAL_SEQLEN per variant."""
+    folder = os.path.join(ASSETS, "tiny-llama")
+    variants = []
+    for scaling in ROPE_VARIANTS:
+        cfg = transformers.LlamaConfig.from_pretrained(folder)
+        cfg.rope_scaling = dict(scaling)
+        model = transformers.LlamaForCausalLM.from_pretrained(
+            folder, config=cfg, torch_dtype=torch.float32).eval()
+        variants.append({"rope_scaling": scaling,
+                         "window_losses": window_losses(model, text_ids, EVAL_SEQLEN, 2)})
+    json.dump({"model": "tiny-llama", "versions": versions, "text": "sample.txt",
+               "seqlen": EVAL_SEQLEN, "variants": variants},
+              open(os.path.join(GOLDEN, "tiny-llama-rope.json"), "w"), indent=1)
+    print(f"rope variants: {len(variants)}")
+
+
 def f32_list(t):
     return [float(x) for x in np.asarray(t, dtype=np.float32).reshape(-1)]
 
@@ -277,6 +303,8 @@ def main():
     ap.add_argument("--shared", action="store_true", help="also compute the wt2-llama golden")
     ap.add_argument("--only", default="", help="comma-separated fixture names to rebuild")
     ap.add_argument("--zeroshot", action="store_true", help="only the task file and its goldens")
+    ap.add_argument("--rope", action="store_true",
+                    help="only tiny-llama's losses under other rope scalings")
     args = ap.parse_args()
     only = [n for n in args.only.split(",") if n]
     os.makedirs(GOLDEN, exist_ok=True)
@@ -287,13 +315,16 @@ def main():
     if args.zeroshot:
         zeroshot_goldens(text, versions)
         return
-    if only:
+    if only or args.rope:
         tok = Tokenizer.from_file(os.path.join(ASSETS, "tokenizer.json"))
         assert open(os.path.join(ASSETS, "sample.txt")).read() == text
     else:
         open(os.path.join(ASSETS, "sample.txt"), "w").write(text)
         tok = train_tokenizer(text, os.path.join(ASSETS, "tokenizer.json"))
     text_ids = torch.tensor([tok.encode(text).ids])
+    if args.rope:
+        rope_goldens(text_ids, versions)
+        return
 
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=256, rms_norm_eps=1e-5,
@@ -353,6 +384,8 @@ def main():
         }
         json.dump(golden, open(os.path.join(GOLDEN, f"{name}.json"), "w"))
         print(f"{name}: {len(losses)} windows, ppl {golden['ppl']:.4f}")
+    if not only or "tiny-llama" in only:
+        rope_goldens(text_ids, versions)
 
     if args.shared:
         folder = os.path.join(SHARED, "models", "wt2-llama")

@@ -29,6 +29,33 @@ fn logits_match_transformers_on_every_device() {
     }
 }
 
+/// tiny-llama's weights under transformers' other rope scalings (`linear`, also under the old
+/// `type` key, and `dynamic`, which changes nothing within max_position_embeddings): the first
+/// two windows' losses equal theirs on every device.
+#[test]
+fn rope_scalings_match_transformers() {
+    let g = golden("tiny-llama-rope");
+    let seqlen = g["seqlen"].as_u64().unwrap() as usize;
+    let ids = tokenize_file(&Tokenizer::open(&asset("tiny-llama")).unwrap(), &asset("sample.txt")).unwrap();
+    for (i, variant) in g["variants"].as_array().unwrap().iter().enumerate() {
+        let dir = std::env::temp_dir().join(format!("neuroal-rope-{}-{i}", std::process::id()));
+        let model_dir = model_copy("tiny-llama", &dir);
+        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json")).unwrap()).unwrap();
+        c["rope_scaling"] = variant["rope_scaling"].clone();
+        std::fs::write(model_dir.join("config.json"), c.to_string()).unwrap();
+        let want = floats(&variant["window_losses"]);
+        for (dev_name, dev) in devices() {
+            let model = Model::open(&model_dir, &dev.device).unwrap();
+            let r = perplexity(&model, &ids, seqlen, Some(want.len()), &dev.description).unwrap();
+            assert_eq!(r.window_losses.len(), want.len());
+            for (w, (a, b)) in r.window_losses.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-4 * b.abs(), "{} on {dev_name}: window {w} loss {a} vs {b}", variant["rope_scaling"]);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[test]
 fn block_by_block_equals_whole_forward() {
     for (dev_name, dev) in devices() {

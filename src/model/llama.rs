@@ -31,6 +31,8 @@ const DOWN: usize = 6;
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
     None,
+    /// Positions divided by `factor` (every frequency divided by it).
+    Linear { factor: f64 },
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_positions: f64 },
 }
 
@@ -150,6 +152,10 @@ fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
     };
     match kind {
         "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
+        // Dynamic NTK changes the frequencies only for sequences longer than
+        // max_position_embeddings, which every command refuses (--seqlen is checked against it).
+        "dynamic" => num("factor").map(|_| RopeScaling::None),
         "llama3" => {
             let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
             if high <= low {
@@ -162,7 +168,7 @@ fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
                 original_max_positions: num("original_max_position_embeddings")?,
             })
         }
-        other => bail!("unsupported rope scaling type \"{other}\" (supported: default, llama3)"),
+        other => bail!("unsupported rope scaling type \"{other}\" (supported: default, linear, dynamic, llama3)"),
     }
 }
 
@@ -282,9 +288,15 @@ pub fn forward(p: &Parts, h: Tensor<3>, pos: &Positions, run: &mut dyn FnMut(usi
     h + run(DOWN, &gated)
 }
 
-/// Inverse RoPE frequencies, in f32 like transformers, with `llama3` scaling when configured.
+/// Inverse RoPE frequencies, in f32 like transformers, with `linear` or `llama3` scaling when
+/// configured.
 fn rope_freqs(c: &Config) -> RopeFreqs {
     let mut freqs = RopeFreqs::new(c.rope_theta, c.head_dim);
+    if let RopeScaling::Linear { factor } = c.rope_scaling {
+        for f in freqs.inv_freq.iter_mut() {
+            *f /= factor as f32;
+        }
+    }
     if let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } = c.rope_scaling {
         let (factor, low, high, old) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32, original_max_positions as f32);
         let low_wavelen = old / low;
