@@ -88,20 +88,8 @@ fn bad_configs_of_each_family_get_one_line() {
         ),
     ];
     for (i, (fixture, key, value, expect)) in cases.into_iter().enumerate() {
-        let dir = s.join(format!("{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for e in std::fs::read_dir(asset(fixture)).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-        }
-        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-        match value {
-            serde_json::Value::Null => {
-                c.as_object_mut().unwrap().remove(key);
-            }
-            v => c[key] = v,
-        }
-        std::fs::write(dir.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
+        let dir = model_copy(fixture, &s.join(format!("{i}")));
+        edit_config(&dir, key, value);
         for args in [
             vec!["eval", "--model", dir.to_str().unwrap(), "--text", asset("sample.txt").to_str().unwrap(), "--device", "cpu"],
             vec!["inspect", dir.to_str().unwrap()],
@@ -125,17 +113,10 @@ fn bad_configs_of_each_family_get_one_line() {
 fn bias_flags_are_read_as_each_familys_modeling_code_reads_them() {
     let s = scratch("bias-flags");
     let with = |i: usize, fixture: &str, edits: &[(&str, bool)]| -> PathBuf {
-        let dir = s.join(format!("{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for e in std::fs::read_dir(asset(fixture)).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-        }
-        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let dir = model_copy(fixture, &s.join(format!("{i}")));
         for (key, value) in edits {
-            c[*key] = (*value).into();
+            edit_config(&dir, key, (*value).into());
         }
-        std::fs::write(dir.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
         dir
     };
     let eval = |dir: &Path| neuroal(&["eval", "--model", dir.to_str().unwrap(), "--text", asset("sample.txt").to_str().unwrap(), "--device", "cpu", "--seqlen", "64", "--max-windows", "2", "--json"]);

@@ -40,9 +40,7 @@ fn rope_scalings_match_transformers() {
     for (i, variant) in g["variants"].as_array().unwrap().iter().enumerate() {
         let dir = std::env::temp_dir().join(format!("neuroal-rope-{}-{i}", std::process::id()));
         let model_dir = model_copy("tiny-llama", &dir);
-        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json")).unwrap()).unwrap();
-        c["rope_scaling"] = variant["rope_scaling"].clone();
-        std::fs::write(model_dir.join("config.json"), c.to_string()).unwrap();
+        edit_config(&model_dir, "rope_scaling", variant["rope_scaling"].clone());
         let want = floats(&variant["window_losses"]);
         for (dev_name, dev) in devices() {
             let model = Model::open(&model_dir, &dev.device).unwrap();

@@ -223,13 +223,6 @@ fn plots_are_checked_like_the_output_and_kept_with_it() {
     let _ = std::fs::remove_dir_all(&s);
 }
 
-fn edit_config(dir: &Path, key: &str, value: Value) {
-    let p = dir.join("config.json");
-    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    c[key] = value;
-    std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
-}
-
 #[test]
 fn nothing_silent_bad_numbers_configs_and_weights_stop_the_run() {
     let s = scratch("silent");

@@ -131,3 +131,16 @@ pub fn edit_tensor(dir: &Path, name: &str, edit: impl Fn(&mut [f32])) {
     let views: Vec<(String, TensorView)> = map.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
 }
+
+/// Sets `key` of `dir/config.json` to `value` (`Null` removes it).
+pub fn edit_config(dir: &Path, key: &str, value: Value) {
+    let p = dir.join("config.json");
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    match value {
+        Value::Null => {
+            c.as_object_mut().unwrap().remove(key);
+        }
+        v => c[key] = v,
+    }
+    std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
+}
