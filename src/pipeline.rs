@@ -257,12 +257,14 @@ pub fn prune_resumable(
             // On a GPU every linear's pruning is queued before any mask is read back: the device
             // works through them while the host unpacks the masks that are done.
             let mut queued = Vec::with_capacity(linears);
-            for (li, calib) in calib.iter().enumerate() {
+            // Each calibration goes with its linear: a SparseGPT factor shared by the linears
+            // of one input is freed after the last of them.
+            for (li, calib) in calib.into_iter().enumerate() {
                 let s = sparsity(b, li);
                 let name = model.linear_name(b, li);
                 // Pruners compute in f32 whatever the compute dtype (see `Pruner::prune`).
                 let weight = block.linears()[li].weight.clone();
-                let pruned = stage("prune: prune linears", dev, || pruner.prune(weight, calib, nsamples, pattern, &s)).map_err(|e| crate::err!("{name}: {e}"))?;
+                let pruned = stage("prune: prune linears", dev, || pruner.prune(weight, &calib, nsamples, pattern, &s)).map_err(|e| crate::err!("{name}: {e}"))?;
                 let values = if pruner.changes_kept_weights() { Some(stage("prune: read masks", dev, || host_f32(pruned.weight.clone(), &name))?) } else { None };
                 if let Some(v) = &values {
                     fits_stored_dtype(model, &name, v)?;

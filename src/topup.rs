@@ -274,6 +274,12 @@ pub fn evaluate(
                     }
                     Ok(())
                 })?;
+                // The statistics stay for the metric; SparseGPT's factors (n² f64 each) do not.
+                for c in stats_dense {
+                    if let Some(h) = &c.hessian {
+                        h.forget_factor();
+                    }
+                }
                 // Neither pass reads back: the search waits for the device once per group. The
                 // last block's outputs would feed nothing: only its statistics are recorded.
                 let (stats_sparse, outputs) = stage("search: sparse pass", dev, || record_unchecked(model, &sparse, hidden, &pos, false, b + 1 < model.num_blocks()));
