@@ -311,8 +311,10 @@ impl SparseGpt {
     pub fn inverse_factor(&self, h: &[f32], cols: usize) -> Result<Factor> {
         let n = cols;
         let r = |i: usize| n - 1 - i;
-        // J·H·J, in f64.
-        let mut hr = Mat::<f64>::from_fn(n, n, |i, j| h[r(i) * n + r(j)] as f64);
+        // J·H·J in f64, from H's lower triangle (what the reference's Cholesky reads; the
+        // recorded H need not be symmetric to the bit): entry (i, j), i ≥ j, is H[r(j)][r(i)],
+        // read along H's rows as faer fills its columns.
+        let mut hr = Mat::<f64>::from_fn(n, n, |i, j| if i >= j { h[r(j) * n + r(i)] as f64 } else { 0.0 });
         let mut dead = vec![false; n];
         for (i, d) in dead.iter_mut().enumerate() {
             if hr[(r(i), r(i))] == 0.0 {
@@ -333,34 +335,32 @@ impl SparseGpt {
         Ok((Mat::from_fn(n, n, |i, j| lower_inv[(r(i), r(j))]), dead))
     }
 
-    /// One block of columns, on the host in f64: picks the block's mask (unstructured at `s`
-    /// over the whole slice, or N:M per row as columns are reached), then prunes column by
-    /// column, spreading each column's error over the block's later columns. `w1` becomes the
-    /// block's final values; returns the mask and the per-column errors for the update of the
-    /// columns after the block.
-    pub fn sweep_block(&self, w1: &mut Mat<f64>, hinv1: faer::MatRef<'_, f64>, s: f64, n_m: Option<(usize, usize)>) -> (Vec<bool>, Mat<f64>) {
-        let (rows, count) = (w1.nrows(), w1.ncols());
-        let mut err1 = Mat::<f64>::zeros(rows, count);
-        let mut mask1 = vec![false; rows * count];
-        // Row-major copies: each row's sweep below walks its own values contiguously.
+    /// One block of columns, on the host in f64: `w` holds the block's [rows × count] values
+    /// row by row. Picks the block's mask (unstructured at `s` over the whole slice, or N:M per
+    /// row as columns are reached), then prunes column by column, spreading each column's error
+    /// over the block's later columns. `w` becomes the block's final values; returns the mask
+    /// and the per-column errors (row by row) for the update of the columns after the block.
+    pub fn sweep_block(&self, w: &mut [f64], hinv1: faer::MatRef<'_, f64>, s: f64, n_m: Option<(usize, usize)>) -> (Vec<bool>, Vec<f64>) {
+        let count = hinv1.ncols();
+        let mut mask1 = vec![false; w.len()];
+        // A row-major copy of the block's H⁻¹ factor: each row's sweep below walks it by rows.
         let h: Vec<f64> = (0..count * count).map(|k| hinv1[(k / count, k % count)]).collect();
-        let mut w: Vec<f64> = (0..rows * count).map(|k| w1[(k / count, k % count)]).collect();
         // The pruning key of column c of a row: w²/diag(H⁻¹)².
         let key = |row: &[f64], c: usize| row[c] * row[c] / (h[c * count + c] * h[c * count + c]);
         if n_m.is_none() {
             // Lowest key over the [rows × block] slice; ≤ the value at index ⌊numel·s⌋ of the
-            // sorted slice is pruned.
+            // sorted slice is pruned (that value found by selection, not a sort).
             let tmp: Vec<f64> = w.chunks_exact(count).flat_map(|row| (0..count).map(move |c| key(row, c))).collect();
-            let mut sorted = tmp.clone();
-            sorted.sort_by(|a, b| a.total_cmp(b));
-            let thresh = sorted[((tmp.len() as f64 * s) as usize).min(tmp.len() - 1)];
+            let mut order = tmp.clone();
+            let at = ((tmp.len() as f64 * s) as usize).min(tmp.len() - 1);
+            let thresh = *order.select_nth_unstable_by(at, |a, b| a.total_cmp(b)).1;
             for (m, t) in mask1.iter_mut().zip(&tmp) {
                 *m = *t <= thresh;
             }
         }
         // Rows are independent: each row's sweep reads only its own values and H⁻¹, so rows run
         // in parallel, with every row's arithmetic in the order of the reference (the same bits).
-        let mut err = vec![0f64; rows * count];
+        let mut err = vec![0f64; w.len()];
         w.par_chunks_mut(count).zip(mask1.par_chunks_mut(count)).zip(err.par_chunks_mut(count)).for_each(|((w, mask), err)| {
             for i in 0..count {
                 if let Some((n, m)) = n_m && i % m == 0 {
@@ -383,19 +383,35 @@ impl SparseGpt {
                 err[i] = e;
             }
         });
-        for k in 0..rows * count {
-            w1[(k / count, k % count)] = w[k];
-            err1[(k / count, k % count)] = err[k];
-        }
-        (mask1, err1)
+        (mask1, err)
     }
 }
 
-/// A host f64 matrix as an f32 device tensor.
+/// A host f64 matrix as an f32 device tensor. faer keeps columns, the tensor rows: the copy
+/// goes in 64 × 64 tiles, rows of tiles on every core, so neither side is read a cache line
+/// per value.
 fn to_device(m: &Mat<f64>, device: &Device) -> Tensor<2> {
+    const TILE: usize = 64;
     let (r, c) = (m.nrows(), m.ncols());
-    let v: Vec<f32> = (0..r * c).map(|k| m[(k / c, k % c)] as f32).collect();
+    let mut v = vec![0f32; r * c];
+    v.par_chunks_mut(TILE * c.max(1)).enumerate().for_each(|(ti, rows)| {
+        let i0 = ti * TILE;
+        let height = rows.len() / c.max(1);
+        for j0 in (0..c).step_by(TILE) {
+            for j in j0..(j0 + TILE).min(c) {
+                let col = m.col(j);
+                for di in 0..height {
+                    rows[di * c + j] = col[i0 + di] as f32;
+                }
+            }
+        }
+    });
     Tensor::from_data(TensorData::new(v, [r, c]), device)
+}
+
+/// Row-major f64 values as an f32 device tensor [rows, cols].
+fn rows_to_device(v: &[f64], rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<f32>>(), [rows, cols]), device)
 }
 
 impl Pruner for SparseGpt {
@@ -447,16 +463,16 @@ impl Pruner for SparseGpt {
             let i2 = (i1 + self.blocksize.max(1)).min(cols);
             let count = i2 - i1;
             let slice = host_f32(w.clone().slice([0..rows, i1..i2]), "SparseGPT weight")?;
-            let mut w1 = Mat::<f64>::from_fn(rows, count, |r, c| slice[r * count + c] as f64);
+            let mut w1: Vec<f64> = slice.iter().map(|&v| v as f64).collect();
             let (mask1, err1) = self.sweep_block(&mut w1, hinv.submatrix(i1, i1, count, count), s, n_m);
             for r in 0..rows {
                 for c in 0..count {
                     mask[r * cols + i1 + c] = mask1[r * count + c];
                 }
             }
-            w = w.slice_assign([0..rows, i1..i2], to_device(&w1, &device));
+            w = w.slice_assign([0..rows, i1..i2], rows_to_device(&w1, rows, count, &device));
             if i2 < cols {
-                let update = to_device(&err1, &device).matmul(hinv_dev.clone().slice([i1..i2, i2..cols]));
+                let update = rows_to_device(&err1, rows, count, &device).matmul(hinv_dev.clone().slice([i1..i2, i2..cols]));
                 let rest = w.clone().slice([0..rows, i2..cols]) - update;
                 w = w.slice_assign([0..rows, i2..cols], rest);
             }
