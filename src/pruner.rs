@@ -375,8 +375,9 @@ impl SparseGpt {
                 let wv = w[i];
                 let q = if mask[i] { 0.0 } else { wv };
                 let e = (wv - q) / d;
-                for j in i..count {
-                    w[j] -= e * h[i * count + j];
+                // Zipped slices: no bounds check per value, so the loop is vectorized.
+                for (wj, hj) in w[i..].iter_mut().zip(&h[i * count + i..(i + 1) * count]) {
+                    *wj -= e * hj;
                 }
                 // The kept (or zeroed) value of column i, as the reference's Q1 holds it.
                 w[i] = q;
