@@ -226,17 +226,11 @@ fn par_map<I: Sync, O: Copy + Default + Send>(inputs: &[I], one: impl Fn(&I) -> 
 /// Index of the first finite value that `dtype` (f16 or bf16) cannot hold: it would round to
 /// infinity there. Found on every core; none for other dtypes.
 pub fn first_out_of_range(values: &[f32], dtype: DType) -> Option<usize> {
-    let over: fn(&f32) -> bool = match dtype {
-        DType::F16 => |v| v.is_finite() && half::f16::from_f32(*v).is_infinite(),
-        DType::BF16 => |v| v.is_finite() && half::bf16::from_f32(*v).is_infinite(),
-        _ => return None,
-    };
-    values.par_chunks(BLOCK).enumerate().find_map_first(|(bi, block)| {
-        if !block.iter().fold(false, |any, v| any | over(v)) {
-            return None;
-        }
-        block.iter().position(over).map(|i| bi * BLOCK + i)
-    })
+    match dtype {
+        DType::F16 => first_index(values, |v| v.is_finite() && half::f16::from_f32(*v).is_infinite()),
+        DType::BF16 => first_index(values, |v| v.is_finite() && half::bf16::from_f32(*v).is_infinite()),
+        _ => None,
+    }
 }
 
 /// A half dtype's name and largest finite value, for messages.
@@ -250,22 +244,23 @@ pub fn half_range(dtype: DType) -> (&'static str, f32) {
 /// Values per block of the parallel loops.
 const BLOCK: usize = 1 << 16;
 
-/// Index of the first NaN or infinity (all exponent bits set), found on every core: each block
-/// is scanned without branching first, and searched only where that finds one.
+/// Index of the first item that is `bad`, found on every core: each block is scanned without
+/// branching first, and searched only where that finds one.
+fn first_index<T: Sync>(items: &[T], bad: impl Fn(&T) -> bool + Sync) -> Option<usize> {
+    items.par_chunks(BLOCK).enumerate().find_map_first(|(bi, block)| {
+        if !block.iter().fold(false, |any, v| any | bad(v)) {
+            return None;
+        }
+        block.iter().position(&bad).map(|i| bi * BLOCK + i)
+    })
+}
+
+/// Index of the first NaN or infinity (all exponent bits set).
 fn first_non_finite(bytes: &[u8], dtype: Dtype) -> Option<usize> {
-    fn first<const W: usize>(bytes: &[u8], bad: impl Fn(&[u8; W]) -> bool + Sync) -> Option<usize> {
-        let (values, _) = bytes.as_chunks::<W>();
-        values.par_chunks(BLOCK).enumerate().find_map_first(|(bi, block)| {
-            if !block.iter().fold(false, |any, v| any | bad(v)) {
-                return None;
-            }
-            block.iter().position(&bad).map(|i| bi * BLOCK + i)
-        })
-    }
     match dtype {
-        Dtype::F32 => first::<4>(bytes, |b| u32::from_le_bytes(*b) & 0x7F80_0000 == 0x7F80_0000),
-        Dtype::F16 => first::<2>(bytes, |b| u16::from_le_bytes(*b) & 0x7C00 == 0x7C00),
-        Dtype::BF16 => first::<2>(bytes, |b| u16::from_le_bytes(*b) & 0x7F80 == 0x7F80),
+        Dtype::F32 => first_index(bytes.as_chunks::<4>().0, |b| u32::from_le_bytes(*b) & 0x7F80_0000 == 0x7F80_0000),
+        Dtype::F16 => first_index(bytes.as_chunks::<2>().0, |b| u16::from_le_bytes(*b) & 0x7C00 == 0x7C00),
+        Dtype::BF16 => first_index(bytes.as_chunks::<2>().0, |b| u16::from_le_bytes(*b) & 0x7F80 == 0x7F80),
         _ => None,
     }
 }

@@ -17,13 +17,8 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// A copy of a fixture model folder to break.
-fn model_copy(fixture: &str, name: &str) -> PathBuf {
-    let dir = scratch(name);
-    for entry in std::fs::read_dir(asset(fixture)).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
-    dir
+fn copy_to_break(fixture: &str, name: &str) -> PathBuf {
+    model_copy(fixture, &scratch(name))
 }
 
 /// Runs `neuroal` and returns its stderr, asserting exit code 2 and a single line.
@@ -74,45 +69,45 @@ fn bad_inputs_are_rejected_with_one_line() {
     eval_fails(&good, &good, &[], "the text file is a folder; name a file");
     eval_fails(&good, Path::new("/dev/null"), &[], "/dev/null: the text file is not a regular file (a pipe or a device)");
 
-    let d = model_copy("tiny-llama", "notjson");
+    let d = copy_to_break("tiny-llama", "notjson");
     std::fs::write(d.join("config.json"), "{ not json").unwrap();
     eval_fails(&d, &text, &[], "not a valid config.json");
 
-    let d = model_copy("tiny-llama", "nofield");
+    let d = copy_to_break("tiny-llama", "nofield");
     let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"hidden_size\"", "\"hidden_sizeX\"");
     std::fs::write(d.join("config.json"), cfg).unwrap();
     eval_fails(&d, &text, &[], "missing field \"hidden_size\"");
 
-    let d = model_copy("tiny-llama", "modeltype");
+    let d = copy_to_break("tiny-llama", "modeltype");
     let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
     std::fs::write(d.join("config.json"), cfg).unwrap();
     eval_fails(&d, &text, &[], "unsupported model_type \"gpt_neox\" (supported: llama, mistral, qwen2, opt, phi)");
 
-    let d = model_copy("tiny-llama", "truncated");
+    let d = copy_to_break("tiny-llama", "truncated");
     let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
     std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
     eval_fails(&d, &text, &[], "not a valid safetensors file");
 
-    let d = model_copy("tiny-llama", "badheader");
+    let d = copy_to_break("tiny-llama", "badheader");
     let mut bytes = std::fs::read(d.join("model.safetensors")).unwrap();
     bytes[8] = b'#';
     std::fs::write(d.join("model.safetensors"), &bytes).unwrap();
     eval_fails(&d, &text, &[], "not a valid safetensors file");
 
-    let d = model_copy("tiny-llama", "missingtensor");
+    let d = copy_to_break("tiny-llama", "missingtensor");
     rewrite_weights(&d, |m| {
         m.remove("model.layers.1.mlp.up_proj.weight");
     });
     eval_fails(&d, &text, &[], "tensor \"model.layers.1.mlp.up_proj.weight\" not found");
 
-    let d = model_copy("tiny-llama", "wrongshape");
+    let d = copy_to_break("tiny-llama", "wrongshape");
     rewrite_weights(&d, |m| {
         let e = m.get_mut("model.layers.0.self_attn.q_proj.weight").unwrap();
         e.1 = vec![32, 128];
     });
     eval_fails(&d, &text, &[], "has shape [32, 128], expected [64, 64]");
 
-    let d = model_copy("tiny-mistral-gqa", "missingshard");
+    let d = copy_to_break("tiny-mistral-gqa", "missingshard");
     std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap();
     eval_fails(&d, &text, &[], "names shard model-00002-of-00002.safetensors, which does not exist");
 
