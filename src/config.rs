@@ -60,6 +60,11 @@ pub fn rope_field(raw: &Value, key: &str) -> Option<f64> {
         .or_else(|| raw.get("rope_parameters").filter(|v| v.is_object()).and_then(|p| p.get(key)).and_then(Value::as_f64))
 }
 
+/// A rope scaling's type, as transformers names it: `rope_type`, or the older `type`.
+pub fn rope_type(scaling: &Value) -> Option<&str> {
+    scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Value::as_str)
+}
+
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).context(|| format!("cannot read {}", path.display()))?;

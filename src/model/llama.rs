@@ -145,7 +145,7 @@ impl Config {
 }
 
 fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
-    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let kind = config::rope_type(s).unwrap_or("default");
     let num = |k: &str| -> Result<f64> {
         let v = s.get(k).and_then(Value::as_f64).ok_or_else(|| err!("rope scaling \"{kind}\" lacks \"{k}\""))?;
         positive(v, &format!("rope scaling {k}"))

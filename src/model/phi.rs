@@ -68,8 +68,7 @@ impl Config {
             bail!("Phi with rope_scaling is not supported");
         }
         // transformers 5.x keeps a scaling in rope_parameters, beside rope_theta.
-        let rope_type = value.get("rope_parameters").and_then(|p| p.get("rope_type").or_else(|| p.get("type"))).and_then(Value::as_str);
-        if let Some(kind) = rope_type && kind != "default" {
+        if let Some(kind) = value.get("rope_parameters").and_then(config::rope_type) && kind != "default" {
             bail!("Phi with rope scaling \"{kind}\" (rope_parameters) is not supported");
         }
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
