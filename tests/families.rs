@@ -73,13 +73,16 @@ fn wanda_and_neuroal_at_70_percent_on_every_family() {
 #[test]
 fn bad_configs_of_each_family_get_one_line() {
     let s = scratch("bad");
-    let cases: [(&str, &str, serde_json::Value, &str); 7] = [
+    let cases: [(&str, &str, serde_json::Value, &str); 10] = [
         ("tiny-opt", "ffn_dim", serde_json::Value::Null, "missing field \"ffn_dim\""),
         ("tiny-opt", "activation_function", "gelu".into(), "unsupported activation_function \"gelu\" for OPT (only relu)"),
         ("tiny-opt", "do_layer_norm_before", false.into(), "post-LayerNorm, as OPT-350m) is not supported"),
         ("tiny-phi", "intermediate_size", serde_json::Value::Null, "missing field \"intermediate_size\""),
         ("tiny-phi", "hidden_act", "relu".into(), "unsupported hidden_act \"relu\" for Phi (only gelu_new)"),
         ("tiny-phi", "qk_layernorm", true.into(), "Phi with qk_layernorm = true is not supported"),
+        ("tiny-llama", "rope_scaling", serde_json::json!({"rope_type": "linear", "factor": 0.0}), "\"rope scaling factor\" is 0; it must be a positive number"),
+        ("tiny-llama", "rope_scaling", serde_json::json!({"type": "dynamic"}), "rope scaling \"dynamic\" lacks \"factor\""),
+        ("tiny-llama", "mlp_bias", "yes".into(), "not a valid config.json (invalid type: string \"yes\", expected a boolean)"),
         (
             "tiny-phi",
             "rope_parameters",
