@@ -351,6 +351,15 @@ def main():
             word_embed_proj_dim=64, activation_function="relu", enable_bias=True,
             tie_word_embeddings=True, bos_token_id=0, eos_token_id=1, pad_token_id=1),
          torch.float16, 4, False, False),
+        # OPT as OPT-350m is built: post-LayerNorm blocks (do_layer_norm_before false, so no
+        # decoder-level final LayerNorm) and token embeddings narrower than the blocks, projected
+        # in before the first block and out before the tied head (word_embed_proj_dim), f16.
+        ("tiny-opt-post-ln", transformers.OPTForCausalLM, transformers.OPTConfig(
+            vocab_size=VOCAB, hidden_size=64, ffn_dim=172, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=256, do_layer_norm_before=False,
+            word_embed_proj_dim=32, activation_function="relu", enable_bias=True,
+            tie_word_embeddings=True, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+         torch.float16, 7, False, False),
         # Phi: parallel attention and MLP on one LayerNorm, partial rotary (half of each head),
         # biases everywhere, gelu_new, lm_head with bias, 5.x config (rope_parameters).
         ("tiny-phi", transformers.PhiForCausalLM, transformers.PhiConfig(

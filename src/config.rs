@@ -29,6 +29,9 @@ pub struct Config {
     pub model_type: &'static str,
     pub vocab_size: usize,
     pub hidden_size: usize,
+    /// Width of the token embeddings and of the LM head's input: `hidden_size`, except in OPT
+    /// models whose `word_embed_proj_dim` is narrower (OPT-350m), projected in and out.
+    pub embed_dim: usize,
     pub num_layers: usize,
     pub num_heads: usize,
     pub num_kv_heads: usize,

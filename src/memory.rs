@@ -101,11 +101,13 @@ pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
 /// `dtype_bytes` and `stacked_params` as in [`Run`].
 pub fn measuring_parts(c: &Config, shapes: &[[usize; 2]], dtype_bytes: u128, stacked_params: u128, m: &Measure) -> Vec<Part> {
     let h = dtype_bytes;
-    let (d, v) = (c.hidden_size as u128, c.vocab_size as u128);
+    let (d, v, e) = (c.hidden_size as u128, c.vocab_size as u128, c.embed_dim as u128);
+    // OPT's projections between a narrower embedding and the blocks (in and out).
+    let projections = if e == d { 0 } else { 2 * d * e };
     let resident = all_blocks_resident(c, shapes);
     let block = (block_params(shapes) + stacked_params) * h;
     let mut parts = vec![
-        Part { what: "embeddings and head", bytes: if c.tie_word_embeddings { 1 } else { 2 } * v * d * h, lowered_by: MODEL_SIZE },
+        Part { what: "embeddings and head", bytes: (if c.tie_word_embeddings { 1 } else { 2 } * v * e + projections) * h, lowered_by: MODEL_SIZE },
         Part { what: "the measured model's blocks", bytes: if resident { c.num_layers as u128 } else { 2 } * block, lowered_by: MODEL_SIZE },
     ];
     let pass = |p: Pass| {
@@ -278,7 +280,7 @@ pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Part {
 fn table_buffer(c: &Config, dtype_bytes: u128) -> Part {
     Part {
         what: "embedding table",
-        bytes: c.vocab_size as u128 * c.hidden_size as u128 * dtype_bytes,
+        bytes: c.vocab_size as u128 * c.embed_dim as u128 * dtype_bytes,
         lowered_by: if dtype_bytes > 2 { "--dtype f16" } else { MODEL_SIZE },
     }
 }

@@ -1,4 +1,4 @@
-//! OPT and Phi-2 on the same engine as the LLaMA family: NeuroAL end to end on each fixture,
+//! OPT (pre- and post-LayerNorm) and Phi-2 on the same engine as the LLaMA family: NeuroAL end to end on each fixture,
 //! the written checkpoint's layout, and each family's bad configs refused in one line.
 
 mod common;
@@ -35,7 +35,7 @@ fn names_and_shapes(dir: &Path) -> Vec<(String, Vec<usize>, String)> {
 #[test]
 fn wanda_and_neuroal_at_70_percent_on_every_family() {
     let s = scratch("neuroal");
-    for fixture in ["tiny-opt", "tiny-phi", "tiny-llama"] {
+    for fixture in ["tiny-opt", "tiny-phi", "tiny-llama", "tiny-opt-post-ln"] {
         let out = s.join(fixture);
         let model = asset(fixture);
         let o = neuroal(&[
@@ -73,10 +73,11 @@ fn wanda_and_neuroal_at_70_percent_on_every_family() {
 #[test]
 fn bad_configs_of_each_family_get_one_line() {
     let s = scratch("bad");
-    let cases: [(&str, &str, serde_json::Value, &str); 10] = [
+    let cases: [(&str, &str, serde_json::Value, &str); 11] = [
         ("tiny-opt", "ffn_dim", serde_json::Value::Null, "missing field \"ffn_dim\""),
         ("tiny-opt", "activation_function", "gelu".into(), "unsupported activation_function \"gelu\" for OPT (only relu)"),
-        ("tiny-opt", "do_layer_norm_before", false.into(), "post-LayerNorm, as OPT-350m) is not supported"),
+        ("tiny-opt-post-ln", "word_embed_proj_dim", 0.into(), "\"word_embed_proj_dim\" is 0; it must be at least 1"),
+        ("tiny-opt", "word_embed_proj_dim", 32.into(), "tensor \"model.decoder.embed_tokens.weight\" has shape [384, 64], expected [384, 32]"),
         ("tiny-phi", "intermediate_size", serde_json::Value::Null, "missing field \"intermediate_size\""),
         ("tiny-phi", "hidden_act", "relu".into(), "unsupported hidden_act \"relu\" for Phi (only gelu_new)"),
         ("tiny-phi", "qk_layernorm", true.into(), "Phi with qk_layernorm = true is not supported"),
@@ -151,7 +152,7 @@ fn bias_flags_are_read_as_each_familys_modeling_code_reads_them() {
 fn calibration_pass_records_what_the_full_forward_records() {
     for (device, choice) in [("cpu", Choice::Cpu), ("gpu", Choice::Gpu)] {
         let dev = select(choice).device;
-        for fixture in ["tiny-llama", "tiny-opt", "tiny-phi", "tiny-mistral-gqa"] {
+        for fixture in ["tiny-llama", "tiny-opt", "tiny-phi", "tiny-mistral-gqa", "tiny-opt-post-ln"] {
             let model = Model::open(&asset(fixture), &dev).unwrap();
             let tok = Tokenizer::open(&asset(fixture)).unwrap();
             let ids = tokenize_file(&tok, &asset("sample.txt")).unwrap();

@@ -337,7 +337,7 @@ fn fused_products_give_transformers_perplexity_in_every_family() {
             .unwrap();
         (g, o)
     };
-    for name in ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2", "tiny-opt", "tiny-phi", "tiny-llama-bias"] {
+    for name in fixtures() {
         let (g, o) = eval(name, "all");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{name}: {err}");

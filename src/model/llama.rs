@@ -132,6 +132,7 @@ impl Config {
             model_type,
             vocab_size: need(raw.vocab_size, "vocab_size")?,
             hidden_size,
+            embed_dim: hidden_size,
             num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
             num_heads,
             num_kv_heads,

@@ -337,7 +337,7 @@ impl TokenTable {
 /// one that differs is not what it computes), else the stored `lm_head.weight`; none when
 /// pruning (a stored head is still checked, as a loaded one is).
 pub fn lm_head(ck: &Checkpoint, c: &Config, table: &TokenTable, device: &Device, dtype: DType, ends: Ends) -> Result<Option<Tensor<2>>> {
-    let shape = [c.vocab_size, c.hidden_size];
+    let shape = [c.vocab_size, c.embed_dim];
     let stored = ck.contains("lm_head.weight");
     if !stored && !c.tie_word_embeddings {
         bail!("{}: tensor \"lm_head.weight\" not found and tie_word_embeddings is false", ck.dir.display());
@@ -899,13 +899,13 @@ pub fn head_shape(config: &Config) -> Option<[usize; 2]> {
 /// and `bench` (the prune checks its own buffers up front): over the runtime's per-buffer limit,
 /// say so before loading, with what helps.
 pub fn check_table_fits(config: &Config, dtype_bytes: usize, limit: u64) -> Result<()> {
-    let table = (config.vocab_size * config.hidden_size * dtype_bytes) as u128;
+    let table = (config.vocab_size * config.embed_dim * dtype_bytes) as u128;
     if table > limit as u128 {
         let advice = if dtype_bytes > 2 { "use --dtype f16 or --device cpu" } else { "use --device cpu" };
         bail!(
             "the embedding table ({} × {} in {}) takes {}, more than the GPU's limit per buffer ({}); {advice}",
             config.vocab_size,
-            config.hidden_size,
+            config.embed_dim,
             if dtype_bytes > 2 { "f32" } else { "f16" },
             crate::memory::human(table),
             crate::memory::human(limit as u128)
@@ -1020,7 +1020,7 @@ mod tests {
     /// linear on its own in tests/families.rs.
     #[test]
     fn shared_inputs_are_declared_consistently() {
-        for fixture in ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2", "tiny-opt", "tiny-phi", "tiny-llama-bias"] {
+        for fixture in ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2", "tiny-opt", "tiny-phi", "tiny-llama-bias", "tiny-opt-post-ln"] {
             let c = Config::from_file(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join(fixture).join("config.json")).unwrap();
             let s = Spec::of(&c);
             assert_eq!(s.input_of.len(), s.linears.len(), "{fixture}");

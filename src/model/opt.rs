@@ -1,10 +1,12 @@
 //! OPT (`OPTForCausalLM`), read top to bottom.
 //!
-//! Learned position embeddings with an offset of 2 (position p reads row p + 2); pre-LayerNorm
-//! blocks with biases: h + out_proj(attn(ln(h))), then h + fc2(relu(fc1(ln(h)))); q scaled by
+//! Learned position embeddings with an offset of 2 (position p reads row p + 2); blocks with
+//! biases, pre-LayerNorm: h + out_proj(attn(ln(h))), then h + fc2(relu(fc1(ln(h)))); q scaled by
 //! head_dim^-0.5 before the scores; the decoder's final LayerNorm; the head tied to the token
-//! embeddings. Post-LN OPT (`do_layer_norm_before: false`, OPT-350m) and the projections of a
-//! narrower embedding (`word_embed_proj_dim` ≠ hidden) are refused with one line.
+//! embeddings. OPT-350m differs in two ways, each its own setting: post-LayerNorm blocks
+//! (`do_layer_norm_before: false`: ln(h + out_proj(attn(h))), then ln(h + fc2(relu(fc1(h)))),
+//! and no final LayerNorm), and token embeddings narrower than the blocks (`word_embed_proj_dim`),
+//! projected in before the positions are added and out before the head.
 
 use std::sync::Arc;
 
@@ -38,8 +40,12 @@ pub struct Config {
     pub num_heads: usize,
     pub head_dim: usize,
     pub enable_bias: bool,
-    /// The decoder's final LayerNorm is present (`_remove_final_layer_norm` is false).
+    /// Each block normalizes after its residual adds (`do_layer_norm_before: false`).
+    pub post_layer_norm: bool,
+    /// The decoder's final LayerNorm is present (pre-LayerNorm, `_remove_final_layer_norm` false).
     pub final_layer_norm: bool,
+    /// `project_in` / `project_out` exist: `word_embed_proj_dim` ≠ `hidden_size`.
+    pub projected: bool,
 }
 
 #[derive(Deserialize)]
@@ -70,12 +76,11 @@ impl Config {
         if num_heads == 0 || hidden_size % num_heads != 0 {
             bail!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}");
         }
-        if !raw.do_layer_norm_before.unwrap_or(true) {
-            bail!("OPT with do_layer_norm_before = false (post-LayerNorm, as OPT-350m) is not supported");
+        let embed_dim = raw.word_embed_proj_dim.unwrap_or(hidden_size);
+        if embed_dim == 0 {
+            bail!("\"word_embed_proj_dim\" is 0; it must be at least 1");
         }
-        if let Some(w) = raw.word_embed_proj_dim && w != hidden_size {
-            bail!("OPT with word_embed_proj_dim {w} ≠ hidden_size {hidden_size} (project_in/project_out) is not supported");
-        }
+        let pre_layer_norm = raw.do_layer_norm_before.unwrap_or(true);
         let act = raw.activation_function.as_deref().unwrap_or("relu");
         if act != "relu" {
             bail!("unsupported activation_function \"{act}\" for OPT (only relu)");
@@ -92,12 +97,15 @@ impl Config {
             num_heads,
             head_dim: hidden_size / num_heads,
             enable_bias: raw.enable_bias.unwrap_or(true),
-            final_layer_norm: !raw.remove_final_layer_norm.unwrap_or(false),
+            post_layer_norm: !pre_layer_norm,
+            final_layer_norm: pre_layer_norm && !raw.remove_final_layer_norm.unwrap_or(false),
+            projected: embed_dim != hidden_size,
         };
         Ok(config::Config {
             model_type: "opt",
             vocab_size: need(raw.vocab_size, "vocab_size")?,
             hidden_size,
+            embed_dim,
             num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
             num_heads,
             num_kv_heads: num_heads,
@@ -135,17 +143,21 @@ pub fn spec(c: &config::Config, o: &Config) -> Spec {
 /// Tensors outside the prunable linears, with their shapes. `lm_head_stored`: a tied model's
 /// checkpoint may store the head anyway.
 pub fn tensors(c: &config::Config, o: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
-    let (v, d) = (c.vocab_size, c.hidden_size);
+    let (v, d, e) = (c.vocab_size, c.hidden_size, c.embed_dim);
     let mut t = vec![
-        ("model.decoder.embed_tokens.weight".to_string(), vec![v, d]),
+        ("model.decoder.embed_tokens.weight".to_string(), vec![v, e]),
         ("model.decoder.embed_positions.weight".to_string(), vec![c.max_positions + POSITION_OFFSET, d]),
     ];
+    if o.projected {
+        t.push(("model.decoder.project_in.weight".into(), vec![d, e]));
+        t.push(("model.decoder.project_out.weight".into(), vec![e, d]));
+    }
     if o.final_layer_norm {
         t.push(("model.decoder.final_layer_norm.weight".into(), vec![d]));
         t.push(("model.decoder.final_layer_norm.bias".into(), vec![d]));
     }
     if lm_head_stored || !c.tie_word_embeddings {
-        t.push(("lm_head.weight".into(), vec![v, d]));
+        t.push(("lm_head.weight".into(), vec![v, e]));
     }
     for b in 0..c.num_layers {
         for n in ["self_attn_layer_norm", "final_layer_norm"] {
@@ -159,17 +171,29 @@ pub fn tensors(c: &config::Config, o: &Config, lm_head_stored: bool) -> Vec<(Str
 
 pub struct Outer {
     embed_tokens: TokenTable,
+    /// [hidden, embed_dim], where the embeddings are narrower than the blocks.
+    project_in: Option<Tensor<2>>,
     embed_positions: Tensor<2>,
     final_norm: Option<LayerNorm>,
+    /// [embed_dim, hidden], likewise; None when loaded for pruning.
+    project_out: Option<Tensor<2>>,
     /// None when loaded for pruning.
     lm_head: Option<Tensor<2>>,
-    hidden: usize,
+    embed_dim: usize,
 }
 
 impl Outer {
     pub fn load(ck: &Arc<Checkpoint>, c: &config::Config, o: &Config, device: &Device, dtype: DType, ends: Ends) -> Result<Outer> {
-        let (v, d) = (c.vocab_size, c.hidden_size);
-        let embed_tokens = TokenTable::load(ck, "model.decoder.embed_tokens.weight", [v, d], device, dtype, ends)?;
+        let (v, d, e) = (c.vocab_size, c.hidden_size, c.embed_dim);
+        let embed_tokens = TokenTable::load(ck, "model.decoder.embed_tokens.weight", [v, e], device, dtype, ends)?;
+        let projection = |name: &str, shape: [usize; 2]| ck.load(&format!("model.decoder.{name}.weight"), &shape).map(|w| to_device2_as(w, device, dtype));
+        let project_in = if o.projected { Some(projection("project_in", [d, e])?) } else { None };
+        // Pruning computes no logits, but refuses a bad project_out as it does a bad head.
+        let project_out = match (o.projected, ends) {
+            (true, Ends::Logits) => Some(projection("project_out", [e, d])?),
+            (true, Ends::Hidden) => ck.check("model.decoder.project_out.weight", &[e, d]).map(|_| None)?,
+            (false, _) => None,
+        };
         let embed_positions =
             to_device2_as(ck.load("model.decoder.embed_positions.weight", &[c.max_positions + POSITION_OFFSET, d])?, device, dtype);
         let final_norm = if o.final_layer_norm {
@@ -177,12 +201,18 @@ impl Outer {
         } else {
             None
         };
-        Ok(Outer { lm_head: lm_head(ck, c, &embed_tokens, device, dtype, ends)?, embed_tokens, embed_positions, final_norm, hidden: d })
+        let lm_head = lm_head(ck, c, &embed_tokens, device, dtype, ends)?;
+        Ok(Outer { embed_tokens, project_in, embed_positions, final_norm, project_out, lm_head, embed_dim: e })
     }
 
-    /// Token embeddings plus the learned embeddings of positions 0..t (rows 2..t + 2).
+    /// Token embeddings (projected to the blocks' width where narrower) plus the learned
+    /// embeddings of positions 0..t (rows 2..t + 2).
     pub fn embed(&self, ids: &[u32], batch: usize, t: usize, device: &Device) -> Result<Tensor<3>> {
-        let tokens = self.embed_tokens.rows(ids)?.reshape([batch, t, self.hidden]);
+        let tokens = self.embed_tokens.rows(ids)?.reshape([batch, t, self.embed_dim]);
+        let tokens = match &self.project_in {
+            Some(weight) => super::Linear { weight: weight.clone(), bias: None }.forward(tokens),
+            None => tokens,
+        };
         let rows: Vec<i64> = (0..t).map(|p| (p + POSITION_OFFSET) as i64).collect();
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [t]), device);
         let positions = self.embed_positions.clone().select(0, rows).unsqueeze::<3>();
@@ -194,6 +224,10 @@ impl Outer {
         let x = match &self.final_norm {
             Some(n) => n.forward(hidden),
             None => hidden,
+        };
+        let x = match &self.project_out {
+            Some(w) => super::Linear { weight: w.clone(), bias: None }.forward(x),
+            None => x,
         };
         Some(super::Linear { weight, bias: None }.forward(x))
     }
@@ -218,20 +252,23 @@ impl Parts {
     }
 }
 
-/// h + out_proj(attn(ln(h))), then + fc2(relu(fc1(ln(·)))); `run(i, x)` runs linear i on x.
+/// Pre-LayerNorm: h + out_proj(attn(ln(h))), then + fc2(relu(fc1(ln(·)))). Post-LayerNorm:
+/// ln(h + out_proj(attn(h))), then ln(· + fc2(relu(fc1(·)))). `run(i, x)` runs linear i on x.
 pub fn forward(p: &Parts, h: Tensor<3>, pos: &Positions, run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>) -> Tensor<3> {
-    let (nh, hd) = (p.cfg.num_heads, p.cfg.head_dim);
+    let (nh, hd, post) = (p.cfg.num_heads, p.cfg.head_dim, p.cfg.post_layer_norm);
 
-    let x = p.self_attn_layer_norm.forward(h.clone());
+    let x = if post { h.clone() } else { p.self_attn_layer_norm.forward(h.clone()) };
     let q = split_heads(run(Q, &x).mul_scalar((hd as f64).powf(-0.5)), nh, hd);
     let k = split_heads(run(K, &x), nh, hd);
     let v = split_heads(run(V, &x), nh, hd);
     let attn = attention(q, k, v, None, pos);
     let h = h + run(OUT, &attn);
+    let h = if post { p.self_attn_layer_norm.forward(h) } else { h };
 
-    let x = p.final_layer_norm.forward(h.clone());
+    let x = if post { h.clone() } else { p.final_layer_norm.forward(h.clone()) };
     let hidden = relu(run(FC1, &x));
-    h + run(FC2, &hidden)
+    let h = h + run(FC2, &hidden);
+    if post { p.final_layer_norm.forward(h) } else { h }
 }
 
 #[cfg(test)]
@@ -264,8 +301,7 @@ mod tests {
         super::super::testing::refused(
             BASE,
             &[
-                (r#","do_layer_norm_before":false"#, "post-LayerNorm"),
-                (r#","word_embed_proj_dim":4"#, "project_in/project_out"),
+                (r#","word_embed_proj_dim":0"#, "\"word_embed_proj_dim\" is 0"),
                 (r#","activation_function":"gelu""#, "unsupported activation_function \"gelu\""),
             ],
         );

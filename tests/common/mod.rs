@@ -52,8 +52,8 @@ pub fn select(choice: Choice) -> Selected {
     }
 }
 
-pub fn fixtures() -> [&'static str; 6] {
-    ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2", "tiny-opt", "tiny-phi", "tiny-llama-bias"]
+pub fn fixtures() -> [&'static str; 7] {
+    ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2", "tiny-opt", "tiny-phi", "tiny-llama-bias", "tiny-opt-post-ln"]
 }
 
 /// Per-channel input norms ‖X_j‖₂ = sqrt(Σ_tokens x_j² / n) of row-major inputs, summed in f64.
