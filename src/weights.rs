@@ -108,6 +108,15 @@ impl Checkpoint {
         } else if single.exists() {
             (vec![Shard::open(&single)?], None)
         } else {
+            // Hub repositories of older models (OPT among them) often hold only PyTorch's
+            // pickled weights, which are not read: say what to do with them.
+            let pickled = ["pytorch_model.bin", "pytorch_model.bin.index.json"].into_iter().find(|f| dir.join(f).exists());
+            if let Some(f) = pickled {
+                bail!(
+                    "{}: no model.safetensors or model.safetensors.index.json, only {f} (PyTorch pickle, not read); convert the folder first, e.g. with transformers' save_pretrained(OUT, safe_serialization=True)",
+                    dir.display()
+                );
+            }
             bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
         };
         let mut names = BTreeMap::new();

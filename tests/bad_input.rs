@@ -107,6 +107,14 @@ fn bad_inputs_are_rejected_with_one_line() {
     });
     eval_fails(&d, &text, &[], "has shape [32, 128], expected [64, 64]");
 
+    // Only PyTorch's pickled weights (the bytes are not read): what to do, in the one line.
+    let d = copy_to_break("tiny-llama", "pickled");
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("pytorch_model.bin"), b"PK").unwrap();
+    eval_fails(&d, &text, &[], "no model.safetensors or model.safetensors.index.json, only pytorch_model.bin (PyTorch pickle, not read); convert the folder first");
+    std::fs::remove_file(d.join("pytorch_model.bin")).unwrap();
+    eval_fails(&d, &text, &[], "no model.safetensors or model.safetensors.index.json");
+
     let d = copy_to_break("tiny-mistral-gqa", "missingshard");
     std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap();
     eval_fails(&d, &text, &[], "names shard model-00002-of-00002.safetensors, which does not exist");
