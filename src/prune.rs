@@ -309,6 +309,11 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     // The model, read without a device: config, weights' names and shapes, tokenizer.
     let (config, checkpoint) = check_model_dir(&args.model)?;
     let spec = Spec::of(&config);
+    // N:M groups tile each row: a width that is not a multiple of M is refused before any work
+    // (SparseGPT's reference would prune a partial last group whole).
+    if let Pattern::NM { n, m } = pattern && let Some(i) = spec.linears.iter().position(|l| l.shape[1] % m != 0) {
+        bail!("{}: {n}:{m} pattern needs the input width ({}) to be a multiple of {m}", spec.weight_name(0, i), spec.linears[i].shape[1]);
+    }
     if kind == TopUpKind::Neuroal && step != NeuroalStep::Block && spec.routes.is_none() {
         bail!("{}: the {} family declares no row routing, so NeuroAL's row step cannot run; use --neuroal-step block", args.model.display(), config.model_type);
     }

@@ -181,6 +181,16 @@ fn new_flags_refuse_bad_values_in_one_line() {
         assert!(msg.contains(expect), "{args:?}: expected \"{expect}\" in: {msg}");
         assert!(!out.exists(), "{args:?}: nothing may be written");
     }
+    // An N:M pattern over a linear whose width M does not divide (tiny-opt-post-ln's fc2 reads
+    // 172 channels), with every method and on a GPU too: refused before any work, where
+    // SparseGPT had pruned a partial last group whole and then failed its own count check.
+    let narrow = asset("tiny-opt-post-ln");
+    for (method, device) in [("magnitude", "cpu"), ("wanda", "cpu"), ("sparsegpt", "cpu"), ("sparsegpt", "gpu")] {
+        let args = vec!["prune", "--model", narrow.to_str().unwrap(), "--calib", t, "--out", o, "--pattern", "4:8", "--method", method, "--device", device];
+        let msg = fails(&args, &[("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
+        assert!(msg.contains("model.decoder.layers.0.fc2.weight: 4:8 pattern needs the input width (172) to be a multiple of 8"), "{method} on {device}: {msg}");
+        assert!(!out.exists(), "{method} on {device}: nothing may be written");
+    }
     // NEUROAL_MATMUL's rules, read when the GPU opens: a size of zero or a stray letter.
     let gpu_prune = vec!["prune", "--model", m, "--calib", t, "--out", o, "--seqlen", "32", "--nsamples", "2", "--sparsity", "0.5", "--device", "gpu"];
     for rule in ["0x64=burn", "64xax64=burn"] {
