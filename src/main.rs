@@ -44,6 +44,7 @@ enum Command {
     },
     /// Prune a model (magnitude, Wanda or SparseGPT; uniform, OWL or NeuroAL sparsities) and write the pruned checkpoint.
     Prune {
+        /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
         #[arg(long)]
         model: PathBuf,
         /// Calibration text file.
@@ -67,11 +68,13 @@ enum Command {
         /// row | layer | N:M (e.g. 2:4, 4:8)
         #[arg(long, default_value = "row", value_parser = Pattern::from_arg)]
         pattern: Pattern,
+        /// Calibration windows, drawn from the file at random positions (seeded by --seed).
         #[arg(long, default_value_t = 128)]
         nsamples: usize,
         /// Calibration window length [default: min(2048, max_position_embeddings)].
         #[arg(long)]
         seqlen: Option<usize>,
+        /// Seed of the windows' draw (SplitMix64: the same seed draws the same windows).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[command(flatten)]
@@ -118,6 +121,7 @@ enum Command {
     },
     /// Zero-shot multiple-choice accuracy (acc, acc_norm) on local JSONL task files.
     Zeroshot {
+        /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
         #[arg(long)]
         model: PathBuf,
         /// Comma-separated JSONL task files: {"context", "choices", "label"[, "task", "suffix"]}.
@@ -228,6 +232,7 @@ enum Command {
 /// Where the model runs and in which dtype (eval, prune, zeroshot).
 #[derive(clap::Args)]
 struct Compute {
+    /// auto: the best GPU adapter wgpu finds (discrete, then integrated; a CPU emulator is skipped), else cpu. gpu: that adapter, or an emulator. cpu: burn-flex. ndarray: burn-ndarray.
     #[arg(long, value_enum, default_value = "auto")]
     device: Choice,
     /// Compute dtype: auto = f16 on a GPU whose shaders support it, else f32.
