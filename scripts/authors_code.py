@@ -39,12 +39,14 @@ def import_checkout(checkout):
 
 
 def model_type(model_dir, name="auto"):
-    """Their name for the family. auto names a LLaMA-architecture model with grouped-query
-    attention mistral: their row step keeps q, k and v at the block sparsity only under that
-    name, as neuroal does under GQA."""
+    """Their name for the family. auto names an OPT model opt (their OPT loops), and a
+    LLaMA-architecture model with grouped-query attention mistral: their row step keeps q, k
+    and v at the block sparsity only under that name, as neuroal does under GQA."""
     if name != "auto":
         return name
     config = json.load(open(f"{model_dir}/config.json"))
+    if config.get("model_type") == "opt":
+        return "opt"
     heads = config["num_attention_heads"]
     return "mistral" if config.get("num_key_value_heads", heads) < heads else "llama"
 

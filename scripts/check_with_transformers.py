@@ -5,44 +5,23 @@ the zero fraction of the prunable weights with the report's overall sparsity.
 
     python3 scripts/check_with_transformers.py OUT [OUT ...]
 
-A 5.x-style config (rope_parameters, dtype) is rewritten to 4.x fields in a temporary copy,
-since transformers 4.x does not read rope_parameters.
+A 5.x-style config (rope_parameters, dtype) is read as torch_model.load reads it.
 """
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 
 import torch
-import transformers
 from tokenizers import Tokenizer
 
-
-def as_v4(folder):
-    cfg = json.load(open(os.path.join(folder, "config.json")))
-    if "rope_parameters" not in cfg:
-        return folder
-    tmp = tempfile.mkdtemp()
-    for f in os.listdir(folder):
-        if os.path.isfile(os.path.join(folder, f)):
-            shutil.copy(os.path.join(folder, f), tmp)
-    rope = cfg.pop("rope_parameters")
-    for k, v in rope.items():
-        if k != "rope_type":
-            cfg[k] = v
-    if "dtype" in cfg:
-        cfg["torch_dtype"] = cfg.pop("dtype")
-    json.dump(cfg, open(os.path.join(tmp, "config.json"), "w"))
-    return tmp
+import torch_model
 
 
 def main():
     for out in sys.argv[1:]:
         report = json.load(open(os.path.join(out, "report.json")))
-        folder = as_v4(out)
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+        model = torch_model.load(out, "float32", torch.device("cpu"))
         tok = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
         seqlen = report["eval"]["seqlen"]
         ids = torch.tensor([tok.encode(open(report["eval"]["file"], encoding="utf-8").read()).ids])

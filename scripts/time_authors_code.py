@@ -5,12 +5,12 @@ repository: pass the path of a local checkout of their repository
 (github.com/eliacunegatti/NeuroAL); their `lib/` and `sparsity_distribution.py` run unmodified.
 The stand-ins its imports need, the windows and the model are made as `authors_code.py` says.
 
-    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type auto] [--dtype float32] [--device cpu|cuda] [--method wanda|sparsegpt] [--golden OUT]
+    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type auto] [--dtype float32] [--device cpu|cuda] [--method wanda|magnitude|sparsegpt] [--golden OUT]
 
 REPORT_JSON is a neuroal report.json; its calibration.windows and calibration.search_windows are
 the window starts (token offsets into the tokenized CALIB_TXT). --model-type is their name for
-the family; auto (the default) names a LLaMA-architecture model with grouped-query attention
-mistral: their code keeps q, k and v at the block sparsity in the row step only under that name,
+the family; auto (the default) names an OPT model opt (their OPT loops) and a LLaMA-architecture
+model with grouped-query attention mistral: their code keeps q, k and v at the block sparsity in the row step only under that name,
 as neuroal does under GQA. Prints λ, the search and prune seconds, and every candidate's score.
 --method sparsegpt runs their NeuroAL over SparseGPT (the block step only, as theirs does) and
 their SparseGPT prune; compare with a neuroal report of `--method sparsegpt`.
@@ -41,7 +41,7 @@ def main():
     ap.add_argument("--model-type", default="auto", help="their name for the family; auto: mistral under grouped-query attention, else llama")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (the whole model on the GPU, as their main.py loads it)")
-    ap.add_argument("--method", default="wanda", choices=["wanda", "sparsegpt"], help="the base pruner under NeuroAL")
+    ap.add_argument("--method", default="wanda", choices=["wanda", "magnitude", "sparsegpt"], help="the base pruner under NeuroAL")
     ap.add_argument("--golden", help="also write the search's scores, λs, windows and settings to this JSON file")
     a = ap.parse_args()
     dev = torch.device(a.device)
@@ -49,7 +49,12 @@ def main():
 
     authors_code.import_checkout(a.checkout)
     import sparsity_distribution as sd
-    from lib.prune import prune_sparsegpt, prune_wanda, check_sparsity
+    if a.model_type == "opt":
+        from lib.prune_opt import prune_sparsegpt_opt as prune_sparsegpt, prune_wanda_opt as prune_wanda
+        from lib.prune_opt import prune_magnitude_opt as prune_magnitude
+        from lib.utils import check_sparsity_opt as check_sparsity
+    else:
+        from lib.prune import prune_sparsegpt, prune_wanda, prune_magnitude, check_sparsity
 
     report = json.load(open(a.report))
     cal = report["calibration"]
@@ -81,7 +86,8 @@ def main():
     sync()
     t0 = time.time()
     with torch.no_grad():
-        dist, gran, lb, lr = sd.get_neuroal_sparsity_distribution(args, model, None, dev, model.model.layers)
+        layers = model.model.decoder.layers if a.model_type == "opt" else model.model.layers
+        dist, gran, lb, lr = sd.get_neuroal_sparsity_distribution(args, model, None, dev, layers)
     sync()
     t1 = time.time()
     args.nsamples = len(calib)
@@ -91,6 +97,8 @@ def main():
             # device_map; the whole model is on `dev`, which an empty map says.
             model.hf_device_map = {}
             prune_sparsegpt(args, model, None, dev, calib, dist=dist)
+        elif a.method == "magnitude":
+            prune_magnitude(args, model, None, dev, dist=dist, granularity=gran)
         else:
             prune_wanda(args, model, None, dev, calib, dist=dist, granularity=gran)
     sync()
@@ -100,7 +108,7 @@ def main():
                       "sparsity": round(float(check_sparsity(model)), 4), "block_scores": scores["block"], "row_scores": scores["row"]}))
     if a.golden:
         golden = {"model": a.model_dir.rstrip("/").split("/")[-1], "versions": torch_model.versions(dev), "dtype": a.dtype,
-                  "model_type": a.model_type, "sparsity": args.sparsity_ratio, "seqlen": seqlen,
+                  "model_type": a.model_type, "method": a.method, "sparsity": args.sparsity_ratio, "seqlen": seqlen,
                   "search_windows": cal["search_windows"], "lambda_block": lb, "lambda_row": lr,
                   "block_scores": scores["block"], "row_scores": scores["row"]}
         with open(a.golden, "w") as f:

@@ -9,8 +9,21 @@ V5 = int(transformers.__version__.split(".")[0]) >= 5
 
 
 def load(model_dir, dtype, dev):
-    """The checkpoint in `dtype` (a torch dtype's name, e.g. float16), wholly on `dev`."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **{"dtype" if V5 else "torch_dtype": getattr(torch, dtype)})
+    """The checkpoint in `dtype` (a torch dtype's name, e.g. float16), wholly on `dev`. A config
+    written as transformers 5 writes it (rope settings inside `rope_parameters`) is read by
+    transformers 4.x with its fields moved to the top level, where 4.x reads them: otherwise 4.x
+    would silently use its default rope_theta."""
+    kw = {"dtype" if V5 else "torch_dtype": getattr(torch, dtype)}
+    if not V5:
+        config = transformers.AutoConfig.from_pretrained(model_dir)
+        rope = getattr(config, "rope_parameters", None)
+        if isinstance(rope, dict):
+            for k, v in rope.items():
+                if k == "rope_type":
+                    continue
+                setattr(config, k, v)
+            kw["config"] = config
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
     return model.to(dev).eval()
 
 

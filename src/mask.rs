@@ -306,7 +306,7 @@ pub fn select_lowest_host(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
             if k == 0 {
                 return;
             }
-            let (tau, bound) = row_threshold(row.iter().copied(), k, scratch);
+            let (tau, bound) = row_threshold(row.iter().copied(), k, scratch, false);
             let (out_head, out_tail) = out.split_at_mut(bound);
             for (o, &v) in out_head.iter_mut().zip(&row[..bound]) {
                 *o = if v <= tau { 1.0 } else { 0.0 };
@@ -327,10 +327,14 @@ pub fn select_lowest_host(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
 /// of a CPU row pruning. Where every score equal to τ is pruned (scores of distinct values),
 /// the bound is the row's length.
 ///
+/// With `later_first` the ties pruned are the last ones by column (the authors' `neuron`
+/// masks, see `pruner::prune_by_score`): the verdicts are `score < τ` below the bound and
+/// `score <= τ` from it, and where every tie is pruned the bound is 0.
+///
 /// Scores are selected by their bits as u32 keys: for scores whose sign bit is clear (every
 /// score |w|·√s, and +NaN), that order is `total_cmp`'s, and integer comparisons make the
 /// selection faster. A row with a sign bit set takes `total_cmp` itself.
-pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize, scratch: &mut Vec<u32>) -> (f32, usize) {
+pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize, scratch: &mut Vec<u32>, later_first: bool) -> (f32, usize) {
     scratch.clear();
     scratch.extend(scores.clone().map(f32::to_bits));
     let tau = if scratch.iter().all(|&b| b >> 31 == 0) {
@@ -342,7 +346,12 @@ pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize,
     let (below, equal) = scores.clone().fold((0, 0), |(b, e), v| (b + usize::from(v < tau), e + usize::from(v == tau)));
     let ties = k - below;
     if ties == equal {
-        return (tau, scratch.len());
+        return (tau, if later_first { 0 } else { scratch.len() });
+    }
+    if later_first {
+        // The column of the first tie pruned, after the equal − ties kept (none where τ is NaN).
+        let first = equal.checked_sub(ties).and_then(|kept| scores.enumerate().filter(|&(_, v)| v == tau).nth(kept));
+        return (tau, first.map_or(scratch.len(), |(c, _)| c));
     }
     // The column of the last tie pruned (none where τ is NaN, which equals nothing: the callers
     // refuse non-finite weights and statistics before they select).
@@ -414,7 +423,7 @@ mod tests {
     fn row_thresholds_follow_total_order() {
         let mut scratch = Vec::new();
         let mut check = |row: &[f32], k: usize, want: (f32, usize)| {
-            let (tau, bound) = row_threshold(row.iter().copied(), k, &mut scratch);
+            let (tau, bound) = row_threshold(row.iter().copied(), k, &mut scratch, false);
             assert_eq!((tau.to_bits(), bound), (want.0.to_bits(), want.1), "{row:?} k {k}");
         };
         check(&[0.5, 0.25, 0.25, 1.0, 0.0], 3, (0.25, 5));
@@ -429,6 +438,15 @@ mod tests {
         check(&[0.5, -0.25, 0.0, -0.0, 2.0], 2, (-0.0, 3));
         check(&[0.5, -0.25, 0.0, -0.0, 2.0], 3, (0.0, 5));
         check(&[0.5, -0.25, 0.0, -1.0, 2.0], 1, (-1.0, 5));
+        // The last ties first: `< τ` below the bound, `<= τ` from it.
+        let mut later = |row: &[f32], k: usize, want: (f32, usize)| {
+            let (tau, bound) = row_threshold(row.iter().copied(), k, &mut scratch, true);
+            assert_eq!((tau.to_bits(), bound), (want.0.to_bits(), want.1), "{row:?} k {k}, later ties first");
+        };
+        later(&[0.25, 0.5, 0.25, 1.0, 0.25, 0.0, 0.25], 3, (0.25, 4));
+        later(&[0.25, 0.5, 0.25, 1.0, 0.25, 0.0, 0.25], 2, (0.25, 6));
+        later(&[0.5, 0.25, 0.25, 1.0, 0.0], 3, (0.25, 0));
+        later(&[3.0, f32::NAN, 1.0, f32::INFINITY], 4, (f32::NAN, 4));
     }
     use burn::tensor::Device;
 

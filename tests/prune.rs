@@ -284,3 +284,43 @@ fn check_fails(args: &[&str], expect: &str, out: &Path) {
     let leftovers = std::fs::read_dir(parent).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(&format!(".{name}.tmp"))).count();
     assert_eq!(leftovers, 0, "temporary folder left behind");
 }
+
+/// Equal scores, as the authors' masks break them: `row` (a stable ascending sort, the first k
+/// pruned) prunes the lower columns; `rows-variable` (NeuroAL's row step and the prune after it:
+/// a stable descending sort, the first n − k kept) prunes the higher ones. The same on every
+/// backend, in magnitude's and Wanda's paths (each of its rows' scores ties at 1: |w| = 1, or
+/// Wanda's scaler 1 on every channel).
+#[test]
+fn equal_scores_are_pruned_as_the_authors_masks_prune_them() {
+    use neuroal::pruner::{Calibration, Magnitude, Pruner, Wanda};
+    let w = vec![1f32, -1., 1., 1., 2., -2., 2., 2., 3., 1., 1., 3., 1., 1., 3., 3.];
+    let ([rows, cols], nsamples) = ([2, 8], 1);
+    // 2 of 8 pruned in row 0, 3 of 8 in row 1.
+    let per_row = Sparsity::PerRow(vec![0.25, 0.375]);
+    for choice in [Choice::Cpu, Choice::Ndarray, Choice::Gpu] {
+        let dev = select(choice);
+        let weight = || Tensor::<2>::from_data(TensorData::new(w.clone(), [rows, cols]), &dev.device);
+        let mut calib = Calibration::new(cols, &dev.device, false);
+        calib.stats.add(&Tensor::<3>::ones([1, 1, cols], &dev.device));
+        let pruners: [&dyn Pruner; 2] = [&Magnitude, &Wanda];
+        for pruner in pruners {
+            for (pattern, sparsity, want) in [
+                // Row 0's ties at 1 are columns 0-3, row 1's at 1 columns 1, 2, 4, 5.
+                (Pattern::RowsVariable, per_row.clone(), [vec![2, 3], vec![2, 4, 5]]),
+                (Pattern::Row, Sparsity::Uniform(0.25), [vec![0, 1], vec![1, 2]]),
+            ] {
+                let pruned = pruner.prune(weight(), &calib, nsamples, &pattern, &sparsity).unwrap();
+                let mask = host(pruned.mask);
+                let got: Vec<Vec<usize>> = (0..rows).map(|r| (0..cols).filter(|&c| mask[r * cols + c] == 1.0).collect()).collect();
+                assert_eq!(got, want, "{} {} on {}", pruner.name(), pattern.name(), dev.description);
+                let kept = host(pruned.weight);
+                // The search's path, without a mask: the same weights.
+                let alone = host(pruner.prune_weight(weight(), &calib, nsamples, &pattern, &sparsity).unwrap());
+                assert_eq!(alone, kept, "{} {} on {}: prune_weight", pruner.name(), pattern.name(), dev.description);
+                for (i, (&k, &m)) in kept.iter().zip(&mask).enumerate() {
+                    assert_eq!(k, if m == 1.0 { 0.0 } else { w[i] }, "{} {} on {}: weight {i}", pruner.name(), pattern.name(), dev.description);
+                }
+            }
+        }
+    }
+}
