@@ -39,14 +39,15 @@ def import_checkout(checkout):
 
 
 def model_type(model_dir, name="auto"):
-    """Their name for the family. auto names an OPT model opt (their OPT loops), and a
+    """Their name for the family. auto names an OPT model opt (their OPT loops), a Phi model
+    phi (their routing of Phi's rows), and a
     LLaMA-architecture model with grouped-query attention mistral: their row step keeps q, k
     and v at the block sparsity only under that name, as neuroal does under GQA."""
     if name != "auto":
         return name
     config = json.load(open(f"{model_dir}/config.json"))
-    if config.get("model_type") == "opt":
-        return "opt"
+    if config.get("model_type") in ("opt", "phi"):
+        return config["model_type"]
     heads = config["num_attention_heads"]
     return "mistral" if config.get("num_key_value_heads", heads) < heads else "llama"
 

@@ -308,16 +308,22 @@ fn neuroal_search_matches_the_authors_code() {
     search_matches_the_authors_code("wt2-llama-neuroal", &model, &calib, &["--seqlen", "256", "--nsamples", "4"]);
 }
 
-/// The same on the OPT fixtures, against the authors' OPT code (`time_authors_code.py` on the
-/// report of the command below, `--method` as named): post-LayerNorm OPT under Wanda, and
-/// pre-LayerNorm OPT under magnitude, whose f16 weights repeat |w| values, so that rows hold
-/// equal scores at their cut. There the authors' row step keeps the earlier columns (a stable
-/// descending sort), their block step the later ones; pruning the earlier ones in both had put
-/// every row-step score about 1% off theirs (measured on this golden before the fix).
+/// The same on fixtures of the other families, against the authors' code for each
+/// (`time_authors_code.py` on the report of the command below, `--method` as named):
+/// post-LayerNorm OPT and Phi under Wanda; pre-LayerNorm OPT and grouped-query Mistral under
+/// magnitude, whose f16 weights repeat |w| values, so that rows hold equal scores at their cut.
+/// There the authors' row step keeps the earlier columns (a stable descending sort), their
+/// block step the later ones; pruning the earlier ones in both had put every row-step score on
+/// tiny-opt about 1% off theirs (measured on its golden before the fix).
 #[test]
-fn neuroal_search_matches_the_authors_code_on_opt() {
+fn neuroal_search_matches_the_authors_code_on_every_family() {
     let calib = asset("sample.txt");
-    for (golden, fixture, method) in [("tiny-opt-post-ln-neuroal", "tiny-opt-post-ln", "wanda"), ("tiny-opt-magnitude-neuroal", "tiny-opt", "magnitude")] {
+    for (golden, fixture, method) in [
+        ("tiny-opt-post-ln-neuroal", "tiny-opt-post-ln", "wanda"),
+        ("tiny-opt-magnitude-neuroal", "tiny-opt", "magnitude"),
+        ("tiny-phi-neuroal", "tiny-phi", "wanda"),
+        ("tiny-mistral-gqa-magnitude-neuroal", "tiny-mistral-gqa", "magnitude"),
+    ] {
         search_matches_the_authors_code(golden, &asset(fixture), &calib, &["--seqlen", "64", "--nsamples", "16", "--method", method]);
     }
 }
