@@ -14,6 +14,7 @@ model with grouped-query attention mistral: their code keeps q, k and v at the b
 as neuroal does under GQA. Prints λ, the search and prune seconds, and every candidate's score.
 --method sparsegpt runs their NeuroAL over SparseGPT (the block step only, as theirs does) and
 their SparseGPT prune; compare with a neuroal report of `--method sparsegpt`.
+--save DIR writes their pruned model, whose zeros a neuroal output's can be compared with.
 --golden also writes those scores and λs with the search windows and settings to OUT, for the
 test that compares neuroal's search with theirs (assets/golden/wt2-llama-neuroal.json, made from
 the report of `neuroal prune --model ../shared/models/wt2-llama --calib
@@ -43,6 +44,7 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (the whole model on the GPU, as their main.py loads it)")
     ap.add_argument("--method", default="wanda", choices=["wanda", "magnitude", "sparsegpt"], help="the base pruner under NeuroAL")
     ap.add_argument("--golden", help="also write the search's scores, λs, windows and settings to this JSON file")
+    ap.add_argument("--save", help="also write their pruned model to this folder (safetensors), to compare masks")
     a = ap.parse_args()
     dev = torch.device(a.device)
     a.model_type = authors_code.model_type(a.model_dir, a.model_type)
@@ -106,6 +108,8 @@ def main():
     print(json.dumps({**torch_model.versions(dev), "dtype": a.dtype, "lambda_block": lb, "lambda_row": lr,
                       "search_s": round(t1 - t0, 2), "prune_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2),
                       "sparsity": round(float(check_sparsity(model)), 4), "block_scores": scores["block"], "row_scores": scores["row"]}))
+    if a.save:
+        model.save_pretrained(a.save, safe_serialization=True)
     if a.golden:
         golden = {"model": a.model_dir.rstrip("/").split("/")[-1], "versions": torch_model.versions(dev), "dtype": a.dtype,
                   "model_type": a.model_type, "method": a.method, "sparsity": args.sparsity_ratio, "seqlen": seqlen,
