@@ -329,6 +329,11 @@ def main():
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=256, rms_norm_eps=1e-5,
                   bos_token_id=0, eos_token_id=1)
+    # Both OPT fixtures: ReLU MLP, biases, the head tied to the token embeddings.
+    opt_common = dict(vocab_size=VOCAB, hidden_size=64, ffn_dim=172, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=256,
+                      activation_function="relu", enable_bias=True, tie_word_embeddings=True,
+                      bos_token_id=0, eos_token_id=1, pad_token_id=1)
     specs = [
         # LLaMA, multi-head attention, llama3 rope scaling, f32, one file, 4.x config.
         ("tiny-llama", transformers.LlamaForCausalLM, transformers.LlamaConfig(
@@ -346,19 +351,13 @@ def main():
             use_sliding_window=False, **common), torch.bfloat16, 3, False, False),
         # OPT: learned positions (offset 2), pre-LayerNorm with biases, ReLU MLP, tied head, f16.
         ("tiny-opt", transformers.OPTForCausalLM, transformers.OPTConfig(
-            vocab_size=VOCAB, hidden_size=64, ffn_dim=172, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=256, do_layer_norm_before=True,
-            word_embed_proj_dim=64, activation_function="relu", enable_bias=True,
-            tie_word_embeddings=True, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+            do_layer_norm_before=True, word_embed_proj_dim=64, **opt_common),
          torch.float16, 4, False, False),
         # OPT as OPT-350m is built: post-LayerNorm blocks (do_layer_norm_before false, so no
         # decoder-level final LayerNorm) and token embeddings narrower than the blocks, projected
         # in before the first block and out before the tied head (word_embed_proj_dim), f16.
         ("tiny-opt-post-ln", transformers.OPTForCausalLM, transformers.OPTConfig(
-            vocab_size=VOCAB, hidden_size=64, ffn_dim=172, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=256, do_layer_norm_before=False,
-            word_embed_proj_dim=32, activation_function="relu", enable_bias=True,
-            tie_word_embeddings=True, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+            do_layer_norm_before=False, word_embed_proj_dim=32, **opt_common),
          torch.float16, 7, False, False),
         # Phi: parallel attention and MLP on one LayerNorm, partial rotary (half of each head),
         # biases everywhere, gelu_new, lm_head with bias, 5.x config (rope_parameters).
