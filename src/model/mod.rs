@@ -351,9 +351,9 @@ pub fn lm_head(ck: &Checkpoint, c: &Config, table: &TokenTable, device: &Device,
 }
 
 enum Outer {
-    Llama(llama::Outer),
-    Opt(opt::Outer),
-    Phi(phi::Outer),
+    Llama(Box<llama::Outer>),
+    Opt(Box<opt::Outer>),
+    Phi(Box<phi::Outer>),
 }
 
 /// Positional tables for windows of one length: rotary cos/sin where the family rotates.
@@ -400,9 +400,9 @@ impl Model {
         let checkpoint = Arc::new(checkpoint);
         let ck = &checkpoint;
         let outer = match &config.arch {
-            Arch::Llama(l) => Outer::Llama(llama::Outer::load(ck, &config, l, device, dtype, ends)?),
-            Arch::Opt(o) => Outer::Opt(opt::Outer::load(ck, &config, o, device, dtype, ends)?),
-            Arch::Phi(p) => Outer::Phi(phi::Outer::load(ck, &config, p, device, dtype, ends)?),
+            Arch::Llama(l) => Outer::Llama(Box::new(llama::Outer::load(ck, &config, l, device, dtype, ends)?)),
+            Arch::Opt(o) => Outer::Opt(Box::new(opt::Outer::load(ck, &config, o, device, dtype, ends)?)),
+            Arch::Phi(p) => Outer::Phi(Box::new(phi::Outer::load(ck, &config, p, device, dtype, ends)?)),
         };
         Ok(Model { config, spec, checkpoint, device: device.clone(), dtype, outer })
     }
