@@ -15,12 +15,14 @@ as neuroal does under GQA. Prints λ, the search and prune seconds, and every ca
 --method sparsegpt runs their NeuroAL over SparseGPT (the block step only, as theirs does) and
 their SparseGPT prune; compare with a neuroal report of `--method sparsegpt`.
 --save DIR writes their pruned model, whose zeros a neuroal output's can be compared with.
---golden also writes those scores and λs with the search windows and settings to OUT, for the
+--golden also writes those scores and λs with the search windows and settings to OUT (and the
+SHA-256 of each pruned weight's zero pattern, for the masks' comparison), for the
 test that compares neuroal's search with theirs (assets/golden/wt2-llama-neuroal.json, made from
 the report of `neuroal prune --model ../shared/models/wt2-llama --calib
 ../shared/data/wikitext-2/valid.txt --seqlen 256 --sparsity 0.7 --top-up neuroal --nsamples 4`).
 """
 import argparse
+import hashlib
 import json
 import time
 import types
@@ -31,6 +33,13 @@ from tokenizers import Tokenizer
 
 import authors_code
 import torch_model
+
+
+def mask_hashes(model):
+    """Per prunable weight of the pruned model, the SHA-256 of its zero pattern: one byte per
+    entry (1 where the weight is 0), row-major."""
+    return {name: hashlib.sha256((p == 0).to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+            for name, p in model.named_parameters() if ".layers." in name and p.dim() == 2}
 
 
 def main():
@@ -114,7 +123,8 @@ def main():
         golden = {"model": a.model_dir.rstrip("/").split("/")[-1], "versions": torch_model.versions(dev), "dtype": a.dtype,
                   "model_type": a.model_type, "method": a.method, "sparsity": args.sparsity_ratio, "seqlen": seqlen,
                   "search_windows": cal["search_windows"], "lambda_block": lb, "lambda_row": lr,
-                  "block_scores": scores["block"], "row_scores": scores["row"]}
+                  "block_scores": scores["block"], "row_scores": scores["row"],
+                  "mask_sha256": mask_hashes(model)}
         with open(a.golden, "w") as f:
             json.dump(golden, f, indent=1)
             f.write("\n")

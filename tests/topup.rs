@@ -314,7 +314,9 @@ fn neuroal_search_matches_the_authors_code() {
 /// magnitude, whose f16 weights repeat |w| values, so that rows hold equal scores at their cut.
 /// There the authors' row step keeps the earlier columns (a stable descending sort), their
 /// block step the later ones; pruning the earlier ones in both had put every row-step score on
-/// tiny-opt about 1% off theirs (measured on its golden before the fix).
+/// tiny-opt about 1% off theirs (measured on its golden before the fix). Each golden also holds
+/// the zero pattern of their pruned model, which ours must equal weight for weight (on tiny-opt
+/// 28 of 76,800 entries had differed).
 #[test]
 fn neuroal_search_matches_the_authors_code_on_every_family() {
     let calib = asset("sample.txt");
@@ -326,6 +328,31 @@ fn neuroal_search_matches_the_authors_code_on_every_family() {
     ] {
         search_matches_the_authors_code(golden, &asset(fixture), &calib, &["--seqlen", "64", "--nsamples", "16", "--method", method]);
     }
+}
+
+/// SHA-256 of each block weight's zero pattern in a written checkpoint (one byte per entry, 1
+/// where the value is ±0, row-major): what `time_authors_code.py --golden` keeps of their
+/// pruned model.
+fn zero_pattern_hashes(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (name, view) in st.tensors() {
+            if !name.contains(".layers.") || view.shape().len() != 2 {
+                continue;
+            }
+            let values = neuroal::weights::decode_f32(view.data(), view.dtype()).unwrap();
+            let zeros: Vec<u8> = values.iter().map(|&v| u8::from(v == 0.0)).collect();
+            out.insert(name, Sha256::digest(&zeros).iter().map(|b| format!("{b:02x}")).collect());
+        }
+    }
+    out
 }
 
 fn search_matches_the_authors_code(golden_name: &str, model: &std::path::Path, calib: &std::path::Path, extra: &[&str]) {
@@ -340,7 +367,15 @@ fn search_matches_the_authors_code(golden_name: &str, model: &std::path::Path, c
         .unwrap();
     assert!(o.status.success(), "{golden_name}: {}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    // The written masks against the authors' pruned model, where the golden has its hashes.
+    let masks = g.get("mask_sha256").map(|_| zero_pattern_hashes(&out));
     let _ = std::fs::remove_dir_all(&out);
+    if let (Some(ours), Some(theirs)) = (masks, g.get("mask_sha256").and_then(|m| m.as_object())) {
+        assert_eq!(ours.len(), theirs.len(), "{golden_name}: prunable weights");
+        for (name, hash) in theirs {
+            assert_eq!(ours.get(name).map(String::as_str), hash.as_str(), "{golden_name}: {name}'s mask differs from the authors'");
+        }
+    }
     assert_eq!(r["calibration"]["search_windows"], g["search_windows"], "{golden_name}: the golden was made on other windows");
     assert_eq!(r["topup"]["lambda_block"], g["lambda_block"], "{golden_name}");
     for (key, tolerance) in [("block_scores", 1e-4), ("row_scores", 1e-3)] {
