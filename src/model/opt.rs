@@ -15,7 +15,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{attention, lm_head, split_heads, to_device2_as, Ends, LayerNorm, TokenTable, LinearSpec, Positions, Route, Spec};
+use super::{attention, lm_head, split_heads, to_device2_as, Ends, LayerNorm, Linear, LinearSpec, Positions, Route, Spec, TokenTable};
 use crate::config::{self, need, Arch};
 use crate::error::Result;
 use crate::weights::Checkpoint;
@@ -44,8 +44,12 @@ pub struct Config {
     pub post_layer_norm: bool,
     /// The decoder's final LayerNorm is present (pre-LayerNorm, `_remove_final_layer_norm` false).
     pub final_layer_norm: bool,
-    /// `project_in` / `project_out` exist: `word_embed_proj_dim` ≠ `hidden_size`.
-    pub projected: bool,
+}
+
+/// `project_in` / `project_out` exist where the token embeddings are narrower than the blocks
+/// (`word_embed_proj_dim` ≠ `hidden_size`).
+fn projected(c: &config::Config) -> bool {
+    c.embed_dim != c.hidden_size
 }
 
 #[derive(Deserialize)]
@@ -99,7 +103,6 @@ impl Config {
             enable_bias: raw.enable_bias.unwrap_or(true),
             post_layer_norm: !pre_layer_norm,
             final_layer_norm: pre_layer_norm && !raw.remove_final_layer_norm.unwrap_or(false),
-            projected: embed_dim != hidden_size,
         };
         Ok(config::Config {
             model_type: "opt",
@@ -148,7 +151,7 @@ pub fn tensors(c: &config::Config, o: &Config, lm_head_stored: bool) -> Vec<(Str
         ("model.decoder.embed_tokens.weight".to_string(), vec![v, e]),
         ("model.decoder.embed_positions.weight".to_string(), vec![c.max_positions + POSITION_OFFSET, d]),
     ];
-    if o.projected {
+    if projected(c) {
         t.push(("model.decoder.project_in.weight".into(), vec![d, e]));
         t.push(("model.decoder.project_out.weight".into(), vec![e, d]));
     }
@@ -172,11 +175,11 @@ pub fn tensors(c: &config::Config, o: &Config, lm_head_stored: bool) -> Vec<(Str
 pub struct Outer {
     embed_tokens: TokenTable,
     /// [hidden, embed_dim], where the embeddings are narrower than the blocks.
-    project_in: Option<Tensor<2>>,
+    project_in: Option<Linear>,
     embed_positions: Tensor<2>,
     final_norm: Option<LayerNorm>,
     /// [embed_dim, hidden], likewise; None when loaded for pruning.
-    project_out: Option<Tensor<2>>,
+    project_out: Option<Linear>,
     /// None when loaded for pruning.
     lm_head: Option<Tensor<2>>,
     embed_dim: usize,
@@ -186,10 +189,12 @@ impl Outer {
     pub fn load(ck: &Arc<Checkpoint>, c: &config::Config, o: &Config, device: &Device, dtype: DType, ends: Ends) -> Result<Outer> {
         let (v, d, e) = (c.vocab_size, c.hidden_size, c.embed_dim);
         let embed_tokens = TokenTable::load(ck, "model.decoder.embed_tokens.weight", [v, e], device, dtype, ends)?;
-        let projection = |name: &str, shape: [usize; 2]| ck.load(&format!("model.decoder.{name}.weight"), &shape).map(|w| to_device2_as(w, device, dtype));
-        let project_in = if o.projected { Some(projection("project_in", [d, e])?) } else { None };
+        let projection = |name: &str, shape: [usize; 2]| {
+            ck.load(&format!("model.decoder.{name}.weight"), &shape).map(|w| Linear { weight: to_device2_as(w, device, dtype), bias: None })
+        };
+        let project_in = if projected(c) { Some(projection("project_in", [d, e])?) } else { None };
         // Pruning computes no logits, but refuses a bad project_out as it does a bad head.
-        let project_out = match (o.projected, ends) {
+        let project_out = match (projected(c), ends) {
             (true, Ends::Logits) => Some(projection("project_out", [e, d])?),
             (true, Ends::Hidden) => ck.check("model.decoder.project_out.weight", &[e, d]).map(|_| None)?,
             (false, _) => None,
@@ -210,7 +215,7 @@ impl Outer {
     pub fn embed(&self, ids: &[u32], batch: usize, t: usize, device: &Device) -> Result<Tensor<3>> {
         let tokens = self.embed_tokens.rows(ids)?.reshape([batch, t, self.embed_dim]);
         let tokens = match &self.project_in {
-            Some(weight) => super::Linear { weight: weight.clone(), bias: None }.forward(tokens),
+            Some(p) => p.forward(tokens),
             None => tokens,
         };
         let rows: Vec<i64> = (0..t).map(|p| (p + POSITION_OFFSET) as i64).collect();
@@ -226,10 +231,10 @@ impl Outer {
             None => hidden,
         };
         let x = match &self.project_out {
-            Some(w) => super::Linear { weight: w.clone(), bias: None }.forward(x),
+            Some(p) => p.forward(x),
             None => x,
         };
-        Some(super::Linear { weight, bias: None }.forward(x))
+        Some(Linear { weight, bias: None }.forward(x))
     }
 }
 
