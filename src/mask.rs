@@ -257,6 +257,14 @@ pub fn row_prune_counts(pattern: &Pattern, sparsity: &Sparsity, [rows, cols]: [u
     })
 }
 
+/// N:M groups tile each row: an input width that M does not divide is refused.
+pub fn check_group_width(n: usize, m: usize, cols: usize) -> Result<()> {
+    if !cols.is_multiple_of(m) {
+        bail!("{n}:{m} pattern needs the input width ({cols}) to be a multiple of {m}");
+    }
+    Ok(())
+}
+
 /// Mask (1.0 = prune) of `scores` [out, in] under `pattern` at `sparsity`.
 pub fn mask(scores: Tensor<2>, pattern: &Pattern, sparsity: &Sparsity) -> Result<Tensor<2>> {
     let [rows, cols] = scores.dims();
@@ -269,9 +277,7 @@ pub fn mask(scores: Tensor<2>, pattern: &Pattern, sparsity: &Sparsity) -> Result
             select_lowest(scores.reshape([1, rows * cols]), &[k])?.reshape([rows, cols])
         }
         (Pattern::NM { n, m }, _) => {
-            if cols % m != 0 {
-                bail!("{n}:{m} pattern needs the input width ({cols}) to be a multiple of {m}");
-            }
+            check_group_width(*n, *m, cols)?;
             let groups = rows * cols / m;
             select_lowest(scores.reshape([groups, *m]), &vec![*n; groups])?.reshape([rows, cols])
         }

@@ -309,10 +309,12 @@ pub fn run(args: &PruneArgs) -> Result<Report> {
     // The model, read without a device: config, weights' names and shapes, tokenizer.
     let (config, checkpoint) = check_model_dir(&args.model)?;
     let spec = Spec::of(&config);
-    // N:M groups tile each row: a width that is not a multiple of M is refused before any work
-    // (SparseGPT's reference would prune a partial last group whole).
-    if let Pattern::NM { n, m } = pattern && let Some(i) = spec.linears.iter().position(|l| l.shape[1] % m != 0) {
-        bail!("{}: {n}:{m} pattern needs the input width ({}) to be a multiple of {m}", spec.weight_name(0, i), spec.linears[i].shape[1]);
+    // Before any work, as the masks would refuse it at that linear (SparseGPT's reference would
+    // prune a partial last group whole).
+    if let Pattern::NM { n, m } = pattern {
+        for (i, l) in spec.linears.iter().enumerate() {
+            crate::mask::check_group_width(n, m, l.shape[1]).map_err(|e| crate::err!("{}: {e}", spec.weight_name(0, i)))?;
+        }
     }
     if kind == TopUpKind::Neuroal && step != NeuroalStep::Block && spec.routes.is_none() {
         bail!("{}: the {} family declares no row routing, so NeuroAL's row step cannot run; use --neuroal-step block", args.model.display(), config.model_type);
