@@ -220,21 +220,6 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// Every tensor of a folder's shards: name → (dtype, bytes).
-fn tensors(dir: &Path) -> std::collections::BTreeMap<String, (safetensors::Dtype, Vec<u8>)> {
-    let mut all = std::collections::BTreeMap::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "safetensors") {
-            let bytes = std::fs::read(&p).unwrap();
-            for (n, v) in safetensors::SafeTensors::deserialize(&bytes).unwrap().tensors() {
-                all.insert(n, (v.dtype(), v.data().to_vec()));
-            }
-        }
-    }
-    all
-}
-
 /// SparseGPT moves kept weights: where one leaves the range of the checkpoint's dtype (f16
 /// weights near its 65504 limit), the prune stops with one line naming the weight rather than
 /// writing it as infinity.
@@ -280,7 +265,7 @@ fn written_checkpoints_hold_the_new_values_in_every_dtype() {
         let ids = tokenize_file(&Tokenizer::open(&dir).unwrap(), &asset("sample.txt")).unwrap();
         let windows = gather_windows(&ids, &draw_windows(ids.len(), 64, 8, 0).unwrap(), 64);
         let masks = prune(&model, &windows, 64, &SparseGpt::new(128, 0.01), &Pattern::Row, &|_, _| Sparsity::Uniform(0.5)).unwrap();
-        let (before, after) = (tensors(&dir), tensors(&out));
+        let (before, after) = (shard_tensors(&dir), shard_tensors(&out));
         assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
         let mut changed = 0;
         for m in &masks {

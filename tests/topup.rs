@@ -335,24 +335,19 @@ fn neuroal_search_matches_the_authors_code_on_every_family() {
 /// pruned model.
 fn zero_pattern_hashes(dir: &Path) -> std::collections::BTreeMap<String, String> {
     use sha2::{Digest, Sha256};
-    let mut out = std::collections::BTreeMap::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-            continue;
-        }
-        let bytes = std::fs::read(&path).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        for (name, view) in st.tensors() {
-            if !name.contains(".layers.") || view.shape().len() != 2 {
-                continue;
-            }
-            let values = neuroal::weights::decode_f32(view.data(), view.dtype()).unwrap();
-            let zeros: Vec<u8> = values.iter().map(|&v| u8::from(v == 0.0)).collect();
-            out.insert(name, Sha256::digest(&zeros).iter().map(|b| format!("{b:02x}")).collect());
-        }
-    }
-    out
+    // The blocks' two-dimensional tensors (not their biases and norms), as the script picks them;
+    // their shapes as the family declares them.
+    let config = neuroal::config::Config::from_file(&dir.join("config.json")).unwrap();
+    let weights: std::collections::BTreeSet<String> =
+        neuroal::model::checkpoint_tensors(&config, false).into_iter().filter(|(n, s)| n.contains(".layers.") && s.len() == 2).map(|(n, _)| n).collect();
+    shard_tensors(dir)
+        .into_iter()
+        .filter(|(name, _)| weights.contains(name))
+        .map(|(name, (dtype, bytes))| {
+            let zeros: Vec<u8> = neuroal::weights::decode_f32(&bytes, dtype).unwrap().iter().map(|&v| u8::from(v == 0.0)).collect();
+            (name, Sha256::digest(&zeros).iter().map(|b| format!("{b:02x}")).collect())
+        })
+        .collect()
 }
 
 fn search_matches_the_authors_code(golden_name: &str, model: &std::path::Path, calib: &std::path::Path, extra: &[&str]) {

@@ -144,3 +144,18 @@ pub fn edit_config(dir: &Path, key: &str, value: Value) {
     }
     std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
 }
+
+/// Every tensor of a folder's shards: name → (dtype, bytes).
+pub fn shard_tensors(dir: &Path) -> std::collections::BTreeMap<String, (safetensors::Dtype, Vec<u8>)> {
+    let mut all = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            let bytes = std::fs::read(&p).unwrap();
+            for (n, v) in safetensors::SafeTensors::deserialize(&bytes).unwrap().tensors() {
+                all.insert(n, (v.dtype(), v.data().to_vec()));
+            }
+        }
+    }
+    all
+}
