@@ -1,7 +1,7 @@
 // Magnitude or Wanda pruning of each row of a weight w [rows, cols] in one shader: the score of
 // w[r, j] is |w| (magnitude) or |w| * sqrt(scaler[j]) (Wanda), recomputed wherever it is read
-// and never stored; the k[r] lowest scores of row r (ties: lower column first) are zeroed in
-// `out` and, when info[3] asks (the final prune; NeuroAL's search needs only the weights),
+// and never stored; the k[r] lowest scores of row r (ties: lower column first, or higher where
+// info[2] is 1) are zeroed in `out` and, when info[4] asks (the final prune; NeuroAL's search needs only the weights),
 // marked 1.0 in `mask` (the rest 0.0). The arithmetic is that of score.wgsl, then
 // select_lowest.wgsl, then apply_mask.wgsl, which move a score matrix and a mask through memory
 // between three launches. `w` and `out` are in the compute dtype ({{ elem }}), read and
@@ -48,7 +48,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    use_scaler = info[2];
-    write_mask = info[3];
+    use_scaler = info[3];
+    write_mask = info[4];
     select_workgroup_row(wid, nwg, lid);
 }

@@ -1,11 +1,12 @@
 // The selection that select_lowest.wgsl and prune_rows.wgsl share (each writes {{ row_select }}
-// where it goes): in one row of `cols` entries, the k lowest keys, ties to the lower column, with
-// one workgroup. An exact radix select finds the k-th smallest key over four 8-bit digits (rows
+// where it goes): in one row of `cols` entries, the k lowest keys, with one workgroup; of the keys
+// equal to the k-th, the lower columns are pruned first, or the higher ones where info[2] is 1
+// (the authors' `neuron` masks: NeuroAL's row step). An exact radix select finds the k-th smallest key over four 8-bit digits (rows
 // may be far wider than workgroup memory); then a pass over the row hands each column's verdict
 // to the shader. Only where some but not all of the keys equal to the k-th are pruned does that
 // pass rank the ties by column, with a workgroup prefix sum (17 barriers per WG columns); scores
 // of distinct values (the usual case) need no barrier there. The including shader
-// binds `kth` (the count per row) and `info` (rows, cols first), and defines key_at(base, j),
+// binds `kth` (the count per row) and `info` (rows, cols, tie order first), and defines key_at(base, j),
 // the key (key_of of the f32 score) of column j of the row starting at `base`, and
 // write_at(base, j, pruned).
 
@@ -27,9 +28,10 @@ fn key_of(x: f32) -> u32 {
     return bits | 0x80000000u;
 }
 
-// Calls write_at(base, j, pruned) for every column j of the row: pruned for the k lowest keys.
-// Every invocation of the workgroup calls it (it holds barriers); `cols` is workgroup-uniform.
-fn select_row(base: u32, cols: u32, k: u32, lid: u32) {
+// Calls write_at(base, j, pruned) for every column j of the row: pruned for the k lowest keys,
+// of equal keys the higher columns first where `later_first`. Every invocation of the workgroup
+// calls it (it holds barriers); `cols` and `later_first` are workgroup-uniform.
+fn select_row(base: u32, cols: u32, k: u32, later_first: bool, lid: u32) {
     // Radix select: after four digits, `prefix` is the key of the k-th smallest score and
     // `remaining` how many scores equal to it are pruned.
     var prefix = 0u;
@@ -78,7 +80,10 @@ fn select_row(base: u32, cols: u32, k: u32, lid: u32) {
         }
         return;
     }
-    // Pruned: below the k-th key, or equal to it and among the first `remaining` such columns.
+    // Pruned: below the k-th key, or equal to it and among the first `remaining` such columns
+    // (the last `remaining` where `later_first`: those whose rank passes the `equal - remaining`
+    // ties kept).
+    let kept_ties = equal - remaining;
     var ties_before = 0u;
     for (var start = 0u; start < cols; start += WG) {
         let j = start + lid;
@@ -104,7 +109,8 @@ fn select_row(base: u32, cols: u32, k: u32, lid: u32) {
         }
         let rank = ties_before + flags[lid];
         if (j < cols) {
-            write_at(base, j, k > 0u && (key < prefix || (is_tie == 1u && rank <= remaining)));
+            let tie_pruned = select(rank <= remaining, rank > kept_ties, later_first);
+            write_at(base, j, k > 0u && (key < prefix || (is_tie == 1u && tie_pruned)));
         }
         ties_before = ties_before + workgroupUniformLoad(&flags[WG - 1u]);
     }
@@ -117,11 +123,13 @@ fn select_workgroup_row(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     if (lid == 0u) {
         select_u32[0] = info[0];
         select_u32[1] = info[1];
+        select_u32[2] = info[2];
     }
     let rows = workgroupUniformLoad(&select_u32[0]);
     let cols = workgroupUniformLoad(&select_u32[1]);
+    let later_first = workgroupUniformLoad(&select_u32[2]) == 1u;
     if (row_id >= rows) {
         return;
     }
-    select_row(row_id * cols, cols, min(kth[row_id], cols), lid);
+    select_row(row_id * cols, cols, min(kth[row_id], cols), later_first, lid);
 }

@@ -16,6 +16,7 @@ use burn::tensor::wgpu::wgpu;
 use burn::tensor::{DType, Shape, Tensor};
 use cubecl::wgpu::{AutoCompiler, WgpuServer};
 use wgpu::util::DeviceExt;
+use crate::mask::Ties;
 
 const WORKGROUP: u32 = 256;
 /// Largest workgroup count per dispatch dimension that every wgpu backend accepts.
@@ -286,13 +287,14 @@ impl Reading {
     }
 }
 
-/// `select_lowest.wgsl`: mask [rows, cols] of the k[r] lowest scores per row.
-pub fn select_lowest(scores: Tensor<2>, k: &[usize]) -> Tensor<2> {
+/// `select_lowest.wgsl`: mask [rows, cols] of the k[r] lowest scores per row, equal ones in the
+/// order `ties` gives.
+pub fn select_lowest(scores: Tensor<2>, k: &[usize], ties: Ties) -> Tensor<2> {
     let [rows, cols] = scores.dims();
     let scores = cube(scores);
     let kth = row_counts(&scores, k);
     let mask = empty_like(&scores, Shape::new([rows, cols]));
-    launch(SELECT_LOWEST, grid(rows as u32), &[&scores, &kth, &mask], &[rows as u32, cols as u32]);
+    launch(SELECT_LOWEST, grid(rows as u32), &[&scores, &kth, &mask], &[rows as u32, cols as u32, later_first(ties)]);
     from_cube(mask)
 }
 
@@ -300,8 +302,8 @@ pub fn select_lowest(scores: Tensor<2>, k: &[usize]) -> Tensor<2> {
 /// `masked`, the mask of those (1.0; f32), where a score is |w| or, given the scaler,
 /// |w|·√scaler[col]: what [`score`], [`select_lowest`] and [`apply_mask`] give in three launches,
 /// in one, without a score matrix, reading and writing w in its own dtype (f32, or f16 where the
-/// adapter has shader f16). `None` for another dtype.
-pub fn prune_rows(w: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], masked: bool) -> Option<(Tensor<2>, Option<Tensor<2>>)> {
+/// adapter has shader f16). Equal scores in the order `ties` gives. `None` for another dtype.
+pub fn prune_rows(w: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], masked: bool, ties: Ties) -> Option<(Tensor<2>, Option<Tensor<2>>)> {
     let shader = match w.dtype() {
         DType::F32 => PRUNE_ROWS,
         DType::F16 => PRUNE_ROWS_F16,
@@ -318,8 +320,13 @@ pub fn prune_rows(w: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], masked: 
     let out = empty_as(&w, Shape::new([rows, cols]), w.dtype);
     // Without a mask to write, the binding takes a one-value placeholder.
     let mask = empty_like(&w, Shape::new(if masked { [rows, cols] } else { [1, 1] }));
-    launch(shader, grid(rows as u32), &[&w, &scaler, &kth, &out, &mask], &[rows as u32, cols as u32, use_scaler, masked as u32]);
+    launch(shader, grid(rows as u32), &[&w, &scaler, &kth, &out, &mask], &[rows as u32, cols as u32, later_first(ties), use_scaler, masked as u32]);
     Some((from_cube(out), masked.then(|| from_cube(mask))))
+}
+
+/// The selection's tie order as `row_select.wgsl` reads it (info[2]).
+fn later_first(ties: Ties) -> u32 {
+    u32::from(ties == Ties::LaterFirst)
 }
 
 /// `input_stats.wgsl`: the accumulators plus the per-channel sum of squares and sum of

@@ -217,6 +217,27 @@ impl Pattern {
     }
 }
 
+/// Which of the scores equal to a row's cut are pruned first. The authors' `row` masks (block
+/// step, uniform, OWL: a stable ascending sort) prune the earlier columns; their `neuron` masks
+/// (NeuroAL's row step and the prune after it: a stable descending sort that keeps the highest)
+/// the later ones. Ties are common under magnitude on half-precision weights (65,536 values),
+/// and zero scores tie wherever an input channel stays at zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ties {
+    EarlierFirst,
+    LaterFirst,
+}
+
+impl Pattern {
+    /// The tie order of the authors' masks for this pattern.
+    pub fn ties(&self) -> Ties {
+        match self {
+            Pattern::RowsVariable => Ties::LaterFirst,
+            _ => Ties::EarlierFirst,
+        }
+    }
+}
+
 /// How much of one layer to prune: one fraction, or one per output row.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Sparsity {
@@ -269,37 +290,37 @@ pub fn check_group_width(n: usize, m: usize, cols: usize) -> Result<()> {
 pub fn mask(scores: Tensor<2>, pattern: &Pattern, sparsity: &Sparsity) -> Result<Tensor<2>> {
     let [rows, cols] = scores.dims();
     if let Some(k) = row_prune_counts(pattern, sparsity, [rows, cols])? {
-        return select_lowest(scores, &k);
+        return select_lowest(scores, &k, pattern.ties());
     }
     Ok(match (pattern, sparsity) {
         (Pattern::Layer, Sparsity::Uniform(s)) => {
             let k = ((rows * cols) as f64 * s).floor() as usize;
-            select_lowest(scores.reshape([1, rows * cols]), &[k])?.reshape([rows, cols])
+            select_lowest(scores.reshape([1, rows * cols]), &[k], Ties::EarlierFirst)?.reshape([rows, cols])
         }
         (Pattern::NM { n, m }, _) => {
             check_group_width(*n, *m, cols)?;
             let groups = rows * cols / m;
-            select_lowest(scores.reshape([groups, *m]), &vec![*n; groups])?.reshape([rows, cols])
+            select_lowest(scores.reshape([groups, *m]), &vec![*n; groups], Ties::EarlierFirst)?.reshape([rows, cols])
         }
         // The row patterns returned above: what is left is `layer` with one sparsity per row.
         (other, _) => bail!("pattern {} takes one sparsity per layer", other.name()),
     })
 }
 
-/// In each row r, marks the `k[r]` lowest scores (ties: lower column first) with 1.0.
-/// On a wgpu device this runs the radix-select shader; on the CPU backends a host selection
+/// In each row r, marks the `k[r]` lowest scores (equal ones in the order `ties` gives) with
+/// 1.0. On a wgpu device this runs the radix-select shader; on the CPU backends a host selection
 /// (`select_lowest_host`). Both are tested against the twin in burn ops.
-pub fn select_lowest(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
+pub fn select_lowest(scores: Tensor<2>, k: &[usize], ties: Ties) -> Result<Tensor<2>> {
     if kernels::is_wgpu(&scores) {
-        return Ok(kernels::select_lowest(scores, k));
+        return Ok(kernels::select_lowest(scores, k, ties));
     }
-    select_lowest_host(scores, k)
+    select_lowest_host(scores, k, ties)
 }
 
 /// The CPU backends' path: their tensors live in host memory, so each row's k-th smallest
 /// score comes from a linear-time selection instead of the twin's full sort (the sort was
 /// a tenth of a CPU prune). Same rule as the twin and the shader, tested against both.
-pub fn select_lowest_host(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
+pub fn select_lowest_host(scores: Tensor<2>, k: &[usize], ties: Ties) -> Result<Tensor<2>> {
     let [rows, cols] = scores.dims();
     let device = scores.device();
     let values = crate::model::host_f32(scores, "pruning scores")?;
@@ -312,13 +333,14 @@ pub fn select_lowest_host(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
             if k == 0 {
                 return;
             }
-            let (tau, bound) = row_threshold(row.iter().copied(), k, scratch, false);
+            let (tau, bound) = row_threshold(row.iter().copied(), k, scratch, ties);
             let (out_head, out_tail) = out.split_at_mut(bound);
+            let (head_ties, tail_ties) = (ties == Ties::EarlierFirst, ties == Ties::LaterFirst);
             for (o, &v) in out_head.iter_mut().zip(&row[..bound]) {
-                *o = if v <= tau { 1.0 } else { 0.0 };
+                *o = if v < tau || (head_ties && v == tau) { 1.0 } else { 0.0 };
             }
             for (o, &v) in out_tail.iter_mut().zip(&row[bound..]) {
-                *o = if v < tau { 1.0 } else { 0.0 };
+                *o = if v < tau || (tail_ties && v == tau) { 1.0 } else { 0.0 };
             }
         },
     );
@@ -333,14 +355,14 @@ pub fn select_lowest_host(scores: Tensor<2>, k: &[usize]) -> Result<Tensor<2>> {
 /// of a CPU row pruning. Where every score equal to τ is pruned (scores of distinct values),
 /// the bound is the row's length.
 ///
-/// With `later_first` the ties pruned are the last ones by column (the authors' `neuron`
-/// masks, see `pruner::prune_by_score`): the verdicts are `score < τ` below the bound and
+/// With [`Ties::LaterFirst`] the ties pruned are the last ones by column: the verdicts are `score < τ` below the bound and
 /// `score <= τ` from it, and where every tie is pruned the bound is 0.
 ///
 /// Scores are selected by their bits as u32 keys: for scores whose sign bit is clear (every
 /// score |w|·√s, and +NaN), that order is `total_cmp`'s, and integer comparisons make the
 /// selection faster. A row with a sign bit set takes `total_cmp` itself.
-pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize, scratch: &mut Vec<u32>, later_first: bool) -> (f32, usize) {
+pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize, scratch: &mut Vec<u32>, ties_order: Ties) -> (f32, usize) {
+    let later_first = ties_order == Ties::LaterFirst;
     scratch.clear();
     scratch.extend(scores.clone().map(f32::to_bits));
     let tau = if scratch.iter().all(|&b| b >> 31 == 0) {
@@ -368,8 +390,12 @@ pub(crate) fn row_threshold(scores: impl Iterator<Item = f32> + Clone, k: usize,
 
 /// The CPU twin, in burn tensor ops: the k-th smallest value τ of each row comes from a sort of
 /// values (deterministic whatever the sort's stability); everything below τ is pruned, and of
-/// the scores equal to τ the first k − #{< τ} by column index.
-pub fn select_lowest_reference(scores: Tensor<2>, k: &[usize]) -> Tensor<2> {
+/// the scores equal to τ the first k − #{< τ} by column index; with [`Ties::LaterFirst`], the
+/// same on the columns reversed.
+pub fn select_lowest_reference(scores: Tensor<2>, k: &[usize], ties: Ties) -> Tensor<2> {
+    if ties == Ties::LaterFirst {
+        return select_lowest_reference(scores.flip([1]), k, Ties::EarlierFirst).flip([1]);
+    }
     let [rows, cols] = scores.dims();
     let device = scores.device();
     let kth: Vec<i64> = k.iter().map(|&k| k.clamp(1, cols) as i64 - 1).collect();
@@ -429,7 +455,7 @@ mod tests {
     fn row_thresholds_follow_total_order() {
         let mut scratch = Vec::new();
         let mut check = |row: &[f32], k: usize, want: (f32, usize)| {
-            let (tau, bound) = row_threshold(row.iter().copied(), k, &mut scratch, false);
+            let (tau, bound) = row_threshold(row.iter().copied(), k, &mut scratch, Ties::EarlierFirst);
             assert_eq!((tau.to_bits(), bound), (want.0.to_bits(), want.1), "{row:?} k {k}");
         };
         check(&[0.5, 0.25, 0.25, 1.0, 0.0], 3, (0.25, 5));
@@ -446,7 +472,7 @@ mod tests {
         check(&[0.5, -0.25, 0.0, -1.0, 2.0], 1, (-1.0, 5));
         // The last ties first: `< τ` below the bound, `<= τ` from it.
         let mut later = |row: &[f32], k: usize, want: (f32, usize)| {
-            let (tau, bound) = row_threshold(row.iter().copied(), k, &mut scratch, true);
+            let (tau, bound) = row_threshold(row.iter().copied(), k, &mut scratch, Ties::LaterFirst);
             assert_eq!((tau.to_bits(), bound), (want.0.to_bits(), want.1), "{row:?} k {k}, later ties first");
         };
         later(&[0.25, 0.5, 0.25, 1.0, 0.25, 0.0, 0.25], 3, (0.25, 4));

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::kernels;
-use crate::mask::{expected_pruned, mask, row_prune_counts, row_threshold, Pattern, Sparsity};
+use crate::mask::{expected_pruned, mask, row_prune_counts, row_threshold, Pattern, Sparsity, Ties};
 use crate::model::{cpu_values, host_f32, on_cpu, to_dtype};
 use crate::score::{apply_mask, cpu_norms, score, score_row_in_place, InputStats, Method};
 use crate::bail;
@@ -187,34 +187,18 @@ impl Pruner for Wanda {
 /// (`kernels::prune_rows`) on the weight as it is stored; otherwise the score, the mask and the
 /// zeroing are separate steps, in f32.
 ///
-/// Equal scores are pruned lower column first, as the authors' `row` masks (a stable ascending
-/// sort) do, except under `rows-variable` (NeuroAL's row step and the prune after it): their
-/// `neuron` masks keep the k highest of a stable descending sort, so there the later columns
-/// of equal scores go first. The CPU's row path does so itself; the other selections prune the
-/// lower column first, so there that pattern runs on the columns reversed. Ties are common
-/// under magnitude on half-precision weights (65,536 values), and zero scores tie wherever an
-/// input channel stays at zero.
+/// Equal scores at a row's cut are pruned in the order of the authors' masks for the pattern
+/// ([`Pattern::ties`]): the earlier columns first, the later ones under `rows-variable`.
 fn prune_by_score(weight: Tensor<2>, scaler: Option<Tensor<1>>, pattern: &Pattern, sparsity: &Sparsity, masked: bool) -> Result<(Tensor<2>, Option<Tensor<2>>)> {
-    let later_first = *pattern == Pattern::RowsVariable;
-    if on_cpu(&weight.device())
-        && let Some(k) = row_prune_counts(pattern, sparsity, weight.dims())?
-    {
-        return Ok(prune_rows_on_cpu(to_dtype(weight, DType::F32), scaler, &k, masked, later_first));
-    }
-    if later_first {
-        let (w, m) = prune_by_score_lower_first(weight.flip([1]), scaler.map(|s| s.flip([0])), pattern, sparsity, masked)?;
-        return Ok((w.flip([1]), m.map(|m| m.flip([1]))));
-    }
-    prune_by_score_lower_first(weight, scaler, pattern, sparsity, masked)
-}
-
-/// [`prune_by_score`] off the CPU's row path, with equal scores pruned lower column first.
-fn prune_by_score_lower_first(weight: Tensor<2>, scaler: Option<Tensor<1>>, pattern: &Pattern, sparsity: &Sparsity, masked: bool) -> Result<(Tensor<2>, Option<Tensor<2>>)> {
-    if kernels::is_wgpu(&weight)
-        && let Some(k) = row_prune_counts(pattern, sparsity, weight.dims())?
-        && let Some(pruned) = kernels::prune_rows(weight.clone(), scaler.clone(), &k, masked)
-    {
-        return Ok(pruned);
+    if let Some(k) = row_prune_counts(pattern, sparsity, weight.dims())? {
+        if on_cpu(&weight.device()) {
+            return Ok(prune_rows_on_cpu(to_dtype(weight, DType::F32), scaler, &k, masked, pattern.ties()));
+        }
+        if kernels::is_wgpu(&weight)
+            && let Some(pruned) = kernels::prune_rows(weight.clone(), scaler.clone(), &k, masked, pattern.ties())
+        {
+            return Ok(pruned);
+        }
     }
     let weight = to_dtype(weight, DType::F32);
     let m = mask(score(weight.clone(), scaler), pattern, sparsity)?;
@@ -229,8 +213,7 @@ fn with_mask((weight, mask): (Tensor<2>, Option<Tensor<2>>)) -> Result<Pruned> {
 
 /// The row patterns on the CPU backends in one pass over the rows, on every core: each row's
 /// scores (|w|, or |w|·√scaler, in f32 as `score` computes them), the selection of its k[r]
-/// lowest (ties to the lower column, as `mask::select_lowest_host`, or with `later_first` to
-/// the higher one), the row written pruned
+/// lowest (equal ones in the order `ties` gives, as `mask::select_lowest_host`), the row written pruned
 /// (as `apply_mask`) and, when `masked`, its mask. The same bits as those three steps, which made
 /// three host copies of the weight and ran two of them on one core (NeuroAL's search prunes
 /// every linear once per candidate; at the 0.84 B shape that took a third of its CPU time).
@@ -239,7 +222,7 @@ fn with_mask((weight, mask): (Tensor<2>, Option<Tensor<2>>)) -> Result<Pruned> {
 /// search's weights are shared with the dense block, and taking their values out copied them
 /// three times (burn's tensor data, its alignment, the vector), each copy into fresh pages the
 /// kernel had to fault in and clear.
-fn prune_rows_on_cpu(weight: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], masked: bool, later_first: bool) -> (Tensor<2>, Option<Tensor<2>>) {
+fn prune_rows_on_cpu(weight: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], masked: bool, ties: Ties) -> (Tensor<2>, Option<Tensor<2>>) {
     let ([rows, cols], device) = (weight.dims(), weight.device());
     let norms = scaler.map(cpu_norms);
     // One row: its scores once, its selection, the pruned row written to `dst` and its flags to
@@ -253,13 +236,13 @@ fn prune_rows_on_cpu(weight: Tensor<2>, scaler: Option<Tensor<1>>, k: &[usize], 
         scores.clear();
         scores.extend_from_slice(src);
         score_row_in_place(scores, norms.as_deref());
-        let (tau, bound) = row_threshold(scores.iter().copied(), k, keys, later_first);
+        let (tau, bound) = row_threshold(scores.iter().copied(), k, keys, ties);
         // Columns below the bound are pruned at ≤ τ, the rest at < τ (the other way round when
         // the later ties go first): two loops that vectorize.
         let ((src_head, src_tail), (dst_head, dst_tail)) = (src.split_at(bound), dst.split_at_mut(bound));
         let (head, tail) = scores.split_at(bound);
         let (out_head, out_tail) = out.map(|o| o.split_at_mut(bound)).unzip();
-        if later_first {
+        if ties == Ties::LaterFirst {
             write_row(src_head, dst_head, out_head, head, |v| v < tau);
             write_row(src_tail, dst_tail, out_tail, tail, |v| v <= tau);
         } else {
@@ -579,23 +562,18 @@ mod tests {
             let device = weight.device();
             let before = bits(weight.clone());
             assert_eq!(before, w.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{layout}: the test's own layout");
-            for (scaler, later_first) in [None, Some(Tensor::<1>::from_data(TensorData::new(scaler.clone(), [cols]), &device))]
+            for (scaler, ties) in [None, Some(Tensor::<1>::from_data(TensorData::new(scaler.clone(), [cols]), &device))]
                 .into_iter()
-                .flat_map(|s| [(s.clone(), false), (s, true)])
+                .flat_map(|s| [(s.clone(), Ties::EarlierFirst), (s, Ties::LaterFirst)])
             {
-                let (got_weight, got_mask) = prune_rows_on_cpu(weight.clone(), scaler.clone(), &k, true, later_first);
-                // The later ties first: the twin's selection (lower column first) on the columns reversed.
-                let m = if later_first {
-                    select_lowest_reference(score_reference(weight.clone().flip([1]), scaler.clone().map(|s| s.flip([0]))), &k).flip([1])
-                } else {
-                    select_lowest_reference(score_reference(weight.clone(), scaler.clone()), &k)
-                };
+                let (got_weight, got_mask) = prune_rows_on_cpu(weight.clone(), scaler.clone(), &k, true, ties);
+                let m = select_lowest_reference(score_reference(weight.clone(), scaler.clone()), &k, ties);
                 let want = apply_mask_reference(weight.clone(), m.clone());
-                let what = format!("{layout}, later ties first: {later_first}");
+                let what = format!("{layout}, {ties:?}");
                 assert_eq!(bits(got_mask.expect("asked for")), bits(m), "{what}: mask");
                 assert_eq!(bits(got_weight), bits(want.clone()), "{what}: weight");
                 // Without its mask (NeuroAL's candidates), the same weight.
-                let (weight_alone, none) = prune_rows_on_cpu(weight.clone(), scaler, &k, false, later_first);
+                let (weight_alone, none) = prune_rows_on_cpu(weight.clone(), scaler, &k, false, ties);
                 assert!(none.is_none());
                 assert_eq!(bits(weight_alone), bits(want), "{what}: weight without a mask");
                 assert_eq!(bits(weight.clone()), before, "{what}: the weight pruned from changed");

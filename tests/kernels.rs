@@ -7,6 +7,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use common::*;
 use neuroal::calib::SplitMix64;
 use neuroal::device::Choice;
+use neuroal::mask::Ties;
 use neuroal::{mask, score};
 
 fn random(rng: &mut SplitMix64, n: usize, levels: Option<u64>) -> Vec<f32> {
@@ -46,22 +47,29 @@ fn select_lowest_shader_and_host_path_equal_their_twin() {
             2 => s[r * cols..(r + 1) * cols].iter().filter(|&&v| v <= 0.25).count(),
             _ => rng.below(cols as u64 + 1) as usize,
         }).collect();
-        let a = host(mask::select_lowest(t2(s.clone(), [rows, cols], &gpu), &k).unwrap());
-        let b = host(mask::select_lowest_reference(t2(s.clone(), [rows, cols], &cpu), &k));
-        assert_eq!(a, b, "rows {rows} cols {cols}");
-        // The CPU backends' selection path equals the twin too.
-        let c = host(mask::select_lowest_host(t2(s.clone(), [rows, cols], &cpu), &k).unwrap());
-        assert_eq!(c, b, "host path, rows {rows} cols {cols}");
-        // And both against the definition: exactly k per row, ties to the lower index.
-        for r in 0..rows {
-            let row = &s[r * cols..(r + 1) * cols];
-            let mut order: Vec<usize> = (0..cols).collect();
-            order.sort_by(|&i, &j| row[i].partial_cmp(&row[j]).unwrap().then(i.cmp(&j)));
-            let mut want = vec![0f32; cols];
-            for &i in &order[..k[r]] {
-                want[i] = 1.0;
+        for ties in [Ties::EarlierFirst, Ties::LaterFirst] {
+            let at = format!("rows {rows} cols {cols}, {ties:?}");
+            let a = host(mask::select_lowest(t2(s.clone(), [rows, cols], &gpu), &k, ties).unwrap());
+            let b = host(mask::select_lowest_reference(t2(s.clone(), [rows, cols], &cpu), &k, ties));
+            assert_eq!(a, b, "{at}");
+            // The CPU backends' selection path equals the twin too.
+            let c = host(mask::select_lowest_host(t2(s.clone(), [rows, cols], &cpu), &k, ties).unwrap());
+            assert_eq!(c, b, "host path, {at}");
+            // And both against the definition: exactly k per row, equal values by column, lower
+            // first or higher first.
+            for r in 0..rows {
+                let row = &s[r * cols..(r + 1) * cols];
+                let mut order: Vec<usize> = (0..cols).collect();
+                order.sort_by(|&i, &j| {
+                    let by_column = if ties == Ties::EarlierFirst { i.cmp(&j) } else { j.cmp(&i) };
+                    row[i].partial_cmp(&row[j]).unwrap().then(by_column)
+                });
+                let mut want = vec![0f32; cols];
+                for &i in &order[..k[r]] {
+                    want[i] = 1.0;
+                }
+                assert_eq!(&b[r * cols..(r + 1) * cols], &want[..], "row {r} of {at}");
             }
-            assert_eq!(&b[r * cols..(r + 1) * cols], &want[..], "row {r} of {rows}x{cols}");
         }
     }
 }
@@ -123,8 +131,9 @@ fn stats_score_and_mask_shaders_equal_their_twins() {
 /// `prune_rows.wgsl` (score, selection and zeroing in one shader, on the weight as stored)
 /// against the twins: the three-step path on the same GPU exactly (Wanda with any scaler), and
 /// the CPU twins exactly where √scaler is exact on both (magnitude, and scalers that are
-/// squares). Widths over a workgroup, odd widths, many ties, k = 0 and k = cols; f32, and f16
-/// where the adapter has shader f16 (the stored f16 values then go through the twins in f32).
+/// squares). Widths over a workgroup, odd widths, many ties (pruned lower or higher column
+/// first), k = 0 and k = cols; f32, and f16 where the adapter has shader f16 (the stored f16
+/// values then go through the twins in f32).
 #[test]
 fn fused_row_prune_equals_score_select_and_zero() {
     let selected = select(Choice::Gpu);
@@ -150,26 +159,27 @@ fn fused_row_prune_equals_score_select_and_zero() {
             let any_scaler: Vec<f32> = (0..cols).map(|_| rng.uniform(0.0, 3.0)).collect();
             let square_scaler: Vec<f32> = (0..cols).map(|_| [0.0, 0.25, 1.0, 2.25, 4.0][rng.below(5) as usize]).collect();
             let vector = |v: &[f32], d: &Device| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [cols]), d);
-            for (what, scaler) in [("magnitude", None), ("wanda", Some(&any_scaler)), ("wanda, square scalers", Some(&square_scaler))] {
-                let at = format!("{what}, {dt:?}, {rows}x{cols}");
+            let cases = [("magnitude", None), ("wanda", Some(&any_scaler)), ("wanda, square scalers", Some(&square_scaler))];
+            for ((what, scaler), ties) in cases.into_iter().flat_map(|c| [(c, Ties::EarlierFirst), (c, Ties::LaterFirst)]) {
+                let at = format!("{what}, {dt:?}, {rows}x{cols}, {ties:?}");
                 let wg = as_dtype(t2(w.clone(), [rows, cols], &gpu), dt);
-                let (fw, fm) = neuroal::kernels::prune_rows(wg.clone(), scaler.map(|s| vector(s, &gpu)), &k, true).expect("f32 and f16 weights");
+                let (fw, fm) = neuroal::kernels::prune_rows(wg.clone(), scaler.map(|s| vector(s, &gpu)), &k, true, ties).expect("f32 and f16 weights");
                 assert_eq!(fw.dtype(), dt, "{at}: the weight keeps its dtype");
                 let (fw, fm) = (f32_host(fw), host(fm.expect("asked for")));
                 // Without the mask (NeuroAL's candidates): the same weight, and no mask.
-                let (alone, none) = neuroal::kernels::prune_rows(wg.clone(), scaler.map(|s| vector(s, &gpu)), &k, false).expect("f32 and f16 weights");
+                let (alone, none) = neuroal::kernels::prune_rows(wg.clone(), scaler.map(|s| vector(s, &gpu)), &k, false, ties).expect("f32 and f16 weights");
                 assert!(none.is_none(), "{at}: a mask nobody asked for");
                 assert_eq!(f32_host(alone), fw, "{at}: weights without the mask");
                 // The three launches on the same GPU, in f32.
                 let w32 = as_dtype(wg, DType::F32);
-                let m3 = neuroal::kernels::select_lowest(neuroal::kernels::score(w32.clone(), scaler.map(|s| vector(s, &gpu))), &k);
+                let m3 = neuroal::kernels::select_lowest(neuroal::kernels::score(w32.clone(), scaler.map(|s| vector(s, &gpu))), &k, ties);
                 let w3 = host(neuroal::kernels::apply_mask(w32, m3.clone()));
                 assert_eq!(fm, host(m3), "{at}: mask against the three shaders");
                 assert_eq!(fw, w3, "{at}: weights against the three shaders");
                 assert_eq!(fm.iter().filter(|&&v| v == 1.0).count(), k.iter().sum::<usize>(), "{at}: k per row");
                 if what != "wanda" {
                     let wc = t2(w.clone(), [rows, cols], &cpu);
-                    let mc = mask::select_lowest_reference(score::score_reference(wc.clone(), scaler.map(|s| vector(s, &cpu))), &k);
+                    let mc = mask::select_lowest_reference(score::score_reference(wc.clone(), scaler.map(|s| vector(s, &cpu))), &k, ties);
                     assert_eq!(fm, host(mc.clone()), "{at}: mask against the CPU twins");
                     assert_eq!(fw, host(score::apply_mask_reference(wc, mc)), "{at}: weights against the CPU twins");
                 }
