@@ -147,6 +147,12 @@ matmul() { # build dtype
 attention() { # build dtype
   [ -x ".bin/$1" ] && run "$1-attention-$2$tag" ".bin/$1" bench --attention "${ATTENTION:-4x32x512x64,8x32x512x128,8x8x256x32}" --devices gpu --dtype "$2" --iters 10 && grep -v '^{' "$logs/$1-attention-$2$tag.log" | tail -n 20
 }
+# The row pruning NeuroAL's search runs once per linear and candidate (`prune_rows.wgsl`, both
+# tie orders; the final prune's with its mask; the three shaders it fuses) on the 7B case's
+# weights: what its candidates' pruning (2.0 s of the traced search) is made of.
+prune_rows() { # build dtype
+  [ -x ".bin/$1" ] && run "$1-prunerows-$2$tag" ".bin/$1" bench --prune-rows "${PRUNE_ROWS:-4096x4096,11008x4096,4096x11008}" --devices gpu --dtype "$2" --iters 10 && tail -n 40 "$logs/$1-prunerows-$2$tag.log"
+}
 # `neuroal tune` on both cases' linears and attentions (the 7B search's 8 windows of 512
 # tokens, the 0.84 B forward's 4), as a user would run it once on a new card: its own time, and
 # the kernels it keeps (for the %tuned steps).
@@ -204,7 +210,8 @@ profiled() { # name, then the bench arguments
 # forward (0.84 B), trace-neuroal (the 7B prune with NEUROAL_TRACE's per-stage times), matmul
 # (every kernel's time on both cases' products, `bench --matmul`; MATMUL sets the products),
 # attention (the separate kernels and each flash kernel, `bench --attention`; ATTENTION sets the
-# shapes), tune (`neuroal tune` on both cases' linears, kept for %tuned steps); and
+# shapes), prunerows (the row pruning's shaders, `bench --prune-rows`; PRUNE_ROWS sets the
+# weights), tune (`neuroal tune` on both cases' linears, kept for %tuned steps); and
 # wt2-lambda, profile-forward, profile-neuroal, authors (the authors' code and neuroal's prune
 # on the 7B-shaped checkpoint, the same windows), torch-forward (PyTorch's forward on the 0.84 B
 # checkpoint). LEVEL, for autotune builds, is cubecl's
@@ -225,7 +232,7 @@ profiled() { # name, then the bench arguments
 # 4 candidates, and with burn's own kernels,
 # then traces and profiles; it wants WT2=1 BUILDS="default nofusion" prepared (a third build
 # and wt2-llama would pass the 64 MiB the device tool carries, with the checkout's 4 MB).
-steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 authors-f16 torch-forward-f16 tune-f16 neuroal-f16%tuned forward-f16%tuned forward-f16~all neuroal-f16~all matmul-f16 neuroal-f16%fastest forward-f16%fastest attention-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
+steps=${STEPS:-tiny-f16 wt2-f16 wt2-f32 neuroal-f16 forward-f16 authors-f16 torch-forward-f16 tune-f16 neuroal-f16%tuned forward-f16%tuned forward-f16~all neuroal-f16~all matmul-f16 neuroal-f16%fastest forward-f16%fastest attention-f16 prunerows-f16 neuroal-nofusion/neuroal-f16 neuroal-nofusion/forward-f16 neuroal-f16+flash-2 neuroal-f16^2 neuroal-f16^4 forward-f16+ops forward-f16%burn+ops neuroal-f16%burn+ops wt2-lambda trace-neuroal-f16 neuroal-f16+flash-unit profile-forward profile-neuroal}
 for step in $steps; do
   build=neuroal
   case $step in */*) build=${step%%/*}; step=${step#*/} ;; esac
@@ -267,6 +274,7 @@ for step in $steps; do
     matmul-*) matmul "$build" "$dtype" ;;
     tune-*) tune "$build" "$dtype" ;;
     attention-*) attention "$build" "$dtype" ;;
+    prunerows-*) prune_rows "$build" "$dtype" ;;
     wt2-*) eval_wt2 "$build" "$dtype" ;;
     neuroal-*) prune_7b "$build" "$dtype" ;;
     forward-*) forward "$build" "$dtype" ;;

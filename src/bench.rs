@@ -410,6 +410,92 @@ pub fn attention(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, j
     crate::gpu_attention::time_kernels(&selected.device, &shapes, dtype, iters, &mut print)
 }
 
+/// One row-pruning path's time on one weight in `bench --prune-rows`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PruneRowsTiming {
+    /// [rows, cols] of the weight.
+    pub shape: [usize; 2],
+    /// `magnitude` (|w|) or `wanda` (|w|·√scaler).
+    pub score: String,
+    /// Which of the scores equal to a row's cut go first: `earlier` (`row`) or `later`
+    /// (`rows-variable`, NeuroAL's row step).
+    pub ties: String,
+    /// `prune_rows` (the one shader, the weight only: NeuroAL's candidates), `prune_rows+mask`
+    /// (the final prune's), `score+select+mask` (the three shaders it fuses, in f32).
+    pub kernel: String,
+    pub ms: Option<f64>,
+    /// One read and one write of the weight as stored, per second.
+    pub gb_per_s: Option<f64>,
+    /// ‖w − w_3‖ / ‖w_3‖ against the three shaders' pruned weight: 0 where the paths agree.
+    pub rel_err: Option<f64>,
+    pub declined: Option<String>,
+}
+
+/// `bench --prune-rows`: the GPU's row pruning (magnitude and Wanda, both tie orders) at half
+/// of each row, on random weights of each shape, in this process: the shader the search runs
+/// once per linear and candidate, the final prune's (with its mask) and the three separate
+/// shaders it fuses.
+pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json: bool) -> Result<()> {
+    use burn::tensor::{DType, Distribution, Tensor};
+    use crate::mask::Ties;
+    let shapes = parse_sizes::<2>(list, "--prune-rows", "a weight is ROWSxCOLS, e.g. 11008x4096")?;
+    let (selected, dtype) = kernel_bench_device(devices, dtype, iters, "prune-rows")?;
+    if !json {
+        println!("{} ({})", selected.description, crate::device::dtype_name(dtype));
+        println!("{:<14} {:<10} {:<8} {:<18} {:>9} {:>8} {:>9}", "rows×cols", "score", "ties", "kernel", "ms", "GB/s", "rel. err");
+    }
+    let device = &selected.device;
+    for &[rows, cols] in &shapes {
+        let w = Tensor::<2>::random([rows, cols], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
+        let scaler = Tensor::<1>::random([cols], Distribution::Uniform(0.0, 4.0), device);
+        let k = vec![cols / 2; rows];
+        let bytes = 2.0 * (rows * cols * dtype.size()) as f64;
+        for (score, scaler) in [("magnitude", None), ("wanda", Some(scaler))] {
+            let (w, scaler, k) = (&w, &scaler, &k);
+            for (ties, name) in [(Ties::EarlierFirst, "earlier"), (Ties::LaterFirst, "later")] {
+                let three = || {
+                    let w32 = w.clone().cast(DType::F32);
+                    let mask = crate::kernels::select_lowest(crate::kernels::score(w32.clone(), scaler.clone()), k, ties);
+                    crate::kernels::apply_mask(w32, mask)
+                };
+                let reference = three();
+                for kernel in ["prune_rows", "prune_rows+mask", "score+select+mask"] {
+                    let run = || match kernel {
+                        "score+select+mask" => Ok(three()),
+                        _ => crate::kernels::prune_rows(w.clone(), scaler.clone(), k, kernel == "prune_rows+mask", ties)
+                            .map(|(pruned, _)| pruned)
+                            .ok_or_else(|| format!("no shader for {dtype:?} weights")),
+                    };
+                    let timing = |ms: Option<f64>, rel_err, declined| PruneRowsTiming {
+                        shape: [rows, cols],
+                        score: score.into(),
+                        ties: name.into(),
+                        kernel: kernel.into(),
+                        ms,
+                        gb_per_s: ms.map(|ms| bytes / ms / 1e6),
+                        rel_err,
+                        declined,
+                    };
+                    let r = match time_kernel(device, iters, &reference, run)? {
+                        Ok((ms, rel_err)) => timing(Some(ms), Some(rel_err), None),
+                        Err(why) => timing(None, None, Some(why)),
+                    };
+                    if json {
+                        print_json(&r)?;
+                        continue;
+                    }
+                    let shape = format!("{rows}×{cols}");
+                    match (r.ms, r.gb_per_s, r.rel_err) {
+                        (Some(ms), Some(g), Some(e)) => println!("{shape:<14} {score:<10} {name:<8} {kernel:<18} {ms:>9.3} {g:>8.1} {e:>9.1e}"),
+                        _ => println!("{shape:<14} {score:<10} {name:<8} {kernel:<18} declined: {}", r.declined.as_deref().unwrap_or("")),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses a comma-separated list of N positive sizes joined by `x` (or `×`), as bench's kernel
 /// lists and `NEUROAL_MATMUL`'s rules write them; one line naming the `flag` and the `form` on
 /// anything else.

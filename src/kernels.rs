@@ -19,6 +19,8 @@ use wgpu::util::DeviceExt;
 use crate::mask::Ties;
 
 const WORKGROUP: u32 = 256;
+// row_select.wgsl's radix digits have 256 bins, each zeroed by one invocation of its workgroup.
+const _: () = assert!(WORKGROUP == 256);
 /// Largest workgroup count per dispatch dimension that every wgpu backend accepts.
 const MAX_GROUPS: u32 = 65_535;
 /// Rows of x each thread of `input_stats.wgsl` sums.

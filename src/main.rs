@@ -148,7 +148,7 @@ enum Command {
     /// Forward throughput (tokens/s) and peak host memory of each device on a model.
     Bench {
         /// Model folder to measure (or --synthetic; or --matmul, --attention).
-        #[arg(long, required_unless_present_any = ["synthetic", "matmul", "attention", "save"])]
+        #[arg(long, required_unless_present_any = ["synthetic", "matmul", "attention", "prune_rows", "save"])]
         model: Option<PathBuf>,
         /// Instead of a model: time each matrix-product kernel (burn's choice and every name
         /// NEUROAL_MATMUL accepts) on the GPU on these products, M×K×N comma-separated: x [M, K]
@@ -160,6 +160,11 @@ enum Command {
         /// comma-separated (windows, heads, tokens, head size).
         #[arg(long, conflicts_with_all = ["model", "synthetic"])]
         attention: Option<String>,
+        /// Instead of a model: time the GPU's row pruning (magnitude and Wanda, half of each row,
+        /// both tie orders: the shader NeuroAL's search runs per linear and candidate, the final
+        /// prune's, and the three shaders they fuse) on random weights, ROWSxCOLS comma-separated.
+        #[arg(long, conflicts_with_all = ["model", "synthetic", "matmul", "attention"])]
+        prune_rows: Option<String>,
         /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2; tiny, tiny-opt, tiny-phi)
         /// to a temporary folder and measure it.
         #[arg(long, conflicts_with = "model")]
@@ -169,7 +174,7 @@ enum Command {
         blocks: usize,
         /// Instead of measuring: write the synthetic checkpoint into this new folder and keep it
         /// (for `prune` and `eval`, whose tokenizer it holds: the project's own, 384 ids).
-        #[arg(long, conflicts_with_all = ["model", "prune_sparsity", "matmul", "attention"])]
+        #[arg(long, conflicts_with_all = ["model", "prune_sparsity", "matmul", "attention", "prune_rows"])]
         save: Option<PathBuf>,
         /// Also time a NeuroAL prune (Wanda, block and row steps) at this sparsity on random tokens.
         #[arg(long)]
@@ -384,12 +389,15 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Tune { model, synthetic, tokens, seqlen, dtype, iters } => neuroal::tune::run(&neuroal::tune::TuneArgs { model, synthetic, tokens, seqlen, dtype, iters }),
-        Command::Bench { model, synthetic, matmul, attention, blocks, save, prune_sparsity, nsamples, search_nsamples, search_batch, devices, seqlen, batch, iters, dtype, single, json } => {
+        Command::Bench { model, synthetic, matmul, attention, prune_rows, blocks, save, prune_sparsity, nsamples, search_nsamples, search_batch, devices, seqlen, batch, iters, dtype, single, json } => {
             if let Some(list) = matmul {
                 return bench::matmul(&list, &devices, dtype, iters, json);
             }
             if let Some(list) = attention {
                 return bench::attention(&list, &devices, dtype, iters, json);
+            }
+            if let Some(list) = prune_rows {
+                return bench::prune_rows(&list, &devices, dtype, iters, json);
             }
             let prune = match prune_sparsity {
                 Some(s) if !(0.0..1.0).contains(&s) => bail!("--prune-sparsity {s} is outside [0, 1)"),

@@ -168,6 +168,8 @@ fn new_flags_refuse_bad_values_in_one_line() {
         (prune(&["--top-up", "neuroal", "--search-batch", "two"]), "invalid value 'two' for '--search-batch <SEARCH_BATCH>'"),
         (vec!["bench", "--matmul", "64x48x80", "--devices", "gpu", "--iters", "0"], "--iters must be at least 1"),
         (vec!["bench", "--attention", "2x4x64x16", "--devices", "cpu"], "--attention times the GPU's kernels: use --devices gpu"),
+        (vec!["bench", "--prune-rows", "64x64", "--devices", "cpu"], "--prune-rows times the GPU's kernels: use --devices gpu"),
+        (vec!["bench", "--prune-rows", "64x", "--devices", "gpu"], "--prune-rows \"64x\": a weight is ROWSxCOLS"),
         (vec!["bench", "--attention", "2x4x0x16", "--devices", "gpu"], "--attention \"2x4x0x16\": an attention is BxHxTxHD"),
         (vec!["tune", "--model", "/nonexistent"], "/nonexistent: no config.json"),
         (vec!["tune", "--synthetic", "gpt5"], "unknown --synthetic shape \"gpt5\""),

@@ -192,6 +192,27 @@ fn attention_bench_times_the_flash_kernels_against_the_separate_ones() {
     assert!(err.contains("BxHxTxHD") && err.trim().lines().count() == 1, "{err}");
 }
 
+#[test]
+fn prune_rows_bench_times_the_fused_shader_against_the_three_it_fuses() {
+    // Rows over a workgroup and an odd width; the compute dtype the emulator takes (f16 where its
+    // shaders have it: the fused shader prunes the stored f16 weights, the three in f32, with the
+    // same result).
+    let o = bench(&["--prune-rows", "37x300,3x1001", "--devices", "gpu", "--iters", "2", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2 * 2 * 2 * 3, "shapes × scores × tie orders × paths");
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &rows {
+        seen.insert((r["shape"].to_string(), r["score"].as_str().unwrap().to_string(), r["ties"].as_str().unwrap().to_string(), r["kernel"].as_str().unwrap().to_string()));
+        // Every path prunes the same weights: the fused shader's equal the three shaders'.
+        assert_eq!(r["rel_err"].as_f64(), Some(0.0), "{r}");
+        assert!(r["ms"].as_f64().is_some_and(|ms| ms > 0.0) && r["gb_per_s"].as_f64().is_some_and(|g| g > 0.0), "{r}");
+    }
+    assert_eq!(seen.len(), rows.len(), "each combination once");
+    let kernels: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["kernel"].as_str().unwrap()).collect();
+    assert_eq!(kernels, ["prune_rows", "prune_rows+mask", "score+select+mask"].into_iter().collect());
+}
+
 /// A fused group whose stacked weight, or whose output, would pass the GPU's largest buffer runs
 /// apart instead (lavapipe: 128 MiB per buffer). First gate and up are 5,000 × 4,096 in f32, 78
 /// MiB each, 156 MiB stacked (q, k and v stack to 48 MiB and fuse); then gate and up are 8,192 ×
