@@ -15,7 +15,7 @@ use crate::device::{self, Choice, ComputeDtype};
 use crate::memory::{peak_rss_mib, GpuPeak};
 use crate::error::Result;
 use crate::model::{Block, Model};
-use crate::{bail, err};
+use crate::{bail, err, outln};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct BenchRow {
@@ -370,8 +370,8 @@ pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json
     let shapes = parse_sizes::<3>(list, "--matmul", "a product is MxKxN, e.g. 4096x4096x11008")?;
     let (selected, dtype) = kernel_bench_device(devices, dtype, iters, "matmul")?;
     if !json {
-        println!("{} ({})", selected.description, crate::device::dtype_name(dtype));
-        println!("{:<20} {:<9} {:<66} {:>9} {:>8} {:>9}", "M×K×N", "rhs", "kernel", "ms", "TFLOP/s", "rel. err");
+        outln!("{} ({})", selected.description, crate::device::dtype_name(dtype))?;
+        outln!("{:<20} {:<9} {:<66} {:>9} {:>8} {:>9}", "M×K×N", "rhs", "kernel", "ms", "TFLOP/s", "rel. err")?;
     }
     let mut print = |r: crate::gpu_matmul::MatmulTiming| -> Result<()> {
         if json {
@@ -379,8 +379,8 @@ pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json
         }
         let shape = format!("{}×{}×{}", r.shape[0], r.shape[1], r.shape[2]);
         match (r.ms, r.tflops, r.rel_err) {
-            (Some(ms), Some(t), Some(e)) => println!("{shape:<20} {:<9} {:<66} {ms:>9.3} {t:>8.2} {e:>9.1e}", r.layout, r.kernel),
-            _ => println!("{shape:<20} {:<9} {:<66} declined: {}", r.layout, r.kernel, r.declined.as_deref().unwrap_or("")),
+            (Some(ms), Some(t), Some(e)) => outln!("{shape:<20} {:<9} {:<66} {ms:>9.3} {t:>8.2} {e:>9.1e}", r.layout, r.kernel)?,
+            _ => outln!("{shape:<20} {:<9} {:<66} declined: {}", r.layout, r.kernel, r.declined.as_deref().unwrap_or(""))?,
         }
         Ok(())
     };
@@ -393,8 +393,8 @@ pub fn attention(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, j
     let shapes = parse_sizes::<4>(list, "--attention", "an attention is BxHxTxHD (windows, heads, tokens, head size), e.g. 8x32x512x128")?;
     let (selected, dtype) = kernel_bench_device(devices, dtype, iters, "attention")?;
     if !json {
-        println!("{} ({})", selected.description, crate::device::dtype_name(dtype));
-        println!("{:<20} {:<12} {:>9} {:>9}", "B×H×T×HD", "kernel", "ms", "rel. err");
+        outln!("{} ({})", selected.description, crate::device::dtype_name(dtype))?;
+        outln!("{:<20} {:<12} {:>9} {:>9}", "B×H×T×HD", "kernel", "ms", "rel. err")?;
     }
     let mut print = |r: crate::gpu_attention::AttentionTiming| -> Result<()> {
         if json {
@@ -402,8 +402,8 @@ pub fn attention(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, j
         }
         let shape = format!("{}×{}×{}×{}", r.shape[0], r.shape[1], r.shape[2], r.shape[3]);
         match (r.ms, r.rel_err) {
-            (Some(ms), Some(e)) => println!("{shape:<20} {:<12} {ms:>9.3} {e:>9.1e}", r.kernel),
-            _ => println!("{shape:<20} {:<12} declined: {}", r.kernel, r.declined.as_deref().unwrap_or("")),
+            (Some(ms), Some(e)) => outln!("{shape:<20} {:<12} {ms:>9.3} {e:>9.1e}", r.kernel)?,
+            _ => outln!("{shape:<20} {:<12} declined: {}", r.kernel, r.declined.as_deref().unwrap_or(""))?,
         }
         Ok(())
     };
@@ -441,8 +441,8 @@ pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, 
     let shapes = parse_sizes::<2>(list, "--prune-rows", "a weight is ROWSxCOLS, e.g. 11008x4096")?;
     let (selected, dtype) = kernel_bench_device(devices, dtype, iters, "prune-rows")?;
     if !json {
-        println!("{} ({})", selected.description, crate::device::dtype_name(dtype));
-        println!("{:<14} {:<10} {:<8} {:<18} {:>9} {:>8} {:>9}", "rows×cols", "score", "ties", "kernel", "ms", "GB/s", "rel. err");
+        outln!("{} ({})", selected.description, crate::device::dtype_name(dtype))?;
+        outln!("{:<14} {:<10} {:<8} {:<18} {:>9} {:>8} {:>9}", "rows×cols", "score", "ties", "kernel", "ms", "GB/s", "rel. err")?;
     }
     let device = &selected.device;
     for &[rows, cols] in &shapes {
@@ -486,8 +486,8 @@ pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, 
                     }
                     let shape = format!("{rows}×{cols}");
                     match (r.ms, r.gb_per_s, r.rel_err) {
-                        (Some(ms), Some(g), Some(e)) => println!("{shape:<14} {score:<10} {name:<8} {kernel:<18} {ms:>9.3} {g:>8.1} {e:>9.1e}"),
-                        _ => println!("{shape:<14} {score:<10} {name:<8} {kernel:<18} declined: {}", r.declined.as_deref().unwrap_or("")),
+                        (Some(ms), Some(g), Some(e)) => outln!("{shape:<14} {score:<10} {name:<8} {kernel:<18} {ms:>9.3} {g:>8.1} {e:>9.1e}")?,
+                        _ => outln!("{shape:<14} {score:<10} {name:<8} {kernel:<18} declined: {}", r.declined.as_deref().unwrap_or(""))?,
                     }
                 }
             }
@@ -540,28 +540,29 @@ pub(crate) fn time_kernel<const D: usize>(
 }
 
 fn print_json<T: Serialize>(row: &T) -> Result<()> {
-    println!("{}", serde_json::to_string(row).map_err(|e| err!("cannot encode the result: {e}"))?);
+    outln!("{}", serde_json::to_string(row).map_err(|e| err!("cannot encode the result: {e}"))?)?;
     Ok(())
 }
 
-pub fn print_table(rows: &[BenchRow]) {
-    println!(
+pub fn print_table(rows: &[BenchRow]) -> Result<()> {
+    outln!(
         "{:<48} {:>7} {:>6} {:>12} {:>12} {:>10} {:>16} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
         "device", "seqlen", "batch", "tokens/s", "ms/forward", "host MiB", "GPU MiB fwd/prn", "est. MiB", "search s", "prune s", "write s", "λ blk", "λ row", "dense"
-    );
+    )?;
     let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
     for r in rows {
         let gpu = match (r.forward_gpu_mib, r.prune_gpu_mib) {
             (None, None) => "-".to_string(),
             (f, p) => format!("{} / {}", opt(f, 0), opt(p, 0)),
         };
-        println!(
+        outln!(
             "{:<48} {:>7} {:>6} {:>12.0} {:>12.1} {:>10.0} {:>16} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
             r.device, r.seqlen, r.batch, r.tokens_per_s, r.ms_per_forward, r.peak_rss_mib, gpu, opt(r.prune_estimate_mib, 0),
             opt(r.search_s, 1), opt(r.prune_s, 1), opt(r.write_s, 1), opt(r.lambda_block, 2), opt(r.lambda_row, 2),
             r.dense_batch.map_or("-".to_string(), |k| k.to_string())
-        );
+        )?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -27,6 +27,32 @@ macro_rules! bail {
     ($($arg:tt)*) => { return Err($crate::err!($($arg)*)) };
 }
 
+/// One line on stdout, as `println!`, but a reader that has gone (`neuroal inspect DIR | head`)
+/// is [`stdout_closed`]'s error instead of `println!`'s panic: it unwinds the command as any
+/// error does (removing what it staged) and `main` ends without a word.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::error::write_line(format_args!($($arg)*)) };
+}
+
+const STDOUT_CLOSED: &str = "stdout was closed by its reader";
+
+/// [`outln!`]'s writer.
+pub fn write_line(args: fmt::Arguments) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Error(STDOUT_CLOSED.into())),
+        Err(e) => Err(Error(format!("cannot write to stdout: {}", io_words(&e)))),
+    }
+}
+
+/// Whether the error is [`outln!`]'s for a reader that has gone.
+pub fn stdout_closed(e: &Error) -> bool {
+    e.0 == STDOUT_CLOSED
+}
+
 /// Adds the context of an operation (usually a path) to foreign errors.
 pub trait Context<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T>;

@@ -11,7 +11,7 @@ use neuroal::error::{check_input_file, check_model_folder, Result};
 use neuroal::eval::{check_windows, default_seqlen, perplexity, window_count};
 use neuroal::model::Model;
 use neuroal::tokenizer::{tokenize_checked, Tokenizer};
-use neuroal::{bail, bench};
+use neuroal::{bail, bench, outln};
 
 #[derive(Parser)]
 #[command(name = "neuroal", version, about = "Prune Hugging Face LLMs with magnitude, Wanda or SparseGPT and a uniform, OWL or NeuroAL top-up, on wgpu or the CPU")]
@@ -319,12 +319,12 @@ fn run(cli: Cli) -> Result<()> {
             let (m, described) = compute.load(config, checkpoint, &measure)?;
             let result = perplexity(&m, &ids, seqlen, max_windows, &described)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&result).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
+                outln!("{}", serde_json::to_string_pretty(&result).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?)?;
             } else {
-                println!(
+                outln!(
                     "perplexity {:.4} ({} windows of {} tokens, {:.0} tokens/s, {})",
                     result.ppl, result.windows, result.seqlen, result.tokens_per_s, result.device
-                );
+                )?;
             }
             Ok(())
         }
@@ -338,14 +338,14 @@ fn run(cli: Cli) -> Result<()> {
                 top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, search_batch, plots, device, dtype, resume,
             };
             let report = neuroal::prune::run(&args)?;
-            println!(
+            outln!(
                 "pruned to {:.4} overall sparsity in {:.1} s; written to {}",
                 report.sparsity.overall,
                 report.timings.total_s,
                 args.out.display()
-            );
+            )?;
             if let (Some(d), Some(p)) = (report.eval.ppl_dense, report.eval.ppl_pruned) {
-                println!("perplexity dense {d:.4}, pruned {p:.4}");
+                outln!("perplexity dense {d:.4}, pruned {p:.4}")?;
             }
             Ok(())
         }
@@ -364,27 +364,27 @@ fn run(cli: Cli) -> Result<()> {
             let (m, described) = compute.load(config, checkpoint, &measure)?;
             let r = neuroal::zeroshot::evaluate(&m, &requests, &described)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
+                outln!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?)?;
             } else {
                 for (task, s) in &r.tasks {
-                    println!(
+                    outln!(
                         "{task:<20} acc {:.4} ± {:.4}  acc_norm {:.4} ± {:.4}  n {}  (papers quote {})",
                         s.acc, s.acc_stderr, s.acc_norm, s.acc_norm_stderr, s.n, s.quoted
-                    );
+                    )?;
                 }
-                println!("{:.1} examples/s on {}", r.examples_per_s, r.device);
+                outln!("{:.1} examples/s on {}", r.examples_per_s, r.device)?;
             }
             Ok(())
         }
         Command::Inspect { dir, json } => {
             let r = neuroal::inspect::inspect(&dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
+                outln!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?)?;
             } else {
                 for (name, f) in &r.layers {
-                    println!("{name:<48} {f:.4}");
+                    outln!("{name:<48} {f:.4}")?;
                 }
-                println!("{:<48} {:.4}  ({} of {} weights are zero)", "overall", r.overall, r.zeros, r.numel);
+                outln!("{:<48} {:.4}  ({} of {} weights are zero)", "overall", r.overall, r.zeros, r.numel)?;
             }
             Ok(())
         }
@@ -409,7 +409,7 @@ fn run(cli: Cli) -> Result<()> {
                 let choice = parse_device(&devices)?;
                 let model = model.ok_or_else(|| neuroal::err!("--model is required"))?;
                 let r = bench::measure(&model, choice, dtype, seqlen, batch, iters, prune)?;
-                println!("{}", serde_json::to_string(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
+                outln!("{}", serde_json::to_string(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?)?;
                 return Ok(());
             }
             if save.is_some() && synthetic.is_none() {
@@ -459,9 +459,9 @@ fn run(cli: Cli) -> Result<()> {
                 return Err(e);
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?);
+                outln!("{}", serde_json::to_string_pretty(&rows).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?)?;
             } else {
-                bench::print_table(&rows);
+                bench::print_table(&rows)?;
             }
             Ok(())
         }
@@ -493,6 +493,9 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout has gone (`| head`): the command stopped where it would have
+        // written, with nothing to say to anyone; 141 is what a shell reports for SIGPIPE.
+        Err(e) if neuroal::error::stdout_closed(&e) => ExitCode::from(141),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)

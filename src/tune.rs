@@ -13,7 +13,7 @@ use burn::tensor::DType;
 use crate::device::{self, ComputeDtype};
 use crate::error::{Context, Result};
 use crate::gpu_matmul::{MatmulTiming, Rules};
-use crate::{bail, err};
+use crate::{bail, err, outln};
 
 /// What `neuroal tune` is asked.
 pub struct TuneArgs {
@@ -404,22 +404,22 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     let heads = old.updated_by(AttentionRules(vec![(config.head_dim, attention_kernel.to_string())]));
     kept.attention.push((dtype, heads.clone()));
     write_tuned(&path, &selected.description, &kept)?;
-    println!("{:<14} {:<66} {:>10} {:>10}", "K×N", "fastest kernel", "ms", "burn's ms");
+    outln!("{:<14} {:<66} {:>10} {:>10}", "K×N", "fastest kernel", "ms", "burn's ms")?;
     for f in &found {
         let burn = f.burn_ms.map_or("-".to_string(), |b| format!("{b:.3}"));
-        println!("{:<14} {:<66} {:>10.3} {burn:>10}", format!("{}×{}", f.shape[0], f.shape[1]), f.kernel, f.ms);
+        outln!("{:<14} {:<66} {:>10.3} {burn:>10}", format!("{}×{}", f.shape[0], f.shape[1]), f.kernel, f.ms)?;
     }
     let ops = ops_ms.map_or("-".to_string(), |b| format!("{b:.3}"));
-    println!("{:<14} {:<66} {attention_ms:>10.3} {ops:>10}", format!("heads of {}", config.head_dim), attention_kernel);
+    outln!("{:<14} {:<66} {attention_ms:>10.3} {ops:>10}", format!("heads of {}", config.head_dim), attention_kernel)?;
     for (g, v) in &verdicts {
         let said = if v.fused { "fused (ms: stacked, apart)" } else { "apart (ms: stacked, apart)" };
-        println!("{:<14} {said:<66} {:>10.3} {:>10.3}", g.to_string(), v.stacked_ms, v.apart_ms);
+        outln!("{:<14} {said:<66} {:>10.3} {:>10.3}", g.to_string(), v.stacked_ms, v.apart_ms)?;
     }
     let fused_said = if fuse.0.is_empty() { String::new() } else { format!(", fusion {fuse}") };
-    println!(
+    outln!(
         "wrote {}: {dtype_name} products on this GPU now use {rules}, attentions {heads}{fused_said} (NEUROAL_MATMUL, NEUROAL_ATTENTION and NEUROAL_FUSE override it; delete the file to undo)",
         path.display()
-    );
+    )?;
     Ok(())
 }
 

@@ -205,3 +205,24 @@ fn new_flags_refuse_bad_values_in_one_line() {
     assert!(msg.contains("NEUROAL_FUSE=qkv: expected all or none"), "{msg}");
     assert!(!out.exists(), "NEUROAL_FUSE: nothing may be written");
 }
+
+/// A reader of stdout that has gone (`neuroal inspect DIR | head` after its lines) stops the
+/// command without a panic or a word, with the shell's code for SIGPIPE; a stdout that cannot
+/// take the lines (a full disk) is one line and exit code 2.
+#[test]
+fn a_closed_or_full_stdout_is_no_panic() {
+    let model = asset("tiny-llama");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_neuroal")).args(["inspect", model.to_str().unwrap()]).stdout(writer).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(141), "{err}");
+    assert!(err.is_empty(), "{err}");
+    if Path::new("/dev/full").exists() {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_neuroal")).args(["inspect", model.to_str().unwrap(), "--json"]).stdout(full).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert_eq!(err.trim(), "error: cannot write to stdout: No space left on device");
+    }
+}
