@@ -175,17 +175,20 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, pruner: 
     let search = gather_windows(ids, &starts, seqlen);
     let blocks = model.num_blocks();
     let linears = model.linears().len();
-    let bar = progress_bar(0, "NeuroAL");
+    // One bar for the whole search, in candidate-blocks passed (each step's candidates times the
+    // blocks), so that its ETA is the search's, not the current step's.
+    let block_candidates = if do_block { block_grid(s).len() } else { 1 };
+    let row_candidates = if do_row { row_grid().len() } else { 0 };
+    let bar = progress_bar((block_candidates + row_candidates) * blocks, "NeuroAL");
     // Candidates are scored a group at a time; each finished group is saved, so an interrupted
     // search continues with the next group.
     let run = |step: &str, candidates: &[Map], pattern: &Pattern| -> Result<Vec<Evaluation>> {
         let chunk = if args.search_chunk == 0 { candidates.len() } else { args.search_chunk };
-        bar.set_length((candidates.len() * blocks) as u64);
-        bar.set_position(0);
         let mut evals = Vec::with_capacity(candidates.len());
         for (gi, group) in candidates.chunks(chunk.max(1)).enumerate() {
             let key = format!("{step}-{gi}");
             let done = evals.len();
+            let passed = bar.position();
             if let Some(e) = saved.evaluations(&key)? {
                 if e.len() != group.len() {
                     bail!("--resume: the saved NeuroAL scores of the {step} step do not fit this run; rerun without --resume");
@@ -194,11 +197,13 @@ fn neuroal(args: &PruneArgs, model: &Model, ids: &[u32], seqlen: usize, pruner: 
                 evals.extend(e);
                 continue;
             }
+            // Called as block b starts: the group's candidates have passed b blocks.
             let progress = |_: usize, b: usize| {
                 bar.set_message(format!("{step} step: candidates {}-{} of {}, block {}/{blocks}", done + 1, done + group.len(), candidates.len(), b + 1));
-                bar.inc(group.len() as u64);
+                bar.set_position(passed + (group.len() * b) as u64);
             };
             let e = evaluate(model, &search, seqlen, pruner, pattern, group, group.len(), plan, &progress)?;
+            bar.set_position(passed + (group.len() * blocks) as u64);
             saved.save_evaluations(&key, &e)?;
             fault(&format!("after-search-{key}"));
             evals.extend(e);
