@@ -1,8 +1,8 @@
 // Magnitude or Wanda pruning of each row of a weight w [rows, cols] in one shader: the score of
 // w[r, j] is |w| (magnitude) or |w| * sqrt(scaler[j]) (Wanda), recomputed wherever it is read
 // and never stored; the k[r] lowest scores of row r (ties: lower column first, or higher where
-// info[2] is 1) are zeroed in `out` and, when info[4] asks (the final prune; NeuroAL's search needs only the weights),
-// marked 1.0 in `mask` (the rest 0.0). The arithmetic is that of score.wgsl, then
+// info[2] is 1) are zeroed in `out` and, when info[4] asks (the final prune; NeuroAL's search
+// needs only the weights), marked 1.0 in `mask` (the rest 0.0). The arithmetic is that of score.wgsl, then
 // select_lowest.wgsl, then apply_mask.wgsl, which move a score matrix and a mask through memory
 // between three launches. `w` and `out` are in the compute dtype ({{ elem }}), read and
 // written as they are stored; scores are f32. One workgroup per row, with the selection of

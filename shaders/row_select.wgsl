@@ -1,14 +1,14 @@
 // The selection that select_lowest.wgsl and prune_rows.wgsl share (each writes {{ row_select }}
-// where it goes): in one row of `cols` entries, the k lowest keys, with one workgroup; of the keys
-// equal to the k-th, the lower columns are pruned first, or the higher ones where info[2] is 1
-// (the authors' `neuron` masks: NeuroAL's row step). An exact radix select finds the k-th smallest key over four 8-bit digits (rows
-// may be far wider than workgroup memory); then a pass over the row hands each column's verdict
-// to the shader. Only where some but not all of the keys equal to the k-th are pruned does that
-// pass rank the ties by column, with a workgroup prefix sum (17 barriers per WG columns); scores
-// of distinct values (the usual case) need no barrier there. The including shader
-// binds `kth` (the count per row) and `info` (rows, cols, tie order first), and defines key_at(base, j),
-// the key (key_of of the f32 score) of column j of the row starting at `base`, and
-// write_at(base, j, pruned).
+// where it goes): in one row of `cols` entries, the k lowest keys, with one workgroup; of the
+// keys equal to the k-th, the lower columns are pruned first, or the higher ones where info[2]
+// is 1 (the authors' `neuron` masks: NeuroAL's row step). An exact radix select finds the k-th
+// smallest key over four 8-bit digits (rows may be far wider than workgroup memory); then a pass
+// over the row hands each column's verdict to the shader. Only where some but not all of the
+// keys equal to the k-th are pruned does that pass rank the ties by column, with a workgroup
+// prefix sum (17 barriers per WG columns); scores of distinct values (the usual case) need no
+// barrier there. The including shader binds `kth` (the count per row) and `info` (rows, cols,
+// tie order first), and defines key_at(base, j), the key (key_of of the f32 score) of column j
+// of the row starting at `base`, and write_at(base, j, pruned).
 
 const WG: u32 = {{ workgroup_size }}u;
 

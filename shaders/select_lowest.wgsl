@@ -1,6 +1,6 @@
 // In each row of a [rows, cols] score matrix, marks the k[row] lowest scores with 1.0 (ties:
-// lower column first, or higher where info[2] is 1) and the rest with 0.0: one workgroup per row, with the selection of
-// row_select.wgsl.
+// lower column first, or higher where info[2] is 1) and the rest with 0.0: one workgroup per
+// row, with the selection of row_select.wgsl.
 
 @group(0) @binding(0) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(1) var<storage, read_write> kth: array<u32>;

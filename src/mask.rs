@@ -215,6 +215,14 @@ impl Pattern {
             Pattern::NM { n, m } => format!("{n}:{m}"),
         }
     }
+
+    /// The tie order of the authors' masks for this pattern.
+    pub fn ties(&self) -> Ties {
+        match self {
+            Pattern::RowsVariable => Ties::LaterFirst,
+            _ => Ties::EarlierFirst,
+        }
+    }
 }
 
 /// Which of the scores equal to a row's cut are pruned first. The authors' `row` masks (block
@@ -226,16 +234,6 @@ impl Pattern {
 pub enum Ties {
     EarlierFirst,
     LaterFirst,
-}
-
-impl Pattern {
-    /// The tie order of the authors' masks for this pattern.
-    pub fn ties(&self) -> Ties {
-        match self {
-            Pattern::RowsVariable => Ties::LaterFirst,
-            _ => Ties::EarlierFirst,
-        }
-    }
 }
 
 /// How much of one layer to prune: one fraction, or one per output row.
