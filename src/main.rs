@@ -147,7 +147,7 @@ enum Command {
     },
     /// Forward throughput (tokens/s) and peak host memory of each device on a model.
     Bench {
-        /// Model folder to measure (or --synthetic; or --matmul, --attention).
+        /// Model folder to measure (or --synthetic; or --matmul, --attention, --prune-rows).
         #[arg(long, required_unless_present_any = ["synthetic", "matmul", "attention", "prune_rows", "save"])]
         model: Option<PathBuf>,
         /// Instead of a model: time each matrix-product kernel (burn's choice and every name
