@@ -11,9 +11,12 @@
 // of the row starting at `base`, and write_at(base, j, pruned).
 
 const WG: u32 = {{ workgroup_size }}u;
+// Whether each digit's bin is found in two levels (kernels.rs, `Walk`).
+const TWO_LEVEL_WALK: bool = {{ two_level_walk }};
 
 var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> select_u32: array<u32, 3>;
+var<workgroup> bin_groups: array<u32, 16>;
 var<workgroup> flags: array<u32, {{ workgroup_size }}>;
 
 // Order-preserving map of f32 to u32; +0 and -0 share a key, as they compare equal.
@@ -48,11 +51,34 @@ fn select_row(base: u32, cols: u32, k: u32, later_first: bool, lid: u32) {
             }
         }
         workgroupBarrier();
+        // The two-level walk: 16 invocations sum 16 bins each, so that the walk below starts at
+        // the group of bins that reaches `remaining` and stops within it.
+        if (TWO_LEVEL_WALK) {
+            if (lid < 16u) {
+                var sum = 0u;
+                for (var b = lid * 16u; b < lid * 16u + 16u; b++) {
+                    sum += atomicLoad(&hist[b]);
+                }
+                bin_groups[lid] = sum;
+            }
+            workgroupBarrier();
+        }
         if (lid == 0u) {
             var cum = 0u;
+            var first = 0u;
+            if (TWO_LEVEL_WALK) {
+                for (var g = 0u; g < 15u; g++) {
+                    let c = bin_groups[g];
+                    if (cum + c >= remaining) {
+                        break;
+                    }
+                    cum += c;
+                    first += 16u;
+                }
+            }
             var sel = 255u;
             var left = remaining;
-            for (var b = 0u; b < 256u; b++) {
+            for (var b = first; b < 256u; b++) {
                 let c = atomicLoad(&hist[b]);
                 if (cum + c >= remaining) {
                     sel = b;

@@ -420,6 +420,8 @@ pub struct PruneRowsTiming {
     /// Which of the scores equal to a row's cut go first: `earlier` (`row`) or `later`
     /// (`rows-variable`, NeuroAL's row step).
     pub ties: String,
+    /// The selection's digit walk (`NEUROAL_SELECT_WALK`): `serial` or `two-level`.
+    pub walk: String,
     /// `prune_rows` (the one shader, the weight only: NeuroAL's candidates), `prune_rows+mask`
     /// (the final prune's), `score+select+mask` (the three shaders it fuses, in f32).
     pub kernel: String,
@@ -441,7 +443,7 @@ pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, 
     let shapes = parse_sizes::<2>(list, "--prune-rows", "a weight is ROWSxCOLS, e.g. 11008x4096")?;
     let (selected, dtype) = kernel_bench_device(devices, dtype, iters, "prune-rows")?;
     if !json {
-        outln!("{} ({})", selected.description, crate::device::dtype_name(dtype))?;
+        outln!("{} ({}; {} digit walk)", selected.description, crate::device::dtype_name(dtype), crate::kernels::walk().name())?;
         outln!("{:<14} {:<10} {:<8} {:<18} {:>9} {:>8} {:>9}", "rows×cols", "score", "ties", "kernel", "ms", "GB/s", "rel. err")?;
     }
     let device = &selected.device;
@@ -470,6 +472,7 @@ pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, 
                         shape: [rows, cols],
                         score: score.into(),
                         ties: name.into(),
+                        walk: crate::kernels::walk().name().into(),
                         kernel: kernel.into(),
                         ms,
                         gb_per_s: ms.map(|ms| bytes / ms / 1e6),

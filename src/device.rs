@@ -194,9 +194,10 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
     let matmul = crate::gpu_matmul::choose(&device, &tuned)?;
     let attention = crate::gpu_attention::choose(&device, &tuned)?;
     let fused = crate::fused::choose(&tuned)?;
+    let walk = crate::kernels::choose_walk().map_err(|e| err!("{e}"))?;
     let mut description = format!("gpu: {} ({:?}, {:?}, {compiler})", best.info.name, best.info.device_type, best.info.backend);
     // The fixed kernels, as their variables name them (the defaults say what they cover).
-    let fixed: Vec<String> = matmul.into_iter().chain(attention).chain(fused).collect();
+    let fixed: Vec<String> = matmul.into_iter().chain(attention).chain(fused).chain(walk).collect();
     if !fixed.is_empty() {
         description.push_str(&format!(" [{}]", fixed.join(", ")));
     }

@@ -82,21 +82,76 @@ const PRUNE_ROWS: Shader = shader!("prune_rows.wgsl", "f32");
 const PRUNE_ROWS_F16: Shader = shader!("prune_rows.wgsl", "f16");
 
 /// Every shader wgpu may be given: its name, its text with the template fields filled in, and
-/// whether it reads f16 buffers (then wgpu needs the adapter's shader f16). For the test that
-/// has naga validate each one and translate it for every graphics API.
-pub fn shader_texts() -> Vec<(&'static str, String, bool)> {
-    [SELECT_LOWEST, INPUT_STATS, INPUT_STATS_F16, SCORE, APPLY_MASK, ALIGNMENT, PRUNE_ROWS, PRUNE_ROWS_F16]
-        .into_iter()
-        .map(|s| (s.name, s.text(), s.elem == "f16"))
-        .collect()
+/// whether it reads f16 buffers (then wgpu needs the adapter's shader f16); those that include
+/// the row selection once per [`Walk`]. For the test that has naga validate each one and
+/// translate it for every graphics API.
+pub fn shader_texts() -> Vec<(String, String, bool)> {
+    let mut texts = Vec::new();
+    for s in [SELECT_LOWEST, INPUT_STATS, INPUT_STATS_F16, SCORE, APPLY_MASK, ALIGNMENT, PRUNE_ROWS, PRUNE_ROWS_F16] {
+        let f16 = s.elem == "f16";
+        texts.push((s.name.to_string(), s.text_with(Walk::Serial), f16));
+        if s.source.contains("{{ row_select }}") {
+            texts.push((format!("{} [{} walk]", s.name, Walk::TwoLevel.name()), s.text_with(Walk::TwoLevel), f16));
+        }
+    }
+    texts
+}
+
+/// How `row_select.wgsl` finds each radix digit's bin: one invocation walking up to 256 bins
+/// (the default), or 16 invocations summing 16 bins each first, so that the walk takes at
+/// most 32 steps for one more barrier. Both give the same masks (tested); which is faster is a
+/// question for each GPU (on lavapipe the serial walk is: README, "Speed"), so
+/// `NEUROAL_SELECT_WALK=serial|two-level` picks one for `bench --prune-rows` to time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Walk {
+    Serial,
+    TwoLevel,
+}
+
+impl Walk {
+    pub fn name(self) -> &'static str {
+        match self {
+            Walk::Serial => "serial",
+            Walk::TwoLevel => "two-level",
+        }
+    }
+}
+
+/// The variable that picks the [`Walk`].
+pub const WALK_VAR: &str = "NEUROAL_SELECT_WALK";
+
+static WALK: OnceLock<Walk> = OnceLock::new();
+
+/// Reads `NEUROAL_SELECT_WALK` when a GPU is opened (a bad value is one line); returns, for the
+/// device line, the walk it fixes.
+pub fn choose_walk() -> Result<Option<String>, String> {
+    let asked = std::env::var(WALK_VAR).unwrap_or_default();
+    let walk = match asked.trim() {
+        "" => return Ok(None),
+        "serial" => Walk::Serial,
+        "two-level" => Walk::TwoLevel,
+        other => return Err(format!("{WALK_VAR}={other}: expected serial or two-level")),
+    };
+    let _ = WALK.set(walk);
+    Ok(Some(format!("{WALK_VAR}={}", walk.name())))
+}
+
+/// The walk the selection shaders run in this process.
+pub fn walk() -> Walk {
+    *WALK.get().unwrap_or(&Walk::Serial)
 }
 
 impl Shader {
     /// The shader's text with its template fields filled in.
     fn text(self) -> String {
+        self.text_with(walk())
+    }
+
+    fn text_with(self, walk: Walk) -> String {
         let enable = if self.elem == "f16" { "enable f16;" } else { "" };
         self.source
             .replace("{{ row_select }}", ROW_SELECT)
+            .replace("{{ two_level_walk }}", if walk == Walk::TwoLevel { "true" } else { "false" })
             .replace("{{ workgroup_size }}", &WORKGROUP.to_string())
             .replace("{{ elem }}", self.elem)
             .replace("{{ enable }}", enable)

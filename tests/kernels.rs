@@ -31,20 +31,24 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 #[test]
 fn select_lowest_shader_and_host_path_equal_their_twin() {
     let gpu = select(Choice::Gpu);
-    // Which compiler cubecl runs beside the shaders here (CI runs this file with both).
-    println!("{}", gpu.description);
+    // Which compiler cubecl runs beside the shaders here (CI runs this file with both), and
+    // which digit walk the selection takes (CI runs it with both).
+    println!("{}; {} walk", gpu.description, neuroal::kernels::walk().name());
     let gpu = gpu.device;
     let cpu = Device::flex();
     let mut rng = SplitMix64::new(42);
-    // Rows wider than a workgroup (256), odd widths, all-tie rows, k = 0 and k = cols, and a
-    // k that ends a run of ties (every value ≤ 0.25 pruned: the selection's pass without
-    // ranking), where a random k mostly splits one (the pass that ranks them).
+    // Rows wider than a workgroup (256), odd widths, all-tie rows, k = 0 and k = cols, a k
+    // that ends a run of ties (every value ≤ 0.25 pruned: the selection's pass without
+    // ranking), where a random k mostly splits one (the pass that ranks them), and a k that
+    // ends at the zeros, whose first radix digit (0x80) is the last bin of a group of 16 with
+    // any keys in it (the two-level walk's boundary; the values above start at 0xBE).
     for (rows, cols, levels) in [(3, 1000, None), (5, 300, Some(4)), (4, 7, Some(2)), (2, 4099, Some(50)), (6, 256, Some(1))] {
         let s = random(&mut rng, rows * cols, levels);
         let k: Vec<usize> = (0..rows).map(|r| match r {
             0 => 0,
             1 => cols,
             2 => s[r * cols..(r + 1) * cols].iter().filter(|&&v| v <= 0.25).count(),
+            3 => s[r * cols..(r + 1) * cols].iter().filter(|&&v| v <= 0.0).count(),
             _ => rng.below(cols as u64 + 1) as usize,
         }).collect();
         for ties in [Ties::EarlierFirst, Ties::LaterFirst] {
@@ -151,9 +155,12 @@ fn fused_row_prune_equals_score_select_and_zero() {
         for (rows, cols, levels) in [(3, 1000, None), (5, 300, Some(4)), (4, 7, Some(2)), (2, 4099, Some(50)), (6, 256, Some(1))] {
             // The weights as the dtype stores them, so every path starts from the same values.
             let w = f32_host(as_dtype(t2(random(&mut rng, rows * cols, levels), [rows, cols], &cpu), dt));
+            // k = 0, k = cols, the zero weights (a radix boundary: see the selection's test) and
+            // random counts.
             let k: Vec<usize> = (0..rows).map(|r| match r {
                 0 => 0,
                 1 => cols,
+                2 => w[r * cols..(r + 1) * cols].iter().filter(|&&v| v == 0.0).count(),
                 _ => rng.below(cols as u64 + 1) as usize,
             }).collect();
             let any_scaler: Vec<f32> = (0..cols).map(|_| rng.uniform(0.0, 3.0)).collect();
@@ -252,7 +259,7 @@ fn every_shader_validates_and_translates_for_dx12() {
     for (name, text, f16) in shaders {
         if let Some(dir) = &keep {
             std::fs::create_dir_all(dir).unwrap();
-            let file = if name.ends_with(')') { name.replace(".wgsl (", "-").replace(')', ".wgsl") } else { name.to_string() };
+            let file = name.replace(".wgsl", "").replace(" (", "-").replace(" [", "-").replace(" walk]", "").replace(')', "") + ".wgsl";
             std::fs::write(dir.join(file), &text).unwrap();
         }
         let module = naga::front::wgsl::parse_str(&text).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&text)));
