@@ -375,7 +375,7 @@ pub fn matmul(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json
     }
     let mut print = |r: crate::gpu_matmul::MatmulTiming| -> Result<()> {
         if json {
-            return print_json(&r);
+            return crate::error::write_json(&r, false);
         }
         let shape = format!("{}×{}×{}", r.shape[0], r.shape[1], r.shape[2]);
         match (r.ms, r.tflops, r.rel_err) {
@@ -398,7 +398,7 @@ pub fn attention(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, j
     }
     let mut print = |r: crate::gpu_attention::AttentionTiming| -> Result<()> {
         if json {
-            return print_json(&r);
+            return crate::error::write_json(&r, false);
         }
         let shape = format!("{}×{}×{}×{}", r.shape[0], r.shape[1], r.shape[2], r.shape[3]);
         match (r.ms, r.rel_err) {
@@ -484,7 +484,7 @@ pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, 
                         Err(why) => timing(None, None, Some(why)),
                     };
                     if json {
-                        print_json(&r)?;
+                        crate::error::write_json(&r, false)?;
                         continue;
                     }
                     let shape = format!("{rows}×{cols}");
@@ -540,11 +540,6 @@ pub(crate) fn time_kernel<const D: usize>(
     drop(outputs);
     let ms = start.elapsed().as_secs_f64() * 1000.0 / iters as f64;
     Ok(Ok((ms, (err[0] as f64).sqrt() / (err[1] as f64).sqrt().max(f64::MIN_POSITIVE))))
-}
-
-fn print_json<T: Serialize>(row: &T) -> Result<()> {
-    outln!("{}", serde_json::to_string(row).map_err(|e| err!("cannot encode the result: {e}"))?)?;
-    Ok(())
 }
 
 pub fn print_table(rows: &[BenchRow]) -> Result<()> {

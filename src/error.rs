@@ -48,6 +48,12 @@ pub fn write_line(args: fmt::Arguments) -> Result<()> {
     }
 }
 
+/// A result as JSON on stdout through [`write_line`]: on one line, or indented where `pretty`.
+pub fn write_json<T: serde::Serialize>(value: &T, pretty: bool) -> Result<()> {
+    let text = if pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) };
+    write_line(format_args!("{}", text.map_err(|e| Error(format!("cannot encode the result: {e}")))?))
+}
+
 /// Whether the error is [`outln!`]'s for a reader that has gone.
 pub fn stdout_closed(e: &Error) -> bool {
     e.0 == STDOUT_CLOSED

@@ -319,7 +319,7 @@ fn run(cli: Cli) -> Result<()> {
             let (m, described) = compute.load(config, checkpoint, &measure)?;
             let result = perplexity(&m, &ids, seqlen, max_windows, &described)?;
             if json {
-                outln!("{}", serde_json::to_string_pretty(&result).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?)?;
+                neuroal::error::write_json(&result, true)?;
             } else {
                 outln!(
                     "perplexity {:.4} ({} windows of {} tokens, {:.0} tokens/s, {})",
@@ -364,7 +364,7 @@ fn run(cli: Cli) -> Result<()> {
             let (m, described) = compute.load(config, checkpoint, &measure)?;
             let r = neuroal::zeroshot::evaluate(&m, &requests, &described)?;
             if json {
-                outln!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?)?;
+                neuroal::error::write_json(&r, true)?;
             } else {
                 for (task, s) in &r.tasks {
                     outln!(
@@ -379,7 +379,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect { dir, json } => {
             let r = neuroal::inspect::inspect(&dir)?;
             if json {
-                outln!("{}", serde_json::to_string_pretty(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?)?;
+                neuroal::error::write_json(&r, true)?;
             } else {
                 for (name, f) in &r.layers {
                     outln!("{name:<48} {f:.4}")?;
@@ -409,7 +409,7 @@ fn run(cli: Cli) -> Result<()> {
                 let choice = parse_device(&devices)?;
                 let model = model.ok_or_else(|| neuroal::err!("--model is required"))?;
                 let r = bench::measure(&model, choice, dtype, seqlen, batch, iters, prune)?;
-                outln!("{}", serde_json::to_string(&r).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?)?;
+                neuroal::error::write_json(&r, false)?;
                 return Ok(());
             }
             if save.is_some() && synthetic.is_none() {
@@ -459,7 +459,7 @@ fn run(cli: Cli) -> Result<()> {
                 return Err(e);
             }
             if json {
-                outln!("{}", serde_json::to_string_pretty(&rows).map_err(|e| neuroal::err!("cannot encode the result: {e}"))?)?;
+                neuroal::error::write_json(&rows, true)?;
             } else {
                 bench::print_table(&rows)?;
             }
