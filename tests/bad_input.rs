@@ -204,6 +204,10 @@ fn new_flags_refuse_bad_values_in_one_line() {
     let msg = fails(&gpu_prune, &[("NEUROAL_FUSE", "qkv"), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
     assert!(msg.contains("NEUROAL_FUSE=qkv: expected all or none"), "{msg}");
     assert!(!out.exists(), "NEUROAL_FUSE: nothing may be written");
+    // NEUROAL_SELECT_WALK, read there too: serial or two-level.
+    let msg = fails(&gpu_prune, &[("NEUROAL_SELECT_WALK", "parallel"), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
+    assert!(msg.contains("NEUROAL_SELECT_WALK=parallel: expected serial or two-level"), "{msg}");
+    assert!(!out.exists(), "NEUROAL_SELECT_WALK: nothing may be written");
 }
 
 /// A reader of stdout that has gone (`neuroal inspect DIR | head` after its lines) stops the
