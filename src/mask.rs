@@ -353,8 +353,9 @@ pub fn select_lowest_host(scores: Tensor<2>, k: &[usize], ties: Ties) -> Result<
 /// of a CPU row pruning. Where every score equal to τ is pruned (scores of distinct values),
 /// the bound is the row's length.
 ///
-/// With [`Ties::LaterFirst`] the ties pruned are the last ones by column: the verdicts are `score < τ` below the bound and
-/// `score <= τ` from it, and where every tie is pruned the bound is 0.
+/// With [`Ties::LaterFirst`] the ties pruned are the last ones by column: the verdicts are
+/// `score < τ` below the bound and `score <= τ` from it, and where every tie is pruned the bound
+/// is 0.
 ///
 /// Scores are selected by their bits as u32 keys: for scores whose sign bit is clear (every
 /// score |w|·√s, and +NaN), that order is `total_cmp`'s, and integer comparisons make the
