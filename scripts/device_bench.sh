@@ -150,13 +150,11 @@ attention() { # build dtype
 # The row pruning NeuroAL's search runs once per linear and candidate (`prune_rows.wgsl`, both
 # tie orders; the final prune's with its mask; the three shaders it fuses) on the 7B case's
 # weights: what its candidates' pruning (2.0 s of the traced search) is made of; with each
-# digit walk of the selection (NEUROAL_SELECT_WALK: serial, the default, and two-level).
+# digit walk of the selection (serial, the untuned default, and two-level; `tune` keeps the
+# faster).
 prune_rows() { # build dtype
   [ -x ".bin/$1" ] || return
-  local walk
-  for walk in serial two-level; do
-    run "$1-prunerows-$walk-$2$tag" NEUROAL_SELECT_WALK=$walk ".bin/$1" bench --prune-rows "${PRUNE_ROWS:-4096x4096,11008x4096,4096x11008}" --devices gpu --dtype "$2" --iters 10 && cat "$logs/$1-prunerows-$walk-$2$tag.log"
-  done
+  run "$1-prunerows-$2$tag" ".bin/$1" bench --prune-rows "${PRUNE_ROWS:-4096x4096,11008x4096,4096x11008}" --devices gpu --dtype "$2" --iters 10 && cat "$logs/$1-prunerows-$2$tag.log"
 }
 # `neuroal tune` on both cases' linears and attentions (the 7B search's 8 windows of 512
 # tokens, the 0.84 B forward's 4), as a user would run it once on a new card: its own time, and

@@ -436,15 +436,18 @@ pub struct PruneRowsTiming {
 /// `bench --prune-rows`: the GPU's row pruning (magnitude and Wanda, both tie orders) at half
 /// of each row, on random weights of each shape, in this process: the shader the search runs
 /// once per linear and candidate, the final prune's (with its mask) and the three separate
-/// shaders it fuses.
+/// shaders it fuses; with each digit walk of the selection, or the one `NEUROAL_SELECT_WALK`
+/// names.
 pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json: bool) -> Result<()> {
     use burn::tensor::{DType, Distribution, Tensor};
     use crate::mask::Ties;
     let shapes = parse_sizes::<2>(list, "--prune-rows", "a weight is ROWSxCOLS, e.g. 11008x4096")?;
     let (selected, dtype) = kernel_bench_device(devices, dtype, iters, "prune-rows")?;
+    use crate::kernels::{Walk, WALK_VAR};
+    let walks: Vec<Walk> = if std::env::var(WALK_VAR).is_ok_and(|v| !v.trim().is_empty()) { vec![crate::kernels::walk()] } else { Walk::ALL.to_vec() };
     if !json {
-        outln!("{} ({}; {} digit walk)", selected.description, crate::device::dtype_name(dtype), crate::kernels::walk().name())?;
-        outln!("{:<14} {:<10} {:<8} {:<18} {:>9} {:>8} {:>9}", "rows×cols", "score", "ties", "kernel", "ms", "GB/s", "rel. err")?;
+        outln!("{} ({})", selected.description, crate::device::dtype_name(dtype))?;
+        outln!("{:<14} {:<10} {:<8} {:<10} {:<18} {:>9} {:>8} {:>9}", "rows×cols", "score", "ties", "walk", "kernel", "ms", "GB/s", "rel. err")?;
     }
     let device = &selected.device;
     for &[rows, cols] in &shapes {
@@ -455,42 +458,46 @@ pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, 
         for (score, scaler) in [("magnitude", None), ("wanda", Some(scaler))] {
             let (w, scaler, k) = (&w, &scaler, &k);
             for (ties, name) in [(Ties::EarlierFirst, "earlier"), (Ties::LaterFirst, "later")] {
-                let three = || {
-                    let w32 = w.clone().cast(DType::F32);
-                    let mask = crate::kernels::select_lowest(crate::kernels::score(w32.clone(), scaler.clone()), k, ties);
-                    crate::kernels::apply_mask(w32, mask)
-                };
-                let reference = three();
-                for kernel in ["prune_rows", "prune_rows+mask", "score+select+mask"] {
-                    let run = || match kernel {
-                        "score+select+mask" => Ok(three()),
-                        _ => crate::kernels::prune_rows(w.clone(), scaler.clone(), k, kernel == "prune_rows+mask", ties)
-                            .map(|(pruned, _)| pruned)
-                            .ok_or_else(|| format!("no shader for {dtype:?} weights")),
+                for &walk in &walks {
+                    crate::kernels::set_walk(walk);
+                    let three = || {
+                        let w32 = w.clone().cast(DType::F32);
+                        let mask = crate::kernels::select_lowest(crate::kernels::score(w32.clone(), scaler.clone()), k, ties);
+                        crate::kernels::apply_mask(w32, mask)
                     };
-                    let timing = |ms: Option<f64>, rel_err, declined| PruneRowsTiming {
-                        shape: [rows, cols],
-                        score: score.into(),
-                        ties: name.into(),
-                        walk: crate::kernels::walk().name().into(),
-                        kernel: kernel.into(),
-                        ms,
-                        gb_per_s: ms.map(|ms| bytes / ms / 1e6),
-                        rel_err,
-                        declined,
-                    };
-                    let r = match time_kernel(device, iters, &reference, run)? {
-                        Ok((ms, rel_err)) => timing(Some(ms), Some(rel_err), None),
-                        Err(why) => timing(None, None, Some(why)),
-                    };
-                    if json {
-                        crate::error::write_json(&r, false)?;
-                        continue;
-                    }
-                    let shape = format!("{rows}×{cols}");
-                    match (r.ms, r.gb_per_s, r.rel_err) {
-                        (Some(ms), Some(g), Some(e)) => outln!("{shape:<14} {score:<10} {name:<8} {kernel:<18} {ms:>9.3} {g:>8.1} {e:>9.1e}")?,
-                        _ => outln!("{shape:<14} {score:<10} {name:<8} {kernel:<18} declined: {}", r.declined.as_deref().unwrap_or(""))?,
+                    let reference = three();
+                    for kernel in ["prune_rows", "prune_rows+mask", "score+select+mask"] {
+                        let run = || match kernel {
+                            "score+select+mask" => Ok(three()),
+                            _ => crate::kernels::prune_rows(w.clone(), scaler.clone(), k, kernel == "prune_rows+mask", ties)
+                                .map(|(pruned, _)| pruned)
+                                .ok_or_else(|| format!("no shader for {dtype:?} weights")),
+                        };
+                        let timing = |ms: Option<f64>, rel_err, declined| PruneRowsTiming {
+                            shape: [rows, cols],
+                            score: score.into(),
+                            ties: name.into(),
+                            walk: walk.name().into(),
+                            kernel: kernel.into(),
+                            ms,
+                            gb_per_s: ms.map(|ms| bytes / ms / 1e6),
+                            rel_err,
+                            declined,
+                        };
+                        let r = match time_kernel(device, iters, &reference, run)? {
+                            Ok((ms, rel_err)) => timing(Some(ms), Some(rel_err), None),
+                            Err(why) => timing(None, None, Some(why)),
+                        };
+                        if json {
+                            crate::error::write_json(&r, false)?;
+                            continue;
+                        }
+                        let shape = format!("{rows}×{cols}");
+                        let walk = walk.name();
+                        match (r.ms, r.gb_per_s, r.rel_err) {
+                            (Some(ms), Some(g), Some(e)) => outln!("{shape:<14} {score:<10} {name:<8} {walk:<10} {kernel:<18} {ms:>9.3} {g:>8.1} {e:>9.1e}")?,
+                            _ => outln!("{shape:<14} {score:<10} {name:<8} {walk:<10} {kernel:<18} declined: {}", r.declined.as_deref().unwrap_or(""))?,
+                        }
                     }
                 }
             }

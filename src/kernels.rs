@@ -8,6 +8,7 @@
 //! a twin in burn tensor ops next to its caller, used on the CPU backends and in the tests.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use burn::backend::wgpu::CubeTensor;
@@ -35,7 +36,8 @@ pub fn is_wgpu<const D: usize>(t: &Tensor<D>) -> bool {
 struct Shared {
     device: wgpu::Device,
     queue: wgpu::Queue,
-    pipelines: Mutex<HashMap<&'static str, wgpu::ComputePipeline>>,
+    /// Keyed by shader and digit walk (`neuroal tune` builds both walks in one process).
+    pipelines: Mutex<HashMap<(&'static str, Walk), wgpu::ComputePipeline>>,
 }
 
 static SHARED: OnceLock<Shared> = OnceLock::new();
@@ -100,53 +102,65 @@ pub fn shader_texts() -> Vec<(String, String, bool)> {
 /// How `row_select.wgsl` finds each radix digit's bin: one invocation walking up to 256 bins
 /// (the default), or 16 invocations summing 16 bins each first, so that the walk takes at
 /// most 32 steps for one more barrier. Both give the same masks (tested); which is faster is a
-/// question for each GPU (on lavapipe the serial walk is: README, "Speed"), so
-/// `NEUROAL_SELECT_WALK=serial|two-level` picks one for `bench --prune-rows` to time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// question for each GPU (on lavapipe the serial walk is: README, "Speed"), so `neuroal tune`
+/// times both and keeps the faster for the adapter, and `NEUROAL_SELECT_WALK=serial|two-level`
+/// fixes one. One per adapter, not per dtype: the walk counts the f32 bits of the scores,
+/// whatever the weights' dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Walk {
     Serial,
     TwoLevel,
 }
 
 impl Walk {
+    pub const ALL: [Walk; 2] = [Walk::Serial, Walk::TwoLevel];
+
     pub fn name(self) -> &'static str {
         match self {
             Walk::Serial => "serial",
             Walk::TwoLevel => "two-level",
         }
     }
+
+    pub fn named(name: &str) -> Option<Walk> {
+        Walk::ALL.into_iter().find(|w| w.name() == name)
+    }
 }
 
 /// The variable that picks the [`Walk`].
 pub const WALK_VAR: &str = "NEUROAL_SELECT_WALK";
 
-static WALK: OnceLock<Walk> = OnceLock::new();
+/// Whether this process's selections take the two-level walk.
+static TWO_LEVEL: AtomicBool = AtomicBool::new(false);
 
-/// Reads `NEUROAL_SELECT_WALK` when a GPU is opened (a bad value is one line); returns, for the
-/// device line, the walk it fixes.
-pub fn choose_walk() -> Result<Option<String>, String> {
+/// Fixes the walk when a GPU is opened: `NEUROAL_SELECT_WALK` (a bad value is one line), else
+/// what `neuroal tune` kept for the adapter (`tuned`), else the serial walk. Returns, for the
+/// device line, what fixed it (nothing for the default).
+pub fn choose_walk(tuned: Option<Walk>) -> Result<Option<String>, String> {
     let asked = std::env::var(WALK_VAR).unwrap_or_default();
-    let walk = match asked.trim() {
-        "" => return Ok(None),
-        "serial" => Walk::Serial,
-        "two-level" => Walk::TwoLevel,
-        other => return Err(format!("{WALK_VAR}={other}: expected serial or two-level")),
+    let (walk, said) = match (asked.trim(), tuned) {
+        ("", None) => (Walk::Serial, None),
+        ("", Some(walk)) => (walk, Some(format!("select walk tuned: {}", walk.name()))),
+        (name, _) => match Walk::named(name) {
+            Some(walk) => (walk, Some(format!("{WALK_VAR}={name}"))),
+            None => return Err(format!("{WALK_VAR}={name}: expected serial or two-level")),
+        },
     };
-    let _ = WALK.set(walk);
-    Ok(Some(format!("{WALK_VAR}={}", walk.name())))
+    set_walk(walk);
+    Ok(said)
 }
 
-/// The walk the selection shaders run in this process.
+/// Switches the walk of the selections launched from now on (`neuroal tune` times each).
+pub fn set_walk(walk: Walk) {
+    TWO_LEVEL.store(walk == Walk::TwoLevel, Ordering::Relaxed);
+}
+
+/// The walk the selection shaders run now.
 pub fn walk() -> Walk {
-    *WALK.get().unwrap_or(&Walk::Serial)
+    if TWO_LEVEL.load(Ordering::Relaxed) { Walk::TwoLevel } else { Walk::Serial }
 }
 
 impl Shader {
-    /// The shader's text with its template fields filled in.
-    fn text(self) -> String {
-        self.text_with(walk())
-    }
-
     fn text_with(self, walk: Walk) -> String {
         let enable = if self.elem == "f16" { "enable f16;" } else { "" };
         self.source
@@ -159,12 +173,14 @@ impl Shader {
 
     fn pipeline(self, shared: &Shared) -> wgpu::ComputePipeline {
         let mut cache = shared.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        // Shaders without the selection have one text.
+        let walk = if self.source.contains("{{ row_select }}") { walk() } else { Walk::Serial };
         cache
-            .entry(self.name)
+            .entry((self.name, walk))
             .or_insert_with(|| {
                 let module = shared.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(self.name),
-                    source: wgpu::ShaderSource::Wgsl(self.text().into()),
+                    source: wgpu::ShaderSource::Wgsl(self.text_with(walk).into()),
                 });
                 shared.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(self.name),

@@ -13,6 +13,7 @@ use burn::tensor::DType;
 use crate::device::{self, ComputeDtype};
 use crate::error::{Context, Result};
 use crate::gpu_matmul::{MatmulTiming, Rules};
+use crate::kernels::Walk;
 use crate::{bail, err, outln};
 
 /// What `neuroal tune` is asked.
@@ -66,7 +67,7 @@ pub fn tuned_path(key: &str) -> Option<PathBuf> {
 
 /// What `neuroal tune` kept for an adapter: per compute dtype, the matrix products' rules, the
 /// attention kernel per head size, and which groups of linears that read one input multiply
-/// as one product (`src/fused.rs`).
+/// as one product (`src/fused.rs`); and the row selection's digit walk.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tuned {
     /// The file it was read from.
@@ -74,6 +75,7 @@ pub struct Tuned {
     pub matmul: Vec<(DType, Rules)>,
     pub attention: Vec<(DType, AttentionRules)>,
     pub fuse: Vec<(DType, crate::fused::Rules)>,
+    pub walk: Option<Walk>,
 }
 
 /// The attention kernel (one of `gpu_attention::NAMES`) per head size, written `HD=NAME,…`.
@@ -133,7 +135,7 @@ fn dtype_named(name: &str) -> Option<DType> {
 const AGAIN: &str = "run `neuroal tune` again, or delete the file";
 
 /// A tuned file's lines: `matmul DTYPE RULES`, `attention DTYPE RULES` and `fuse DTYPE RULES`,
-/// one of each per dtype tuned; `#` begins a comment.
+/// one of each per dtype tuned, and one `walk serial|two-level`; `#` begins a comment.
 fn parse_file(text: &str, path: &Path) -> Result<Tuned> {
     let mut tuned = Tuned { path: Some(path.to_path_buf()), ..Tuned::default() };
     for (i, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
@@ -141,10 +143,20 @@ fn parse_file(text: &str, path: &Path) -> Result<Tuned> {
             continue;
         }
         let source = format!("{}, line {i}", path.display());
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["walk", name] = words[..] {
+            let Some(walk) = Walk::named(name) else {
+                bail!("{source}: no digit walk is named {name} (serial or two-level) ({AGAIN})");
+            };
+            if tuned.walk.replace(walk).is_some() {
+                bail!("{source}: a second walk line ({AGAIN})");
+            }
+            continue;
+        }
         let words: Vec<&str> = line.splitn(3, char::is_whitespace).collect();
         let (kind, dtype, rules) = match words[..] {
             [kind @ ("matmul" | "attention" | "fuse"), dtype, rules] if dtype_named(dtype).is_some() => (kind, dtype_named(dtype).unwrap_or(DType::F32), rules.trim()),
-            _ => bail!("{source}: expected `matmul|attention|fuse f32|f16|bf16 RULES`, found {line:?} ({AGAIN})"),
+            _ => bail!("{source}: expected `matmul|attention|fuse f32|f16|bf16 RULES` or `walk serial|two-level`, found {line:?} ({AGAIN})"),
         };
         let again = |e: crate::error::Error| err!("{e} ({AGAIN})");
         let twice = || err!("{source}: a second {kind} {} line ({AGAIN})", device::dtype_name(dtype));
@@ -267,9 +279,18 @@ fn best(candidates: Vec<(f64, &str)>) -> Option<(f64, &str)> {
     candidates.into_iter().min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)))
 }
 
-/// The config of the model or published shape asked for; its linears', LM head's and stacked
-/// groups' weight shapes [K, N]; and its groups of linears that read one input.
-fn weight_shapes(args: &TuneArgs) -> Result<(crate::config::Config, Vec<[usize; 2]>, Vec<crate::fused::Group>)> {
+/// What `neuroal tune` times for a model: its config; its linears', LM head's and stacked
+/// groups' weight shapes [K, N] (the products); its groups of linears that read one input; and
+/// its prunable linears' weights [rows, cols] (the row pruning).
+struct Shapes {
+    config: crate::config::Config,
+    products: Vec<[usize; 2]>,
+    groups: Vec<crate::fused::Group>,
+    pruned: Vec<[usize; 2]>,
+}
+
+/// The [`Shapes`] of the model or published shape asked for.
+fn weight_shapes(args: &TuneArgs) -> Result<Shapes> {
     let config = match (&args.model, &args.synthetic) {
         (Some(dir), _) => {
             let path = dir.join("config.json");
@@ -291,10 +312,13 @@ fn weight_shapes(args: &TuneArgs) -> Result<(crate::config::Config, Vec<[usize; 
     let spec = crate::model::Spec::of(&config);
     let groups = spec.fused_groups();
     let stacked = groups.iter().map(|g| [g.n(), g.k]);
-    let mut shapes: Vec<[usize; 2]> = spec.shapes().into_iter().chain(head).chain(stacked).map(|[out, inp]| [inp, out]).collect();
-    shapes.sort();
-    shapes.dedup();
-    Ok((config, shapes, groups))
+    let mut products: Vec<[usize; 2]> = spec.shapes().into_iter().chain(head).chain(stacked).map(|[out, inp]| [inp, out]).collect();
+    products.sort();
+    products.dedup();
+    let mut pruned = spec.shapes();
+    pruned.sort();
+    pruned.dedup();
+    Ok(Shapes { config, products, groups, pruned })
 }
 
 /// Largest relative error against burn's product a tuned kernel may have: f32 products must be
@@ -309,7 +333,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     if args.iters == 0 {
         bail!("--iters must be at least 1");
     }
-    let (config, shapes, groups) = weight_shapes(args)?;
+    let Shapes { config, products: shapes, groups, pruned } = weight_shapes(args)?;
     if args.seqlen == 0 {
         bail!("--seqlen must be at least 1");
     }
@@ -329,7 +353,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     let t = args.seqlen.min(config.max_positions);
     let attention = [(tokens[0] / t).max(1), config.num_heads, t, config.head_dim];
     eprintln!(
-        "{} ({dtype_name}): timing {} matrix-product kernels and burn's on {} products, and {} attention kernels on {}×{}×{}×{}",
+        "{} ({dtype_name}): timing {} matrix-product kernels and burn's on {} products, {} attention kernels on {}×{}×{}×{}, and the row selection's {} digit walks on {} weight shapes",
         selected.description,
         crate::gpu_matmul::names().len(),
         products.len(),
@@ -337,7 +361,9 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         attention[0],
         attention[1],
         attention[2],
-        attention[3]
+        attention[3],
+        Walk::ALL.len(),
+        pruned.len()
     );
     // What an earlier tune kept: other dtypes' lines stay, this dtype's are updated (other
     // models' shapes kept).
@@ -403,6 +429,12 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     let old = kept.attention.iter().position(|(d, _)| *d == dtype).map(|i| kept.attention.remove(i).1).unwrap_or_default();
     let heads = old.updated_by(AttentionRules(vec![(config.head_dim, attention_kernel.to_string())]));
     kept.attention.push((dtype, heads.clone()));
+    let walks = time_walks(&selected.device, &pruned, dtype, args.iters)?;
+    // The faster walk whose weights were the serial walk's; an equal time keeps the serial one.
+    let fastest_walk = walks.iter().filter_map(|&(w, ms)| Some((ms?, w))).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, w)| w);
+    if let Some(walk) = fastest_walk {
+        kept.walk = Some(walk);
+    }
     write_tuned(&path, &selected.description, &kept)?;
     outln!("{:<14} {:<66} {:>10} {:>10}", "K×N", "fastest kernel", "ms", "burn's ms")?;
     for f in &found {
@@ -415,12 +447,51 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         let said = if v.fused { "fused (ms: stacked, apart)" } else { "apart (ms: stacked, apart)" };
         outln!("{:<14} {said:<66} {:>10.3} {:>10.3}", g.to_string(), v.stacked_ms, v.apart_ms)?;
     }
+    let ms = |w: Walk| walks.iter().find(|(v, _)| *v == w).and_then(|(_, ms)| *ms).map_or("-".to_string(), |ms| format!("{ms:.3}"));
+    let walk_said = match fastest_walk {
+        Some(walk) => format!("{} walk (ms: two-level, serial)", walk.name()),
+        None => "walk not tuned: a walk declined or differed".to_string(),
+    };
+    outln!("{:<14} {walk_said:<66} {:>10} {:>10}", "row pruning", ms(Walk::TwoLevel), ms(Walk::Serial))?;
     let fused_said = if fuse.0.is_empty() { String::new() } else { format!(", fusion {fuse}") };
+    let walk_said = kept.walk.map_or(String::new(), |w| format!(", row selections the {} walk", w.name()));
     outln!(
-        "wrote {}: {dtype_name} products on this GPU now use {rules}, attentions {heads}{fused_said} (NEUROAL_MATMUL, NEUROAL_ATTENTION and NEUROAL_FUSE override it; delete the file to undo)",
+        "wrote {}: {dtype_name} products on this GPU now use {rules}, attentions {heads}{fused_said}{walk_said} (NEUROAL_MATMUL, NEUROAL_ATTENTION, NEUROAL_FUSE and NEUROAL_SELECT_WALK override it; delete the file to undo)",
         path.display()
     )?;
     Ok(())
+}
+
+/// Each digit walk's milliseconds pruning random weights of the `shapes` [rows, cols] at half of
+/// each row as NeuroAL's candidates do (`prune_rows.wgsl`: Wanda's scores, no mask, in both tie
+/// orders), summed; `None` for a walk that declined one or whose weights were not the serial
+/// walk's. The serial walk is switched on again when it returns.
+fn time_walks(device: &burn::tensor::Device, shapes: &[[usize; 2]], dtype: DType, iters: usize) -> Result<Vec<(Walk, Option<f64>)>> {
+    use burn::tensor::{Distribution, Tensor};
+    let mut total: Vec<(Walk, Option<f64>)> = Walk::ALL.iter().map(|&w| (w, Some(0.0))).collect();
+    for &[rows, cols] in shapes {
+        let w = Tensor::<2>::random([rows, cols], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
+        let scaler = Tensor::<1>::random([cols], Distribution::Uniform(0.0, 4.0), device);
+        let k = vec![cols / 2; rows];
+        for ties in [crate::mask::Ties::EarlierFirst, crate::mask::Ties::LaterFirst] {
+            let run = || {
+                crate::kernels::prune_rows(w.clone(), Some(scaler.clone()), &k, false, ties)
+                    .map(|(pruned, _)| pruned)
+                    .ok_or_else(|| format!("no row-pruning shader for {} weights", device::dtype_name(dtype)))
+            };
+            crate::kernels::set_walk(Walk::Serial);
+            let reference = run().map_err(|e| err!("tune: {e}"))?;
+            for (walk, sum) in total.iter_mut() {
+                crate::kernels::set_walk(*walk);
+                *sum = match (*sum, crate::bench::time_kernel(device, iters, &reference, run)?) {
+                    (Some(sum), Ok((ms, 0.0))) => Some(sum + ms),
+                    _ => None,
+                };
+            }
+        }
+    }
+    crate::kernels::set_walk(Walk::Serial);
+    Ok(total)
 }
 
 /// Writes the tuned file whole or not at all (`staging::write_whole`).
@@ -428,11 +499,12 @@ fn write_tuned(path: &Path, adapter: &str, tuned: &Tuned) -> Result<()> {
     let dir = path.parent().ok_or_else(|| err!("{}: no parent folder", path.display()))?;
     std::fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
     let mut text = format!(
-        "# neuroal tune: on {adapter}, per compute dtype, the fastest matrix-product kernel per weight shape\n# KxN (input x output size), attention kernel per head size, and whether the linears that read\n# one input (KxN1+N2+...) multiply as one product. NEUROAL_MATMUL, NEUROAL_ATTENTION and\n# NEUROAL_FUSE override it; delete this file to undo.\n"
+        "# neuroal tune: on {adapter}, per compute dtype, the fastest matrix-product kernel per weight shape\n# KxN (input x output size), attention kernel per head size, and whether the linears that read\n# one input (KxN1+N2+...) multiply as one product; and the row selection's faster digit walk.\n# NEUROAL_MATMUL, NEUROAL_ATTENTION, NEUROAL_FUSE and NEUROAL_SELECT_WALK override it; delete\n# this file to undo.\n"
     );
     let mut lines: Vec<String> = tuned.matmul.iter().map(|(d, r)| format!("matmul {} {r}", device::dtype_name(*d))).collect();
     lines.extend(tuned.attention.iter().map(|(d, r)| format!("attention {} {r}", device::dtype_name(*d))));
     lines.extend(tuned.fuse.iter().map(|(d, r)| format!("fuse {} {r}", device::dtype_name(*d))));
+    lines.extend(tuned.walk.map(|w| format!("walk {}", w.name())));
     lines.sort();
     for line in lines {
         text.push_str(&line);
@@ -492,7 +564,7 @@ mod tests {
     #[test]
     fn tuned_files_round_trip_and_bad_ones_get_one_line() {
         let path = Path::new("/x/kernels-gpu.txt");
-        let text = "# comment\nmatmul f16 4096x4096=a,4096x11008=burn,b\n\nmatmul f32 burn\nattention f16 64=flash-2,128=ops\nfuse f16 4096x4096+4096+4096=off,4096x11008+11008=on\n";
+        let text = "# comment\nmatmul f16 4096x4096=a,4096x11008=burn,b\n\nmatmul f32 burn\nattention f16 64=flash-2,128=ops\nfuse f16 4096x4096+4096+4096=off,4096x11008+11008=on\nwalk  two-level \n";
         let t = parse_file(text, path).unwrap();
         assert_eq!(t.matmul.len(), 2);
         assert_eq!(t.matmul[0].0, DType::F16);
@@ -501,11 +573,14 @@ mod tests {
         assert_eq!(t.attention, vec![(DType::F16, AttentionRules(vec![(64, "flash-2".into()), (128, "ops".into())]))]);
         assert_eq!(t.fuse.len(), 1);
         assert_eq!(t.fuse[0].1.to_string(), "4096x4096+4096+4096=off,4096x11008+11008=on");
+        assert_eq!(t.walk, Some(Walk::TwoLevel));
+        assert_eq!(parse_file("walk serial", path).unwrap().walk, Some(Walk::Serial));
+        assert_eq!(parse_file("matmul f32 burn", path).unwrap().walk, None);
         let dir = std::env::temp_dir().join(format!("neuroal-tuned-unit-{}", std::process::id()));
         let file = dir.join("kernels-gpu.txt");
         write_tuned(&file, "a GPU", &t).unwrap();
         let back = parse_file(&std::fs::read_to_string(&file).unwrap(), &file).unwrap();
-        assert_eq!((back.matmul.len(), back.attention, back.fuse), (2, t.attention.clone(), t.fuse.clone()));
+        assert_eq!((back.matmul.len(), back.attention, back.fuse, back.walk), (2, t.attention.clone(), t.fuse.clone(), t.walk));
         let _ = std::fs::remove_dir_all(&dir);
         for (bad, says) in [
             ("f16 a", "expected `matmul|attention|fuse f32|f16|bf16 RULES`"),
@@ -518,6 +593,10 @@ mod tests {
             ("attention f16 64", "an attention rule is HEAD_SIZE=KERNEL"),
             ("attention f16 0=ops", "an attention rule is HEAD_SIZE=KERNEL"),
             ("attention f16 64=flash-3", "no attention kernel is named flash-3"),
+            ("walk f16 serial", "or `walk serial|two-level`"),
+            ("walk", "or `walk serial|two-level`"),
+            ("walk radix", "no digit walk is named radix"),
+            ("walk serial\nwalk two-level", "a second walk line"),
         ] {
             let msg = parse_file(bad, path).unwrap_err().to_string();
             assert!(msg.starts_with("/x/kernels-gpu.txt, line") && msg.contains(says) && msg.contains(AGAIN) && !msg.contains('\n'), "{bad}: {msg}");
