@@ -150,8 +150,8 @@ attention() { # build dtype
 # The row pruning NeuroAL's search runs once per linear and candidate (`prune_rows.wgsl`, both
 # tie orders; the final prune's with its mask; the three shaders it fuses) on the 7B case's
 # weights: what its candidates' pruning (2.0 s of the traced search) is made of; with each
-# digit walk of the selection (serial, the untuned default, and two-level; `tune` keeps the
-# faster).
+# variant of the selection (digit walk, first-digit histogram copies; `tune` keeps the
+# fastest).
 prune_rows() { # build dtype
   [ -x ".bin/$1" ] || return
   run "$1-prunerows-$2$tag" ".bin/$1" bench --prune-rows "${PRUNE_ROWS:-4096x4096,11008x4096,4096x11008}" --devices gpu --dtype "$2" --iters 10 && cat "$logs/$1-prunerows-$2$tag.log"

@@ -13,8 +13,12 @@
 const WG: u32 = {{ workgroup_size }}u;
 // Whether each digit's bin is found in two levels (kernels.rs, `Walk`).
 const TWO_LEVEL_WALK: bool = {{ two_level_walk }};
+// Copies of the first digit's histogram (kernels.rs, `Select`): the first digit sees every key
+// of the row, and a row's scores share a few exponents, so its counts crowd into a few bins;
+// invocation i counts into copy i % COPIES, and the copies are then summed into the first.
+const COPIES: u32 = {{ hist_copies }}u;
 
-var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> hist: array<atomic<u32>, {{ hist_len }}>;
 var<workgroup> select_u32: array<u32, 3>;
 var<workgroup> bin_groups: array<u32, 16>;
 var<workgroup> flags: array<u32, {{ workgroup_size }}>;
@@ -42,15 +46,27 @@ fn select_row(base: u32, cols: u32, k: u32, later_first: bool, lid: u32) {
     var remaining = k;
     for (var digit = 0u; digit < 4u; digit++) {
         let shift = 24u - 8u * digit;
-        atomicStore(&hist[lid], 0u);
+        let copies = select(1u, COPIES, digit == 0u);
+        for (var c = 0u; c < copies; c++) {
+            atomicStore(&hist[c * 256u + lid], 0u);
+        }
         workgroupBarrier();
+        let own = (lid % copies) * 256u;
         for (var j = lid; j < cols; j += WG) {
             let key = key_at(base, j);
             if ((key & digits_mask) == prefix) {
-                atomicAdd(&hist[(key >> shift) & 255u], 1u);
+                atomicAdd(&hist[own + ((key >> shift) & 255u)], 1u);
             }
         }
         workgroupBarrier();
+        if (copies > 1u) {
+            var sum = atomicLoad(&hist[lid]);
+            for (var c = 1u; c < copies; c++) {
+                sum += atomicLoad(&hist[c * 256u + lid]);
+            }
+            atomicStore(&hist[lid], sum);
+            workgroupBarrier();
+        }
         // The two-level walk: 16 invocations sum 16 bins each, so that the walk below starts at
         // the group of bins that reaches `remaining` and stops within it.
         if (TWO_LEVEL_WALK) {

@@ -422,13 +422,16 @@ pub struct PruneRowsTiming {
     pub ties: String,
     /// The selection's digit walk (`NEUROAL_SELECT_WALK`): `serial` or `two-level`.
     pub walk: String,
+    /// Copies of the selection's first-digit histogram (`NEUROAL_SELECT_COPIES`).
+    pub copies: u32,
     /// `prune_rows` (the one shader, the weight only: NeuroAL's candidates), `prune_rows+mask`
     /// (the final prune's), `score+select+mask` (the three shaders it fuses, in f32).
     pub kernel: String,
     pub ms: Option<f64>,
     /// One read and one write of the weight as stored, per second.
     pub gb_per_s: Option<f64>,
-    /// ‖w − w_3‖ / ‖w_3‖ against the three shaders' pruned weight: 0 where the paths agree.
+    /// ‖w − w_3‖ / ‖w_3‖ against the three shaders' pruned weight with the default selection:
+    /// 0 where the paths and selections agree.
     pub rel_err: Option<f64>,
     pub declined: Option<String>,
 }
@@ -436,18 +439,21 @@ pub struct PruneRowsTiming {
 /// `bench --prune-rows`: the GPU's row pruning (magnitude and Wanda, both tie orders) at half
 /// of each row, on random weights of each shape, in this process: the shader the search runs
 /// once per linear and candidate, the final prune's (with its mask) and the three separate
-/// shaders it fuses; with each digit walk of the selection, or the one `NEUROAL_SELECT_WALK`
-/// names.
+/// shaders it fuses; with each variant of the selection (`kernels::Select`), or those
+/// `NEUROAL_SELECT_WALK` and `NEUROAL_SELECT_COPIES` leave.
 pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json: bool) -> Result<()> {
     use burn::tensor::{DType, Distribution, Tensor};
     use crate::mask::Ties;
     let shapes = parse_sizes::<2>(list, "--prune-rows", "a weight is ROWSxCOLS, e.g. 11008x4096")?;
     let (selected, dtype) = kernel_bench_device(devices, dtype, iters, "prune-rows")?;
-    use crate::kernels::{Walk, WALK_VAR};
-    let walks: Vec<Walk> = if std::env::var(WALK_VAR).is_ok_and(|v| !v.trim().is_empty()) { vec![crate::kernels::walk()] } else { Walk::ALL.to_vec() };
+    use crate::kernels::{Select, COPIES_VAR, WALK_VAR};
+    // Each variant the variables leave open (they fixed this process's at the device's opening).
+    let fixed = |var: &str| std::env::var(var).is_ok_and(|v| !v.trim().is_empty());
+    let chosen = crate::kernels::select();
+    let selects: Vec<Select> = Select::all().into_iter().filter(|v| (!fixed(WALK_VAR) || v.walk == chosen.walk) && (!fixed(COPIES_VAR) || v.copies == chosen.copies)).collect();
     if !json {
         outln!("{} ({})", selected.description, crate::device::dtype_name(dtype))?;
-        outln!("{:<14} {:<10} {:<8} {:<10} {:<18} {:>9} {:>8} {:>9}", "rows×cols", "score", "ties", "walk", "kernel", "ms", "GB/s", "rel. err")?;
+        outln!("{:<14} {:<10} {:<8} {:<10} {:>6} {:<18} {:>9} {:>8} {:>9}", "rows×cols", "score", "ties", "walk", "copies", "kernel", "ms", "GB/s", "rel. err")?;
     }
     let device = &selected.device;
     for &[rows, cols] in &shapes {
@@ -458,14 +464,15 @@ pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, 
         for (score, scaler) in [("magnitude", None), ("wanda", Some(scaler))] {
             let (w, scaler, k) = (&w, &scaler, &k);
             for (ties, name) in [(Ties::EarlierFirst, "earlier"), (Ties::LaterFirst, "later")] {
-                for &walk in &walks {
-                    crate::kernels::set_walk(walk);
-                    let three = || {
-                        let w32 = w.clone().cast(DType::F32);
-                        let mask = crate::kernels::select_lowest(crate::kernels::score(w32.clone(), scaler.clone()), k, ties);
-                        crate::kernels::apply_mask(w32, mask)
-                    };
-                    let reference = three();
+                let three = || {
+                    let w32 = w.clone().cast(DType::F32);
+                    let mask = crate::kernels::select_lowest(crate::kernels::score(w32.clone(), scaler.clone()), k, ties);
+                    crate::kernels::apply_mask(w32, mask)
+                };
+                crate::kernels::set_select(Select::DEFAULT);
+                let reference = three();
+                for &select in &selects {
+                    crate::kernels::set_select(select);
                     for kernel in ["prune_rows", "prune_rows+mask", "score+select+mask"] {
                         let run = || match kernel {
                             "score+select+mask" => Ok(three()),
@@ -477,7 +484,8 @@ pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, 
                             shape: [rows, cols],
                             score: score.into(),
                             ties: name.into(),
-                            walk: walk.name().into(),
+                            walk: select.walk.name().into(),
+                            copies: select.copies,
                             kernel: kernel.into(),
                             ms,
                             gb_per_s: ms.map(|ms| bytes / ms / 1e6),
@@ -493,10 +501,10 @@ pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, 
                             continue;
                         }
                         let shape = format!("{rows}×{cols}");
-                        let walk = walk.name();
+                        let (walk, copies) = (select.walk.name(), select.copies);
                         match (r.ms, r.gb_per_s, r.rel_err) {
-                            (Some(ms), Some(g), Some(e)) => outln!("{shape:<14} {score:<10} {name:<8} {walk:<10} {kernel:<18} {ms:>9.3} {g:>8.1} {e:>9.1e}")?,
-                            _ => outln!("{shape:<14} {score:<10} {name:<8} {walk:<10} {kernel:<18} declined: {}", r.declined.as_deref().unwrap_or(""))?,
+                            (Some(ms), Some(g), Some(e)) => outln!("{shape:<14} {score:<10} {name:<8} {walk:<10} {copies:>6} {kernel:<18} {ms:>9.3} {g:>8.1} {e:>9.1e}")?,
+                            _ => outln!("{shape:<14} {score:<10} {name:<8} {walk:<10} {copies:>6} {kernel:<18} declined: {}", r.declined.as_deref().unwrap_or(""))?,
                         }
                     }
                 }

@@ -184,7 +184,7 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
     let key = crate::tune::adapter_key(&best.info.name, &format!("{:?}", best.info.backend), compiler);
     // What `neuroal tune` kept for this adapter, unless the variables decide everything it
     // could (then not even an unreadable file stops the run).
-    let named: Vec<bool> = [crate::gpu_matmul::VAR, crate::gpu_attention::VAR, crate::fused::VAR, crate::kernels::WALK_VAR].iter().map(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty())).collect();
+    let named: Vec<bool> = [crate::gpu_matmul::VAR, crate::gpu_attention::VAR, crate::fused::VAR, crate::kernels::WALK_VAR, crate::kernels::COPIES_VAR].iter().map(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty())).collect();
     let tuned = if named.iter().all(|&n| n) { crate::tune::Tuned::default() } else { crate::tune::read_tuned(&key)? };
     // A real GPU that was never tuned: say once per run how to find its fastest kernels (the
     // defaults were measured on one card).
@@ -194,10 +194,10 @@ fn open_gpu(allow_cpu_emulation: bool) -> Result<Option<Selected>> {
     let matmul = crate::gpu_matmul::choose(&device, &tuned)?;
     let attention = crate::gpu_attention::choose(&device, &tuned)?;
     let fused = crate::fused::choose(&tuned)?;
-    let walk = crate::kernels::choose_walk(tuned.walk).map_err(|e| err!("{e}"))?;
+    let select = crate::kernels::choose_select(tuned.select).map_err(|e| err!("{e}"))?;
     let mut description = format!("gpu: {} ({:?}, {:?}, {compiler})", best.info.name, best.info.device_type, best.info.backend);
     // The fixed kernels, as their variables name them (the defaults say what they cover).
-    let fixed: Vec<String> = matmul.into_iter().chain(attention).chain(fused).chain(walk).collect();
+    let fixed: Vec<String> = matmul.into_iter().chain(attention).chain(fused).chain(select).collect();
     if !fixed.is_empty() {
         description.push_str(&format!(" [{}]", fixed.join(", ")));
     }

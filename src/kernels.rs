@@ -8,7 +8,7 @@
 //! a twin in burn tensor ops next to its caller, used on the CPU backends and in the tests.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use burn::backend::wgpu::CubeTensor;
@@ -36,8 +36,8 @@ pub fn is_wgpu<const D: usize>(t: &Tensor<D>) -> bool {
 struct Shared {
     device: wgpu::Device,
     queue: wgpu::Queue,
-    /// Keyed by shader and digit walk (`neuroal tune` builds both walks in one process).
-    pipelines: Mutex<HashMap<(&'static str, Walk), wgpu::ComputePipeline>>,
+    /// Keyed by shader and selection (`neuroal tune` builds every selection in one process).
+    pipelines: Mutex<HashMap<(&'static str, Select), wgpu::ComputePipeline>>,
 }
 
 static SHARED: OnceLock<Shared> = OnceLock::new();
@@ -85,15 +85,17 @@ const PRUNE_ROWS_F16: Shader = shader!("prune_rows.wgsl", "f16");
 
 /// Every shader wgpu may be given: its name, its text with the template fields filled in, and
 /// whether it reads f16 buffers (then wgpu needs the adapter's shader f16); those that include
-/// the row selection once per [`Walk`]. For the test that has naga validate each one and
+/// the row selection once per [`Select`]. For the test that has naga validate each one and
 /// translate it for every graphics API.
 pub fn shader_texts() -> Vec<(String, String, bool)> {
     let mut texts = Vec::new();
     for s in [SELECT_LOWEST, INPUT_STATS, INPUT_STATS_F16, SCORE, APPLY_MASK, ALIGNMENT, PRUNE_ROWS, PRUNE_ROWS_F16] {
         let f16 = s.elem == "f16";
-        texts.push((s.name.to_string(), s.text_with(Walk::Serial), f16));
+        texts.push((s.name.to_string(), s.text_with(Select::DEFAULT), f16));
         if s.source.contains("{{ row_select }}") {
-            texts.push((format!("{} [{} walk]", s.name, Walk::TwoLevel.name()), s.text_with(Walk::TwoLevel), f16));
+            for select in Select::all().into_iter().filter(|&v| v != Select::DEFAULT) {
+                texts.push((format!("{} [{}-{}]", s.name, select.walk.name(), select.copies), s.text_with(select), f16));
+            }
         }
     }
     texts
@@ -101,11 +103,7 @@ pub fn shader_texts() -> Vec<(String, String, bool)> {
 
 /// How `row_select.wgsl` finds each radix digit's bin: one invocation walking up to 256 bins
 /// (the default), or 16 invocations summing 16 bins each first, so that the walk takes at
-/// most 32 steps for one more barrier. Both give the same masks (tested); which is faster is a
-/// question for each GPU (on lavapipe the serial walk is: README, "Speed"), so `neuroal tune`
-/// times both and keeps the faster for the adapter, and `NEUROAL_SELECT_WALK=serial|two-level`
-/// fixes one. One per adapter, not per dtype: the walk counts the f32 bits of the scores,
-/// whatever the weights' dtype.
+/// most 32 steps for one more barrier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Walk {
     Serial,
@@ -127,45 +125,103 @@ impl Walk {
     }
 }
 
-/// The variable that picks the [`Walk`].
+/// How `row_select.wgsl` runs: its digit [`Walk`], and how many copies of the first digit's
+/// histogram its invocations count into (the first digit sees every key of a row, and the
+/// scores' few exponents crowd its counts into a few bins, where a GPU serializes the atomic
+/// adds of one bin). Every choice gives the same masks (tested); which is fastest is a question
+/// for each GPU (the emulator runs atomics and barriers as loops on the CPU), so `neuroal tune`
+/// times them all and keeps the fastest for the adapter, and `NEUROAL_SELECT_WALK` and
+/// `NEUROAL_SELECT_COPIES` fix either part. One per adapter, not per dtype: the selection counts
+/// the f32 bits of the scores, whatever the weights' dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Select {
+    pub walk: Walk,
+    pub copies: u32,
+}
+
+impl Select {
+    pub const DEFAULT: Select = Select { walk: Walk::Serial, copies: 1 };
+    /// The histogram copies there may be: 8 take 8 KiB of the 16 KiB of workgroup memory every
+    /// wgpu backend offers.
+    pub const COPIES: [u32; 4] = [1, 2, 4, 8];
+
+    /// Every walk with every number of copies.
+    pub fn all() -> Vec<Select> {
+        Walk::ALL.into_iter().flat_map(|walk| Select::COPIES.into_iter().map(move |copies| Select { walk, copies })).collect()
+    }
+
+    /// The copies `value` names, if it is one of [`Select::COPIES`].
+    pub fn copies_named(value: &str) -> Option<u32> {
+        value.parse::<u32>().ok().filter(|c| Select::COPIES.contains(c))
+    }
+}
+
+impl std::fmt::Display for Select {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = if self.copies == 1 { "" } else { "s" };
+        write!(f, "{} walk, {} histogram{s}", self.walk.name(), self.copies)
+    }
+}
+
+/// The variables that fix the [`Select`]'s parts.
 pub const WALK_VAR: &str = "NEUROAL_SELECT_WALK";
+pub const COPIES_VAR: &str = "NEUROAL_SELECT_COPIES";
 
-/// Whether this process's selections take the two-level walk.
+/// This process's selection, as [`Select`]: whether it takes the two-level walk, and its copies.
 static TWO_LEVEL: AtomicBool = AtomicBool::new(false);
+static COPIES: AtomicU32 = AtomicU32::new(1);
 
-/// Fixes the walk when a GPU is opened: `NEUROAL_SELECT_WALK` (a bad value is one line), else
-/// what `neuroal tune` kept for the adapter (`tuned`), else the serial walk. Returns, for the
-/// device line, what fixed it (nothing for the default).
-pub fn choose_walk(tuned: Option<Walk>) -> Result<Option<String>, String> {
-    let asked = std::env::var(WALK_VAR).unwrap_or_default();
-    let (walk, said) = match (asked.trim(), tuned) {
-        ("", None) => (Walk::Serial, None),
-        ("", Some(walk)) => (walk, Some(format!("select walk tuned: {}", walk.name()))),
-        (name, _) => match Walk::named(name) {
-            Some(walk) => (walk, Some(format!("{WALK_VAR}={name}"))),
-            None => return Err(format!("{WALK_VAR}={name}: expected serial or two-level")),
-        },
+/// Fixes the selection when a GPU is opened: each part from its variable (a bad value is one
+/// line), else from what `neuroal tune` kept for the adapter (`tuned`), else the default.
+/// Returns, for the device line, the selection and where it came from (nothing for the
+/// default).
+pub fn choose_select(tuned: Option<Select>) -> Result<Option<String>, String> {
+    let var = |name: &str| std::env::var(name).unwrap_or_default().trim().to_string();
+    let (walk_var, copies_var) = (var(WALK_VAR), var(COPIES_VAR));
+    let base = tuned.unwrap_or(Select::DEFAULT);
+    let walk = match walk_var.as_str() {
+        "" => base.walk,
+        name => Walk::named(name).ok_or_else(|| format!("{WALK_VAR}={name}: expected serial or two-level"))?,
     };
-    set_walk(walk);
-    Ok(said)
+    let copies = match copies_var.as_str() {
+        "" => base.copies,
+        value => Select::copies_named(value).ok_or_else(|| format!("{COPIES_VAR}={value}: expected 1, 2, 4 or 8"))?,
+    };
+    let chosen = Select { walk, copies };
+    set_select(chosen);
+    let mut sources = Vec::new();
+    if tuned.is_some() && (walk_var.is_empty() || copies_var.is_empty()) {
+        sources.push("tuned".to_string());
+    }
+    for (name, value) in [(WALK_VAR, &walk_var), (COPIES_VAR, &copies_var)] {
+        if !value.is_empty() {
+            sources.push(format!("{name}={value}"));
+        }
+    }
+    Ok((!sources.is_empty()).then(|| format!("select {chosen} ({})", sources.join(", "))))
 }
 
-/// Switches the walk of the selections launched from now on (`neuroal tune` times each).
-pub fn set_walk(walk: Walk) {
-    TWO_LEVEL.store(walk == Walk::TwoLevel, Ordering::Relaxed);
+/// Switches the selection of the shaders launched from now on (`neuroal tune` and `bench
+/// --prune-rows` time each).
+pub fn set_select(select: Select) {
+    TWO_LEVEL.store(select.walk == Walk::TwoLevel, Ordering::Relaxed);
+    COPIES.store(select.copies, Ordering::Relaxed);
 }
 
-/// The walk the selection shaders run now.
-pub fn walk() -> Walk {
-    if TWO_LEVEL.load(Ordering::Relaxed) { Walk::TwoLevel } else { Walk::Serial }
+/// The selection the shaders run now.
+pub fn select() -> Select {
+    let walk = if TWO_LEVEL.load(Ordering::Relaxed) { Walk::TwoLevel } else { Walk::Serial };
+    Select { walk, copies: COPIES.load(Ordering::Relaxed) }
 }
 
 impl Shader {
-    fn text_with(self, walk: Walk) -> String {
+    fn text_with(self, select: Select) -> String {
         let enable = if self.elem == "f16" { "enable f16;" } else { "" };
         self.source
             .replace("{{ row_select }}", ROW_SELECT)
-            .replace("{{ two_level_walk }}", if walk == Walk::TwoLevel { "true" } else { "false" })
+            .replace("{{ two_level_walk }}", if select.walk == Walk::TwoLevel { "true" } else { "false" })
+            .replace("{{ hist_copies }}", &select.copies.to_string())
+            .replace("{{ hist_len }}", &(256 * select.copies).to_string())
             .replace("{{ workgroup_size }}", &WORKGROUP.to_string())
             .replace("{{ elem }}", self.elem)
             .replace("{{ enable }}", enable)
@@ -174,13 +230,13 @@ impl Shader {
     fn pipeline(self, shared: &Shared) -> wgpu::ComputePipeline {
         let mut cache = shared.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         // Shaders without the selection have one text.
-        let walk = if self.source.contains("{{ row_select }}") { walk() } else { Walk::Serial };
+        let select = if self.source.contains("{{ row_select }}") { select() } else { Select::DEFAULT };
         cache
-            .entry((self.name, walk))
+            .entry((self.name, select))
             .or_insert_with(|| {
                 let module = shared.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(self.name),
-                    source: wgpu::ShaderSource::Wgsl(self.text_with(walk).into()),
+                    source: wgpu::ShaderSource::Wgsl(self.text_with(select).into()),
                 });
                 shared.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(self.name),

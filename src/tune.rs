@@ -13,7 +13,7 @@ use burn::tensor::DType;
 use crate::device::{self, ComputeDtype};
 use crate::error::{Context, Result};
 use crate::gpu_matmul::{MatmulTiming, Rules};
-use crate::kernels::Walk;
+use crate::kernels::{Select, Walk};
 use crate::{bail, err, outln};
 
 /// What `neuroal tune` is asked.
@@ -67,7 +67,7 @@ pub fn tuned_path(key: &str) -> Option<PathBuf> {
 
 /// What `neuroal tune` kept for an adapter: per compute dtype, the matrix products' rules, the
 /// attention kernel per head size, and which groups of linears that read one input multiply
-/// as one product (`src/fused.rs`); and the row selection's digit walk.
+/// as one product (`src/fused.rs`); and how the row selection runs (`kernels::Select`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tuned {
     /// The file it was read from.
@@ -75,7 +75,7 @@ pub struct Tuned {
     pub matmul: Vec<(DType, Rules)>,
     pub attention: Vec<(DType, AttentionRules)>,
     pub fuse: Vec<(DType, crate::fused::Rules)>,
-    pub walk: Option<Walk>,
+    pub select: Option<Select>,
 }
 
 /// The attention kernel (one of `gpu_attention::NAMES`) per head size, written `HD=NAME,…`.
@@ -135,7 +135,7 @@ fn dtype_named(name: &str) -> Option<DType> {
 const AGAIN: &str = "run `neuroal tune` again, or delete the file";
 
 /// A tuned file's lines: `matmul DTYPE RULES`, `attention DTYPE RULES` and `fuse DTYPE RULES`,
-/// one of each per dtype tuned, and one `walk serial|two-level`; `#` begins a comment.
+/// one of each per dtype tuned, and one `select serial|two-level COPIES`; `#` begins a comment.
 fn parse_file(text: &str, path: &Path) -> Result<Tuned> {
     let mut tuned = Tuned { path: Some(path.to_path_buf()), ..Tuned::default() };
     for (i, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
@@ -144,19 +144,22 @@ fn parse_file(text: &str, path: &Path) -> Result<Tuned> {
         }
         let source = format!("{}, line {i}", path.display());
         let words: Vec<&str> = line.split_whitespace().collect();
-        if let ["walk", name] = words[..] {
-            let Some(walk) = Walk::named(name) else {
-                bail!("{source}: no digit walk is named {name} (serial or two-level) ({AGAIN})");
+        if let ["select", walk, copies] = words[..] {
+            let Some(walk) = Walk::named(walk) else {
+                bail!("{source}: no digit walk is named {walk} (serial or two-level) ({AGAIN})");
             };
-            if tuned.walk.replace(walk).is_some() {
-                bail!("{source}: a second walk line ({AGAIN})");
+            let Some(copies) = Select::copies_named(copies) else {
+                bail!("{source}: {copies} histogram copies: expected 1, 2, 4 or 8 ({AGAIN})");
+            };
+            if tuned.select.replace(Select { walk, copies }).is_some() {
+                bail!("{source}: a second select line ({AGAIN})");
             }
             continue;
         }
         let words: Vec<&str> = line.splitn(3, char::is_whitespace).collect();
         let (kind, dtype, rules) = match words[..] {
             [kind @ ("matmul" | "attention" | "fuse"), dtype, rules] if dtype_named(dtype).is_some() => (kind, dtype_named(dtype).unwrap_or(DType::F32), rules.trim()),
-            _ => bail!("{source}: expected `matmul|attention|fuse f32|f16|bf16 RULES` or `walk serial|two-level`, found {line:?} ({AGAIN})"),
+            _ => bail!("{source}: expected `matmul|attention|fuse f32|f16|bf16 RULES` or `select serial|two-level COPIES`, found {line:?} ({AGAIN})"),
         };
         let again = |e: crate::error::Error| err!("{e} ({AGAIN})");
         let twice = || err!("{source}: a second {kind} {} line ({AGAIN})", device::dtype_name(dtype));
@@ -353,7 +356,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     let t = args.seqlen.min(config.max_positions);
     let attention = [(tokens[0] / t).max(1), config.num_heads, t, config.head_dim];
     eprintln!(
-        "{} ({dtype_name}): timing {} matrix-product kernels and burn's on {} products, {} attention kernels on {}×{}×{}×{}, and the row selection's {} digit walks on {} weight shapes",
+        "{} ({dtype_name}): timing {} matrix-product kernels and burn's on {} products, {} attention kernels on {}×{}×{}×{}, and {} variants of the row selection on {} weight shapes",
         selected.description,
         crate::gpu_matmul::names().len(),
         products.len(),
@@ -362,7 +365,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         attention[1],
         attention[2],
         attention[3],
-        Walk::ALL.len(),
+        Select::all().len(),
         pruned.len()
     );
     // What an earlier tune kept: other dtypes' lines stay, this dtype's are updated (other
@@ -429,11 +432,12 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     let old = kept.attention.iter().position(|(d, _)| *d == dtype).map(|i| kept.attention.remove(i).1).unwrap_or_default();
     let heads = old.updated_by(AttentionRules(vec![(config.head_dim, attention_kernel.to_string())]));
     kept.attention.push((dtype, heads.clone()));
-    let walks = time_walks(&selected.device, &pruned, dtype, args.iters)?;
-    // The faster walk whose weights were the serial walk's; an equal time keeps the serial one.
-    let fastest_walk = walks.iter().filter_map(|&(w, ms)| Some((ms?, w))).min_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, w)| w);
-    if let Some(walk) = fastest_walk {
-        kept.walk = Some(walk);
+    let selects = time_selects(&selected.device, &pruned, dtype, args.iters)?;
+    // The fastest whose weights were the default's; an equal time keeps the earlier (the
+    // default first).
+    let fastest_select = selects.iter().filter_map(|&(v, ms)| Some((ms?, v))).min_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((_, select)) = fastest_select {
+        kept.select = Some(select);
     }
     write_tuned(&path, &selected.description, &kept)?;
     outln!("{:<14} {:<66} {:>10} {:>10}", "K×N", "fastest kernel", "ms", "burn's ms")?;
@@ -447,28 +451,27 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         let said = if v.fused { "fused (ms: stacked, apart)" } else { "apart (ms: stacked, apart)" };
         outln!("{:<14} {said:<66} {:>10.3} {:>10.3}", g.to_string(), v.stacked_ms, v.apart_ms)?;
     }
-    let ms = |w: Walk| walks.iter().find(|(v, _)| *v == w).and_then(|(_, ms)| *ms).map_or("-".to_string(), |ms| format!("{ms:.3}"));
-    let walk_said = match fastest_walk {
-        Some(walk) => format!("{} walk (ms: two-level, serial)", walk.name()),
-        None => "walk not tuned: a walk declined or differed".to_string(),
-    };
-    outln!("{:<14} {walk_said:<66} {:>10} {:>10}", "row pruning", ms(Walk::TwoLevel), ms(Walk::Serial))?;
+    let default_ms = selects.iter().find(|(v, _)| *v == Select::DEFAULT).and_then(|(_, ms)| *ms).map_or("-".to_string(), |ms| format!("{ms:.3}"));
+    match fastest_select {
+        Some((ms, select)) => outln!("{:<14} {:<66} {ms:>10.3} {default_ms:>10}", "row pruning", format!("{select} (ms: it, the {})", Select::DEFAULT))?,
+        None => outln!("{:<14} {:<66}", "row pruning", "not tuned: a variant declined or differed")?,
+    }
     let fused_said = if fuse.0.is_empty() { String::new() } else { format!(", fusion {fuse}") };
-    let walk_said = kept.walk.map_or(String::new(), |w| format!(", row selections the {} walk", w.name()));
+    let select_said = kept.select.map_or(String::new(), |v| format!(", row selections the {v}"));
     outln!(
-        "wrote {}: {dtype_name} products on this GPU now use {rules}, attentions {heads}{fused_said}{walk_said} (NEUROAL_MATMUL, NEUROAL_ATTENTION, NEUROAL_FUSE and NEUROAL_SELECT_WALK override it; delete the file to undo)",
+        "wrote {}: {dtype_name} products on this GPU now use {rules}, attentions {heads}{fused_said}{select_said} (NEUROAL_MATMUL, NEUROAL_ATTENTION, NEUROAL_FUSE, NEUROAL_SELECT_WALK and NEUROAL_SELECT_COPIES override it; delete the file to undo)",
         path.display()
     )?;
     Ok(())
 }
 
-/// Each digit walk's milliseconds pruning random weights of the `shapes` [rows, cols] at half of
+/// Each selection's milliseconds pruning random weights of the `shapes` [rows, cols] at half of
 /// each row as NeuroAL's candidates do (`prune_rows.wgsl`: Wanda's scores, no mask, in both tie
-/// orders), summed; `None` for a walk that declined one or whose weights were not the serial
-/// walk's. The serial walk is switched on again when it returns.
-fn time_walks(device: &burn::tensor::Device, shapes: &[[usize; 2]], dtype: DType, iters: usize) -> Result<Vec<(Walk, Option<f64>)>> {
+/// orders), summed; `None` for one that declined a shape or whose weights were not the
+/// default's. The default is switched on again when it returns.
+fn time_selects(device: &burn::tensor::Device, shapes: &[[usize; 2]], dtype: DType, iters: usize) -> Result<Vec<(Select, Option<f64>)>> {
     use burn::tensor::{Distribution, Tensor};
-    let mut total: Vec<(Walk, Option<f64>)> = Walk::ALL.iter().map(|&w| (w, Some(0.0))).collect();
+    let mut total: Vec<(Select, Option<f64>)> = Select::all().into_iter().map(|v| (v, Some(0.0))).collect();
     for &[rows, cols] in shapes {
         let w = Tensor::<2>::random([rows, cols], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
         let scaler = Tensor::<1>::random([cols], Distribution::Uniform(0.0, 4.0), device);
@@ -479,10 +482,10 @@ fn time_walks(device: &burn::tensor::Device, shapes: &[[usize; 2]], dtype: DType
                     .map(|(pruned, _)| pruned)
                     .ok_or_else(|| format!("no row-pruning shader for {} weights", device::dtype_name(dtype)))
             };
-            crate::kernels::set_walk(Walk::Serial);
+            crate::kernels::set_select(Select::DEFAULT);
             let reference = run().map_err(|e| err!("tune: {e}"))?;
-            for (walk, sum) in total.iter_mut() {
-                crate::kernels::set_walk(*walk);
+            for (select, sum) in total.iter_mut() {
+                crate::kernels::set_select(*select);
                 *sum = match (*sum, crate::bench::time_kernel(device, iters, &reference, run)?) {
                     (Some(sum), Ok((ms, 0.0))) => Some(sum + ms),
                     _ => None,
@@ -490,7 +493,7 @@ fn time_walks(device: &burn::tensor::Device, shapes: &[[usize; 2]], dtype: DType
             }
         }
     }
-    crate::kernels::set_walk(Walk::Serial);
+    crate::kernels::set_select(Select::DEFAULT);
     Ok(total)
 }
 
@@ -499,12 +502,12 @@ fn write_tuned(path: &Path, adapter: &str, tuned: &Tuned) -> Result<()> {
     let dir = path.parent().ok_or_else(|| err!("{}: no parent folder", path.display()))?;
     std::fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
     let mut text = format!(
-        "# neuroal tune: on {adapter}, per compute dtype, the fastest matrix-product kernel per weight shape\n# KxN (input x output size), attention kernel per head size, and whether the linears that read\n# one input (KxN1+N2+...) multiply as one product; and the row selection's faster digit walk.\n# NEUROAL_MATMUL, NEUROAL_ATTENTION, NEUROAL_FUSE and NEUROAL_SELECT_WALK override it; delete\n# this file to undo.\n"
+        "# neuroal tune: on {adapter}, per compute dtype, the fastest matrix-product kernel per weight shape\n# KxN (input x output size), attention kernel per head size, and whether the linears that read\n# one input (KxN1+N2+...) multiply as one product; and the row selection's fastest digit walk\n# and first-digit histogram copies. NEUROAL_MATMUL, NEUROAL_ATTENTION, NEUROAL_FUSE,\n# NEUROAL_SELECT_WALK and NEUROAL_SELECT_COPIES override it; delete this file to undo.\n"
     );
     let mut lines: Vec<String> = tuned.matmul.iter().map(|(d, r)| format!("matmul {} {r}", device::dtype_name(*d))).collect();
     lines.extend(tuned.attention.iter().map(|(d, r)| format!("attention {} {r}", device::dtype_name(*d))));
     lines.extend(tuned.fuse.iter().map(|(d, r)| format!("fuse {} {r}", device::dtype_name(*d))));
-    lines.extend(tuned.walk.map(|w| format!("walk {}", w.name())));
+    lines.extend(tuned.select.map(|v| format!("select {} {}", v.walk.name(), v.copies)));
     lines.sort();
     for line in lines {
         text.push_str(&line);
@@ -564,7 +567,7 @@ mod tests {
     #[test]
     fn tuned_files_round_trip_and_bad_ones_get_one_line() {
         let path = Path::new("/x/kernels-gpu.txt");
-        let text = "# comment\nmatmul f16 4096x4096=a,4096x11008=burn,b\n\nmatmul f32 burn\nattention f16 64=flash-2,128=ops\nfuse f16 4096x4096+4096+4096=off,4096x11008+11008=on\nwalk  two-level \n";
+        let text = "# comment\nmatmul f16 4096x4096=a,4096x11008=burn,b\n\nmatmul f32 burn\nattention f16 64=flash-2,128=ops\nfuse f16 4096x4096+4096+4096=off,4096x11008+11008=on\nselect  two-level 8 \n";
         let t = parse_file(text, path).unwrap();
         assert_eq!(t.matmul.len(), 2);
         assert_eq!(t.matmul[0].0, DType::F16);
@@ -573,14 +576,14 @@ mod tests {
         assert_eq!(t.attention, vec![(DType::F16, AttentionRules(vec![(64, "flash-2".into()), (128, "ops".into())]))]);
         assert_eq!(t.fuse.len(), 1);
         assert_eq!(t.fuse[0].1.to_string(), "4096x4096+4096+4096=off,4096x11008+11008=on");
-        assert_eq!(t.walk, Some(Walk::TwoLevel));
-        assert_eq!(parse_file("walk serial", path).unwrap().walk, Some(Walk::Serial));
-        assert_eq!(parse_file("matmul f32 burn", path).unwrap().walk, None);
+        assert_eq!(t.select, Some(Select { walk: Walk::TwoLevel, copies: 8 }));
+        assert_eq!(parse_file("select serial 1", path).unwrap().select, Some(Select::DEFAULT));
+        assert_eq!(parse_file("matmul f32 burn", path).unwrap().select, None);
         let dir = std::env::temp_dir().join(format!("neuroal-tuned-unit-{}", std::process::id()));
         let file = dir.join("kernels-gpu.txt");
         write_tuned(&file, "a GPU", &t).unwrap();
         let back = parse_file(&std::fs::read_to_string(&file).unwrap(), &file).unwrap();
-        assert_eq!((back.matmul.len(), back.attention, back.fuse, back.walk), (2, t.attention.clone(), t.fuse.clone(), t.walk));
+        assert_eq!((back.matmul.len(), back.attention, back.fuse, back.select), (2, t.attention.clone(), t.fuse.clone(), t.select));
         let _ = std::fs::remove_dir_all(&dir);
         for (bad, says) in [
             ("f16 a", "expected `matmul|attention|fuse f32|f16|bf16 RULES`"),
@@ -593,10 +596,11 @@ mod tests {
             ("attention f16 64", "an attention rule is HEAD_SIZE=KERNEL"),
             ("attention f16 0=ops", "an attention rule is HEAD_SIZE=KERNEL"),
             ("attention f16 64=flash-3", "no attention kernel is named flash-3"),
-            ("walk f16 serial", "or `walk serial|two-level`"),
-            ("walk", "or `walk serial|two-level`"),
-            ("walk radix", "no digit walk is named radix"),
-            ("walk serial\nwalk two-level", "a second walk line"),
+            ("select serial", "or `select serial|two-level COPIES`"),
+            ("select f16 serial 1", "or `select serial|two-level COPIES`"),
+            ("select radix 1", "no digit walk is named radix"),
+            ("select serial 16", "16 histogram copies: expected 1, 2, 4 or 8"),
+            ("select serial 1\nselect two-level 2", "a second select line"),
         ] {
             let msg = parse_file(bad, path).unwrap_err().to_string();
             assert!(msg.starts_with("/x/kernels-gpu.txt, line") && msg.contains(says) && msg.contains(AGAIN) && !msg.contains('\n'), "{bad}: {msg}");

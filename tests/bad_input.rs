@@ -208,6 +208,12 @@ fn new_flags_refuse_bad_values_in_one_line() {
     let msg = fails(&gpu_prune, &[("NEUROAL_SELECT_WALK", "parallel"), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
     assert!(msg.contains("NEUROAL_SELECT_WALK=parallel: expected serial or two-level"), "{msg}");
     assert!(!out.exists(), "NEUROAL_SELECT_WALK: nothing may be written");
+    // NEUROAL_SELECT_COPIES: 1, 2, 4 or 8 (16 would pass the workgroup memory every backend has).
+    for bad in ["16", "3", "eight"] {
+        let msg = fails(&gpu_prune, &[("NEUROAL_SELECT_COPIES", bad), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
+        assert!(msg.contains(&format!("NEUROAL_SELECT_COPIES={bad}: expected 1, 2, 4 or 8")), "{msg}");
+        assert!(!out.exists(), "NEUROAL_SELECT_COPIES: nothing may be written");
+    }
 }
 
 /// A reader of stdout that has gone (`neuroal inspect DIR | head` after its lines) stops the

@@ -196,20 +196,21 @@ fn attention_bench_times_the_flash_kernels_against_the_separate_ones() {
 fn prune_rows_bench_times_the_fused_shader_against_the_three_it_fuses() {
     // Rows over a workgroup and an odd width; the compute dtype the emulator takes (f16 where its
     // shaders have it: the fused shader prunes the stored f16 weights, the three in f32, with the
-    // same result); both digit walks of the selection in one process.
-    let run = |walk: &str| {
+    // same result); every variant of the selection in one process, each against the default's
+    // three shaders.
+    let run = |walk: &str, copies: &str| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_neuroal"));
         cmd.args(["bench", "--prune-rows", "37x300,3x1001", "--devices", "gpu", "--iters", "2", "--json"]).env("XDG_RUNTIME_DIR", std::env::temp_dir());
-        let o = cmd.env("NEUROAL_SELECT_WALK", walk).output().unwrap();
+        let o = cmd.env("NEUROAL_SELECT_WALK", walk).env("NEUROAL_SELECT_COPIES", copies).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<serde_json::Value>>()
     };
-    let rows = run("");
-    assert_eq!(rows.len(), 2 * 2 * 2 * 2 * 3, "shapes × scores × tie orders × walks × paths");
+    let rows = run("", "");
+    assert_eq!(rows.len(), 2 * 2 * 2 * 8 * 3, "shapes × scores × tie orders × selections × paths");
     let mut seen = std::collections::BTreeSet::new();
     for r in &rows {
         let field = |name: &str| r[name].as_str().unwrap().to_string();
-        seen.insert((r["shape"].to_string(), field("score"), field("ties"), field("walk"), field("kernel")));
+        seen.insert((r["shape"].to_string(), field("score"), field("ties"), field("walk"), r["copies"].to_string(), field("kernel")));
         // Every path prunes the same weights: the fused shader's equal the three shaders'.
         assert_eq!(r["rel_err"].as_f64(), Some(0.0), "{r}");
         assert!(r["ms"].as_f64().is_some_and(|ms| ms > 0.0) && r["gb_per_s"].as_f64().is_some_and(|g| g > 0.0), "{r}");
@@ -219,9 +220,11 @@ fn prune_rows_bench_times_the_fused_shader_against_the_three_it_fuses() {
     assert_eq!(kernels, ["prune_rows", "prune_rows+mask", "score+select+mask"].into_iter().collect());
     let walks: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["walk"].as_str().unwrap()).collect();
     assert_eq!(walks, ["serial", "two-level"].into_iter().collect());
-    // NEUROAL_SELECT_WALK times the one it names.
-    let rows = run("two-level");
-    assert!(rows.len() == 2 * 2 * 2 * 3 && rows.iter().all(|r| r["walk"] == "two-level" && r["rel_err"].as_f64() == Some(0.0)), "{rows:?}");
+    let copies: std::collections::BTreeSet<u64> = rows.iter().map(|r| r["copies"].as_u64().unwrap()).collect();
+    assert_eq!(copies, [1, 2, 4, 8].into_iter().collect());
+    // The variables time the one they name.
+    let rows = run("two-level", "4");
+    assert!(rows.len() == 2 * 2 * 2 * 3 && rows.iter().all(|r| r["walk"] == "two-level" && r["copies"] == 4 && r["rel_err"].as_f64() == Some(0.0)), "{rows:?}");
 }
 
 /// A fused group whose stacked weight, or whose output, would pass the GPU's largest buffer runs

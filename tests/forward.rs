@@ -214,9 +214,9 @@ fn the_gpu_probe_is_quiet_without_xdg_runtime_dir() {
 
 /// `neuroal tune` on the GPU (lavapipe here) times every kernel on tiny-llama's linears and
 /// attention and keeps the fastest per weight shape and head size in the adapter's file, with
-/// the faster digit walk of the row selection; a later evaluation on that GPU uses them (its
+/// the fastest variant of the row selection; a later evaluation on that GPU uses them (its
 /// device line gives the rules) and still gives transformers' perplexity; `NEUROAL_MATMUL`,
-/// `NEUROAL_ATTENTION` and `NEUROAL_SELECT_WALK` override the file; a file
+/// `NEUROAL_ATTENTION` and `NEUROAL_SELECT_*` override the file; a file
 /// it cannot understand stops the run with one line naming it, until tune writes it anew; a
 /// second tune keeps the other dtypes' lines.
 #[test]
@@ -226,7 +226,7 @@ fn tuned_kernels_are_kept_and_used() {
     let _ = std::fs::remove_dir_all(&cache);
     let run = |args: &[&str], vars: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"));
-        cmd.args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).env("XDG_CACHE_HOME", &cache).env_remove("NEUROAL_MATMUL").env_remove("NEUROAL_ATTENTION").env_remove("NEUROAL_FUSE").env_remove("NEUROAL_SELECT_WALK");
+        cmd.args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).env("XDG_CACHE_HOME", &cache).env_remove("NEUROAL_MATMUL").env_remove("NEUROAL_ATTENTION").env_remove("NEUROAL_FUSE").env_remove("NEUROAL_SELECT_WALK").env_remove("NEUROAL_SELECT_COPIES");
         cmd.envs(vars.iter().copied());
         cmd.output().unwrap()
     };
@@ -251,9 +251,12 @@ fn tuned_kernels_are_kept_and_used() {
     let verdicts: Vec<&str> = fuse.split(',').collect();
     assert_eq!(verdicts.len(), 2, "{fuse}");
     assert!(verdicts[0].starts_with("64x64+64+64=") && verdicts[1].starts_with("64x172+172="), "{fuse}");
-    let walk = line("walk ");
-    assert!(walk == "serial" || walk == "two-level", "{walk}");
-    assert!(out.lines().any(|l| l.starts_with("row pruning") && l.contains(&format!("{walk} walk"))), "{out}");
+    let select = line("select ");
+    let (walk, copies) = select.split_once(' ').unwrap_or_else(|| panic!("{select}"));
+    assert!(["serial", "two-level"].contains(&walk) && ["1", "2", "4", "8"].contains(&copies), "{select}");
+    let histograms = if copies == "1" { "1 histogram".to_string() } else { format!("{copies} histograms") };
+    let chosen = format!("{walk} walk, {histograms}");
+    assert!(out.lines().any(|l| l.starts_with("row pruning") && l.contains(&chosen)), "{out}");
     assert!(out.contains(&format!("wrote {}", files[0].display())), "{out}");
     // The evaluation uses them (and says which groups it fuses, if any won).
     let o = run(&eval, &[]);
@@ -261,14 +264,15 @@ fn tuned_kernels_are_kept_and_used() {
     assert!(o.status.success(), "{err}");
     let on: Vec<&str> = verdicts.iter().filter_map(|v| v.strip_suffix("=on")).collect();
     let fused = if on.is_empty() { String::new() } else { format!(", fused {} for f32", on.join(",")) };
-    assert!(err.contains(&format!("[matmul tuned for f32: {rules}, attention tuned for f32: {heads}{fused}, select walk tuned: {walk}]")), "the device line gives the rules: {err}");
+    assert!(err.contains(&format!("[matmul tuned for f32: {rules}, attention tuned for f32: {heads}{fused}, select {chosen} (tuned)]")), "the device line gives the rules: {err}");
     let ppl = printed_perplexity(&o, "tuned");
     assert!((ppl - want).abs() <= 1e-4 * want, "tuned: perplexity {ppl} vs transformers {want}");
     // The variables override them.
     let other = if walk == "serial" { "two-level" } else { "serial" };
-    let o = run(&eval, &[("NEUROAL_MATMUL", "burn"), ("NEUROAL_ATTENTION", "ops"), ("NEUROAL_SELECT_WALK", other)]);
+    let o = run(&eval, &[("NEUROAL_MATMUL", "burn"), ("NEUROAL_ATTENTION", "ops"), ("NEUROAL_SELECT_WALK", other), ("NEUROAL_SELECT_COPIES", "2")]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success() && !err.contains("tuned") && err.contains(&format!("NEUROAL_SELECT_WALK={other}")), "{err}");
+    let said = format!("select {other} walk, 2 histograms (NEUROAL_SELECT_WALK={other}, NEUROAL_SELECT_COPIES=2)");
+    assert!(o.status.success() && !err.contains("tuned") && err.contains(&said), "{err}");
     // Another dtype's line is kept by the next tune; a broken line stops runs with one line.
     std::fs::write(&files[0], format!("{text}matmul bf16 matmul_no_such_kernel\n")).unwrap();
     let o = run(&eval, &[]);
@@ -276,8 +280,8 @@ fn tuned_kernels_are_kept_and_used() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains(&files[0].display().to_string()) && err.contains("no matrix-product kernel is named matmul_no_such_kernel") && err.contains("run `neuroal tune` again"), "{err}");
-    // The four variables decide everything: the file is not read, broken or not.
-    let o = run(&eval, &[("NEUROAL_MATMUL", "burn"), ("NEUROAL_ATTENTION", "ops"), ("NEUROAL_FUSE", "none"), ("NEUROAL_SELECT_WALK", "serial")]);
+    // The five variables decide everything: the file is not read, broken or not.
+    let o = run(&eval, &[("NEUROAL_MATMUL", "burn"), ("NEUROAL_ATTENTION", "ops"), ("NEUROAL_FUSE", "none"), ("NEUROAL_SELECT_WALK", "serial"), ("NEUROAL_SELECT_COPIES", "1")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::write(&files[0], format!("{text}matmul bf16 burn\n")).unwrap();
     assert!(run(&tune, &[]).status.success());

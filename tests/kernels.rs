@@ -32,8 +32,9 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 fn select_lowest_shader_and_host_path_equal_their_twin() {
     let gpu = select(Choice::Gpu);
     // Which compiler cubecl runs beside the shaders here (CI runs this file with both), and
-    // which digit walk the selection takes (CI runs it with both).
-    println!("{}; {} walk", gpu.description, neuroal::kernels::walk().name());
+    // how the selection runs (CI runs it with the default and with the other walk and 8
+    // histogram copies).
+    println!("{}; {}", gpu.description, neuroal::kernels::select());
     let gpu = gpu.device;
     let cpu = Device::flex();
     let mut rng = SplitMix64::new(42);
@@ -259,7 +260,7 @@ fn every_shader_validates_and_translates_for_dx12() {
     for (name, text, f16) in shaders {
         if let Some(dir) = &keep {
             std::fs::create_dir_all(dir).unwrap();
-            let file = name.replace(".wgsl", "").replace(" (", "-").replace(" [", "-").replace(" walk]", "").replace(')', "") + ".wgsl";
+            let file = name.replace(".wgsl", "").replace(" (", "-").replace(" [", "-").replace([')', ']'], "") + ".wgsl";
             std::fs::write(dir.join(file), &text).unwrap();
         }
         let module = naga::front::wgsl::parse_str(&text).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&text)));
