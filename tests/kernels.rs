@@ -42,8 +42,9 @@ fn select_lowest_shader_and_host_path_equal_their_twin() {
     // that ends a run of ties (every value ≤ 0.25 pruned: the selection's pass without
     // ranking), where a random k mostly splits one (the pass that ranks them), and a k that
     // ends at the zeros, whose first radix digit (0x80) is the last bin of a group of 16 with
-    // any keys in it (the two-level walk's boundary; the values above start at 0xBE).
-    for (rows, cols, levels) in [(3, 1000, None), (5, 300, Some(4)), (4, 7, Some(2)), (2, 4099, Some(50)), (6, 256, Some(1))] {
+    // any keys in it (the two-level walk's boundary; the values above start at 0xBE); rows of
+    // over 1,024 columns all ties, and of spread values.
+    for (rows, cols, levels) in [(3, 1000, None), (5, 300, Some(4)), (4, 7, Some(2)), (2, 4099, Some(50)), (6, 256, Some(1)), (4, 1500, Some(1)), (4, 2100, None)] {
         let s = random(&mut rng, rows * cols, levels);
         let k: Vec<usize> = (0..rows).map(|r| match r {
             0 => 0,
@@ -153,7 +154,7 @@ fn fused_row_prune_equals_score_select_and_zero() {
     let as_dtype = |t: Tensor<2>, dt: DType| neuroal::model::to_dtype(t, dt);
     let f32_host = |t: Tensor<2>| host(neuroal::model::to_dtype(t, DType::F32));
     for dt in dtypes {
-        for (rows, cols, levels) in [(3, 1000, None), (5, 300, Some(4)), (4, 7, Some(2)), (2, 4099, Some(50)), (6, 256, Some(1))] {
+        for (rows, cols, levels) in [(3, 1000, None), (5, 300, Some(4)), (4, 7, Some(2)), (2, 4099, Some(50)), (6, 256, Some(1)), (4, 1500, Some(1)), (4, 2100, None)] {
             // The weights as the dtype stores them, so every path starts from the same values.
             let w = f32_host(as_dtype(t2(random(&mut rng, rows * cols, levels), [rows, cols], &cpu), dt));
             // k = 0, k = cols, the zero weights (a radix boundary: see the selection's test) and
