@@ -154,7 +154,12 @@ attention() { # build dtype
 # fastest).
 prune_rows() { # build dtype
   [ -x ".bin/$1" ] || return
-  run "$1-prunerows-$2$tag" ".bin/$1" bench --prune-rows "${PRUNE_ROWS:-4096x4096,11008x4096,4096x11008}" --devices gpu --dtype "$2" --iters 10 && cat "$logs/$1-prunerows-$2$tag.log"
+  run "$1-prunerows-$2$tag" ".bin/$1" bench --prune-rows "${PRUNE_ROWS:-4096x4096,11008x4096,4096x11008}" --devices gpu --dtype "$2" --iters 10 || return
+  # Per selection variant and path: ms summed over the shapes, scores and tie orders, and the
+  # largest error (0 where every variant prunes as the default's three shaders do).
+  awk 'NF == 9 && $7 ~ /^[0-9.]+$/ { key = $4 " " $5 " " $6; ms[key] += $7; if ($9 + 0 > err[key]) err[key] = $9 + 0 }
+       END { for (k in ms) printf "%-32s %10.3f ms  max err %g\n", k, ms[k], err[k] }' "$logs/$1-prunerows-$2$tag.log" | sort | tee -a "$out/runs.log"
+  grep -c declined "$logs/$1-prunerows-$2$tag.log" | sed 's/^/declined rows: /'
 }
 # `neuroal tune` on both cases' linears and attentions (the 7B search's 8 windows of 512
 # tokens, the 0.84 B forward's 4), as a user would run it once on a new card: its own time, and

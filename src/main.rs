@@ -162,7 +162,9 @@ enum Command {
         attention: Option<String>,
         /// Instead of a model: time the GPU's row pruning (magnitude and Wanda, half of each row,
         /// both tie orders: the shader NeuroAL's search runs per linear and candidate, the final
-        /// prune's, and the three shaders they fuse) on random weights, ROWSxCOLS comma-separated.
+        /// prune's, and the three shaders they fuse; each variant of the selection that
+        /// NEUROAL_SELECT_WALK and NEUROAL_SELECT_COPIES leave) on random weights, ROWSxCOLS
+        /// comma-separated.
         #[arg(long, conflicts_with_all = ["model", "synthetic", "matmul", "attention"])]
         prune_rows: Option<String>,
         /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2; tiny, tiny-opt, tiny-phi)
@@ -209,8 +211,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Find this GPU's fastest matrix-product kernel for each of a model's linears and keep the
-    /// choice for later runs on it (a file per adapter in the user's cache folder).
+    /// Find this GPU's fastest matrix-product kernel for each of a model's linears, its fastest
+    /// attention kernel and row selection, and keep the choice for later runs on it (a file per
+    /// adapter in the user's cache folder).
     Tune {
         /// Model folder whose linears are timed (only its config.json is read).
         #[arg(long, required_unless_present = "synthetic")]
