@@ -8,7 +8,7 @@
 //! a twin in burn tensor ops next to its caller, used on the CPU backends and in the tests.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use burn::backend::wgpu::CubeTensor;
@@ -167,9 +167,9 @@ impl std::fmt::Display for Select {
 pub const WALK_VAR: &str = "NEUROAL_SELECT_WALK";
 pub const COPIES_VAR: &str = "NEUROAL_SELECT_COPIES";
 
-/// This process's selection, as [`Select`]: whether it takes the two-level walk, and its copies.
-static TWO_LEVEL: AtomicBool = AtomicBool::new(false);
-static COPIES: AtomicU32 = AtomicU32::new(1);
+/// This process's selection, in one word: its copies, and the two-level walk as the top bit.
+static SELECTED: AtomicU32 = AtomicU32::new(1);
+const TWO_LEVEL_BIT: u32 = 1 << 31;
 
 /// Fixes the selection when a GPU is opened: each part from its variable (a bad value is one
 /// line), else from what `neuroal tune` kept for the adapter (`tuned`), else the default.
@@ -204,14 +204,15 @@ pub fn choose_select(tuned: Option<Select>) -> Result<Option<String>, String> {
 /// Switches the selection of the shaders launched from now on (`neuroal tune` and `bench
 /// --prune-rows` time each).
 pub fn set_select(select: Select) {
-    TWO_LEVEL.store(select.walk == Walk::TwoLevel, Ordering::Relaxed);
-    COPIES.store(select.copies, Ordering::Relaxed);
+    let walk = if select.walk == Walk::TwoLevel { TWO_LEVEL_BIT } else { 0 };
+    SELECTED.store(walk | select.copies, Ordering::Relaxed);
 }
 
 /// The selection the shaders run now.
 pub fn select() -> Select {
-    let walk = if TWO_LEVEL.load(Ordering::Relaxed) { Walk::TwoLevel } else { Walk::Serial };
-    Select { walk, copies: COPIES.load(Ordering::Relaxed) }
+    let word = SELECTED.load(Ordering::Relaxed);
+    let walk = if word & TWO_LEVEL_BIT != 0 { Walk::TwoLevel } else { Walk::Serial };
+    Select { walk, copies: word & !TWO_LEVEL_BIT }
 }
 
 impl Shader {

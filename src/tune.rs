@@ -453,11 +453,11 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     }
     let default_ms = selects.iter().find(|(v, _)| *v == Select::DEFAULT).and_then(|(_, ms)| *ms).map_or("-".to_string(), |ms| format!("{ms:.3}"));
     match fastest_select {
-        Some((ms, select)) => outln!("{:<14} {:<66} {ms:>10.3} {default_ms:>10}", "row pruning", format!("{select} (ms: it, the {})", Select::DEFAULT))?,
+        Some((ms, select)) => outln!("{:<14} {:<66} {ms:>10.3} {default_ms:>10}", "row pruning", format!("{select} (ms: it, the default)"))?,
         None => outln!("{:<14} {:<66}", "row pruning", "not tuned: a variant declined or differed")?,
     }
     let fused_said = if fuse.0.is_empty() { String::new() } else { format!(", fusion {fuse}") };
-    let select_said = kept.select.map_or(String::new(), |v| format!(", row selections the {v}"));
+    let select_said = kept.select.map_or(String::new(), |v| format!(", the row selection's {v}"));
     outln!(
         "wrote {}: {dtype_name} products on this GPU now use {rules}, attentions {heads}{fused_said}{select_said} (NEUROAL_MATMUL, NEUROAL_ATTENTION, NEUROAL_FUSE, NEUROAL_SELECT_WALK and NEUROAL_SELECT_COPIES override it; delete the file to undo)",
         path.display()
