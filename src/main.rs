@@ -211,9 +211,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Find this GPU's fastest matrix-product kernel for each of a model's linears, its fastest
-    /// attention kernel and row selection, and keep the choice for later runs on it (a file per
-    /// adapter in the user's cache folder).
+    /// Time this GPU's kernels on a model's shapes and keep the fastest for later runs on it
+    ///
+    /// The fastest matrix-product kernel for each of the model's linears, the fastest attention
+    /// kernel for its heads and the fastest variant of the row selection, kept in a file per
+    /// adapter in the user's cache folder.
     Tune {
         /// Model folder whose linears are timed (only its config.json is read).
         #[arg(long, required_unless_present = "synthetic")]
