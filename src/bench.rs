@@ -436,37 +436,58 @@ pub struct PruneRowsTiming {
     pub declined: Option<String>,
 }
 
+/// The row pruning's timed case (`bench --prune-rows`, `neuroal tune`): a random weight
+/// [rows, cols] in the compute dtype, a random Wanda scaler, and half of each row to prune.
+pub(crate) struct RowPruningCase {
+    pub w: burn::tensor::Tensor<2>,
+    pub scaler: burn::tensor::Tensor<1>,
+    pub k: Vec<usize>,
+}
+
+impl RowPruningCase {
+    pub(crate) fn random(device: &burn::tensor::Device, [rows, cols]: [usize; 2], dtype: burn::tensor::DType) -> RowPruningCase {
+        use burn::tensor::{Distribution, Tensor};
+        let w = Tensor::<2>::random([rows, cols], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
+        let scaler = Tensor::<1>::random([cols], Distribution::Uniform(0.0, 4.0), device);
+        RowPruningCase { w, scaler, k: vec![cols / 2; rows] }
+    }
+
+    /// `prune_rows.wgsl` on it (Wanda's scores where `wanda`, else magnitude's): the pruned
+    /// weight, or why it declined.
+    pub(crate) fn prune(&self, wanda: bool, masked: bool, ties: crate::mask::Ties) -> std::result::Result<burn::tensor::Tensor<2>, String> {
+        crate::kernels::prune_rows(self.w.clone(), wanda.then(|| self.scaler.clone()), &self.k, masked, ties)
+            .map(|(pruned, _)| pruned)
+            .ok_or_else(|| format!("no row-pruning shader for {} weights", crate::device::dtype_name(self.w.dtype())))
+    }
+}
+
 /// `bench --prune-rows`: the GPU's row pruning (magnitude and Wanda, both tie orders) at half
 /// of each row, on random weights of each shape, in this process: the shader the search runs
 /// once per linear and candidate, the final prune's (with its mask) and the three separate
 /// shaders it fuses; with each variant of the selection (`kernels::Select`), or those
 /// `NEUROAL_SELECT_WALK` and `NEUROAL_SELECT_COPIES` leave.
 pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, json: bool) -> Result<()> {
-    use burn::tensor::{DType, Distribution, Tensor};
+    use burn::tensor::DType;
     use crate::mask::Ties;
     let shapes = parse_sizes::<2>(list, "--prune-rows", "a weight is ROWSxCOLS, e.g. 11008x4096")?;
     let (selected, dtype) = kernel_bench_device(devices, dtype, iters, "prune-rows")?;
-    use crate::kernels::{Select, COPIES_VAR, WALK_VAR};
-    // Each variant the variables leave open (they fixed this process's at the device's opening).
-    let fixed = |var: &str| std::env::var(var).is_ok_and(|v| !v.trim().is_empty());
-    let chosen = crate::kernels::select();
-    let selects: Vec<Select> = Select::all().into_iter().filter(|v| (!fixed(WALK_VAR) || v.walk == chosen.walk) && (!fixed(COPIES_VAR) || v.copies == chosen.copies)).collect();
+    use crate::kernels::Select;
+    let selects = crate::kernels::selects_left_open();
     if !json {
         outln!("{} ({})", selected.description, crate::device::dtype_name(dtype))?;
         outln!("{:<14} {:<10} {:<8} {:<10} {:>6} {:<18} {:>9} {:>8} {:>9}", "rows×cols", "score", "ties", "walk", "copies", "kernel", "ms", "GB/s", "rel. err")?;
     }
     let device = &selected.device;
     for &[rows, cols] in &shapes {
-        let w = Tensor::<2>::random([rows, cols], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
-        let scaler = Tensor::<1>::random([cols], Distribution::Uniform(0.0, 4.0), device);
-        let k = vec![cols / 2; rows];
+        let case = RowPruningCase::random(device, [rows, cols], dtype);
         let bytes = 2.0 * (rows * cols * dtype.size()) as f64;
-        for (score, scaler) in [("magnitude", None), ("wanda", Some(scaler))] {
-            let (w, scaler, k) = (&w, &scaler, &k);
+        for (score, wanda) in [("magnitude", false), ("wanda", true)] {
+            let case = &case;
             for (ties, name) in [(Ties::EarlierFirst, "earlier"), (Ties::LaterFirst, "later")] {
                 let three = || {
-                    let w32 = w.clone().cast(DType::F32);
-                    let mask = crate::kernels::select_lowest(crate::kernels::score(w32.clone(), scaler.clone()), k, ties);
+                    let w32 = case.w.clone().cast(DType::F32);
+                    let scaler = wanda.then(|| case.scaler.clone());
+                    let mask = crate::kernels::select_lowest(crate::kernels::score(w32.clone(), scaler), &case.k, ties);
                     crate::kernels::apply_mask(w32, mask)
                 };
                 crate::kernels::set_select(Select::DEFAULT);
@@ -476,9 +497,7 @@ pub fn prune_rows(list: &str, devices: &str, dtype: ComputeDtype, iters: usize, 
                     for kernel in ["prune_rows", "prune_rows+mask", "score+select+mask"] {
                         let run = || match kernel {
                             "score+select+mask" => Ok(three()),
-                            _ => crate::kernels::prune_rows(w.clone(), scaler.clone(), k, kernel == "prune_rows+mask", ties)
-                                .map(|(pruned, _)| pruned)
-                                .ok_or_else(|| format!("no shader for {dtype:?} weights")),
+                            _ => case.prune(wanda, kernel == "prune_rows+mask", ties),
                         };
                         let timing = |ms: Option<f64>, rel_err, declined| PruneRowsTiming {
                             shape: [rows, cols],

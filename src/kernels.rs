@@ -92,7 +92,7 @@ pub fn shader_texts() -> Vec<(String, String, bool)> {
     for s in [SELECT_LOWEST, INPUT_STATS, INPUT_STATS_F16, SCORE, APPLY_MASK, ALIGNMENT, PRUNE_ROWS, PRUNE_ROWS_F16] {
         let f16 = s.elem == "f16";
         texts.push((s.name.to_string(), s.text_with(Select::DEFAULT), f16));
-        if s.source.contains("{{ row_select }}") {
+        if s.selects() {
             for select in Select::all().into_iter().filter(|&v| v != Select::DEFAULT) {
                 texts.push((format!("{} [{}-{}]", s.name, select.walk.name(), select.copies), s.text_with(select), f16));
             }
@@ -176,8 +176,7 @@ const TWO_LEVEL_BIT: u32 = 1 << 31;
 /// Returns, for the device line, the selection and where it came from (nothing for the
 /// default).
 pub fn choose_select(tuned: Option<Select>) -> Result<Option<String>, String> {
-    let var = |name: &str| std::env::var(name).unwrap_or_default().trim().to_string();
-    let (walk_var, copies_var) = (var(WALK_VAR), var(COPIES_VAR));
+    let (walk_var, copies_var) = (variable(WALK_VAR), variable(COPIES_VAR));
     let base = tuned.unwrap_or(Select::DEFAULT);
     let walk = match walk_var.as_str() {
         "" => base.walk,
@@ -201,6 +200,19 @@ pub fn choose_select(tuned: Option<Select>) -> Result<Option<String>, String> {
     Ok((!sources.is_empty()).then(|| format!("select {chosen} ({})", sources.join(", "))))
 }
 
+/// A variable's value, trimmed; empty where it is unset.
+fn variable(name: &str) -> String {
+    std::env::var(name).unwrap_or_default().trim().to_string()
+}
+
+/// The variants a timing may switch to: all of them, but for a part a variable fixed when the
+/// GPU was opened, only this process's.
+pub fn selects_left_open() -> Vec<Select> {
+    let chosen = select();
+    let (walk_open, copies_open) = (variable(WALK_VAR).is_empty(), variable(COPIES_VAR).is_empty());
+    Select::all().into_iter().filter(|v| (walk_open || v.walk == chosen.walk) && (copies_open || v.copies == chosen.copies)).collect()
+}
+
 /// Switches the selection of the shaders launched from now on (`neuroal tune` and `bench
 /// --prune-rows` time each).
 pub fn set_select(select: Select) {
@@ -216,6 +228,11 @@ pub fn select() -> Select {
 }
 
 impl Shader {
+    /// Whether the shader includes the row selection (and so has a text per [`Select`]).
+    fn selects(self) -> bool {
+        self.source.contains("{{ row_select }}")
+    }
+
     fn text_with(self, select: Select) -> String {
         let enable = if self.elem == "f16" { "enable f16;" } else { "" };
         self.source
@@ -231,7 +248,7 @@ impl Shader {
     fn pipeline(self, shared: &Shared) -> wgpu::ComputePipeline {
         let mut cache = shared.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         // Shaders without the selection have one text.
-        let select = if self.source.contains("{{ row_select }}") { select() } else { Select::DEFAULT };
+        let select = if self.selects() { select() } else { Select::DEFAULT };
         cache
             .entry((self.name, select))
             .or_insert_with(|| {

@@ -470,18 +470,11 @@ pub fn run(args: &TuneArgs) -> Result<()> {
 /// orders), summed; `None` for one that declined a shape or whose weights were not the
 /// default's. The default is switched on again when it returns.
 fn time_selects(device: &burn::tensor::Device, shapes: &[[usize; 2]], dtype: DType, iters: usize) -> Result<Vec<(Select, Option<f64>)>> {
-    use burn::tensor::{Distribution, Tensor};
     let mut total: Vec<(Select, Option<f64>)> = Select::all().into_iter().map(|v| (v, Some(0.0))).collect();
-    for &[rows, cols] in shapes {
-        let w = Tensor::<2>::random([rows, cols], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
-        let scaler = Tensor::<1>::random([cols], Distribution::Uniform(0.0, 4.0), device);
-        let k = vec![cols / 2; rows];
+    for &shape in shapes {
+        let case = crate::bench::RowPruningCase::random(device, shape, dtype);
         for ties in [crate::mask::Ties::EarlierFirst, crate::mask::Ties::LaterFirst] {
-            let run = || {
-                crate::kernels::prune_rows(w.clone(), Some(scaler.clone()), &k, false, ties)
-                    .map(|(pruned, _)| pruned)
-                    .ok_or_else(|| format!("no row-pruning shader for {} weights", device::dtype_name(dtype)))
-            };
+            let run = || case.prune(true, false, ties);
             crate::kernels::set_select(Select::DEFAULT);
             let reference = run().map_err(|e| err!("tune: {e}"))?;
             for (select, sum) in total.iter_mut() {
