@@ -214,9 +214,10 @@ fn with_mask((weight, mask): (Tensor<2>, Option<Tensor<2>>)) -> Result<Pruned> {
 /// The row patterns on the CPU backends in one pass over the rows, on every core: each row's
 /// scores (|w|, or |w|·√scaler, in f32 as `score` computes them), the selection of its k[r]
 /// lowest (equal ones in the order `ties` gives, as `mask::select_lowest_host`), the row written
-/// pruned (as `apply_mask`) and, when `masked`, its mask. The same bits as those three steps, which made
-/// three host copies of the weight and ran two of them on one core (NeuroAL's search prunes
-/// every linear once per candidate; at the 0.84 B shape that took a third of its CPU time).
+/// pruned (as `apply_mask`) and, when `masked`, its mask. The same bits as those three steps,
+/// which made three host copies of the weight and ran two of them on one core (NeuroAL's search
+/// prunes every linear once per candidate; at the 0.84 B shape that took a third of its CPU
+/// time).
 ///
 /// The weight is read where it lies and the pruned one written once into a new buffer: the
 /// search's weights are shared with the dense block, and taking their values out copied them
@@ -531,10 +532,10 @@ mod tests {
     /// The one-pass CPU row pruning gives the bits of the three steps it replaces, computed by
     /// their burn-ops twins: scores, the k lowest per row (ties to the lower column; the later
     /// ties first is the twin on the columns reversed), the weight masked. Rows of repeated
-    /// values and zeros make ties; k runs from 0 to the whole row. The
-    /// weight comes in every layout the search hands it: shared with the dense block (read in
-    /// place, and left as it was), a view some rows into a larger tensor, a transposed one and
-    /// ndarray's (both copied first).
+    /// values and zeros make ties; k runs from 0 to the whole row. The weight comes in every
+    /// layout the search hands it: shared with the dense block (read in place, and left as it
+    /// was), a view some rows into a larger tensor, a transposed one and ndarray's (both copied
+    /// first).
     #[test]
     fn one_pass_row_pruning_is_the_three_steps() {
         let (rows, cols) = (9, 37);
