@@ -56,7 +56,7 @@ def decisions(path):
 
 
 def fixable(name):
-    """The multi-level kernels src/gpu_matmul.rs can launch by name."""
+    """The multi-level kernels src/gpu/matmul.rs can launch by name."""
     return name.startswith("matmul_") and not any(w in name for w in ("tma", "naive", "vecmat"))
 
 

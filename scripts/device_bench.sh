@@ -225,12 +225,12 @@ profiled() { # name, then the bench arguments
 # checkpoint). LEVEL, for autotune builds, is cubecl's
 # CUBECL_AUTOTUNE_LEVEL (minimal, balanced, extensive, full): how many kernels it times per shape.
 # A step ending in %KERNEL runs with NEUROAL_MATMUL=KERNEL (the linears' products with that one
-# kernel, src/gpu_matmul.rs); %best takes the kernel the autotune runs before it found fastest
+# kernel, src/gpu/matmul.rs); %best takes the kernel the autotune runs before it found fastest
 # on the most large shapes (`%burn`: burn's own choice). A step ending in +NAME runs with
-# NEUROAL_ATTENTION=NAME (ops, flash-2, flash-4, flash-8, flash-unit: src/gpu_attention.rs);
+# NEUROAL_ATTENTION=NAME (ops, flash-2, flash-4, flash-8, flash-unit: src/gpu/attention.rs);
 # + comes last, as in forward-f16%burn+ops. %tuned runs with the kernels the last tune step kept.
 # A step ending in ~all or ~none (before any ^N) runs with NEUROAL_FUSE=all|none: the linears
-# that read one input multiplied as one product, or apart (src/fused.rs). A prune step ending in ^N runs the search's dense
+# that read one input multiplied as one product, or apart (src/gpu/fused.rs). A prune step ending in ^N runs the search's dense
 # passes in batches of N candidates (--search-batch N; without it the prune's own choice, which
 # at this shape is 1), after any +NAME. The default list checks the default build's
 # perplexities on the card, times the issue's two cases with it, with what `neuroal tune` keeps

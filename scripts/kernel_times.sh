@@ -3,7 +3,7 @@
 # CUBECL_DEBUG_OPTION=profile) per kernel kind, largest first, with each kind's share and count:
 #   bash scripts/kernel_times.sh FILE [ROWS]
 # Profiling waits for each kernel, so the sum is the kernels' own time, not the run's. Our WGSL
-# shaders (src/kernels.rs) are dispatched through wgpu directly and are not in the log.
+# shaders (src/gpu/kernels.rs) are dispatched through wgpu directly and are not in the log.
 set -euo pipefail
 log=${1:?usage: kernel_times.sh CUBECL_LOG [ROWS]}
 rows=${2:-15}

@@ -1,20 +1,26 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use neuroal::device::{self, Choice, ComputeDtype};
-use neuroal::mask::Pattern;
-use neuroal::prune::{NeuroalStep, TopUpKind};
-use neuroal::score::Method;
-use neuroal::error::{check_input_file, check_model_folder, Result};
-use neuroal::eval::{check_windows, default_seqlen, perplexity, window_count};
+use neuroal::commands::prune::PruneJob;
+use neuroal::gpu::device::{self, Choice, ComputeDtype};
+use neuroal::io::error::{Result, check_input_file, check_model_folder};
+use neuroal::io::named::Named;
+use neuroal::io::tokenizer::{Tokenizer, tokenize_checked};
+use neuroal::measure::perplexity::{check_windows, default_seqlen, perplexity, window_count};
 use neuroal::model::Model;
-use neuroal::tokenizer::{tokenize_checked, Tokenizer};
-use neuroal::{bail, bench, outln};
+use neuroal::prune::mask::Pattern;
+use neuroal::prune::score::Method;
+use neuroal::prune::settings::{NeuroalStep, PruneSettings, TopUpKind};
+use neuroal::{bail, commands::bench, outln};
 
 #[derive(Parser)]
-#[command(name = "neuroal", version, about = "Prune Hugging Face LLMs with magnitude, Wanda or SparseGPT and a uniform, OWL or NeuroAL top-up, on wgpu or the CPU")]
+#[command(
+    name = "neuroal",
+    version,
+    about = "Prune Hugging Face LLMs with magnitude, Wanda or SparseGPT and a uniform, OWL or NeuroAL top-up, on wgpu or the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,82 +49,7 @@ enum Command {
         json: bool,
     },
     /// Prune a model (magnitude, Wanda or SparseGPT; uniform, OWL or NeuroAL sparsities) and write the pruned checkpoint.
-    Prune {
-        /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
-        #[arg(long)]
-        model: PathBuf,
-        /// Calibration text file.
-        #[arg(long)]
-        calib: PathBuf,
-        /// Output folder (written atomically; refused if it exists, unless --force).
-        #[arg(long)]
-        out: PathBuf,
-        /// Base pruner.
-        #[arg(long, value_enum, default_value = "wanda")]
-        method: Method,
-        /// SparseGPT: columns pruned and compensated together.
-        #[arg(long, default_value_t = 128)]
-        blocksize: usize,
-        /// SparseGPT: dampening added to diag(H), as a fraction of its mean.
-        #[arg(long, default_value_t = 0.01)]
-        percdamp: f64,
-        /// Fraction of each linear's weights to prune, in [0, 1) (implied by an N:M pattern).
-        #[arg(long, allow_hyphen_values = true)]
-        sparsity: Option<f64>,
-        /// row | layer | N:M (e.g. 2:4, 4:8)
-        #[arg(long, default_value = "row", value_parser = Pattern::from_arg)]
-        pattern: Pattern,
-        /// Calibration windows, drawn from the file at random positions (seeded by --seed).
-        #[arg(long, default_value_t = 128)]
-        nsamples: usize,
-        /// Calibration window length [default: min(2048, max_position_embeddings)].
-        #[arg(long)]
-        seqlen: Option<usize>,
-        /// Seed of the windows' draw (SplitMix64: the same seed draws the same windows).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[command(flatten)]
-        compute: Compute,
-        /// Replace an existing output folder.
-        #[arg(long)]
-        force: bool,
-        /// Text file for perplexity before and after pruning (in the report).
-        #[arg(long)]
-        eval: Option<PathBuf>,
-        /// Comma-separated JSONL task files for zero-shot accuracy before and after pruning.
-        #[arg(long)]
-        zeroshot: Option<String>,
-        /// How sparsity is spread over blocks and rows.
-        #[arg(long, value_enum, default_value = "uniform")]
-        top_up: TopUpKind,
-        /// OWL: outlier threshold M (× mean score).
-        #[arg(long, default_value_t = 5.0)]
-        owl_m: f64,
-        /// OWL: λ, the largest deviation from the target sparsity.
-        #[arg(long, default_value_t = 0.08)]
-        owl_lambda: f64,
-        /// NeuroAL: which search steps run.
-        #[arg(long, value_enum, default_value = "both")]
-        neuroal_step: NeuroalStep,
-        /// NeuroAL: windows of the search's own calibration set.
-        #[arg(long, default_value_t = 8)]
-        search_nsamples: usize,
-        /// NeuroAL: candidates evaluated per pass over the blocks (0: a whole step at once).
-        #[arg(long, default_value_t = 0)]
-        search_chunk: usize,
-        /// NeuroAL: candidates whose dense passes through a block run as one batch (0: as many
-        /// as fit without raising the run's estimated peak memory).
-        #[arg(long, default_value_t = 0)]
-        search_batch: usize,
-        /// Folder for PNG plots of the search and the sparsity distribution (a folder inside
-        /// --out is written with the output).
-        #[arg(long)]
-        plots: Option<PathBuf>,
-        /// Continue an interrupted run of the same command (same settings and inputs) from the
-        /// progress it saved beside --out.
-        #[arg(long)]
-        resume: bool,
-    },
+    Prune(PruneFlags),
     /// Zero-shot multiple-choice accuracy (acc, acc_norm) on local JSONL task files.
     Zeroshot {
         /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
@@ -146,71 +77,7 @@ enum Command {
         json: bool,
     },
     /// Forward throughput (tokens/s) and peak host memory of each device on a model.
-    Bench {
-        /// Model folder to measure (or --synthetic; or --matmul, --attention, --prune-rows).
-        #[arg(long, required_unless_present_any = ["synthetic", "matmul", "attention", "prune_rows", "save"])]
-        model: Option<PathBuf>,
-        /// Instead of a model: time each matrix-product kernel (burn's choice and every name
-        /// NEUROAL_MATMUL accepts) on the GPU on these products, M×K×N comma-separated: x [M, K]
-        /// times the transpose of a weight [N, K], as the linears multiply.
-        #[arg(long, conflicts_with_all = ["model", "synthetic", "attention"])]
-        matmul: Option<String>,
-        /// Instead of a model: time the separate attention kernels and every flash kernel
-        /// (NEUROAL_ATTENTION's names) on the GPU on these causal attentions, B×H×T×HD
-        /// comma-separated (windows, heads, tokens, head size).
-        #[arg(long, conflicts_with_all = ["model", "synthetic"])]
-        attention: Option<String>,
-        /// Instead of a model: time the GPU's row pruning (magnitude and Wanda, half of each row,
-        /// both tie orders: the shader NeuroAL's search runs per linear and candidate, the final
-        /// prune's, and the three shaders they fuse; each variant of the selection that
-        /// NEUROAL_SELECT_WALK and NEUROAL_SELECT_COPIES leave) on random weights, ROWSxCOLS
-        /// comma-separated.
-        #[arg(long, conflicts_with_all = ["model", "synthetic", "matmul", "attention"])]
-        prune_rows: Option<String>,
-        /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2; tiny, tiny-opt, tiny-phi)
-        /// to a temporary folder and measure it.
-        #[arg(long, conflicts_with = "model")]
-        synthetic: Option<String>,
-        /// Blocks of the synthetic checkpoint.
-        #[arg(long, default_value_t = 8)]
-        blocks: usize,
-        /// Instead of measuring: write the synthetic checkpoint into this new folder and keep it
-        /// (for `prune` and `eval`, whose tokenizer it holds: the project's own, 384 ids).
-        #[arg(long, conflicts_with_all = ["model", "prune_sparsity", "matmul", "attention", "prune_rows"])]
-        save: Option<PathBuf>,
-        /// Also time a NeuroAL prune (Wanda, block and row steps) at this sparsity on random tokens.
-        #[arg(long)]
-        prune_sparsity: Option<f64>,
-        /// Calibration windows of the timed prune.
-        #[arg(long, default_value_t = 64)]
-        nsamples: usize,
-        /// NeuroAL search windows of the timed prune.
-        #[arg(long, default_value_t = 8)]
-        search_nsamples: usize,
-        /// NeuroAL candidates whose dense passes share one batch in the timed prune (0: as many
-        /// as fit without raising its estimated peak memory).
-        #[arg(long, default_value_t = 0)]
-        search_batch: usize,
-        /// Comma-separated devices, each measured in its own process.
-        #[arg(long, default_value = "cpu,ndarray,gpu")]
-        devices: String,
-        #[arg(long, default_value_t = 256)]
-        seqlen: usize,
-        /// Windows per forward pass.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        /// Timed forward passes (after one warm-up).
-        #[arg(long, default_value_t = 5)]
-        iters: usize,
-        /// Compute dtype: auto = f16 on a GPU whose shaders support it, else f32.
-        #[arg(long, value_enum, default_value = "auto")]
-        dtype: ComputeDtype,
-        /// Internal: measure one device in this process and print one JSON line.
-        #[arg(long, hide = true)]
-        single: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchFlags),
     /// Time this GPU's kernels on a model's shapes and keep the fastest for later runs on it
     ///
     /// The fastest matrix-product kernel for each of the model's linears, the fastest attention
@@ -231,7 +98,7 @@ enum Command {
         #[arg(long, default_value_t = 512)]
         seqlen: usize,
         /// Compute dtype whose products are tuned: auto = f16 on a GPU whose shaders support it, else f32.
-        #[arg(long, value_enum, default_value = "auto")]
+        #[arg(long, value_parser = named::<ComputeDtype>(), default_value = PruneSettings::default().dtype.name())]
         dtype: ComputeDtype,
         /// Timed runs per kernel and shape (after one warm-up).
         #[arg(long, default_value_t = 5)]
@@ -239,14 +106,161 @@ enum Command {
     },
 }
 
+/// `neuroal prune`'s flags; their defaults are `PruneSettings::default()`'s.
+#[derive(clap::Args)]
+struct PruneFlags {
+    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Calibration text file.
+    #[arg(long)]
+    calib: PathBuf,
+    /// Output folder (written atomically; refused if it exists, unless --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// Base pruner.
+    #[arg(long, value_parser = named::<Method>(), default_value = PruneSettings::default().method.name())]
+    method: Method,
+    /// SparseGPT: columns pruned and compensated together.
+    #[arg(long, default_value_t = PruneSettings::default().blocksize)]
+    blocksize: usize,
+    /// SparseGPT: dampening added to diag(H), as a fraction of its mean.
+    #[arg(long, default_value_t = PruneSettings::default().percdamp)]
+    percdamp: f64,
+    /// Fraction of each linear's weights to prune, in [0, 1) (implied by an N:M pattern).
+    #[arg(long, allow_hyphen_values = true)]
+    sparsity: Option<f64>,
+    /// row | layer | N:M (e.g. 2:4, 4:8)
+    #[arg(long, default_value_t = PruneSettings::default().pattern, value_parser = Pattern::from_arg)]
+    pattern: Pattern,
+    /// Calibration windows, drawn from the file at random positions (seeded by --seed).
+    #[arg(long, default_value_t = PruneSettings::default().nsamples)]
+    nsamples: usize,
+    /// Calibration window length [default: min(2048, max_position_embeddings)].
+    #[arg(long)]
+    seqlen: Option<usize>,
+    /// Seed of the windows' draw (SplitMix64: the same seed draws the same windows).
+    #[arg(long, default_value_t = PruneSettings::default().seed)]
+    seed: u64,
+    #[command(flatten)]
+    compute: Compute,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    force: bool,
+    /// Text file for perplexity before and after pruning (in the report).
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Comma-separated JSONL task files for zero-shot accuracy before and after pruning.
+    #[arg(long)]
+    zeroshot: Option<String>,
+    /// How sparsity is spread over blocks and rows.
+    #[arg(long, value_parser = named::<TopUpKind>(), default_value = PruneSettings::default().top_up.name())]
+    top_up: TopUpKind,
+    /// OWL: outlier threshold M (× mean score).
+    #[arg(long, default_value_t = PruneSettings::default().owl_m)]
+    owl_m: f64,
+    /// OWL: λ, the largest deviation from the target sparsity.
+    #[arg(long, default_value_t = PruneSettings::default().owl_lambda)]
+    owl_lambda: f64,
+    /// NeuroAL: which search steps run.
+    #[arg(long, value_parser = named::<NeuroalStep>(), default_value = PruneSettings::default().neuroal_step.name())]
+    neuroal_step: NeuroalStep,
+    /// NeuroAL: windows of the search's own calibration set.
+    #[arg(long, default_value_t = PruneSettings::default().search_nsamples)]
+    search_nsamples: usize,
+    /// NeuroAL: candidates evaluated per pass over the blocks (0: a whole step at once).
+    #[arg(long, default_value_t = PruneSettings::default().search_chunk)]
+    search_chunk: usize,
+    /// NeuroAL: candidates whose dense passes through a block run as one batch (0: as many
+    /// as fit without raising the run's estimated peak memory).
+    #[arg(long, default_value_t = PruneSettings::default().search_batch)]
+    search_batch: usize,
+    /// Folder for PNG plots of the search and the sparsity distribution (a folder inside
+    /// --out is written with the output).
+    #[arg(long)]
+    plots: Option<PathBuf>,
+    /// Continue an interrupted run of the same command (same settings and inputs) from the
+    /// progress it saved beside --out.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// `neuroal bench`'s flags.
+#[derive(clap::Args)]
+struct BenchFlags {
+    /// Model folder to measure (or --synthetic; or --matmul, --attention, --prune-rows).
+    #[arg(long, required_unless_present_any = ["synthetic", "matmul", "attention", "prune_rows", "save"])]
+    model: Option<PathBuf>,
+    /// Instead of a model: time each matrix-product kernel (burn's choice and every name
+    /// NEUROAL_MATMUL accepts) on the GPU on these products, M×K×N comma-separated: x [M, K]
+    /// times the transpose of a weight [N, K], as the linears multiply.
+    #[arg(long, conflicts_with_all = ["model", "synthetic", "attention"])]
+    matmul: Option<String>,
+    /// Instead of a model: time the separate attention kernels and every flash kernel
+    /// (NEUROAL_ATTENTION's names) on the GPU on these causal attentions, B×H×T×HD
+    /// comma-separated (windows, heads, tokens, head size).
+    #[arg(long, conflicts_with_all = ["model", "synthetic"])]
+    attention: Option<String>,
+    /// Instead of a model: time the GPU's row pruning (magnitude and Wanda, half of each row,
+    /// both tie orders: the shader NeuroAL's search runs per linear and candidate, the final
+    /// prune's, and the three shaders they fuse; each variant of the selection that
+    /// NEUROAL_SELECT_WALK and NEUROAL_SELECT_COPIES leave) on random weights, ROWSxCOLS
+    /// comma-separated.
+    #[arg(long, conflicts_with_all = ["model", "synthetic", "matmul", "attention"])]
+    prune_rows: Option<String>,
+    /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2; tiny, tiny-opt, tiny-phi)
+    /// to a temporary folder and measure it.
+    #[arg(long, conflicts_with = "model")]
+    synthetic: Option<String>,
+    /// Blocks of the synthetic checkpoint.
+    #[arg(long, default_value_t = 8)]
+    blocks: usize,
+    /// Instead of measuring: write the synthetic checkpoint into this new folder and keep it
+    /// (for `prune` and `eval`, whose tokenizer it holds: the project's own, 384 ids).
+    #[arg(long, conflicts_with_all = ["model", "prune_sparsity", "matmul", "attention", "prune_rows"])]
+    save: Option<PathBuf>,
+    /// Also time a NeuroAL prune (Wanda, block and row steps) at this sparsity on random tokens.
+    #[arg(long)]
+    prune_sparsity: Option<f64>,
+    /// Calibration windows of the timed prune.
+    #[arg(long, default_value_t = 64)]
+    nsamples: usize,
+    /// NeuroAL search windows of the timed prune.
+    #[arg(long, default_value_t = 8)]
+    search_nsamples: usize,
+    /// NeuroAL candidates whose dense passes share one batch in the timed prune (0: as many
+    /// as fit without raising its estimated peak memory).
+    #[arg(long, default_value_t = 0)]
+    search_batch: usize,
+    /// Comma-separated devices, each measured in its own process.
+    #[arg(long, default_value = "cpu,ndarray,gpu")]
+    devices: String,
+    #[arg(long, default_value_t = 256)]
+    seqlen: usize,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Timed forward passes (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Compute dtype: auto = f16 on a GPU whose shaders support it, else f32.
+    #[arg(long, value_parser = named::<ComputeDtype>(), default_value = PruneSettings::default().dtype.name())]
+    dtype: ComputeDtype,
+    /// Internal: measure one device in this process and print one JSON line.
+    #[arg(long, hide = true)]
+    single: bool,
+    #[arg(long)]
+    json: bool,
+}
+
 /// Where the model runs and in which dtype (eval, prune, zeroshot).
 #[derive(clap::Args)]
 struct Compute {
     /// auto: the best GPU adapter wgpu finds (discrete, then integrated; a CPU emulator is skipped), else cpu. gpu: that adapter, or an emulator. cpu: burn-flex. ndarray: burn-ndarray.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = named::<Choice>(), default_value = PruneSettings::default().device.name())]
     device: Choice,
     /// Compute dtype: auto = f16 on a GPU whose shaders support it, else f32.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_parser = named::<ComputeDtype>(), default_value = PruneSettings::default().dtype.name())]
     dtype: ComputeDtype,
 }
 
@@ -254,13 +268,18 @@ impl Compute {
     /// Opens the device (its line goes to stderr) and loads the model on it; returns the model
     /// and the device's description with the dtype, for the results.
     /// What `measure` will hold is checked against the device's memory first.
-    fn load(&self, config: neuroal::config::Config, checkpoint: neuroal::weights::Checkpoint, measure: &neuroal::memory::Measure) -> Result<(Model, String)> {
+    fn load(
+        &self,
+        config: neuroal::model::config::Config,
+        checkpoint: neuroal::io::checkpoint::Checkpoint,
+        measure: &neuroal::measure::memory::Measure,
+    ) -> Result<(Model, String)> {
         let selected = device::select(self.device)?;
         let dtype = selected.compute_dtype(self.dtype)?;
         eprintln!("device {}", selected.description);
-        neuroal::memory::check_measuring(&config, measure, &selected, dtype)?;
-        let described = format!("{} ({})", selected.description, device::dtype_name(dtype));
-        Ok((Model::load(config, checkpoint, &selected.device, dtype, neuroal::model::Ends::Logits)?, described))
+        neuroal::measure::memory::check_measuring(&config, measure, &selected, dtype)?;
+        let described = format!("{} ({})", selected.description, neuroal::gpu::tensor::dtype_name(dtype));
+        Ok((Model::load(config, checkpoint, &selected, dtype, neuroal::model::Ends::Logits)?, described))
     }
 }
 
@@ -304,180 +323,278 @@ fn quiet_gpu_probe() {
     }
 }
 
+/// Accepts exactly the names of `T`'s values, and lists them in the help.
+fn named<T: Named>() -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(T::names()).map(|name| T::named(&name).unwrap_or(T::ALL[0]))
+}
+
+fn prune(flags: PruneFlags) -> Result<()> {
+    let PruneFlags {
+        model,
+        calib,
+        out,
+        method,
+        blocksize,
+        percdamp,
+        sparsity,
+        pattern,
+        nsamples,
+        seqlen,
+        seed,
+        compute: Compute { device, dtype },
+        force,
+        eval,
+        zeroshot,
+        top_up,
+        owl_m,
+        owl_lambda,
+        neuroal_step,
+        search_nsamples,
+        search_chunk,
+        search_batch,
+        plots,
+        resume,
+    } = flags;
+    let settings = PruneSettings {
+        method,
+        blocksize,
+        percdamp,
+        sparsity,
+        pattern,
+        nsamples,
+        seqlen,
+        seed,
+        top_up,
+        owl_m,
+        owl_lambda,
+        neuroal_step,
+        search_nsamples,
+        search_chunk,
+        search_batch,
+        device,
+        dtype,
+    };
+    let job = PruneJob { model, calib, out, eval, zeroshot, plots, force, resume, settings };
+    let report = neuroal::commands::prune::run(&job)?;
+    outln!(
+        "pruned to {:.4} overall sparsity in {:.1} s; written to {}",
+        report.sparsity.overall,
+        report.timings.total_s,
+        job.out.display()
+    )?;
+    if let (Some(d), Some(p)) = (report.eval.ppl_dense, report.eval.ppl_pruned) {
+        outln!("perplexity dense {d:.4}, pruned {p:.4}")?;
+    }
+    Ok(())
+}
+
 fn parse_device(s: &str) -> Result<Choice> {
-    s.parse::<Choice>().map_err(neuroal::error::Error)
+    s.parse::<Choice>().map_err(neuroal::io::error::Error)
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Eval { model, text, seqlen, max_windows, compute, json } => {
-            check_model_folder(&model)?;
-            check_input_file(&text, "text file")?;
-            let (config, checkpoint) = neuroal::model::check_model_dir(&model)?;
-            let seqlen = seqlen.unwrap_or_else(|| default_seqlen(&config));
-            config.check_seqlen(seqlen)?;
-            check_windows(seqlen, max_windows)?;
-            let tokenizer = Tokenizer::open(&model)?;
-            let ids = tokenize_checked(&tokenizer, &model, &text, config.vocab_size)?;
-            let windows = window_count(ids.len(), seqlen, max_windows)?;
-            let measure = neuroal::memory::Measure { perplexity: Some((windows, seqlen)), zeroshot: None };
-            let (m, described) = compute.load(config, checkpoint, &measure)?;
-            let result = perplexity(&m, &ids, seqlen, max_windows, &described)?;
-            if json {
-                neuroal::error::write_json(&result, true)?;
-            } else {
-                outln!(
-                    "perplexity {:.4} ({} windows of {} tokens, {:.0} tokens/s, {})",
-                    result.ppl, result.windows, result.seqlen, result.tokens_per_s, result.device
-                )?;
-            }
-            Ok(())
+            eval(&model, &text, seqlen, max_windows, &compute, json)
         }
-        Command::Prune {
-            model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, compute, force, eval, zeroshot,
-            top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, search_batch, plots, resume,
-        } => {
-            let Compute { device, dtype } = compute;
-            let args = neuroal::prune::PruneArgs {
-                model, calib, out, method, blocksize, percdamp, sparsity, pattern, nsamples, seqlen, seed, force, eval, zeroshot,
-                top_up, owl_m, owl_lambda, neuroal_step, search_nsamples, search_chunk, search_batch, plots, device, dtype, resume,
-            };
-            let report = neuroal::prune::run(&args)?;
-            outln!(
-                "pruned to {:.4} overall sparsity in {:.1} s; written to {}",
-                report.sparsity.overall,
-                report.timings.total_s,
-                args.out.display()
-            )?;
-            if let (Some(d), Some(p)) = (report.eval.ppl_dense, report.eval.ppl_pruned) {
-                outln!("perplexity dense {d:.4}, pruned {p:.4}")?;
-            }
-            Ok(())
-        }
+        Command::Prune(flags) => prune(flags),
         Command::Zeroshot { model, tasks, limit, seqlen, compute, json } => {
-            if limit == Some(0) {
-                bail!("--limit must be at least 1");
-            }
-            let paths = neuroal::zeroshot::task_paths(&tasks)?;
-            let (config, checkpoint) = neuroal::model::check_model_dir(&model)?;
-            let max_len = seqlen.unwrap_or_else(|| default_seqlen(&config));
-            config.check_seqlen(max_len)?;
-            let examples = neuroal::zeroshot::read_tasks(&paths, limit)?;
-            let tokenizer = Tokenizer::open(&model)?;
-            let requests = neuroal::zeroshot::Requests::encode(&tokenizer, &examples, max_len)?;
-            let measure = neuroal::memory::Measure { perplexity: None, zeroshot: Some(requests.sizes()) };
-            let (m, described) = compute.load(config, checkpoint, &measure)?;
-            let r = neuroal::zeroshot::evaluate(&m, &requests, &described)?;
-            if json {
-                neuroal::error::write_json(&r, true)?;
-            } else {
-                for (task, s) in &r.tasks {
-                    outln!(
-                        "{task:<20} acc {:.4} ± {:.4}  acc_norm {:.4} ± {:.4}  n {}  (papers quote {})",
-                        s.acc, s.acc_stderr, s.acc_norm, s.acc_norm_stderr, s.n, s.quoted
-                    )?;
-                }
-                outln!("{:.1} examples/s on {}", r.examples_per_s, r.device)?;
-            }
-            Ok(())
+            zeroshot(&model, &tasks, limit, seqlen, &compute, json)
         }
-        Command::Inspect { dir, json } => {
-            let r = neuroal::inspect::inspect(&dir)?;
-            if json {
-                neuroal::error::write_json(&r, true)?;
-            } else {
-                for (name, f) in &r.layers {
-                    outln!("{name:<48} {f:.4}")?;
-                }
-                outln!("{:<48} {:.4}  ({} of {} weights are zero)", "overall", r.overall, r.zeros, r.numel)?;
-            }
-            Ok(())
+        Command::Inspect { dir, json } => inspect(&dir, json),
+        Command::Tune { model, synthetic, tokens, seqlen, dtype, iters } => {
+            neuroal::commands::tune::run(&neuroal::commands::tune::TuneArgs {
+                model,
+                synthetic,
+                tokens,
+                seqlen,
+                dtype,
+                iters,
+            })
         }
-        Command::Tune { model, synthetic, tokens, seqlen, dtype, iters } => neuroal::tune::run(&neuroal::tune::TuneArgs { model, synthetic, tokens, seqlen, dtype, iters }),
-        Command::Bench { model, synthetic, matmul, attention, prune_rows, blocks, save, prune_sparsity, nsamples, search_nsamples, search_batch, devices, seqlen, batch, iters, dtype, single, json } => {
-            if let Some(list) = matmul {
-                return bench::matmul(&list, &devices, dtype, iters, json);
-            }
-            if let Some(list) = attention {
-                return bench::attention(&list, &devices, dtype, iters, json);
-            }
-            if let Some(list) = prune_rows {
-                return bench::prune_rows(&list, &devices, dtype, iters, json);
-            }
-            let prune = match prune_sparsity {
-                Some(s) if !(0.0..1.0).contains(&s) => bail!("--prune-sparsity {s} is outside [0, 1)"),
-                Some(_) if nsamples == 0 || search_nsamples == 0 => bail!("--nsamples and --search-nsamples must be at least 1"),
-                Some(sparsity) => Some(bench::PruneBench { sparsity, nsamples, search_nsamples, search_batch }),
-                None => None,
-            };
-            if single {
-                let choice = parse_device(&devices)?;
-                let model = model.ok_or_else(|| neuroal::err!("--model is required"))?;
-                let r = bench::measure(&model, choice, dtype, seqlen, batch, iters, prune)?;
-                neuroal::error::write_json(&r, false)?;
-                return Ok(());
-            }
-            if save.is_some() && synthetic.is_none() {
-                bail!("--save keeps the random checkpoint that --synthetic SHAPE writes; add --synthetic (e.g. --synthetic llama2-7b --blocks 8)");
-            }
-            let (model, temp) = match (model, synthetic) {
-                (Some(m), _) => (m, None),
-                (None, Some(name)) => {
-                    let shape = bench::shape(&name)?;
-                    let (_, config) = bench::synthetic_config(&shape, blocks)?;
-                    if let Some(dir) = &save {
-                        // Written beside its name and renamed in whole; an interruption removes it.
-                        if std::fs::symlink_metadata(dir).is_ok() {
-                            bail!("--save {}: already exists; name a new folder", dir.display());
-                        }
-                        let Some(file) = dir.file_name() else { bail!("--save {}: name a new folder", dir.display()) };
-                        let partial = dir.with_file_name(format!(".{}.partial-{}", file.to_string_lossy(), std::process::id()));
-                        let scratch = neuroal::staging::Scratch::new(partial);
-                        bench::write_synthetic(scratch.path(), &shape, blocks)?;
-                        neuroal::staging::fault("synthetic-written");
-                        scratch.keep_as(dir).map_err(|e| neuroal::err!("--save {e}"))?;
-                        eprintln!("wrote a random {name} checkpoint with {blocks} blocks to {}", dir.display());
-                        return Ok(());
-                    }
-                    // What the measuring children would refuse, refused before gigabytes are written.
-                    bench::check_run(&config, &devices, dtype, seqlen, batch, iters)?;
-                    let scratch = neuroal::staging::Scratch::new(std::env::temp_dir().join(format!("neuroal-synthetic-{}-{name}-{blocks}", std::process::id())));
-                    bench::write_synthetic(scratch.path(), &shape, blocks)?;
-                    eprintln!("wrote a random {name} checkpoint with {blocks} blocks to {}", scratch.path().display());
-                    (scratch.path().to_path_buf(), Some(scratch))
-                }
-                (None, None) => bail!("--model or --synthetic is required"),
-            };
-            let mut rows = Vec::new();
-            let mut failure = None;
-            for d in devices.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-                match parse_device(d).and_then(|_| bench::measure_in_child(&model, d, dtype, seqlen, batch, iters, prune)) {
-                    Ok(r) => rows.push(r),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            drop(temp);
-            if let Some(e) = failure {
-                return Err(e);
-            }
-            if json {
-                neuroal::error::write_json(&rows, true)?;
-            } else {
-                bench::print_table(&rows)?;
-            }
-            Ok(())
-        }
+        Command::Bench(flags) => bench(flags),
     }
+}
+
+fn eval(
+    model: &Path,
+    text: &Path,
+    seqlen: Option<usize>,
+    max_windows: Option<usize>,
+    compute: &Compute,
+    json: bool,
+) -> Result<()> {
+    check_model_folder(model)?;
+    check_input_file(text, "text file")?;
+    let (config, checkpoint) = neuroal::model::check_model_dir(model)?;
+    let seqlen = seqlen.unwrap_or_else(|| default_seqlen(&config));
+    config.check_seqlen(seqlen)?;
+    check_windows(seqlen, max_windows)?;
+    let tokenizer = Tokenizer::open(model)?;
+    let ids = tokenize_checked(&tokenizer, model, text, config.vocab_size)?;
+    let windows = window_count(ids.len(), seqlen, max_windows)?;
+    let measure = neuroal::measure::memory::Measure { perplexity: Some((windows, seqlen)), zeroshot: None };
+    let (m, described) = compute.load(config, checkpoint, &measure)?;
+    let result = perplexity(&m, &ids, seqlen, max_windows, &described)?;
+    if json {
+        return neuroal::io::error::write_json(&result, true);
+    }
+    outln!(
+        "perplexity {:.4} ({} windows of {} tokens, {:.0} tokens/s, {})",
+        result.ppl,
+        result.windows,
+        result.seqlen,
+        result.tokens_per_s,
+        result.device
+    )
+}
+
+fn zeroshot(
+    model: &Path,
+    tasks: &str,
+    limit: Option<usize>,
+    seqlen: Option<usize>,
+    compute: &Compute,
+    json: bool,
+) -> Result<()> {
+    if limit == Some(0) {
+        bail!("--limit must be at least 1");
+    }
+    let paths = neuroal::measure::zeroshot::task_paths(tasks)?;
+    let (config, checkpoint) = neuroal::model::check_model_dir(model)?;
+    let max_len = seqlen.unwrap_or_else(|| default_seqlen(&config));
+    config.check_seqlen(max_len)?;
+    let examples = neuroal::measure::zeroshot::read_tasks(&paths, limit)?;
+    let tokenizer = Tokenizer::open(model)?;
+    let requests = neuroal::measure::zeroshot::Requests::encode(&tokenizer, &examples, max_len)?;
+    let measure = neuroal::measure::memory::Measure { perplexity: None, zeroshot: Some(requests.sizes()) };
+    let (m, described) = compute.load(config, checkpoint, &measure)?;
+    let r = neuroal::measure::zeroshot::evaluate(&m, &requests, &described)?;
+    if json {
+        return neuroal::io::error::write_json(&r, true);
+    }
+    for (task, s) in &r.tasks {
+        outln!(
+            "{task:<20} acc {:.4} ± {:.4}  acc_norm {:.4} ± {:.4}  n {}  (papers quote {})",
+            s.acc,
+            s.acc_stderr,
+            s.acc_norm,
+            s.acc_norm_stderr,
+            s.n,
+            s.quoted
+        )?;
+    }
+    outln!("{:.1} examples/s on {}", r.examples_per_s, r.device)
+}
+
+fn inspect(dir: &Path, json: bool) -> Result<()> {
+    let r = neuroal::commands::inspect::inspect(dir)?;
+    if json {
+        return neuroal::io::error::write_json(&r, true);
+    }
+    for (name, f) in &r.layers {
+        outln!("{name:<48} {f:.4}")?;
+    }
+    outln!("{:<48} {:.4}  ({} of {} weights are zero)", "overall", r.overall, r.zeros, r.numel)
+}
+
+fn bench(flags: BenchFlags) -> Result<()> {
+    let (devices, dtype, iters, json) = (&flags.devices, flags.dtype, flags.iters, flags.json);
+    if let Some(list) = &flags.matmul {
+        return bench::matmul(list, devices, dtype, iters, json);
+    }
+    if let Some(list) = &flags.attention {
+        return bench::attention(list, devices, dtype, iters, json);
+    }
+    if let Some(list) = &flags.prune_rows {
+        return bench::prune_rows(list, devices, dtype, iters, json);
+    }
+    let prune = match flags.prune_sparsity {
+        Some(s) if !(0.0..1.0).contains(&s) => bail!("--prune-sparsity {s} is outside [0, 1)"),
+        Some(_) if flags.nsamples == 0 || flags.search_nsamples == 0 => {
+            bail!("--nsamples and --search-nsamples must be at least 1")
+        }
+        Some(sparsity) => Some(bench::PruneBench {
+            sparsity,
+            nsamples: flags.nsamples,
+            search_nsamples: flags.search_nsamples,
+            search_batch: flags.search_batch,
+        }),
+        None => None,
+    };
+    let run = bench::ForwardBench { dtype, seqlen: flags.seqlen, batch: flags.batch, iters, prune };
+    if flags.single {
+        let choice = parse_device(devices)?;
+        let model = flags.model.as_ref().ok_or_else(|| neuroal::err!("--model is required"))?;
+        return neuroal::io::error::write_json(&bench::measure(model, choice, &run)?, false);
+    }
+    if flags.save.is_some() && flags.synthetic.is_none() {
+        bail!(
+            "--save keeps the random checkpoint that --synthetic SHAPE writes; add --synthetic (e.g. --synthetic llama2-7b --blocks 8)"
+        );
+    }
+    let (model, temp) = match (&flags.model, &flags.synthetic) {
+        (Some(m), _) => (m.clone(), None),
+        (None, Some(name)) => {
+            if let Some(dir) = &flags.save {
+                return save_synthetic(name, flags.blocks, dir);
+            }
+            let scratch = synthetic_for(name, flags.blocks, devices, &run)?;
+            (scratch.path().to_path_buf(), Some(scratch))
+        }
+        (None, None) => bail!("--model or --synthetic is required"),
+    };
+    let mut rows = Vec::new();
+    for d in devices.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        rows.push(parse_device(d).and_then(|_| bench::measure_in_child(&model, d, &run))?);
+    }
+    drop(temp);
+    if json { neuroal::io::error::write_json(&rows, true) } else { bench::print_table(&rows) }
+}
+
+/// `bench --synthetic NAME --save DIR`: the random checkpoint written beside its name and
+/// renamed in whole; an interruption removes it.
+fn save_synthetic(name: &str, blocks: usize, dir: &Path) -> Result<()> {
+    let shape = bench::shape(name)?;
+    bench::synthetic_config(&shape, blocks)?;
+    if std::fs::symlink_metadata(dir).is_ok() {
+        bail!("--save {}: already exists; name a new folder", dir.display());
+    }
+    let Some(file) = dir.file_name() else { bail!("--save {}: name a new folder", dir.display()) };
+    let partial = dir.with_file_name(format!(".{}.partial-{}", file.to_string_lossy(), std::process::id()));
+    let scratch = neuroal::io::staging::Scratch::new(partial);
+    bench::write_synthetic(scratch.path(), &shape, blocks)?;
+    neuroal::io::faults::fault("synthetic-written");
+    scratch.keep_as(dir).map_err(|e| neuroal::err!("--save {e}"))?;
+    eprintln!("wrote a random {name} checkpoint with {blocks} blocks to {}", dir.display());
+    Ok(())
+}
+
+/// A random checkpoint of the shape `name` in a temporary folder, removed when dropped; what
+/// the measuring children would refuse is refused before gigabytes are written.
+fn synthetic_for(
+    name: &str,
+    blocks: usize,
+    devices: &str,
+    run: &bench::ForwardBench,
+) -> Result<neuroal::io::staging::Scratch> {
+    let shape = bench::shape(name)?;
+    let (_, config) = bench::synthetic_config(&shape, blocks)?;
+    bench::check_run(&config, devices, run.dtype, run.seqlen, run.batch, run.iters)?;
+    let scratch = neuroal::io::staging::Scratch::new(
+        std::env::temp_dir().join(format!("neuroal-synthetic-{}-{name}-{blocks}", std::process::id())),
+    );
+    bench::write_synthetic(scratch.path(), &shape, blocks)?;
+    eprintln!("wrote a random {name} checkpoint with {blocks} blocks to {}", scratch.path().display());
+    Ok(scratch)
 }
 
 fn main() -> ExitCode {
     // Both change process-wide settings: before any other thread exists.
     keep_freed_memory();
     quiet_gpu_probe();
-    neuroal::staging::install_interrupt_handler();
+    neuroal::io::staging::install_interrupt_handler();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -500,7 +617,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of stdout has gone (`| head`): the command stopped where it would have
         // written, with nothing to say to anyone; 141 is what a shell reports for SIGPIPE.
-        Err(e) if neuroal::error::stdout_closed(&e) => ExitCode::from(141),
+        Err(e) if neuroal::io::error::stdout_closed(&e) => ExitCode::from(141),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)

@@ -38,7 +38,8 @@ fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
 }
 
 fn eval_fails(model: &Path, text: &Path, extra: &[&str], expect: &str) {
-    let mut args = vec!["eval", "--model", model.to_str().unwrap(), "--text", text.to_str().unwrap(), "--device", "cpu"];
+    let mut args =
+        vec!["eval", "--model", model.to_str().unwrap(), "--text", text.to_str().unwrap(), "--device", "cpu"];
     args.extend_from_slice(extra);
     let msg = fails(&args, &[]);
     assert!(msg.contains(expect), "expected \"{expect}\" in: {msg}");
@@ -67,7 +68,12 @@ fn bad_inputs_are_rejected_with_one_line() {
     // A folder, or a pipe or device, named as a file (or a file as the model): each its own line.
     eval_fails(&text, &text, &[], "the model folder is a file; name the folder that holds config.json");
     eval_fails(&good, &good, &[], "the text file is a folder; name a file");
-    eval_fails(&good, Path::new("/dev/null"), &[], "/dev/null: the text file is not a regular file (a pipe or a device)");
+    eval_fails(
+        &good,
+        Path::new("/dev/null"),
+        &[],
+        "/dev/null: the text file is not a regular file (a pipe or a device)",
+    );
 
     let d = copy_to_break("tiny-llama", "notjson");
     std::fs::write(d.join("config.json"), "{ not json").unwrap();
@@ -111,7 +117,12 @@ fn bad_inputs_are_rejected_with_one_line() {
     let d = copy_to_break("tiny-llama", "pickled");
     std::fs::remove_file(d.join("model.safetensors")).unwrap();
     std::fs::write(d.join("pytorch_model.bin"), b"PK").unwrap();
-    eval_fails(&d, &text, &[], "no model.safetensors or model.safetensors.index.json, only pytorch_model.bin (PyTorch pickle, not read); convert the folder first");
+    eval_fails(
+        &d,
+        &text,
+        &[],
+        "no model.safetensors or model.safetensors.index.json, only pytorch_model.bin (PyTorch pickle, not read); convert the folder first",
+    );
     std::fs::remove_file(d.join("pytorch_model.bin")).unwrap();
     eval_fails(&d, &text, &[], "no model.safetensors or model.safetensors.index.json");
 
@@ -128,8 +139,13 @@ fn bad_inputs_are_rejected_with_one_line() {
     eval_fails(&good, &text, &["--seqlen", "0"], "--seqlen must be at least 1");
     eval_fails(&good, &text, &["--seqlen", "257"], "exceeds the model's max_position_embeddings (256)");
 
-    let msg = fails(&["eval", "--model", good.to_str().unwrap(), "--text", text.to_str().unwrap(), "--device", "tpu"], &[]);
-    assert!(msg.contains("invalid value 'tpu' for '--device <DEVICE>'") && msg.contains("possible values: auto, gpu, cpu, ndarray"), "{msg}");
+    let msg =
+        fails(&["eval", "--model", good.to_str().unwrap(), "--text", text.to_str().unwrap(), "--device", "tpu"], &[]);
+    assert!(
+        msg.contains("invalid value 'tpu' for '--device <DEVICE>'")
+            && msg.contains("possible values: auto, gpu, cpu, ndarray"),
+        "{msg}"
+    );
 
     // No Vulkan driver visible: --device gpu must say so, not crash.
     let msg = fails(
@@ -147,7 +163,23 @@ fn new_flags_refuse_bad_values_in_one_line() {
     let out = scratch("newflags").join("out");
     let o = out.to_str().unwrap();
     let prune = |extra: &[&'static str]| -> Vec<&str> {
-        let mut a = vec!["prune", "--model", m, "--calib", t, "--out", o, "--seqlen", "32", "--nsamples", "2", "--sparsity", "0.5", "--device", "cpu"];
+        let mut a = vec![
+            "prune",
+            "--model",
+            m,
+            "--calib",
+            t,
+            "--out",
+            o,
+            "--seqlen",
+            "32",
+            "--nsamples",
+            "2",
+            "--sparsity",
+            "0.5",
+            "--device",
+            "cpu",
+        ];
         a.extend_from_slice(extra);
         a
     };
@@ -157,26 +189,53 @@ fn new_flags_refuse_bad_values_in_one_line() {
         (prune(&["--dtype", "f8"]), "invalid value 'f8' for '--dtype <DTYPE>'"),
         (prune(&["--zeroshot", "/nonexistent/tasks.jsonl"]), "/nonexistent/tasks.jsonl: task file not found"),
         (prune(&["--zeroshot", "/dev/null"]), "/dev/null: the task file is not a regular file (a pipe or a device)"),
-        (vec!["prune", "--model", m, "--calib", m, "--out", o, "--sparsity", "0.5"], "the calibration file is a folder; name a file"),
+        (
+            vec!["prune", "--model", m, "--calib", m, "--out", o, "--sparsity", "0.5"],
+            "the calibration file is a folder; name a file",
+        ),
         (prune(&["--eval", "/dev/null"]), "/dev/null: the evaluation file is not a regular file"),
-        (vec!["eval", "--model", m, "--text", t, "--device", "ndarray", "--dtype", "f16"], "--dtype f16 is not supported on ndarray"),
-        (vec!["zeroshot", "--model", m, "--tasks", tasks.to_str().unwrap(), "--limit", "0"], "--limit must be at least 1"),
+        (
+            vec!["eval", "--model", m, "--text", t, "--device", "ndarray", "--dtype", "f16"],
+            "--dtype f16 is not supported on ndarray",
+        ),
+        (
+            vec!["zeroshot", "--model", m, "--tasks", tasks.to_str().unwrap(), "--limit", "0"],
+            "--limit must be at least 1",
+        ),
         (vec!["zeroshot", "--model", m, "--tasks", ","], "--tasks names no file"),
         (vec!["bench", "--synthetic", "gpt5"], "unknown --synthetic shape \"gpt5\""),
         (vec!["bench", "--synthetic", "tiny", "--blocks", "0", "--devices", "cpu"], "--blocks must be at least 1"),
-        (vec!["bench", "--model", m, "--devices", "cpu", "--prune-sparsity", "1.5"], "--prune-sparsity 1.5 is outside [0, 1)"),
-        (prune(&["--top-up", "neuroal", "--search-batch", "two"]), "invalid value 'two' for '--search-batch <SEARCH_BATCH>'"),
+        (
+            vec!["bench", "--model", m, "--devices", "cpu", "--prune-sparsity", "1.5"],
+            "--prune-sparsity 1.5 is outside [0, 1)",
+        ),
+        (
+            prune(&["--top-up", "neuroal", "--search-batch", "two"]),
+            "invalid value 'two' for '--search-batch <SEARCH_BATCH>'",
+        ),
         (vec!["bench", "--matmul", "64x48x80", "--devices", "gpu", "--iters", "0"], "--iters must be at least 1"),
-        (vec!["bench", "--attention", "2x4x64x16", "--devices", "cpu"], "--attention times the GPU's kernels: use --devices gpu"),
-        (vec!["bench", "--prune-rows", "64x64", "--devices", "cpu"], "--prune-rows times the GPU's kernels: use --devices gpu"),
+        (
+            vec!["bench", "--attention", "2x4x64x16", "--devices", "cpu"],
+            "--attention times the GPU's kernels: use --devices gpu",
+        ),
+        (
+            vec!["bench", "--prune-rows", "64x64", "--devices", "cpu"],
+            "--prune-rows times the GPU's kernels: use --devices gpu",
+        ),
         (vec!["bench", "--prune-rows", "64x", "--devices", "gpu"], "--prune-rows \"64x\": a weight is ROWSxCOLS"),
-        (vec!["bench", "--attention", "2x4x0x16", "--devices", "gpu"], "--attention \"2x4x0x16\": an attention is BxHxTxHD"),
+        (
+            vec!["bench", "--attention", "2x4x0x16", "--devices", "gpu"],
+            "--attention \"2x4x0x16\": an attention is BxHxTxHD",
+        ),
         (vec!["tune", "--model", "/nonexistent"], "/nonexistent: no config.json"),
         (vec!["tune", "--synthetic", "gpt5"], "unknown --synthetic shape \"gpt5\""),
         (vec!["tune", "--model", m, "--tokens", "64,0"], "--tokens \"0\": a list of token counts"),
         (vec!["tune", "--model", m, "--iters", "0"], "--iters must be at least 1"),
         (vec!["tune", "--model", m, "--seqlen", "0"], "--seqlen must be at least 1"),
-        (vec!["tune", "--model", m, "--synthetic", "tiny"], "the argument '--model <MODEL>' cannot be used with '--synthetic <SYNTHETIC>'"),
+        (
+            vec!["tune", "--model", m, "--synthetic", "tiny"],
+            "the argument '--model <MODEL>' cannot be used with '--synthetic <SYNTHETIC>'",
+        ),
     ];
     for (args, expect) in cases {
         let msg = fails(&args, &[]);
@@ -188,29 +247,72 @@ fn new_flags_refuse_bad_values_in_one_line() {
     // SparseGPT had pruned a partial last group whole and then failed its own count check.
     let narrow = asset("tiny-opt-post-ln");
     for (method, device) in [("magnitude", "cpu"), ("wanda", "cpu"), ("sparsegpt", "cpu"), ("sparsegpt", "gpu")] {
-        let args = vec!["prune", "--model", narrow.to_str().unwrap(), "--calib", t, "--out", o, "--pattern", "4:8", "--method", method, "--device", device];
+        let args = vec![
+            "prune",
+            "--model",
+            narrow.to_str().unwrap(),
+            "--calib",
+            t,
+            "--out",
+            o,
+            "--pattern",
+            "4:8",
+            "--method",
+            method,
+            "--device",
+            device,
+        ];
         let msg = fails(&args, &[("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
-        assert!(msg.contains("model.decoder.layers.0.fc2.weight: 4:8 pattern needs the input width (172) to be a multiple of 8"), "{method} on {device}: {msg}");
+        assert!(
+            msg.contains(
+                "model.decoder.layers.0.fc2.weight: 4:8 pattern needs the input width (172) to be a multiple of 8"
+            ),
+            "{method} on {device}: {msg}"
+        );
         assert!(!out.exists(), "{method} on {device}: nothing may be written");
     }
     // NEUROAL_MATMUL's rules, read when the GPU opens: a size of zero or a stray letter.
-    let gpu_prune = vec!["prune", "--model", m, "--calib", t, "--out", o, "--seqlen", "32", "--nsamples", "2", "--sparsity", "0.5", "--device", "gpu"];
+    let gpu_prune = vec![
+        "prune",
+        "--model",
+        m,
+        "--calib",
+        t,
+        "--out",
+        o,
+        "--seqlen",
+        "32",
+        "--nsamples",
+        "2",
+        "--sparsity",
+        "0.5",
+        "--device",
+        "gpu",
+    ];
     for rule in ["0x64=burn", "64xax64=burn"] {
-        let msg = fails(&gpu_prune, &[("NEUROAL_MATMUL", rule), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
+        let msg =
+            fails(&gpu_prune, &[("NEUROAL_MATMUL", rule), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
         assert!(msg.contains("a rule is KxN=KERNEL"), "{rule}: {msg}");
         assert!(!out.exists(), "{rule}: nothing may be written");
     }
     // NEUROAL_FUSE, read there too: all or none.
-    let msg = fails(&gpu_prune, &[("NEUROAL_FUSE", "qkv"), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
+    let msg =
+        fails(&gpu_prune, &[("NEUROAL_FUSE", "qkv"), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
     assert!(msg.contains("NEUROAL_FUSE=qkv: expected all or none"), "{msg}");
     assert!(!out.exists(), "NEUROAL_FUSE: nothing may be written");
     // NEUROAL_SELECT_WALK, read there too: serial or two-level.
-    let msg = fails(&gpu_prune, &[("NEUROAL_SELECT_WALK", "parallel"), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
+    let msg = fails(
+        &gpu_prune,
+        &[("NEUROAL_SELECT_WALK", "parallel"), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())],
+    );
     assert!(msg.contains("NEUROAL_SELECT_WALK=parallel: expected serial or two-level"), "{msg}");
     assert!(!out.exists(), "NEUROAL_SELECT_WALK: nothing may be written");
     // NEUROAL_SELECT_COPIES: 1, 2, 4 or 8 (16 would pass the workgroup memory every backend has).
     for bad in ["16", "3", "eight"] {
-        let msg = fails(&gpu_prune, &[("NEUROAL_SELECT_COPIES", bad), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())]);
+        let msg = fails(
+            &gpu_prune,
+            &[("NEUROAL_SELECT_COPIES", bad), ("XDG_RUNTIME_DIR", std::env::temp_dir().to_str().unwrap())],
+        );
         assert!(msg.contains(&format!("NEUROAL_SELECT_COPIES={bad}: expected 1, 2, 4 or 8")), "{msg}");
         assert!(!out.exists(), "NEUROAL_SELECT_COPIES: nothing may be written");
     }
@@ -224,13 +326,21 @@ fn a_closed_or_full_stdout_is_no_panic() {
     let model = asset("tiny-llama");
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let o = Command::new(env!("CARGO_BIN_EXE_neuroal")).args(["inspect", model.to_str().unwrap()]).stdout(writer).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(["inspect", model.to_str().unwrap()])
+        .stdout(writer)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(141), "{err}");
     assert!(err.is_empty(), "{err}");
     if Path::new("/dev/full").exists() {
         let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_neuroal")).args(["inspect", model.to_str().unwrap(), "--json"]).stdout(full).output().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
+            .args(["inspect", model.to_str().unwrap(), "--json"])
+            .stdout(full)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{err}");
         assert_eq!(err.trim(), "error: cannot write to stdout: No space left on device");

@@ -4,14 +4,36 @@
 use std::process::{Command, Output};
 
 fn bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_neuroal")).arg("bench").args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .arg("bench")
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap()
 }
 
 #[test]
 fn synthetic_bench_runs_on_cpu_and_gpu_and_cleans_up() {
     let o = bench(&[
-        "--synthetic", "tiny", "--blocks", "2", "--devices", "cpu,gpu", "--seqlen", "64", "--iters", "1", "--dtype", "f32",
-        "--prune-sparsity", "0.5", "--nsamples", "8", "--search-nsamples", "2", "--json",
+        "--synthetic",
+        "tiny",
+        "--blocks",
+        "2",
+        "--devices",
+        "cpu,gpu",
+        "--seqlen",
+        "64",
+        "--iters",
+        "1",
+        "--dtype",
+        "f32",
+        "--prune-sparsity",
+        "0.5",
+        "--nsamples",
+        "8",
+        "--search-nsamples",
+        "2",
+        "--json",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
@@ -27,7 +49,11 @@ fn synthetic_bench_runs_on_cpu_and_gpu_and_cleans_up() {
     // 0.53 MiB; the prune, which loads no head nor table: a block's linears, 45,312); none on cpu.
     assert!(rows[0]["forward_gpu_mib"].is_null() && rows[0]["prune_gpu_mib"].is_null(), "{}", rows[0]);
     for (k, values) in [("forward_gpu_mib", 139_776.0), ("prune_gpu_mib", 45_312.0)] {
-        assert!(rows[1][k].as_f64().is_some_and(|v| v >= values * 4.0 / (1 << 20) as f64 && v < 4096.0), "{k}: {}", rows[1]);
+        assert!(
+            rows[1][k].as_f64().is_some_and(|v| v >= values * 4.0 / (1 << 20) as f64 && v < 4096.0),
+            "{k}: {}",
+            rows[1]
+        );
     }
     // The prune's memory estimate by hand (the tiny shape: 64 wide, 4 heads, 2 kv heads, MLP
     // 172, 384 tokens, 45,312 weights a block). The pruning pass is the peak: 8 windows' hidden
@@ -49,8 +75,25 @@ fn synthetic_bench_runs_on_cpu_and_gpu_and_cleans_up() {
 fn synthetic_opt_and_phi_shapes_prune_alike_on_cpu_and_gpu() {
     for shape in ["tiny-opt", "tiny-phi"] {
         let o = bench(&[
-            "--synthetic", shape, "--blocks", "2", "--devices", "cpu,gpu", "--seqlen", "64", "--iters", "1", "--dtype", "f32",
-            "--prune-sparsity", "0.5", "--nsamples", "8", "--search-nsamples", "2", "--json",
+            "--synthetic",
+            shape,
+            "--blocks",
+            "2",
+            "--devices",
+            "cpu,gpu",
+            "--seqlen",
+            "64",
+            "--iters",
+            "1",
+            "--dtype",
+            "f32",
+            "--prune-sparsity",
+            "0.5",
+            "--nsamples",
+            "8",
+            "--search-nsamples",
+            "2",
+            "--json",
         ]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{shape}: {err}");
@@ -68,11 +111,31 @@ fn synthetic_opt_and_phi_shapes_prune_alike_on_cpu_and_gpu() {
 /// line before any work, naming what helps (a GPU with a larger limit runs it instead).
 #[test]
 fn a_table_over_the_gpu_buffer_limit_is_refused_up_front() {
-    let o = bench(&["--synthetic", "llama-0.8b", "--blocks", "1", "--devices", "gpu", "--seqlen", "16", "--batch", "1", "--iters", "1", "--dtype", "f32", "--json"]);
+    let o = bench(&[
+        "--synthetic",
+        "llama-0.8b",
+        "--blocks",
+        "1",
+        "--devices",
+        "gpu",
+        "--seqlen",
+        "16",
+        "--batch",
+        "1",
+        "--iters",
+        "1",
+        "--dtype",
+        "f32",
+        "--json",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     if o.status.success() {
         let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
-        assert!(!rows[0]["device"].as_str().unwrap().contains("llvmpipe"), "lavapipe cannot hold the table: {}", rows[0]);
+        assert!(
+            !rows[0]["device"].as_str().unwrap().contains("llvmpipe"),
+            "lavapipe cannot hold the table: {}",
+            rows[0]
+        );
     } else {
         assert_eq!(o.status.code(), Some(2), "{err}");
         let last = err.lines().last().unwrap();
@@ -93,7 +156,21 @@ fn a_table_over_the_gpu_buffer_limit_is_refused_up_front() {
 #[test]
 fn the_trace_counts_every_stage() {
     let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
-        .args(["bench", "--synthetic", "tiny", "--blocks", "2", "--devices", "gpu", "--seqlen", "32", "--iters", "1", "--dtype", "f32"])
+        .args([
+            "bench",
+            "--synthetic",
+            "tiny",
+            "--blocks",
+            "2",
+            "--devices",
+            "gpu",
+            "--seqlen",
+            "32",
+            "--iters",
+            "1",
+            "--dtype",
+            "f32",
+        ])
         .args(["--prune-sparsity", "0.5", "--nsamples", "4", "--search-nsamples", "2"])
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .env("NEUROAL_TRACE", "1")
@@ -103,7 +180,10 @@ fn the_trace_counts_every_stage() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("trace: bench prune: "), "{err}");
     let count = |stage: &str| -> usize {
-        let line = err.lines().find(|l| l.starts_with("trace:") && l.contains(&format!(" {stage} "))).unwrap_or_else(|| panic!("no {stage} in {err}"));
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("trace:") && l.contains(&format!(" {stage} ")))
+            .unwrap_or_else(|| panic!("no {stage} in {err}"));
         let words: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(words.last(), Some(&"times"), "{line}");
         words[words.len() - 2].parse().unwrap()
@@ -142,7 +222,8 @@ fn matmul_bench_times_every_kernel_that_computes_the_product() {
     // matrices, so the tensor-core kernels decline, each with its reason).
     let o = bench(&["--matmul", "33x17x9", "--devices", "gpu", "--dtype", "f32", "--iters", "2", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     // The product with the weight's transposed view, then with a row-major [K, N] copy.
     let kernels = rows.len() / 2;
     assert!(rows.len() == 2 * kernels && kernels >= 2, "{rows:?}");
@@ -152,7 +233,9 @@ fn matmul_bench_times_every_kernel_that_computes_the_product() {
         assert_eq!(r["layout"], if i < kernels { "weight_t" } else { "k_by_n" }, "{r}");
         match r["rel_err"].as_f64() {
             // Ran: the same product as burn's kernel, to f32 rounding.
-            Some(e) => assert!(e < 1e-5 && r["ms"].as_f64().is_some_and(|ms| ms > 0.0) && r["declined"].is_null(), "{r}"),
+            Some(e) => {
+                assert!(e < 1e-5 && r["ms"].as_f64().is_some_and(|ms| ms > 0.0) && r["declined"].is_null(), "{r}")
+            }
             None => assert!(r["declined"].as_str().is_some_and(|w| !w.is_empty() && !w.contains('\n')), "{r}"),
         }
     }
@@ -177,14 +260,22 @@ fn attention_bench_times_the_flash_kernels_against_the_separate_ones() {
     // cooperative matrices for the tensor-core ones, which decline with their reason).
     let o = bench(&["--attention", "2x4x64x16", "--devices", "gpu", "--dtype", "f32", "--iters", "2", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let kernels: Vec<&str> = rows.iter().map(|r| r["kernel"].as_str().unwrap()).collect();
     assert_eq!(kernels, ["ops", "flash-2", "flash-4", "flash-8", "flash-unit"]);
     assert_eq!(rows[0]["rel_err"].as_f64(), Some(0.0));
     // The per-thread flash kernel: the separate kernels' attention, to f32 rounding.
-    assert!(rows[4]["rel_err"].as_f64().is_some_and(|e| e < 1e-5) && rows[4]["ms"].as_f64().is_some_and(|ms| ms > 0.0), "{}", rows[4]);
+    assert!(
+        rows[4]["rel_err"].as_f64().is_some_and(|e| e < 1e-5) && rows[4]["ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{}",
+        rows[4]
+    );
     for r in &rows[1..4] {
-        assert!(r["ms"].is_number() || r["declined"].as_str().is_some_and(|w| !w.is_empty() && !w.contains('\n')), "{r}");
+        assert!(
+            r["ms"].is_number() || r["declined"].as_str().is_some_and(|w| !w.is_empty() && !w.contains('\n')),
+            "{r}"
+        );
     }
     let o = bench(&["--attention", "2x4x64", "--devices", "gpu"]);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -200,17 +291,28 @@ fn prune_rows_bench_times_the_fused_shader_against_the_three_it_fuses() {
     // three shaders.
     let run = |walk: &str, copies: &str| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_neuroal"));
-        cmd.args(["bench", "--prune-rows", "37x300,3x1001", "--devices", "gpu", "--iters", "2", "--json"]).env("XDG_RUNTIME_DIR", std::env::temp_dir());
+        cmd.args(["bench", "--prune-rows", "37x300,3x1001", "--devices", "gpu", "--iters", "2", "--json"])
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir());
         let o = cmd.env("NEUROAL_SELECT_WALK", walk).env("NEUROAL_SELECT_COPIES", copies).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<serde_json::Value>>()
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect::<Vec<serde_json::Value>>()
     };
     let rows = run("", "");
     assert_eq!(rows.len(), 2 * 2 * 2 * 8 * 3, "shapes × scores × tie orders × selections × paths");
     let mut seen = std::collections::BTreeSet::new();
     for r in &rows {
         let field = |name: &str| r[name].as_str().unwrap().to_string();
-        seen.insert((r["shape"].to_string(), field("score"), field("ties"), field("walk"), r["copies"].to_string(), field("kernel")));
+        seen.insert((
+            r["shape"].to_string(),
+            field("score"),
+            field("ties"),
+            field("walk"),
+            r["copies"].to_string(),
+            field("kernel"),
+        ));
         // Every path prunes the same weights: the fused shader's equal the three shaders'.
         assert_eq!(r["rel_err"].as_f64(), Some(0.0), "{r}");
         assert!(r["ms"].as_f64().is_some_and(|ms| ms > 0.0) && r["gb_per_s"].as_f64().is_some_and(|g| g > 0.0), "{r}");
@@ -224,7 +326,11 @@ fn prune_rows_bench_times_the_fused_shader_against_the_three_it_fuses() {
     assert_eq!(copies, [1, 2, 4, 8].into_iter().collect());
     // The variables time the one they name.
     let rows = run("two-level", "4");
-    assert!(rows.len() == 2 * 2 * 2 * 3 && rows.iter().all(|r| r["walk"] == "two-level" && r["copies"] == 4 && r["rel_err"].as_f64() == Some(0.0)), "{rows:?}");
+    assert!(
+        rows.len() == 2 * 2 * 2 * 3
+            && rows.iter().all(|r| r["walk"] == "two-level" && r["copies"] == 4 && r["rel_err"].as_f64() == Some(0.0)),
+        "{rows:?}"
+    );
 }
 
 /// A fused group whose stacked weight, or whose output, would pass the GPU's largest buffer runs
@@ -242,7 +348,8 @@ fn a_stack_over_the_gpu_buffer_limit_runs_apart() {
         "num_attention_heads": 4, "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "tie_word_embeddings": false}"#;
     for (config, seqlen, batch) in [(wide_weights, "16", "1"), (wide_outputs, "512", "5")] {
         let _ = std::fs::remove_dir_all(&dir);
-        neuroal::bench::write_synthetic(&dir, &neuroal::bench::Shape { name: "wide", config }, 1).unwrap();
+        neuroal::commands::bench::write_synthetic(&dir, &neuroal::commands::bench::Shape { name: "wide", config }, 1)
+            .unwrap();
         check_runs_fused_or_not(&dir, seqlen, batch);
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -251,7 +358,22 @@ fn a_stack_over_the_gpu_buffer_limit_runs_apart() {
 fn check_runs_fused_or_not(dir: &std::path::Path, seqlen: &str, batch: &str) {
     for fuse in ["all", "none"] {
         let o = Command::new(env!("CARGO_BIN_EXE_neuroal"))
-            .args(["bench", "--model", dir.to_str().unwrap(), "--devices", "gpu", "--seqlen", seqlen, "--batch", batch, "--iters", "1", "--dtype", "f32", "--json"])
+            .args([
+                "bench",
+                "--model",
+                dir.to_str().unwrap(),
+                "--devices",
+                "gpu",
+                "--seqlen",
+                seqlen,
+                "--batch",
+                batch,
+                "--iters",
+                "1",
+                "--dtype",
+                "f32",
+                "--json",
+            ])
             .env("XDG_RUNTIME_DIR", std::env::temp_dir())
             .env("NEUROAL_FUSE", fuse)
             .output()
@@ -278,7 +400,23 @@ fn a_saved_synthetic_checkpoint_prunes_and_an_existing_folder_is_refused() {
     let out = root.join("pruned");
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sample.txt");
     let p = Command::new(env!("CARGO_BIN_EXE_neuroal"))
-        .args(["prune", "--model", dir.to_str().unwrap(), "--calib", sample, "--sparsity", "0.5", "--seqlen", "32", "--nsamples", "4", "--device", "cpu", "--out", out.to_str().unwrap()])
+        .args([
+            "prune",
+            "--model",
+            dir.to_str().unwrap(),
+            "--calib",
+            sample,
+            "--sparsity",
+            "0.5",
+            "--seqlen",
+            "32",
+            "--nsamples",
+            "4",
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
@@ -296,7 +434,8 @@ fn a_saved_synthetic_checkpoint_prunes_and_an_existing_folder_is_refused() {
 }
 
 fn entries(dir: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -316,12 +455,21 @@ fn bad_bench_arguments_are_refused_before_the_checkpoint_is_written() {
     let tmp = own_tmp("bench-refusals");
     let mut cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--synthetic", "tiny", "--devices", "cpu", "--seqlen", "0"], "--seqlen must be at least 1"),
-        (vec!["--synthetic", "tiny", "--devices", "cpu", "--seqlen", "100000"], "exceeds the model's max_position_embeddings (256)"),
+        (
+            vec!["--synthetic", "tiny", "--devices", "cpu", "--seqlen", "100000"],
+            "exceeds the model's max_position_embeddings (256)",
+        ),
         (vec!["--synthetic", "tiny", "--devices", "cpu", "--batch", "0"], "--batch and --iters must be at least 1"),
         (vec!["--synthetic", "tiny", "--devices", "cpu", "--iters", "0"], "--batch and --iters must be at least 1"),
         (vec!["--synthetic", "tiny", "--devices", "cpu,nope"], "unknown device \"nope\""),
-        (vec!["--synthetic", "tiny", "--devices", "ndarray", "--dtype", "f16"], "bench on ndarray: --dtype f16 is not supported on ndarray"),
-        (vec!["--synthetic", "tiny", "--devices", "gpu", "--dtype", "bf16"], "bench on gpu: --dtype bf16 is not supported on wgpu"),
+        (
+            vec!["--synthetic", "tiny", "--devices", "ndarray", "--dtype", "f16"],
+            "bench on ndarray: --dtype f16 is not supported on ndarray",
+        ),
+        (
+            vec!["--synthetic", "tiny", "--devices", "gpu", "--dtype", "bf16"],
+            "bench on gpu: --dtype bf16 is not supported on wgpu",
+        ),
         // --save without --synthetic: there is nothing to save.
         (vec!["--save", "saved"], "--save keeps the random checkpoint that --synthetic SHAPE writes; add --synthetic"),
     ];
@@ -350,6 +498,7 @@ fn bad_bench_arguments_are_refused_before_the_checkpoint_is_written() {
 /// the child measuring a device all go with it; a stopped `--save` leaves no folder.
 #[cfg(unix)]
 #[test]
+#[cfg(feature = "test-hooks")] // fault injection (NEUROAL_FAULT, NEUROAL_PAUSE)
 fn a_stopped_bench_removes_its_checkpoint_and_stops_its_child() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
@@ -367,7 +516,8 @@ fn a_stopped_bench_removes_its_checkpoint_and_stops_its_child() {
     // The child pauses once its timed prune has a folder: neuroal-bench-<its pid>.
     let start = Instant::now();
     let child = loop {
-        let found = entries(&tmp).iter().find_map(|n| n.strip_prefix("neuroal-bench-").and_then(|p| p.parse::<i32>().ok()));
+        let found =
+            entries(&tmp).iter().find_map(|n| n.strip_prefix("neuroal-bench-").and_then(|p| p.parse::<i32>().ok()));
         if let Some(pid) = found {
             break pid;
         }
@@ -386,7 +536,12 @@ fn a_stopped_bench_removes_its_checkpoint_and_stops_its_child() {
     assert_eq!(err.lines().last(), Some("interrupted by SIGTERM; nothing half-written was left"), "{err}");
     let start = Instant::now();
     while !(entries(&tmp).is_empty() && unsafe { libc::kill(child, 0) } != 0) {
-        assert!(start.elapsed() < Duration::from_secs(30), "left behind: {:?}; child {child} running: {}", entries(&tmp), unsafe { libc::kill(child, 0) } == 0);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "left behind: {:?}; child {child} running: {}",
+            entries(&tmp),
+            unsafe { libc::kill(child, 0) } == 0
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 

@@ -5,11 +5,11 @@ mod common;
 
 use burn::tensor::DType;
 use common::*;
-use neuroal::device::{Choice, ComputeDtype};
-use neuroal::eval::perplexity;
+use neuroal::commands::report::Report;
+use neuroal::gpu::device::{Choice, ComputeDtype};
+use neuroal::io::tokenizer::{Tokenizer, tokenize_file};
+use neuroal::measure::perplexity::perplexity;
 use neuroal::model::Model;
-use neuroal::report::Report;
-use neuroal::tokenizer::{tokenize_file, Tokenizer};
 
 #[test]
 fn wt2_llama_in_f16_is_within_0_3_percent_of_f32() {
@@ -26,8 +26,8 @@ fn wt2_llama_in_f16_is_within_0_3_percent_of_f32() {
             assert!(e.contains("no shader f16 support"), "{e}");
             continue;
         }
-        let f32m = Model::open(&dir, &dev.device).unwrap();
-        let f16m = Model::open_as(&dir, &dev.device, DType::F16).unwrap();
+        let f32m = Model::open(&dir, &dev).unwrap();
+        let f16m = Model::open_as(&dir, &dev, DType::F16).unwrap();
         let a = perplexity(&f32m, &ids, 256, Some(windows), "f32").unwrap();
         let b = perplexity(&f16m, &ids, 256, Some(windows), "f16").unwrap();
         let rel = (b.ppl - a.ppl).abs() / a.ppl;
@@ -64,7 +64,10 @@ fn neuroal_in_f16_chooses_the_f32_lambdas_or_a_tie() {
     let (a, b) = (neuroal("f32", &tmp.join("f32")), neuroal("f16", &tmp.join("f16")));
     assert_eq!((a.dtype.compute.as_str(), b.dtype.compute.as_str()), ("f32", "f16"));
     // Same λ, or the λ f16 chose scores within 0.1% of the f32 winner in f32's own curve.
-    for (scores, la, lb) in [(&a.topup.block_scores, a.topup.lambda_block, b.topup.lambda_block), (&a.topup.row_scores, a.topup.lambda_row, b.topup.lambda_row)] {
+    for (scores, la, lb) in [
+        (&a.topup.block_scores, a.topup.lambda_block, b.topup.lambda_block),
+        (&a.topup.row_scores, a.topup.lambda_row, b.topup.lambda_row),
+    ] {
         let (la, lb) = (la.unwrap(), lb.unwrap());
         let score = |l: f64| scores.iter().find(|p| p[0] == l).unwrap()[1];
         println!("λ f32 {la} ({}), f16 {lb} ({})", score(la), score(lb));

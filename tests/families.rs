@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-use neuroal::device::Choice;
+use neuroal::commands::report::Report;
+use neuroal::gpu::device::Choice;
+use neuroal::io::tokenizer::{Tokenizer, tokenize_file};
 use neuroal::model::Model;
-use neuroal::report::Report;
-use neuroal::tokenizer::{tokenize_file, Tokenizer};
-use neuroal::topup::{block_grid, row_grid};
+use neuroal::prune::neuroal::{block_grid, row_grid};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("neuroal-families-{}-{name}", std::process::id()));
@@ -21,13 +21,18 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn neuroal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_neuroal")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap()
 }
 
 fn names_and_shapes(dir: &Path) -> Vec<(String, Vec<usize>, String)> {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<_> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), format!("{:?}", t.dtype()))).collect();
+    let mut v: Vec<_> =
+        st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), format!("{:?}", t.dtype()))).collect();
     v.sort();
     v
 }
@@ -39,32 +44,58 @@ fn wanda_and_neuroal_at_70_percent_on_every_family() {
         let out = s.join(fixture);
         let model = asset(fixture);
         let o = neuroal(&[
-            "prune", "--model", model.to_str().unwrap(), "--calib", asset("sample.txt").to_str().unwrap(),
-            "--out", out.to_str().unwrap(), "--sparsity", "0.7", "--seqlen", "64", "--nsamples", "8",
-            "--search-nsamples", "4", "--top-up", "neuroal", "--device", "cpu",
+            "prune",
+            "--model",
+            model.to_str().unwrap(),
+            "--calib",
+            asset("sample.txt").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--sparsity",
+            "0.7",
+            "--seqlen",
+            "64",
+            "--nsamples",
+            "8",
+            "--search-nsamples",
+            "4",
+            "--top-up",
+            "neuroal",
+            "--device",
+            "cpu",
         ]);
         assert!(o.status.success(), "{fixture}: {}", String::from_utf8_lossy(&o.stderr));
         let r: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
         let (lb, lr) = (r.topup.lambda_block.unwrap(), r.topup.lambda_row.unwrap());
-        println!("{fixture}: λ block {lb}, λ row {lr}, overall {:.4}, blocks {:?}", r.sparsity.overall, r.sparsity.blocks);
+        println!(
+            "{fixture}: λ block {lb}, λ row {lr}, overall {:.4}, blocks {:?}",
+            r.sparsity.overall, r.sparsity.blocks
+        );
         assert!(block_grid(0.7).contains(&lb) && row_grid().contains(&lr), "{fixture}: λ {lb} / {lr}");
         assert_eq!(r.topup.block_scores.len(), 14);
         assert_eq!(r.topup.row_scores.len(), 15);
         assert!(r.topup.block_scores.iter().chain(&r.topup.row_scores).all(|p| p[1].is_finite() && p[1] > 0.0));
         // Rows prune ⌊(1 − s_r)·in⌋-rounded counts: at most one weight per row off, ≤ 1/64 here.
         assert!((r.sparsity.overall - 0.7).abs() < 1.0 / 64.0, "{fixture}: overall {}", r.sparsity.overall);
-        assert!(r.sparsity.blocks[0] < r.sparsity.blocks[1], "{fixture}: early blocks stay denser: {:?}", r.sparsity.blocks);
+        assert!(
+            r.sparsity.blocks[0] < r.sparsity.blocks[1],
+            "{fixture}: early blocks stay denser: {:?}",
+            r.sparsity.blocks
+        );
         // The written checkpoint: same names, shapes and dtypes; what inspect counts is the report.
         assert_eq!(names_and_shapes(&out), names_and_shapes(&model));
-        let ins = neuroal::inspect::inspect(&out).unwrap();
-        let m = Model::open(&model, &select(Choice::Cpu).device).unwrap();
+        let ins = neuroal::commands::inspect::inspect(&out).unwrap();
+        let m = Model::open(&model, &select(Choice::Cpu)).unwrap();
         assert_eq!(ins.layers.len(), 2 * m.linears().len());
         assert!((ins.overall - r.sparsity.overall).abs() < 1e-12);
         // And it runs: a finite perplexity, worse than the dense model's.
         let dev = select(Choice::Cpu);
         let ids = tokenize_file(&Tokenizer::open(&out).unwrap(), &asset("sample.txt")).unwrap();
-        let dense = neuroal::eval::perplexity(&m, &ids, 64, Some(8), "cpu").unwrap().ppl;
-        let pruned = neuroal::eval::perplexity(&Model::open(&out, &dev.device).unwrap(), &ids, 64, Some(8), "cpu").unwrap().ppl;
+        let dense = neuroal::measure::perplexity::perplexity(&m, &ids, 64, Some(8), "cpu").unwrap().ppl;
+        let pruned =
+            neuroal::measure::perplexity::perplexity(&Model::open(&out, &dev).unwrap(), &ids, 64, Some(8), "cpu")
+                .unwrap()
+                .ppl;
         assert!(pruned.is_finite() && pruned != dense, "{fixture}: {pruned} vs dense {dense}");
     }
     let _ = std::fs::remove_dir_all(&s);
@@ -75,15 +106,40 @@ fn bad_configs_of_each_family_get_one_line() {
     let s = scratch("bad");
     let cases: [(&str, &str, serde_json::Value, &str); 11] = [
         ("tiny-opt", "ffn_dim", serde_json::Value::Null, "missing field \"ffn_dim\""),
-        ("tiny-opt", "activation_function", "gelu".into(), "unsupported activation_function \"gelu\" for OPT (only relu)"),
+        (
+            "tiny-opt",
+            "activation_function",
+            "gelu".into(),
+            "unsupported activation_function \"gelu\" for OPT (only relu)",
+        ),
         ("tiny-opt-post-ln", "word_embed_proj_dim", 0.into(), "\"word_embed_proj_dim\" is 0; it must be at least 1"),
-        ("tiny-opt", "word_embed_proj_dim", 32.into(), "tensor \"model.decoder.embed_tokens.weight\" has shape [384, 64], expected [384, 32]"),
+        (
+            "tiny-opt",
+            "word_embed_proj_dim",
+            32.into(),
+            "tensor \"model.decoder.embed_tokens.weight\" has shape [384, 64], expected [384, 32]",
+        ),
         ("tiny-phi", "intermediate_size", serde_json::Value::Null, "missing field \"intermediate_size\""),
         ("tiny-phi", "hidden_act", "relu".into(), "unsupported hidden_act \"relu\" for Phi (only gelu_new)"),
         ("tiny-phi", "qk_layernorm", true.into(), "Phi with qk_layernorm = true is not supported"),
-        ("tiny-llama", "rope_scaling", serde_json::json!({"rope_type": "linear", "factor": 0.0}), "\"rope scaling factor\" is 0; it must be a positive number"),
-        ("tiny-llama", "rope_scaling", serde_json::json!({"type": "dynamic"}), "rope scaling \"dynamic\" lacks \"factor\""),
-        ("tiny-llama", "mlp_bias", "yes".into(), "not a valid config.json (invalid type: string \"yes\", expected a boolean)"),
+        (
+            "tiny-llama",
+            "rope_scaling",
+            serde_json::json!({"rope_type": "linear", "factor": 0.0}),
+            "\"rope scaling factor\" is 0; it must be a positive number",
+        ),
+        (
+            "tiny-llama",
+            "rope_scaling",
+            serde_json::json!({"type": "dynamic"}),
+            "rope scaling \"dynamic\" lacks \"factor\"",
+        ),
+        (
+            "tiny-llama",
+            "mlp_bias",
+            "yes".into(),
+            "not a valid config.json (invalid type: string \"yes\", expected a boolean)",
+        ),
         (
             "tiny-phi",
             "rope_parameters",
@@ -95,7 +151,15 @@ fn bad_configs_of_each_family_get_one_line() {
         let dir = model_copy(fixture, &s.join(format!("{i}")));
         edit_config(&dir, key, value);
         for args in [
-            vec!["eval", "--model", dir.to_str().unwrap(), "--text", asset("sample.txt").to_str().unwrap(), "--device", "cpu"],
+            vec![
+                "eval",
+                "--model",
+                dir.to_str().unwrap(),
+                "--text",
+                asset("sample.txt").to_str().unwrap(),
+                "--device",
+                "cpu",
+            ],
             vec!["inspect", dir.to_str().unwrap()],
         ] {
             let o = neuroal(&args);
@@ -123,8 +187,26 @@ fn bias_flags_are_read_as_each_familys_modeling_code_reads_them() {
         }
         dir
     };
-    let eval = |dir: &Path| neuroal(&["eval", "--model", dir.to_str().unwrap(), "--text", asset("sample.txt").to_str().unwrap(), "--device", "cpu", "--seqlen", "64", "--max-windows", "2", "--json"]);
-    let ignored = [("tiny-mistral-gqa", [("attention_bias", true), ("mlp_bias", true)]), ("tiny-qwen2", [("attention_bias", false), ("mlp_bias", true)])];
+    let eval = |dir: &Path| {
+        neuroal(&[
+            "eval",
+            "--model",
+            dir.to_str().unwrap(),
+            "--text",
+            asset("sample.txt").to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--seqlen",
+            "64",
+            "--max-windows",
+            "2",
+            "--json",
+        ])
+    };
+    let ignored = [
+        ("tiny-mistral-gqa", [("attention_bias", true), ("mlp_bias", true)]),
+        ("tiny-qwen2", [("attention_bias", false), ("mlp_bias", true)]),
+    ];
     for (i, (fixture, edits)) in ignored.into_iter().enumerate() {
         let o = eval(&with(i, fixture, &edits));
         assert!(o.status.success(), "{fixture}: {}", String::from_utf8_lossy(&o.stderr));
@@ -134,7 +216,11 @@ fn bias_flags_are_read_as_each_familys_modeling_code_reads_them() {
         let ppl = r["ppl"].as_f64().unwrap();
         assert!((ppl - want).abs() <= 1e-4 * want, "{fixture} {edits:?}: perplexity {ppl}, transformers {want}");
     }
-    for (i, (edit, missing)) in [("attention_bias", "model.layers.0.self_attn.q_proj.bias"), ("mlp_bias", "model.layers.0.mlp.gate_proj.bias")].into_iter().enumerate() {
+    for (i, (edit, missing)) in
+        [("attention_bias", "model.layers.0.self_attn.q_proj.bias"), ("mlp_bias", "model.layers.0.mlp.gate_proj.bias")]
+            .into_iter()
+            .enumerate()
+    {
         let o = eval(&with(10 + i, "tiny-llama", &[(edit, true)]));
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{edit}: {err}");
@@ -151,28 +237,38 @@ fn bias_flags_are_read_as_each_familys_modeling_code_reads_them() {
 #[test]
 fn calibration_pass_records_what_the_full_forward_records() {
     for (device, choice) in [("cpu", Choice::Cpu), ("gpu", Choice::Gpu)] {
-        let dev = select(choice).device;
+        let selected = select(choice);
+        let dev = selected.device.clone();
         for fixture in ["tiny-llama", "tiny-opt", "tiny-phi", "tiny-mistral-gqa", "tiny-opt-post-ln"] {
-            let model = Model::open(&asset(fixture), &dev).unwrap();
+            let model = Model::open(&asset(fixture), &selected).unwrap();
             let tok = Tokenizer::open(&asset(fixture)).unwrap();
             let ids = tokenize_file(&tok, &asset("sample.txt")).unwrap();
             let windows: Vec<u32> = ids[..4 * 32].to_vec();
-            let hidden = neuroal::pipeline::embed_windows(&model, &windows, 32).unwrap();
+            let hidden = neuroal::prune::pipeline::embed_windows(&model, &windows, 32).unwrap();
             let pos = model.positions(32);
             for block in model.blocks() {
                 let block = block.unwrap();
-                let (full, _) = neuroal::pipeline::run_recording(&model, &block, &hidden, &pos, true).unwrap();
-                let only = neuroal::pipeline::calibrate(&model, &block, &hidden, &pos, true).unwrap();
+                let (full, _) = neuroal::prune::pipeline::run_recording(&model, &block, &hidden, &pos, true).unwrap();
+                let only = neuroal::prune::pipeline::calibrate(&model, &block, &hidden, &pos, true).unwrap();
                 // Every linear recorded on its own input, with no sharing: the family's
                 // `input_of` must give the same calibrations.
-                let mut own: Vec<neuroal::pruner::Calibration> =
-                    model.linear_shapes().iter().map(|s| neuroal::pruner::Calibration::new(s[1], &dev, true)).collect();
+                let mut own: Vec<neuroal::prune::pruner::Calibration> = model
+                    .linear_shapes()
+                    .iter()
+                    .map(|s| neuroal::prune::pruner::Calibration::new(s[1], &dev, true))
+                    .collect();
                 for h in &hidden {
-                    block.forward(h.clone(), &pos, Some(&mut |li: usize, x: &burn::tensor::Tensor<3>| own[li].add(x)));
+                    block.forward(
+                        h.clone(),
+                        &pos,
+                        Some(&mut |li: usize, x: &burn::tensor::Tensor<3>| own[li].add(x, model.gpu.as_deref())),
+                    );
                 }
                 for (li, ((a, b), c)) in full.iter().zip(&only).zip(&own).enumerate() {
                     let v = |t: &burn::tensor::Tensor<1>| t.clone().into_data().try_to_vec::<f32>().unwrap();
-                    let h = |c: &neuroal::pruner::Calibration| c.hessian.as_ref().unwrap().h.clone().into_data().try_to_vec::<f32>().unwrap();
+                    let h = |c: &neuroal::prune::pruner::Calibration| {
+                        c.hessian.as_ref().unwrap().h.clone().into_data().try_to_vec::<f32>().unwrap()
+                    };
                     let what = format!("{fixture} on {device}, block {}, linear {li}", block.index);
                     assert_eq!(v(&a.stats.sumsq), v(&b.stats.sumsq), "{what}");
                     assert_eq!(v(&a.stats.sum), v(&b.stats.sum), "{what}");

@@ -4,9 +4,9 @@ mod common;
 
 use burn::tensor::{Tensor, TensorData};
 use common::*;
-use neuroal::eval::perplexity;
+use neuroal::io::tokenizer::{Tokenizer, tokenize_file};
+use neuroal::measure::perplexity::perplexity;
 use neuroal::model::Model;
-use neuroal::tokenizer::{tokenize_file, Tokenizer};
 
 fn ids_of(g: &serde_json::Value) -> (Vec<u32>, usize) {
     let ids: Vec<u32> = g["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
@@ -20,7 +20,7 @@ fn logits_match_transformers_on_every_device() {
         for name in fixtures() {
             let g = golden(name);
             let (ids, batch) = ids_of(&g);
-            let model = Model::open(&asset(name), &dev.device).unwrap();
+            let model = Model::open(&asset(name), &dev).unwrap();
             let logits = model.forward(&ids, batch).unwrap().into_data().try_to_vec::<f32>().unwrap();
             let err = rel_l2(&logits, &floats(&g["logits"]));
             println!("{name} on {dev_name}: logits relative L2 error {err:.3e}");
@@ -43,11 +43,15 @@ fn rope_scalings_match_transformers() {
         edit_config(&model_dir, "rope_scaling", variant["rope_scaling"].clone());
         let want = floats(&variant["window_losses"]);
         for (dev_name, dev) in devices() {
-            let model = Model::open(&model_dir, &dev.device).unwrap();
+            let model = Model::open(&model_dir, &dev).unwrap();
             let r = perplexity(&model, &ids, seqlen, Some(want.len()), &dev.description).unwrap();
             assert_eq!(r.window_losses.len(), want.len());
             for (w, (a, b)) in r.window_losses.iter().zip(&want).enumerate() {
-                assert!((a - b).abs() <= 1e-4 * b.abs(), "{} on {dev_name}: window {w} loss {a} vs {b}", variant["rope_scaling"]);
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs(),
+                    "{} on {dev_name}: window {w} loss {a} vs {b}",
+                    variant["rope_scaling"]
+                );
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -59,7 +63,7 @@ fn block_by_block_equals_whole_forward() {
     for (dev_name, dev) in devices() {
         let g = golden("tiny-mistral-gqa");
         let (ids, batch) = ids_of(&g);
-        let model = Model::open(&asset("tiny-mistral-gqa"), &dev.device).unwrap();
+        let model = Model::open(&asset("tiny-mistral-gqa"), &dev).unwrap();
         let whole = model.forward(&ids, batch).unwrap().into_data().try_to_vec::<f32>().unwrap();
         // Each block alone, its hidden states taken to the host and back in between, and the
         // block dropped before the next one is loaded: what the streaming pruner does.
@@ -84,17 +88,28 @@ fn perplexity_matches_transformers_on_fixtures() {
     for (dev_name, dev) in devices() {
         for name in fixtures() {
             let g = golden(name);
-            let model = Model::open(&asset(name), &dev.device).unwrap();
+            let model = Model::open(&asset(name), &dev).unwrap();
             let tok = Tokenizer::open(&asset(name)).unwrap();
             let ids = tokenize_file(&tok, &asset("sample.txt")).unwrap();
-            assert_eq!(ids.len() as u64, g["text_tokens"].as_u64().unwrap(), "tokenization differs from the tokenizers library");
+            assert_eq!(
+                ids.len() as u64,
+                g["text_tokens"].as_u64().unwrap(),
+                "tokenization differs from the tokenizers library"
+            );
             // The GPU path runs on a CPU emulator here: a few windows are enough for it.
             let max = if dev.is_gpu { Some(6) } else { None };
             let seqlen = g["seqlen"].as_u64().unwrap() as usize;
             let r = perplexity(&model, &ids, seqlen, max, &dev.description).unwrap();
             let want = floats(&g["window_losses"]);
-            assert_eq!(r.window_losses.len(), max.unwrap_or(want.len()).min(want.len()), "{name} on {dev_name}: window count");
-            assert!(r.ppl.is_finite() && r.window_losses.iter().all(|l| l.is_finite()), "{name} on {dev_name}: not finite");
+            assert_eq!(
+                r.window_losses.len(),
+                max.unwrap_or(want.len()).min(want.len()),
+                "{name} on {dev_name}: window count"
+            );
+            assert!(
+                r.ppl.is_finite() && r.window_losses.iter().all(|l| l.is_finite()),
+                "{name} on {dev_name}: not finite"
+            );
             for (w, (a, b)) in r.window_losses.iter().zip(&want).enumerate() {
                 assert!((a - b).abs() <= 1e-4 * b.abs(), "{name} on {dev_name}: window {w} loss {a} vs {b}");
             }
@@ -109,11 +124,11 @@ fn perplexity_matches_transformers_on_fixtures() {
 
 #[test]
 fn streamed_blocks_give_the_same_perplexity_as_resident_blocks() {
-    let dev = select(neuroal::device::Choice::Cpu);
-    let model = Model::open(&asset("tiny-mistral-gqa"), &dev.device).unwrap();
+    let dev = select(neuroal::gpu::device::Choice::Cpu);
+    let model = Model::open(&asset("tiny-mistral-gqa"), &dev).unwrap();
     let ids = tokenize_file(&Tokenizer::open(&asset("tiny-mistral-gqa")).unwrap(), &asset("sample.txt")).unwrap();
-    let resident = neuroal::eval::perplexity_within(&model, &ids, 64, None, "cpu", usize::MAX).unwrap();
-    let streamed = neuroal::eval::perplexity_within(&model, &ids, 64, None, "cpu", 0).unwrap();
+    let resident = neuroal::measure::perplexity::perplexity_within(&model, &ids, 64, None, "cpu", usize::MAX).unwrap();
+    let streamed = neuroal::measure::perplexity::perplexity_within(&model, &ids, 64, None, "cpu", 0).unwrap();
     assert_eq!(resident.windows, streamed.windows);
     assert_eq!(resident.window_losses.len(), streamed.window_losses.len());
     assert_eq!(resident.window_losses.len(), resident.windows);
@@ -135,7 +150,11 @@ fn two_window_golden() -> (f64, String) {
 /// The perplexity the CLI printed (on stdout or stderr).
 fn printed_perplexity(o: &std::process::Output, what: &str) -> f64 {
     let line = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    line.split("perplexity ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{what}: {line}"))
+    line.split("perplexity ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: {line}"))
 }
 
 /// The CLI's perplexity of tiny-llama's first two windows on the GPU in f32, with the kernel
@@ -176,7 +195,11 @@ fn a_fixed_matmul_kernel_gives_transformers_perplexity() {
     };
     // Each per-thread kernel for every product; then rules by weight shape (tiny-llama: q, k,
     // v, o 64×64, gate and up 64 → 172, down 172 → 64), as `bench --matmul` sweeps suggest them.
-    for kernel in ["matmul_simple_unit_max_tile_size", "matmul_double_unit_min_tile_size", "64x64=matmul_simple_unit_max_tile_size,172x64=burn,matmul_double_unit_min_tile_size"] {
+    for kernel in [
+        "matmul_simple_unit_max_tile_size",
+        "matmul_double_unit_min_tile_size",
+        "64x64=matmul_simple_unit_max_tile_size,172x64=burn,matmul_double_unit_min_tile_size",
+    ] {
         let err = check(kernel);
         assert!(!err.contains("warning"), "{kernel} ran without falling back: {err}");
     }
@@ -186,7 +209,12 @@ fn a_fixed_matmul_kernel_gives_transformers_perplexity() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("NEUROAL_MATMUL=no_such_kernel: no such matrix-product kernel; one of: burn, matmul_simple_cyclic_cmma"), "{err}");
+    assert!(
+        err.contains(
+            "NEUROAL_MATMUL=no_such_kernel: no such matrix-product kernel; one of: burn, matmul_simple_cyclic_cmma"
+        ),
+        "{err}"
+    );
     // `burn` leaves every product to burn: no kernel on the device line.
     let o = eval("burn");
     let err = String::from_utf8_lossy(&o.stderr);
@@ -209,7 +237,10 @@ fn the_gpu_probe_is_quiet_without_xdg_runtime_dir() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(!err.contains("XDG_RUNTIME_DIR") && err.lines().all(|l| l.starts_with("device ") || l.starts_with("note: ")), "{err}");
+    assert!(
+        !err.contains("XDG_RUNTIME_DIR") && err.lines().all(|l| l.starts_with("device ") || l.starts_with("note: ")),
+        "{err}"
+    );
 }
 
 /// `neuroal tune` on the GPU (lavapipe here) times every kernel on tiny-llama's linears and
@@ -226,13 +257,46 @@ fn tuned_kernels_are_kept_and_used() {
     let _ = std::fs::remove_dir_all(&cache);
     let run = |args: &[&str], vars: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"));
-        cmd.args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).env("XDG_CACHE_HOME", &cache).env_remove("NEUROAL_MATMUL").env_remove("NEUROAL_ATTENTION").env_remove("NEUROAL_FUSE").env_remove("NEUROAL_SELECT_WALK").env_remove("NEUROAL_SELECT_COPIES");
+        cmd.args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("XDG_CACHE_HOME", &cache)
+            .env_remove("NEUROAL_MATMUL")
+            .env_remove("NEUROAL_ATTENTION")
+            .env_remove("NEUROAL_FUSE")
+            .env_remove("NEUROAL_SELECT_WALK")
+            .env_remove("NEUROAL_SELECT_COPIES");
         cmd.envs(vars.iter().copied());
         cmd.output().unwrap()
     };
     let (model, text) = (asset("tiny-llama"), asset("sample.txt"));
-    let tune = ["tune", "--model", model.to_str().unwrap(), "--tokens", "64", "--seqlen", "32", "--iters", "1", "--dtype", "f32"];
-    let eval = ["eval", "--model", model.to_str().unwrap(), "--text", text.to_str().unwrap(), "--device", "gpu", "--max-windows", "2", "--seqlen", &seqlen, "--dtype", "f32"];
+    let tune = [
+        "tune",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        "64",
+        "--seqlen",
+        "32",
+        "--iters",
+        "1",
+        "--dtype",
+        "f32",
+    ];
+    let eval = [
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--device",
+        "gpu",
+        "--max-windows",
+        "2",
+        "--seqlen",
+        &seqlen,
+        "--dtype",
+        "f32",
+    ];
     let o = run(&tune, &[]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
@@ -242,7 +306,13 @@ fn tuned_kernels_are_kept_and_used() {
     let files: Vec<_> = std::fs::read_dir(cache.join("neuroal")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
-    let line = |kind: &str| text.lines().find(|l| l.starts_with(kind)).unwrap_or_else(|| panic!("{kind} in {text}")).trim_start_matches(kind).to_string();
+    let line = |kind: &str| {
+        text.lines()
+            .find(|l| l.starts_with(kind))
+            .unwrap_or_else(|| panic!("{kind} in {text}"))
+            .trim_start_matches(kind)
+            .to_string()
+    };
     let (rules, heads, fuse) = (line("matmul f32 "), line("attention f32 "), line("fuse f32 "));
     for shape in ["64x64=", "64x172=", "172x64=", "64x384=", "64x192=", "64x344="] {
         assert!(rules.contains(shape), "{shape} in {rules}");
@@ -264,12 +334,25 @@ fn tuned_kernels_are_kept_and_used() {
     assert!(o.status.success(), "{err}");
     let on: Vec<&str> = verdicts.iter().filter_map(|v| v.strip_suffix("=on")).collect();
     let fused = if on.is_empty() { String::new() } else { format!(", fused {} for f32", on.join(",")) };
-    assert!(err.contains(&format!("[matmul tuned for f32: {rules}, attention tuned for f32: {heads}{fused}, select {chosen} (tuned)]")), "the device line gives the rules: {err}");
+    assert!(
+        err.contains(&format!(
+            "[matmul tuned for f32: {rules}, attention tuned for f32: {heads}{fused}, select {chosen} (tuned)]"
+        )),
+        "the device line gives the rules: {err}"
+    );
     let ppl = printed_perplexity(&o, "tuned");
     assert!((ppl - want).abs() <= 1e-4 * want, "tuned: perplexity {ppl} vs transformers {want}");
     // The variables override them.
     let other = if walk == "serial" { "two-level" } else { "serial" };
-    let o = run(&eval, &[("NEUROAL_MATMUL", "burn"), ("NEUROAL_ATTENTION", "ops"), ("NEUROAL_SELECT_WALK", other), ("NEUROAL_SELECT_COPIES", "2")]);
+    let o = run(
+        &eval,
+        &[
+            ("NEUROAL_MATMUL", "burn"),
+            ("NEUROAL_ATTENTION", "ops"),
+            ("NEUROAL_SELECT_WALK", other),
+            ("NEUROAL_SELECT_COPIES", "2"),
+        ],
+    );
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     let said = format!("select {other} walk, 2 histograms (NEUROAL_SELECT_WALK={other}, NEUROAL_SELECT_COPIES=2)");
     assert!(o.status.success() && !err.contains("tuned") && err.contains(&said), "{err}");
@@ -279,14 +362,31 @@ fn tuned_kernels_are_kept_and_used() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains(&files[0].display().to_string()) && err.contains("no matrix-product kernel is named matmul_no_such_kernel") && err.contains("run `neuroal tune` again"), "{err}");
+    assert!(
+        err.contains(&files[0].display().to_string())
+            && err.contains("no matrix-product kernel is named matmul_no_such_kernel")
+            && err.contains("run `neuroal tune` again"),
+        "{err}"
+    );
     // The five variables decide everything: the file is not read, broken or not.
-    let o = run(&eval, &[("NEUROAL_MATMUL", "burn"), ("NEUROAL_ATTENTION", "ops"), ("NEUROAL_FUSE", "none"), ("NEUROAL_SELECT_WALK", "serial"), ("NEUROAL_SELECT_COPIES", "1")]);
+    let o = run(
+        &eval,
+        &[
+            ("NEUROAL_MATMUL", "burn"),
+            ("NEUROAL_ATTENTION", "ops"),
+            ("NEUROAL_FUSE", "none"),
+            ("NEUROAL_SELECT_WALK", "serial"),
+            ("NEUROAL_SELECT_COPIES", "1"),
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::write(&files[0], format!("{text}matmul bf16 burn\n")).unwrap();
     assert!(run(&tune, &[]).status.success());
     let text = std::fs::read_to_string(&files[0]).unwrap();
-    assert!(text.lines().any(|l| l == "matmul bf16 burn") && text.lines().any(|l| l.starts_with("matmul f32 64x")), "{text}");
+    assert!(
+        text.lines().any(|l| l == "matmul bf16 burn") && text.lines().any(|l| l.starts_with("matmul f32 64x")),
+        "{text}"
+    );
     // A file that is not rules at all: one line, then tune replaces it.
     std::fs::write(&files[0], "not a tuned file\n").unwrap();
     let o = run(&eval, &[]);
@@ -310,7 +410,11 @@ fn a_fixed_attention_kernel_gives_transformers_perplexity() {
         let o = eval(kernel);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{kernel}: {err}");
-        assert_eq!(err.contains(&format!("{kernel}]")), kernel != "ops", "{kernel}: the device line names a flash kernel: {err}");
+        assert_eq!(
+            err.contains(&format!("{kernel}]")),
+            kernel != "ops",
+            "{kernel}: the device line names a flash kernel: {err}"
+        );
         let warnings = err.lines().filter(|l| l.contains("warning")).count();
         assert!(warnings <= usize::from(kernel == "flash-4"), "{kernel}: {err}");
         let ppl = printed_perplexity(&o, kernel);
@@ -351,7 +455,8 @@ fn fused_products_give_transformers_perplexity_in_every_family() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{name}: {err}");
         assert!(err.contains("fused products per shared input]"), "{name}: the device line says so: {err}");
-        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {}", String::from_utf8_lossy(&o.stdout)));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{name}: {e}: {}", String::from_utf8_lossy(&o.stdout)));
         let losses = floats(&g["window_losses"]);
         let want = ((losses[0] as f64 + losses[1] as f64) / 2.0).exp();
         let ppl = r["ppl"].as_f64().unwrap();
@@ -371,22 +476,27 @@ fn fused_products_give_transformers_perplexity_in_every_family() {
 #[test]
 fn a_model_loaded_to_prune_embeds_the_same_bits_and_computes_no_logits() {
     use burn::tensor::DType;
-    use neuroal::model::{check_model_dir, Ends};
+    use neuroal::model::{Ends, check_model_dir};
     for (dev_name, dev) in devices() {
-        let dtypes: &[DType] = if dev.shader_f16 && dev_name == "gpu" { &[DType::F32, DType::F16] } else { &[DType::F32] };
+        let dtypes: &[DType] =
+            if dev.shader_f16 && dev_name == "gpu" { &[DType::F32, DType::F16] } else { &[DType::F32] };
         for name in fixtures() {
             for &dtype in dtypes {
                 let g = golden(name);
                 let (ids, batch) = ids_of(&g);
                 let load = |ends| {
                     let (config, checkpoint) = check_model_dir(&asset(name)).unwrap();
-                    Model::load(config, checkpoint, &dev.device, dtype, ends).unwrap()
+                    Model::load(config, checkpoint, &dev, dtype, ends).unwrap()
                 };
                 let (logits, hidden) = (load(Ends::Logits), load(Ends::Hidden));
                 // Rows read from the memory map are the rows of the uploaded table, bit for bit.
-                let host = |m: &Model| m.embed(&ids, batch).unwrap().cast(DType::F32).into_data().try_to_vec::<f32>().unwrap();
+                let host =
+                    |m: &Model| m.embed(&ids, batch).unwrap().cast(DType::F32).into_data().try_to_vec::<f32>().unwrap();
                 let (a, b) = (host(&logits), host(&hidden));
-                assert!(!a.is_empty() && a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())), "{name} on {dev_name} in {dtype:?}");
+                assert!(
+                    !a.is_empty() && a.iter().map(|x| x.to_bits()).eq(b.iter().map(|x| x.to_bits())),
+                    "{name} on {dev_name} in {dtype:?}"
+                );
                 // The pruning model has no head: asking it for logits is an error, not a panic.
                 let e = hidden.forward(&ids, batch).unwrap_err().to_string();
                 assert!(e.contains("without its LM head"), "{e}");

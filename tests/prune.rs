@@ -8,13 +8,14 @@ use std::process::Command;
 
 use burn::tensor::{Tensor, TensorData};
 use common::*;
-use neuroal::calib::{draw_windows, gather_windows};
-use neuroal::device::{Choice, Selected};
-use neuroal::mask::{Pattern, Sparsity};
+use neuroal::gpu::device::{Choice, Selected};
+use neuroal::io::tokenizer::{Tokenizer, tokenize_file};
+use neuroal::measure::trace::Trace;
 use neuroal::model::Model;
-use neuroal::pipeline::prune;
-use neuroal::score::Method;
-use neuroal::tokenizer::{tokenize_file, Tokenizer};
+use neuroal::prune::calib::{draw_windows, gather_windows};
+use neuroal::prune::mask::{Pattern, Sparsity};
+use neuroal::prune::pipeline::prune;
+use neuroal::prune::score::Method;
 
 fn out_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("neuroal-prune-{}-{name}", std::process::id()));
@@ -64,9 +65,11 @@ fn wanda_reference(model: &Model, windows: &[u32], seqlen: usize, s: f64) -> Vec
 fn wanda_masks_equal_the_reference_including_propagation() {
     let dev = select(Choice::Cpu);
     let dir = asset("tiny-llama");
-    let model = Model::open(&dir, &dev.device).unwrap();
+    let model = Model::open(&dir, &dev).unwrap();
     let windows = calib_windows(&dir, 64, 12);
-    let ours = prune(&model, &windows, 64, &neuroal::pruner::Wanda, &Pattern::Row, &|_, _| Sparsity::Uniform(0.5)).unwrap();
+    let ours =
+        prune(&model, &windows, 64, &neuroal::prune::pruner::Wanda, &Pattern::Row, &|_, _| Sparsity::Uniform(0.5))
+            .unwrap();
     let reference = wanda_reference(&model, &windows, 64, 0.5);
     assert_eq!(ours.len(), 2 * model.linears().len());
     assert_eq!(reference.len(), ours.len());
@@ -77,11 +80,12 @@ fn wanda_masks_equal_the_reference_including_propagation() {
         assert_eq!(differ, 0, "{}: {differ} mask entries differ", m.name);
     }
     // Block 1's masks depend on block 0 being pruned first: a dense-propagation run differs.
-    let dense_inputs = prune(&model, &windows, 64, &neuroal::pruner::Wanda, &Pattern::Row, &|b, _| {
+    let dense_inputs = prune(&model, &windows, 64, &neuroal::prune::pruner::Wanda, &Pattern::Row, &|b, _| {
         Sparsity::Uniform(if b == 0 { 0.0 } else { 0.5 })
     })
     .unwrap();
-    let block1_differs = (model.linears().len()..2 * model.linears().len()).any(|i| dense_inputs[i].pruned != ours[i].pruned);
+    let block1_differs =
+        (model.linears().len()..2 * model.linears().len()).any(|i| dense_inputs[i].pruned != ours[i].pruned);
     assert!(block1_differs, "pruned outputs of block 0 must reach block 1");
 }
 
@@ -90,37 +94,63 @@ fn wanda_masks_equal_the_reference_including_propagation() {
 /// partial last group (5 chunks of 8 windows, 2 or 3 at once).
 #[test]
 fn chunks_side_by_side_equal_one_by_one() {
-    use neuroal::pipeline::{calibrate, calibrate_at_once, embed_windows, forward_at_once, prune_resumable};
+    use neuroal::prune::pipeline::{
+        Pipeline, calibrate, calibrate_at_once, embed_windows, forward_at_once, prune_resumable,
+    };
     let dir = asset("tiny-llama");
     for choice in [Choice::Cpu, Choice::Ndarray] {
         let dev = select(choice);
-        let model = Model::open(&dir, &dev.device).unwrap();
+        let model = Model::open(&dir, &dev).unwrap();
         let windows = calib_windows(&dir, 32, 36);
         let (pos, block) = (model.positions(32), model.load_block(0).unwrap());
         let hidden = embed_windows(&model, &windows, 32).unwrap();
         assert_eq!(hidden.len(), 5);
         let one = calibrate(&model, &block, &hidden, &pos, false).unwrap();
-        let outputs: Vec<Vec<f32>> = forward_at_once(&model, &block, hidden.clone(), &pos, 1).into_iter().map(host).collect();
+        let outputs: Vec<Vec<f32>> =
+            forward_at_once(&model, &block, hidden.clone(), &pos, 1).into_iter().map(host).collect();
         for at_once in [2, 3] {
             let side = calibrate_at_once(&model, &block, &hidden, &pos, false, at_once).unwrap();
             for (li, (a, b)) in one.iter().zip(&side).enumerate() {
                 assert_eq!(a.stats.tokens, b.stats.tokens);
                 for (x, y) in [(&a.stats.sumsq, &b.stats.sumsq), (&a.stats.sum, &b.stats.sum)] {
                     let (x, y) = (host(x.clone()), host(y.clone()));
-                    assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{choice:?} linear {li}, {at_once} at once: statistics differ");
+                    assert!(
+                        x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+                        "{choice:?} linear {li}, {at_once} at once: statistics differ"
+                    );
                 }
             }
-            let side: Vec<Vec<f32>> = forward_at_once(&model, &block, hidden.clone(), &pos, at_once).into_iter().map(host).collect();
-            assert!(side.iter().flatten().zip(outputs.iter().flatten()).all(|(p, q)| p.to_bits() == q.to_bits()), "{choice:?}, {at_once} at once: outputs differ");
+            let side: Vec<Vec<f32>> =
+                forward_at_once(&model, &block, hidden.clone(), &pos, at_once).into_iter().map(host).collect();
+            assert!(
+                side.iter().flatten().zip(outputs.iter().flatten()).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{choice:?}, {at_once} at once: outputs differ"
+            );
         }
-        let masks = |at_once| prune_resumable(&model, &windows, 32, &neuroal::pruner::Wanda, &Pattern::Row, &|_, _| Sparsity::Uniform(0.5), at_once, Vec::new(), &mut |_, _| Ok(())).unwrap();
+        let masks = |at_once| {
+            let pipeline = Pipeline {
+                model: &model,
+                windows: &windows,
+                seqlen: 32,
+                pruner: &neuroal::prune::pruner::Wanda,
+                pattern: &Pattern::Row,
+                sparsity: &|_, _| Sparsity::Uniform(0.5),
+                at_once,
+                trace: &Trace::off(),
+            };
+            prune_resumable(&pipeline, Vec::new(), &mut |_, _| Ok(())).unwrap()
+        };
         let (one, three) = (masks(1), masks(3));
         assert!(one.iter().zip(&three).all(|(a, b)| a.pruned == b.pruned), "{choice:?}: masks differ");
     }
 }
 
 fn run_cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_neuroal")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap()
 }
 
 fn prune_cli(model: &str, out: &Path, extra: &[&str]) {
@@ -140,7 +170,11 @@ fn tensors(dir: &Path) -> Vec<(String, String, Vec<u8>)> {
             let bytes = std::fs::read(&p).unwrap();
             let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
             for (n, v) in st.tensors() {
-                all.push((format!("{}:{n}", p.file_name().unwrap().to_string_lossy()), format!("{:?}{:?}", v.dtype(), v.shape()), v.data().to_vec()));
+                all.push((
+                    format!("{}:{n}", p.file_name().unwrap().to_string_lossy()),
+                    format!("{:?}{:?}", v.dtype(), v.shape()),
+                    v.data().to_vec(),
+                ));
             }
         }
     }
@@ -156,8 +190,8 @@ fn written_checkpoints_keep_layout_and_report_true_numbers() {
         let before = tensors(&asset(model));
         let after = tensors(&out);
         assert_eq!(before.len(), after.len());
-        let prunable_names = neuroal::inspect::prunable_names(&asset(model)).unwrap();
-        assert_eq!(prunable_names.len(), 2 * Model::open(&asset(model), &select(Choice::Cpu).device).unwrap().linears().len());
+        let prunable_names = neuroal::commands::inspect::prunable_names(&asset(model)).unwrap();
+        assert_eq!(prunable_names.len(), 2 * Model::open(&asset(model), &select(Choice::Cpu)).unwrap().linears().len());
         for ((n0, m0, b0), (n1, m1, b1)) in before.iter().zip(&after) {
             assert_eq!((n0, m0), (n1, m1), "same shard, name, dtype and shape");
             let prunable = prunable_names.contains(n0.split(':').nth(1).unwrap());
@@ -169,9 +203,9 @@ fn written_checkpoints_keep_layout_and_report_true_numbers() {
             assert!(out.join("model.safetensors.index.json").exists());
         }
         // inspect sees the requested sparsity: ⌊in·0.6⌋ per row.
-        let m = Model::open(&asset(model), &select(Choice::Cpu).device).unwrap();
+        let m = Model::open(&asset(model), &select(Choice::Cpu)).unwrap();
         let shapes = m.linear_shapes();
-        let ins = neuroal::inspect::inspect(&out).unwrap();
+        let ins = neuroal::commands::inspect::inspect(&out).unwrap();
         assert_eq!(ins.layers.len(), prunable_names.len());
         for (name, frac) in &ins.layers {
             let li = m.linears().iter().position(|l| name.ends_with(&format!(".{}.weight", l.name))).unwrap();
@@ -180,11 +214,12 @@ fn written_checkpoints_keep_layout_and_report_true_numbers() {
             assert!((frac - want).abs() < 1e-12, "{name}: {frac} vs {want}");
         }
         // The report's pruned perplexity is what evaluating the written checkpoint gives.
-        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
         let dev = select(Choice::Cpu);
         let ids = tokenize_file(&Tokenizer::open(&out).unwrap(), &asset("sample.txt")).unwrap();
-        let reloaded = Model::open(&out, &dev.device).unwrap();
-        let ppl = neuroal::eval::perplexity(&reloaded, &ids, 64, None, "cpu").unwrap().ppl;
+        let reloaded = Model::open(&out, &dev).unwrap();
+        let ppl = neuroal::measure::perplexity::perplexity(&reloaded, &ids, 64, None, "cpu").unwrap().ppl;
         let reported = report["eval"]["ppl_pruned"].as_f64().unwrap();
         assert!((ppl - reported).abs() <= 1e-9 * reported, "{model}: {ppl} vs reported {reported}");
         assert_eq!(report["calibration"]["windows"].as_array().unwrap().len(), 8);
@@ -205,15 +240,23 @@ fn sparsity_zero_reproduces_the_input_byte_for_byte() {
 
 fn masks_on(dev: &Selected, pattern: &Pattern, method: Method) -> Vec<Vec<bool>> {
     let dir = asset("tiny-mistral-gqa");
-    let model = Model::open(&dir, &dev.device).unwrap();
+    let model = Model::open(&dir, &dev).unwrap();
     let windows = calib_windows(&dir, 32, 4);
-    prune(&model, &windows, 32, method.pruner(128, 0.01).as_ref(), pattern, &|_, _| Sparsity::Uniform(0.5)).unwrap().into_iter().map(|m| m.pruned.iter().collect()).collect()
+    prune(&model, &windows, 32, method.pruner(128, 0.01).as_ref(), pattern, &|_, _| Sparsity::Uniform(0.5))
+        .unwrap()
+        .into_iter()
+        .map(|m| m.pruned.iter().collect())
+        .collect()
 }
 
 #[test]
 fn gpu_ndarray_and_cpu_prune_to_identical_masks() {
     let cpu = select(Choice::Cpu);
-    for (pattern, method) in [(Pattern::Row, Method::Wanda), (Pattern::NM { n: 2, m: 4 }, Method::Wanda), (Pattern::Layer, Method::Magnitude)] {
+    for (pattern, method) in [
+        (Pattern::Row, Method::Wanda),
+        (Pattern::NM { n: 2, m: 4 }, Method::Wanda),
+        (Pattern::Layer, Method::Magnitude),
+    ] {
         let a = masks_on(&cpu, &pattern, method);
         assert_eq!(a.len(), 14);
         for other in [Choice::Gpu, Choice::Ndarray] {
@@ -223,7 +266,10 @@ fn gpu_ndarray_and_cpu_prune_to_identical_masks() {
                 assert_eq!(x.len(), y.len(), "{other:?}: linear {i} mask length");
                 assert!(x.iter().any(|&f| f), "linear {i}: nothing pruned");
                 let differ = x.iter().zip(y).filter(|(p, q)| p != q).count();
-                assert_eq!(differ, 0, "{other:?} vs cpu, {pattern:?} {method:?}: linear {i} differs in {differ} entries");
+                assert_eq!(
+                    differ, 0,
+                    "{other:?} vs cpu, {pattern:?} {method:?}: linear {i} differs in {differ} entries"
+                );
             }
         }
     }
@@ -281,7 +327,10 @@ fn check_fails(args: &[&str], expect: &str, out: &Path) {
     assert!(!out.exists(), "{args:?}: left {} behind", out.display());
     let parent = out.parent().unwrap();
     let name = out.file_name().unwrap().to_string_lossy().to_string();
-    let leftovers = std::fs::read_dir(parent).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(&format!(".{name}.tmp"))).count();
+    let leftovers = std::fs::read_dir(parent)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(&format!(".{name}.tmp")))
+        .count();
     assert_eq!(leftovers, 0, "temporary folder left behind");
 }
 
@@ -292,7 +341,7 @@ fn check_fails(args: &[&str], expect: &str, out: &Path) {
 /// Wanda's scaler 1 on every channel).
 #[test]
 fn equal_scores_are_pruned_as_the_authors_masks_prune_them() {
-    use neuroal::pruner::{Calibration, Magnitude, Pruner, Wanda};
+    use neuroal::prune::pruner::{Calibration, Magnitude, Pruner, Wanda};
     let w = vec![1f32, -1., 1., 1., 2., -2., 2., 2., 3., 1., 1., 3., 1., 1., 3., 3.];
     let ([rows, cols], nsamples) = ([2, 8], 1);
     // 2 of 8 pruned in row 0, 3 of 8 in row 1.
@@ -301,7 +350,8 @@ fn equal_scores_are_pruned_as_the_authors_masks_prune_them() {
         let dev = select(choice);
         let weight = || Tensor::<2>::from_data(TensorData::new(w.clone(), [rows, cols]), &dev.device);
         let mut calib = Calibration::new(cols, &dev.device, false);
-        calib.stats.add(&Tensor::<3>::ones([1, 1, cols], &dev.device));
+        let gpu = dev.gpu.as_deref();
+        calib.stats.add(&Tensor::<3>::ones([1, 1, cols], &dev.device), gpu);
         let pruners: [&dyn Pruner; 2] = [&Magnitude, &Wanda];
         for pruner in pruners {
             for (pattern, sparsity, want) in [
@@ -309,16 +359,24 @@ fn equal_scores_are_pruned_as_the_authors_masks_prune_them() {
                 (Pattern::RowsVariable, per_row.clone(), [vec![2, 3], vec![2, 4, 5]]),
                 (Pattern::Row, Sparsity::Uniform(0.25), [vec![0, 1], vec![1, 2]]),
             ] {
-                let pruned = pruner.prune(weight(), &calib, nsamples, &pattern, &sparsity).unwrap();
+                let pruned = pruner.prune(gpu, weight(), &calib, nsamples, &pattern, &sparsity).unwrap();
                 let mask = host(pruned.mask);
-                let got: Vec<Vec<usize>> = (0..rows).map(|r| (0..cols).filter(|&c| mask[r * cols + c] == 1.0).collect()).collect();
+                let got: Vec<Vec<usize>> =
+                    (0..rows).map(|r| (0..cols).filter(|&c| mask[r * cols + c] == 1.0).collect()).collect();
                 assert_eq!(got, want, "{} {} on {}", pruner.name(), pattern.name(), dev.description);
                 let kept = host(pruned.weight);
                 // The search's path, without a mask: the same weights.
-                let alone = host(pruner.prune_weight(weight(), &calib, nsamples, &pattern, &sparsity).unwrap());
+                let alone = host(pruner.prune_weight(gpu, weight(), &calib, nsamples, &pattern, &sparsity).unwrap());
                 assert_eq!(alone, kept, "{} {} on {}: prune_weight", pruner.name(), pattern.name(), dev.description);
                 for (i, (&k, &m)) in kept.iter().zip(&mask).enumerate() {
-                    assert_eq!(k, if m == 1.0 { 0.0 } else { w[i] }, "{} {} on {}: weight {i}", pruner.name(), pattern.name(), dev.description);
+                    assert_eq!(
+                        k,
+                        if m == 1.0 { 0.0 } else { w[i] },
+                        "{} {} on {}: weight {i}",
+                        pruner.name(),
+                        pattern.name(),
+                        dev.description
+                    );
                 }
             }
         }

@@ -3,22 +3,25 @@
 mod common;
 
 use common::*;
-use neuroal::device::Choice;
-use neuroal::eval::perplexity;
+use neuroal::gpu::device::Choice;
+use neuroal::io::tokenizer::{Tokenizer, tokenize_file};
+use neuroal::measure::perplexity::perplexity;
 use neuroal::model::Model;
-use neuroal::tokenizer::{tokenize_file, Tokenizer};
 
 fn run(choice: Choice, max_windows: Option<usize>, key: &str) {
     let dir = shared("models/wt2-llama");
     let g = golden("wt2-llama");
     let dev = select(choice);
-    let model = Model::open(&dir, &dev.device).unwrap();
+    let model = Model::open(&dir, &dev).unwrap();
     let ids = tokenize_file(&Tokenizer::open(&dir).unwrap(), &shared("data/wikitext-2/test.txt")).unwrap();
     assert_eq!(ids.len() as u64, g["tokens"].as_u64().unwrap());
     let r = perplexity(&model, &ids, 256, max_windows, &dev.description).unwrap();
     let want = g[key].as_f64().unwrap();
     let rel = (r.ppl - want).abs() / want;
-    println!("wt2-llama on {}: ppl {:.4} vs transformers {want:.4} (rel {rel:.2e}, {:.0} tok/s)", dev.description, r.ppl, r.tokens_per_s);
+    println!(
+        "wt2-llama on {}: ppl {:.4} vs transformers {want:.4} (rel {rel:.2e}, {:.0} tok/s)",
+        dev.description, r.ppl, r.tokens_per_s
+    );
     assert!(rel < 1e-3, "ppl {} vs transformers {want}", r.ppl);
 }
 

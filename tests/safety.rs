@@ -56,12 +56,15 @@ fn neuroal(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// A small, fast prune of `model` into `out`; `extra` adds flags or overrides the defaults.
 fn prune_args(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["prune", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut a: Vec<String> =
+        ["prune", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let calib = asset("sample.txt");
-    for (flag, value) in [("--calib", calib.to_str().unwrap()), ("--seqlen", "32"), ("--nsamples", "4"), ("--sparsity", "0.5")] {
+    for (flag, value) in
+        [("--calib", calib.to_str().unwrap()), ("--seqlen", "32"), ("--nsamples", "4"), ("--sparsity", "0.5")]
+    {
         if !extra.contains(&flag) {
             a.extend([flag.to_string(), value.to_string()]);
         }
@@ -100,6 +103,7 @@ fn run_error(o: &Output, expect: &str) {
 }
 
 #[cfg(unix)]
+#[cfg(feature = "test-hooks")] // fault injection (NEUROAL_FAULT, NEUROAL_PAUSE)
 fn killed(o: &Output) {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(o.status.signal(), Some(9), "expected a kill: {:?} {}", o.status, stderr(o));
@@ -139,6 +143,7 @@ fn force_never_replaces_the_input_or_an_alias_of_it() {
 
 #[test]
 #[cfg(unix)] // kills, signals and symlinks as Unix has them
+#[cfg(feature = "test-hooks")] // fault injection (NEUROAL_FAULT, NEUROAL_PAUSE)
 fn a_kill_between_the_rename_steps_loses_nothing() {
     let s = scratch("renames");
     let model = model_copy("tiny-llama", &s.join("model"));
@@ -172,6 +177,7 @@ fn a_kill_between_the_rename_steps_loses_nothing() {
 }
 
 #[test]
+#[cfg(feature = "test-hooks")] // fault injection (NEUROAL_FAULT, NEUROAL_PAUSE)
 fn an_output_that_appears_during_the_run_is_not_replaced_without_force() {
     let s = scratch("race");
     let model = model_copy("tiny-llama", &s.join("model"));
@@ -186,7 +192,12 @@ fn an_output_that_appears_during_the_run_is_not_replaced_without_force() {
     let out2 = s.join("out2");
     let spawn = || {
         let a = prune_args(&model, &out2, &[]);
-        Command::new(env!("CARGO_BIN_EXE_neuroal")).args(&a).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap()
+        Command::new(env!("CARGO_BIN_EXE_neuroal"))
+            .args(&a)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
     };
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
@@ -204,7 +215,10 @@ fn plots_are_checked_like_the_output_and_kept_with_it() {
     let before = snapshot(&model);
     let out = s.join("out");
     one_line_error(&run_prune(&model, &out, &["--plots", model.to_str().unwrap()], &[]), "is the input folder");
-    one_line_error(&run_prune(&model, &out, &["--plots", model.join("p").to_str().unwrap()], &[]), "is inside the input folder");
+    one_line_error(
+        &run_prune(&model, &out, &["--plots", model.join("p").to_str().unwrap()], &[]),
+        "is inside the input folder",
+    );
     assert_eq!(snapshot(&model), before);
     assert!(!out.exists() && leftovers(&out).is_empty());
 
@@ -246,8 +260,16 @@ fn nothing_silent_bad_numbers_configs_and_weights_stop_the_run() {
         ("theta", Box::new(|d| edit_config(d, "rope_theta", 0.into())), "\"rope_theta\" is 0"),
         ("eps", Box::new(|d| edit_config(d, "rms_norm_eps", (-1).into())), "\"rms_norm_eps\" is -1"),
         ("layers0", Box::new(|d| edit_config(d, "num_hidden_layers", 0.into())), "\"num_hidden_layers\" is 0"),
-        ("layers1", Box::new(|d| edit_config(d, "num_hidden_layers", 1.into())), "num_hidden_layers = 1, but the weights hold 2 blocks"),
-        ("layers3", Box::new(|d| edit_config(d, "num_hidden_layers", 3.into())), "num_hidden_layers = 3, but the weights hold 2 blocks"),
+        (
+            "layers1",
+            Box::new(|d| edit_config(d, "num_hidden_layers", 1.into())),
+            "num_hidden_layers = 1, but the weights hold 2 blocks",
+        ),
+        (
+            "layers3",
+            Box::new(|d| edit_config(d, "num_hidden_layers", 3.into())),
+            "num_hidden_layers = 3, but the weights hold 2 blocks",
+        ),
         (
             "nan",
             Box::new(|d| edit_tensor(d, "model.layers.1.self_attn.q_proj.weight", |v| v[17] = f32::NAN)),
@@ -292,7 +314,20 @@ fn nothing_silent_bad_numbers_configs_and_weights_stop_the_run() {
     // Outputs that overflow: a NaN perplexity is an error, not `null` in a report.
     let m = model_copy("tiny-llama", &s.join("overflow"));
     edit_tensor(&m, "model.norm.weight", |v| v.iter_mut().for_each(|x| *x = 3e38));
-    let o = neuroal(&["eval", "--model", m.to_str().unwrap(), "--text", asset("sample.txt").to_str().unwrap(), "--device", "cpu", "--seqlen", "32"], &[]);
+    let o = neuroal(
+        &[
+            "eval",
+            "--model",
+            m.to_str().unwrap(),
+            "--text",
+            asset("sample.txt").to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--seqlen",
+            "32",
+        ],
+        &[],
+    );
     run_error(&o, "perplexity is not finite");
     // ... and inside the pruning pass the block and linear are named.
     let m = model_copy("tiny-llama", &s.join("overflow2"));
@@ -300,12 +335,19 @@ fn nothing_silent_bad_numbers_configs_and_weights_stop_the_run() {
     run_error(&run_prune(&m, &out, &[], &[]), "block 0 mlp.down_proj: its input holds NaN or infinite values");
     assert!(!out.exists() && leftovers(&out).is_empty());
     // NeuroAL's search reads back once per candidate group; the metric check there names them.
-    run_error(&run_prune(&m, &out, &["--top-up", "neuroal"], &[]), "NeuroAL: block 0 mlp.down_proj: the alignment metric is NaN");
+    run_error(
+        &run_prune(&m, &out, &["--top-up", "neuroal"], &[]),
+        "NeuroAL: block 0 mlp.down_proj: the alignment metric is NaN",
+    );
     assert!(!out.exists() && leftovers(&out).is_empty());
 
     // The engine checks what it pruned against what the map asked for.
     // q_proj of block 0 is [64, 64]: 64 rows × ⌊64 · 0.5⌋.
-    run_error(&run_prune(&good, &out, &[], &[("NEUROAL_FAULT", "drop-one-mask-bit")]), "model.layers.0.self_attn.q_proj.weight: pruned 2047 weights where the sparsity map asks for 2048");
+    #[cfg(feature = "test-hooks")] // a mask bit dropped by fault injection
+    run_error(
+        &run_prune(&good, &out, &[], &[("NEUROAL_FAULT", "drop-one-mask-bit")]),
+        "model.layers.0.self_attn.q_proj.weight: pruned 2047 weights where the sparsity map asks for 2048",
+    );
     assert!(!out.exists() && leftovers(&out).is_empty());
     let _ = std::fs::remove_dir_all(&s);
 }
@@ -326,14 +368,19 @@ fn late_failures_are_caught_before_the_work_starts() {
     // An evaluation text too short for one window.
     let short = s.join("short.txt");
     std::fs::write(&short, "ka lo mi").unwrap();
-    one_line_error(&run_prune(&model, &s.join("out"), &["--eval", short.to_str().unwrap()], &[]), "fewer than one window of 32");
+    one_line_error(
+        &run_prune(&model, &s.join("out"), &["--eval", short.to_str().unwrap()], &[]),
+        "fewer than one window of 32",
+    );
     assert!(!s.join("out").exists() && leftovers(&s.join("out")).is_empty());
     // Errors are words, and the missing parent is named.
     one_line_error(&run_prune(&model, &s.join("no/such/out"), &[], &[]), "the parent folder");
     // An index that names a shard outside the model folder.
     let m = model_copy("tiny-mistral-gqa", &s.join("mistral"));
     let idx = m.join("model.safetensors.index.json");
-    let text = std::fs::read_to_string(&idx).unwrap().replace("\"model-00002-of-00002.safetensors\"", "\"../model-00002-of-00002.safetensors\"");
+    let text = std::fs::read_to_string(&idx)
+        .unwrap()
+        .replace("\"model-00002-of-00002.safetensors\"", "\"../model-00002-of-00002.safetensors\"");
     std::fs::write(&idx, text).unwrap();
     one_line_error(&run_prune(&m, &s.join("out"), &[], &[]), "which is outside the model folder");
     // A damaged safetensors header is explained in words.
@@ -350,6 +397,7 @@ fn late_failures_are_caught_before_the_work_starts() {
 
 /// Starts a prune that pauses at `point`, waits until it says so, and sends it `signal`.
 #[cfg(unix)]
+#[cfg(feature = "test-hooks")] // fault injection (NEUROAL_FAULT, NEUROAL_PAUSE)
 fn signal_at(model: &Path, out: &Path, point: &str, signal: i32) -> (Option<i32>, String) {
     use std::io::{BufRead, BufReader};
     let a = prune_args(model, out, &[]);
@@ -381,6 +429,7 @@ fn signal_at(model: &Path, out: &Path, point: &str, signal: i32) -> (Option<i32>
 
 #[test]
 #[cfg(unix)] // kills, signals and symlinks as Unix has them
+#[cfg(feature = "test-hooks")] // fault injection (NEUROAL_FAULT, NEUROAL_PAUSE)
 fn interrupted_runs_clean_up_and_the_next_run_removes_what_a_kill_left() {
     let s = scratch("interrupt");
     let model = model_copy("tiny-llama", &s.join("model"));
@@ -388,7 +437,10 @@ fn interrupted_runs_clean_up_and_the_next_run_removes_what_a_kill_left() {
     for (sig, code, name) in [(libc::SIGTERM, 143, "SIGTERM"), (libc::SIGINT, 130, "SIGINT")] {
         let (status, err) = signal_at(&model, &out, "after-block-0", sig);
         assert_eq!(status, Some(code), "{err}");
-        let last: Vec<&str> = err.lines().filter(|l| !l.starts_with("paused at") && !l.starts_with("device ") && !l.starts_with("note:")).collect();
+        let last: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.starts_with("paused at") && !l.starts_with("device ") && !l.starts_with("note:"))
+            .collect();
         assert_eq!(last.len(), 1, "{err}");
         assert!(last[0].starts_with(&format!("interrupted by {name}: progress kept in")), "{err}");
         // Only the small progress is kept, no staged checkpoint.
@@ -413,12 +465,24 @@ fn report(dir: &Path) -> Value {
 
 #[test]
 #[cfg(unix)] // kills, signals and symlinks as Unix has them
+#[cfg(feature = "test-hooks")] // fault injection (NEUROAL_FAULT, NEUROAL_PAUSE)
 fn resume_after_a_kill_is_byte_identical() {
     let s = scratch("resume");
     let model = model_copy("tiny-llama", &s.join("model"));
     let calib = s.join("calib.txt");
     std::fs::copy(asset("sample.txt"), &calib).unwrap();
-    let flags = ["--top-up", "neuroal", "--search-nsamples", "2", "--search-chunk", "4", "--sparsity", "0.6", "--calib", calib.to_str().unwrap()];
+    let flags = [
+        "--top-up",
+        "neuroal",
+        "--search-nsamples",
+        "2",
+        "--search-chunk",
+        "4",
+        "--sparsity",
+        "0.6",
+        "--calib",
+        calib.to_str().unwrap(),
+    ];
     let reference = s.join("reference");
     assert!(run_prune(&model, &reference, &flags, &[]).status.success());
     let want = snapshot(&reference);
@@ -475,7 +539,10 @@ fn resume_after_a_kill_is_byte_identical() {
     let mut other = flags.to_vec();
     other[7] = "0.7";
     other.push("--resume");
-    one_line_error(&run_prune(&model, &out, &other, &[]), "the interrupted run used settings.sparsity = 0.6, this one 0.7");
+    one_line_error(
+        &run_prune(&model, &out, &other, &[]),
+        "the interrupted run used settings.sparsity = 0.6, this one 0.7",
+    );
     std::fs::write(&calib, std::fs::read_to_string(asset("sample.txt")).unwrap() + " more").unwrap();
     let mut same = flags.to_vec();
     same.push("--resume");
@@ -501,7 +568,13 @@ fn report_records_provenance_checked_with_sha256sum() {
         let o = Command::new("sha256sum").arg(path).output().expect("sha256sum (coreutils)");
         String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string()
     };
-    let files = ["config.json", "tokenizer.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    let files = [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
     for f in files {
         assert_eq!(p["sha256"][f].as_str().unwrap(), sha256sum(&model.join(f)), "{f}");
     }

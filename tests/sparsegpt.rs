@@ -9,15 +9,16 @@ use std::process::{Command, Output};
 
 use burn::tensor::{Tensor, TensorData};
 use common::*;
-use neuroal::calib::{draw_windows, gather_windows, SplitMix64};
-use neuroal::device::Choice;
-use neuroal::mask::{Pattern, Sparsity};
+use neuroal::commands::report::Report;
+use neuroal::gpu::device::Choice;
+use neuroal::io::checkpoint::{decode_f32, encode_f32};
+use neuroal::io::tokenizer::{Tokenizer, tokenize_file};
 use neuroal::model::Model;
-use neuroal::pipeline::prune;
-use neuroal::pruner::{Calibration, Pruner, SparseGpt};
-use neuroal::report::Report;
-use neuroal::tokenizer::{tokenize_file, Tokenizer};
-use neuroal::weights::{decode_f32, encode_f32};
+use neuroal::prune::calib::{draw_windows, gather_windows};
+use neuroal::prune::mask::{Pattern, Sparsity};
+use neuroal::prune::pipeline::prune;
+use neuroal::prune::pruner::{Calibration, Pruner, SparseGpt};
+use neuroal::rng::SplitMix64;
 
 // ---------------------------------------------------------------------------------------------
 // The reference, in f64 with plain loops: H = 2/N·Σ x xᵀ; dead columns; dampening; the upper
@@ -71,7 +72,14 @@ fn inverse_from_cholesky(l: &[f64], n: usize) -> Vec<f64> {
     inv
 }
 
-fn reference(w: &[f32], rows: usize, cols: usize, h: &[f64], s: f64, nm: Option<(usize, usize)>) -> (Vec<f64>, Vec<bool>) {
+fn reference(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &[f64],
+    s: f64,
+    nm: Option<(usize, usize)>,
+) -> (Vec<f64>, Vec<bool>) {
     let (blocksize, percdamp) = (128usize, 0.01);
     let mut w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
     let mut h = h.to_vec();
@@ -95,7 +103,8 @@ fn reference(w: &[f32], rows: usize, cols: usize, h: &[f64], s: f64, nm: Option<
     for i1 in (0..cols).step_by(blocksize) {
         let i2 = (i1 + blocksize).min(cols);
         if nm.is_none() {
-            let mut tmp: Vec<f64> = (0..rows).flat_map(|r| (i1..i2).map(move |c| (r, c))).map(|(r, c)| score(&w, r, c)).collect();
+            let mut tmp: Vec<f64> =
+                (0..rows).flat_map(|r| (i1..i2).map(move |c| (r, c))).map(|(r, c)| score(&w, r, c)).collect();
             let all = tmp.clone();
             tmp.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let thresh = tmp[(tmp.len() as f64 * s) as usize];
@@ -105,7 +114,9 @@ fn reference(w: &[f32], rows: usize, cols: usize, h: &[f64], s: f64, nm: Option<
         }
         let mut err = vec![0.0; rows * (i2 - i1)];
         for i in i1..i2 {
-            if let Some((n, m)) = nm && (i - i1) % m == 0 {
+            if let Some((n, m)) = nm
+                && (i - i1) % m == 0
+            {
                 for r in 0..rows {
                     let mut group: Vec<usize> = (i..(i + m).min(i2)).collect();
                     group.sort_by(|&a, &b| score(&w, r, a).partial_cmp(&score(&w, r, b)).unwrap());
@@ -169,7 +180,7 @@ fn sparsegpt_equals_an_independent_f64_implementation() {
         let mut calib = Calibration::new(cols, &dev, true);
         for chunk in x.chunks(2 * 32 * cols) {
             let b = chunk.len() / (32 * cols);
-            calib.add(&Tensor::<3>::from_data(TensorData::new(chunk.to_vec(), [b, 32, cols]), &dev));
+            calib.add(&Tensor::<3>::from_data(TensorData::new(chunk.to_vec(), [b, 32, cols]), &dev), None);
         }
         let mut h = vec![0f64; cols * cols];
         for t in x.chunks(cols) {
@@ -186,14 +197,19 @@ fn sparsegpt_equals_an_independent_f64_implementation() {
         let (want_w, want_m) = reference(&w, rows, cols, &h, s, nm);
         let sgpt = SparseGpt::new(128, 0.01);
         let weight = Tensor::<2>::from_data(TensorData::new(w.clone(), [rows, cols]), &dev);
-        let got = sgpt.prune(weight, &calib, windows, &pattern, &Sparsity::Uniform(s)).unwrap();
+        let got = sgpt.prune(None, weight, &calib, windows, &pattern, &Sparsity::Uniform(s)).unwrap();
         let got_w = got.weight.into_data().try_to_vec::<f32>().unwrap();
         let got_m: Vec<bool> = got.mask.into_data().try_to_vec::<f32>().unwrap().iter().map(|&v| v != 0.0).collect();
         assert_eq!(got_m.len(), want_m.len());
         assert_eq!(got_m, want_m, "case {case}: masks differ");
         let scale = want_w.iter().fold(0f64, |a, b| a.max(b.abs()));
         let worst = got_w.iter().zip(&want_w).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
-        println!("case {case}: {} of {} pruned, max |Δw| / max |w| = {:.2e}", got_m.iter().filter(|m| **m).count(), got_m.len(), worst / scale);
+        println!(
+            "case {case}: {} of {} pruned, max |Δw| / max |w| = {:.2e}",
+            got_m.iter().filter(|m| **m).count(),
+            got_m.len(),
+            worst / scale
+        );
         assert!(worst <= 1e-5 * scale, "case {case}: weights differ by {worst} (scale {scale})");
         for (k, m) in got_m.iter().enumerate() {
             if *m || dead.contains(&(k % cols)) {
@@ -204,13 +220,19 @@ fn sparsegpt_equals_an_independent_f64_implementation() {
         let count = got_m.iter().filter(|m| **m).count();
         match nm {
             Some((n, m)) => assert_eq!(count, rows * cols / m * n),
-            None => assert!(count >= [128, 128, 44].iter().map(|c| (rows as f64 * *c as f64 * s) as usize + 1).sum::<usize>()),
+            None => assert!(
+                count >= [128, 128, 44].iter().map(|c| (rows as f64 * *c as f64 * s) as usize + 1).sum::<usize>()
+            ),
         }
     }
 }
 
 fn neuroal_cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_neuroal")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap()
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -235,14 +257,35 @@ fn a_new_weight_beyond_the_checkpoints_dtype_is_refused() {
     });
     let out = s.join("out");
     let o = neuroal_cli(&[
-        "prune", "--model", model.to_str().unwrap(), "--calib", asset("sample.txt").to_str().unwrap(), "--out", out.to_str().unwrap(),
-        "--device", "cpu", "--dtype", "f32", "--seqlen", "64", "--nsamples", "4", "--sparsity", "0.5", "--method", "sparsegpt",
+        "prune",
+        "--model",
+        model.to_str().unwrap(),
+        "--calib",
+        asset("sample.txt").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--dtype",
+        "f32",
+        "--seqlen",
+        "64",
+        "--nsamples",
+        "4",
+        "--sparsity",
+        "0.5",
+        "--method",
+        "sparsegpt",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("device ")).collect();
     assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].contains("model.decoder.layers.1.fc2.weight: the pruned weight at row ") && lines[0].contains("beyond f16's range (±65504), the checkpoint's dtype"), "{err}");
+    assert!(
+        lines[0].contains("model.decoder.layers.1.fc2.weight: the pruned weight at row ")
+            && lines[0].contains("beyond f16's range (±65504), the checkpoint's dtype"),
+        "{err}"
+    );
     assert!(!out.exists(), "nothing written");
     let _ = std::fs::remove_dir_all(&s);
 }
@@ -254,17 +297,35 @@ fn written_checkpoints_hold_the_new_values_in_every_dtype() {
         let out = s.join(fixture);
         let dir = asset(fixture);
         let o = neuroal_cli(&[
-            "prune", "--model", dir.to_str().unwrap(), "--calib", asset("sample.txt").to_str().unwrap(), "--out", out.to_str().unwrap(),
-            "--method", "sparsegpt", "--sparsity", "0.5", "--seqlen", "64", "--nsamples", "8", "--device", "cpu",
-            "--eval", asset("sample.txt").to_str().unwrap(),
+            "prune",
+            "--model",
+            dir.to_str().unwrap(),
+            "--calib",
+            asset("sample.txt").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--method",
+            "sparsegpt",
+            "--sparsity",
+            "0.5",
+            "--seqlen",
+            "64",
+            "--nsamples",
+            "8",
+            "--device",
+            "cpu",
+            "--eval",
+            asset("sample.txt").to_str().unwrap(),
         ]);
         assert!(o.status.success(), "{fixture}: {}", String::from_utf8_lossy(&o.stderr));
         // The same run in process: its new f32 values, encoded into each tensor's dtype.
         let dev = select(Choice::Cpu);
-        let model = Model::open(&dir, &dev.device).unwrap();
+        let model = Model::open(&dir, &dev).unwrap();
         let ids = tokenize_file(&Tokenizer::open(&dir).unwrap(), &asset("sample.txt")).unwrap();
         let windows = gather_windows(&ids, &draw_windows(ids.len(), 64, 8, 0).unwrap(), 64);
-        let masks = prune(&model, &windows, 64, &SparseGpt::new(128, 0.01), &Pattern::Row, &|_, _| Sparsity::Uniform(0.5)).unwrap();
+        let masks =
+            prune(&model, &windows, 64, &SparseGpt::new(128, 0.01), &Pattern::Row, &|_, _| Sparsity::Uniform(0.5))
+                .unwrap();
         let (before, after) = (shard_tensors(&dir), shard_tensors(&out));
         assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
         let mut changed = 0;
@@ -274,7 +335,11 @@ fn written_checkpoints_hold_the_new_values_in_every_dtype() {
             let want = encode_f32(m.values.as_ref().unwrap(), *dtype).unwrap();
             assert!(bytes == &want, "{fixture} {}: written bytes are not the new values in {dtype:?}", m.name);
             let decoded = decode_f32(bytes, *dtype).unwrap();
-            assert!(m.pruned.ones().all(|i| decoded[i] == 0.0 && decoded[i].is_sign_positive()), "{}: pruned entries are exact zeros", m.name);
+            assert!(
+                m.pruned.ones().all(|i| decoded[i] == 0.0 && decoded[i].is_sign_positive()),
+                "{}: pruned entries are exact zeros",
+                m.name
+            );
             assert!(m.pruned.count_ones() * 2 > m.pruned.len(), "{}: at least half pruned", m.name);
             changed += (bytes != &before[&m.name].1) as usize;
         }
@@ -286,8 +351,15 @@ fn written_checkpoints_hold_the_new_values_in_every_dtype() {
         }
         // --eval measured what was written.
         let r: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-        let written = neuroal::eval::perplexity(&Model::open(&out, &dev.device).unwrap(), &ids, 64, None, "cpu").unwrap().ppl;
-        assert!((r.eval.ppl_pruned.unwrap() - written).abs() <= 1e-9 * written, "{fixture}: report {:?} vs {written}", r.eval.ppl_pruned);
+        let written =
+            neuroal::measure::perplexity::perplexity(&Model::open(&out, &dev).unwrap(), &ids, 64, None, "cpu")
+                .unwrap()
+                .ppl;
+        assert!(
+            (r.eval.ppl_pruned.unwrap() - written).abs() <= 1e-9 * written,
+            "{fixture}: report {:?} vs {written}",
+            r.eval.ppl_pruned
+        );
         assert_eq!(r.settings.method, "sparsegpt");
     }
     let _ = std::fs::remove_dir_all(&s);
@@ -298,10 +370,13 @@ fn cpu_and_gpu_give_the_same_masks_and_weights() {
     let run = |choice: Choice| {
         let dev = select(choice);
         let dir = asset("tiny-mistral-gqa");
-        let model = Model::open(&dir, &dev.device).unwrap();
+        let model = Model::open(&dir, &dev).unwrap();
         let ids = tokenize_file(&Tokenizer::open(&dir).unwrap(), &asset("sample.txt")).unwrap();
         let windows = gather_windows(&ids, &draw_windows(ids.len(), 32, 4, 0).unwrap(), 32);
-        prune(&model, &windows, 32, &SparseGpt::new(128, 0.01), &Pattern::NM { n: 2, m: 4 }, &|_, _| Sparsity::Uniform(0.5)).unwrap()
+        prune(&model, &windows, 32, &SparseGpt::new(128, 0.01), &Pattern::NM { n: 2, m: 4 }, &|_, _| {
+            Sparsity::Uniform(0.5)
+        })
+        .unwrap()
     };
     let (cpu, gpu) = (run(Choice::Cpu), run(Choice::Gpu));
     assert_eq!(cpu.len(), 14);
@@ -322,11 +397,29 @@ fn neuroal_runs_its_block_step_over_sparsegpt() {
     let s = scratch("neuroal");
     let dir = asset("tiny-llama");
     let base = |out: &Path, extra: &[&str]| {
-        let mut a: Vec<String> = ["prune", "--model", dir.to_str().unwrap(), "--calib", asset("sample.txt").to_str().unwrap()]
+        let mut a: Vec<String> =
+            ["prune", "--model", dir.to_str().unwrap(), "--calib", asset("sample.txt").to_str().unwrap()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        a.extend(
+            [
+                "--out",
+                out.to_str().unwrap(),
+                "--method",
+                "sparsegpt",
+                "--seqlen",
+                "64",
+                "--nsamples",
+                "8",
+                "--search-nsamples",
+                "4",
+                "--device",
+                "cpu",
+            ]
             .iter()
-            .map(|s| s.to_string())
-            .collect();
-        a.extend(["--out", out.to_str().unwrap(), "--method", "sparsegpt", "--seqlen", "64", "--nsamples", "8", "--search-nsamples", "4", "--device", "cpu"].iter().map(|s| s.to_string()));
+            .map(|s| s.to_string()),
+        );
         a.extend(extra.iter().map(|s| s.to_string()));
         neuroal_cli(&a.iter().map(String::as_str).collect::<Vec<_>>())
     };
@@ -339,7 +432,10 @@ fn neuroal_runs_its_block_step_over_sparsegpt() {
     assert!(r.topup.step.as_deref().unwrap().contains("the row step is not offered with sparsegpt"));
     assert!(r.sparsity.blocks[0] < r.sparsity.blocks[1], "{:?}", r.sparsity.blocks);
     for (extra, expect) in [
-        (vec!["--sparsity", "0.7", "--top-up", "neuroal", "--neuroal-step", "row"], "--neuroal-step row is not offered with --method sparsegpt"),
+        (
+            vec!["--sparsity", "0.7", "--top-up", "neuroal", "--neuroal-step", "row"],
+            "--neuroal-step row is not offered with --method sparsegpt",
+        ),
         (vec!["--sparsity", "0.5", "--pattern", "layer"], "sparsegpt selects weights per block"),
         (vec!["--sparsity", "0.5", "--percdamp", "NaN"], "--percdamp NaN must be a number ≥ 0"),
     ] {

@@ -9,12 +9,16 @@ use std::path::Path;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use common::*;
-use neuroal::calib::{draw_windows, gather_windows, SplitMix64};
-use neuroal::device::Choice;
-use neuroal::mask::{Pattern, Sparsity};
+use neuroal::gpu::device::Choice;
+use neuroal::io::tokenizer::{Tokenizer, tokenize_file};
+use neuroal::measure::trace::Trace;
 use neuroal::model::Model;
-use neuroal::tokenizer::{tokenize_file, Tokenizer};
-use neuroal::topup::{block_map, evaluate, neuroal_block_sparsities, owl_block_sparsities, owl_outlier_ratios, Map, SearchPlan};
+use neuroal::prune::calib::{draw_windows, gather_windows};
+use neuroal::prune::mask::{Pattern, Sparsity};
+use neuroal::prune::neuroal::{Search, SearchPlan, evaluate, neuroal_block_sparsities};
+use neuroal::prune::owl::{owl_block_sparsities, owl_outlier_ratios};
+use neuroal::prune::spread::{Map, block_map};
+use neuroal::rng::SplitMix64;
 
 fn search_windows(dir: &Path, seqlen: usize, n: usize) -> Vec<u32> {
     let ids = tokenize_file(&Tokenizer::open(dir).unwrap(), &asset("sample.txt")).unwrap();
@@ -68,11 +72,25 @@ fn reference_score(model: &Model, windows: &[u32], seqlen: usize, blocks: &[f64]
 fn candidate_score_matches_an_independent_computation() {
     let dev = select(Choice::Cpu);
     let dir = asset("tiny-llama");
-    let model = Model::open(&dir, &dev.device).unwrap();
+    let model = Model::open(&dir, &dev).unwrap();
     let windows = search_windows(&dir, 64, 4);
     for lambda in [0.0, 0.1, 0.25] {
         let blocks = neuroal_block_sparsities(2, lambda, 0.6);
-        let ours = evaluate(&model, &windows, 64, &neuroal::pruner::Wanda, &Pattern::Row, &[block_map(&blocks, model.linears().len())], 1, SearchPlan::ONE_BY_ONE, &|_, _| {}).unwrap();
+        let ours = evaluate(
+            &Search {
+                model: &model,
+                windows: &windows,
+                seqlen: 64,
+                pruner: &neuroal::prune::pruner::Wanda,
+                plan: SearchPlan::ONE_BY_ONE,
+                trace: &Trace::off(),
+            },
+            &Pattern::Row,
+            &[block_map(&blocks, model.linears().len())],
+            1,
+            &|_, _| {},
+        )
+        .unwrap();
         let want = reference_score(&model, &windows, 64, &blocks);
         let rel = (ours[0].score - want).abs() / want;
         assert!(rel < 1e-4, "λ {lambda}: score {} vs reference {want} (rel {rel:.2e})", ours[0].score);
@@ -86,26 +104,67 @@ fn shared_block_loads_score_exactly_like_one_by_one() {
     let runs = [Choice::Cpu, Choice::Gpu].into_iter().flat_map(|choice| {
         let dev = select(choice);
         let f16 = choice == Choice::Gpu && dev.shader_f16;
-        [Some((DType::F32, dev.device.clone())), f16.then(|| (DType::F16, dev.device.clone()))].into_iter().flatten().map(move |d| (choice, d))
+        [Some((DType::F32, dev.clone())), f16.then(|| (DType::F16, dev.clone()))]
+            .into_iter()
+            .flatten()
+            .map(move |d| (choice, d))
     });
     for (choice, (dtype, device)) in runs {
         let choice = (choice, dtype);
         let dir = asset("tiny-mistral-gqa");
         let model = Model::open_as(&dir, &device, dtype).unwrap();
         let windows = search_windows(&dir, 32, 2);
-        let candidates: Vec<Map> = [0.01, 0.1, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.7), 7)).collect();
+        let candidates: Vec<Map> =
+            [0.01, 0.1, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.7), 7)).collect();
         let mut with_rows = candidates.clone();
-        let per_row: Vec<Sparsity> =
-            model.linear_shapes().iter().map(|s| Sparsity::PerRow((0..s[0]).map(|r| 0.3 + r as f64 * 0.005).collect())).collect();
+        let per_row: Vec<Sparsity> = model
+            .linear_shapes()
+            .iter()
+            .map(|s| Sparsity::PerRow((0..s[0]).map(|r| 0.3 + r as f64 * 0.005).collect()))
+            .collect();
         with_rows.push(vec![per_row; 2]);
-        for (pattern, cands) in [(Pattern::Row, &candidates), (Pattern::RowsVariable, &vec![with_rows[3].clone(), with_rows[3].clone()])] {
+        for (pattern, cands) in
+            [(Pattern::Row, &candidates), (Pattern::RowsVariable, &vec![with_rows[3].clone(), with_rows[3].clone()])]
+        {
             // Shared block loads with all candidates side by side (on the CPU), and with all their
             // dense passes in one batch, or in batches of 2 beside 2 side by side, against one by one.
             let n = cands.len();
-            let one_by_one = evaluate(&model, &windows, 32, &neuroal::pruner::Wanda, &pattern, cands, 1, SearchPlan::ONE_BY_ONE, &|_, _| {}).unwrap();
+            let one_by_one = evaluate(
+                &Search {
+                    model: &model,
+                    windows: &windows,
+                    seqlen: 32,
+                    pruner: &neuroal::prune::pruner::Wanda,
+                    plan: SearchPlan::ONE_BY_ONE,
+                    trace: &Trace::off(),
+                },
+                &pattern,
+                cands,
+                1,
+                &|_, _| {},
+            )
+            .unwrap();
             assert_eq!(one_by_one.len(), n);
-            for plan in [SearchPlan { at_once: n, dense_batch: 1 }, SearchPlan { at_once: 1, dense_batch: n }, SearchPlan { at_once: 2, dense_batch: 2 }] {
-                let shared = evaluate(&model, &windows, 32, &neuroal::pruner::Wanda, &pattern, cands, n, plan, &|_, _| {}).unwrap();
+            for plan in [
+                SearchPlan { at_once: n, dense_batch: 1 },
+                SearchPlan { at_once: 1, dense_batch: n },
+                SearchPlan { at_once: 2, dense_batch: 2 },
+            ] {
+                let shared = evaluate(
+                    &Search {
+                        model: &model,
+                        windows: &windows,
+                        seqlen: 32,
+                        pruner: &neuroal::prune::pruner::Wanda,
+                        plan,
+                        trace: &Trace::off(),
+                    },
+                    &pattern,
+                    cands,
+                    n,
+                    &|_, _| {},
+                )
+                .unwrap();
                 assert_eq!(shared.len(), n);
                 for (a, b) in shared.iter().zip(&one_by_one) {
                     assert!(a.score.is_finite() && a.score > 0.0, "{choice:?} {pattern:?} {plan:?}: score {}", a.score);
@@ -124,12 +183,40 @@ fn sparsegpt_hessians_from_a_dense_batch_score_exactly_like_one_by_one() {
     for choice in [Choice::Cpu, Choice::Gpu] {
         let dev = select(choice);
         let dir = asset("tiny-llama");
-        let model = Model::open(&dir, &dev.device).unwrap();
+        let model = Model::open(&dir, &dev).unwrap();
         let windows = search_windows(&dir, 32, 2);
         let cands: Vec<Map> = [0.02, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.6), 7)).collect();
-        let pruner = neuroal::pruner::SparseGpt::new(16, 0.01);
-        let alone = evaluate(&model, &windows, 32, &pruner, &Pattern::Row, &cands, 2, SearchPlan::ONE_BY_ONE, &|_, _| {}).unwrap();
-        let batched = evaluate(&model, &windows, 32, &pruner, &Pattern::Row, &cands, 2, SearchPlan { at_once: 1, dense_batch: 2 }, &|_, _| {}).unwrap();
+        let pruner = neuroal::prune::pruner::SparseGpt::new(16, 0.01);
+        let alone = evaluate(
+            &Search {
+                model: &model,
+                windows: &windows,
+                seqlen: 32,
+                pruner: &pruner,
+                plan: SearchPlan::ONE_BY_ONE,
+                trace: &Trace::off(),
+            },
+            &Pattern::Row,
+            &cands,
+            2,
+            &|_, _| {},
+        )
+        .unwrap();
+        let batched = evaluate(
+            &Search {
+                model: &model,
+                windows: &windows,
+                seqlen: 32,
+                pruner: &pruner,
+                plan: SearchPlan { at_once: 1, dense_batch: 2 },
+                trace: &Trace::off(),
+            },
+            &Pattern::Row,
+            &cands,
+            2,
+            &|_, _| {},
+        )
+        .unwrap();
         for (a, b) in batched.iter().zip(&alone) {
             assert!(a.score.is_finite() && a.score > 0.0, "{choice:?}: score {}", a.score);
             assert_eq!(a.score.to_bits(), b.score.to_bits(), "{choice:?}");
@@ -140,21 +227,23 @@ fn sparsegpt_hessians_from_a_dense_batch_score_exactly_like_one_by_one() {
 
 #[test]
 fn alignment_shader_equals_its_twin() {
-    let gpu = select(Choice::Gpu).device;
+    let selected = select(Choice::Gpu);
+    let (gpu, shaders) = (selected.device.clone(), &selected.gpu.as_deref().expect("a GPU's kernels").shaders);
     let cpu = Device::flex();
     let mut rng = SplitMix64::new(3);
     for n in [5usize, 256, 1000, 4099] {
         let a: Vec<f32> = (0..n).map(|_| (rng.below(1000) + 1) as f32 / 100.0).collect();
         let b: Vec<f32> = (0..n).map(|_| (rng.below(1000) + 1) as f32 / 100.0).collect();
         let t = |v: &Vec<f32>, d: &Device| Tensor::<1>::from_data(TensorData::new(v.clone(), [n]), d);
-        let (mg, dg) = neuroal::kernels::alignment(t(&a, &gpu), t(&b, &gpu));
-        let (mc, dc) = neuroal::topup::alignment_reference(t(&a, &cpu), t(&b, &cpu));
+        let (mg, dg) = shaders.alignment(t(&a, &gpu), t(&b, &gpu));
+        let (mc, dc) = neuroal::prune::neuroal::alignment_reference(t(&a, &cpu), t(&b, &cpu));
         let (mg, mc) = (host(mg)[0], host(mc)[0]);
         assert!((mg - mc).abs() <= 1e-6 * mc.abs(), "n {n}: {mg} vs {mc}");
         assert_eq!(host(dg), host(dc));
         // And against f64 by hand.
         let (sa, sb): (f64, f64) = (a.iter().map(|&x| x as f64).sum(), b.iter().map(|&x| x as f64).sum());
-        let want = a.iter().zip(&b).map(|(&x, &y)| (x as f64 / sa - y as f64 / sb).powi(2)).sum::<f64>().sqrt() / n as f64;
+        let want =
+            a.iter().zip(&b).map(|(&x, &y)| (x as f64 / sa - y as f64 / sb).powi(2)).sum::<f64>().sqrt() / n as f64;
         assert!(((mc as f64) - want).abs() <= 1e-5 * want, "n {n}: {mc} vs f64 {want}");
     }
 }
@@ -171,8 +260,12 @@ fn neuroal_prunes_to_the_target_and_cpu_and_gpu_choose_the_same_lambdas() {
     let tmp = std::env::temp_dir().join(format!("neuroal-topup-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     // The GPU run's dense passes in batches of 4 candidates: the same λs all the same.
-    let (cpu, gpu) = (neuroal_cli("cpu", &tmp.join("cpu"), &[]), neuroal_cli("gpu", &tmp.join("gpu"), &["--search-batch", "4"]));
-    assert_eq!((cpu["memory"]["search_dense_batch"].as_u64(), gpu["memory"]["search_dense_batch"].as_u64()), (Some(1), Some(4)));
+    let (cpu, gpu) =
+        (neuroal_cli("cpu", &tmp.join("cpu"), &[]), neuroal_cli("gpu", &tmp.join("gpu"), &["--search-batch", "4"]));
+    assert_eq!(
+        (cpu["memory"]["search_dense_batch"].as_u64(), gpu["memory"]["search_dense_batch"].as_u64()),
+        (Some(1), Some(4))
+    );
     for key in ["lambda_block", "lambda_row"] {
         assert!(cpu["topup"][key].as_f64().is_some(), "{key}: {}", cpu["topup"][key]);
         assert_eq!(cpu["topup"][key], gpu["topup"][key], "{key}");
@@ -181,10 +274,11 @@ fn neuroal_prunes_to_the_target_and_cpu_and_gpu_choose_the_same_lambdas() {
     assert_eq!(cpu["topup"]["row_scores"].as_array().unwrap().len(), 15);
     // Overall sparsity: the rows-variable counts of the chosen map, and near s; the gap is
     // rounding (each row prunes at most one extra weight: ≤ 1/64 here) and clamping.
-    let ins = neuroal::inspect::inspect(&tmp.join("cpu")).unwrap();
+    let ins = neuroal::commands::inspect::inspect(&tmp.join("cpu")).unwrap();
     assert!((ins.overall - 0.7).abs() < 1.0 / 64.0, "overall {}", ins.overall);
     assert!((cpu["sparsity"]["overall"].as_f64().unwrap() - ins.overall).abs() < 1e-12);
-    let blocks: Vec<f64> = cpu["topup"]["block_sparsities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let blocks: Vec<f64> =
+        cpu["topup"]["block_sparsities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert!(blocks[0] < blocks[1], "early blocks stay denser: {blocks:?}");
     // The plots: score vs λ for both steps, per-block sparsity, row-sparsity histograms.
     for f in ["neuroal_block_step.png", "neuroal_row_step.png", "block_sparsity.png", "row_sparsity.png"] {
@@ -198,7 +292,11 @@ fn neuroal_prunes_to_the_target_and_cpu_and_gpu_choose_the_same_lambdas() {
         assert!(r["memory"]["peak_host_mib"].as_f64().is_some_and(|m| m > 1.0), "{}", r["memory"]);
     }
     assert!(cpu["memory"]["peak_gpu_mib"].is_null(), "{}", cpu["memory"]);
-    assert!(gpu["memory"]["peak_gpu_mib"].as_f64().is_some_and(|m| m * (1 << 20) as f64 >= 49_408.0 * 4.0), "{}", gpu["memory"]);
+    assert!(
+        gpu["memory"]["peak_gpu_mib"].as_f64().is_some_and(|m| m * (1 << 20) as f64 >= 49_408.0 * 4.0),
+        "{}",
+        gpu["memory"]
+    );
     // The estimate, by hand (tiny-llama: 64 wide, 4 heads, MLP 172, 384 tokens; 64-token
     // windows; one candidate at a time on the GPU). The search is the larger phase: 15 carried
     // candidates × 2 copies × 4 windows × 64 × 64 × 4 bytes = 1,966,080; activations of 4
@@ -260,7 +358,7 @@ fn owl_matches_the_authors_code(choice: Choice) {
     let ids = tokenize_file(&Tokenizer::open(&dir).unwrap(), &shared(g["calib"].as_str().unwrap())).unwrap();
     let starts: Vec<usize> = g["windows"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     let windows = gather_windows(&ids, &starts, seqlen);
-    let model = Model::open(&dir, &select(choice).device).unwrap();
+    let model = Model::open(&dir, &select(choice)).unwrap();
     let per_weight = 100.0 / model.linear_shapes().iter().map(|s| (s[0] * s[1]) as f64).sum::<f64>();
     for case in g["cases"].as_array().unwrap() {
         let num = |k: &str| case[k].as_f64().unwrap();
@@ -268,9 +366,14 @@ fn owl_matches_the_authors_code(choice: Choice) {
         let (want_ratios, want_sparsities) = (doubles(&case["outlier_ratios"]), doubles(&case["block_sparsities"]));
         assert_eq!(ratios.len(), want_ratios.len());
         for (b, (r, w)) in ratios.iter().zip(&want_ratios).enumerate() {
-            assert!((r - w).abs() <= 2.0 * per_weight + 1e-12, "{choice:?} M {}: block {b} outlier ratio {r} vs the authors' {w}", num("owl_m"));
+            assert!(
+                (r - w).abs() <= 2.0 * per_weight + 1e-12,
+                "{choice:?} M {}: block {b} outlier ratio {r} vs the authors' {w}",
+                num("owl_m")
+            );
         }
-        let range = want_ratios.iter().cloned().fold(f64::NEG_INFINITY, f64::max) - want_ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+        let range = want_ratios.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+            - want_ratios.iter().cloned().fold(f64::INFINITY, f64::min);
         let tolerance = 16.0 * num("owl_lambda") * 2.0 * per_weight / range + 1e-12;
         // The mapping alone, from their ratios: their arithmetic, to rounding.
         let from_theirs = owl_block_sparsities(&want_ratios, num("owl_lambda"), num("sparsity"));
@@ -326,7 +429,12 @@ fn neuroal_search_matches_the_authors_code_on_every_family() {
         ("tiny-phi-neuroal", "tiny-phi", "wanda"),
         ("tiny-mistral-gqa-magnitude-neuroal", "tiny-mistral-gqa", "magnitude"),
     ] {
-        search_matches_the_authors_code(golden, &asset(fixture), &calib, &["--seqlen", "64", "--nsamples", "16", "--method", method]);
+        search_matches_the_authors_code(
+            golden,
+            &asset(fixture),
+            &calib,
+            &["--seqlen", "64", "--nsamples", "16", "--method", method],
+        );
     }
 }
 
@@ -337,20 +445,32 @@ fn zero_pattern_hashes(dir: &Path) -> std::collections::BTreeMap<String, String>
     use sha2::{Digest, Sha256};
     // The blocks' two-dimensional tensors (not their biases and norms), as the script picks them;
     // their shapes as the family declares them.
-    let config = neuroal::config::Config::from_file(&dir.join("config.json")).unwrap();
-    let weights: std::collections::BTreeSet<String> =
-        neuroal::model::checkpoint_tensors(&config, false).into_iter().filter(|(n, s)| n.contains(".layers.") && s.len() == 2).map(|(n, _)| n).collect();
+    let config = neuroal::model::config::Config::from_file(&dir.join("config.json")).unwrap();
+    let weights: std::collections::BTreeSet<String> = neuroal::model::checkpoint_tensors(&config, false)
+        .into_iter()
+        .filter(|(n, s)| n.contains(".layers.") && s.len() == 2)
+        .map(|(n, _)| n)
+        .collect();
     shard_tensors(dir)
         .into_iter()
         .filter(|(name, _)| weights.contains(name))
         .map(|(name, (dtype, bytes))| {
-            let zeros: Vec<u8> = neuroal::weights::decode_f32(&bytes, dtype).unwrap().iter().map(|&v| u8::from(v == 0.0)).collect();
+            let zeros: Vec<u8> = neuroal::io::checkpoint::decode_f32(&bytes, dtype)
+                .unwrap()
+                .iter()
+                .map(|&v| u8::from(v == 0.0))
+                .collect();
             (name, Sha256::digest(&zeros).iter().map(|b| format!("{b:02x}")).collect())
         })
         .collect()
 }
 
-fn search_matches_the_authors_code(golden_name: &str, model: &std::path::Path, calib: &std::path::Path, extra: &[&str]) {
+fn search_matches_the_authors_code(
+    golden_name: &str,
+    model: &std::path::Path,
+    calib: &std::path::Path,
+    extra: &[&str],
+) {
     let g = golden(golden_name);
     let out = std::env::temp_dir().join(format!("neuroal-vs-authors-{}-{golden_name}", std::process::id()));
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
@@ -361,17 +481,25 @@ fn search_matches_the_authors_code(golden_name: &str, model: &std::path::Path, c
         .output()
         .unwrap();
     assert!(o.status.success(), "{golden_name}: {}", String::from_utf8_lossy(&o.stderr));
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     // The written masks against the authors' pruned model, where the golden has its hashes.
     let masks = g.get("mask_sha256").map(|_| zero_pattern_hashes(&out));
     let _ = std::fs::remove_dir_all(&out);
     if let (Some(ours), Some(theirs)) = (masks, g.get("mask_sha256").and_then(|m| m.as_object())) {
         assert_eq!(ours.len(), theirs.len(), "{golden_name}: prunable weights");
         for (name, hash) in theirs {
-            assert_eq!(ours.get(name).map(String::as_str), hash.as_str(), "{golden_name}: {name}'s mask differs from the authors'");
+            assert_eq!(
+                ours.get(name).map(String::as_str),
+                hash.as_str(),
+                "{golden_name}: {name}'s mask differs from the authors'"
+            );
         }
     }
-    assert_eq!(r["calibration"]["search_windows"], g["search_windows"], "{golden_name}: the golden was made on other windows");
+    assert_eq!(
+        r["calibration"]["search_windows"], g["search_windows"],
+        "{golden_name}: the golden was made on other windows"
+    );
     assert_eq!(r["topup"]["lambda_block"], g["lambda_block"], "{golden_name}");
     for (key, tolerance) in [("block_scores", 1e-4), ("row_scores", 1e-3)] {
         let ours = r["topup"][key].as_array().unwrap();
@@ -379,11 +507,20 @@ fn search_matches_the_authors_code(golden_name: &str, model: &std::path::Path, c
         assert_eq!(ours.len(), want.len(), "{golden_name}: {key}");
         for (pair, w) in ours.iter().zip(&want) {
             let (lambda, score) = (pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap());
-            assert!((score - w).abs() <= tolerance * w, "{golden_name}: {key} at λ {lambda}: ours {score}, the authors' {w}");
+            assert!(
+                (score - w).abs() <= tolerance * w,
+                "{golden_name}: {key} at λ {lambda}: ours {score}, the authors' {w}"
+            );
         }
     }
     let rows = doubles(&g["row_scores"]);
-    let ours_at = r["topup"]["row_scores"].as_array().unwrap().iter().position(|p| p[0] == r["topup"]["lambda_row"]).unwrap();
+    let ours_at =
+        r["topup"]["row_scores"].as_array().unwrap().iter().position(|p| p[0] == r["topup"]["lambda_row"]).unwrap();
     let best = rows.iter().cloned().fold(f64::INFINITY, f64::min);
-    assert!(rows[ours_at] <= best * (1.0 + 1e-3), "{golden_name}: row λ {}: their score {} against their best {best}", r["topup"]["lambda_row"], rows[ours_at]);
+    assert!(
+        rows[ours_at] <= best * (1.0 + 1e-3),
+        "{golden_name}: row λ {}: their score {} against their best {best}",
+        r["topup"]["lambda_row"],
+        rows[ours_at]
+    );
 }

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use common::*;
+use neuroal::commands::report::Report;
+use neuroal::io::tokenizer::Tokenizer;
+use neuroal::measure::zeroshot::{Requests, loglikelihoods, read_tasks};
 use neuroal::model::Model;
-use neuroal::report::Report;
-use neuroal::tokenizer::Tokenizer;
-use neuroal::zeroshot::{loglikelihoods, read_tasks, Requests};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("neuroal-zeroshot-{}-{name}", std::process::id()));
@@ -21,7 +21,11 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn neuroal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_neuroal")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -32,11 +36,16 @@ fn loglikelihoods_match_transformers_on_every_device() {
     assert!(examples.iter().any(|e| e.suffix.is_some()), "the WinoGrande form is covered");
     for (dev_name, dev) in devices() {
         for (name, want) in g["models"].as_object().unwrap() {
-            let model = Model::open(&asset(name), &dev.device).unwrap();
+            let model = Model::open(&asset(name), &dev).unwrap();
             let tok = Tokenizer::open(&asset(name)).unwrap();
             // The long example is cut on the left to max_len tokens.
             let got = loglikelihoods(&model, &Requests::encode(&tok, &examples, max_len).unwrap()).unwrap();
-            let want: Vec<Vec<f64>> = want.as_array().unwrap().iter().map(|e| e.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()).collect();
+            let want: Vec<Vec<f64>> = want
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+                .collect();
             assert_eq!(got.len(), want.len(), "{name}");
             let mut worst = 0f64;
             for (g, w) in got.iter().zip(&want) {
@@ -54,7 +63,18 @@ fn loglikelihoods_match_transformers_on_every_device() {
 #[test]
 fn zeroshot_command_prints_the_documented_json() {
     let model = asset("tiny-llama");
-    let o = neuroal(&["zeroshot", "--model", model.to_str().unwrap(), "--tasks", asset("tasks.jsonl").to_str().unwrap(), "--device", "cpu", "--json", "--limit", "5"]);
+    let o = neuroal(&[
+        "zeroshot",
+        "--model",
+        model.to_str().unwrap(),
+        "--tasks",
+        asset("tasks.jsonl").to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+        "--limit",
+        "5",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for task in ["next_sentence", "fill_blank"] {
@@ -73,14 +93,26 @@ fn bad_task_files_get_one_line_naming_file_and_line() {
     let good = r#"{"context": "a", "choices": [" b", " c"], "label": 0}"#;
     let cases = [
         ("notjson", "{ oops", "notjson.jsonl:2: not a JSON object"),
-        ("label", r#"{"context": "a", "choices": [" b"], "label": 3}"#, "label.jsonl:2: label 3 is out of range for 1 choices"),
+        (
+            "label",
+            r#"{"context": "a", "choices": [" b"], "label": 3}"#,
+            "label.jsonl:2: label 3 is out of range for 1 choices",
+        ),
         ("empty", r#"{"context": "a", "choices": [], "label": 0}"#, "empty.jsonl:2: \"choices\" is empty"),
         ("nolabel", r#"{"context": "a", "choices": [" b"]}"#, "nolabel.jsonl:2: missing \"label\""),
     ];
     for (name, line, expect) in cases {
         let f = s.join(format!("{name}.jsonl"));
         std::fs::write(&f, format!("{good}\n{line}\n")).unwrap();
-        let o = neuroal(&["zeroshot", "--model", asset("tiny-llama").to_str().unwrap(), "--tasks", f.to_str().unwrap(), "--device", "cpu"]);
+        let o = neuroal(&[
+            "zeroshot",
+            "--model",
+            asset("tiny-llama").to_str().unwrap(),
+            "--tasks",
+            f.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
@@ -93,26 +125,55 @@ fn bad_task_files_get_one_line_naming_file_and_line() {
 fn converter_gives_the_harness_prompts() {
     let s = scratch("convert");
     let cases: [(&str, &str, &str); 7] = [
-        ("boolq", r#"{"question": "is it blue", "passage": "The sky.", "answer": true}"#,
-         r#"{"task": "boolq", "context": "The sky.\nQuestion: is it blue?\nAnswer:", "choices": [" no", " yes"], "label": 1}"#),
-        ("rte", r#"{"premise": "A cat sat.", "hypothesis": "A cat is sitting.", "label": 0}"#,
-         r#"{"task": "rte", "context": "A cat sat.\nQuestion: A cat is sitting. True or False?\nAnswer:", "choices": [" True", " False"], "label": 0}"#),
-        ("hellaswag", r#"{"activity_label": "Baking", "ctx_a": "She mixes flour.", "ctx_b": "then she", "endings": ["bakes it [title] now.", "sings."], "label": "0"}"#,
-         r#"{"task": "hellaswag", "context": "Baking: She mixes flour. Then she", "choices": [" bakes it. now.", " sings."], "label": 0}"#),
-        ("winogrande", r#"{"sentence": "The cup fit in the box because _ was small.", "option1": "the cup", "option2": "the box", "answer": "1"}"#,
-         r#"{"task": "winogrande", "context": "The cup fit in the box because ", "choices": ["the cup", "the box"], "suffix": " was small.", "label": 0}"#),
-        ("arc_easy", r#"{"question": "What is hot?", "choices": {"text": ["ice", "fire"], "label": ["A", "B"]}, "answerKey": "B"}"#,
-         r#"{"task": "arc_easy", "context": "Question: What is hot?\nAnswer:", "choices": [" ice", " fire"], "label": 1}"#),
-        ("arc_challenge", r#"{"question": {"stem": "Which is a gas?", "choices": [{"text": "steam", "label": "1"}, {"text": "rock", "label": "2"}]}, "answerKey": "1"}"#,
-         r#"{"task": "arc_challenge", "context": "Question: Which is a gas?\nAnswer:", "choices": [" steam", " rock"], "label": 0}"#),
-        ("openbookqa", r#"{"question_stem": "The sun is a", "choices": {"text": ["star", "moon"], "label": ["A", "B"]}, "answerKey": "A"}"#,
-         r#"{"task": "openbookqa", "context": "The sun is a", "choices": [" star", " moon"], "label": 0}"#),
+        (
+            "boolq",
+            r#"{"question": "is it blue", "passage": "The sky.", "answer": true}"#,
+            r#"{"task": "boolq", "context": "The sky.\nQuestion: is it blue?\nAnswer:", "choices": [" no", " yes"], "label": 1}"#,
+        ),
+        (
+            "rte",
+            r#"{"premise": "A cat sat.", "hypothesis": "A cat is sitting.", "label": 0}"#,
+            r#"{"task": "rte", "context": "A cat sat.\nQuestion: A cat is sitting. True or False?\nAnswer:", "choices": [" True", " False"], "label": 0}"#,
+        ),
+        (
+            "hellaswag",
+            r#"{"activity_label": "Baking", "ctx_a": "She mixes flour.", "ctx_b": "then she", "endings": ["bakes it [title] now.", "sings."], "label": "0"}"#,
+            r#"{"task": "hellaswag", "context": "Baking: She mixes flour. Then she", "choices": [" bakes it. now.", " sings."], "label": 0}"#,
+        ),
+        (
+            "winogrande",
+            r#"{"sentence": "The cup fit in the box because _ was small.", "option1": "the cup", "option2": "the box", "answer": "1"}"#,
+            r#"{"task": "winogrande", "context": "The cup fit in the box because ", "choices": ["the cup", "the box"], "suffix": " was small.", "label": 0}"#,
+        ),
+        (
+            "arc_easy",
+            r#"{"question": "What is hot?", "choices": {"text": ["ice", "fire"], "label": ["A", "B"]}, "answerKey": "B"}"#,
+            r#"{"task": "arc_easy", "context": "Question: What is hot?\nAnswer:", "choices": [" ice", " fire"], "label": 1}"#,
+        ),
+        (
+            "arc_challenge",
+            r#"{"question": {"stem": "Which is a gas?", "choices": [{"text": "steam", "label": "1"}, {"text": "rock", "label": "2"}]}, "answerKey": "1"}"#,
+            r#"{"task": "arc_challenge", "context": "Question: Which is a gas?\nAnswer:", "choices": [" steam", " rock"], "label": 0}"#,
+        ),
+        (
+            "openbookqa",
+            r#"{"question_stem": "The sun is a", "choices": {"text": ["star", "moon"], "label": ["A", "B"]}, "answerKey": "A"}"#,
+            r#"{"task": "openbookqa", "context": "The sun is a", "choices": [" star", " moon"], "label": 0}"#,
+        ),
     ];
     for (task, record, want) in cases {
         let (input, output) = (s.join(format!("{task}.jsonl")), s.join(format!("{task}.out.jsonl")));
         std::fs::write(&input, format!("{record}\n")).unwrap();
         let o = Command::new("python3")
-            .args([root().join("scripts/convert_tasks.py").to_str().unwrap(), "--task", task, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()])
+            .args([
+                root().join("scripts/convert_tasks.py").to_str().unwrap(),
+                "--task",
+                task,
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                output.to_str().unwrap(),
+            ])
             .output()
             .expect("python3");
         assert!(o.status.success(), "{task}: {}", String::from_utf8_lossy(&o.stderr));
@@ -130,8 +191,23 @@ fn prune_reports_zero_shot_accuracy_before_and_after() {
     let s = scratch("prune");
     let out = s.join("out");
     let o = neuroal(&[
-        "prune", "--model", asset("tiny-qwen2").to_str().unwrap(), "--calib", asset("sample.txt").to_str().unwrap(), "--out", out.to_str().unwrap(),
-        "--sparsity", "0.5", "--seqlen", "64", "--nsamples", "8", "--device", "cpu", "--zeroshot", asset("tasks.jsonl").to_str().unwrap(),
+        "prune",
+        "--model",
+        asset("tiny-qwen2").to_str().unwrap(),
+        "--calib",
+        asset("sample.txt").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--sparsity",
+        "0.5",
+        "--seqlen",
+        "64",
+        "--nsamples",
+        "8",
+        "--device",
+        "cpu",
+        "--zeroshot",
+        asset("tasks.jsonl").to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();

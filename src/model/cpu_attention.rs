@@ -50,16 +50,29 @@ pub fn causal(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) -> Tensor<3>
             let kv = w * t * kv_rs + (h / groups) * hd;
             let (kh, vh) = (&k[kv..][..(t - 1) * kv_rs + hd], &v[kv..][..(t - 1) * kv_rs + hd]);
             // Head (w, h) owns columns h·hd..(h+1)·hd of window w's t rows, and nothing else.
-            one_head(qh, q_rs, kh, vh, kv_rs, &dst, w * t * q_rs + h * hd, scores, t, hd, scale);
+            let head = Head { q: qh, q_rs, k: kh, v: vh, kv_rs, t, hd, scale };
+            one_head(&head, &dst, w * t * q_rs + h * hd, scores);
         },
     );
     Tensor::from_data(TensorData::new(out, [b, t, nh * hd]), &device)
 }
 
-/// One head: q rows `q_rs` apart, k and v rows `kv_rs` apart, output rows `q_rs` apart from
-/// `dst.at(at)`.
-#[allow(clippy::too_many_arguments)]
-fn one_head(q: &[f32], q_rs: usize, k: &[f32], v: &[f32], kv_rs: usize, dst: &Out, at: usize, scores: &mut [f32], t: usize, hd: usize, scale: f32) {
+/// One head's operands: t rows of hd values, q's rows `q_rs` apart, k's and v's `kv_rs` apart;
+/// the scores are scaled by `scale`.
+struct Head<'a> {
+    q: &'a [f32],
+    q_rs: usize,
+    k: &'a [f32],
+    v: &'a [f32],
+    kv_rs: usize,
+    t: usize,
+    hd: usize,
+    scale: f32,
+}
+
+/// One head, its output rows `q_rs` apart from `dst.at(at)`.
+fn one_head(head: &Head, dst: &Out, at: usize, scores: &mut [f32]) {
+    let Head { q, q_rs, k, v, kv_rs, t, hd, scale } = *head;
     for r0 in (0..t).step_by(ROWS) {
         // Query rows r0..r1 see keys 0..r1 at most.
         let r1 = (r0 + ROWS).min(t);
@@ -69,12 +82,52 @@ fn one_head(q: &[f32], q_rs: usize, k: &[f32], v: &[f32], kv_rs: usize, dst: &Ou
         // are inside `out` and written by no other head; no destination aliases an operand.
         unsafe {
             // scores[i][j] = scale · Σ_d q[r0 + i][d]·k[j][d]
-            gemm::gemm(m, n, hd, scores.as_mut_ptr(), 1, n as isize, false, q.as_ptr().add(r0 * q_rs), 1, q_rs as isize, k.as_ptr(), kv_rs as isize, 1, 0.0, scale, false, false, false, Parallelism::None);
+            gemm::gemm(
+                m,
+                n,
+                hd,
+                scores.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                q.as_ptr().add(r0 * q_rs),
+                1,
+                q_rs as isize,
+                k.as_ptr(),
+                kv_rs as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
         }
         super::cpu_math::causal_softmax(&mut scores[..m * n], n, r0);
         unsafe {
             // out[r0 + i][d] = Σ_j p[i][j]·v[j][d]
-            gemm::gemm(m, hd, n, dst.at(at + r0 * q_rs), 1, q_rs as isize, false, scores.as_ptr(), 1, n as isize, v.as_ptr(), 1, kv_rs as isize, 0.0, 1.0, false, false, false, Parallelism::None);
+            gemm::gemm(
+                m,
+                hd,
+                n,
+                dst.at(at + r0 * q_rs),
+                1,
+                q_rs as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                n as isize,
+                v.as_ptr(),
+                1,
+                kv_rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
         }
     }
 }
@@ -83,8 +136,8 @@ fn one_head(q: &[f32], q_rs: usize, k: &[f32], v: &[f32], kv_rs: usize, dst: &Ou
 mod tests {
     use burn::tensor::{Device, Tensor, TensorData};
 
-    use crate::calib::SplitMix64;
     use crate::model::{attention, attention_ops};
+    use crate::rng::SplitMix64;
 
     fn random(rng: &mut SplitMix64, shape: [usize; 4], d: &Device) -> Tensor<4> {
         let n = shape.iter().product();
@@ -102,9 +155,12 @@ mod tests {
         for d in &devices {
             // One block of query rows, exactly one, and three with a short last one; inputs as
             // contiguous tensors and as the views `split_heads` makes.
-            for (b, nh, nkv, t, hd, divide_by, views) in
-                [(2, 4, 2, 37, 8, Some(8f64.sqrt()), false), (1, 3, 3, 64, 16, Some(4.0), true), (3, 2, 1, 5, 4, None, false), (2, 4, 2, 150, 8, Some(2.0), true)]
-            {
+            for (b, nh, nkv, t, hd, divide_by, views) in [
+                (2, 4, 2, 37, 8, Some(8f64.sqrt()), false),
+                (1, 3, 3, 64, 16, Some(4.0), true),
+                (3, 2, 1, 5, 4, None, false),
+                (2, 4, 2, 150, 8, Some(2.0), true),
+            ] {
                 let mut make = |heads: usize| {
                     if views {
                         random(&mut rng, [b, t, heads, hd], d).swap_dims(1, 2)
@@ -113,7 +169,16 @@ mod tests {
                     }
                 };
                 let (q, k, v) = (make(nh), make(nkv), make(nkv));
-                let fast = attention(q.clone(), k.clone(), v.clone(), divide_by, &crate::model::Positions { rope: None, causal: None }).into_data().try_to_vec::<f32>().unwrap();
+                let fast = attention(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    divide_by,
+                    &crate::model::Positions { rope: None, causal: None, gpu: None },
+                )
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
                 let reference = attention_ops(q, k, v, divide_by).into_data().try_to_vec::<f32>().unwrap();
                 let err = fast.iter().zip(&reference).map(|(a, r)| ((a - r) as f64).powi(2)).sum::<f64>().sqrt();
                 let norm = reference.iter().map(|r| (*r as f64).powi(2)).sum::<f64>().sqrt();

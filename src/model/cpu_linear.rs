@@ -3,8 +3,8 @@
 //! a memset and a memcpy per product, about 6% of a CPU prune (perf, wt2-llama at 70%). This is
 //! the same gemm call with the same operands, strides and threading, so the same bits.
 
-use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, TensorData};
 use gemm::Parallelism;
 
@@ -25,7 +25,9 @@ pub fn linear(x: &Tensor<2>, w: &Tensor<2>) -> Option<Tensor<2>> {
     let (lhs_at, rhs_at) = (lhs.layout().start_offset(), rhs.layout().start_offset());
     // Every element the strides reach must be inside the operand's buffer.
     let fits = |len: usize, at: usize, rows: usize, cols: usize, s: &[isize]| {
-        s.len() == 2 && s.iter().all(|&v| v >= 0) && (rows == 0 || cols == 0 || at + (rows - 1) * s[0] as usize + (cols - 1) * (s[1] as usize) < len)
+        s.len() == 2
+            && s.iter().all(|&v| v >= 0)
+            && (rows == 0 || cols == 0 || at + (rows - 1) * s[0] as usize + (cols - 1) * (s[1] as usize) < len)
     };
     if !fits(lhs_data.len(), lhs_at, m, k, ls) || !fits(rhs_data.len(), rhs_at, k, n, rs) {
         return None;
@@ -71,7 +73,7 @@ pub fn linear(x: &Tensor<2>, w: &Tensor<2>) -> Option<Tensor<2>> {
 mod tests {
     use burn::tensor::{Device, Tensor, TensorData};
 
-    use crate::calib::SplitMix64;
+    use crate::rng::SplitMix64;
 
     /// The same bits as burn-flex's own matmul, on shapes below and above the threshold for
     /// threads, a strided view (a row range of a larger input) and k = 0; on ndarray, none.

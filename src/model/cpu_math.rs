@@ -61,17 +61,16 @@ pub fn exp(x: f32) -> f32 {
     let ni = shifted.to_bits().wrapping_sub(SHIFTER.to_bits()) as i32;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     // eʳ for |r| ≤ ln2/2: Taylor to r⁷ (truncation below 6e-9 relative).
-    let p = 1.0 + r * (1.0 + r * (1.0 / 2.0 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = 1.0
+        + r * (1.0
+            + r * (1.0 / 2.0
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // 2ⁿ as two normal factors, so n = −127 (subnormal) and n = 128 (overflow to ∞) come out right.
     let half = ni >> 1;
     let two_a = f32::from_bits(((half + 127) as u32) << 23);
     let two_b = f32::from_bits(((ni - half + 127) as u32) << 23);
     let y = p * two_a * two_b;
-    if x < -88.0 {
-        0.0
-    } else {
-        y
-    }
+    if x < -88.0 { 0.0 } else { y }
 }
 
 #[inline(always)]
@@ -244,7 +243,7 @@ mod tests {
         }
         // Rows longer than a lane group and with a tail, against an f64 softmax.
         let t = 53;
-        let mut rng = crate::calib::SplitMix64::new(7);
+        let mut rng = crate::rng::SplitMix64::new(7);
         let raw: Vec<f32> = (0..t * t).map(|_| rng.uniform(-20.0, 20.0)).collect();
         let mut s = raw.clone();
         causal_softmax(&mut s, t, 0);
@@ -270,18 +269,23 @@ mod tests {
         assert!((log_sum_exp(&[1000.0; 37]) - (1000.0 + 37f32.ln())).abs() < 1e-4);
         assert_eq!(log_sum_exp(&[-5.0]), -5.0);
         // Widths around the lane group, spread like logits, against f64.
-        let mut rng = crate::calib::SplitMix64::new(3);
+        let mut rng = crate::rng::SplitMix64::new(3);
         for n in [1, 15, 16, 17, 100, 4096, 32_000] {
             let row: Vec<f32> = (0..n).map(|_| rng.uniform(-30.0, 30.0)).collect();
             let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
             let want = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-            assert!((log_sum_exp(&row) as f64 - want).abs() <= 4e-7 * want.abs().max(1.0), "n {n}: {} vs {want}", log_sum_exp(&row));
+            assert!(
+                (log_sum_exp(&row) as f64 - want).abs() <= 4e-7 * want.abs().max(1.0),
+                "n {n}: {} vs {want}",
+                log_sum_exp(&row)
+            );
         }
     }
 
     #[test]
     fn silu_against_f64() {
-        let xs: Vec<f32> = (0..=4000).map(|i| -100.0 + 0.05 * i as f32).chain([0.0, -0.0, 1e-30, 1e30, -1e30]).collect();
+        let xs: Vec<f32> =
+            (0..=4000).map(|i| -100.0 + 0.05 * i as f32).chain([0.0, -0.0, 1e-30, 1e30, -1e30]).collect();
         let mut y = xs.clone();
         silu(&mut y);
         for (&x, &g) in xs.iter().zip(&y) {

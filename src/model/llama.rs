@@ -12,10 +12,14 @@ use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{attention, lm_head, rms_norm, silu, split_heads, to_device1, Ends, LinearSpec, TokenTable, Positions, Route, RopeFreqs, Spec};
-use crate::config::{self, need, positive, rope_field, Arch};
-use crate::error::Result;
-use crate::weights::Checkpoint;
+use super::{
+    Ends, LinearSpec, Positions, RopeFreqs, Route, Spec, TokenTable, attention, lm_head, rms_norm, silu, split_heads,
+    to_device1,
+};
+use crate::gpu::context::Gpu;
+use crate::io::checkpoint::Checkpoint;
+use crate::io::error::Result;
+use crate::model::sizes::{self, Sizes, need, positive, rope_field};
 use crate::{bail, err};
 
 /// Prunable linears in execution order.
@@ -32,8 +36,15 @@ const DOWN: usize = 6;
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (every frequency divided by it).
-    Linear { factor: f64 },
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_positions: f64 },
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_positions: f64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -78,18 +89,22 @@ struct Raw {
 }
 
 impl Config {
-    pub fn parse(value: &Value, model_type: &str) -> Result<config::Config> {
+    pub fn parse(value: &Value, model_type: &str) -> Result<(Sizes, Config)> {
         let raw: Raw = serde_json::from_value(value.clone()).map_err(|e| err!("not a valid config.json ({e})"))?;
-        if let Some(act) = &raw.hidden_act && act != "silu" {
+        if let Some(act) = &raw.hidden_act
+            && act != "silu"
+        {
             bail!("unsupported hidden_act \"{act}\" (only silu)");
         }
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
         if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-            bail!("num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})");
+            bail!(
+                "num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})"
+            );
         }
-        let head_dim = config::Config::head_dim(value, hidden_size, num_heads)?;
+        let head_dim = sizes::head_dim(value, hidden_size, num_heads)?;
         if head_dim % 2 != 0 {
             bail!("head_dim {head_dim} is odd; rotary embeddings need an even head_dim");
         }
@@ -128,25 +143,27 @@ impl Config {
             mlp_bias,
             sliding_window,
         };
-        Ok(config::Config {
-            model_type,
-            vocab_size: need(raw.vocab_size, "vocab_size")?,
-            hidden_size,
-            embed_dim: hidden_size,
-            num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            max_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            dtype: raw.dtype.or(raw.torch_dtype),
-            arch: Arch::Llama(llama),
-        })
+        Ok((
+            Sizes {
+                model_type,
+                vocab_size: need(raw.vocab_size, "vocab_size")?,
+                hidden_size,
+                embed_dim: hidden_size,
+                num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+                max_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
+                tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+                dtype: raw.dtype.or(raw.torch_dtype),
+            },
+            llama,
+        ))
     }
 }
 
 fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
-    let kind = config::rope_type(s).unwrap_or("default");
+    let kind = sizes::rope_type(s).unwrap_or("default");
     let num = |k: &str| -> Result<f64> {
         let v = s.get(k).and_then(Value::as_f64).ok_or_else(|| err!("rope scaling \"{kind}\" lacks \"{k}\""))?;
         positive(v, &format!("rope scaling {k}"))
@@ -173,7 +190,7 @@ fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
     }
 }
 
-pub fn spec(c: &config::Config, l: &Config) -> Spec {
+pub fn spec(c: &Sizes, l: &Config) -> Spec {
     let (d, f) = (c.hidden_size, l.intermediate_size);
     let (q, kv) = (l.num_heads * l.head_dim, l.num_kv_heads * l.head_dim);
     let lin = |name, shape, bias, qkv| LinearSpec { name, shape, bias, qkv };
@@ -207,7 +224,7 @@ pub fn spec(c: &config::Config, l: &Config) -> Spec {
 
 /// Tensors outside the prunable linears, with their shapes. `lm_head_stored`: a tied model's
 /// checkpoint may store the head anyway.
-pub fn tensors(c: &config::Config, _l: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
+pub fn tensors(c: &Sizes, _l: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
     let (v, d) = (c.vocab_size, c.hidden_size);
     let mut t = vec![("model.embed_tokens.weight".to_string(), vec![v, d]), ("model.norm.weight".to_string(), vec![d])];
     if lm_head_stored || !c.tie_word_embeddings {
@@ -232,7 +249,14 @@ pub struct Outer {
 }
 
 impl Outer {
-    pub fn load(ck: &Arc<Checkpoint>, c: &config::Config, l: &Config, device: &Device, dtype: DType, ends: Ends) -> Result<Outer> {
+    pub fn load(
+        ck: &Arc<Checkpoint>,
+        c: &Sizes,
+        l: &Config,
+        device: &Device,
+        dtype: DType,
+        ends: Ends,
+    ) -> Result<Outer> {
         let (v, d) = (c.vocab_size, c.hidden_size);
         let embed_tokens = TokenTable::load(ck, "model.embed_tokens.weight", [v, d], device, dtype, ends)?;
         Ok(Outer {
@@ -249,10 +273,10 @@ impl Outer {
         Ok(self.embed_tokens.rows(ids)?.reshape([batch, t, self.hidden]))
     }
 
-    pub fn head(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
+    pub fn head(&self, hidden: Tensor<3>, gpu: Option<&Gpu>) -> Option<Tensor<3>> {
         let weight = self.lm_head.clone()?;
         let x = rms_norm(hidden, &self.final_norm, self.eps);
-        Some(super::Linear { weight, bias: None }.forward(x))
+        Some(super::Linear { weight, bias: None }.forward(x, gpu))
     }
 }
 
@@ -265,14 +289,24 @@ pub struct Parts {
 }
 
 impl Parts {
-    pub fn load(ck: &Checkpoint, prefix: &str, c: &config::Config, l: &Config, device: &Device) -> Result<Parts> {
-        let norm = |name: &str| ck.load(&format!("{prefix}.{name}.weight"), &[c.hidden_size]).map(|t| to_device1(t, device));
-        Ok(Parts { input_norm: norm("input_layernorm")?, post_attention_norm: norm("post_attention_layernorm")?, cfg: l.clone() })
+    pub fn load(ck: &Checkpoint, prefix: &str, c: &Sizes, l: &Config, device: &Device) -> Result<Parts> {
+        let norm =
+            |name: &str| ck.load(&format!("{prefix}.{name}.weight"), &[c.hidden_size]).map(|t| to_device1(t, device));
+        Ok(Parts {
+            input_norm: norm("input_layernorm")?,
+            post_attention_norm: norm("post_attention_layernorm")?,
+            cfg: l.clone(),
+        })
     }
 }
 
 /// h + attn(norm(h)), then + mlp(norm(·)); `run(i, x)` runs linear i on x (and records x).
-pub fn forward(p: &Parts, h: Tensor<3>, pos: &Positions, run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+pub fn forward(
+    p: &Parts,
+    h: Tensor<3>,
+    pos: &Positions,
+    run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>,
+) -> Tensor<3> {
     let c = &p.cfg;
     let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
     let rope = pos.rope.as_ref().expect("the LLaMA family rotates q and k");
@@ -299,7 +333,8 @@ fn rope_freqs(c: &Config) -> RopeFreqs {
         }
     }
     if let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } = c.rope_scaling {
-        let (factor, low, high, old) = (factor as f32, low_freq_factor as f32, high_freq_factor as f32, original_max_positions as f32);
+        let (factor, low, high, old) =
+            (factor as f32, low_freq_factor as f32, high_freq_factor as f32, original_max_positions as f32);
         let low_wavelen = old / low;
         let high_wavelen = old / high;
         for f in freqs.inv_freq.iter_mut() {
@@ -319,8 +354,6 @@ fn rope_freqs(c: &Config) -> RopeFreqs {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn declared_routing_is_the_authors_table() {
         let json = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
@@ -337,7 +370,7 @@ mod tests {
                 ("mlp.down_proj", true, "self_attn.q_proj"),
             ]
         );
-        let s = super::super::Spec::of(&config::Config::from_json(json).unwrap());
+        let s = super::super::testing::spec(json);
         assert_eq!(s.linears.iter().filter(|l| l.qkv).count(), 3);
     }
 }

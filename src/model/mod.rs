@@ -7,12 +7,14 @@
 //! Blocks are loaded one at a time from the memory-mapped checkpoint, so the pruner can stream
 //! them: `embed` → `Block::forward` for each block of [`Model::blocks`] → `head`.
 
+pub mod config;
 mod cpu_attention;
 mod cpu_linear;
 pub(crate) mod cpu_math;
 pub mod llama;
 pub mod opt;
 pub mod phi;
+pub mod sizes;
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -21,23 +23,13 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::config::{Arch, Config};
-use crate::error::Result;
-use crate::weights::{Checkpoint, HostTensor};
+use crate::gpu::context::Gpu;
+use crate::gpu::device::Selected;
+use crate::gpu::tensor::{host_f32, to_dtype};
+use crate::io::checkpoint::{Checkpoint, HostTensor};
+use crate::io::error::Result;
+use crate::model::config::{Arch, Config};
 use crate::{bail, err};
-
-/// Reads a tensor back to the host as f32; a failed readback is an error naming `what`, never
-/// an empty vector.
-pub fn host_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
-    let n = t.shape().num_elements();
-    let t = to_dtype(t, DType::F32);
-    let data = t.try_into_data().map_err(|e| err!("{what}: reading the result back from the device failed: {}", crate::error::device_words(&e.to_string())))?;
-    let v = data.try_into_vec::<f32>().map_err(|e| err!("{what}: the device returned unreadable data: {}", crate::error::one_line(&e.to_string())))?;
-    if v.len() != n {
-        bail!("{what}: the device returned {} values, expected {n}", v.len());
-    }
-    Ok(v)
-}
 
 /// One prunable linear as a family declares it.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,21 +93,24 @@ impl Spec {
 
     /// The linears of each input that more than one reads ([`Spec::input_of`]), in declared
     /// order, with their stacked weight's shape: what a GPU may multiply as one product
-    /// (`src/fused.rs`).
-    pub fn shared_inputs(&self) -> Vec<(Vec<usize>, crate::fused::Group)> {
+    /// (`src/gpu/fused.rs`).
+    pub fn shared_inputs(&self) -> Vec<(Vec<usize>, crate::gpu::fused::Group)> {
         (0..self.linears.len())
             .filter(|&l| self.input_of[l] == l)
             .map(|l| (0..self.linears.len()).filter(|&m| self.input_of[m] == l).collect::<Vec<_>>())
             .filter(|members| members.len() > 1)
             .map(|members| {
-                let group = crate::fused::Group { k: self.linears[members[0]].shape[1], ns: members.iter().map(|&m| self.linears[m].shape[0]).collect() };
+                let group = crate::gpu::fused::Group {
+                    k: self.linears[members[0]].shape[1],
+                    ns: members.iter().map(|&m| self.linears[m].shape[0]).collect(),
+                };
                 (members, group)
             })
             .collect()
     }
 
     /// [`Spec::shared_inputs`]' stacked weights' shapes.
-    pub fn fused_groups(&self) -> Vec<crate::fused::Group> {
+    pub fn fused_groups(&self) -> Vec<crate::gpu::fused::Group> {
         self.shared_inputs().into_iter().map(|(_, group)| group).collect()
     }
 }
@@ -128,12 +123,18 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// x [.., in] → [.., out]
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// x [.., in] → [.., out], the product with the `gpu`'s kernel where there is one.
+    pub fn forward(&self, x: Tensor<3>, gpu: Option<&Gpu>) -> Tensor<3> {
         let [b, t, d_in] = x.dims();
         let x = x.reshape([b * t, d_in]);
         let on_flex = if on_cpu_in_f32(&x) { cpu_linear::linear(&x, &self.weight) } else { None };
-        let y = on_flex.unwrap_or_else(|| crate::gpu_matmul::linear(x, self.weight.clone().transpose()));
+        let y = on_flex.unwrap_or_else(|| {
+            let w_t = self.weight.clone().transpose();
+            match gpu {
+                Some(gpu) => gpu.matmul.linear(x, w_t),
+                None => x.matmul(w_t),
+            }
+        });
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
             None => y,
@@ -165,11 +166,13 @@ pub struct Block {
     linears: Vec<Linear>,
     parts: Parts,
     /// The family's [`Spec::shared_inputs`], each with its stacked weight's shape.
-    shared_inputs: Arc<Vec<(Vec<usize>, crate::fused::Group)>>,
+    shared_inputs: Arc<Vec<(Vec<usize>, crate::gpu::fused::Group)>>,
     /// Per shared input, its linears' weights stacked into one linear where that group runs
-    /// fused (`src/fused.rs`); made at the first pass that needs them, and dropped with any
+    /// fused (`src/gpu/fused.rs`); made at the first pass that needs them, and dropped with any
     /// change of a weight.
     stacked: Arc<OnceLock<Vec<Option<Linear>>>>,
+    /// The model's GPU kernels (`None` off a GPU).
+    gpu: Option<Arc<Gpu>>,
 }
 
 impl Block {
@@ -191,11 +194,14 @@ impl Block {
                 .iter()
                 .map(|(members, group)| {
                     let first = &self.linears[members[0]].weight;
-                    if !crate::kernels::is_wgpu(first) || !crate::fused::fuses(first.dtype(), group) {
+                    let fuses = self.gpu.as_ref().is_some_and(|gpu| gpu.fused.fuses(first.dtype(), group));
+                    if !crate::gpu::kernels::is_wgpu(first) || !fuses {
                         return None;
                     }
                     // A stack larger than the device's largest buffer runs apart.
-                    if (group.k * group.n() * first.dtype().size()) as u64 > crate::kernels::max_allocation(&first.device()) {
+                    if (group.k * group.n() * first.dtype().size()) as u64
+                        > crate::gpu::kernels::max_allocation(&first.device())
+                    {
                         return None;
                     }
                     let weight = Tensor::cat(members.iter().map(|&m| self.linears[m].weight.clone()).collect(), 0);
@@ -203,7 +209,9 @@ impl Block {
                     let bias = biased.then(|| {
                         let parts = members.iter().map(|&m| {
                             let l = &self.linears[m];
-                            l.bias.clone().unwrap_or_else(|| Tensor::zeros([l.weight.dims()[0]], (&l.weight.device(), l.weight.dtype())))
+                            l.bias.clone().unwrap_or_else(|| {
+                                Tensor::zeros([l.weight.dims()[0]], (&l.weight.device(), l.weight.dtype()))
+                            })
                         });
                         Tensor::cat(parts.collect(), 0)
                     });
@@ -244,18 +252,22 @@ impl Block {
             }
             // The family calls every linear of a shared input with that input. A group with a
             // skipped product runs apart.
-            let group = self.shared_inputs.iter().position(|(g, _)| g.contains(&i)).filter(|&g| !self.shared_inputs[g].0.iter().any(|m| skip.contains(m)));
+            let group = self
+                .shared_inputs
+                .iter()
+                .position(|(g, _)| g.contains(&i))
+                .filter(|&g| !self.shared_inputs[g].0.iter().any(|m| skip.contains(m)));
             // So does one whose output would not fit in a buffer.
             let fits = |fused: &Linear| {
                 let [b, t, _] = x.dims();
                 let w = &fused.weight;
-                (b * t * w.dims()[0] * w.dtype().size()) as u64 <= crate::kernels::max_allocation(&w.device())
+                (b * t * w.dims()[0] * w.dtype().size()) as u64 <= crate::gpu::kernels::max_allocation(&w.device())
             };
             if let Some(g) = group
                 && let Some(fused) = &stacked[g]
                 && fits(fused)
             {
-                let y = fused.forward(x.clone());
+                let y = fused.forward(x.clone(), self.gpu.as_deref());
                 let (members, shape) = &self.shared_inputs[g];
                 let mut at = 0;
                 for (&m, &n) in members.iter().zip(&shape.ns) {
@@ -266,7 +278,7 @@ impl Block {
                     return y;
                 }
             }
-            self.linears[i].forward(x.clone())
+            self.linears[i].forward(x.clone(), self.gpu.as_deref())
         };
         match &self.parts {
             Parts::Llama(p) => llama::forward(p, h, pos, &mut run),
@@ -298,12 +310,25 @@ pub enum TokenTable {
 impl TokenTable {
     /// The table `name` [vocab, hidden]: uploaded in `dtype` for logits, else checked (shape,
     /// every value finite, as a loaded one is) and left in the map.
-    pub fn load(ck: &Arc<Checkpoint>, name: &str, shape: [usize; 2], device: &Device, dtype: DType, ends: Ends) -> Result<TokenTable> {
+    pub fn load(
+        ck: &Arc<Checkpoint>,
+        name: &str,
+        shape: [usize; 2],
+        device: &Device,
+        dtype: DType,
+        ends: Ends,
+    ) -> Result<TokenTable> {
         Ok(match ends {
             Ends::Logits => TokenTable::OnDevice(Box::new(to_device2_as(ck.load(name, &shape)?, device, dtype))),
             Ends::Hidden => {
                 ck.check(name, &shape)?;
-                TokenTable::Mapped { checkpoint: ck.clone(), name: name.to_string(), hidden: shape[1], device: device.clone(), dtype }
+                TokenTable::Mapped {
+                    checkpoint: ck.clone(),
+                    name: name.to_string(),
+                    hidden: shape[1],
+                    device: device.clone(),
+                    dtype,
+                }
             }
         })
     }
@@ -313,7 +338,10 @@ impl TokenTable {
         Ok(match self {
             TokenTable::OnDevice(table) => {
                 let device = table.device();
-                let idx = Tensor::<1, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [ids.len()]), &device);
+                let idx = Tensor::<1, Int>::from_data(
+                    TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [ids.len()]),
+                    &device,
+                );
                 table.clone().select(0, idx)
             }
             TokenTable::Mapped { checkpoint, name, hidden, device, dtype } => {
@@ -336,7 +364,14 @@ impl TokenTable {
 /// the checkpoint stores a head: transformers ties it to the table after loading, so a stored
 /// one that differs is not what it computes), else the stored `lm_head.weight`; none when
 /// pruning (a stored head is still checked, as a loaded one is).
-pub fn lm_head(ck: &Checkpoint, c: &Config, table: &TokenTable, device: &Device, dtype: DType, ends: Ends) -> Result<Option<Tensor<2>>> {
+pub fn lm_head(
+    ck: &Checkpoint,
+    c: &sizes::Sizes,
+    table: &TokenTable,
+    device: &Device,
+    dtype: DType,
+    ends: Ends,
+) -> Result<Option<Tensor<2>>> {
     let shape = [c.vocab_size, c.embed_dim];
     let stored = ck.contains("lm_head.weight");
     if !stored && !c.tie_word_embeddings {
@@ -356,13 +391,16 @@ enum Outer {
     Phi(Box<phi::Outer>),
 }
 
-/// Positional tables for windows of one length: rotary cos/sin where the family rotates.
+/// What every pass over windows of one length shares: rotary cos/sin where the family
+/// rotates, the causal mask, and the GPU's attention kernel.
 pub struct Positions {
     pub rope: Option<Rope>,
     /// The additive causal mask [1, 1, t, t] of the burn-ops attention, made once per length
     /// (it was made on the host and uploaded for every block of every pass: at 2,048 tokens,
     /// 16 MiB each time); `None` where that attention does not run (`cpu` in f32).
     pub causal: Option<Tensor<4>>,
+    /// The model's GPU kernels (`None` off a GPU).
+    pub gpu: Option<Arc<Gpu>>,
 }
 
 pub struct Model {
@@ -371,6 +409,8 @@ pub struct Model {
     /// Shared with the thread that decodes the next block while this one computes.
     pub checkpoint: Arc<Checkpoint>,
     pub device: Device,
+    /// The GPU's kernels, which every pass runs (`None` off a GPU).
+    pub gpu: Option<Arc<Gpu>>,
     /// What weights, activations and products are computed in (norms, softmax, statistics and
     /// losses stay f32).
     pub dtype: DType,
@@ -380,21 +420,28 @@ pub struct Model {
 impl Model {
     /// Opens a model folder and loads what every pass needs (embeddings, final norm, head);
     /// blocks stay on disk until [`Model::load_block`].
-    pub fn open(dir: &Path, device: &Device) -> Result<Model> {
+    pub fn open(dir: &Path, device: &Selected) -> Result<Model> {
         Model::open_as(dir, device, DType::F32)
     }
 
     /// [`Model::open`] computing in `dtype` (F32, F16 or BF16).
-    pub fn open_as(dir: &Path, device: &Device, dtype: DType) -> Result<Model> {
+    pub fn open_as(dir: &Path, device: &Selected, dtype: DType) -> Result<Model> {
         let (config, checkpoint) = check_model_dir(dir)?;
         Model::load(config, checkpoint, device, dtype, Ends::Logits)
     }
 
     /// A model from what [`check_model_dir`] already read and checked (no second pass over
     /// the folder), for passes that end in `ends`.
-    pub fn load(config: Config, checkpoint: Checkpoint, device: &Device, dtype: DType, ends: Ends) -> Result<Model> {
+    pub fn load(
+        config: Config,
+        checkpoint: Checkpoint,
+        selected: &Selected,
+        dtype: DType,
+        ends: Ends,
+    ) -> Result<Model> {
+        let (device, gpu) = (&selected.device, selected.gpu.clone());
         if ends == Ends::Logits && !on_cpu(device) {
-            check_table_fits(&config, dtype.size(), crate::kernels::max_allocation(device))?;
+            check_table_fits(&config, dtype.size(), crate::gpu::kernels::max_allocation(device))?;
         }
         let spec = Spec::of(&config);
         let checkpoint = Arc::new(checkpoint);
@@ -404,7 +451,7 @@ impl Model {
             Arch::Opt(o) => Outer::Opt(Box::new(opt::Outer::load(ck, &config, o, device, dtype, ends)?)),
             Arch::Phi(p) => Outer::Phi(Box::new(phi::Outer::load(ck, &config, p, device, dtype, ends)?)),
         };
-        Ok(Model { config, spec, checkpoint, device: device.clone(), dtype, outer })
+        Ok(Model { config, spec, checkpoint, device: device.clone(), gpu, dtype, outer })
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -455,7 +502,14 @@ impl Model {
             Arch::Opt(o) => Parts::Opt(opt::Parts::load(ck, &prefix, &self.config, o, &self.device)?),
             Arch::Phi(p) => Parts::Phi(phi::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
         };
-        Ok(Block { index, linears, parts, shared_inputs: Arc::new(self.spec.shared_inputs()), stacked: Arc::new(OnceLock::new()) })
+        Ok(Block {
+            index,
+            linears,
+            parts,
+            shared_inputs: Arc::new(self.spec.shared_inputs()),
+            stacked: Arc::new(OnceLock::new()),
+            gpu: self.gpu.clone(),
+        })
     }
 
     /// The block walker: every block in order. While the caller computes with block b, a
@@ -474,7 +528,8 @@ impl Model {
             if b + 1 < n {
                 next = Some(decode(b + 1));
             }
-            let host = current.join().unwrap_or_else(|_| Err(crate::err!("block {b}: the decoding thread panicked")))?;
+            let host =
+                current.join().unwrap_or_else(|_| Err(crate::err!("block {b}: the decoding thread panicked")))?;
             self.upload_block(b, host)
         })
     }
@@ -484,7 +539,7 @@ impl Model {
         let t = ids.len() / batch;
         Ok(match &self.outer {
             Outer::Llama(o) => o.embed(ids, batch, t)?,
-            Outer::Opt(o) => o.embed(ids, batch, t, &self.device)?,
+            Outer::Opt(o) => o.embed(ids, batch, t, &self.device, self.gpu.as_deref())?,
             Outer::Phi(o) => o.embed(ids, batch, t)?,
         })
     }
@@ -493,9 +548,9 @@ impl Model {
     /// loaded for [`Ends::Hidden`].
     pub fn head(&self, hidden: Tensor<3>) -> Result<Tensor<3>> {
         let logits = match &self.outer {
-            Outer::Llama(o) => o.head(hidden),
-            Outer::Opt(o) => o.head(hidden),
-            Outer::Phi(o) => o.head(hidden),
+            Outer::Llama(o) => o.head(hidden, self.gpu.as_deref()),
+            Outer::Opt(o) => o.head(hidden, self.gpu.as_deref()),
+            Outer::Phi(o) => o.head(hidden, self.gpu.as_deref()),
         };
         logits.ok_or_else(|| err!("this model was loaded for pruning, without its LM head: it computes no logits"))
     }
@@ -508,7 +563,7 @@ impl Model {
             Outer::Phi(o) => Some(o.rope.tables(t, &self.device)),
         };
         let causal = (!cpu_in_f32(&self.device, self.dtype)).then(|| causal_mask(t, &self.device));
-        Positions { rope, causal }
+        Positions { rope, causal, gpu: self.gpu.clone() }
     }
 
     /// Checks that windows of `t` tokens run exactly on this model.
@@ -641,15 +696,6 @@ impl Rope {
     }
 }
 
-/// `t` in `dtype` (unchanged when it already is).
-pub fn to_dtype<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
-    if t.dtype() == dtype {
-        t
-    } else {
-        t.cast(dtype)
-    }
-}
-
 /// RMSNorm, computed in f32 whatever the compute dtype (as PyTorch's half path does).
 pub fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
     let dt = x.dtype();
@@ -682,7 +728,8 @@ impl LayerNorm {
         let mean = x.clone().mean_dim(2);
         let centered = x - mean;
         let var = centered.clone().square().mean_dim(2);
-        let y = centered * var.add_scalar(self.eps).sqrt().recip() * self.weight.clone().unsqueeze::<3>() + self.bias.clone().unsqueeze::<3>();
+        let y = centered * var.add_scalar(self.eps).sqrt().recip() * self.weight.clone().unsqueeze::<3>()
+            + self.bias.clone().unsqueeze::<3>();
         to_dtype(y, dt)
     }
 }
@@ -754,8 +801,11 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64
     }
     let t = q.dims()[2];
     match &pos.causal {
-        Some(mask) if mask.dims()[2] == t => attention_masked(q, k, v, divide_by, mask.clone()),
-        _ => attention_ops(q, k, v, divide_by),
+        Some(mask) if mask.dims()[2] == t => attention_masked(q, k, v, divide_by, mask.clone(), pos.gpu.as_deref()),
+        _ => {
+            let mask = causal_mask(t, &v.device());
+            attention_masked(q, k, v, divide_by, mask, pos.gpu.as_deref())
+        }
     }
 }
 
@@ -763,24 +813,32 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64
 /// reference in the tests.
 pub fn attention_ops(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>) -> Tensor<3> {
     let mask = causal_mask(q.dims()[2], &v.device());
-    attention_masked(q, k, v, divide_by, mask)
+    attention_masked(q, k, v, divide_by, mask, None)
 }
 
 /// [`attention_ops`] with its causal mask [1, 1, t, t] given.
-fn attention_masked(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>, mask: Tensor<4>) -> Tensor<3> {
+fn attention_masked(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    divide_by: Option<f64>,
+    mask: Tensor<4>,
+    gpu: Option<&Gpu>,
+) -> Tensor<3> {
     let [b, nh, t, hd] = q.dims();
     let groups = nh / k.dims()[1];
     let dt = v.dtype();
     let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
-    // One flash kernel (src/gpu_attention.rs) where chosen; it applies 1/√hd itself, so only a
+    // One flash kernel (src/gpu/attention.rs) where chosen; it applies 1/√hd itself, so only a
     // family that divides by √hd takes it. With the `autotune` feature and no kernel named,
     // cubecl times burn's flash kernels against the separate kernels below and keeps the faster.
     let flash_fits = !on_cpu(&v.device()) && divide_by == Some((hd as f64).sqrt());
-    if flash_fits && let Some(out) = crate::gpu_attention::causal(&q, &k, &v) {
+    let chosen = gpu.map(|gpu| &gpu.attention);
+    if flash_fits && let Some(out) = chosen.and_then(|c| c.causal(&q, &k, &v)) {
         return out.swap_dims(1, 2).reshape([b, t, nh * hd]);
     }
     #[cfg(feature = "autotune")]
-    if flash_fits && !crate::gpu_attention::fixed(dt, hd) {
+    if flash_fits && !chosen.is_some_and(|c| c.fixed(dt, hd)) {
         let options = burn::tensor::ops::AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
         return burn::tensor::module::attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([b, t, nh * hd]);
     }
@@ -861,7 +919,11 @@ pub fn token_log_probs(logits: Tensor<3>, targets: &[u32], what: &str) -> Result
     }
     if on_cpu(&device) {
         let x = host_f32(logits, what)?;
-        return Ok(x.par_chunks(vocab).zip(targets.par_iter()).map(|(row, &k)| row[k as usize] - cpu_math::log_sum_exp(row)).collect());
+        return Ok(x
+            .par_chunks(vocab)
+            .zip(targets.par_iter())
+            .map(|(row, &k)| row[k as usize] - cpu_math::log_sum_exp(row))
+            .collect());
     }
     let logp = log_softmax(to_dtype(logits, DType::F32), 2);
     let targets: Vec<i64> = targets.iter().map(|&k| k as i64).collect();
@@ -892,7 +954,10 @@ pub fn checkpoint_tensors(config: &Config, lm_head_stored: bool) -> Vec<(String,
 
 /// The LM head's weight shape [vocab, input] as the family declares it (stored or tied).
 pub fn head_shape(config: &Config) -> Option<[usize; 2]> {
-    checkpoint_tensors(config, true).into_iter().find(|(name, _)| name == "lm_head.weight").and_then(|(_, s)| <[usize; 2]>::try_from(s).ok())
+    checkpoint_tensors(config, true)
+        .into_iter()
+        .find(|(name, _)| name == "lm_head.weight")
+        .and_then(|(_, s)| <[usize; 2]>::try_from(s).ok())
 }
 
 /// The embedding table is the largest tensor a GPU holds in one buffer for `eval`, `zeroshot`
@@ -907,8 +972,8 @@ pub fn check_table_fits(config: &Config, dtype_bytes: usize, limit: u64) -> Resu
             config.vocab_size,
             config.embed_dim,
             if dtype_bytes > 2 { "f32" } else { "f16" },
-            crate::memory::human(table),
-            crate::memory::human(limit as u128)
+            crate::io::error::human(table),
+            crate::io::error::human(limit as u128)
         );
     }
     Ok(())
@@ -918,7 +983,7 @@ pub fn check_table_fits(config: &Config, dtype_bytes: usize, limit: u64) -> Resu
 /// the config, the weights' headers, the block count, and that every tensor the forward pass
 /// loads is present with its shape. Errors surface here, before any device is opened.
 pub fn check_model_dir(dir: &Path) -> Result<(Config, Checkpoint)> {
-    crate::error::check_model_folder(dir)?;
+    crate::io::error::check_model_folder(dir)?;
     let config_path = dir.join("config.json");
     if !config_path.exists() {
         bail!("{}: no config.json", dir.display());
@@ -939,8 +1004,11 @@ pub fn check_model_dir(dir: &Path) -> Result<(Config, Checkpoint)> {
 /// half-way, more would leave blocks unpruned while the report says otherwise.
 pub fn check_layers(config: &Config, spec: &Spec, checkpoint: &Checkpoint) -> Result<()> {
     let prefix = format!("{}.", spec.block_prefix);
-    let mut present: Vec<usize> =
-        checkpoint.names.keys().filter_map(|n| n.strip_prefix(&prefix)?.split('.').next()?.parse::<usize>().ok()).collect();
+    let mut present: Vec<usize> = checkpoint
+        .names
+        .keys()
+        .filter_map(|n| n.strip_prefix(&prefix)?.split('.').next()?.parse::<usize>().ok())
+        .collect();
     present.sort_unstable();
     present.dedup();
     let n = config.num_layers;
@@ -948,7 +1016,9 @@ pub fn check_layers(config: &Config, spec: &Spec, checkpoint: &Checkpoint) -> Re
     if held != n || present.len() != held {
         let what = match (present.first(), present.last()) {
             (Some(a), Some(b)) if present.len() == held => format!("{held} blocks ({prefix}{a} to {b})"),
-            (Some(_), Some(_)) => format!("blocks {}", present.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")),
+            (Some(_), Some(_)) => {
+                format!("blocks {}", present.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "))
+            }
             _ => "no blocks".to_string(),
         };
         bail!("{}: config.json says num_hidden_layers = {n}, but the weights hold {what}", checkpoint.dir.display());
@@ -958,7 +1028,11 @@ pub fn check_layers(config: &Config, spec: &Spec, checkpoint: &Checkpoint) -> Re
 
 /// Decodes the named linears (weight, bias) of one block to host data in the compute dtype,
 /// so a half-precision run uploads half the bytes.
-fn decode_linears(ck: &Checkpoint, names: &[(String, [usize; 2], Option<String>)], dtype: DType) -> Result<Vec<(TensorData, Option<TensorData>)>> {
+fn decode_linears(
+    ck: &Checkpoint,
+    names: &[(String, [usize; 2], Option<String>)],
+    dtype: DType,
+) -> Result<Vec<(TensorData, Option<TensorData>)>> {
     names
         .iter()
         .map(|(w, shape, b)| {
@@ -992,13 +1066,18 @@ pub fn to_device2_as(t: HostTensor, device: &Device, dtype: DType) -> Tensor<2> 
 #[cfg(test)]
 pub(crate) mod testing {
     use super::Spec;
-    use crate::config::Config;
+    use crate::model::config::Config;
 
     /// (linear, next block?, linear whose d its rows take) for every declared linear.
     pub fn routed(config_json: &str) -> Vec<(&'static str, bool, &'static str)> {
         let s = Spec::of(&Config::from_json(config_json).unwrap());
         let names: Vec<&'static str> = s.linears.iter().map(|l| l.name).collect();
         s.routes.as_ref().unwrap().iter().zip(&names).map(|(r, n)| (*n, r.next_block, names[r.linear])).collect()
+    }
+
+    /// The declaration of the model `config_json` describes.
+    pub fn spec(config_json: &str) -> Spec {
+        Spec::of(&Config::from_json(config_json).unwrap())
     }
 
     /// Each (extra config fields, expected message) is refused with that message.
@@ -1013,20 +1092,34 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calib::SplitMix64;
+    use crate::rng::SplitMix64;
 
     /// `input_of` points at or before each linear, at a linear that records itself (the
     /// recording relies on it); which inputs are shared is checked against recording every
     /// linear on its own in tests/families.rs.
     #[test]
     fn shared_inputs_are_declared_consistently() {
-        for fixture in ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2", "tiny-opt", "tiny-phi", "tiny-llama-bias", "tiny-opt-post-ln"] {
-            let c = Config::from_file(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join(fixture).join("config.json")).unwrap();
+        for fixture in [
+            "tiny-llama",
+            "tiny-mistral-gqa",
+            "tiny-qwen2",
+            "tiny-opt",
+            "tiny-phi",
+            "tiny-llama-bias",
+            "tiny-opt-post-ln",
+        ] {
+            let c = Config::from_file(
+                &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join(fixture).join("config.json"),
+            )
+            .unwrap();
             let s = Spec::of(&c);
             assert_eq!(s.input_of.len(), s.linears.len(), "{fixture}");
             for (i, &j) in s.input_of.iter().enumerate() {
                 assert!(j <= i && s.input_of[j] == j, "{fixture}: linear {i} reads linear {j}'s input");
-                assert_eq!(s.linears[i].shape[1], s.linears[j].shape[1], "{fixture}: linear {i} and {j} share an input of one width");
+                assert_eq!(
+                    s.linears[i].shape[1], s.linears[j].shape[1],
+                    "{fixture}: linear {i} and {j} share an input of one width"
+                );
             }
         }
     }
@@ -1035,16 +1128,24 @@ mod tests {
     fn an_embedding_table_over_the_buffer_limit_is_refused_with_what_helps() {
         // LLaMA-0.8B's table: 32000 × 2048 = 65.5 M values, 250 MiB in f32, 125 MiB in f16,
         // against lavapipe's 128 MiB.
-        let c = Config::from_json(r#"{"model_type": "llama", "vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632,
-            "num_hidden_layers": 1, "num_attention_heads": 32, "max_position_embeddings": 2048}"#)
+        let c = Config::from_json(
+            r#"{"model_type": "llama", "vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632,
+            "num_hidden_layers": 1, "num_attention_heads": 32, "max_position_embeddings": 2048}"#,
+        )
         .unwrap();
         let limit = 128 << 20;
         let e = check_table_fits(&c, 4, limit).unwrap_err().to_string();
-        assert_eq!(e, "the embedding table (32000 × 2048 in f32) takes 250.0 MiB, more than the GPU's limit per buffer (128.0 MiB); use --dtype f16 or --device cpu");
+        assert_eq!(
+            e,
+            "the embedding table (32000 × 2048 in f32) takes 250.0 MiB, more than the GPU's limit per buffer (128.0 MiB); use --dtype f16 or --device cpu"
+        );
         assert!(check_table_fits(&c, 2, limit).is_ok());
         assert!(check_table_fits(&c, 2, 125 << 20).is_ok(), "exactly at the limit fits");
         let e = check_table_fits(&c, 2, (125 << 20) - 1).unwrap_err().to_string();
-        assert!(e.ends_with("in f16) takes 125.0 MiB, more than the GPU's limit per buffer (125.0 MiB); use --device cpu"), "{e}");
+        assert!(
+            e.ends_with("in f16) takes 125.0 MiB, more than the GPU's limit per buffer (125.0 MiB); use --device cpu"),
+            "{e}"
+        );
     }
 
     /// The CPU host loop against the burn-ops rotation (checked against transformers through

@@ -15,10 +15,14 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{attention, lm_head, split_heads, to_device2_as, Ends, LayerNorm, Linear, LinearSpec, Positions, Route, Spec, TokenTable};
-use crate::config::{self, need, Arch};
-use crate::error::Result;
-use crate::weights::Checkpoint;
+use super::{
+    Ends, LayerNorm, Linear, LinearSpec, Positions, Route, Spec, TokenTable, attention, lm_head, split_heads,
+    to_device2_as,
+};
+use crate::gpu::context::Gpu;
+use crate::io::checkpoint::Checkpoint;
+use crate::io::error::Result;
+use crate::model::sizes::{Sizes, need};
 use crate::{bail, err};
 
 const Q: usize = 0;
@@ -48,7 +52,7 @@ pub struct Config {
 
 /// `project_in` / `project_out` exist where the token embeddings are narrower than the blocks
 /// (`word_embed_proj_dim` ≠ `hidden_size`).
-fn projected(c: &config::Config) -> bool {
+fn projected(c: &Sizes) -> bool {
     c.embed_dim != c.hidden_size
 }
 
@@ -73,7 +77,7 @@ struct Raw {
 }
 
 impl Config {
-    pub fn parse(value: &Value) -> Result<config::Config> {
+    pub fn parse(value: &Value) -> Result<(Sizes, Config)> {
         let raw: Raw = serde_json::from_value(value.clone()).map_err(|e| err!("not a valid config.json ({e})"))?;
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
@@ -104,24 +108,26 @@ impl Config {
             post_layer_norm: !pre_layer_norm,
             final_layer_norm: pre_layer_norm && !raw.remove_final_layer_norm.unwrap_or(false),
         };
-        Ok(config::Config {
-            model_type: "opt",
-            vocab_size: need(raw.vocab_size, "vocab_size")?,
-            hidden_size,
-            embed_dim,
-            num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
-            num_heads,
-            num_kv_heads: num_heads,
-            head_dim: hidden_size / num_heads,
-            max_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
-            dtype: raw.dtype.or(raw.torch_dtype),
-            arch: Arch::Opt(opt),
-        })
+        Ok((
+            Sizes {
+                model_type: "opt",
+                vocab_size: need(raw.vocab_size, "vocab_size")?,
+                hidden_size,
+                embed_dim,
+                num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+                num_heads,
+                num_kv_heads: num_heads,
+                head_dim: hidden_size / num_heads,
+                max_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
+                tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
+                dtype: raw.dtype.or(raw.torch_dtype),
+            },
+            opt,
+        ))
     }
 }
 
-pub fn spec(c: &config::Config, o: &Config) -> Spec {
+pub fn spec(c: &Sizes, o: &Config) -> Spec {
     let (d, f, b) = (c.hidden_size, o.ffn_dim, o.enable_bias);
     let lin = |name, shape, qkv| LinearSpec { name, shape, bias: b, qkv };
     let route = |next_block, linear| Route { next_block, linear };
@@ -136,7 +142,14 @@ pub fn spec(c: &config::Config, o: &Config) -> Spec {
             lin("fc2", [d, f], false),
         ],
         // The authors' routing: q, k, v ← out_proj; out_proj ← fc1; fc1 ← fc2; fc2 ← next q.
-        routes: Some(vec![route(false, OUT), route(false, OUT), route(false, OUT), route(false, FC1), route(false, FC2), route(true, Q)]),
+        routes: Some(vec![
+            route(false, OUT),
+            route(false, OUT),
+            route(false, OUT),
+            route(false, FC1),
+            route(false, FC2),
+            route(true, Q),
+        ]),
         output_only: vec![FC2],
         // q, k, v ← the attention LayerNorm's output.
         input_of: vec![Q, Q, Q, OUT, FC1, FC2],
@@ -145,7 +158,7 @@ pub fn spec(c: &config::Config, o: &Config) -> Spec {
 
 /// Tensors outside the prunable linears, with their shapes. `lm_head_stored`: a tied model's
 /// checkpoint may store the head anyway.
-pub fn tensors(c: &config::Config, o: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
+pub fn tensors(c: &Sizes, o: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
     let (v, d, e) = (c.vocab_size, c.hidden_size, c.embed_dim);
     let mut t = vec![
         ("model.decoder.embed_tokens.weight".to_string(), vec![v, e]),
@@ -186,11 +199,19 @@ pub struct Outer {
 }
 
 impl Outer {
-    pub fn load(ck: &Arc<Checkpoint>, c: &config::Config, o: &Config, device: &Device, dtype: DType, ends: Ends) -> Result<Outer> {
+    pub fn load(
+        ck: &Arc<Checkpoint>,
+        c: &Sizes,
+        o: &Config,
+        device: &Device,
+        dtype: DType,
+        ends: Ends,
+    ) -> Result<Outer> {
         let (v, d, e) = (c.vocab_size, c.hidden_size, c.embed_dim);
         let embed_tokens = TokenTable::load(ck, "model.decoder.embed_tokens.weight", [v, e], device, dtype, ends)?;
         let projection = |name: &str, shape: [usize; 2]| {
-            ck.load(&format!("model.decoder.{name}.weight"), &shape).map(|w| Linear { weight: to_device2_as(w, device, dtype), bias: None })
+            ck.load(&format!("model.decoder.{name}.weight"), &shape)
+                .map(|w| Linear { weight: to_device2_as(w, device, dtype), bias: None })
         };
         let project_in = if projected(c) { Some(projection("project_in", [d, e])?) } else { None };
         // Pruning computes no logits, but refuses a bad project_out as it does a bad head.
@@ -199,8 +220,11 @@ impl Outer {
             (true, Ends::Hidden) => ck.check("model.decoder.project_out.weight", &[e, d]).map(|_| None)?,
             (false, _) => None,
         };
-        let embed_positions =
-            to_device2_as(ck.load("model.decoder.embed_positions.weight", &[c.max_positions + POSITION_OFFSET, d])?, device, dtype);
+        let embed_positions = to_device2_as(
+            ck.load("model.decoder.embed_positions.weight", &[c.max_positions + POSITION_OFFSET, d])?,
+            device,
+            dtype,
+        );
         let final_norm = if o.final_layer_norm {
             Some(LayerNorm::load(ck, "model.decoder.final_layer_norm", d, LAYER_NORM_EPS, device)?)
         } else {
@@ -212,10 +236,10 @@ impl Outer {
 
     /// Token embeddings (projected to the blocks' width where narrower) plus the learned
     /// embeddings of positions 0..t (rows 2..t + 2).
-    pub fn embed(&self, ids: &[u32], batch: usize, t: usize, device: &Device) -> Result<Tensor<3>> {
+    pub fn embed(&self, ids: &[u32], batch: usize, t: usize, device: &Device, gpu: Option<&Gpu>) -> Result<Tensor<3>> {
         let tokens = self.embed_tokens.rows(ids)?.reshape([batch, t, self.embed_dim]);
         let tokens = match &self.project_in {
-            Some(p) => p.forward(tokens),
+            Some(p) => p.forward(tokens, gpu),
             None => tokens,
         };
         let rows: Vec<i64> = (0..t).map(|p| (p + POSITION_OFFSET) as i64).collect();
@@ -224,17 +248,17 @@ impl Outer {
         Ok(tokens + positions)
     }
 
-    pub fn head(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
+    pub fn head(&self, hidden: Tensor<3>, gpu: Option<&Gpu>) -> Option<Tensor<3>> {
         let weight = self.lm_head.clone()?;
         let x = match &self.final_norm {
             Some(n) => n.forward(hidden),
             None => hidden,
         };
         let x = match &self.project_out {
-            Some(p) => p.forward(x),
+            Some(p) => p.forward(x, gpu),
             None => x,
         };
-        Some(Linear { weight, bias: None }.forward(x))
+        Some(Linear { weight, bias: None }.forward(x, gpu))
     }
 }
 
@@ -247,10 +271,16 @@ pub struct Parts {
 }
 
 impl Parts {
-    pub fn load(ck: &Checkpoint, prefix: &str, c: &config::Config, o: &Config, device: &Device) -> Result<Parts> {
+    pub fn load(ck: &Checkpoint, prefix: &str, c: &Sizes, o: &Config, device: &Device) -> Result<Parts> {
         let d = c.hidden_size;
         Ok(Parts {
-            self_attn_layer_norm: LayerNorm::load(ck, &format!("{prefix}.self_attn_layer_norm"), d, LAYER_NORM_EPS, device)?,
+            self_attn_layer_norm: LayerNorm::load(
+                ck,
+                &format!("{prefix}.self_attn_layer_norm"),
+                d,
+                LAYER_NORM_EPS,
+                device,
+            )?,
             final_layer_norm: LayerNorm::load(ck, &format!("{prefix}.final_layer_norm"), d, LAYER_NORM_EPS, device)?,
             cfg: o.clone(),
         })
@@ -259,7 +289,12 @@ impl Parts {
 
 /// Pre-LayerNorm: h + out_proj(attn(ln(h))), then + fc2(relu(fc1(ln(·)))). Post-LayerNorm:
 /// ln(h + out_proj(attn(h))), then ln(· + fc2(relu(fc1(·)))). `run(i, x)` runs linear i on x.
-pub fn forward(p: &Parts, h: Tensor<3>, pos: &Positions, run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+pub fn forward(
+    p: &Parts,
+    h: Tensor<3>,
+    pos: &Positions,
+    run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>,
+) -> Tensor<3> {
     let (nh, hd, post) = (p.cfg.num_heads, p.cfg.head_dim, p.cfg.post_layer_norm);
 
     let x = if post { h.clone() } else { p.self_attn_layer_norm.forward(h.clone()) };
@@ -278,8 +313,6 @@ pub fn forward(p: &Parts, h: Tensor<3>, pos: &Positions, run: &mut dyn FnMut(usi
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     const BASE: &str = r#""model_type":"opt","vocab_size":10,"hidden_size":8,"ffn_dim":16,
         "num_hidden_layers":1,"num_attention_heads":2,"max_position_embeddings":32"#;
 
@@ -296,7 +329,7 @@ mod tests {
                 ("fc2", true, "self_attn.q_proj"),
             ]
         );
-        let s = Spec::of(&config::Config::from_json(&format!("{{{BASE}}}")).unwrap());
+        let s = super::super::testing::spec(&format!("{{{BASE}}}"));
         assert!(s.linears.iter().all(|l| l.bias));
         assert_eq!(s.block_prefix, "model.decoder.layers");
     }

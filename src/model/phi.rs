@@ -11,10 +11,14 @@ use burn::tensor::{DType, Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{attention, lm_head, split_heads, to_device1_as, Ends, LayerNorm, TokenTable, LinearSpec, Positions, Route, RopeFreqs, Spec};
-use crate::config::{self, need, positive, rope_field, Arch};
-use crate::error::Result;
-use crate::weights::Checkpoint;
+use super::{
+    Ends, LayerNorm, LinearSpec, Positions, RopeFreqs, Route, Spec, TokenTable, attention, lm_head, split_heads,
+    to_device1_as,
+};
+use crate::gpu::context::Gpu;
+use crate::io::checkpoint::Checkpoint;
+use crate::io::error::Result;
+use crate::model::sizes::{self, Sizes, need, positive, rope_field};
 use crate::{bail, err};
 
 const Q: usize = 0;
@@ -55,7 +59,7 @@ struct Raw {
 }
 
 impl Config {
-    pub fn parse(value: &Value) -> Result<config::Config> {
+    pub fn parse(value: &Value) -> Result<(Sizes, Config)> {
         let raw: Raw = serde_json::from_value(value.clone()).map_err(|e| err!("not a valid config.json ({e})"))?;
         let act = raw.hidden_act.as_deref().unwrap_or("gelu_new");
         if act != "gelu_new" {
@@ -68,14 +72,18 @@ impl Config {
             bail!("Phi with rope_scaling is not supported");
         }
         // transformers 5.x keeps a scaling in rope_parameters, beside rope_theta.
-        if let Some(kind) = value.get("rope_parameters").and_then(config::rope_type) && kind != "default" {
+        if let Some(kind) = value.get("rope_parameters").and_then(sizes::rope_type)
+            && kind != "default"
+        {
             bail!("Phi with rope scaling \"{kind}\" (rope_parameters) is not supported");
         }
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
         if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-            bail!("num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})");
+            bail!(
+                "num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})"
+            );
         }
         if hidden_size % num_heads != 0 {
             bail!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}");
@@ -87,7 +95,9 @@ impl Config {
         }
         let rotary_dim = (factor * head_dim as f64) as usize;
         if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
-            bail!("partial_rotary_factor {factor} × head_dim {head_dim} gives {rotary_dim} rotary dims; it must be even and positive");
+            bail!(
+                "partial_rotary_factor {factor} × head_dim {head_dim} gives {rotary_dim} rotary dims; it must be even and positive"
+            );
         }
         let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
         if intermediate_size == 0 {
@@ -102,24 +112,26 @@ impl Config {
             rope_theta: positive(rope_field(value, "rope_theta").unwrap_or(10000.0), "rope_theta")?,
             rotary_dim,
         };
-        Ok(config::Config {
-            model_type: "phi",
-            vocab_size: need(raw.vocab_size, "vocab_size")?,
-            hidden_size,
-            embed_dim: hidden_size,
-            num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            max_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            dtype: raw.dtype.or(raw.torch_dtype),
-            arch: Arch::Phi(phi),
-        })
+        Ok((
+            Sizes {
+                model_type: "phi",
+                vocab_size: need(raw.vocab_size, "vocab_size")?,
+                hidden_size,
+                embed_dim: hidden_size,
+                num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+                max_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
+                tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+                dtype: raw.dtype.or(raw.torch_dtype),
+            },
+            phi,
+        ))
     }
 }
 
-pub fn spec(c: &config::Config, p: &Config) -> Spec {
+pub fn spec(c: &Sizes, p: &Config) -> Spec {
     let (d, f) = (c.hidden_size, p.intermediate_size);
     let (q, kv) = (p.num_heads * p.head_dim, p.num_kv_heads * p.head_dim);
     let lin = |name, shape, qkv| LinearSpec { name, shape, bias: true, qkv };
@@ -135,7 +147,14 @@ pub fn spec(c: &config::Config, p: &Config) -> Spec {
             lin("mlp.fc2", [d, f], false),
         ],
         // The authors' routing: q, k, v ← dense; dense ← fc1; fc1 ← fc2; fc2 ← next block's q.
-        routes: Some(vec![route(false, DENSE), route(false, DENSE), route(false, DENSE), route(false, FC1), route(false, FC2), route(true, Q)]),
+        routes: Some(vec![
+            route(false, DENSE),
+            route(false, DENSE),
+            route(false, DENSE),
+            route(false, FC1),
+            route(false, FC2),
+            route(true, Q),
+        ]),
         // Attention and MLP run in parallel off the same input; both only add to the output.
         output_only: vec![DENSE, FC2],
         // q, k, v and fc1 ← the one LayerNorm's output.
@@ -144,7 +163,7 @@ pub fn spec(c: &config::Config, p: &Config) -> Spec {
 }
 
 /// Tensors outside the prunable linears, with their shapes.
-pub fn tensors(c: &config::Config, _p: &Config) -> Vec<(String, Vec<usize>)> {
+pub fn tensors(c: &Sizes, _p: &Config) -> Vec<(String, Vec<usize>)> {
     let (v, d) = (c.vocab_size, c.hidden_size);
     let mut t = vec![
         ("model.embed_tokens.weight".to_string(), vec![v, d]),
@@ -173,7 +192,14 @@ pub struct Outer {
 }
 
 impl Outer {
-    pub fn load(ck: &Arc<Checkpoint>, c: &config::Config, p: &Config, device: &Device, dtype: DType, ends: Ends) -> Result<Outer> {
+    pub fn load(
+        ck: &Arc<Checkpoint>,
+        c: &Sizes,
+        p: &Config,
+        device: &Device,
+        dtype: DType,
+        ends: Ends,
+    ) -> Result<Outer> {
         let (v, d) = (c.vocab_size, c.hidden_size);
         let embed_tokens = TokenTable::load(ck, "model.embed_tokens.weight", [v, d], device, dtype, ends)?;
         let weight = lm_head(ck, c, &embed_tokens, device, dtype, ends)?;
@@ -191,8 +217,8 @@ impl Outer {
         Ok(self.embed_tokens.rows(ids)?.reshape([batch, t, self.hidden]))
     }
 
-    pub fn head(&self, hidden: Tensor<3>) -> Option<Tensor<3>> {
-        Some(self.lm_head.as_ref()?.forward(self.final_norm.forward(hidden)))
+    pub fn head(&self, hidden: Tensor<3>, gpu: Option<&Gpu>) -> Option<Tensor<3>> {
+        Some(self.lm_head.as_ref()?.forward(self.final_norm.forward(hidden), gpu))
     }
 }
 
@@ -204,19 +230,34 @@ pub struct Parts {
 }
 
 impl Parts {
-    pub fn load(ck: &Checkpoint, prefix: &str, c: &config::Config, p: &Config, device: &Device) -> Result<Parts> {
-        Ok(Parts { input_layernorm: LayerNorm::load(ck, &format!("{prefix}.input_layernorm"), c.hidden_size, p.layer_norm_eps, device)?, cfg: p.clone() })
+    pub fn load(ck: &Checkpoint, prefix: &str, c: &Sizes, p: &Config, device: &Device) -> Result<Parts> {
+        Ok(Parts {
+            input_layernorm: LayerNorm::load(
+                ck,
+                &format!("{prefix}.input_layernorm"),
+                c.hidden_size,
+                p.layer_norm_eps,
+                device,
+            )?,
+            cfg: p.clone(),
+        })
     }
 }
 
 /// gelu_new, the tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 fn gelu_new(x: Tensor<3>) -> Tensor<3> {
-    let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar((2.0 / std::f64::consts::PI).sqrt());
+    let inner =
+        (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar((2.0 / std::f64::consts::PI).sqrt());
     x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
 }
 
 /// h + dense(attn(ln(h))) + fc2(gelu_new(fc1(ln(h)))); `run(i, x)` runs linear i on x.
-pub fn forward(p: &Parts, h: Tensor<3>, pos: &Positions, run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+pub fn forward(
+    p: &Parts,
+    h: Tensor<3>,
+    pos: &Positions,
+    run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>,
+) -> Tensor<3> {
     let c = &p.cfg;
     let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
     let rope = pos.rope.as_ref().expect("Phi rotates part of q and k");
@@ -251,7 +292,7 @@ mod tests {
                 ("mlp.fc2", true, "self_attn.q_proj"),
             ]
         );
-        let s = Spec::of(&config::Config::from_json(&format!("{{{BASE}}}")).unwrap());
+        let s = super::super::testing::spec(&format!("{{{BASE}}}"));
         assert!(s.linears.iter().all(|l| l.bias));
     }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use neuroal::device::{self, Choice, Selected};
+use neuroal::gpu::device::{self, Choice, Selected};
 use serde_json::Value;
 
 pub fn root() -> PathBuf {
@@ -47,7 +47,12 @@ pub fn devices() -> Vec<(&'static str, Selected)> {
 pub fn select(choice: Choice) -> Selected {
     static GPU: OnceLock<Selected> = OnceLock::new();
     match choice {
-        Choice::Gpu => GPU.get_or_init(|| device::select(Choice::Gpu).expect("the GPU path needs a wgpu adapter (lavapipe: apt-get install mesa-vulkan-drivers)")).clone(),
+        Choice::Gpu => GPU
+            .get_or_init(|| {
+                device::select(Choice::Gpu)
+                    .expect("the GPU path needs a wgpu adapter (lavapipe: apt-get install mesa-vulkan-drivers)")
+            })
+            .clone(),
         other => device::select(other).unwrap(),
     }
 }
@@ -88,8 +93,25 @@ pub fn tiny_neuroal_prune(out: &std::path::Path, extra: &[&str]) -> String {
 /// [`tiny_neuroal_prune`] with environment variables `vars` set.
 pub fn tiny_neuroal_prune_with(out: &std::path::Path, extra: &[&str], vars: &[(&str, &str)]) -> String {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
-        .args(["prune", "--model", asset("tiny-llama").to_str().unwrap(), "--calib", asset("sample.txt").to_str().unwrap()])
-        .args(["--out", out.to_str().unwrap(), "--sparsity", "0.7", "--seqlen", "64", "--nsamples", "8", "--search-nsamples", "4"])
+        .args([
+            "prune",
+            "--model",
+            asset("tiny-llama").to_str().unwrap(),
+            "--calib",
+            asset("sample.txt").to_str().unwrap(),
+        ])
+        .args([
+            "--out",
+            out.to_str().unwrap(),
+            "--sparsity",
+            "0.7",
+            "--seqlen",
+            "64",
+            "--nsamples",
+            "8",
+            "--search-nsamples",
+            "4",
+        ])
         .args(["--top-up", "neuroal", "--force"])
         .args(extra)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
@@ -125,10 +147,11 @@ pub fn edit_tensor(dir: &Path, name: &str, edit: impl Fn(&mut [f32])) {
     let mut map: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> =
         st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     let e = map.iter_mut().find(|e| e.0 == name).unwrap();
-    let mut vals = neuroal::weights::decode_f32(&e.3, e.1).unwrap();
+    let mut vals = neuroal::io::checkpoint::decode_f32(&e.3, e.1).unwrap();
     edit(&mut vals);
-    e.3 = neuroal::weights::encode_f32(&vals, e.1).unwrap();
-    let views: Vec<(String, TensorView)> = map.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    e.3 = neuroal::io::checkpoint::encode_f32(&vals, e.1).unwrap();
+    let views: Vec<(String, TensorView)> =
+        map.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
 }
 

@@ -1,0 +1,45 @@
+//! Per-layer and overall sparsity (zeros / numel) of the prunable linears of any checkpoint.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::io::checkpoint::{Checkpoint, decode_f32};
+use crate::io::error::Result;
+use crate::model::{Spec, check_model_dir};
+
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub overall: f64,
+    pub layers: BTreeMap<String, f64>,
+    pub numel: usize,
+    pub zeros: usize,
+}
+
+/// Names of the weights the pruner touches in a model folder: every declared linear of every
+/// block of its family.
+pub fn prunable_names(dir: &Path) -> Result<BTreeSet<String>> {
+    let (config, _) = check_model_dir(dir)?;
+    let spec = Spec::of(&config);
+    Ok((0..config.num_layers)
+        .flat_map(|b| (0..spec.linears.len()).map(move |l| (b, l)))
+        .map(|(b, l)| spec.weight_name(b, l))
+        .collect())
+}
+
+pub fn inspect(dir: &Path) -> Result<Inspection> {
+    let names = prunable_names(dir)?;
+    let ck = Checkpoint::open(dir)?;
+    let mut layers = BTreeMap::new();
+    let (mut numel, mut zeros) = (0usize, 0usize);
+    for name in &names {
+        let (shard, info) = ck.info(name)?;
+        let values = decode_f32(shard.bytes(info), info.dtype)?;
+        let z = values.iter().filter(|&&v| v == 0.0).count();
+        layers.insert(name.clone(), z as f64 / values.len().max(1) as f64);
+        numel += values.len();
+        zeros += z;
+    }
+    Ok(Inspection { overall: zeros as f64 / numel.max(1) as f64, layers, numel, zeros })
+}

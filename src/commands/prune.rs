@@ -1,0 +1,586 @@
+//! `neuroal prune`: check everything, calibrate, run the top-up and the block pipeline, write
+//! the checkpoint and its report, and optionally evaluate before and after. Nothing slow starts
+//! before everything checkable is checked: settings, files, the destination (its temporary
+//! folder is created first), the token ids, the evaluation text and the memory the run needs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::commands::report::{self, Report, Summary, TopUpReport};
+use crate::gpu::device::{self, Choice, Selected};
+use crate::io::checkpoint::Checkpoint;
+use crate::io::error::{Result, check_input_file};
+use crate::io::faults::fault;
+use crate::io::named::Named;
+use crate::io::provenance;
+use crate::io::staging::{Destination, PlotsTarget, Staging, check_plots, write_lock};
+use crate::io::tokenizer::{Tokenizer, tokenize_checked};
+use crate::measure::memory;
+use crate::measure::perplexity::{Perplexity, default_seqlen, perplexity};
+use crate::measure::trace::Trace;
+use crate::measure::zeroshot::{Example, Requests, ZeroShot};
+use crate::model::config::Config;
+use crate::model::{Ends, Model, Spec, check_model_dir};
+use crate::prune::calib::{draw_windows, gather_windows};
+use crate::prune::mask::{LayerMask, Pattern, Sparsity};
+use crate::prune::neuroal::SearchPlan;
+use crate::prune::owl::{owl_block_sparsities, owl_outlier_ratios};
+use crate::prune::pipeline::{Pipeline, prune_resumable};
+use crate::prune::plan::{Work, dense_batch, memory_run};
+use crate::prune::resume::{Progress, State};
+use crate::prune::settings::{Checked, NeuroalStep, PruneSettings, TopUpKind};
+use crate::prune::topup::{Calibrated, TopUp, choose_map};
+use crate::prune::writer::write_checkpoint;
+use crate::{bail, err};
+
+/// One `neuroal prune`: where to read and write, and the settings.
+pub struct PruneJob {
+    pub model: PathBuf,
+    pub calib: PathBuf,
+    pub out: PathBuf,
+    /// Text for perplexity before and after.
+    pub eval: Option<PathBuf>,
+    /// Comma-separated JSONL task files for zero-shot accuracy before and after.
+    pub zeroshot: Option<String>,
+    pub plots: Option<PathBuf>,
+    /// Replace an existing output folder.
+    pub force: bool,
+    /// Continue an interrupted run of the same command from its saved progress.
+    pub resume: bool,
+    pub settings: PruneSettings,
+}
+
+/// Runs the whole job and returns the report (also written as `report.json` in the output).
+pub fn run(job: &PruneJob) -> Result<Report> {
+    let start = Instant::now();
+    let checked = job.settings.check()?;
+    let (inputs, checkpoint, hashing) = Inputs::read(job, &checked)?;
+    // Every zero-shot request is encoded here, once, so that one that cannot be fails before
+    // any work.
+    let requests = inputs.zeroshot_requests()?;
+    let mut estimate = host_estimate(job, &checked, &inputs, requests.as_ref())?;
+    let output = Output::open(job, &checked, &inputs, hashing)?;
+    let device = device::select(job.settings.device)?;
+    let gpu_peak = device.is_gpu.then(|| memory::GpuPeak::start(&device.device));
+    let dtype = device.compute_dtype(job.settings.dtype)?;
+    let estimated_peak_mib = device_estimate(job, &inputs, &device, dtype, &mut estimate)?;
+    // Pruning computes no logits: no head, and the embedding table left in the memory map.
+    let model = Model::load(inputs.config.clone(), checkpoint, &device, dtype, Ends::Hidden)?;
+    let mut pruned = prune_model(job, &checked, &inputs, &model, &output.saved, &estimate)?;
+    write_checkpoint(&model.checkpoint, &pruned.masks, &output.staging.dir)?;
+    // SparseGPT's new weights are in the checkpoint now; the report needs only the masks.
+    for m in &mut pruned.masks {
+        m.values = None;
+    }
+    let measurer = Measurer { job, inputs: &inputs, requests: requests.as_ref(), device: &device, dtype };
+    let measured = measurer.both(&output.staging.dir, estimate.measure.is_some())?;
+    let ctx = Ctx { job, checked: &checked, inputs: &inputs, model: &model };
+    let mut report = make_report(&ctx, &device, dtype, &pruned, measured)?;
+    report.timings.total_s = start.elapsed().as_secs_f64();
+    report.memory.peak_gpu_mib = gpu_peak.map(memory::GpuPeak::finish).transpose()?;
+    report.memory.estimated_peak_mib = estimated_peak_mib;
+    report.memory.search_dense_batch = (job.settings.top_up == TopUpKind::Neuroal).then_some(estimate.dense_batch);
+    report.provenance.resumed_from = output.adopted.clone();
+    report.provenance.sha256 = serde_json::from_value(output.saved.state()?["inputs"].clone())
+        .map_err(|e| err!("cannot read the input hashes back: {e}"))?;
+    if let Some(target) = &inputs.plots {
+        report.plots = Some(write_plots(&ctx, &output, target, &pruned, &report)?);
+    }
+    let text = serde_json::to_string_pretty(&report).map_err(|e| err!("cannot encode report.json: {e}"))?;
+    {
+        let _guard = write_lock();
+        std::fs::write(output.staging.dir.join("report.json"), text)
+            .map_err(|e| err!("cannot write report.json: {}", crate::io::error::io_words(&e)))?;
+    }
+    output.staging.commit()?;
+    Ok(report)
+}
+
+/// The model's file hashes, made while the rest is checked (a 7B shard takes seconds).
+type Hashing = JoinHandle<Result<BTreeMap<String, String>>>;
+
+/// Everything read and checked before any work: the model without a device, the destination,
+/// the token ids of every text, the zero-shot examples.
+struct Inputs {
+    config: Config,
+    spec: Spec,
+    dest: Destination,
+    plots: Option<PlotsTarget>,
+    seqlen: usize,
+    tokenizer: Tokenizer,
+    ids: Vec<u32>,
+    eval_ids: Option<Vec<u32>>,
+    zeroshot: Option<(Vec<PathBuf>, Vec<Example>)>,
+    zeroshot_len: usize,
+}
+
+impl Inputs {
+    /// The inputs, the checkpoint (for the model to load) and its hashing, under way.
+    fn read(job: &PruneJob, checked: &Checked) -> Result<(Inputs, Checkpoint, Hashing)> {
+        check_input_file(&job.calib, "calibration file")?;
+        if let Some(e) = &job.eval {
+            check_input_file(e, "evaluation file")?;
+        }
+        // The model, read without a device: config, weights' names and shapes, tokenizer.
+        let (config, checkpoint) = check_model_dir(&job.model)?;
+        let spec = Spec::of(&config);
+        check_spec(job, checked, &config, &spec)?;
+        let dest = Destination::check(&job.model, &job.out, job.force, job.resume)?;
+        // A check that fails below leaves the hashing thread to end with the process.
+        let hashing = {
+            let dir = job.model.clone();
+            let shards: Vec<String> = checkpoint.shards.iter().map(|s| s.file_name.clone()).collect();
+            std::thread::spawn(move || provenance::model_hashes(&dir, &shards))
+        };
+        let plots = job.plots.as_ref().map(|p| check_plots(&job.model, &dest, p)).transpose()?;
+        let seqlen = job.settings.seqlen.unwrap_or_else(|| default_seqlen(&config));
+        config.check_seqlen(seqlen)?;
+        let tokenizer = Tokenizer::open(&job.model)?;
+        let ids = tokenize_checked(&tokenizer, &job.model, &job.calib, config.vocab_size)?;
+        if ids.len() < seqlen + 1 {
+            bail!(
+                "calibration text has {} tokens, too few for one window of {seqlen} (needs {})",
+                ids.len(),
+                seqlen + 1
+            );
+        }
+        let eval_ids = job.eval.as_ref().map(|text| eval_tokens(&tokenizer, job, &config, text, seqlen)).transpose()?;
+        let zeroshot = match &job.zeroshot {
+            Some(list) => {
+                let paths = crate::measure::zeroshot::task_paths(list)?;
+                let examples = crate::measure::zeroshot::read_tasks(&paths, None)?;
+                Some((paths, examples))
+            }
+            None => None,
+        };
+        let zeroshot_len = default_seqlen(&config);
+        let inputs = Inputs { config, spec, dest, plots, seqlen, tokenizer, ids, eval_ids, zeroshot, zeroshot_len };
+        Ok((inputs, checkpoint, hashing))
+    }
+
+    fn zeroshot_requests(&self) -> Result<Option<Requests<'_>>> {
+        match &self.zeroshot {
+            Some((_, examples)) => Ok(Some(Requests::encode(&self.tokenizer, examples, self.zeroshot_len)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What the family's declaration refuses before any work: an N:M group wider than a linear
+/// (the masks would refuse it at that linear), NeuroAL's row step without declared routes.
+fn check_spec(job: &PruneJob, checked: &Checked, config: &Config, spec: &Spec) -> Result<()> {
+    if let Pattern::NM { n, m } = job.settings.pattern {
+        for (i, l) in spec.linears.iter().enumerate() {
+            crate::prune::mask::check_group_width(n, m, l.shape[1])
+                .map_err(|e| err!("{}: {e}", spec.weight_name(0, i)))?;
+        }
+    }
+    if job.settings.top_up == TopUpKind::Neuroal && checked.step != NeuroalStep::Block && spec.routes.is_none() {
+        bail!(
+            "{}: the {} family declares no row routing, so NeuroAL's row step cannot run; use --neuroal-step block",
+            job.model.display(),
+            config.model_type
+        );
+    }
+    Ok(())
+}
+
+/// The evaluation text's token ids: at least one window of `seqlen`.
+fn eval_tokens(tokenizer: &Tokenizer, job: &PruneJob, config: &Config, text: &Path, seqlen: usize) -> Result<Vec<u32>> {
+    let e = tokenize_checked(tokenizer, &job.model, text, config.vocab_size)?;
+    if seqlen < 2 || e.len() < seqlen {
+        bail!("{}: the evaluation text has {} tokens, fewer than one window of {seqlen}", text.display(), e.len());
+    }
+    Ok(e)
+}
+
+/// The memory estimate as far as it is known before a device is opened, checked against the
+/// host's free memory on the CPU backends. OWL's outlier ratios take a dense pass over the
+/// calibration windows whatever the pruner.
+fn host_estimate(
+    job: &PruneJob,
+    checked: &Checked,
+    inputs: &Inputs,
+    requests: Option<&Requests>,
+) -> Result<memory::Run> {
+    let settings = &job.settings;
+    let measure = (inputs.eval_ids.is_some() || requests.is_some()).then(|| memory::Measure {
+        perplexity: inputs.eval_ids.as_ref().map(|e| (e.len() / inputs.seqlen, inputs.seqlen)),
+        zeroshot: requests.map(|r| r.sizes()),
+    });
+    let pruner = checked.pruner.as_ref();
+    let shapes = inputs.spec.shapes();
+    let work = Work {
+        step: checked.step,
+        sparsity: checked.sparsity,
+        seqlen: inputs.seqlen,
+        hessians: pruner.needs_hessian(),
+        on_cpu: settings.device != Choice::Gpu,
+        shapes: &shapes,
+        windows_run: pruner.needs_calibration() || settings.top_up == TopUpKind::Owl,
+    };
+    let mut estimate = memory::Run { measure, ..memory_run(settings, &work) };
+    if settings.device != Choice::Gpu
+        && let Some(avail) = memory::available_host()
+    {
+        estimate.passes_at_once = memory::passes_that_fit(&inputs.config, &shapes, &estimate, avail);
+        memory::check(&memory::prune_parts(&inputs.config, &shapes, &estimate), avail, "this machine")?;
+    }
+    Ok(estimate)
+}
+
+/// The staged output folder and the progress saved in it (an interrupted run's, adopted with
+/// `--resume`).
+struct Output {
+    staging: Staging,
+    adopted: Option<PathBuf>,
+    saved: Progress,
+}
+
+impl Output {
+    /// Provenance and the progress of an interrupted run. The run starts while the inputs are
+    /// still being hashed, unless --resume must check them first (see `resume::State`).
+    fn open(job: &PruneJob, checked: &Checked, inputs: &Inputs, hashing: Hashing) -> Result<Output> {
+        let state_settings = state_settings(&job.settings, checked, inputs.seqlen);
+        let texts: Vec<(String, PathBuf)> = std::iter::once(("calibration text".to_string(), job.calib.clone()))
+            .chain(job.eval.iter().map(|e| ("evaluation text".to_string(), e.clone())))
+            .chain(
+                inputs
+                    .zeroshot
+                    .iter()
+                    .flat_map(|(paths, _)| paths.iter().map(|p| (format!("task file {}", p.display()), p.clone()))),
+            )
+            .collect();
+        let make_state = move || -> Result<serde_json::Value> {
+            let mut inputs = hashing.join().map_err(|_| err!("hashing the model's files failed"))??;
+            for (what, path) in &texts {
+                inputs.insert(what.clone(), provenance::sha256_file(path)?);
+            }
+            Ok(json!({ "version": provenance::VERSION, "settings": state_settings, "inputs": inputs }))
+        };
+        let (state, (staging, adopted)) = if inputs.dest.resumes() {
+            let state = make_state()?;
+            let created = Staging::create(&inputs.dest, &|dir| Progress::verify(dir, &state))?;
+            (State::Ready(state), created)
+        } else {
+            (State::Pending(Box::new(make_state)), Staging::create(&inputs.dest, &|_| Ok(()))?)
+        };
+        if job.resume {
+            match &adopted {
+                Some(p) => eprintln!("resuming the interrupted run saved in {}", p.display()),
+                None => eprintln!(
+                    "--resume: no interrupted run of {} to continue; starting from the beginning",
+                    job.out.display()
+                ),
+            }
+        }
+        let saved = Progress::open(&staging.dir, state, adopted.is_some())?;
+        Ok(Output { staging, adopted, saved })
+    }
+}
+
+/// The settings an interrupted run must share with the one that resumes it.
+fn state_settings(settings: &PruneSettings, checked: &Checked, seqlen: usize) -> serde_json::Value {
+    json!({
+        "method": settings.method.name(), "pattern": settings.pattern.name(), "sparsity": checked.sparsity,
+        "nsamples": settings.nsamples, "seqlen": seqlen, "seed": settings.seed, "top_up": settings.top_up.name(),
+        "owl_m": settings.owl_m, "owl_lambda": settings.owl_lambda, "neuroal_step": settings.neuroal_step.name(),
+        "blocksize": settings.blocksize, "percdamp": settings.percdamp, "search_nsamples": settings.search_nsamples,
+        "search_chunk": settings.search_chunk,
+        "device": format!("{:?}", settings.device).to_lowercase(), "dtype": settings.dtype.name(),
+    })
+}
+
+/// The estimate completed on the opened device (its dtype, its stacked products, NeuroAL's
+/// dense batches) and checked against its memory and buffer limit; the estimated peak in MiB.
+fn device_estimate(
+    job: &PruneJob,
+    inputs: &Inputs,
+    device: &Selected,
+    dtype: burn::tensor::DType,
+    estimate: &mut memory::Run,
+) -> Result<f64> {
+    let (config, shapes) = (&inputs.config, inputs.spec.shapes());
+    estimate.dtype_bytes = dtype.size() as u128;
+    let fused = device.gpu.as_ref().map(|g| &g.fused);
+    estimate.stacked_params = crate::gpu::fused::stacked_params(&inputs.spec.fused_groups(), dtype, fused);
+    estimate.dense_batch = dense_batch(&job.settings, device.is_gpu, config, &shapes, estimate);
+    let parts = memory::prune_parts(config, &shapes, estimate);
+    eprintln!("device {}", device.description);
+    if let Some(cap) = device.is_gpu.then(|| crate::gpu::kernels::capacity(&device.device)).flatten()
+        && let Some(warning) = memory::gpu_check(&parts, cap as u128)?
+    {
+        eprintln!("{warning}");
+    }
+    if let Some(limit) = device.max_buffer {
+        memory::check_buffer(&memory::largest_buffer(config, &shapes, estimate), limit)?;
+    }
+    Ok(memory::total_mib(&parts))
+}
+
+/// What the prune made: the top-up's choice, the masks, the calibration windows and the times.
+struct Pruned {
+    topup: TopUp,
+    masks: Vec<LayerMask>,
+    starts: Vec<usize>,
+    windows: Vec<u32>,
+    topup_s: f64,
+    prune_s: f64,
+}
+
+/// The top-up, then the block pipeline over the calibration windows, each finished block's
+/// masks saved so an interrupted run continues after it.
+fn prune_model(
+    job: &PruneJob,
+    checked: &Checked,
+    inputs: &Inputs,
+    model: &Model,
+    saved: &Progress,
+    estimate: &memory::Run,
+) -> Result<Pruned> {
+    let (settings, seqlen) = (&job.settings, inputs.seqlen);
+    let starts = draw_windows(inputs.ids.len(), seqlen, settings.nsamples, settings.seed)?;
+    let windows = gather_windows(&inputs.ids, &starts, seqlen);
+    let t_topup = Instant::now();
+    let plan = SearchPlan { at_once: estimate.passes_at_once, dense_batch: estimate.dense_batch };
+    let trace = Trace::from_env();
+    let calibrated = Calibrated { model, ids: &inputs.ids, windows: &windows, seqlen, trace: &trace };
+    let topup = choose_map(&calibrated, settings, checked, saved, plan)?;
+    let topup_s = t_topup.elapsed().as_secs_f64();
+    let t_prune = Instant::now();
+    let map = &topup.map;
+    let mut done = Vec::new();
+    while let Some(m) = saved.block_masks(done.len())? {
+        done.push(m);
+    }
+    let mut finished = |b: usize, masks: &[LayerMask]| -> Result<()> {
+        saved.save_block_masks(b, masks)?;
+        fault(&format!("after-block-{b}"));
+        Ok(())
+    };
+    let map_of = |b: usize, l: usize| map[b][l].clone();
+    let pipeline = Pipeline {
+        model,
+        windows: &windows,
+        seqlen,
+        pruner: checked.pruner.as_ref(),
+        pattern: &topup.pattern,
+        sparsity: &map_of,
+        at_once: estimate.passes_at_once,
+        trace: &trace,
+    };
+    let masks = prune_resumable(&pipeline, done, &mut finished)?;
+    trace.report("prune");
+    Ok(Pruned { topup, masks, starts, windows, topup_s, prune_s: t_prune.elapsed().as_secs_f64() })
+}
+
+/// Perplexity and zero-shot accuracy of one model.
+type Measured = (Option<Perplexity>, Option<ZeroShot>);
+
+/// What `--eval` and `--zeroshot` measure, on which device.
+struct Measurer<'a> {
+    job: &'a PruneJob,
+    inputs: &'a Inputs,
+    requests: Option<&'a Requests<'a>>,
+    device: &'a Selected,
+    dtype: burn::tensor::DType,
+}
+
+impl Measurer<'_> {
+    /// The dense model, opened again with the head and table that the pruning did not hold,
+    /// then what was written, read back: one model at a time. Nothing unless `any`.
+    fn both(&self, written: &Path, any: bool) -> Result<(Measured, Measured)> {
+        if any { Ok((self.one(&self.job.model)?, self.one(written)?)) } else { Ok(((None, None), (None, None))) }
+    }
+
+    fn one(&self, dir: &Path) -> Result<Measured> {
+        let (device, inputs) = (self.device, self.inputs);
+        let m = Model::open_as(dir, device, self.dtype)?;
+        let ppl = inputs
+            .eval_ids
+            .as_ref()
+            .map(|ids| perplexity(&m, ids, inputs.seqlen, None, &device.description))
+            .transpose()?;
+        let zs = self.requests.map(|r| crate::measure::zeroshot::evaluate(&m, r, &device.description)).transpose()?;
+        Ok((ppl, zs))
+    }
+}
+
+/// What the report and the plots read of a run.
+struct Ctx<'a> {
+    job: &'a PruneJob,
+    checked: &'a Checked,
+    inputs: &'a Inputs,
+    model: &'a Model,
+}
+
+/// The report's parts that the run's results fill; memory, timings' total and provenance's
+/// hashes are completed by the caller.
+fn make_report(
+    ctx: &Ctx,
+    device: &Selected,
+    dtype: burn::tensor::DType,
+    pruned: &Pruned,
+    ((ppl_dense, zs_dense), (ppl_pruned, zs_pruned)): (Measured, Measured),
+) -> Result<Report> {
+    let Ctx { job, checked, inputs, model } = *ctx;
+    let eval = match (&job.eval, ppl_dense, ppl_pruned) {
+        (Some(text), Some(dense), Some(pruned)) => report::EvalReport {
+            file: Some(text.clone()),
+            seqlen: Some(inputs.seqlen),
+            windows: Some(dense.windows),
+            ppl_dense: Some(dense.ppl),
+            ppl_pruned: Some(pruned.ppl),
+        },
+        _ => report::EvalReport::default(),
+    };
+    let zeroshot = match (&inputs.zeroshot, zs_dense, zs_pruned) {
+        (Some((paths, _)), Some(dense), Some(pruned)) => Some(report::ZeroShotReport {
+            files: paths.clone(),
+            max_len: inputs.zeroshot_len,
+            dense: dense.tasks,
+            pruned: pruned.tasks,
+        }),
+        _ => None,
+    };
+    let settings = &job.settings;
+    Ok(Report {
+        settings: report::Settings {
+            model: job.model.clone(),
+            out: job.out.clone(),
+            model_type: model.config.model_type.into(),
+            method: settings.method.name().into(),
+            pattern: settings.pattern.name(),
+            sparsity: checked.sparsity,
+            top_up: settings.top_up.name().into(),
+            final_pattern: pruned.topup.pattern.name(),
+        },
+        device: device.description.clone(),
+        dtype: report::Dtype {
+            compute: crate::gpu::tensor::dtype_name(dtype).into(),
+            checkpoint: model.config.dtype.clone(),
+        },
+        calibration: report::Calibration {
+            file: job.calib.clone(),
+            seed: settings.seed,
+            seqlen: inputs.seqlen,
+            nsamples: settings.nsamples,
+            tokens: inputs.ids.len(),
+            generator: "splitmix64, start = (next_u64 * (n - seqlen)) >> 64".into(),
+            windows: pruned.starts.clone(),
+            search_windows: pruned.topup.search.as_ref().map(|s| s.search_windows.clone()),
+        },
+        topup: topup_report(settings, checked, model, &pruned.topup),
+        sparsity: sparsity_report(&pruned.masks, model.linears().len()),
+        eval,
+        zeroshot,
+        timings: report::Timings { topup_s: pruned.topup_s, prune_s: pruned.prune_s, total_s: 0.0 },
+        memory: report::MemoryUse {
+            peak_host_mib: memory::peak_rss_mib(),
+            peak_gpu_mib: None,
+            estimated_peak_mib: 0.0,
+            search_dense_batch: None,
+        },
+        provenance: report::Provenance {
+            tool: "neuroal".into(),
+            version: provenance::VERSION.into(),
+            git_revision: provenance::GIT_REVISION.into(),
+            command_line: provenance::command_line(),
+            device: device.description.clone(),
+            resumed_from: None,
+            sha256: BTreeMap::new(),
+        },
+        plots: None,
+    })
+}
+
+/// What the report says of the top-up's choice.
+fn topup_report(settings: &PruneSettings, checked: &Checked, model: &Model, topup: &TopUp) -> TopUpReport {
+    let kind = settings.top_up;
+    let mut report = TopUpReport {
+        name: kind.name().into(),
+        block_sparsities: topup.block_sparsities.clone(),
+        outlier_ratios: topup.outlier_ratios.clone(),
+        ..Default::default()
+    };
+    if kind == TopUpKind::Owl {
+        (report.owl_m, report.owl_lambda) = (Some(settings.owl_m), Some(settings.owl_lambda));
+    }
+    if let Some(found) = &topup.search {
+        report.step = Some(if checked.step == settings.neuroal_step {
+            checked.step.name().into()
+        } else {
+            format!(
+                "{} (--neuroal-step {}: the row step is not offered with {})",
+                checked.step.name(),
+                settings.neuroal_step.name(),
+                checked.pruner.name()
+            )
+        });
+        report.search_nsamples = Some(settings.search_nsamples);
+        (report.lambda_block, report.lambda_row) = (found.lambda_block, found.lambda_row);
+        (report.block_scores, report.row_scores) = (found.block_scores.clone(), found.row_scores.clone());
+    }
+    report.row_sparsity = topup
+        .map
+        .iter()
+        .enumerate()
+        .flat_map(|(b, layers)| layers.iter().enumerate().map(move |(l, sp)| (b, l, sp)))
+        .filter_map(|(b, l, sp)| match sp {
+            Sparsity::PerRow(v) => Some((model.linear_name(b, l), Summary::of(v))),
+            Sparsity::Uniform(_) => None,
+        })
+        .collect();
+    report
+}
+
+/// The pruned fraction of each layer, of each block (of `linears` layers) and overall.
+fn sparsity_report(masks: &[LayerMask], linears: usize) -> report::SparsityReport {
+    let layers: BTreeMap<String, f64> = masks.iter().map(|m| (m.name.clone(), m.fraction())).collect();
+    let total: usize = masks.iter().map(|m| m.pruned.len()).sum();
+    let zeros: usize = masks.iter().map(|m| m.pruned.count_ones()).sum();
+    let blocks: Vec<f64> = masks
+        .chunks(linears)
+        .map(|c| {
+            let n: usize = c.iter().map(|m| m.pruned.len()).sum();
+            c.iter().map(|m| m.pruned.count_ones()).sum::<usize>() as f64 / n as f64
+        })
+        .collect();
+    report::SparsityReport { overall: zeros as f64 / total.max(1) as f64, blocks, layers }
+}
+
+/// The plots, written beside the output or into it (then they arrive with it).
+fn write_plots(
+    ctx: &Ctx,
+    output: &Output,
+    target: &PlotsTarget,
+    pruned: &Pruned,
+    report: &Report,
+) -> Result<report::Plots> {
+    let Ctx { job, checked, inputs, model } = *ctx;
+    let (settings, sparsity) = (&job.settings, checked.sparsity);
+    let mut series = vec![("uniform".to_string(), vec![sparsity; model.num_blocks()])];
+    if settings.pattern == Pattern::Row {
+        let owl = match settings.top_up {
+            TopUpKind::Owl => report.topup.block_sparsities.clone(),
+            _ => {
+                let ratios = owl_outlier_ratios(model, &pruned.windows, inputs.seqlen, settings.owl_m)?;
+                owl_block_sparsities(&ratios, settings.owl_lambda, sparsity)
+            }
+        };
+        series.push(("OWL".to_string(), owl));
+    }
+    series.push((format!("{} (as pruned)", settings.top_up.name()), report.sparsity.blocks.clone()));
+    let (write_to, listed) = match target {
+        PlotsTarget::Outside(dir) => (dir.clone(), dir.clone()),
+        PlotsTarget::InsideOutput(rel) => (output.staging.dir.join(rel), inputs.dest.path().join(rel)),
+    };
+    let _guard = write_lock();
+    let names: Vec<&str> = model.linears().iter().map(|l| l.name).collect();
+    let files = crate::commands::plots::write_all(&write_to, &report.topup, &series, &pruned.topup.map, &names)?;
+    Ok(report::Plots { dir: listed, files })
+}

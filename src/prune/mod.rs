@@ -1,0 +1,17 @@
+//! Pruning, one stage per module: the settings → calibration windows → input statistics and
+//! scores → masks (pruners) → the top-up that spreads the sparsity (uniform, `owl`, `neuroal`)
+//! → the block pipeline → writing, with resume.
+
+pub mod calib;
+pub mod mask;
+pub mod neuroal;
+pub mod owl;
+pub mod pipeline;
+pub mod plan;
+pub mod pruner;
+pub mod resume;
+pub mod score;
+pub mod settings;
+pub mod spread;
+pub mod topup;
+pub mod writer;

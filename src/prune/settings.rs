@@ -1,0 +1,185 @@
+//! What a prune is asked, typed, with its defaults in one place: the command line's defaults are
+//! [`PruneSettings::default`]'s, and a caller that builds settings itself (`bench`'s timed
+//! prune) starts from them too.
+
+use crate::bail;
+use crate::gpu::device::{Choice, ComputeDtype};
+use crate::io::error::Result;
+use crate::io::named::Named;
+use crate::prune::mask::Pattern;
+use crate::prune::pruner::Pruner;
+use crate::prune::score::Method;
+
+/// How the target sparsity is spread over blocks and rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopUpKind {
+    Uniform,
+    Owl,
+    Neuroal,
+}
+
+impl Named for TopUpKind {
+    const ALL: &'static [TopUpKind] = &[TopUpKind::Uniform, TopUpKind::Owl, TopUpKind::Neuroal];
+
+    fn name(self) -> &'static str {
+        match self {
+            TopUpKind::Uniform => "uniform",
+            TopUpKind::Owl => "owl",
+            TopUpKind::Neuroal => "neuroal",
+        }
+    }
+}
+
+/// Which NeuroAL search steps run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NeuroalStep {
+    Block,
+    Row,
+    Both,
+}
+
+impl Named for NeuroalStep {
+    const ALL: &'static [NeuroalStep] = &[NeuroalStep::Block, NeuroalStep::Row, NeuroalStep::Both];
+
+    fn name(self) -> &'static str {
+        match self {
+            NeuroalStep::Block => "block",
+            NeuroalStep::Row => "row",
+            NeuroalStep::Both => "both",
+        }
+    }
+}
+
+/// Everything that decides a prune's masks, and where it computes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PruneSettings {
+    pub method: Method,
+    /// SparseGPT: columns pruned and compensated together.
+    pub blocksize: usize,
+    /// SparseGPT: dampening added to diag(H), as a fraction of its mean.
+    pub percdamp: f64,
+    /// Fraction of each linear's weights to prune, in [0, 1); implied by an N:M pattern.
+    pub sparsity: Option<f64>,
+    pub pattern: Pattern,
+    /// Calibration windows.
+    pub nsamples: usize,
+    /// Window length; `None`: min(2048, max_position_embeddings).
+    pub seqlen: Option<usize>,
+    /// Seed of the windows' draw.
+    pub seed: u64,
+    pub top_up: TopUpKind,
+    /// OWL: outlier threshold M (× mean score) and λ, the largest deviation from the target.
+    pub owl_m: f64,
+    pub owl_lambda: f64,
+    pub neuroal_step: NeuroalStep,
+    /// NeuroAL: windows of the search's own calibration set.
+    pub search_nsamples: usize,
+    /// NeuroAL: candidates evaluated per pass over the blocks (0: a whole step at once).
+    pub search_chunk: usize,
+    /// NeuroAL: candidates whose dense passes share one batch (0: as many as fit without
+    /// raising the run's estimated peak memory).
+    pub search_batch: usize,
+    pub device: Choice,
+    pub dtype: ComputeDtype,
+}
+
+impl Default for PruneSettings {
+    fn default() -> PruneSettings {
+        PruneSettings {
+            method: Method::Wanda,
+            blocksize: 128,
+            percdamp: 0.01,
+            sparsity: None,
+            pattern: Pattern::Row,
+            nsamples: 128,
+            seqlen: None,
+            seed: 0,
+            top_up: TopUpKind::Uniform,
+            owl_m: 5.0,
+            owl_lambda: 0.08,
+            neuroal_step: NeuroalStep::Both,
+            search_nsamples: 8,
+            search_chunk: 0,
+            search_batch: 0,
+            device: Choice::Auto,
+            dtype: ComputeDtype::Auto,
+        }
+    }
+}
+
+/// Settings once checked: the pruner they name, the sparsity they imply, and the NeuroAL step
+/// that runs with that pruner.
+pub struct Checked {
+    pub pruner: Box<dyn Pruner>,
+    pub sparsity: f64,
+    pub step: NeuroalStep,
+}
+
+impl PruneSettings {
+    /// Refuses, in one line, settings that cannot run together, before anything is read.
+    pub fn check(&self) -> Result<Checked> {
+        let (pattern, kind) = (&self.pattern, self.top_up);
+        if self.blocksize == 0 {
+            bail!("--blocksize must be at least 1");
+        }
+        if !(self.percdamp.is_finite() && self.percdamp >= 0.0) {
+            bail!("--percdamp {} must be a number ≥ 0", self.percdamp);
+        }
+        let pruner = self.method.pruner(self.blocksize, self.percdamp);
+        pruner.check(pattern, false)?;
+        let step = self.neuroal_step_with(pruner.as_ref())?;
+        if *pattern == Pattern::RowsVariable {
+            bail!("--pattern rows-variable needs per-row sparsities, which only a top-up provides");
+        }
+        if kind != TopUpKind::Uniform && *pattern != Pattern::Row {
+            bail!("--top-up {} chooses its own sparsities and needs --pattern row", kind.name());
+        }
+        let sparsity = self.target_sparsity()?;
+        self.check_counts_and_owl()?;
+        Ok(Checked { pruner, sparsity, step })
+    }
+
+    /// NeuroAL's row step gives per-row sparsities, which SparseGPT does not take (the authors
+    /// run only the block step over it): `both` means the block step, `row` is refused.
+    fn neuroal_step_with(&self, pruner: &dyn Pruner) -> Result<NeuroalStep> {
+        Ok(match (pruner.changes_kept_weights(), self.neuroal_step) {
+            (true, NeuroalStep::Row) if self.top_up == TopUpKind::Neuroal => {
+                bail!("--neuroal-step row is not offered with --method {}; use --neuroal-step block", pruner.name())
+            }
+            (true, NeuroalStep::Both) => NeuroalStep::Block,
+            (_, s) => s,
+        })
+    }
+
+    /// The sparsity asked, or the one an N:M pattern implies; in [0, 1).
+    fn target_sparsity(&self) -> Result<f64> {
+        let sparsity = match (&self.pattern, self.sparsity) {
+            (Pattern::NM { n, m }, None) => *n as f64 / *m as f64,
+            (Pattern::NM { n, m }, Some(s)) if s.is_nan() || (s - *n as f64 / *m as f64).abs() > 1e-9 => {
+                bail!("--sparsity {s} contradicts --pattern {n}:{m} (which prunes {})", *n as f64 / *m as f64)
+            }
+            (_, Some(s)) => s,
+            (_, None) => bail!("--sparsity is required (a fraction in [0, 1))"),
+        };
+        if !(0.0..1.0).contains(&sparsity) {
+            bail!("--sparsity {sparsity} is outside [0, 1)");
+        }
+        Ok(sparsity)
+    }
+
+    fn check_counts_and_owl(&self) -> Result<()> {
+        if self.nsamples == 0 {
+            bail!("--nsamples must be at least 1");
+        }
+        if !(self.owl_m.is_finite() && self.owl_m > 0.0) {
+            bail!("--owl-m {} must be a positive number", self.owl_m);
+        }
+        if !(self.owl_lambda.is_finite() && (0.0..1.0).contains(&self.owl_lambda)) {
+            bail!("--owl-lambda {} must be a number in [0, 1)", self.owl_lambda);
+        }
+        if self.top_up == TopUpKind::Neuroal && self.search_nsamples == 0 {
+            bail!("--search-nsamples must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,101 @@
+//! Top-ups decide how the target sparsity s is spread over blocks and rows; they only build the
+//! sparsity map that the block pipeline applies. Uniform: s everywhere. OWL (`owl.rs`): per
+//! block, from the outlier ratio of Wanda scores. NeuroAL (`neuroal.rs`): a zeroth-order search
+//! over λ maximising the neuron alignment between dense and sparse activations, first per
+//! block, then per row.
+
+use crate::io::error::Result;
+use crate::io::faults::fault;
+use crate::measure::trace::Trace;
+use crate::model::Model;
+use crate::prune::mask::Pattern;
+use crate::prune::neuroal::{self, Asked, SearchPlan};
+use crate::prune::owl::{owl_block_sparsities, owl_outlier_ratios};
+use crate::prune::resume::Progress;
+use crate::prune::settings::{Checked, PruneSettings, TopUpKind};
+use crate::prune::spread::{Map, block_map, uniform_map};
+
+/// The sparsity map a top-up chose, with what the report says about the choice.
+pub struct TopUp {
+    pub map: Map,
+    /// The mask pattern the map is applied with: the settings', or `rows-variable` after
+    /// NeuroAL's row step.
+    pub pattern: Pattern,
+    pub block_sparsities: Vec<f64>,
+    /// OWL's outlier ratio per block.
+    pub outlier_ratios: Option<Vec<f64>>,
+    /// NeuroAL's search: its windows, λs and scores.
+    pub search: Option<neuroal::Found>,
+}
+
+/// The calibration a top-up reads: the model, the calibration text's token ids and the windows
+/// drawn from them, `seqlen` tokens each, one after another.
+pub struct Calibrated<'a> {
+    pub model: &'a Model,
+    pub ids: &'a [u32],
+    pub windows: &'a [u32],
+    pub seqlen: usize,
+    /// Where the search's stage times go (`NEUROAL_TRACE`).
+    pub trace: &'a Trace,
+}
+
+/// The map the settings' top-up chooses. OWL's ratios and NeuroAL's scores are saved in
+/// `saved` as they are made, so an interrupted run continues from them.
+pub fn choose_map(
+    calibrated: &Calibrated,
+    settings: &PruneSettings,
+    checked: &Checked,
+    saved: &Progress,
+    plan: SearchPlan,
+) -> Result<TopUp> {
+    let model = calibrated.model;
+    let (blocks, linears, s) = (model.num_blocks(), model.linears().len(), checked.sparsity);
+    match settings.top_up {
+        TopUpKind::Uniform => Ok(TopUp {
+            map: uniform_map(blocks, linears, s),
+            pattern: settings.pattern.clone(),
+            block_sparsities: vec![s; blocks],
+            outlier_ratios: None,
+            search: None,
+        }),
+        TopUpKind::Owl => {
+            let ratios = match saved.floats("owl-ratios")? {
+                Some(r) => r,
+                None => {
+                    let r = owl_outlier_ratios(model, calibrated.windows, calibrated.seqlen, settings.owl_m)?;
+                    saved.save_floats("owl-ratios", &r)?;
+                    fault("after-owl");
+                    r
+                }
+            };
+            let sparsities = owl_block_sparsities(&ratios, settings.owl_lambda, s);
+            Ok(TopUp {
+                map: block_map(&sparsities, linears),
+                pattern: Pattern::Row,
+                block_sparsities: sparsities,
+                outlier_ratios: Some(ratios),
+                search: None,
+            })
+        }
+        TopUpKind::Neuroal => {
+            let asked = Asked {
+                sparsity: s,
+                step: checked.step,
+                search_nsamples: settings.search_nsamples,
+                seed: settings.seed,
+                chunk: settings.search_chunk,
+                plan,
+            };
+            let pruner = checked.pruner.as_ref();
+            let (ids, seqlen, trace) = (calibrated.ids, calibrated.seqlen, calibrated.trace);
+            let found = neuroal::search(model, ids, seqlen, pruner, &asked, saved, trace)?;
+            Ok(TopUp {
+                map: found.map.clone(),
+                pattern: found.pattern.clone(),
+                block_sparsities: found.block_sparsities.clone(),
+                outlier_ratios: None,
+                search: Some(found),
+            })
+        }
+    }
+}
