@@ -4,12 +4,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use neuroal::commands::prune::PruneJob;
-use neuroal::gpu::device::{self, Choice, ComputeDtype};
-use neuroal::io::error::{Result, check_input_file, check_model_folder};
+use neuroal::gpu::device::{Choice, ComputeDtype};
+use neuroal::io::error::Result;
 use neuroal::io::named::Named;
-use neuroal::io::tokenizer::{Tokenizer, tokenize_checked};
-use neuroal::measure::perplexity::{check_windows, default_seqlen, perplexity, window_count};
-use neuroal::model::Model;
 use neuroal::prune::mask::Pattern;
 use neuroal::prune::score::Method;
 use neuroal::prune::settings::{NeuroalStep, PruneSettings, TopUpKind};
@@ -264,22 +261,9 @@ struct Compute {
     dtype: ComputeDtype,
 }
 
-impl Compute {
-    /// Opens the device (its line goes to stderr) and loads the model on it; returns the model
-    /// and the device's description with the dtype, for the results.
-    /// What `measure` will hold is checked against the device's memory first.
-    fn load(
-        &self,
-        config: neuroal::model::config::Config,
-        checkpoint: neuroal::io::checkpoint::Checkpoint,
-        measure: &neuroal::measure::memory::Measure,
-    ) -> Result<(Model, String)> {
-        let selected = device::select(self.device)?;
-        let dtype = selected.compute_dtype(self.dtype)?;
-        eprintln!("device {}", selected.description);
-        neuroal::measure::memory::check_measuring(&config, measure, &selected, dtype)?;
-        let described = format!("{} ({})", selected.description, neuroal::gpu::tensor::dtype_name(dtype));
-        Ok((Model::load(config, checkpoint, &selected, dtype, neuroal::model::Ends::Logits)?, described))
+impl From<Compute> for neuroal::commands::Compute {
+    fn from(c: Compute) -> Self {
+        neuroal::commands::Compute { device: c.device, dtype: c.dtype }
     }
 }
 
@@ -396,13 +380,13 @@ fn parse_device(s: &str) -> Result<Choice> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Eval { model, text, seqlen, max_windows, compute, json } => {
-            eval(&model, &text, seqlen, max_windows, &compute, json)
+            neuroal::commands::eval::run(&model, &text, seqlen, max_windows, &compute.into(), json)
         }
         Command::Prune(flags) => prune(flags),
         Command::Zeroshot { model, tasks, limit, seqlen, compute, json } => {
-            zeroshot(&model, &tasks, limit, seqlen, &compute, json)
+            neuroal::commands::zeroshot::run(&model, &tasks, limit, seqlen, &compute.into(), json)
         }
-        Command::Inspect { dir, json } => inspect(&dir, json),
+        Command::Inspect { dir, json } => neuroal::commands::inspect::run(&dir, json),
         Command::Tune { model, synthetic, tokens, seqlen, dtype, iters } => {
             neuroal::commands::tune::run(&neuroal::commands::tune::TuneArgs {
                 model,
@@ -415,88 +399,6 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(flags) => bench(flags),
     }
-}
-
-fn eval(
-    model: &Path,
-    text: &Path,
-    seqlen: Option<usize>,
-    max_windows: Option<usize>,
-    compute: &Compute,
-    json: bool,
-) -> Result<()> {
-    check_model_folder(model)?;
-    check_input_file(text, "text file")?;
-    let (config, checkpoint) = neuroal::model::check_model_dir(model)?;
-    let seqlen = seqlen.unwrap_or_else(|| default_seqlen(&config));
-    config.check_seqlen(seqlen)?;
-    check_windows(seqlen, max_windows)?;
-    let tokenizer = Tokenizer::open(model)?;
-    let ids = tokenize_checked(&tokenizer, model, text, config.vocab_size)?;
-    let windows = window_count(ids.len(), seqlen, max_windows)?;
-    let measure = neuroal::measure::memory::Measure { perplexity: Some((windows, seqlen)), zeroshot: None };
-    let (m, described) = compute.load(config, checkpoint, &measure)?;
-    let result = perplexity(&m, &ids, seqlen, max_windows, &described)?;
-    if json {
-        return neuroal::io::error::write_json(&result, true);
-    }
-    outln!(
-        "perplexity {:.4} ({} windows of {} tokens, {:.0} tokens/s, {})",
-        result.ppl,
-        result.windows,
-        result.seqlen,
-        result.tokens_per_s,
-        result.device
-    )
-}
-
-fn zeroshot(
-    model: &Path,
-    tasks: &str,
-    limit: Option<usize>,
-    seqlen: Option<usize>,
-    compute: &Compute,
-    json: bool,
-) -> Result<()> {
-    if limit == Some(0) {
-        bail!("--limit must be at least 1");
-    }
-    let paths = neuroal::measure::zeroshot::task_paths(tasks)?;
-    let (config, checkpoint) = neuroal::model::check_model_dir(model)?;
-    let max_len = seqlen.unwrap_or_else(|| default_seqlen(&config));
-    config.check_seqlen(max_len)?;
-    let examples = neuroal::measure::zeroshot::read_tasks(&paths, limit)?;
-    let tokenizer = Tokenizer::open(model)?;
-    let requests = neuroal::measure::zeroshot::Requests::encode(&tokenizer, &examples, max_len)?;
-    let measure = neuroal::measure::memory::Measure { perplexity: None, zeroshot: Some(requests.sizes()) };
-    let (m, described) = compute.load(config, checkpoint, &measure)?;
-    let r = neuroal::measure::zeroshot::evaluate(&m, &requests, &described)?;
-    if json {
-        return neuroal::io::error::write_json(&r, true);
-    }
-    for (task, s) in &r.tasks {
-        outln!(
-            "{task:<20} acc {:.4} ± {:.4}  acc_norm {:.4} ± {:.4}  n {}  (papers quote {})",
-            s.acc,
-            s.acc_stderr,
-            s.acc_norm,
-            s.acc_norm_stderr,
-            s.n,
-            s.quoted
-        )?;
-    }
-    outln!("{:.1} examples/s on {}", r.examples_per_s, r.device)
-}
-
-fn inspect(dir: &Path, json: bool) -> Result<()> {
-    let r = neuroal::commands::inspect::inspect(dir)?;
-    if json {
-        return neuroal::io::error::write_json(&r, true);
-    }
-    for (name, f) in &r.layers {
-        outln!("{name:<48} {f:.4}")?;
-    }
-    outln!("{:<48} {:.4}  ({} of {} weights are zero)", "overall", r.overall, r.zeros, r.numel)
 }
 
 fn bench(flags: BenchFlags) -> Result<()> {

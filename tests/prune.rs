@@ -68,7 +68,7 @@ fn wanda_masks_equal_the_reference_including_propagation() {
     let model = Model::open(&dir, &dev).unwrap();
     let windows = calib_windows(&dir, 64, 12);
     let ours =
-        prune(&model, &windows, 64, &neuroal::prune::pruner::Wanda, &Pattern::Row, &|_, _| Sparsity::Uniform(0.5))
+        prune(&model, &windows, 64, &neuroal::prune::wanda::Wanda, &Pattern::Row, &|_, _| Sparsity::Uniform(0.5))
             .unwrap();
     let reference = wanda_reference(&model, &windows, 64, 0.5);
     assert_eq!(ours.len(), 2 * model.linears().len());
@@ -80,7 +80,7 @@ fn wanda_masks_equal_the_reference_including_propagation() {
         assert_eq!(differ, 0, "{}: {differ} mask entries differ", m.name);
     }
     // Block 1's masks depend on block 0 being pruned first: a dense-propagation run differs.
-    let dense_inputs = prune(&model, &windows, 64, &neuroal::prune::pruner::Wanda, &Pattern::Row, &|b, _| {
+    let dense_inputs = prune(&model, &windows, 64, &neuroal::prune::wanda::Wanda, &Pattern::Row, &|b, _| {
         Sparsity::Uniform(if b == 0 { 0.0 } else { 0.5 })
     })
     .unwrap();
@@ -132,7 +132,7 @@ fn chunks_side_by_side_equal_one_by_one() {
                 model: &model,
                 windows: &windows,
                 seqlen: 32,
-                pruner: &neuroal::prune::pruner::Wanda,
+                pruner: &neuroal::prune::wanda::Wanda,
                 pattern: &Pattern::Row,
                 sparsity: &|_, _| Sparsity::Uniform(0.5),
                 at_once,
@@ -240,7 +240,7 @@ fn sparsity_zero_reproduces_the_input_byte_for_byte() {
 
 fn masks_on(dev: &Selected, pattern: &Pattern, method: Method) -> Vec<Vec<bool>> {
     let dir = asset("tiny-mistral-gqa");
-    let model = Model::open(&dir, &dev).unwrap();
+    let model = Model::open(&dir, dev).unwrap();
     let windows = calib_windows(&dir, 32, 4);
     prune(&model, &windows, 32, method.pruner(128, 0.01).as_ref(), pattern, &|_, _| Sparsity::Uniform(0.5))
         .unwrap()
@@ -341,7 +341,9 @@ fn check_fails(args: &[&str], expect: &str, out: &Path) {
 /// Wanda's scaler 1 on every channel).
 #[test]
 fn equal_scores_are_pruned_as_the_authors_masks_prune_them() {
-    use neuroal::prune::pruner::{Calibration, Magnitude, Pruner, Wanda};
+    use neuroal::prune::magnitude::Magnitude;
+    use neuroal::prune::pruner::{Calibration, Pruner};
+    use neuroal::prune::wanda::Wanda;
     let w = vec![1f32, -1., 1., 1., 2., -2., 2., 2., 3., 1., 1., 3., 1., 1., 3., 3.];
     let ([rows, cols], nsamples) = ([2, 8], 1);
     // 2 of 8 pruned in row 0, 3 of 8 in row 1.

@@ -17,7 +17,8 @@ use neuroal::model::Model;
 use neuroal::prune::calib::{draw_windows, gather_windows};
 use neuroal::prune::mask::{Pattern, Sparsity};
 use neuroal::prune::pipeline::prune;
-use neuroal::prune::pruner::{Calibration, Pruner, SparseGpt};
+use neuroal::prune::pruner::{Calibration, Pruner};
+use neuroal::prune::sparsegpt::SparseGpt;
 use neuroal::rng::SplitMix64;
 
 // ---------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ fn candidate_score_matches_an_independent_computation() {
                 model: &model,
                 windows: &windows,
                 seqlen: 64,
-                pruner: &neuroal::prune::pruner::Wanda,
+                pruner: &neuroal::prune::wanda::Wanda,
                 plan: SearchPlan::ONE_BY_ONE,
                 trace: &Trace::off(),
             },
@@ -134,7 +134,7 @@ fn shared_block_loads_score_exactly_like_one_by_one() {
                     model: &model,
                     windows: &windows,
                     seqlen: 32,
-                    pruner: &neuroal::prune::pruner::Wanda,
+                    pruner: &neuroal::prune::wanda::Wanda,
                     plan: SearchPlan::ONE_BY_ONE,
                     trace: &Trace::off(),
                 },
@@ -155,7 +155,7 @@ fn shared_block_loads_score_exactly_like_one_by_one() {
                         model: &model,
                         windows: &windows,
                         seqlen: 32,
-                        pruner: &neuroal::prune::pruner::Wanda,
+                        pruner: &neuroal::prune::wanda::Wanda,
                         plan,
                         trace: &Trace::off(),
                     },
@@ -186,7 +186,7 @@ fn sparsegpt_hessians_from_a_dense_batch_score_exactly_like_one_by_one() {
         let model = Model::open(&dir, &dev).unwrap();
         let windows = search_windows(&dir, 32, 2);
         let cands: Vec<Map> = [0.02, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.6), 7)).collect();
-        let pruner = neuroal::prune::pruner::SparseGpt::new(16, 0.01);
+        let pruner = neuroal::prune::sparsegpt::SparseGpt::new(16, 0.01);
         let alone = evaluate(
             &Search {
                 model: &model,

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::io::checkpoint::{Checkpoint, decode_f32};
 use crate::io::error::Result;
 use crate::model::{Spec, check_model_dir};
+use crate::outln;
 
 #[derive(Debug, Serialize)]
 pub struct Inspection {
@@ -42,4 +43,16 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         zeros += z;
     }
     Ok(Inspection { overall: zeros as f64 / numel.max(1) as f64, layers, numel, zeros })
+}
+
+/// `neuroal inspect`: the table, or JSON.
+pub fn run(dir: &Path, json: bool) -> Result<()> {
+    let r = inspect(dir)?;
+    if json {
+        return crate::io::error::write_json(&r, true);
+    }
+    for (name, f) in &r.layers {
+        outln!("{name:<48} {f:.4}")?;
+    }
+    outln!("{:<48} {:.4}  ({} of {} weights are zero)", "overall", r.overall, r.zeros, r.numel)
 }

@@ -1,8 +1,9 @@
 //! Pruning, one stage per module: the settings → calibration windows → input statistics and
-//! scores → masks (pruners) → the top-up that spreads the sparsity (uniform, `owl`, `neuroal`)
+//! scores → masks (the `pruner` interface: `magnitude`, `wanda`, `sparsegpt`) → the top-up that spreads the sparsity (uniform, `owl`, `neuroal`)
 //! → the block pipeline → writing, with resume.
 
 pub mod calib;
+pub mod magnitude;
 pub mod mask;
 pub mod neuroal;
 pub mod owl;
@@ -12,6 +13,8 @@ pub mod pruner;
 pub mod resume;
 pub mod score;
 pub mod settings;
+pub mod sparsegpt;
 pub mod spread;
 pub mod topup;
+pub mod wanda;
 pub mod writer;

@@ -6,9 +6,12 @@ use crate::bail;
 use crate::gpu::device::{Choice, ComputeDtype};
 use crate::io::error::Result;
 use crate::io::named::Named;
+use crate::prune::magnitude::Magnitude;
 use crate::prune::mask::Pattern;
 use crate::prune::pruner::Pruner;
 use crate::prune::score::Method;
+use crate::prune::sparsegpt::SparseGpt;
+use crate::prune::wanda::Wanda;
 
 /// How the target sparsity is spread over blocks and rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,5 +184,16 @@ impl PruneSettings {
             bail!("--search-nsamples must be at least 1");
         }
         Ok(())
+    }
+}
+
+impl Method {
+    /// The pruner behind a `--method`.
+    pub fn pruner(self, blocksize: usize, percdamp: f64) -> Box<dyn Pruner> {
+        match self {
+            Method::Magnitude => Box::new(Magnitude),
+            Method::Wanda => Box::new(Wanda),
+            Method::Sparsegpt => Box::new(SparseGpt::new(blocksize, percdamp)),
+        }
     }
 }
