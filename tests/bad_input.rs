@@ -65,6 +65,14 @@ fn bad_inputs_are_rejected_with_one_line() {
 
     eval_fails(Path::new("/nonexistent/model"), &text, &[], "model folder not found");
     eval_fails(&good, Path::new("/nonexistent/text.txt"), &[], "text file not found");
+    // A loop of links is said to be one, not a missing file.
+    #[cfg(unix)]
+    {
+        let looped = scratch("loop").join("looped.txt");
+        let _ = std::fs::remove_file(&looped);
+        std::os::unix::fs::symlink(&looped, &looped).unwrap();
+        eval_fails(&good, &looped, &[], "text file is a loop of symbolic links");
+    }
     // A folder, or a pipe or device, named as a file (or a file as the model): each its own line.
     eval_fails(&text, &text, &[], "the model folder is a file; name the folder that holds config.json");
     eval_fails(&good, &good, &[], "the text file is a folder; name a file");
@@ -345,4 +353,56 @@ fn a_closed_or_full_stdout_is_no_panic() {
         assert_eq!(o.status.code(), Some(2), "{err}");
         assert_eq!(err.trim(), "error: cannot write to stdout: No space left on device");
     }
+}
+
+/// A tensor in a dtype neuroal does not read is named before any work, not when its block loads.
+#[test]
+fn an_unsupported_dtype_is_named_up_front() {
+    use safetensors::SafeTensors;
+    let d = model_copy("tiny-llama", &scratch("f64"));
+    let path = d.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let data = if n == name {
+                v.data()
+                    .chunks_exact(4)
+                    .flat_map(|b| (f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).to_le_bytes())
+                    .collect()
+            } else {
+                v.data().to_vec()
+            };
+            let dtype = if n == name { Dtype::F64 } else { v.dtype() };
+            (n, dtype, v.shape().to_vec(), data)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> =
+        owned.iter().map(|(n, t, s, b)| (n.clone(), TensorView::new(*t, s.clone(), b).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let text = asset("sample.txt");
+    eval_fails(
+        &d,
+        &text,
+        &[],
+        "tensor \"model.layers.1.mlp.up_proj.weight\" is stored as F64; neuroal reads F32, F16 and BF16",
+    );
+}
+
+/// A text too large to tokenize in the memory this machine has free is refused before it is
+/// read (a 2 GB file of NUL bytes had the tokenizer ask for 17 GB and abort).
+#[test]
+#[cfg(target_os = "linux")]
+fn a_text_too_large_to_tokenize_is_refused_before_it_is_read() {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:")).unwrap();
+    let free_kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let path = scratch("huge").join("nul.txt");
+    // Sparse (no disk taken), and twelve times its size is more than what is free.
+    std::fs::File::create(&path).unwrap().set_len(free_kib * 1024 / 8).unwrap();
+    eval_fails(&asset("tiny-llama"), &path, &[], "tokenizing it needs about");
+    let _ = std::fs::remove_file(&path);
 }

@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 
 use common::*;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("neuroal-safety-{}-{name}", std::process::id()));
@@ -208,6 +209,45 @@ fn an_output_that_appears_during_the_run_is_not_replaced_without_force() {
     let _ = std::fs::remove_dir_all(&s);
 }
 
+/// A leftover's name proves nothing: a model folder named like an interrupted run's staging
+/// folder, or like an old output moved aside, is read, and never removed or renamed.
+#[test]
+fn inputs_named_like_leftovers_are_never_cleaned_up() {
+    let s = scratch("leftover-names");
+    for (model_name, out_name) in [(".victim.tmp-999999", "victim"), (".victim2.old-999999", "victim2")] {
+        let model = model_copy("tiny-llama", &s.join(model_name));
+        let before = snapshot(&model);
+        let out = s.join(out_name);
+        let o = run_prune(&model, &out, &[], &[]);
+        assert!(o.status.success(), "{model_name}: {}", stderr(&o));
+        assert_eq!(snapshot(&model), before, "{model_name}: the input changed");
+        assert!(out.join("report.json").exists(), "{model_name}: no output");
+    }
+    let _ = std::fs::remove_dir_all(&s);
+}
+
+/// The input bind-mounted ten folders deep inside the old output: `--force` refuses to replace
+/// that output, whatever the depth. Needs root to mount (CI runs as root).
+#[test]
+#[cfg(target_os = "linux")]
+fn force_never_empties_the_input_through_a_deep_bind_mount() {
+    let s = scratch("deep-mount");
+    let model = model_copy("tiny-llama", &s.join("model"));
+    let out = s.join("out");
+    let deep = (0..10).fold(out.clone(), |p, i| p.join(format!("d{i}")));
+    std::fs::create_dir_all(&deep).unwrap();
+    let mounted = Command::new("mount").arg("--bind").arg(&model).arg(&deep).status().expect("mount");
+    assert!(mounted.success(), "the test bind-mounts the model (as root, as CI runs)");
+    let before = snapshot(&model);
+    let o = run_prune(&model, &out, &["--force"], &[]);
+    let unmounted = Command::new("umount").arg(&deep).status().expect("umount");
+    assert!(unmounted.success());
+    one_line_error(&o, "which is the input's");
+    assert_eq!(snapshot(&model), before);
+    assert!(deep.is_dir(), "the old output was touched");
+    let _ = std::fs::remove_dir_all(&s);
+}
+
 #[test]
 fn plots_are_checked_like_the_output_and_kept_with_it() {
     let s = scratch("plots");
@@ -237,12 +277,42 @@ fn plots_are_checked_like_the_output_and_kept_with_it() {
     let _ = std::fs::remove_dir_all(&s);
 }
 
+/// An outside plots folder holding a hard link and a symbolic link to input files under plot
+/// names: refused without `--force`; with it, the links are replaced and the input's files keep
+/// their bytes. A plot already there is never overwritten without `--force`.
+#[test]
+#[cfg(unix)]
+fn plots_never_write_through_links_into_the_input() {
+    let s = scratch("plot-links");
+    let model = model_copy("tiny-llama", &s.join("model"));
+    let before = snapshot(&model);
+    let plots = s.join("p");
+    std::fs::create_dir_all(&plots).unwrap();
+    std::fs::hard_link(model.join("config.json"), plots.join("block_sparsity.png")).unwrap();
+    std::os::unix::fs::symlink(model.join("tokenizer.json"), plots.join("row_sparsity.png")).unwrap();
+    let args = ["--plots", plots.to_str().unwrap()];
+    one_line_error(&run_prune(&model, &s.join("o1"), &args, &[]), "exists already (use --force to replace it)");
+    assert!(!s.join("o1").exists() && leftovers(&s.join("o1")).is_empty());
+    let o = run_prune(&model, &s.join("o2"), &[&args[..], &["--force"]].concat(), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(snapshot(&model), before, "the input changed through a link");
+    for f in ["block_sparsity.png", "row_sparsity.png"] {
+        let meta = std::fs::symlink_metadata(plots.join(f)).unwrap();
+        assert!(meta.is_file() && !meta.file_type().is_symlink(), "{f}");
+        assert!(std::fs::read(plots.join(f)).unwrap().starts_with(b"\x89PNG"), "{f}");
+    }
+    let names: Vec<String> =
+        std::fs::read_dir(&plots).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "a staged plots folder was left: {names:?}");
+    let _ = std::fs::remove_dir_all(&s);
+}
+
 #[test]
 fn nothing_silent_bad_numbers_configs_and_weights_stop_the_run() {
     let s = scratch("silent");
     let out = s.join("out");
     let good = model_copy("tiny-llama", &s.join("good"));
-    let flag_cases: [(&[&str], &str); 6] = [
+    let flag_cases: [(&[&str], &str); 9] = [
         (&["--top-up", "owl", "--owl-lambda", "NaN"], "--owl-lambda NaN must be a number in [0, 1)"),
         (&["--top-up", "owl", "--owl-m", "0"], "--owl-m 0 must be a positive number"),
         (&["--sparsity", "NaN"], "outside [0, 1)"),
@@ -250,6 +320,10 @@ fn nothing_silent_bad_numbers_configs_and_weights_stop_the_run() {
         (&["--pattern", "2:4", "--sparsity", "0.6"], "--sparsity 0.6 contradicts --pattern 2:4 (which prunes 0.5)"),
         (&["--pattern", "2:4", "--sparsity", "NaN"], "--sparsity NaN contradicts --pattern 2:4 (which prunes 0.5)"),
         (&["--nsamples", "100000000"], "lower --nsamples or --seqlen"),
+        // Magnitude runs no window through the model, but the windows are still drawn and held.
+        (&["--nsamples", "1000000000", "--method", "magnitude"], "lower --nsamples or --seqlen"),
+        (&["--nsamples", "18446744073709551615", "--method", "magnitude"], "lower --nsamples or --seqlen"),
+        (&["--sparsity", "-0.5"], "outside [0, 1)"),
     ];
     for (extra, expect) in flag_cases {
         one_line_error(&run_prune(&good, &out, extra, &[]), expect);
@@ -311,6 +385,19 @@ fn nothing_silent_bad_numbers_configs_and_weights_stop_the_run() {
         assert!(!out.exists() && leftovers(&out).is_empty(), "{name}: {:?}", leftovers(&out));
     }
 
+    // A tensor stored in two shards: which copy to read would be a guess.
+    let m = model_copy("tiny-mistral-gqa", &s.join("twice"));
+    let index = m.join("model.safetensors.index.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    let first = v["weight_map"].as_object().unwrap().values().next().unwrap().as_str().unwrap().to_string();
+    std::fs::copy(m.join(&first), m.join("extra.safetensors")).unwrap();
+    v["weight_map"]["extra.marker"] = "extra.safetensors".into();
+    std::fs::write(&index, serde_json::to_string(&v).unwrap()).unwrap();
+    let before = snapshot(&m);
+    one_line_error(&run_prune(&m, &out, &[], &[]), "is stored in two shards");
+    assert_eq!(snapshot(&m), before);
+    assert!(!out.exists() && leftovers(&out).is_empty(), "twice: {:?}", leftovers(&out));
+
     // Outputs that overflow: a NaN perplexity is an error, not `null` in a report.
     let m = model_copy("tiny-llama", &s.join("overflow"));
     edit_tensor(&m, "model.norm.weight", |v| v.iter_mut().for_each(|x| *x = 3e38));
@@ -371,6 +458,12 @@ fn late_failures_are_caught_before_the_work_starts() {
     one_line_error(
         &run_prune(&model, &s.join("out"), &["--eval", short.to_str().unwrap()], &[]),
         "fewer than one window of 32",
+    );
+    // Windows of one token leave nothing to predict: said so, not "fewer than one window of 1".
+    let sample = asset("sample.txt");
+    one_line_error(
+        &run_prune(&model, &s.join("out"), &["--eval", sample.to_str().unwrap(), "--seqlen", "1"], &[]),
+        "--eval needs windows of 2 tokens or more",
     );
     assert!(!s.join("out").exists() && leftovers(&s.join("out")).is_empty());
     // Errors are words, and the missing parent is named.
@@ -434,7 +527,9 @@ fn interrupted_runs_clean_up_and_the_next_run_removes_what_a_kill_left() {
     let s = scratch("interrupt");
     let model = model_copy("tiny-llama", &s.join("model"));
     let out = s.join("out");
-    for (sig, code, name) in [(libc::SIGTERM, 143, "SIGTERM"), (libc::SIGINT, 130, "SIGINT")] {
+    for (sig, code, name) in
+        [(libc::SIGTERM, 143, "SIGTERM"), (libc::SIGINT, 130, "SIGINT"), (libc::SIGHUP, 129, "SIGHUP")]
+    {
         let (status, err) = signal_at(&model, &out, "after-block-0", sig);
         assert_eq!(status, Some(code), "{err}");
         let last: Vec<&str> = err
@@ -580,5 +675,39 @@ fn report_records_provenance_checked_with_sha256sum() {
     }
     assert_eq!(p["sha256"]["calibration text"].as_str().unwrap(), sha256sum(&asset("sample.txt")));
     assert_eq!(p["sha256"]["evaluation text"].as_str().unwrap(), sha256sum(&asset("sample.txt")));
+    let _ = std::fs::remove_dir_all(&s);
+}
+
+/// Every other file of the input folder arrives unchanged (an instruction model's chat
+/// template, its generation config, the model card…), listed with its SHA-256; weights in
+/// another format and folders do not.
+#[test]
+fn the_output_keeps_every_other_file_of_the_input() {
+    let s = scratch("other-files");
+    let model = model_copy("tiny-llama", &s.join("model"));
+    let others = [
+        ("chat_template.jinja", "{% for m in messages %}{{ m.content }}{% endfor %}"),
+        ("generation_config.json", "{\"do_sample\": false}"),
+        ("special_tokens_map.json", "{}"),
+        ("README.md", "# a model card"),
+    ];
+    for (f, text) in others {
+        std::fs::write(model.join(f), text).unwrap();
+    }
+    std::fs::write(model.join("pytorch_model.bin"), b"dense weights").unwrap();
+    std::fs::create_dir(model.join("original")).unwrap();
+    let out = s.join("out");
+    let o = run_prune(&model, &out, &[], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let copied = report(&out)["provenance"]["copied"].clone();
+    for (f, text) in others.into_iter().chain([("config.json", ""), ("tokenizer.json", "")]) {
+        let bytes = std::fs::read(out.join(f)).unwrap_or_else(|_| panic!("{f} was not copied"));
+        assert_eq!(bytes, std::fs::read(model.join(f)).unwrap(), "{f}");
+        assert!(text.is_empty() || bytes == text.as_bytes());
+        let hex: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(copied[f].as_str(), Some(hex.as_str()), "{f} in the report");
+    }
+    assert!(!out.join("pytorch_model.bin").exists() && !out.join("original").exists());
+    assert!(copied.get("pytorch_model.bin").is_none());
     let _ = std::fs::remove_dir_all(&s);
 }

@@ -100,6 +100,14 @@ fn bad_task_files_get_one_line_naming_file_and_line() {
         ),
         ("empty", r#"{"context": "a", "choices": [], "label": 0}"#, "empty.jsonl:2: \"choices\" is empty"),
         ("nolabel", r#"{"context": "a", "choices": [" b"]}"#, "nolabel.jsonl:2: missing \"label\""),
+        (
+            "negative",
+            r#"{"context": "a", "choices": [" b"], "label": -1}"#,
+            "negative.jsonl:2: label -1 must be a whole",
+        ),
+        ("float", r#"{"context": "a", "choices": [" b"], "label": 1.0}"#, "float.jsonl:2: label 1.0 must be a whole"),
+        ("text", r#"{"context": "a", "choices": [" b"], "label": "1"}"#, "text.jsonl:2: label \"1\" must be a whole"),
+        ("blank", r#"{"context": "a", "choices": [" b", ""], "label": 0}"#, "blank.jsonl:2: a choice is empty"),
     ];
     for (name, line, expect) in cases {
         let f = s.join(format!("{name}.jsonl"));
@@ -118,6 +126,38 @@ fn bad_task_files_get_one_line_naming_file_and_line() {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(expect), "expected \"{expect}\" in {err}");
     }
+    let _ = std::fs::remove_dir_all(&s);
+}
+
+/// A file named twice would count its examples twice; one example has no standard error;
+/// `--limit` caps a task across the files that hold it.
+#[test]
+fn tasks_count_each_example_once_and_need_two() {
+    let s = scratch("counts");
+    let line = |task: &str| format!(r#"{{"task": "{task}", "context": "a", "choices": [" b", " c"], "label": 0}}"#);
+    let (a, b, one) = (s.join("a.jsonl"), s.join("b.jsonl"), s.join("one.jsonl"));
+    std::fs::write(&a, [line("t"), line("t")].join("\n")).unwrap();
+    std::fs::write(&b, [line("t"), line("t"), line("t")].join("\n")).unwrap();
+    std::fs::write(&one, line("alone")).unwrap();
+    let run = |tasks: String, extra: &[&str]| {
+        let model = asset("tiny-llama");
+        let mut args = vec!["zeroshot", "--model", model.to_str().unwrap(), "--tasks", &tasks, "--device", "cpu"];
+        args.extend_from_slice(extra);
+        neuroal(&args)
+    };
+    let refused = |o: std::process::Output, expect: &str| {
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!((o.status.code(), err.lines().count()), (Some(2), 1), "{err}");
+        assert!(err.contains(expect), "expected \"{expect}\" in {err}");
+    };
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    refused(run(format!("{a_s},{b_s},{a_s}"), &[]), "names");
+    refused(run(format!("{a_s},{b_s},{a_s}"), &[]), "twice");
+    refused(run(one.to_str().unwrap().to_string(), &[]), "task alone has 1 example");
+    let o = run(format!("{a_s},{b_s}"), &["--limit", "3", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tasks"]["t"]["n"], 3, "--limit 3 over both files' task t");
     let _ = std::fs::remove_dir_all(&s);
 }
 

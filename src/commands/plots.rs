@@ -194,6 +194,10 @@ fn row_histograms(path: &Path, map: &Map, names: &[&str], text: bool) -> Result<
     root.present().map_err(draw_err)
 }
 
+/// Every file a run may write into its plots folder.
+pub const FILES: [&str; 4] =
+    ["neuroal_block_step.png", "neuroal_row_step.png", "block_sparsity.png", "row_sparsity.png"];
+
 /// Writes every plot the run has material for into `dir`; returns the files written.
 pub fn write_all(
     dir: &Path,

@@ -18,7 +18,7 @@ use crate::io::faults::fault;
 use crate::io::named::Named;
 use crate::io::provenance;
 use crate::io::staging::{Destination, PlotsTarget, Staging, check_plots, write_lock};
-use crate::io::tokenizer::{Tokenizer, tokenize_checked};
+use crate::io::tokenizer::{Tokenizer, tokenize_checked_hashed};
 use crate::measure::memory;
 use crate::measure::perplexity::{Perplexity, default_seqlen, perplexity};
 use crate::measure::trace::Trace;
@@ -34,7 +34,7 @@ use crate::prune::plan::{Work, dense_batch, memory_run};
 use crate::prune::resume::{Progress, State};
 use crate::prune::settings::{Checked, NeuroalStep, PruneSettings, TopUpKind};
 use crate::prune::topup::{Calibrated, TopUp, choose_map};
-use crate::prune::writer::write_checkpoint;
+use crate::prune::writer::{copy_other_files, write_checkpoint};
 use crate::{bail, err};
 
 /// One `neuroal prune`: where to read and write, and the settings.
@@ -72,6 +72,7 @@ pub fn run(job: &PruneJob) -> Result<Report> {
     let model = Model::load(inputs.config.clone(), checkpoint, &device, dtype, Ends::Hidden)?;
     let mut pruned = prune_model(job, &checked, &inputs, &model, &output.saved, &estimate)?;
     write_checkpoint(&model.checkpoint, &pruned.masks, &output.staging.dir)?;
+    let copied = copy_other_files(&job.model, &output.staging.dir)?;
     // SparseGPT's new weights are in the checkpoint now; the report needs only the masks.
     for m in &mut pruned.masks {
         m.values = None;
@@ -85,6 +86,7 @@ pub fn run(job: &PruneJob) -> Result<Report> {
     report.memory.estimated_peak_mib = estimated_peak_mib;
     report.memory.search_dense_batch = (job.settings.top_up == TopUpKind::Neuroal).then_some(estimate.dense_batch);
     report.provenance.resumed_from = output.adopted.clone();
+    report.provenance.copied = copied.into_iter().collect();
     report.provenance.sha256 = serde_json::from_value(output.saved.state()?["inputs"].clone())
         .map_err(|e| err!("cannot read the input hashes back: {e}"))?;
     if let Some(target) = &inputs.plots {
@@ -116,6 +118,8 @@ struct Inputs {
     eval_ids: Option<Vec<u32>>,
     zeroshot: Option<(Vec<PathBuf>, Vec<Example>)>,
     zeroshot_len: usize,
+    /// (what, SHA-256) of every text as it was read: exactly the bytes the run used.
+    text_hashes: Vec<(String, String)>,
 }
 
 impl Inputs {
@@ -137,10 +141,14 @@ impl Inputs {
             std::thread::spawn(move || provenance::model_hashes(&dir, &shards))
         };
         let plots = job.plots.as_ref().map(|p| check_plots(&job.model, &dest, p)).transpose()?;
+        if let (Some(PlotsTarget::Outside(dir)), Some(shown)) = (&plots, &job.plots) {
+            check_plot_files(dir, shown, job.force)?;
+        }
         let seqlen = job.settings.seqlen.unwrap_or_else(|| default_seqlen(&config));
         config.check_seqlen(seqlen)?;
         let tokenizer = Tokenizer::open(&job.model)?;
-        let ids = tokenize_checked(&tokenizer, &job.model, &job.calib, config.vocab_size)?;
+        let (ids, calib_hash) = tokenize_checked_hashed(&tokenizer, &job.model, &job.calib, config.vocab_size)?;
+        let mut text_hashes = vec![("calibration text".to_string(), calib_hash)];
         if ids.len() < seqlen + 1 {
             bail!(
                 "calibration text has {} tokens, too few for one window of {seqlen} (needs {})",
@@ -148,17 +156,28 @@ impl Inputs {
                 seqlen + 1
             );
         }
-        let eval_ids = job.eval.as_ref().map(|text| eval_tokens(&tokenizer, job, &config, text, seqlen)).transpose()?;
+        let eval_ids = match &job.eval {
+            Some(text) => {
+                let (ids, hash) = eval_tokens(&tokenizer, job, &config, text, seqlen)?;
+                text_hashes.push(("evaluation text".to_string(), hash));
+                Some(ids)
+            }
+            None => None,
+        };
         let zeroshot = match &job.zeroshot {
             Some(list) => {
                 let paths = crate::measure::zeroshot::task_paths(list)?;
-                let examples = crate::measure::zeroshot::read_tasks(&paths, None)?;
+                let (examples, hashes) = crate::measure::zeroshot::read_tasks_hashed(&paths, None)?;
+                for (p, h) in paths.iter().zip(hashes) {
+                    text_hashes.push((format!("task file {}", p.display()), h));
+                }
                 Some((paths, examples))
             }
             None => None,
         };
         let zeroshot_len = default_seqlen(&config);
-        let inputs = Inputs { config, spec, dest, plots, seqlen, tokenizer, ids, eval_ids, zeroshot, zeroshot_len };
+        let inputs =
+            Inputs { config, spec, dest, plots, seqlen, tokenizer, ids, eval_ids, zeroshot, zeroshot_len, text_hashes };
         Ok((inputs, checkpoint, hashing))
     }
 
@@ -189,13 +208,31 @@ fn check_spec(job: &PruneJob, checked: &Checked, config: &Config, spec: &Spec) -
     Ok(())
 }
 
+/// Plots already in an outside plots folder are replaced only with `--force`.
+fn check_plot_files(dir: &Path, shown: &Path, force: bool) -> Result<()> {
+    let existing = crate::commands::plots::FILES.iter().find(|f| std::fs::symlink_metadata(dir.join(f)).is_ok());
+    match existing {
+        Some(f) if !force => bail!("--plots {}: {f} exists already (use --force to replace it)", shown.display()),
+        _ => Ok(()),
+    }
+}
+
 /// The evaluation text's token ids: at least one window of `seqlen`.
-fn eval_tokens(tokenizer: &Tokenizer, job: &PruneJob, config: &Config, text: &Path, seqlen: usize) -> Result<Vec<u32>> {
-    let e = tokenize_checked(tokenizer, &job.model, text, config.vocab_size)?;
-    if seqlen < 2 || e.len() < seqlen {
+fn eval_tokens(
+    tokenizer: &Tokenizer,
+    job: &PruneJob,
+    config: &Config,
+    text: &Path,
+    seqlen: usize,
+) -> Result<(Vec<u32>, String)> {
+    if seqlen < 2 {
+        bail!("--eval needs windows of 2 tokens or more (one to predict from), not --seqlen {seqlen}");
+    }
+    let (e, hash) = tokenize_checked_hashed(tokenizer, &job.model, text, config.vocab_size)?;
+    if e.len() < seqlen {
         bail!("{}: the evaluation text has {} tokens, fewer than one window of {seqlen}", text.display(), e.len());
     }
-    Ok(e)
+    Ok((e, hash))
 }
 
 /// The memory estimate as far as it is known before a device is opened, checked against the
@@ -224,11 +261,21 @@ fn host_estimate(
         windows_run: pruner.needs_calibration() || settings.top_up == TopUpKind::Owl,
     };
     let mut estimate = memory::Run { measure, ..memory_run(settings, &work) };
+    // The windows' starts and token ids are held on the host whatever the pruner and device.
+    let windows = memory::Part {
+        what: "calibration windows' token ids",
+        bytes: settings.nsamples as u128 * (inputs.seqlen as u128 * 4 + 8),
+        lowered_by: "--nsamples or --seqlen",
+    };
+    if let Some(avail) = memory::available_host() {
+        memory::check(std::slice::from_ref(&windows), avail, "this machine")?;
+    }
     if settings.device != Choice::Gpu
         && let Some(avail) = memory::available_host()
     {
         estimate.passes_at_once = memory::passes_that_fit(&inputs.config, &shapes, &estimate, avail);
-        memory::check(&memory::prune_parts(&inputs.config, &shapes, &estimate), avail, "this machine")?;
+        let parts = [memory::prune_parts(&inputs.config, &shapes, &estimate), vec![windows]].concat();
+        memory::check(&parts, avail, "this machine")?;
     }
     Ok(estimate)
 }
@@ -246,20 +293,10 @@ impl Output {
     /// still being hashed, unless --resume must check them first (see `resume::State`).
     fn open(job: &PruneJob, checked: &Checked, inputs: &Inputs, hashing: Hashing) -> Result<Output> {
         let state_settings = state_settings(&job.settings, checked, inputs.seqlen);
-        let texts: Vec<(String, PathBuf)> = std::iter::once(("calibration text".to_string(), job.calib.clone()))
-            .chain(job.eval.iter().map(|e| ("evaluation text".to_string(), e.clone())))
-            .chain(
-                inputs
-                    .zeroshot
-                    .iter()
-                    .flat_map(|(paths, _)| paths.iter().map(|p| (format!("task file {}", p.display()), p.clone()))),
-            )
-            .collect();
+        let texts = inputs.text_hashes.clone();
         let make_state = move || -> Result<serde_json::Value> {
             let mut inputs = hashing.join().map_err(|_| err!("hashing the model's files failed"))??;
-            for (what, path) in &texts {
-                inputs.insert(what.clone(), provenance::sha256_file(path)?);
-            }
+            inputs.extend(texts);
             Ok(json!({ "version": provenance::VERSION, "settings": state_settings, "inputs": inputs }))
         };
         let (state, (staging, adopted)) = if inputs.dest.resumes() {
@@ -493,6 +530,7 @@ fn make_report(
             device: device.description.clone(),
             resumed_from: None,
             sha256: BTreeMap::new(),
+            copied: BTreeMap::new(),
         },
         plots: None,
     })
@@ -575,12 +613,31 @@ fn write_plots(
         series.push(("OWL".to_string(), owl));
     }
     series.push((format!("{} (as pruned)", settings.top_up.name()), report.sparsity.blocks.clone()));
-    let (write_to, listed) = match target {
-        PlotsTarget::Outside(dir) => (dir.clone(), dir.clone()),
-        PlotsTarget::InsideOutput(rel) => (output.staging.dir.join(rel), inputs.dest.path().join(rel)),
-    };
-    let _guard = write_lock();
     let names: Vec<&str> = model.linears().iter().map(|l| l.name).collect();
-    let files = crate::commands::plots::write_all(&write_to, &report.topup, &series, &pruned.topup.map, &names)?;
-    Ok(report::Plots { dir: listed, files })
+    let write = |dir: &Path| crate::commands::plots::write_all(dir, &report.topup, &series, &pruned.topup.map, &names);
+    match target {
+        PlotsTarget::InsideOutput(rel) => {
+            let _guard = write_lock();
+            let files = write(&output.staging.dir.join(rel))?;
+            Ok(report::Plots { dir: inputs.dest.path().join(rel), files })
+        }
+        PlotsTarget::Outside(dir) => Ok(report::Plots { dir: dir.clone(), files: write_beside(dir, &write)? }),
+    }
+}
+
+/// Plots for an outside folder: drawn into a new folder of this process's inside it, then each
+/// renamed into place, so no plot is ever written through an entry already there (a link into
+/// the input stays a link, its target untouched); a failed run leaves none.
+fn write_beside(dir: &Path, write: &dyn Fn(&Path) -> Result<Vec<String>>) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| err!("cannot create {}: {}", dir.display(), crate::io::error::io_words(&e)))?;
+    let staged = crate::io::staging::Scratch::new(dir.join(format!(".neuroal-plots-{}", std::process::id())));
+    std::fs::create_dir(staged.path())
+        .map_err(|e| err!("cannot create {}: {}", staged.path().display(), crate::io::error::io_words(&e)))?;
+    let files = write(staged.path())?;
+    for f in &files {
+        std::fs::rename(staged.path().join(f), dir.join(f))
+            .map_err(|e| err!("cannot move {f} into {}: {}", dir.display(), crate::io::error::io_words(&e)))?;
+    }
+    Ok(files)
 }

@@ -150,6 +150,10 @@ pub struct Provenance {
     pub resumed_from: Option<PathBuf>,
     /// SHA-256 of every input file, by name.
     pub sha256: BTreeMap<String, String>,
+    /// The input folder's other files, copied unchanged into the output, with the SHA-256 of
+    /// what was copied.
+    #[serde(default)]
+    pub copied: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

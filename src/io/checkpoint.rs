@@ -78,6 +78,25 @@ pub struct HostTensor {
     pub dtype: Dtype,
 }
 
+/// Name → shard index; a tensor stored in two shards is refused (which copy a reader took
+/// would be a guess, and the writer would write both).
+fn tensor_shards(dir: &Path, shards: &[Shard]) -> Result<BTreeMap<String, usize>> {
+    let mut names = BTreeMap::new();
+    for (i, shard) in shards.iter().enumerate() {
+        for name in shard.metadata.tensors().keys() {
+            if let Some(first) = names.insert(name.clone(), i) {
+                bail!(
+                    "{}: tensor \"{name}\" is stored in two shards ({} and {}); keep one copy",
+                    dir.display(),
+                    shards[first].file_name,
+                    shard.file_name
+                );
+            }
+        }
+    }
+    Ok(names)
+}
+
 impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Checkpoint> {
         let index_path = dir.join("model.safetensors.index.json");
@@ -125,12 +144,7 @@ impl Checkpoint {
             }
             bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
         };
-        let mut names = BTreeMap::new();
-        for (i, shard) in shards.iter().enumerate() {
-            for name in shard.metadata.tensors().keys() {
-                names.insert(name.clone(), i);
-            }
-        }
+        let names = tensor_shards(dir, &shards)?;
         Ok(Checkpoint { dir: dir.to_path_buf(), shards, names, index_json })
     }
 

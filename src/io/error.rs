@@ -90,7 +90,21 @@ pub fn check_input_file(path: &std::path::Path, what: &str) -> Result<()> {
             "{}: the {what} is not a regular file (a pipe or a device); save it to a file first",
             path.display()
         ))),
-        Err(_) => Err(Error(format!("{}: {what} not found", path.display()))),
+        Err(e) => Err(Error(format!("{}: {what} {}", path.display(), unreadable(&e)))),
+    }
+}
+
+/// Why a path named on the command line cannot be opened, in words: missing, a loop of
+/// symbolic links, or what the system says.
+fn unreadable(e: &std::io::Error) -> String {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return "is a loop of symbolic links".into();
+    }
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "not found".into(),
+        std::io::ErrorKind::PermissionDenied => "cannot be read: permission denied".into(),
+        _ => format!("cannot be read: {}", io_words(e)),
     }
 }
 
@@ -102,7 +116,7 @@ pub fn check_model_folder(path: &std::path::Path) -> Result<()> {
             "{}: the model folder is a file; name the folder that holds config.json",
             path.display()
         ))),
-        Err(_) => Err(Error(format!("{}: model folder not found", path.display()))),
+        Err(e) => Err(Error(format!("{}: model folder {}", path.display(), unreadable(&e)))),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod faults;
+pub mod host;
 pub mod named;
 pub mod progress;
 pub mod provenance;

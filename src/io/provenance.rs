@@ -15,6 +15,11 @@ pub const GIT_REVISION: &str = env!("NEUROAL_GIT_REVISION");
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Hex SHA-256 of bytes already read (what a run used, not what the file holds later).
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Hex SHA-256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).context(|| format!("cannot read {}", path.display()))?;

@@ -150,9 +150,11 @@ fn check_not_input(input: &Path, target: &Path, shown: &Path, what: &str, replac
     }
     if replacing && target_id.is_some() && target.is_dir() {
         let inputs = input_identities(&input_canon);
-        let mut stack = vec![(target.to_path_buf(), 0usize)];
+        // Every level: a bind mount or link of the input however deep would be emptied with the
+        // folder. What cannot be inspected whole is refused.
+        let mut stack = vec![target.to_path_buf()];
         let mut seen = 0usize;
-        while let Some((dir, depth)) = stack.pop() {
+        while let Some(dir) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for e in entries.flatten() {
                 seen += 1;
@@ -173,8 +175,8 @@ fn check_not_input(input: &Path, target: &Path, shown: &Path, what: &str, replac
                 if is_dir && is_mount_point(&p) {
                     bail!("{what} {} holds the mount point {}; refusing to replace it", shown.display(), p.display());
                 }
-                if is_dir && depth < 8 {
-                    stack.push((p, depth + 1));
+                if is_dir {
+                    stack.push(p);
                 }
             }
         }
@@ -215,7 +217,9 @@ impl Destination {
             adoptable: Vec::new(),
         };
         dest.recover_interrupted_replace()?;
-        let mut stale = dest.stale("tmp");
+        // A leftover's name proves nothing: one that is, holds or lies in the input is left alone.
+        let mut stale: Vec<(PathBuf, u32)> =
+            dest.stale("tmp").into_iter().filter(|(p, _)| !dest.touches_input(p)).collect();
         if resume {
             stale.sort_by_key(|(p, _)| std::fs::metadata(p.join(RESUME_DIR)).and_then(|m| m.modified()).ok());
             let (keep, drop): (Vec<_>, Vec<_>) =
@@ -242,6 +246,12 @@ impl Destination {
             bail!("--out {}: already exists (use --force to replace it)", out.display());
         }
         Ok(dest)
+    }
+
+    /// Whether `p` is the input, holds it (or one of its files) or lies inside it: cleanup
+    /// never touches such a path.
+    fn touches_input(&self, p: &Path) -> bool {
+        check_not_input(&self.input, p, p, "a leftover", true).is_err()
     }
 
     /// The destination's path (canonical parent joined with the name).
@@ -286,7 +296,7 @@ impl Destination {
     /// An earlier run killed while replacing this destination left the old output aside:
     /// put it back if nothing replaced it, else remove it (the replacement is complete).
     fn recover_interrupted_replace(&self) -> Result<()> {
-        for (old, pid) in self.stale("old") {
+        for (old, pid) in self.stale("old").into_iter().filter(|(p, _)| !self.touches_input(p)) {
             if std::fs::symlink_metadata(self.path()).is_err() {
                 std::fs::rename(&old, self.path())
                     .context(|| format!("cannot restore {} to {}", old.display(), self.shown.display()))?;
@@ -472,7 +482,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::result::Result<(), String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Interruption: staging folders registered here are cleaned when SIGINT or SIGTERM arrives
+// Interruption: staging folders registered here are cleaned when SIGINT, SIGTERM or SIGHUP arrives
 // (on Windows: Ctrl-C, Ctrl-Break or the console closing).
 
 // These are process-wide because the OS demands it: a signal or console-control handler is
@@ -662,9 +672,10 @@ fn clean_staged() -> Vec<PathBuf> {
     kept
 }
 
-/// Takes SIGINT and SIGTERM on a thread of their own: staged output is cleaned (progress kept
-/// for `--resume`) and the process exits with 128 + the signal. Call first in `main`, before
-/// any other thread exists, so that every thread inherits the blocked mask.
+/// Takes SIGINT, SIGTERM and SIGHUP (the terminal closing) on a thread of their own: staged
+/// output is cleaned (progress kept for `--resume`) and the process exits with 128 + the
+/// signal. Call first in `main`, before any other thread exists, so that every thread inherits
+/// the blocked mask.
 #[cfg(unix)]
 pub fn install_interrupt_handler() {
     // SAFETY: plain libc signal-set manipulation on locals; the thread below owns the waits.
@@ -673,6 +684,7 @@ pub fn install_interrupt_handler() {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return;
         }
@@ -685,7 +697,11 @@ pub fn install_interrupt_handler() {
             let _guard = write_lock();
             clean_scratch(sig);
             let kept = clean_staged();
-            let name = if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+            let name = match sig {
+                libc::SIGINT => "SIGINT",
+                libc::SIGHUP => "SIGHUP",
+                _ => "SIGTERM",
+            };
             match kept.first() {
                 Some(dir) => say(&format!(
                     "interrupted by {name}: progress kept in {}; run the same command with --resume to continue",

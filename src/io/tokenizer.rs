@@ -32,18 +32,56 @@ impl Tokenizer {
 
 /// Reads a UTF-8 text file and tokenizes it once.
 pub fn tokenize_file(tokenizer: &Tokenizer, path: &Path) -> Result<Vec<u32>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err!("cannot read {}: {}", path.display(), crate::io::error::io_words(&e)))?;
+    Ok(tokenize_hashed(tokenizer, path)?.0)
+}
+
+/// [`tokenize_file`], with the SHA-256 of exactly the bytes tokenized (the file is read once: a
+/// file changed during a run cannot give the report another text's hash).
+pub fn tokenize_hashed(tokenizer: &Tokenizer, path: &Path) -> Result<(Vec<u32>, String)> {
+    check_fits(path)?;
+    let bytes =
+        std::fs::read(path).map_err(|e| err!("cannot read {}: {}", path.display(), crate::io::error::io_words(&e)))?;
+    let hash = crate::io::provenance::sha256_bytes(&bytes);
+    let text = String::from_utf8(bytes).map_err(|_| err!("{}: not UTF-8 text", path.display()))?;
     if text.trim().is_empty() {
         bail!("{}: the text file is empty", path.display());
     }
-    tokenizer.encode(&text)
+    Ok((tokenizer.encode(&text)?, hash))
 }
 
 /// [`tokenize_file`], refusing ids the model has no embedding for: a tokenizer.json that does
 /// not belong to the model would otherwise index past the embedding table.
 pub fn tokenize_checked(tokenizer: &Tokenizer, model_dir: &Path, path: &Path, vocab_size: usize) -> Result<Vec<u32>> {
-    let ids = tokenize_file(tokenizer, path)?;
+    Ok(tokenize_checked_hashed(tokenizer, model_dir, path, vocab_size)?.0)
+}
+
+/// Bytes of memory the tokenizer takes per byte of text, at most (a 2 GB file of NUL bytes
+/// asked for 17 GB): a text that cannot fit is refused before it is read.
+const TOKENIZE_BYTES_PER_BYTE: u128 = 12;
+
+fn check_fits(path: &Path) -> Result<()> {
+    let size = std::fs::metadata(path).map(|m| m.len() as u128).unwrap_or(0);
+    let need = size * TOKENIZE_BYTES_PER_BYTE;
+    match crate::io::host::available_host() {
+        Some(free) if need > free => bail!(
+            "{}: {} of text; tokenizing it needs about {}, more than the {} this machine has free; use a shorter text",
+            path.display(),
+            crate::io::error::human(size),
+            crate::io::error::human(need),
+            crate::io::error::human(free)
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// [`tokenize_checked`] with [`tokenize_hashed`]'s hash.
+pub fn tokenize_checked_hashed(
+    tokenizer: &Tokenizer,
+    model_dir: &Path,
+    path: &Path,
+    vocab_size: usize,
+) -> Result<(Vec<u32>, String)> {
+    let (ids, hash) = tokenize_hashed(tokenizer, path)?;
     if let Some(&max) = ids.iter().max()
         && max as usize >= vocab_size
     {
@@ -53,5 +91,5 @@ pub fn tokenize_checked(tokenizer: &Tokenizer, model_dir: &Path, path: &Path, vo
             path.display()
         );
     }
-    Ok(ids)
+    Ok((ids, hash))
 }

@@ -157,8 +157,9 @@ pub fn perplexity_within(
         bail!("perplexity is not finite: window {w} has loss {l} (the model's outputs hold NaN or overflow)");
     }
     let mean = losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64;
+    let ppl = finite_ppl(mean, &losses)?;
     Ok(Perplexity {
-        ppl: mean.exp(),
+        ppl,
         windows,
         seqlen,
         tokens_per_s: (windows * seqlen) as f64 / seconds,
@@ -168,9 +169,30 @@ pub fn perplexity_within(
     })
 }
 
+/// exp(`mean`), or one line naming the window with the largest loss where it overflows: an
+/// infinite perplexity is no result (JSON cannot even hold it).
+fn finite_ppl(mean: f64, losses: &[f32]) -> Result<f64> {
+    let ppl = mean.exp();
+    if ppl.is_finite() {
+        return Ok(ppl);
+    }
+    let (w, worst) = losses.iter().enumerate().fold((0, f32::MIN), |a, (i, &l)| if l > a.1 { (i, l) } else { a });
+    bail!(
+        "perplexity overflows: the mean loss is {mean:.1} nats per token, exp of which is beyond f64 (window {w} has the largest, {worst:.1})"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overflowing_perplexity_is_an_error_naming_the_window() {
+        assert_eq!(finite_ppl(0.0, &[0.0]).unwrap(), 1.0);
+        let e = finite_ppl(800.0, &[790.0, 810.0, 800.0]).unwrap_err().to_string();
+        assert!(e.contains("perplexity overflows") && e.contains("window 1 has the largest, 810.0"), "{e}");
+        assert!(!e.contains('\n'));
+    }
 
     #[test]
     fn windows_are_whole_and_capped() {

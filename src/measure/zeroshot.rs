@@ -48,14 +48,23 @@ impl Example {
     }
 }
 
-/// Reads task files; a bad line is one error naming the file and line.
+/// Reads task files; a bad line is one error naming the file and line. `limit` caps each task,
+/// whichever files its examples come from.
 pub fn read_tasks(paths: &[PathBuf], limit: Option<usize>) -> Result<Vec<Example>> {
+    Ok(read_tasks_hashed(paths, limit)?.0)
+}
+
+/// [`read_tasks`], with the SHA-256 of exactly the bytes read of each file, in order.
+pub fn read_tasks_hashed(paths: &[PathBuf], limit: Option<usize>) -> Result<(Vec<Example>, Vec<String>)> {
     let mut all = Vec::new();
+    let mut hashes = Vec::new();
+    let mut per_task: BTreeMap<String, usize> = BTreeMap::new();
     for path in paths {
-        let text = std::fs::read_to_string(path)
+        let bytes = std::fs::read(path)
             .map_err(|e| err!("cannot read {}: {}", path.display(), crate::io::error::io_words(&e)))?;
+        hashes.push(crate::io::provenance::sha256_bytes(&bytes));
+        let text = String::from_utf8(bytes).map_err(|_| err!("{}: not UTF-8 text", path.display()))?;
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut per_task: BTreeMap<String, usize> = BTreeMap::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
@@ -73,17 +82,22 @@ pub fn read_tasks(paths: &[PathBuf], limit: Option<usize>) -> Result<Vec<Example
             let choices: Vec<String> = match v.get("choices") {
                 Some(Value::Array(a)) if !a.is_empty() => a
                     .iter()
-                    .map(|c| {
-                        c.as_str().map(String::from).ok_or_else(|| err!("{}: every choice must be a string", at()))
+                    .map(|c| match c.as_str() {
+                        Some("") => bail!("{}: a choice is empty; every choice must be a non-empty string", at()),
+                        Some(s) => Ok(s.to_string()),
+                        None => bail!("{}: every choice must be a string", at()),
                     })
                     .collect::<Result<_>>()?,
                 Some(Value::Array(_)) => bail!("{}: \"choices\" is empty", at()),
                 _ => bail!("{}: missing \"choices\" (a list of strings)", at()),
             };
-            let label = match v.get("label").and_then(Value::as_u64) {
-                Some(l) if (l as usize) < choices.len() => l as usize,
-                Some(l) => bail!("{}: label {l} is out of range for {} choices", at(), choices.len()),
-                None => bail!("{}: missing \"label\" (the index of the right choice)", at()),
+            let label = match v.get("label") {
+                None | Some(Value::Null) => bail!("{}: missing \"label\" (the index of the right choice)", at()),
+                Some(l) => match l.as_u64() {
+                    Some(l) if (l as usize) < choices.len() => l as usize,
+                    Some(l) => bail!("{}: label {l} is out of range for {} choices", at(), choices.len()),
+                    None => bail!("{}: label {l} must be a whole number from 0 (the index of the right choice)", at()),
+                },
             };
             let suffix = str_field("suffix")?;
             let task = str_field("task")?.unwrap_or_else(|| stem.clone());
@@ -98,7 +112,7 @@ pub fn read_tasks(paths: &[PathBuf], limit: Option<usize>) -> Result<Vec<Example
     if all.is_empty() {
         bail!("the task files hold no examples");
     }
-    Ok(all)
+    Ok((all, hashes))
 }
 
 /// Context and continuation token ids of a request, as the harness builds them.
@@ -117,6 +131,20 @@ pub fn encode_request(tok: &Tokenizer, context: &str, continuation: &str) -> Res
     Ok((ctx, cont))
 }
 
+/// Every task needs two examples or more: the standard error of one outcome is undefined.
+fn check_counts(examples: &[Example]) -> Result<()> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for ex in examples {
+        *counts.entry(ex.task.as_str()).or_default() += 1;
+    }
+    match counts.into_iter().find(|(_, n)| *n < 2) {
+        Some((task, n)) => bail!(
+            "task {task} has {n} example; its accuracy's standard error needs at least 2 (raise --limit or add examples)"
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Requests per forward pass of `tokens` tokens each.
 pub fn batch_cap(tokens: usize, vocab: usize) -> usize {
     crate::measure::perplexity::logits_batch(tokens, vocab, 32)
@@ -132,8 +160,10 @@ pub struct Requests<'a> {
 }
 
 impl<'a> Requests<'a> {
-    /// Encodes every choice of every example; one that cannot be is an error here.
+    /// Encodes every choice of every example; one that cannot be is an error here, and so is a
+    /// task of fewer than two examples.
     pub fn encode(tok: &Tokenizer, examples: &'a [Example], max_len: usize) -> Result<Requests<'a>> {
+        check_counts(examples)?;
         let mut seqs = Vec::new();
         for ex in examples {
             for (ctx, cont) in ex.requests() {
@@ -318,14 +348,21 @@ pub fn evaluate(model: &Model, requests: &Requests<'_>, device: &str) -> Result<
     })
 }
 
-/// `--tasks a.jsonl,b.jsonl` → paths, each checked to exist.
+/// `--tasks a.jsonl,b.jsonl` → paths, each checked to exist, none named twice (its examples
+/// would count twice).
 pub fn task_paths(list: &str) -> Result<Vec<PathBuf>> {
     let paths: Vec<PathBuf> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(PathBuf::from).collect();
     if paths.is_empty() {
         bail!("--tasks names no file");
     }
+    let mut seen = Vec::new();
     for p in &paths {
         crate::io::error::check_input_file(Path::new(p), "task file")?;
+        let same = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        if seen.contains(&same) {
+            bail!("--tasks names {} twice; its examples would count twice", p.display());
+        }
+        seen.push(same);
     }
     Ok(paths)
 }

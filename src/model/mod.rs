@@ -996,6 +996,10 @@ pub fn check_model_dir(dir: &Path) -> Result<(Config, Checkpoint)> {
         if info.shape != *shape {
             bail!("tensor \"{name}\" has shape {:?}, expected {shape:?}", info.shape);
         }
+        // Checked here, before any work, not when the tensor's block loads.
+        if !matches!(info.dtype, safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16) {
+            bail!("tensor \"{name}\" is stored as {}; neuroal reads F32, F16 and BF16", info.dtype);
+        }
     }
     Ok((config, checkpoint))
 }

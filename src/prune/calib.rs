@@ -12,6 +12,10 @@ pub fn draw_windows(n_tokens: usize, seqlen: usize, count: usize, seed: u64) -> 
     if n_tokens < seqlen + 1 {
         bail!("calibration text has {n_tokens} tokens, too few for one window of {seqlen} (needs {})", seqlen + 1);
     }
+    // What a caller that skipped the memory check would ask: refused, not a capacity overflow.
+    if count.checked_mul(seqlen.max(1)).and_then(|n| n.checked_mul(8)).is_none() {
+        bail!("{count} windows of {seqlen} tokens do not fit in memory; lower --nsamples or --seqlen");
+    }
     let mut rng = SplitMix64::new(seed);
     Ok((0..count).map(|_| rng.below((n_tokens - seqlen) as u64) as usize).collect())
 }

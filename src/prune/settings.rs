@@ -167,7 +167,8 @@ impl PruneSettings {
         if !(0.0..1.0).contains(&sparsity) {
             bail!("--sparsity {sparsity} is outside [0, 1)");
         }
-        Ok(sparsity)
+        // -0.0 is 0 (and is reported as 0, not "-0.0").
+        Ok(sparsity + 0.0)
     }
 
     fn check_counts_and_owl(&self) -> Result<()> {
@@ -195,5 +196,18 @@ impl Method {
             Method::Wanda => Box::new(Wanda),
             Method::Sparsegpt => Box::new(SparseGpt::new(blocksize, percdamp)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negative_zero_is_zero() {
+        let settings = PruneSettings { sparsity: Some(-0.0), ..PruneSettings::default() };
+        let s = settings.check().unwrap().sparsity;
+        assert!(s == 0.0 && s.is_sign_positive(), "{s}");
+        assert_eq!(serde_json::json!(s).to_string(), "0.0");
     }
 }

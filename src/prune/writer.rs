@@ -22,9 +22,9 @@ use crate::io::staging::write_lock;
 use crate::prune::mask::LayerMask;
 use crate::{bail, err};
 
-/// Files copied next to the weights when present.
-const SIDE_FILES: [&str; 5] =
-    ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+/// Endings of files that hold weights: the shards are rewritten, and another format's copy
+/// of the weights must not ride along dense in a pruned folder.
+const WEIGHT_ENDINGS: [&str; 9] = [".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx"];
 
 /// Elements per chunk: a multiple of 64, so each chunk starts at a mask word (2-4 MB of data).
 const CHUNK: usize = 1 << 20;
@@ -80,14 +80,34 @@ fn write_shards(input: &Checkpoint, masks: &[LayerMask], dir: &Path, chunk: usiz
         let _guard = write_lock();
         std::fs::write(dir.join("model.safetensors.index.json"), text).context(|| "cannot write the index".into())?;
     }
-    for f in SIDE_FILES {
-        let src = input.dir.join(f);
-        if src.exists() {
-            let _guard = write_lock();
-            std::fs::copy(&src, dir.join(f)).context(|| format!("cannot copy {f}"))?;
-        }
-    }
     Ok(())
+}
+
+/// Copies every other file directly in the input folder (config, tokenizer files, chat
+/// template, generation config, model card…) into `dir` unchanged: each read once, hashed and
+/// written. Not the weights (see [`WEIGHT_ENDINGS`]), the index (rewritten), a report of an
+/// earlier run, or folders. Returns (name, SHA-256) of each file copied, in name order.
+pub fn copy_other_files(input: &Path, dir: &Path) -> Result<Vec<(String, String)>> {
+    let entries = std::fs::read_dir(input)
+        .map_err(|e| err!("cannot read {}: {}", input.display(), crate::io::error::io_words(&e)))?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        // Through links: a Hugging Face cache's snapshot folder holds links to its blobs.
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.is_file()))
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter(|n| !WEIGHT_ENDINGS.iter().any(|w| n.ends_with(w)))
+        .filter(|n| n != "model.safetensors.index.json" && n != "report.json")
+        .collect();
+    names.sort();
+    let mut copied = Vec::with_capacity(names.len());
+    for name in names {
+        let bytes = std::fs::read(input.join(&name))
+            .map_err(|e| err!("cannot read {}: {}", input.join(&name).display(), crate::io::error::io_words(&e)))?;
+        let _guard = write_lock();
+        std::fs::write(dir.join(&name), &bytes).context(|| format!("cannot copy {name}"))?;
+        copied.push((name, crate::io::provenance::sha256_bytes(&bytes)));
+    }
+    Ok(copied)
 }
 
 /// Splits a shard's tensors into pieces of at most `chunk` elements, checking each mask and
