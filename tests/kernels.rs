@@ -301,7 +301,7 @@ fn every_shader_validates_and_translates_for_dx12() {
             .map(|_| out)
     };
     // NEUROAL_WRITE_SHADERS=DIR keeps the texts, for translators this build lacks (Metal's:
-    // README, "Devices and dtypes").
+    // docs/gpu-kernels.md, "Devices and dtypes").
     let keep = std::env::var_os("NEUROAL_WRITE_SHADERS").map(std::path::PathBuf::from);
     for (name, text, f16) in shaders {
         if let Some(dir) = &keep {

@@ -4,7 +4,7 @@
 //!
 //! Burn runs its flash kernels only in an `autotune` build, after timing them against the
 //! separate kernels for every new shape; tuning cost more than it saved in the 7B-shaped prune
-//! (README, "Speed"). A fixed choice keeps the kernel without the tuning. The separate
+//! (docs/performance.md). A fixed choice keeps the kernel without the tuning. The separate
 //! kernels stay the reference: they compute the scores and softmax in f32, and run wherever the
 //! flash kernel declines a shape or the adapter.
 

@@ -220,7 +220,7 @@ fn open_gpu(allow_cpu_emulation: bool, read_tuned: bool) -> Result<Option<Select
     // defaults were measured on one card).
     if rank(&best.kind) < 3 && tuned.path.is_none() && !named.contains(&true) && read_tuned {
         eprintln!(
-            "note: `neuroal tune --model DIR` times this GPU's kernels once and keeps the fastest for later runs (README, \"GPU kernels\")"
+            "note: `neuroal tune --model DIR` times this GPU's kernels once and keeps the fastest for later runs (docs/gpu-kernels.md)"
         );
     }
     let (matmul, matmul_said) = crate::gpu::matmul::choose(&device, &tuned.matmul, tuned.path.as_deref())?;

@@ -94,7 +94,7 @@ pub fn names() -> Vec<String> {
 
 /// The kernel used when `NEUROAL_MATMUL` is unset: on an H100 (Vulkan, f16) it beat burn's
 /// default, `matmul_simple_cyclic_cmma`, by 1.15–1.32× on every large product of the 7B- and
-/// 0.84 B-shaped models (README, "Speed").
+/// 0.84 B-shaped models (docs/performance.md).
 const DEFAULT: &str = "matmul_simple_cyclic_cmma_multi_rows";
 
 /// Rules as written: a kernel name (`burn`: burn's own choice) per weight shape [K, N], and

@@ -433,7 +433,7 @@ pub fn check_measuring(
 }
 
 /// How far above a run's measured GPU peak the estimate may be: it ran 1.2–1.35× above what an
-/// H100's pools held (README), so 1.5 leaves a margin.
+/// H100's pools held (docs/performance.md), so 1.5 leaves a margin.
 const GPU_ESTIMATE_SLACK: f64 = 1.5;
 
 /// Checks the estimate against the GPU's memory `capacity`. Over capacity the run may still fit
