@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 use serde_json::Value;
@@ -195,8 +195,8 @@ fn an_output_that_appears_during_the_run_is_not_replaced_without_force() {
         let a = prune_args(&model, &out2, &[]);
         Command::new(env!("CARGO_BIN_EXE_neuroal"))
             .args(&a)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap()
     };
@@ -497,8 +497,8 @@ fn signal_at(model: &Path, out: &Path, point: &str, signal: i32) -> (Option<i32>
     let mut child = Command::new(env!("CARGO_BIN_EXE_neuroal"))
         .args(&a)
         .env("NEUROAL_PAUSE", point)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
