@@ -267,12 +267,9 @@ fn host_estimate(
         bytes: settings.nsamples as u128 * (inputs.seqlen as u128 * 4 + 8),
         lowered_by: "--nsamples or --seqlen",
     };
-    if let Some(avail) = memory::available_host() {
-        memory::check(std::slice::from_ref(&windows), avail, "this machine")?;
-    }
-    if settings.device != Choice::Gpu
-        && let Some(avail) = memory::available_host()
-    {
+    let Some(avail) = memory::available_host() else { return Ok(estimate) };
+    memory::check(std::slice::from_ref(&windows), avail, "this machine")?;
+    if settings.device != Choice::Gpu {
         estimate.passes_at_once = memory::passes_that_fit(&inputs.config, &shapes, &estimate, avail);
         let parts = [memory::prune_parts(&inputs.config, &shapes, &estimate), vec![windows]].concat();
         memory::check(&parts, avail, "this machine")?;
