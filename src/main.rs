@@ -521,7 +521,9 @@ fn main() -> ExitCode {
         // written, with nothing to say to anyone; 141 is what a shell reports for SIGPIPE.
         Err(e) if neuroal::io::error::stdout_closed(&e) => ExitCode::from(141),
         Err(e) => {
-            eprintln!("error: {e}");
+            // One line, whatever a library wrote into it.
+            let text = neuroal::io::error::one_line(&neuroal::io::error::without_os_codes(&e.to_string()));
+            eprintln!("error: {text}");
             ExitCode::from(2)
         }
     }

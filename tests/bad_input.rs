@@ -401,7 +401,7 @@ fn a_text_too_large_to_tokenize_is_refused_before_it_is_read() {
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:")).unwrap();
     let free_kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     let path = scratch("huge").join("nul.txt");
-    // Sparse (no disk taken), and twelve times its size is more than what is free.
+    // Sparse (no disk taken), and nine times its size (text and ids) is more than what is free.
     std::fs::File::create(&path).unwrap().set_len(free_kib * 1024 / 8).unwrap();
     eval_fails(&asset("tiny-llama"), &path, &[], "tokenizing it needs about");
     let _ = std::fs::remove_file(&path);

@@ -36,7 +36,8 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// Names in `parent` that a run of `out` may leave: `.NAME.tmp-PID` and `.NAME.old-PID`.
+/// Names in `parent` that a run of `out` may leave: `.NAME.tmp-TOKEN`, `.NAME.old-TOKEN` and
+/// its claim `.NAME.run-TOKEN`.
 fn leftovers(out: &Path) -> Vec<String> {
     let prefix = format!(".{}.", out.file_name().unwrap().to_string_lossy());
     std::fs::read_dir(out.parent().unwrap())
@@ -91,6 +92,7 @@ fn one_line_error(o: &Output, expect: &str) {
     assert_eq!(lines.len(), 1, "expected one line: {err}");
     assert!(lines[0].contains(expect), "expected \"{expect}\" in: {err}");
     assert!(!err.contains("panicked") && !err.contains("Os {") && !err.contains("Error("), "{err}");
+    assert!(!err.contains("(os error"), "a system error number in the message: {err}");
 }
 
 /// A failure found once the work has started: the device line, then exactly one error line.
@@ -101,6 +103,7 @@ fn run_error(o: &Output, expect: &str) {
     assert_eq!(lines.len(), 2, "expected the device line and one error line: {err}");
     assert!(lines[0].starts_with("device "), "{err}");
     assert!(lines[1].contains(expect), "expected \"{expect}\" in: {err}");
+    assert!(!err.contains("(os error"), "a system error number in the message: {err}");
 }
 
 #[cfg(unix)]
@@ -169,7 +172,10 @@ fn a_kill_between_the_rename_steps_loses_nothing() {
     killed(&run_prune(&model, &out, &["--force", "--sparsity", "0.6"], &[("NEUROAL_FAULT", "after-rename-in")]));
     let second = snapshot(&out);
     assert_ne!(second, first);
-    assert_eq!(leftovers(&out).len(), 1);
+    // The old output aside, and the dead run's claim file (see src/io/staging.rs).
+    let left = leftovers(&out);
+    assert_eq!(left.iter().filter(|n| n.contains(".old-")).count(), 1, "{left:?}");
+    assert_eq!(left.iter().filter(|n| n.contains(".run-")).count(), 1, "{left:?}");
     let o = run_prune(&model, &out, &[], &[]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(snapshot(&out), second, "the completed replacement stays");
@@ -709,5 +715,169 @@ fn the_output_keeps_every_other_file_of_the_input() {
     }
     assert!(!out.join("pytorch_model.bin").exists() && !out.join("original").exists());
     assert!(copied.get("pytorch_model.bin").is_none());
+    let _ = std::fs::remove_dir_all(&s);
+}
+
+/// Runs `neuroal` with `args` until it says "paused at" (it was started with NEUROAL_PAUSE),
+/// then calls `meanwhile` and waits for it to end.
+#[cfg(feature = "test-hooks")]
+fn while_paused(cmd: &mut Command, meanwhile: impl FnOnce(u32)) -> (Option<i32>, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("paused at") {
+            break;
+        }
+    }
+    assert!(seen.contains("paused at"), "never paused: {seen}");
+    meanwhile(child.id());
+    for line in lines {
+        seen.push_str(&line.unwrap());
+        seen.push('\n');
+    }
+    (child.wait().unwrap().code(), seen)
+}
+
+/// Liveness is a lock, not a process id: a run in another PID namespace (a container sharing
+/// the folder) leaves a live run's staging folder alone, and a resumed run that gets the same
+/// process id as the interrupted one (both second in a fresh namespace) resumes instead of
+/// discarding the progress as its own. Needs root for the namespaces (CI runs as root).
+#[test]
+#[cfg(target_os = "linux")]
+#[cfg(feature = "test-hooks")] // NEUROAL_PAUSE, NEUROAL_FAULT
+fn staging_liveness_holds_across_pid_namespaces() {
+    let s = scratch("namespaces");
+    let model = model_copy("tiny-llama", &s.join("model"));
+    let out = s.join("out");
+    let bin = env!("CARGO_BIN_EXE_neuroal");
+    // `sh` is the namespace's first process, so neuroal is always its second: pid 2.
+    let in_namespace = |args: &[String], env: &[(&str, &str)]| -> Output {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "sh", "-c", "\"$0\" \"$@\"; exit $?", bin]).args(args);
+        cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("unshare (util-linux)")
+    };
+    let probe = in_namespace(&["--version".into()], &[]);
+    assert!(probe.status.success(), "the test needs PID namespaces (root, as CI runs): {}", stderr(&probe));
+
+    // A live run, paused with its staging folder in place; another run of the same output from
+    // another namespace must leave that folder alone.
+    let mut live = Command::new(bin);
+    live.args(prune_args(&model, &out, &[]))
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("NEUROAL_PAUSE", "after-block-0")
+        .env("NEUROAL_PAUSE_SECS", "30");
+    let (code, err) = while_paused(&mut live, |pid| {
+        let staged: Vec<String> = leftovers(&out).into_iter().filter(|n| n.contains(".tmp-")).collect();
+        assert_eq!(staged.len(), 1, "{staged:?}");
+        let other = in_namespace(&prune_args(&model, &s.join("other"), &[]), &[]);
+        assert!(other.status.success(), "{}", stderr(&other));
+        let rival = in_namespace(&prune_args(&model, &out, &[]), &[]);
+        assert!(!stderr(&rival).contains("note: removed"), "{}", stderr(&rival));
+        assert!(s.join(&staged[0]).is_dir(), "a live run's staging folder was removed from another namespace");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    });
+    assert_eq!(code, Some(143), "{err}");
+    std::fs::remove_dir_all(&out).unwrap();
+
+    // Killed second in one namespace, resumed second in another: same pid, progress kept.
+    let out = s.join("resumed");
+    let flags = ["--top-up", "neuroal", "--search-nsamples", "2", "--sparsity", "0.6"];
+    let killed_run = in_namespace(&prune_args(&model, &out, &flags), &[("NEUROAL_FAULT", "after-block-0")]);
+    assert_eq!(killed_run.status.code(), Some(137), "{}", stderr(&killed_run));
+    let kept = leftovers(&out);
+    assert!(kept.iter().any(|n| n.starts_with(".resumed.tmp-2-")), "{kept:?}");
+    let o = in_namespace(&prune_args(&model, &out, &[&flags[..], &["--resume"]].concat()), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming the interrupted run"), "{}", stderr(&o));
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+    let _ = std::fs::remove_dir_all(&s);
+}
+
+/// `--force` over an old output holding an immutable file: refused before any work, the old
+/// output whole, nothing left beside it, and the next run not blocked. Needs root for chattr.
+#[test]
+#[cfg(target_os = "linux")]
+fn force_over_an_output_that_cannot_be_removed_is_refused_up_front() {
+    let s = scratch("immutable");
+    let model = model_copy("tiny-llama", &s.join("model"));
+    let out = s.join("out");
+    assert!(run_prune(&model, &out, &[], &[]).status.success());
+    std::fs::write(out.join("keep.txt"), "mine").unwrap();
+    let chattr = |flag: &str| Command::new("chattr").arg(flag).arg(out.join("keep.txt")).status().expect("chattr");
+    assert!(chattr("+i").success(), "the test sets an immutable file (as root, as CI runs)");
+    let before = snapshot(&out);
+    let o = run_prune(&model, &out, &["--force"], &[]);
+    let _ = chattr("-i");
+    one_line_error(&o, "which is immutable, so the old output cannot be removed; not replaced");
+    assert_eq!(snapshot(&out), before);
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+    let o = run_prune(&model, &out, &["--force"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+    let _ = std::fs::remove_dir_all(&s);
+}
+
+/// A run that fails after drawing its plots (here: the output appeared meanwhile) leaves no
+/// plot in the outside plots folder, and not the folder it made for them.
+#[test]
+#[cfg(feature = "test-hooks")] // NEUROAL_FAULT
+fn a_failed_run_leaves_no_plots() {
+    let s = scratch("failed-plots");
+    let model = model_copy("tiny-llama", &s.join("model"));
+    let out = s.join("out");
+    let plots = s.join("plots");
+    let o =
+        run_prune(&model, &out, &["--plots", plots.to_str().unwrap()], &[("NEUROAL_FAULT", "appear-before-commit")]);
+    run_error(&o, "appeared while this run was working");
+    assert!(!plots.exists(), "the plots folder was left: {:?}", std::fs::read_dir(&plots).map(|d| d.count()));
+    std::fs::create_dir(&plots).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+    let o =
+        run_prune(&model, &out, &["--plots", plots.to_str().unwrap()], &[("NEUROAL_FAULT", "appear-before-commit")]);
+    run_error(&o, "appeared while this run was working");
+    assert_eq!(std::fs::read_dir(&plots).unwrap().count(), 0, "a failed run left plots");
+    let _ = std::fs::remove_dir_all(&s);
+}
+
+/// Config and tokenizer changed while the run works: the report hashes, and the output holds,
+/// the bytes the run read at its start.
+#[test]
+#[cfg(feature = "test-hooks")] // NEUROAL_PAUSE
+fn files_changed_during_the_run_are_recorded_as_read() {
+    let s = scratch("changed");
+    let model = model_copy("tiny-llama", &s.join("model"));
+    let out = s.join("out");
+    let original: Vec<(&str, Vec<u8>)> =
+        ["config.json", "tokenizer.json"].iter().map(|f| (*f, std::fs::read(model.join(f)).unwrap())).collect();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_neuroal"));
+    cmd.args(prune_args(&model, &out, &[]))
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("NEUROAL_PAUSE", "after-block-0")
+        .env("NEUROAL_PAUSE_SECS", "1");
+    let (code, err) = while_paused(&mut cmd, |_| {
+        for (f, bytes) in &original {
+            let mut changed = bytes.clone();
+            changed.extend_from_slice(b"\n\n");
+            std::fs::write(model.join(f), changed).unwrap();
+        }
+    });
+    assert_eq!(code, Some(0), "{err}");
+    let r = report(&out);
+    for (f, bytes) in &original {
+        let want: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(r["provenance"]["sha256"][f], want.as_str(), "{f}: the report hashes a file the run did not use");
+        assert_eq!(r["provenance"]["copied"][f], want.as_str(), "{f}");
+        assert!(std::fs::read(out.join(f)).unwrap() == *bytes, "{f}: the output holds other bytes than the run read");
+    }
     let _ = std::fs::remove_dir_all(&s);
 }

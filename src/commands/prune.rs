@@ -72,7 +72,7 @@ pub fn run(job: &PruneJob) -> Result<Report> {
     let model = Model::load(inputs.config.clone(), checkpoint, &device, dtype, Ends::Hidden)?;
     let mut pruned = prune_model(job, &checked, &inputs, &model, &output.saved, &estimate)?;
     write_checkpoint(&model.checkpoint, &pruned.masks, &output.staging.dir)?;
-    let copied = copy_other_files(&job.model, &output.staging.dir)?;
+    let copied = copy_other_files(&job.model, &model.checkpoint.read, &output.staging.dir)?;
     // SparseGPT's new weights are in the checkpoint now; the report needs only the masks.
     for m in &mut pruned.masks {
         m.values = None;
@@ -89,8 +89,11 @@ pub fn run(job: &PruneJob) -> Result<Report> {
     report.provenance.copied = copied.into_iter().collect();
     report.provenance.sha256 = serde_json::from_value(output.saved.state()?["inputs"].clone())
         .map_err(|e| err!("cannot read the input hashes back: {e}"))?;
+    let mut plots_beside = None;
     if let Some(target) = &inputs.plots {
-        report.plots = Some(write_plots(&ctx, &output, target, &pruned, &report)?);
+        let (plots, staged) = write_plots(&ctx, &output, target, &pruned, &report)?;
+        report.plots = Some(plots);
+        plots_beside = staged;
     }
     let text = serde_json::to_string_pretty(&report).map_err(|e| err!("cannot encode report.json: {e}"))?;
     {
@@ -99,6 +102,10 @@ pub fn run(job: &PruneJob) -> Result<Report> {
             .map_err(|e| err!("cannot write report.json: {}", crate::io::error::io_words(&e)))?;
     }
     output.staging.commit()?;
+    // Plots for a folder outside the output arrive only with it: a failed run leaves none.
+    if let Some(staged) = plots_beside {
+        staged.move_in()?;
+    }
     Ok(report)
 }
 
@@ -130,15 +137,18 @@ impl Inputs {
             check_input_file(e, "evaluation file")?;
         }
         // The model, read without a device: config, weights' names and shapes, tokenizer.
-        let (config, checkpoint) = check_model_dir(&job.model)?;
+        let (config, mut checkpoint) = check_model_dir(&job.model)?;
         let spec = Spec::of(&config);
         check_spec(job, checked, &config, &spec)?;
         let dest = Destination::check(&job.model, &job.out, job.force, job.resume)?;
         // A check that fails below leaves the hashing thread to end with the process.
+        let tokenizer = Tokenizer::open(&job.model)?;
+        checkpoint.read.insert("tokenizer.json".to_string(), tokenizer.bytes.clone());
         let hashing = {
             let dir = job.model.clone();
             let shards: Vec<String> = checkpoint.shards.iter().map(|s| s.file_name.clone()).collect();
-            std::thread::spawn(move || provenance::model_hashes(&dir, &shards))
+            let read = checkpoint.read.clone();
+            std::thread::spawn(move || provenance::model_hashes(&dir, &shards, &read))
         };
         let plots = job.plots.as_ref().map(|p| check_plots(&job.model, &dest, p)).transpose()?;
         if let (Some(PlotsTarget::Outside(dir)), Some(shown)) = (&plots, &job.plots) {
@@ -146,7 +156,6 @@ impl Inputs {
         }
         let seqlen = job.settings.seqlen.unwrap_or_else(|| default_seqlen(&config));
         config.check_seqlen(seqlen)?;
-        let tokenizer = Tokenizer::open(&job.model)?;
         let (ids, calib_hash) = tokenize_checked_hashed(&tokenizer, &job.model, &job.calib, config.vocab_size)?;
         let mut text_hashes = vec![("calibration text".to_string(), calib_hash)];
         if ids.len() < seqlen + 1 {
@@ -588,14 +597,15 @@ fn sparsity_report(masks: &[LayerMask], linears: usize) -> report::SparsityRepor
     report::SparsityReport { overall: zeros as f64 / total.max(1) as f64, blocks, layers }
 }
 
-/// The plots, written beside the output or into it (then they arrive with it).
+/// The plots, written into the staged output (then they arrive with it), or drawn for a folder
+/// beside it (moved in once the output is in place: [`StagedPlots::move_in`]).
 fn write_plots(
     ctx: &Ctx,
     output: &Output,
     target: &PlotsTarget,
     pruned: &Pruned,
     report: &Report,
-) -> Result<report::Plots> {
+) -> Result<(report::Plots, Option<StagedPlots>)> {
     let Ctx { job, checked, inputs, model } = *ctx;
     let (settings, sparsity) = (&job.settings, checked.sparsity);
     let mut series = vec![("uniform".to_string(), vec![sparsity; model.num_blocks()])];
@@ -616,25 +626,64 @@ fn write_plots(
         PlotsTarget::InsideOutput(rel) => {
             let _guard = write_lock();
             let files = write(&output.staging.dir.join(rel))?;
-            Ok(report::Plots { dir: inputs.dest.path().join(rel), files })
+            Ok((report::Plots { dir: inputs.dest.path().join(rel), files }, None))
         }
-        PlotsTarget::Outside(dir) => Ok(report::Plots { dir: dir.clone(), files: write_beside(dir, &write)? }),
+        PlotsTarget::Outside(dir) => {
+            let staged = StagedPlots::draw(dir, &write)?;
+            Ok((report::Plots { dir: dir.clone(), files: staged.files.clone() }, Some(staged)))
+        }
     }
 }
 
-/// Plots for an outside folder: drawn into a new folder of this process's inside it, then each
-/// renamed into place, so no plot is ever written through an entry already there (a link into
-/// the input stays a link, its target untouched); a failed run leaves none.
-fn write_beside(dir: &Path, write: &dyn Fn(&Path) -> Result<Vec<String>>) -> Result<Vec<String>> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| err!("cannot create {}: {}", dir.display(), crate::io::error::io_words(&e)))?;
-    let staged = crate::io::staging::Scratch::new(dir.join(format!(".neuroal-plots-{}", std::process::id())));
-    std::fs::create_dir(staged.path())
-        .map_err(|e| err!("cannot create {}: {}", staged.path().display(), crate::io::error::io_words(&e)))?;
-    let files = write(staged.path())?;
-    for f in &files {
-        std::fs::rename(staged.path().join(f), dir.join(f))
-            .map_err(|e| err!("cannot move {f} into {}: {}", dir.display(), crate::io::error::io_words(&e)))?;
+/// Plots for an outside folder, drawn into a new folder of this run's inside it; each is renamed
+/// into place only once the output is, so no plot is ever written through an entry already
+/// there (a link into the input stays a link, its target untouched) and a failed run leaves none
+/// (the folder goes with the run, as a [`crate::io::staging::Scratch`]).
+struct StagedPlots {
+    dir: PathBuf,
+    files: Vec<String>,
+    /// Declared before `created`: dropped first, so the folder made for the plots is empty when
+    /// its own drop removes it.
+    staged: crate::io::staging::Scratch,
+    created: Option<CreatedFolder>,
+}
+
+/// A folder this run made, removed again (if still empty) unless the run got as far as using it.
+struct CreatedFolder(Option<PathBuf>);
+
+impl Drop for CreatedFolder {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
-    Ok(files)
+}
+
+impl StagedPlots {
+    fn draw(dir: &Path, write: &dyn Fn(&Path) -> Result<Vec<String>>) -> Result<StagedPlots> {
+        let created = (!dir.exists()).then(|| CreatedFolder(Some(dir.to_path_buf())));
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err!("cannot create {}: {}", dir.display(), crate::io::error::io_words(&e)))?;
+        let staged = crate::io::staging::Scratch::new(dir.join(format!(".neuroal-plots-{}", std::process::id())));
+        std::fs::create_dir(staged.path())
+            .map_err(|e| err!("cannot create {}: {}", staged.path().display(), crate::io::error::io_words(&e)))?;
+        let files = write(staged.path())?;
+        Ok(StagedPlots { dir: dir.to_path_buf(), files, staged, created })
+    }
+
+    fn move_in(mut self) -> Result<()> {
+        if let Some(c) = &mut self.created {
+            c.0 = None;
+        }
+        for f in &self.files {
+            std::fs::rename(self.staged.path().join(f), self.dir.join(f)).map_err(|e| {
+                err!(
+                    "the output is in place, but plot {f} cannot be moved into {}: {}",
+                    self.dir.display(),
+                    crate::io::error::io_words(&e)
+                )
+            })?;
+        }
+        Ok(())
+    }
 }

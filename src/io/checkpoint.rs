@@ -69,6 +69,10 @@ pub struct Checkpoint {
     pub names: BTreeMap<String, usize>,
     /// Present when the checkpoint is sharded; the writer reproduces it.
     pub index_json: Option<serde_json::Value>,
+    /// The small files read whole to open the model (the index here; the model layer adds
+    /// config.json, a prune the tokenizer), by name: the bytes the run used, which the report
+    /// hashes and the output copies, whatever the files hold later.
+    pub read: BTreeMap<String, Vec<u8>>,
 }
 
 /// A tensor decoded to f32, with its on-disk dtype remembered for writing back.
@@ -101,9 +105,11 @@ impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Checkpoint> {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
+        let mut read = BTreeMap::new();
         let (shards, index_json) = if index_path.exists() {
-            let text =
-                std::fs::read_to_string(&index_path).context(|| format!("cannot read {}", index_path.display()))?;
+            let bytes = std::fs::read(&index_path).context(|| format!("cannot read {}", index_path.display()))?;
+            let text = String::from_utf8(bytes.clone()).map_err(|_| err!("{}: not UTF-8", index_path.display()))?;
+            read.insert("model.safetensors.index.json".to_string(), bytes);
             let json: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| err!("{}: not valid JSON ({e})", index_path.display()))?;
             let map = json
@@ -145,7 +151,7 @@ impl Checkpoint {
             bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
         };
         let names = tensor_shards(dir, &shards)?;
-        Ok(Checkpoint { dir: dir.to_path_buf(), shards, names, index_json })
+        Ok(Checkpoint { dir: dir.to_path_buf(), shards, names, index_json, read })
     }
 
     pub fn contains(&self, name: &str) -> bool {

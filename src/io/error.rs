@@ -66,17 +66,33 @@ pub trait Context<T> {
 
 impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| Error(format!("{}: {e}", what())))
+        self.map_err(|e| Error(format!("{}: {}", what(), without_os_codes(&e.to_string()))))
     }
 }
 
 /// An I/O error in words, without Rust's debug structure or the "(os error N)" suffix.
 pub fn io_words(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_string(),
-        None => text,
+    without_os_codes(&e.to_string())
+}
+
+/// Text without the " (os error N)" that Rust appends to a system error, wherever a library
+/// put one into its message: the words say it, the number is noise to a user.
+pub fn without_os_codes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(" (os error ") {
+        let tail = &rest[i + " (os error ".len()..];
+        let digits = tail.bytes().take_while(|b| b.is_ascii_digit() || *b == b'-').count();
+        if digits > 0 && tail[digits..].starts_with(')') {
+            out.push_str(&rest[..i]);
+            rest = &tail[digits + 1..];
+        } else {
+            out.push_str(&rest[..i + 1]);
+            rest = &rest[i + 1..];
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 /// Checks an input file named on the command line: missing, a folder, or not a regular file (a
@@ -160,6 +176,17 @@ pub fn human(bytes: u128) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn system_error_numbers_are_left_out() {
+        assert_eq!(
+            super::without_os_codes("a: No such file or directory (os error 2); b: Is a directory (os error 21)"),
+            "a: No such file or directory; b: Is a directory"
+        );
+        assert_eq!(super::without_os_codes("kept (os error x) as is"), "kept (os error x) as is");
+        let e = std::io::Error::from_raw_os_error(2);
+        assert!(!super::io_words(&e).contains("os error"), "{}", super::io_words(&e));
+    }
+
     #[test]
     fn allocation_failures_are_said_plainly() {
         let deep = "An error happened during execution\nCaused by:\n  skipped `MatmulEntry`\n  can't allocate buffer of size: 262144000\nNo backtrace available";

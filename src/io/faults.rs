@@ -1,7 +1,8 @@
 //! Fault injection for the tests, compiled in only with the `test-hooks` feature (which CI's test
 //! runs enable; a shipped build has none): `NEUROAL_FAULT=POINT` kills the process (as SIGKILL
 //! would) when it reaches POINT, or makes the named fault happen; `NEUROAL_PAUSE=POINT` sleeps
-//! there for a minute so a test can signal it. Without the feature both are nothing.
+//! there for a minute (or `NEUROAL_PAUSE_SECS`) so a test can signal it or change files under
+//! it. Without the feature both are nothing.
 
 /// Whether `NEUROAL_FAULT` names this point (for faults other than a kill).
 #[cfg(feature = "test-hooks")]
@@ -28,7 +29,8 @@ pub fn fault(point: &str) {
     }
     if std::env::var("NEUROAL_PAUSE").map(|v| v == point).unwrap_or(false) {
         eprintln!("paused at {point}");
-        std::thread::sleep(std::time::Duration::from_secs(60));
+        let secs = std::env::var("NEUROAL_PAUSE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+        std::thread::sleep(std::time::Duration::from_secs(secs));
     }
 }
 

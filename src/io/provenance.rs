@@ -35,21 +35,22 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// SHA-256 of a model folder's files that a run reads: config, tokenizer, index and shards,
-/// keyed by file name. The files are hashed side by side, one per core: SHA-256 runs at about
+/// SHA-256 of the files a run reads, keyed by file name: the shards, hashed here from disk,
+/// and the small files already read whole (`read`: config, tokenizer, index), hashed from the
+/// bytes the run used. The files are hashed side by side, one per core: SHA-256 runs at about
 /// 1.4 GB/s on a core with SHA instructions (far less without), so a 7B checkpoint's 13.5 GB
 /// take about 10 s on one core, and its shards are hashed at once instead. On threads of its
 /// own, not rayon's global pool: a prune runs beside it, and a worker of that pool waiting in a
 /// join could pick up a file's hash and hold the prune for seconds.
-pub fn model_hashes(dir: &Path, shard_names: &[String]) -> Result<BTreeMap<String, String>> {
-    let names: Vec<String> = ["config.json", "tokenizer.json", "model.safetensors.index.json"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(shard_names.iter().cloned())
-        .collect();
+pub fn model_hashes(
+    dir: &Path,
+    shard_names: &[String],
+    read: &BTreeMap<String, Vec<u8>>,
+) -> Result<BTreeMap<String, String>> {
+    let names: Vec<String> = shard_names.to_vec();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(names.len().min(cores))
+        .num_threads(names.len().clamp(1, cores))
         .thread_name(|i| format!("neuroal-hash-{i}"))
         .build()
         .map_err(|e| crate::err!("cannot start the hashing threads: {e}"))?;
@@ -62,7 +63,7 @@ pub fn model_hashes(dir: &Path, shard_names: &[String]) -> Result<BTreeMap<Strin
             })
             .collect()
     });
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, String> = read.iter().map(|(f, b)| (f.clone(), sha256_bytes(b))).collect();
     for (f, h) in names.into_iter().zip(hashes) {
         if let Some(h) = h {
             out.insert(f, h?);

@@ -1,8 +1,10 @@
 //! The output folder's life. It is checked before any work starts, staged beside the
 //! destination, and swapped in without ever deleting data someone still needs: the old output is
 //! renamed aside, the new one renamed in, and only then is the old one removed. Folders that an
-//! interrupted run left behind are recognised by name and the owner's process id, so the next
-//! run restores, resumes or removes them.
+//! interrupted run left behind are recognised by name and by a lock: each run holds a locked
+//! claim file beside them for as long as it lives (process ids say nothing across PID
+//! namespaces, and come back), so the next run restores, resumes or removes exactly what no
+//! live run holds.
 //!
 //! Aliases are compared by file identity (device and inode), not by path strings, so a symlink,
 //! a hard link or a bind mount of the input is recognised as the input.
@@ -184,6 +186,70 @@ fn check_not_input(input: &Path, target: &Path, shown: &Path, what: &str, replac
     Ok(())
 }
 
+/// Refuses to replace an old output that could not be removed whole once the new one is in
+/// (it would stay beside it, and the replace could never finish): anything in it that is
+/// immutable or append-only, or a folder this user may not change.
+fn check_removable(old: &Path, shown: &Path) -> Result<()> {
+    let mut stack = vec![old.to_path_buf()];
+    let mut first = true;
+    while let Some(p) = stack.pop() {
+        if let Some(why) = unremovable(&p) {
+            let what = if first { "is".to_string() } else { format!("holds {}, which is", p.display()) };
+            bail!("--out {}: {what} {why}, so the old output cannot be removed; not replaced", shown.display());
+        }
+        first = false;
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
+            && let Ok(entries) = std::fs::read_dir(&p)
+        {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    Ok(())
+}
+
+/// Why `p` (a link is not followed) cannot be removed, where that can be known up front.
+#[cfg(target_os = "linux")]
+fn unremovable(p: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+    const FS_APPEND_FL: libc::c_int = 0x20;
+    let meta = std::fs::symlink_metadata(p).ok()?;
+    if meta.is_dir() {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+        // SAFETY: access only reads the NUL-terminated path.
+        if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+            return Some(match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EPERM) => "immutable",
+                Some(libc::EROFS) => "on a read-only file system",
+                _ => "a folder this user may not change",
+            });
+        }
+    }
+    if !(meta.is_file() || meta.is_dir()) {
+        return None;
+    }
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p).ok()?;
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int into `flags` for an open file descriptor.
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
+        return None;
+    }
+    if flags & FS_IMMUTABLE_FL != 0 {
+        Some("immutable")
+    } else if flags & FS_APPEND_FL != 0 {
+        Some("append-only")
+    } else {
+        None
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unremovable(_p: &Path) -> Option<&'static str> {
+    None
+}
+
 impl Destination {
     /// Whether [`Staging::create`] will take over an interrupted run (with `--resume`, one
     /// holding progress was found).
@@ -218,7 +284,7 @@ impl Destination {
         };
         dest.recover_interrupted_replace()?;
         // A leftover's name proves nothing: one that is, holds or lies in the input is left alone.
-        let mut stale: Vec<(PathBuf, u32)> =
+        let mut stale: Vec<(PathBuf, String)> =
             dest.stale("tmp").into_iter().filter(|(p, _)| !dest.touches_input(p)).collect();
         if resume {
             stale.sort_by_key(|(p, _)| std::fs::metadata(p.join(RESUME_DIR)).and_then(|m| m.modified()).ok());
@@ -227,10 +293,15 @@ impl Destination {
             dest.adoptable = keep.into_iter().map(|(p, _)| p).collect();
             stale = drop;
         }
-        for (p, pid) in &stale {
-            std::fs::remove_dir_all(p).context(|| format!("cannot remove {}", p.display()))?;
-            eprintln!("note: removed {}, left by process {pid}, which was interrupted", p.display());
+        for (p, _) in &stale {
+            match std::fs::remove_dir_all(p) {
+                Ok(()) => eprintln!("note: removed {}, left by a run that was interrupted", p.display()),
+                // Another run cleaning up, or resuming, got there first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!("cannot remove {}: {}", p.display(), crate::io::error::io_words(&e)),
+            }
         }
+        dest.remove_dead_claims();
         let path = dest.path();
         if let Ok(meta) = std::fs::symlink_metadata(&path)
             && !path.is_dir()
@@ -267,25 +338,31 @@ impl Destination {
                 self.shown.display()
             );
         }
-        check_not_input(&self.input, &path, &self.shown, "--out", true)
+        check_not_input(&self.input, &path, &self.shown, "--out", true)?;
+        if path.is_dir() {
+            check_removable(&path, &self.shown)?;
+        }
+        Ok(())
     }
 
-    fn sibling(&self, kind: &str, pid: u32) -> PathBuf {
-        self.parent.join(format!(".{}.{kind}-{pid}", self.name.to_string_lossy()))
+    fn sibling(&self, kind: &str, token: &str) -> PathBuf {
+        self.parent.join(format!(".{}.{kind}-{token}", self.name.to_string_lossy()))
     }
 
-    /// Sibling folders `.NAME.KIND-PID` of this destination whose process is gone.
-    fn stale(&self, kind: &str) -> Vec<(PathBuf, u32)> {
+    /// Sibling entries `.NAME.KIND-TOKEN` of this destination whose run holds no claim (its
+    /// process is gone, whatever namespace it ran in), with their tokens.
+    fn stale(&self, kind: &str) -> Vec<(PathBuf, String)> {
         let prefix = format!(".{}.{kind}-", self.name.to_string_lossy());
         let mut found = Vec::new();
         if let Ok(entries) = std::fs::read_dir(&self.parent) {
             for e in entries.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = n.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok())
-                    && pid != std::process::id()
-                    && !process_alive(pid)
+                if let Some(token) = n.strip_prefix(&prefix)
+                    && !token.is_empty()
+                    && !token.ends_with(".part")
+                    && !claim_held(&self.sibling("run", token))
                 {
-                    found.push((e.path(), pid));
+                    found.push((e.path(), token.to_string()));
                 }
             }
         }
@@ -293,54 +370,129 @@ impl Destination {
         found
     }
 
+    /// Claim files of runs that are gone (their folders dealt with first), and part files of
+    /// claims that a kill interrupted while they were made, once they are an hour old.
+    fn remove_dead_claims(&self) {
+        for (p, _) in self.stale("run") {
+            let _ = std::fs::remove_file(p);
+        }
+        let prefix = format!(".{}.run-", self.name.to_string_lossy());
+        let hour_old = |p: &Path| {
+            std::fs::metadata(p).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() > 3600))
+        };
+        if let Ok(entries) = std::fs::read_dir(&self.parent) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&prefix) && n.ends_with(".part") && hour_old(&e.path()) && !claim_held(&e.path()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
     /// An earlier run killed while replacing this destination left the old output aside:
     /// put it back if nothing replaced it, else remove it (the replacement is complete).
     fn recover_interrupted_replace(&self) -> Result<()> {
-        for (old, pid) in self.stale("old").into_iter().filter(|(p, _)| !self.touches_input(p)) {
+        for (old, _) in self.stale("old").into_iter().filter(|(p, _)| !self.touches_input(p)) {
             if std::fs::symlink_metadata(self.path()).is_err() {
                 std::fs::rename(&old, self.path())
                     .context(|| format!("cannot restore {} to {}", old.display(), self.shown.display()))?;
-                eprintln!("note: restored {} from a replace that process {pid} did not finish", self.shown.display());
-            } else {
-                std::fs::remove_dir_all(&old).context(|| format!("cannot remove {}", old.display()))?;
                 eprintln!(
-                    "note: removed {}, the previous output that process {pid} had already replaced",
-                    old.display()
+                    "note: restored {} from a replace that an interrupted run did not finish",
+                    self.shown.display()
                 );
+            } else {
+                match std::fs::remove_dir_all(&old) {
+                    Ok(()) => eprintln!(
+                        "note: removed {}, the previous output that an interrupted run had already replaced",
+                        old.display()
+                    ),
+                    // What cannot be removed (an immutable file) is left, said once per run,
+                    // and never stops a run.
+                    Err(e) => eprintln!(
+                        "warning: {} (an old output already replaced) cannot be removed: {}; remove it by hand",
+                        old.display(),
+                        crate::io::error::io_words(&e)
+                    ),
+                }
             }
         }
         Ok(())
     }
 }
 
-#[cfg(unix)]
-fn process_alive(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks whether the process exists.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-#[cfg(windows)]
-fn process_alive(pid: u32) -> bool {
-    use windows_sys::Win32::Foundation::{CloseHandle, STILL_ACTIVE};
-    use windows_sys::Win32::System::Threading::{GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION};
-    // SAFETY: the handle is checked for null, only queried, and closed once.
-    unsafe {
-        let h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
-        if h.is_null() {
-            // No such process, or one we may not query (then it exists: assume alive).
-            return std::io::Error::last_os_error().raw_os_error() == Some(5); // ERROR_ACCESS_DENIED
-        }
-        let mut code = 0u32;
-        let ok = GetExitCodeProcess(h, &mut code);
-        CloseHandle(h);
-        ok == 0 || code == STILL_ACTIVE as u32
+/// Whether a live run holds the claim file `path` locked. A missing file is nobody's claim; one
+/// that cannot be opened or asked is taken as held, so nothing is removed on a guess.
+fn claim_held(path: &Path) -> bool {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return e.kind() != std::io::ErrorKind::NotFound,
+    };
+    match file.try_lock() {
+        Ok(()) => false,
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(_)) => true,
     }
 }
 
-#[cfg(not(any(unix, windows)))]
-fn process_alive(_pid: u32) -> bool {
-    true
+/// A run's claim on its destination: the file `.NAME.run-TOKEN` in the output's parent, locked
+/// for as long as the run lives (the system releases the lock when the process ends, however it
+/// ends). Its staging folder is `.NAME.tmp-TOKEN`, an old output it moves aside
+/// `.NAME.old-TOKEN`. The token (process id and clock) is unique, so two runs in different PID
+/// namespaces never share a name, and a resumed run never mistakes an old folder for its own.
+struct Claim {
+    path: PathBuf,
+    token: String,
+    _file: std::fs::File,
+}
+
+impl Claim {
+    /// Made under a part name, locked, then renamed: a claim file is never seen unlocked while
+    /// its run lives.
+    fn take(dest: &Destination) -> Result<Claim> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        for attempt in 0..100u128 {
+            let token = format!("{}-{:x}", std::process::id(), (nanos + attempt) & 0xffff_ffff_ffff);
+            let path = dest.sibling("run", &token);
+            let part = path.with_file_name(format!("{}.part", path.file_name().unwrap_or_default().to_string_lossy()));
+            let file = match std::fs::OpenOptions::new().write(true).create_new(true).open(&part) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => bail!(
+                    "--out {}: cannot create the temporary folder's claim file in {}: {}",
+                    dest.shown.display(),
+                    dest.parent.display(),
+                    crate::io::error::io_words(&e)
+                ),
+            };
+            file.try_lock().map_err(|_| {
+                let _ = std::fs::remove_file(&part);
+                err!("--out {}: the file system of {} cannot lock files", dest.shown.display(), dest.parent.display())
+            })?;
+            if let Err(e) = std::fs::rename(&part, &path) {
+                let _ = std::fs::remove_file(&part);
+                bail!(
+                    "--out {}: cannot create {}: {}",
+                    dest.shown.display(),
+                    path.display(),
+                    crate::io::error::io_words(&e)
+                );
+            }
+            return Ok(Claim { path, token, _file: file });
+        }
+        bail!(
+            "--out {}: cannot find a free name for this run's files in {}",
+            dest.shown.display(),
+            dest.parent.display()
+        )
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Removed while still locked; the lock goes with the file handle after.
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Folder (inside a staging folder) that holds an interrupted run's progress.
@@ -352,6 +504,8 @@ pub struct Staging {
     pub dir: PathBuf,
     dest: Destination,
     done: bool,
+    /// Dropped after the folder is dealt with (fields drop after [`Drop::drop`]).
+    claim: Claim,
 }
 
 impl Staging {
@@ -360,21 +514,28 @@ impl Staging {
     /// `--resume`, once `accept` has found its progress to be this run's (a refused folder is
     /// left where it is); the taken-over folder's old path is returned.
     pub fn create(dest: &Destination, accept: &dyn Fn(&Path) -> Result<()>) -> Result<(Staging, Option<PathBuf>)> {
-        let dir = dest.sibling("tmp", std::process::id());
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).context(|| format!("cannot remove {}", dir.display()))?;
-        }
+        let claim = Claim::take(dest)?;
+        let dir = dest.sibling("tmp", &claim.token);
         let mut candidates = dest.adoptable.clone();
         let adopted = candidates.pop();
         if let Some(p) = &adopted {
             accept(p)?;
         }
         for p in candidates {
-            std::fs::remove_dir_all(&p).context(|| format!("cannot remove {}", p.display()))?;
-            eprintln!("note: removed {}, an older interrupted run of the same output", p.display());
+            match std::fs::remove_dir_all(&p) {
+                Ok(()) => eprintln!("note: removed {}, an older interrupted run of the same output", p.display()),
+                // Another run resuming the same output took it meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!("cannot remove {}: {}", p.display(), crate::io::error::io_words(&e)),
+            }
         }
         match &adopted {
-            Some(p) => std::fs::rename(p, &dir).context(|| format!("cannot take over {}", p.display()))?,
+            Some(p) => std::fs::rename(p, &dir).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    err!("{}: another run resuming the same output took it over first", p.display())
+                }
+                _ => err!("cannot take over {}: {}", p.display(), crate::io::error::io_words(&e)),
+            })?,
             None => std::fs::create_dir(&dir).map_err(|e| {
                 err!(
                     "--out {}: cannot create the temporary folder {}: {}",
@@ -384,8 +545,8 @@ impl Staging {
                 )
             })?,
         }
-        register(&dir);
-        Ok((Staging { dir, dest: dest.clone(), done: false }, adopted))
+        register(&dir, &claim.path);
+        Ok((Staging { dir, dest: dest.clone(), done: false, claim }, adopted))
     }
 
     /// Moves the staged folder to the destination. Without `force` the destination must still
@@ -410,7 +571,7 @@ impl Staging {
                 bail!("--out {shown}: is now a file, not a folder; not replaced");
             }
             self.dest.check_replaceable()?;
-            let aside = self.dest.sibling("old", std::process::id());
+            let aside = self.dest.sibling("old", &self.claim.token);
             std::fs::rename(&out, &aside).map_err(|e| {
                 err!("--out {shown}: cannot move the old output aside: {}", crate::io::error::io_words(&e))
             })?;
@@ -489,7 +650,8 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::result::Result<(), String> {
 // one per process and takes no argument, so what it must clean up is where it can find it.
 
 /// Staged output folders, removed by the handler.
-static STAGED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Each with its run's claim file, removed with it (the run is over).
+static STAGED: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
 /// Held while files are written into a staged folder, so the handler never removes a folder a
 /// writer is halfway through (it waits for the lock).
 static WRITING: Mutex<()> = Mutex::new(());
@@ -605,15 +767,15 @@ fn clean_scratch(_signal: i32) {
     }
 }
 
-fn register(dir: &Path) {
+fn register(dir: &Path, claim: &Path) {
     if let Ok(mut v) = STAGED.lock() {
-        v.push(dir.to_path_buf());
+        v.push((dir.to_path_buf(), claim.to_path_buf()));
     }
 }
 
 fn unregister(dir: &Path) {
     if let Ok(mut v) = STAGED.lock() {
-        v.retain(|d| d != dir);
+        v.retain(|(d, _)| d != dir);
     }
 }
 
@@ -653,7 +815,8 @@ fn say(line: &str) {
 fn clean_staged() -> Vec<PathBuf> {
     let dirs = STAGED.lock().map(|v| v.clone()).unwrap_or_default();
     let mut kept = Vec::new();
-    for dir in dirs {
+    for (dir, claim) in dirs {
+        let _ = std::fs::remove_file(&claim);
         let progress = dir.join(RESUME_DIR).join("state.json").exists();
         if !progress {
             let _ = std::fs::remove_dir_all(&dir);

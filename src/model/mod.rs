@@ -988,8 +988,12 @@ pub fn check_model_dir(dir: &Path) -> Result<(Config, Checkpoint)> {
     if !config_path.exists() {
         bail!("{}: no config.json", dir.display());
     }
-    let config = Config::from_file(&config_path)?;
-    let checkpoint = Checkpoint::open(dir)?;
+    let bytes = std::fs::read(&config_path)
+        .map_err(|e| err!("cannot read {}: {}", config_path.display(), crate::io::error::io_words(&e)))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| err!("{}: not UTF-8", config_path.display()))?;
+    let config = Config::from_json(text).map_err(|e| err!("{}: {e}", config_path.display()))?;
+    let mut checkpoint = Checkpoint::open(dir)?;
+    checkpoint.read.insert("config.json".to_string(), bytes);
     check_layers(&config, &Spec::of(&config), &checkpoint)?;
     for (name, shape) in &checkpoint_tensors(&config, checkpoint.contains("lm_head.weight")) {
         let (_, info) = checkpoint.info(name)?;

@@ -85,9 +85,14 @@ fn write_shards(input: &Checkpoint, masks: &[LayerMask], dir: &Path, chunk: usiz
 
 /// Copies every other file directly in the input folder (config, tokenizer files, chat
 /// template, generation config, model card…) into `dir` unchanged: each read once, hashed and
-/// written. Not the weights (see [`WEIGHT_ENDINGS`]), the index (rewritten), a report of an
-/// earlier run, or folders. Returns (name, SHA-256) of each file copied, in name order.
-pub fn copy_other_files(input: &Path, dir: &Path) -> Result<Vec<(String, String)>> {
+/// written; those the run read at its start (`read`: config, tokenizer) as they were then. Not
+/// the weights (see [`WEIGHT_ENDINGS`]), the index (rewritten), a report of an earlier run, or
+/// folders. Returns (name, SHA-256) of each file copied, in name order.
+pub fn copy_other_files(
+    input: &Path,
+    read: &std::collections::BTreeMap<String, Vec<u8>>,
+    dir: &Path,
+) -> Result<Vec<(String, String)>> {
     let entries = std::fs::read_dir(input)
         .map_err(|e| err!("cannot read {}: {}", input.display(), crate::io::error::io_words(&e)))?;
     let mut names: Vec<String> = entries
@@ -98,11 +103,17 @@ pub fn copy_other_files(input: &Path, dir: &Path) -> Result<Vec<(String, String)
         .filter(|n| !WEIGHT_ENDINGS.iter().any(|w| n.ends_with(w)))
         .filter(|n| n != "model.safetensors.index.json" && n != "report.json")
         .collect();
+    // What the run read is copied even if it has gone from the input since.
+    names.extend(read.keys().filter(|n| *n != "model.safetensors.index.json").cloned());
     names.sort();
+    names.dedup();
     let mut copied = Vec::with_capacity(names.len());
     for name in names {
-        let bytes = std::fs::read(input.join(&name))
-            .map_err(|e| err!("cannot read {}: {}", input.join(&name).display(), crate::io::error::io_words(&e)))?;
+        let bytes = match read.get(&name) {
+            Some(b) => b.clone(),
+            None => std::fs::read(input.join(&name))
+                .map_err(|e| err!("cannot read {}: {}", input.join(&name).display(), crate::io::error::io_words(&e)))?,
+        };
         let _guard = write_lock();
         std::fs::write(dir.join(&name), &bytes).context(|| format!("cannot copy {name}"))?;
         copied.push((name, crate::io::provenance::sha256_bytes(&bytes)));
