@@ -67,7 +67,7 @@ pub fn run(job: &PruneJob) -> Result<Report> {
     let device = device::select(job.settings.device)?;
     let gpu_peak = device.is_gpu.then(|| memory::GpuPeak::start(&device.device));
     let dtype = device.compute_dtype(job.settings.dtype)?;
-    let estimated_peak_mib = device_estimate(job, &inputs, &device, dtype, &mut estimate)?;
+    let estimated_peak_mib = device_estimate(job, &inputs, &device, dtype, &mut estimate, &checkpoint)?;
     // Pruning computes no logits: no head, and the embedding table left in the memory map.
     let model = Model::load(inputs.config.clone(), checkpoint, &device, dtype, Ends::Hidden)?;
     let mut pruned = prune_model(job, &checked, &inputs, &model, &output.saved, &estimate)?;
@@ -273,7 +273,7 @@ fn host_estimate(
     // The windows' starts and token ids are held on the host whatever the pruner and device.
     let windows = memory::Part {
         what: "calibration windows' token ids",
-        bytes: settings.nsamples as u128 * (inputs.seqlen as u128 * 4 + 8),
+        bytes: windows_bytes(job, inputs),
         lowered_by: "--nsamples or --seqlen",
     };
     let Some(avail) = memory::available_host() else { return Ok(estimate) };
@@ -346,6 +346,7 @@ fn device_estimate(
     device: &Selected,
     dtype: burn::tensor::DType,
     estimate: &mut memory::Run,
+    checkpoint: &Checkpoint,
 ) -> Result<f64> {
     let (config, shapes) = (&inputs.config, inputs.spec.shapes());
     estimate.dtype_bytes = dtype.size() as u128;
@@ -362,7 +363,31 @@ fn device_estimate(
     if let Some(limit) = device.max_buffer {
         memory::check_buffer(&memory::largest_buffer(config, &shapes, estimate), limit)?;
     }
-    Ok(memory::total_mib(&parts))
+    if device.is_gpu {
+        return Ok(memory::total_mib(&parts));
+    }
+    // On the CPU the report's estimate bounds the measured peak (the process's resident set):
+    // the parts, plus what the process already holds, and the checkpoints' pages that the run
+    // reads through memory maps (the input's, and with --eval or --zeroshot the output's too),
+    // which the system may drop again, so the check above leaves them out.
+    let mapped: u128 = checkpoint.shards.iter().map(|s| s.mmap.len() as u128).sum();
+    let extra = [
+        // Freed memory that the allocator keeps for reuse (an arena per thread).
+        memory::Part { what: "allocator slack, 1/8 of the parts", bytes: memory::total(&parts) / 8, lowered_by: "" },
+        memory::Part { what: "calibration windows' token ids", bytes: windows_bytes(job, inputs), lowered_by: "" },
+        memory::Part { what: "the process so far", bytes: memory::peak_rss_bytes(), lowered_by: "" },
+        memory::Part {
+            what: "checkpoint pages read through memory maps",
+            bytes: mapped * if estimate.measure.is_some() { 2 } else { 1 },
+            lowered_by: "",
+        },
+    ];
+    Ok(memory::total_mib(&[parts, extra.to_vec()].concat()))
+}
+
+/// The calibration windows' starts and token ids, held on the host whatever the device.
+fn windows_bytes(job: &PruneJob, inputs: &Inputs) -> u128 {
+    job.settings.nsamples as u128 * (inputs.seqlen as u128 * 4 + 8)
 }
 
 /// What the prune made: the top-up's choice, the masks, the calibration windows and the times.

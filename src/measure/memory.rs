@@ -509,14 +509,19 @@ impl Drop for GpuPeak {
 
 /// Peak resident set size of this process (Linux `VmHWM`), in MiB; 0 where unknown.
 pub fn peak_rss_mib() -> f64 {
+    peak_rss_bytes() as f64 / (1u128 << 20) as f64
+}
+
+/// [`peak_rss_mib`] in bytes.
+pub fn peak_rss_bytes() -> u128 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u128>().ok()))
         })
-        .map_or(0.0, |kb| kb / 1024.0)
+        .map_or(0, |kb| kb * 1024)
 }
 
 #[cfg(test)]
