@@ -14,6 +14,7 @@ import sys
 import types
 
 import torch
+import transformers
 
 import torch_model
 
@@ -63,15 +64,26 @@ def windows(ids, starts, seqlen):
     return out
 
 
+# transformers 4.48 and later: decoder layers take the rotary cos and sin from the model.
+ROTARY_FROM_MODEL = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 48)
+
+
 def load_model(model_dir, dtype, dev, seqlen):
     """The checkpoint as their loops expect it. Their code calls each decoder layer with
-    position_ids alone, as transformers 4.x allowed; under transformers 5, whose layers take the
-    rotary cos and sin from the model, each layer is handed the model's own, made from those
-    position_ids."""
+    position_ids alone, as transformers up to 4.47 allowed; under later versions, whose layers
+    take the rotary cos and sin from the model, each layer is handed the model's own, made from
+    those position_ids. Later versions also read each layer's `attention_type` (full or
+    sliding) from the layer list, where their Catcher stands in for the first layer: it is
+    given the layer's own."""
     model = torch_model.load(model_dir, dtype, dev)
     model.seqlen = seqlen
+    first = model.model.layers[0]
+    if hasattr(first, "attention_type"):
+        kind = first.attention_type
+        torch.nn.Module.attention_type = property(
+            lambda m: m.module.attention_type if "module" in m._modules else kind)
     rotary = getattr(model.model, "rotary_emb", None)
-    if torch_model.V5 and rotary is not None:
+    if (torch_model.V5 or ROTARY_FROM_MODEL) and rotary is not None:
         for layer in model.model.layers:
             def forward(hidden_states, *args, _forward=layer.forward, **kw):
                 if kw.get("position_embeddings") is None and kw.get("position_ids") is not None:

@@ -9,7 +9,10 @@ compare against. Run from the repository root:
     python3 scripts/make_fixtures.py --rope     # only tiny-llama under other rope scalings
 
 Versions used for the committed fixtures: torch 2.5.1 (CPU), transformers 4.46.3,
-tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. Everything here is generated from seeds:
+tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. The newer fixtures (tiny-qwen3, tiny-mistral-swa) need a
+transformers that has them: made with torch 2.5.1 and transformers 4.57.1 in a venv of their own
+(`python3 -m venv V && V/bin/pip install torch==2.5.1 transformers==4.57.1`, then
+`V/bin/python scripts/make_fixtures.py --only tiny-qwen3,tiny-mistral-swa`); each golden records its versions. Everything here is generated from seeds:
 the text is synthetic, the tokenizer is trained on it, the models are random.
 """
 import argparse
@@ -360,6 +363,22 @@ def main():
             num_key_value_heads=2, rope_theta=500000.0, attention_bias=True, mlp_bias=True,
             tie_word_embeddings=True, **common), torch.float32, 6, False, False),
     ]
+    # The families of issue 42 need a newer transformers than the fixtures above (Qwen3: 4.51).
+    if hasattr(transformers, "Qwen3ForCausalLM"):
+        specs += [
+            # Qwen3: per-head q/k RMSNorm before the rotation, an explicit head_dim (24, not
+            # 64 / 4), GQA, tied head, f32.
+            ("tiny-qwen3", transformers.Qwen3ForCausalLM, transformers.Qwen3Config(
+                num_key_value_heads=2, head_dim=24, rope_theta=1000000.0, attention_bias=False,
+                tie_word_embeddings=True, use_sliding_window=False, **common),
+             torch.float32, 8, False, False),
+            # Mistral with a sliding window (24 tokens) shorter than the 64-token evaluation
+            # windows, as transformers 4.53+ applies it (key j seen from query i when
+            # i - 24 < j <= i), GQA, bf16.
+            ("tiny-mistral-swa", transformers.MistralForCausalLM, transformers.MistralConfig(
+                num_key_value_heads=2, rope_theta=10000.0, sliding_window=24,
+                tie_word_embeddings=False, **common), torch.bfloat16, 9, False, False),
+        ]
     if only:
         specs = [sp for sp in specs if sp[0] in only]
     for name, cls, cfg, dtype, seed, shard, v5 in specs:

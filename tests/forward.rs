@@ -505,3 +505,36 @@ fn a_model_loaded_to_prune_embeds_the_same_bits_and_computes_no_logits() {
         }
     }
 }
+
+/// tiny-mistral-swa's 24-token sliding window is shorter than the 64-token windows its golden
+/// perplexity was measured on (`perplexity_matches_transformers_on_fixtures` checks those on
+/// every device): here the window is shown to matter, since the same weights without it give
+/// other losses, and Qwen2 with `use_sliding_window` (which applies it only from
+/// `max_window_layers` on, not implemented) is refused where a window is longer.
+#[test]
+fn the_sliding_window_is_applied_not_ignored() {
+    let tmp = std::env::temp_dir().join(format!("neuroal-swa-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let full = model_copy("tiny-mistral-swa", &tmp.join("full"));
+    let path = full.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["sliding_window"] = serde_json::Value::Null;
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let dev = select(neuroal::gpu::device::Choice::Cpu);
+    let ids = tokenize_file(&Tokenizer::open(&full).unwrap(), &asset("sample.txt")).unwrap();
+    let want = floats(&golden("tiny-mistral-swa")["window_losses"]);
+    let r = perplexity(&Model::open(&full, &dev).unwrap(), &ids, 64, Some(2), &dev.description).unwrap();
+    for (a, b) in r.window_losses.iter().zip(&want) {
+        assert!((a - b).abs() > 1e-3 * b.abs(), "without the window the loss {a} is still {b}");
+    }
+
+    let qwen2 = model_copy("tiny-qwen2", &tmp.join("qwen2"));
+    let path = qwen2.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["use_sliding_window"] = true.into();
+    cfg["sliding_window"] = 24.into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let e = Model::open(&qwen2, &dev).unwrap().check_seqlen(64).unwrap_err().to_string();
+    assert!(e.contains("--seqlen 64 exceeds the sliding window (24)"), "{e}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

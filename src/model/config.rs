@@ -9,15 +9,16 @@ use serde_json::Value;
 
 use crate::io::error::{Context, Result};
 use crate::model::sizes::Sizes;
-use crate::model::{llama, opt, phi};
+use crate::model::{llama, opt, phi, qwen3};
 use crate::{bail, err};
 
-pub const SUPPORTED: &str = "llama, mistral, qwen2, opt, phi";
+pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, opt, phi";
 
 /// The family and its own settings.
 #[derive(Clone, Debug)]
 pub enum Arch {
     Llama(llama::Config),
+    Qwen3(qwen3::Config),
     Opt(opt::Config),
     Phi(phi::Config),
 }
@@ -57,6 +58,7 @@ impl Config {
                 "LlamaForCausalLM" => "llama".into(),
                 "MistralForCausalLM" => "mistral".into(),
                 "Qwen2ForCausalLM" => "qwen2".into(),
+                "Qwen3ForCausalLM" => "qwen3".into(),
                 "OPTForCausalLM" => "opt".into(),
                 "PhiForCausalLM" => "phi".into(),
                 other => bail!("unsupported architecture \"{other}\" (supported: {SUPPORTED})"),
@@ -67,6 +69,7 @@ impl Config {
             "llama" | "mistral" | "qwen2" => {
                 llama::Config::parse(&raw, &family).map(|(sizes, l)| Config { arch: Arch::Llama(l), sizes })?
             }
+            "qwen3" => qwen3::Config::parse(&raw).map(|(sizes, q)| Config { arch: Arch::Qwen3(q), sizes })?,
             "opt" => opt::Config::parse(&raw).map(|(sizes, o)| Config { arch: Arch::Opt(o), sizes })?,
             "phi" => phi::Config::parse(&raw).map(|(sizes, p)| Config { arch: Arch::Phi(p), sizes })?,
             other => bail!("unsupported model_type \"{other}\" (supported: {SUPPORTED})"),
@@ -100,6 +103,15 @@ impl Config {
         Ok(())
     }
 
+    /// Mistral's sliding window, which every layer applies (implemented); Qwen2's and Qwen3's
+    /// apply only from `max_window_layers` on, which is not, so windows longer are refused.
+    pub fn sliding_window(&self) -> Option<usize> {
+        match &self.arch {
+            Arch::Llama(l) if self.model_type == "mistral" => l.sliding_window,
+            _ => None,
+        }
+    }
+
     /// Checks that windows of `t` tokens run exactly on this model.
     pub fn check_seqlen(&self, t: usize) -> Result<()> {
         if t == 0 {
@@ -108,11 +120,18 @@ impl Config {
         if t > self.max_positions {
             bail!("--seqlen {t} exceeds the model's max_position_embeddings ({})", self.max_positions);
         }
-        if let Arch::Llama(l) = &self.arch
-            && let Some(w) = l.sliding_window
+        let sliding_window = match &self.arch {
+            Arch::Llama(l) if self.model_type != "mistral" => l.sliding_window,
+            Arch::Qwen3(q) => q.base.sliding_window,
+            _ => None,
+        };
+        if let Some(w) = sliding_window
             && t > w
         {
-            bail!("--seqlen {t} exceeds the sliding window ({w}); sliding-window attention is not implemented");
+            bail!(
+                "--seqlen {t} exceeds the sliding window ({w}); {}'s sliding-window attention (from max_window_layers on) is not implemented",
+                self.model_type
+            );
         }
         Ok(())
     }

@@ -120,10 +120,12 @@ impl Config {
         let (model_type, qkv_bias, o_bias, mlp_bias) = match model_type {
             "mistral" => ("mistral", false, false, false),
             "qwen2" => ("qwen2", true, false, false),
+            // Qwen3 (src/model/qwen3.rs) reads its config here: attention_bias on q, k, v and o.
+            "qwen3" => ("qwen3", attention_bias, attention_bias, false),
             _ => ("llama", attention_bias, attention_bias, mlp_bias),
         };
         let sliding_window = match (model_type, raw.use_sliding_window) {
-            ("qwen2", Some(false) | None) => None,
+            ("qwen2" | "qwen3", Some(false) | None) => None,
             _ => raw.sliding_window.as_ref().and_then(Value::as_u64).map(|w| w as usize),
         };
         let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;

@@ -14,6 +14,7 @@ pub(crate) mod cpu_math;
 pub mod llama;
 pub mod opt;
 pub mod phi;
+pub mod qwen3;
 pub mod sizes;
 
 use std::path::Path;
@@ -73,6 +74,7 @@ impl Spec {
     pub fn of(config: &Config) -> Spec {
         match &config.arch {
             Arch::Llama(l) => llama::spec(config, l),
+            Arch::Qwen3(q) => qwen3::spec(config, q),
             Arch::Opt(o) => opt::spec(config, o),
             Arch::Phi(p) => phi::spec(config, p),
         }
@@ -154,6 +156,7 @@ pub type InputHook<'a> = &'a mut dyn FnMut(usize, &Tensor<3>);
 #[allow(clippy::large_enum_variant)]
 enum Parts {
     Llama(llama::Parts),
+    Qwen3(qwen3::Parts),
     Opt(opt::Parts),
     Phi(phi::Parts),
 }
@@ -282,6 +285,7 @@ impl Block {
         };
         match &self.parts {
             Parts::Llama(p) => llama::forward(p, h, pos, &mut run),
+            Parts::Qwen3(p) => qwen3::forward(p, h, pos, &mut run),
             Parts::Opt(p) => opt::forward(p, h, pos, &mut run),
             Parts::Phi(p) => phi::forward(p, h, pos, &mut run),
         }
@@ -399,6 +403,9 @@ pub struct Positions {
     /// (it was made on the host and uploaded for every block of every pass: at 2,048 tokens,
     /// 16 MiB each time); `None` where that attention does not run (`cpu` in f32).
     pub causal: Option<Tensor<4>>,
+    /// Sliding-window attention: the most keys a query sees (itself and those before it),
+    /// where fewer than the window's tokens; `causal` then holds that band.
+    pub window: Option<usize>,
     /// The model's GPU kernels (`None` off a GPU).
     pub gpu: Option<Arc<Gpu>>,
 }
@@ -448,6 +455,8 @@ impl Model {
         let ck = &checkpoint;
         let outer = match &config.arch {
             Arch::Llama(l) => Outer::Llama(Box::new(llama::Outer::load(ck, &config, l, device, dtype, ends)?)),
+            // Qwen3's embeddings, final norm, head and rotation are the LLaMA family's.
+            Arch::Qwen3(q) => Outer::Llama(Box::new(llama::Outer::load(ck, &config, &q.base, device, dtype, ends)?)),
             Arch::Opt(o) => Outer::Opt(Box::new(opt::Outer::load(ck, &config, o, device, dtype, ends)?)),
             Arch::Phi(p) => Outer::Phi(Box::new(phi::Outer::load(ck, &config, p, device, dtype, ends)?)),
         };
@@ -499,6 +508,7 @@ impl Model {
         let prefix = format!("{}.{index}", self.spec.block_prefix);
         let parts = match &self.config.arch {
             Arch::Llama(l) => Parts::Llama(llama::Parts::load(ck, &prefix, &self.config, l, &self.device)?),
+            Arch::Qwen3(q) => Parts::Qwen3(qwen3::Parts::load(ck, &prefix, &self.config, q, &self.device)?),
             Arch::Opt(o) => Parts::Opt(opt::Parts::load(ck, &prefix, &self.config, o, &self.device)?),
             Arch::Phi(p) => Parts::Phi(phi::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
         };
@@ -562,8 +572,10 @@ impl Model {
             Outer::Opt(_) => None,
             Outer::Phi(o) => Some(o.rope.tables(t, &self.device)),
         };
-        let causal = (!cpu_in_f32(&self.device, self.dtype)).then(|| causal_mask(t, &self.device));
-        Positions { rope, causal, gpu: self.gpu.clone() }
+        let window = self.config.sliding_window().filter(|&w| w < t);
+        let causal =
+            (window.is_some() || !cpu_in_f32(&self.device, self.dtype)).then(|| band_mask(t, window, &self.device));
+        Positions { rope, causal, window, gpu: self.gpu.clone() }
     }
 
     /// Checks that windows of `t` tokens run exactly on this model.
@@ -795,16 +807,19 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64
     // On the CPU backends in f32, `cpu_attention`: only the visible (lower-triangle) scores
     // are computed, grouped-query heads are not repeated, and heads are not transposed. The
     // mask and softmax passes below took a fifth of a CPU prune.
-    if on_cpu_in_f32(&v) {
+    // A sliding window takes the masked burn-ops path everywhere: the CPU and flash kernels
+    // know only the causal triangle.
+    if pos.window.is_none() && on_cpu_in_f32(&v) {
         let scale = divide_by.map_or(1.0, |d| 1.0 / d) as f32;
         return cpu_attention::causal(q, k, v, scale);
     }
     let t = q.dims()[2];
+    let (gpu, banded) = (pos.gpu.as_deref(), pos.window.is_some());
     match &pos.causal {
-        Some(mask) if mask.dims()[2] == t => attention_masked(q, k, v, divide_by, mask.clone(), pos.gpu.as_deref()),
+        Some(mask) if mask.dims()[2] == t => attention_masked(q, k, v, divide_by, mask.clone(), gpu, banded),
         _ => {
-            let mask = causal_mask(t, &v.device());
-            attention_masked(q, k, v, divide_by, mask, pos.gpu.as_deref())
+            let mask = band_mask(t, pos.window, &v.device());
+            attention_masked(q, k, v, divide_by, mask, gpu, banded)
         }
     }
 }
@@ -813,10 +828,10 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64
 /// reference in the tests.
 pub fn attention_ops(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>) -> Tensor<3> {
     let mask = causal_mask(q.dims()[2], &v.device());
-    attention_masked(q, k, v, divide_by, mask, None)
+    attention_masked(q, k, v, divide_by, mask, None, false)
 }
 
-/// [`attention_ops`] with its causal mask [1, 1, t, t] given.
+/// [`attention_ops`] with its mask [1, 1, t, t] given: causal, or `banded` by a sliding window.
 fn attention_masked(
     q: Tensor<4>,
     k: Tensor<4>,
@@ -824,6 +839,7 @@ fn attention_masked(
     divide_by: Option<f64>,
     mask: Tensor<4>,
     gpu: Option<&Gpu>,
+    banded: bool,
 ) -> Tensor<3> {
     let [b, nh, t, hd] = q.dims();
     let groups = nh / k.dims()[1];
@@ -832,7 +848,8 @@ fn attention_masked(
     // One flash kernel (src/gpu/attention.rs) where chosen; it applies 1/√hd itself, so only a
     // family that divides by √hd takes it. With the `autotune` feature and no kernel named,
     // cubecl times burn's flash kernels against the separate kernels below and keeps the faster.
-    let flash_fits = !on_cpu(&v.device()) && divide_by == Some((hd as f64).sqrt());
+    // A sliding window's band in `mask`: only the separate kernels apply it.
+    let flash_fits = !banded && !on_cpu(&v.device()) && divide_by == Some((hd as f64).sqrt());
     let chosen = gpu.map(|gpu| &gpu.attention);
     if flash_fits && let Some(out) = chosen.and_then(|c| c.causal(&q, &k, &v)) {
         return out.swap_dims(1, 2).reshape([b, t, nh * hd]);
@@ -887,11 +904,20 @@ fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
 /// GPUs keep −1e9, as shader compilers may assume finite floats. Both give exactly 0 after the
 /// softmax's exp, as transformers' most negative finite value does.
 fn causal_mask(t: usize, device: &Device) -> Tensor<4> {
+    band_mask(t, None, device)
+}
+
+/// [`causal_mask`], and with a sliding `window` also every key `window` or more tokens before
+/// the query (transformers' rule: key j is seen from query i when i − window < j ≤ i).
+fn band_mask(t: usize, window: Option<usize>, device: &Device) -> Tensor<4> {
     let masked = if on_cpu(device) { f32::NEG_INFINITY } else { -1e9 };
+    let w = window.unwrap_or(t).max(1);
     let mut m = vec![0f32; t * t];
     for i in 0..t {
-        for j in i + 1..t {
-            m[i * t + j] = masked;
+        for j in 0..t {
+            if j > i || i - j >= w {
+                m[i * t + j] = masked;
+            }
         }
     }
     Tensor::<2>::from_data(TensorData::new(m, [t, t]), device).unsqueeze::<4>()
@@ -938,6 +964,7 @@ pub fn checkpoint_tensors(config: &Config, lm_head_stored: bool) -> Vec<(String,
     let spec = Spec::of(config);
     let mut all = match &config.arch {
         Arch::Llama(l) => llama::tensors(config, l, lm_head_stored),
+        Arch::Qwen3(q) => qwen3::tensors(config, q, lm_head_stored),
         Arch::Opt(o) => opt::tensors(config, o, lm_head_stored),
         Arch::Phi(p) => phi::tensors(config, p),
     };

@@ -57,8 +57,18 @@ pub fn select(choice: Choice) -> Selected {
     }
 }
 
-pub fn fixtures() -> [&'static str; 7] {
-    ["tiny-llama", "tiny-mistral-gqa", "tiny-qwen2", "tiny-opt", "tiny-phi", "tiny-llama-bias", "tiny-opt-post-ln"]
+pub fn fixtures() -> [&'static str; 9] {
+    [
+        "tiny-llama",
+        "tiny-mistral-gqa",
+        "tiny-qwen2",
+        "tiny-opt",
+        "tiny-phi",
+        "tiny-llama-bias",
+        "tiny-opt-post-ln",
+        "tiny-qwen3",
+        "tiny-mistral-swa",
+    ]
 }
 
 /// Per-channel input norms ‖X_j‖₂ = sqrt(Σ_tokens x_j² / n) of row-major inputs, summed in f64.
