@@ -9,10 +9,10 @@ compare against. Run from the repository root:
     python3 scripts/make_fixtures.py --rope     # only tiny-llama under other rope scalings
 
 Versions used for the committed fixtures: torch 2.5.1 (CPU), transformers 4.46.3,
-tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. The newer fixtures (tiny-qwen3, tiny-mistral-swa) need a
+tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. The newer fixtures (tiny-qwen3, tiny-mistral-swa, tiny-gemma2) need a
 transformers that has them: made with torch 2.5.1 and transformers 4.57.1 in a venv of their own
 (`python3 -m venv V && V/bin/pip install torch==2.5.1 transformers==4.57.1`, then
-`V/bin/python scripts/make_fixtures.py --only tiny-qwen3,tiny-mistral-swa`); each golden records its versions. Everything here is generated from seeds:
+`V/bin/python scripts/make_fixtures.py --only tiny-qwen3,tiny-mistral-swa,tiny-gemma2`); each golden records its versions. Everything here is generated from seeds:
 the text is synthetic, the tokenizer is trained on it, the models are random.
 """
 import argparse
@@ -109,6 +109,32 @@ def logits_golden(model, seed):
     return ids, logits
 
 
+def assert_softcaps_active(model, ids):
+    """Gemma's soft caps must change the result: the logits before the final cap, and some
+    attention scores before theirs, exceed the caps."""
+    cfg = model.config
+    final, attn = cfg.final_logit_softcapping, cfg.attn_logit_softcapping
+    cfg.final_logit_softcapping = None
+    with torch.no_grad():
+        raw = model(ids).logits
+    cfg.final_logit_softcapping = final
+    assert raw.abs().max() > final, f"logits {raw.abs().max():.2f} never reach the cap {final}"
+    seen = []
+    layer = model.model.layers[1].self_attn
+    hook = layer.q_proj.register_forward_hook(lambda m, i, o: seen.append(o))
+    khook = layer.k_proj.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        model(ids)
+    hook.remove()
+    khook.remove()
+    q, k = seen[0], seen[1]
+    hd = cfg.head_dim
+    q = q.view(*q.shape[:2], -1, hd)[:, :, :1]
+    k = k.view(*k.shape[:2], -1, hd)[:, :, :1]
+    scores = torch.einsum("bihd,bjhd->bij", q, k) * cfg.query_pre_attn_scalar ** -0.5
+    assert scores.abs().max() > attn, f"attention scores {scores.abs().max():.2f} never reach the cap {attn}"
+
+
 def window_losses(model, ids, seqlen, max_windows=None):
     """The papers' protocol: non-overlapping windows, mean CE of tokens 2..seqlen per window."""
     n = ids.shape[1] // seqlen
@@ -142,7 +168,9 @@ def build_model(name, cls, cfg, dtype, seed, shard=False, v5=False):
     shutil.copy(os.path.join(ASSETS, "tokenizer.json"), folder)
     # Goldens come from the checkpoint as stored (rounded to its dtype), computed in f32, and
     # loaded before the config is rewritten: transformers 4.x does not read rope_parameters.
-    ref = cls.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    # Gemma's soft-capped attention is exact only in transformers' eager attention.
+    extra = {"attn_implementation": "eager"} if name.startswith("tiny-gemma") else {}
+    ref = cls.from_pretrained(folder, torch_dtype=torch.float32, **extra).eval()
     if v5:
         to_v5_config(folder)
     return folder, ref
@@ -378,6 +406,14 @@ def main():
             ("tiny-mistral-swa", transformers.MistralForCausalLM, transformers.MistralConfig(
                 num_key_value_heads=2, rope_theta=10000.0, sliding_window=24,
                 tie_word_embeddings=False, **common), torch.bfloat16, 9, False, False),
+            # Gemma 2: four norms a block (1 + w), embeddings × √64, GeGLU (gelu tanh),
+            # query_pre_attn_scalar 24 (not head_dim 16), soft caps low enough to be active
+            # (checked below), the even layer over a 24-token window, GQA, tied head, f32.
+            ("tiny-gemma2", transformers.Gemma2ForCausalLM, transformers.Gemma2Config(
+                num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
+                attn_logit_softcapping=5.0, final_logit_softcapping=3.0, sliding_window=24,
+                hidden_activation="gelu_pytorch_tanh", rope_theta=10000.0,
+                tie_word_embeddings=True, **common), torch.float32, 10, False, False),
         ]
     if only:
         specs = [sp for sp in specs if sp[0] in only]
@@ -386,6 +422,8 @@ def main():
         if name in STORED_TIED_HEAD:
             assert torch.equal(ref.lm_head.weight, ref.get_input_embeddings().weight)
         ids, logits = logits_golden(ref, seed + 100)
+        if name.startswith("tiny-gemma"):
+            assert_softcaps_active(ref, ids)
         losses = window_losses(ref, text_ids, EVAL_SEQLEN)
         golden = {
             "model": name, "versions": versions,

@@ -23,6 +23,10 @@ def load(model_dir, dtype, dev):
                     continue
                 setattr(config, k, v)
             kw["config"] = config
+    # Gemma's soft-capped attention is exact only in transformers' eager attention.
+    config = kw.get("config") or transformers.AutoConfig.from_pretrained(model_dir)
+    if config.model_type.startswith("gemma"):
+        kw["attn_implementation"] = "eager"
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
     return model.to(dev).eval()
 

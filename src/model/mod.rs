@@ -11,6 +11,7 @@ pub mod config;
 mod cpu_attention;
 mod cpu_linear;
 pub(crate) mod cpu_math;
+pub mod gemma2;
 pub mod llama;
 pub mod opt;
 pub mod phi;
@@ -75,6 +76,7 @@ impl Spec {
         match &config.arch {
             Arch::Llama(l) => llama::spec(config, l),
             Arch::Qwen3(q) => qwen3::spec(config, q),
+            Arch::Gemma2(g) => gemma2::spec(config, g),
             Arch::Opt(o) => opt::spec(config, o),
             Arch::Phi(p) => phi::spec(config, p),
         }
@@ -157,6 +159,7 @@ pub type InputHook<'a> = &'a mut dyn FnMut(usize, &Tensor<3>);
 enum Parts {
     Llama(llama::Parts),
     Qwen3(qwen3::Parts),
+    Gemma2(gemma2::Parts),
     Opt(opt::Parts),
     Phi(phi::Parts),
 }
@@ -286,6 +289,7 @@ impl Block {
         match &self.parts {
             Parts::Llama(p) => llama::forward(p, h, pos, &mut run),
             Parts::Qwen3(p) => qwen3::forward(p, h, pos, &mut run),
+            Parts::Gemma2(p) => gemma2::forward(p, h, pos, &mut run),
             Parts::Opt(p) => opt::forward(p, h, pos, &mut run),
             Parts::Phi(p) => phi::forward(p, h, pos, &mut run),
         }
@@ -391,6 +395,7 @@ pub fn lm_head(
 
 enum Outer {
     Llama(Box<llama::Outer>),
+    Gemma2(Box<gemma2::Outer>),
     Opt(Box<opt::Outer>),
     Phi(Box<phi::Outer>),
 }
@@ -406,6 +411,9 @@ pub struct Positions {
     /// Sliding-window attention: the most keys a query sees (itself and those before it),
     /// where fewer than the window's tokens; `causal` then holds that band.
     pub window: Option<usize>,
+    /// The band of the layers that attend over a sliding window while others do not (Gemma's
+    /// local layers), where the window is shorter than the windows' tokens.
+    pub local: Option<Tensor<4>>,
     /// The model's GPU kernels (`None` off a GPU).
     pub gpu: Option<Arc<Gpu>>,
 }
@@ -457,6 +465,7 @@ impl Model {
             Arch::Llama(l) => Outer::Llama(Box::new(llama::Outer::load(ck, &config, l, device, dtype, ends)?)),
             // Qwen3's embeddings, final norm, head and rotation are the LLaMA family's.
             Arch::Qwen3(q) => Outer::Llama(Box::new(llama::Outer::load(ck, &config, &q.base, device, dtype, ends)?)),
+            Arch::Gemma2(g) => Outer::Gemma2(Box::new(gemma2::Outer::load(ck, &config, g, device, dtype, ends)?)),
             Arch::Opt(o) => Outer::Opt(Box::new(opt::Outer::load(ck, &config, o, device, dtype, ends)?)),
             Arch::Phi(p) => Outer::Phi(Box::new(phi::Outer::load(ck, &config, p, device, dtype, ends)?)),
         };
@@ -509,6 +518,7 @@ impl Model {
         let parts = match &self.config.arch {
             Arch::Llama(l) => Parts::Llama(llama::Parts::load(ck, &prefix, &self.config, l, &self.device)?),
             Arch::Qwen3(q) => Parts::Qwen3(qwen3::Parts::load(ck, &prefix, &self.config, q, &self.device)?),
+            Arch::Gemma2(g) => Parts::Gemma2(gemma2::Parts::load(ck, &prefix, index, &self.config, g, &self.device)?),
             Arch::Opt(o) => Parts::Opt(opt::Parts::load(ck, &prefix, &self.config, o, &self.device)?),
             Arch::Phi(p) => Parts::Phi(phi::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
         };
@@ -549,6 +559,7 @@ impl Model {
         let t = ids.len() / batch;
         Ok(match &self.outer {
             Outer::Llama(o) => o.embed(ids, batch, t)?,
+            Outer::Gemma2(o) => o.embed(ids, batch, t)?,
             Outer::Opt(o) => o.embed(ids, batch, t, &self.device, self.gpu.as_deref())?,
             Outer::Phi(o) => o.embed(ids, batch, t)?,
         })
@@ -559,6 +570,7 @@ impl Model {
     pub fn head(&self, hidden: Tensor<3>) -> Result<Tensor<3>> {
         let logits = match &self.outer {
             Outer::Llama(o) => o.head(hidden, self.gpu.as_deref()),
+            Outer::Gemma2(o) => o.head(hidden, self.gpu.as_deref()),
             Outer::Opt(o) => o.head(hidden, self.gpu.as_deref()),
             Outer::Phi(o) => o.head(hidden, self.gpu.as_deref()),
         };
@@ -569,13 +581,15 @@ impl Model {
     pub fn positions(&self, t: usize) -> Positions {
         let rope = match &self.outer {
             Outer::Llama(o) => Some(o.rope.tables(t, &self.device)),
+            Outer::Gemma2(o) => Some(o.rope.tables(t, &self.device)),
             Outer::Opt(_) => None,
             Outer::Phi(o) => Some(o.rope.tables(t, &self.device)),
         };
         let window = self.config.sliding_window().filter(|&w| w < t);
-        let causal =
-            (window.is_some() || !cpu_in_f32(&self.device, self.dtype)).then(|| band_mask(t, window, &self.device));
-        Positions { rope, causal, window, gpu: self.gpu.clone() }
+        let masked = window.is_some() || self.config.masks_attention() || !cpu_in_f32(&self.device, self.dtype);
+        let causal = masked.then(|| band_mask(t, window, &self.device));
+        let local = self.config.local_window().filter(|&w| w < t).map(|w| band_mask(t, Some(w), &self.device));
+        Positions { rope, causal, window, local, gpu: self.gpu.clone() }
     }
 
     /// Checks that windows of `t` tokens run exactly on this model.
@@ -882,6 +896,39 @@ fn separate(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, divide_by: Option<f64>, ma
     to_dtype(probs, dt).matmul(v).swap_dims(1, 2).reshape([b, t, nh * hd])
 }
 
+/// Attention with the scores multiplied by `scale` and, where `softcap` is given, soft-capped
+/// (cap · tanh(s / cap)) before the `mask` [1, 1, t, t] is added, as transformers' eager
+/// attention does (Gemma 2): q [b, nh, t, hd], k and v [b, nkv, t, hd] → [b, t, nh·hd]. Scores
+/// and softmax in f32, the products in the compute dtype.
+pub fn attention_capped(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    scale: f64,
+    softcap: Option<f64>,
+    mask: Tensor<4>,
+) -> Tensor<3> {
+    let [b, nh, t, hd] = q.dims();
+    let groups = nh / k.dims()[1];
+    let dt = v.dtype();
+    let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
+    let scores = to_dtype(q.matmul(k.swap_dims(2, 3)), DType::F32).mul_scalar(scale);
+    let scores = match softcap {
+        Some(cap) => scores.div_scalar(cap).tanh().mul_scalar(cap),
+        None => scores,
+    };
+    let probs = burn::tensor::activation::softmax(scores + mask, 3);
+    to_dtype(probs, dt).matmul(v).swap_dims(1, 2).reshape([b, t, nh * hd])
+}
+
+/// gelu in its tanh form (transformers' gelu_new and gelu_pytorch_tanh):
+/// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+pub fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
+    let inner =
+        (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar((2.0 / std::f64::consts::PI).sqrt());
+    x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
+}
+
 /// [b, t, n·hd] → [b, n, t, hd]
 pub fn split_heads(y: Tensor<3>, n: usize, hd: usize) -> Tensor<4> {
     let [b, t, _] = y.dims();
@@ -965,6 +1012,7 @@ pub fn checkpoint_tensors(config: &Config, lm_head_stored: bool) -> Vec<(String,
     let mut all = match &config.arch {
         Arch::Llama(l) => llama::tensors(config, l, lm_head_stored),
         Arch::Qwen3(q) => qwen3::tensors(config, q, lm_head_stored),
+        Arch::Gemma2(g) => gemma2::tensors(config, g, lm_head_stored),
         Arch::Opt(o) => opt::tensors(config, o, lm_head_stored),
         Arch::Phi(p) => phi::tensors(config, p),
     };

@@ -244,11 +244,9 @@ impl Parts {
     }
 }
 
-/// gelu_new, the tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+/// gelu_new, the tanh form.
 fn gelu_new(x: Tensor<3>) -> Tensor<3> {
-    let inner =
-        (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar((2.0 / std::f64::consts::PI).sqrt());
-    x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
+    super::gelu_tanh(x)
 }
 
 /// h + dense(attn(ln(h))) + fc2(gelu_new(fc1(ln(h)))); `run(i, x)` runs linear i on x.

@@ -57,7 +57,7 @@ pub fn select(choice: Choice) -> Selected {
     }
 }
 
-pub fn fixtures() -> [&'static str; 9] {
+pub fn fixtures() -> [&'static str; 10] {
     [
         "tiny-llama",
         "tiny-mistral-gqa",
@@ -68,6 +68,7 @@ pub fn fixtures() -> [&'static str; 9] {
         "tiny-opt-post-ln",
         "tiny-qwen3",
         "tiny-mistral-swa",
+        "tiny-gemma2",
     ]
 }
 

@@ -1,0 +1,287 @@
+//! Gemma 2, read top to bottom. A block normalises both sublayers' inputs and outputs (four
+//! RMSNorms, each scaling by 1 + w in f32), attends with scores scaled by
+//! `query_pre_attn_scalar`^-½ and soft-capped (cap · tanh(s / cap)), alternately over a sliding
+//! window (`layer_types`, by default the even layers) and over everything before, and runs a
+//! GeGLU MLP (gelu, tanh form). The token embeddings are multiplied by √hidden_size, rounded to
+//! the compute dtype as transformers rounds it; the tied head's logits are soft-capped too.
+
+use std::sync::Arc;
+
+use burn::tensor::{DType, Device, Tensor};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    Ends, Positions, RopeFreqs, Spec, TokenTable, attention_capped, gelu_tanh, llama, lm_head, rms_norm, split_heads,
+    to_device1,
+};
+use crate::gpu::context::Gpu;
+use crate::io::checkpoint::Checkpoint;
+use crate::io::error::Result;
+use crate::model::sizes::{self, Sizes, need, positive, rope_field};
+use crate::{bail, err};
+
+/// The linears, in the LLaMA family's declared order (the same names and shapes).
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+const O: usize = 3;
+const GATE: usize = 4;
+const UP: usize = 5;
+const DOWN: usize = 6;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub query_pre_attn_scalar: f64,
+    pub attn_softcap: Option<f64>,
+    pub final_softcap: Option<f64>,
+    pub sliding_window: Option<usize>,
+    /// Per layer: whether it attends over the sliding window only.
+    pub sliding_layers: Vec<bool>,
+    pub attention_bias: bool,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    max_position_embeddings: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    query_pre_attn_scalar: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    sliding_window: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    hidden_activation: Option<String>,
+    hidden_act: Option<String>,
+    attention_bias: Option<bool>,
+    tie_word_embeddings: Option<bool>,
+    rope_scaling: Option<Value>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+}
+
+impl Config {
+    pub fn parse(value: &Value) -> Result<(Sizes, Config)> {
+        let raw: Raw = serde_json::from_value(value.clone()).map_err(|e| err!("not a valid config.json ({e})"))?;
+        let act = raw.hidden_activation.as_deref().or(raw.hidden_act.as_deref()).unwrap_or("gelu_pytorch_tanh");
+        if act != "gelu_pytorch_tanh" {
+            bail!("unsupported hidden_activation \"{act}\" for Gemma 2 (only gelu_pytorch_tanh)");
+        }
+        if let Some(s) = raw.rope_scaling.as_ref().filter(|s| s.is_object())
+            && sizes::rope_type(s).unwrap_or("default") != "default"
+        {
+            bail!("Gemma 2 with rope scaling is not supported");
+        }
+        let hidden_size = need(raw.hidden_size, "hidden_size")?;
+        let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
+        let head_dim = sizes::head_dim(value, hidden_size, num_heads)?;
+        if head_dim % 2 != 0 {
+            bail!("head_dim {head_dim} is odd; rotary embeddings need an even head_dim");
+        }
+        let num_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+        // transformers' default: the even layers slide, the odd ones see everything.
+        let sliding_layers = match &raw.layer_types {
+            Some(types) if types.len() == num_layers => types.iter().map(|t| t == "sliding_attention").collect(),
+            Some(types) => bail!("\"layer_types\" has {} entries for {num_layers} layers", types.len()),
+            None => (0..num_layers).map(|i| i % 2 == 0).collect(),
+        };
+        let softcap = |v: Option<f64>, name: &str| v.map(|c| positive(c, name)).transpose();
+        let gemma = Config {
+            intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: positive(raw.rms_norm_eps.unwrap_or(1e-6), "rms_norm_eps")?,
+            rope_theta: positive(rope_field(value, "rope_theta").unwrap_or(10000.0), "rope_theta")?,
+            query_pre_attn_scalar: positive(
+                raw.query_pre_attn_scalar.unwrap_or(head_dim as f64),
+                "query_pre_attn_scalar",
+            )?,
+            attn_softcap: softcap(raw.attn_logit_softcapping, "attn_logit_softcapping")?,
+            final_softcap: softcap(raw.final_logit_softcapping, "final_logit_softcapping")?,
+            sliding_window: raw.sliding_window,
+            sliding_layers,
+            attention_bias: raw.attention_bias.unwrap_or(false),
+        };
+        Ok((
+            Sizes {
+                model_type: "gemma2",
+                vocab_size: need(raw.vocab_size, "vocab_size")?,
+                hidden_size,
+                embed_dim: hidden_size,
+                num_layers,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+                max_positions: need(raw.max_position_embeddings, "max_position_embeddings")?,
+                tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
+                dtype: raw.dtype.or(raw.torch_dtype),
+            },
+            gemma,
+        ))
+    }
+
+    /// The same linears as the LLaMA family's, for its declaration.
+    fn linears(&self) -> llama::Config {
+        llama::Config {
+            intermediate_size: self.intermediate_size,
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: self.rope_theta,
+            rope_scaling: llama::RopeScaling::None,
+            qkv_bias: self.attention_bias,
+            o_bias: self.attention_bias,
+            mlp_bias: false,
+            sliding_window: None,
+        }
+    }
+}
+
+/// The linears and the authors' routing rule, as for LLaMA: q, k, v ← o; o ← gate; gate, up ←
+/// down; down ← the next block's q.
+pub fn spec(c: &Sizes, g: &Config) -> Spec {
+    llama::spec(c, &g.linears())
+}
+
+/// Tensors outside the prunable linears, with their shapes.
+pub fn tensors(c: &Sizes, _g: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
+    let (v, d) = (c.vocab_size, c.hidden_size);
+    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![v, d]), ("model.norm.weight".to_string(), vec![d])];
+    if lm_head_stored || !c.tie_word_embeddings {
+        t.push(("lm_head.weight".into(), vec![v, d]));
+    }
+    for b in 0..c.num_layers {
+        for n in NORMS {
+            t.push((format!("model.layers.{b}.{n}.weight"), vec![d]));
+        }
+    }
+    t
+}
+
+const NORMS: [&str; 4] =
+    ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"];
+
+/// A Gemma RMSNorm's weight as the multiplier it is: 1 + w.
+fn norm_weight(ck: &Checkpoint, name: &str, d: usize, device: &Device) -> Result<Tensor<1>> {
+    Ok(to_device1(ck.load(name, &[d])?, device).add_scalar(1.0))
+}
+
+pub struct Outer {
+    embed_tokens: TokenTable,
+    final_norm: Tensor<1>,
+    /// None when loaded for pruning.
+    lm_head: Option<Tensor<2>>,
+    /// √hidden_size rounded to the compute dtype.
+    normalizer: f64,
+    eps: f64,
+    hidden: usize,
+    final_softcap: Option<f64>,
+    pub rope: RopeFreqs,
+}
+
+impl Outer {
+    pub fn load(
+        ck: &Arc<Checkpoint>,
+        c: &Sizes,
+        g: &Config,
+        device: &Device,
+        dtype: DType,
+        ends: Ends,
+    ) -> Result<Outer> {
+        let (v, d) = (c.vocab_size, c.hidden_size);
+        let embed_tokens = TokenTable::load(ck, "model.embed_tokens.weight", [v, d], device, dtype, ends)?;
+        let root = (d as f32).sqrt();
+        let normalizer = match dtype {
+            DType::F16 => half::f16::from_f32(root).to_f32(),
+            DType::BF16 => half::bf16::from_f32(root).to_f32(),
+            _ => root,
+        } as f64;
+        Ok(Outer {
+            lm_head: lm_head(ck, c, &embed_tokens, device, dtype, ends)?,
+            embed_tokens,
+            final_norm: norm_weight(ck, "model.norm.weight", d, device)?,
+            normalizer,
+            eps: g.rms_norm_eps,
+            hidden: d,
+            final_softcap: g.final_softcap,
+            rope: RopeFreqs::new(g.rope_theta, g.head_dim),
+        })
+    }
+
+    pub fn embed(&self, ids: &[u32], batch: usize, t: usize) -> Result<Tensor<3>> {
+        Ok(self.embed_tokens.rows(ids)?.reshape([batch, t, self.hidden]).mul_scalar(self.normalizer))
+    }
+
+    pub fn head(&self, hidden: Tensor<3>, gpu: Option<&Gpu>) -> Option<Tensor<3>> {
+        let weight = self.lm_head.clone()?;
+        let x = rms_norm(hidden, &self.final_norm, self.eps);
+        let logits = super::Linear { weight, bias: None }.forward(x, gpu);
+        Some(match self.final_softcap {
+            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
+            None => logits,
+        })
+    }
+}
+
+/// A block's norms and the settings its forward needs.
+#[derive(Clone)]
+pub struct Parts {
+    norms: [Tensor<1>; 4],
+    /// Whether this layer attends over the sliding window only.
+    sliding: bool,
+    cfg: Config,
+}
+
+impl Parts {
+    pub fn load(ck: &Checkpoint, prefix: &str, index: usize, c: &Sizes, g: &Config, device: &Device) -> Result<Parts> {
+        let norm = |n: &str| norm_weight(ck, &format!("{prefix}.{n}.weight"), c.hidden_size, device);
+        Ok(Parts {
+            norms: [norm(NORMS[0])?, norm(NORMS[1])?, norm(NORMS[2])?, norm(NORMS[3])?],
+            sliding: g.sliding_layers.get(index).copied().unwrap_or(false),
+            cfg: g.clone(),
+        })
+    }
+}
+
+/// h + norm(attn(norm(h))), then + norm(mlp(norm(·))); `run(i, x)` runs linear i on x (and
+/// records x).
+pub fn forward(
+    p: &Parts,
+    h: Tensor<3>,
+    pos: &Positions,
+    run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>,
+) -> Tensor<3> {
+    let c = &p.cfg;
+    let (nh, nkv, hd, eps) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps);
+    let [input_norm, post_attention_norm, pre_feedforward_norm, post_feedforward_norm] = &p.norms;
+    let rope = pos.rope.as_ref().expect("Gemma 2 rotates q and k");
+    let mask = match (&pos.local, p.sliding) {
+        (Some(local), true) => local,
+        _ => pos.causal.as_ref().expect("Gemma 2's attention takes its mask from the positions"),
+    };
+
+    let x = rms_norm(h.clone(), input_norm, eps);
+    let q = rope.apply(split_heads(run(Q, &x), nh, hd));
+    let k = rope.apply(split_heads(run(K, &x), nkv, hd));
+    let v = split_heads(run(V, &x), nkv, hd);
+    let attn = attention_capped(q, k, v, c.query_pre_attn_scalar.powf(-0.5), c.attn_softcap, mask.clone());
+    let h = h + rms_norm(run(O, &attn), post_attention_norm, eps);
+
+    let x = rms_norm(h.clone(), pre_feedforward_norm, eps);
+    let gated = gelu_tanh(run(GATE, &x)) * run(UP, &x);
+    h + rms_norm(run(DOWN, &gated), post_feedforward_norm, eps)
+}
