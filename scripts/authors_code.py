@@ -9,6 +9,7 @@ Three things are stood in for: `weightwatcher` (only their AlphaPruning baseline
 extension), replaced by the same rule in torch (per row, keep the first top_k entries of the
 descending sort, prune the rest). Without a CUDA device, `torch.cuda.synchronize` (which their
 SparseGPT calls after each linear) does nothing instead of failing."""
+import inspect
 import json
 import sys
 import types
@@ -80,14 +81,44 @@ def load_model(model_dir, dtype, dev, seqlen):
     first = model.model.layers[0]
     if hasattr(first, "attention_type"):
         kind = first.attention_type
+        # A property on every module, so their Catcher has one: a layer's own value (in its
+        # __dict__, which a property would otherwise hide) wins.
         torch.nn.Module.attention_type = property(
-            lambda m: m.module.attention_type if "module" in m._modules else kind)
+            lambda m: m.__dict__["attention_type"] if "attention_type" in m.__dict__
+            else m.module.attention_type if "module" in m._modules else kind)
     rotary = getattr(model.model, "rotary_emb", None)
     if (torch_model.V5 or ROTARY_FROM_MODEL) and rotary is not None:
+        local = getattr(model.model, "rotary_emb_local", None)
+        window = getattr(model.config, "sliding_window", None)
         for layer in model.model.layers:
-            def forward(hidden_states, *args, _forward=layer.forward, **kw):
-                if kw.get("position_embeddings") is None and kw.get("position_ids") is not None:
-                    kw["position_embeddings"] = rotary(hidden_states, kw["position_ids"])
+            kind = getattr(layer, "attention_type", None)
+            two_ropes = "position_embeddings_global" in inspect.signature(layer.forward).parameters
+
+            def forward(hidden_states, *args, _forward=layer.forward, _kind=kind, _two=two_ropes, **kw):
+                ids = kw.get("position_ids")
+                if _two and ids is not None:
+                    # Gemma 3: each layer picks the global or the local rotation itself.
+                    kw.setdefault("position_embeddings_global", rotary(hidden_states, ids))
+                    kw.setdefault("position_embeddings_local", local(hidden_states, ids))
+                    kw.pop("position_embeddings", None)
+                elif kw.get("position_embeddings") is None and ids is not None:
+                    kw["position_embeddings"] = rotary(hidden_states, ids)
+                # Their loop hands every layer the mask the first layer got; a model whose
+                # layers differ (Gemma's local and global ones) gets each layer's own.
+                if _kind is not None and kw.get("attention_mask") is not None and window is not None:
+                    kw["attention_mask"] = layer_mask(hidden_states, _kind == "sliding_attention", window)
                 return _forward(hidden_states, *args, **kw)
             layer.forward = forward
     return model
+
+
+def layer_mask(hidden_states, sliding, window):
+    """transformers' additive mask [1, 1, t, t] for one layer: key j seen from query i when j <= i
+    and, in a sliding layer, i - window < j."""
+    t = hidden_states.shape[1]
+    i = torch.arange(t).unsqueeze(1)
+    j = torch.arange(t).unsqueeze(0)
+    seen = (j <= i) & ((i - j < window) if sliding else torch.ones_like(j <= i))
+    mask = torch.full((t, t), torch.finfo(hidden_states.dtype).min, dtype=hidden_states.dtype)
+    mask[seen] = 0
+    return mask.to(hidden_states.device)[None, None]

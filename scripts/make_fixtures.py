@@ -9,10 +9,11 @@ compare against. Run from the repository root:
     python3 scripts/make_fixtures.py --rope     # only tiny-llama under other rope scalings
 
 Versions used for the committed fixtures: torch 2.5.1 (CPU), transformers 4.46.3,
-tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. The newer fixtures (tiny-qwen3, tiny-mistral-swa, tiny-gemma2) need a
-transformers that has them: made with torch 2.5.1 and transformers 4.57.1 in a venv of their own
-(`python3 -m venv V && V/bin/pip install torch==2.5.1 transformers==4.57.1`, then
-`V/bin/python scripts/make_fixtures.py --only tiny-qwen3,tiny-mistral-swa,tiny-gemma2`); each golden records its versions. Everything here is generated from seeds:
+tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. The newer fixtures (tiny-qwen3, tiny-mistral-swa, tiny-gemma2, tiny-gemma3) need a
+transformers that has them: made with torch 2.15.0, transformers 4.57.1 and accelerate 1.16.0 in a
+venv of their own (`python3 -m venv V && V/bin/pip install torch==2.15.0 transformers==4.57.1
+accelerate==1.16.0 gguf==0.19.0`, then
+`V/bin/python scripts/make_fixtures.py --only tiny-qwen3,tiny-mistral-swa,tiny-gemma2,tiny-gemma3`); each golden records its versions. Everything here is generated from seeds:
 the text is synthetic, the tokenizer is trained on it, the models are random.
 """
 import argparse
@@ -414,6 +415,16 @@ def main():
                 attn_logit_softcapping=5.0, final_logit_softcapping=3.0, sliding_window=24,
                 hidden_activation="gelu_pytorch_tanh", rope_theta=10000.0,
                 tie_word_embeddings=True, **common), torch.float32, 10, False, False),
+            # Gemma 3 (text): Gemma 2's block with per-head q/k norms (1 + w), no soft caps, a
+            # sliding first layer rotated with its own base (rope_local_base_freq 10,000) and a
+            # global second one with rope_theta 1e6 under linear scaling by 8, GQA, tied, f32.
+            ("tiny-gemma3", transformers.Gemma3ForCausalLM, transformers.Gemma3TextConfig(
+                num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=24,
+                layer_types=["sliding_attention", "full_attention"], rope_theta=1000000.0,
+                rope_local_base_freq=10000.0, rope_scaling={"rope_type": "linear", "factor": 8.0},
+                attn_logit_softcapping=None, final_logit_softcapping=None,
+                hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, **common),
+             torch.float32, 11, False, False),
         ]
     if only:
         specs = [sp for sp in specs if sp[0] in only]
@@ -422,7 +433,7 @@ def main():
         if name in STORED_TIED_HEAD:
             assert torch.equal(ref.lm_head.weight, ref.get_input_embeddings().weight)
         ids, logits = logits_golden(ref, seed + 100)
-        if name.startswith("tiny-gemma"):
+        if name == "tiny-gemma2":
             assert_softcaps_active(ref, ids)
         losses = window_losses(ref, text_ids, EVAL_SEQLEN)
         golden = {

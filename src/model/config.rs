@@ -9,17 +9,17 @@ use serde_json::Value;
 
 use crate::io::error::{Context, Result};
 use crate::model::sizes::Sizes;
-use crate::model::{gemma2, llama, opt, phi, qwen3};
+use crate::model::{gemma, llama, opt, phi, qwen3};
 use crate::{bail, err};
 
-pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma2, opt, phi";
+pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, opt, phi";
 
 /// The family and its own settings.
 #[derive(Clone, Debug)]
 pub enum Arch {
     Llama(llama::Config),
     Qwen3(qwen3::Config),
-    Gemma2(gemma2::Config),
+    Gemma(gemma::Config),
     Opt(opt::Config),
     Phi(phi::Config),
 }
@@ -61,6 +61,7 @@ impl Config {
                 "Qwen2ForCausalLM" => "qwen2".into(),
                 "Qwen3ForCausalLM" => "qwen3".into(),
                 "Gemma2ForCausalLM" => "gemma2".into(),
+                "Gemma3ForCausalLM" => "gemma3_text".into(),
                 "OPTForCausalLM" => "opt".into(),
                 "PhiForCausalLM" => "phi".into(),
                 other => bail!("unsupported architecture \"{other}\" (supported: {SUPPORTED})"),
@@ -72,7 +73,9 @@ impl Config {
                 llama::Config::parse(&raw, &family).map(|(sizes, l)| Config { arch: Arch::Llama(l), sizes })?
             }
             "qwen3" => qwen3::Config::parse(&raw).map(|(sizes, q)| Config { arch: Arch::Qwen3(q), sizes })?,
-            "gemma2" => gemma2::Config::parse(&raw).map(|(sizes, g)| Config { arch: Arch::Gemma2(g), sizes })?,
+            "gemma2" | "gemma3_text" => {
+                gemma::Config::parse(&raw, &family).map(|(sizes, g)| Config { arch: Arch::Gemma(g), sizes })?
+            }
             "opt" => opt::Config::parse(&raw).map(|(sizes, o)| Config { arch: Arch::Opt(o), sizes })?,
             "phi" => phi::Config::parse(&raw).map(|(sizes, p)| Config { arch: Arch::Phi(p), sizes })?,
             other => bail!("unsupported model_type \"{other}\" (supported: {SUPPORTED})"),
@@ -118,7 +121,7 @@ impl Config {
     /// The window of the layers that slide while others do not (Gemma's local layers).
     pub fn local_window(&self) -> Option<usize> {
         match &self.arch {
-            Arch::Gemma2(g) if g.sliding_layers.iter().any(|&s| s) => g.sliding_window,
+            Arch::Gemma(g) if g.sliding_layers.iter().any(|&s| s) => g.sliding_window,
             _ => None,
         }
     }
@@ -126,7 +129,7 @@ impl Config {
     /// Whether the family's attention takes explicit masks on every device (Gemma 2's soft-capped
     /// scores run in burn ops, never in the causal-only CPU and flash kernels).
     pub fn masks_attention(&self) -> bool {
-        matches!(self.arch, Arch::Gemma2(_))
+        matches!(self.arch, Arch::Gemma(_))
     }
 
     /// Checks that windows of `t` tokens run exactly on this model.

@@ -174,7 +174,14 @@ mod tests {
                     k.clone(),
                     v.clone(),
                     divide_by,
-                    &crate::model::Positions { rope: None, causal: None, window: None, local: None, gpu: None },
+                    &crate::model::Positions {
+                        rope: None,
+                        causal: None,
+                        window: None,
+                        local: None,
+                        local_rope: None,
+                        gpu: None,
+                    },
                 )
                 .into_data()
                 .try_to_vec::<f32>()

@@ -11,7 +11,7 @@ pub mod config;
 mod cpu_attention;
 mod cpu_linear;
 pub(crate) mod cpu_math;
-pub mod gemma2;
+pub mod gemma;
 pub mod llama;
 pub mod opt;
 pub mod phi;
@@ -76,7 +76,7 @@ impl Spec {
         match &config.arch {
             Arch::Llama(l) => llama::spec(config, l),
             Arch::Qwen3(q) => qwen3::spec(config, q),
-            Arch::Gemma2(g) => gemma2::spec(config, g),
+            Arch::Gemma(g) => gemma::spec(config, g),
             Arch::Opt(o) => opt::spec(config, o),
             Arch::Phi(p) => phi::spec(config, p),
         }
@@ -159,7 +159,7 @@ pub type InputHook<'a> = &'a mut dyn FnMut(usize, &Tensor<3>);
 enum Parts {
     Llama(llama::Parts),
     Qwen3(qwen3::Parts),
-    Gemma2(gemma2::Parts),
+    Gemma(gemma::Parts),
     Opt(opt::Parts),
     Phi(phi::Parts),
 }
@@ -289,7 +289,7 @@ impl Block {
         match &self.parts {
             Parts::Llama(p) => llama::forward(p, h, pos, &mut run),
             Parts::Qwen3(p) => qwen3::forward(p, h, pos, &mut run),
-            Parts::Gemma2(p) => gemma2::forward(p, h, pos, &mut run),
+            Parts::Gemma(p) => gemma::forward(p, h, pos, &mut run),
             Parts::Opt(p) => opt::forward(p, h, pos, &mut run),
             Parts::Phi(p) => phi::forward(p, h, pos, &mut run),
         }
@@ -395,7 +395,7 @@ pub fn lm_head(
 
 enum Outer {
     Llama(Box<llama::Outer>),
-    Gemma2(Box<gemma2::Outer>),
+    Gemma(Box<gemma::Outer>),
     Opt(Box<opt::Outer>),
     Phi(Box<phi::Outer>),
 }
@@ -414,6 +414,8 @@ pub struct Positions {
     /// The band of the layers that attend over a sliding window while others do not (Gemma's
     /// local layers), where the window is shorter than the windows' tokens.
     pub local: Option<Tensor<4>>,
+    /// The rotation of those local layers where it has a base of its own (Gemma 3).
+    pub local_rope: Option<Rope>,
     /// The model's GPU kernels (`None` off a GPU).
     pub gpu: Option<Arc<Gpu>>,
 }
@@ -465,7 +467,7 @@ impl Model {
             Arch::Llama(l) => Outer::Llama(Box::new(llama::Outer::load(ck, &config, l, device, dtype, ends)?)),
             // Qwen3's embeddings, final norm, head and rotation are the LLaMA family's.
             Arch::Qwen3(q) => Outer::Llama(Box::new(llama::Outer::load(ck, &config, &q.base, device, dtype, ends)?)),
-            Arch::Gemma2(g) => Outer::Gemma2(Box::new(gemma2::Outer::load(ck, &config, g, device, dtype, ends)?)),
+            Arch::Gemma(g) => Outer::Gemma(Box::new(gemma::Outer::load(ck, &config, g, device, dtype, ends)?)),
             Arch::Opt(o) => Outer::Opt(Box::new(opt::Outer::load(ck, &config, o, device, dtype, ends)?)),
             Arch::Phi(p) => Outer::Phi(Box::new(phi::Outer::load(ck, &config, p, device, dtype, ends)?)),
         };
@@ -518,7 +520,7 @@ impl Model {
         let parts = match &self.config.arch {
             Arch::Llama(l) => Parts::Llama(llama::Parts::load(ck, &prefix, &self.config, l, &self.device)?),
             Arch::Qwen3(q) => Parts::Qwen3(qwen3::Parts::load(ck, &prefix, &self.config, q, &self.device)?),
-            Arch::Gemma2(g) => Parts::Gemma2(gemma2::Parts::load(ck, &prefix, index, &self.config, g, &self.device)?),
+            Arch::Gemma(g) => Parts::Gemma(gemma::Parts::load(ck, &prefix, index, &self.config, g, &self.device)?),
             Arch::Opt(o) => Parts::Opt(opt::Parts::load(ck, &prefix, &self.config, o, &self.device)?),
             Arch::Phi(p) => Parts::Phi(phi::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
         };
@@ -559,7 +561,7 @@ impl Model {
         let t = ids.len() / batch;
         Ok(match &self.outer {
             Outer::Llama(o) => o.embed(ids, batch, t)?,
-            Outer::Gemma2(o) => o.embed(ids, batch, t)?,
+            Outer::Gemma(o) => o.embed(ids, batch, t)?,
             Outer::Opt(o) => o.embed(ids, batch, t, &self.device, self.gpu.as_deref())?,
             Outer::Phi(o) => o.embed(ids, batch, t)?,
         })
@@ -570,7 +572,7 @@ impl Model {
     pub fn head(&self, hidden: Tensor<3>) -> Result<Tensor<3>> {
         let logits = match &self.outer {
             Outer::Llama(o) => o.head(hidden, self.gpu.as_deref()),
-            Outer::Gemma2(o) => o.head(hidden, self.gpu.as_deref()),
+            Outer::Gemma(o) => o.head(hidden, self.gpu.as_deref()),
             Outer::Opt(o) => o.head(hidden, self.gpu.as_deref()),
             Outer::Phi(o) => o.head(hidden, self.gpu.as_deref()),
         };
@@ -581,7 +583,7 @@ impl Model {
     pub fn positions(&self, t: usize) -> Positions {
         let rope = match &self.outer {
             Outer::Llama(o) => Some(o.rope.tables(t, &self.device)),
-            Outer::Gemma2(o) => Some(o.rope.tables(t, &self.device)),
+            Outer::Gemma(o) => Some(o.rope.tables(t, &self.device)),
             Outer::Opt(_) => None,
             Outer::Phi(o) => Some(o.rope.tables(t, &self.device)),
         };
@@ -589,7 +591,11 @@ impl Model {
         let masked = window.is_some() || self.config.masks_attention() || !cpu_in_f32(&self.device, self.dtype);
         let causal = masked.then(|| band_mask(t, window, &self.device));
         let local = self.config.local_window().filter(|&w| w < t).map(|w| band_mask(t, Some(w), &self.device));
-        Positions { rope, causal, window, local, gpu: self.gpu.clone() }
+        let local_rope = match &self.config.arch {
+            Arch::Gemma(g) => gemma::local_rope(g).map(|f| f.tables(t, &self.device)),
+            _ => None,
+        };
+        Positions { rope, causal, window, local, local_rope, gpu: self.gpu.clone() }
     }
 
     /// Checks that windows of `t` tokens run exactly on this model.
@@ -1012,7 +1018,7 @@ pub fn checkpoint_tensors(config: &Config, lm_head_stored: bool) -> Vec<(String,
     let mut all = match &config.arch {
         Arch::Llama(l) => llama::tensors(config, l, lm_head_stored),
         Arch::Qwen3(q) => qwen3::tensors(config, q, lm_head_stored),
-        Arch::Gemma2(g) => gemma2::tensors(config, g, lm_head_stored),
+        Arch::Gemma(g) => gemma::tensors(config, g, lm_head_stored),
         Arch::Opt(o) => opt::tensors(config, o, lm_head_stored),
         Arch::Phi(p) => phi::tensors(config, p),
     };

@@ -57,7 +57,7 @@ pub fn select(choice: Choice) -> Selected {
     }
 }
 
-pub fn fixtures() -> [&'static str; 10] {
+pub fn fixtures() -> [&'static str; 11] {
     [
         "tiny-llama",
         "tiny-mistral-gqa",
@@ -69,6 +69,7 @@ pub fn fixtures() -> [&'static str; 10] {
         "tiny-qwen3",
         "tiny-mistral-swa",
         "tiny-gemma2",
+        "tiny-gemma3",
     ]
 }
 

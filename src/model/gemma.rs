@@ -1,9 +1,13 @@
-//! Gemma 2, read top to bottom. A block normalises both sublayers' inputs and outputs (four
-//! RMSNorms, each scaling by 1 + w in f32), attends with scores scaled by
-//! `query_pre_attn_scalar`^-½ and soft-capped (cap · tanh(s / cap)), alternately over a sliding
-//! window (`layer_types`, by default the even layers) and over everything before, and runs a
-//! GeGLU MLP (gelu, tanh form). The token embeddings are multiplied by √hidden_size, rounded to
-//! the compute dtype as transformers rounds it; the tied head's logits are soft-capped too.
+//! Gemma 2 and Gemma 3 (its text model, `gemma3_text`), read top to bottom. A block normalises
+//! both sublayers' inputs and outputs (four RMSNorms, each scaling by 1 + w in f32), attends
+//! with scores scaled by `query_pre_attn_scalar`^-½ and, where the config caps them,
+//! soft-capped (cap · tanh(s / cap)), some layers over a sliding window only (`layer_types`; by
+//! default Gemma 2's even layers, and five of every six of Gemma 3's), and runs a GeGLU MLP
+//! (gelu, tanh form). The token embeddings are multiplied by √hidden_size, rounded to the compute
+//! dtype as transformers rounds it; a tied head's logits may be soft-capped too. Gemma 3 adds
+//! per-head q/k norms (1 + w) before the rotation, and rotates its sliding layers with a RoPE
+//! base of their own (`rope_local_base_freq`, never scaled), its global ones with `rope_theta`
+//! and the config's `linear` scaling.
 
 use std::sync::Arc;
 
@@ -45,6 +49,12 @@ pub struct Config {
     /// Per layer: whether it attends over the sliding window only.
     pub sliding_layers: Vec<bool>,
     pub attention_bias: bool,
+    /// Gemma 3: q and k RMS-normalised per head before the rotation.
+    pub qk_norm: bool,
+    /// Gemma 3: the sliding layers' RoPE base.
+    pub local_rope_theta: Option<f64>,
+    /// The global layers' `linear` rope scaling factor (1 where none).
+    pub rope_factor: f64,
 }
 
 #[derive(Deserialize)]
@@ -67,22 +77,30 @@ struct Raw {
     attention_bias: Option<bool>,
     tie_word_embeddings: Option<bool>,
     rope_scaling: Option<Value>,
+    rope_parameters: Option<Value>,
+    rope_local_base_freq: Option<f64>,
+    sliding_window_pattern: Option<usize>,
     torch_dtype: Option<String>,
     dtype: Option<String>,
 }
 
 impl Config {
-    pub fn parse(value: &Value) -> Result<(Sizes, Config)> {
+    pub fn parse(value: &Value, family: &str) -> Result<(Sizes, Config)> {
         let raw: Raw = serde_json::from_value(value.clone()).map_err(|e| err!("not a valid config.json ({e})"))?;
+        let (model_type, gemma3) = if family == "gemma2" { ("gemma2", false) } else { ("gemma3_text", true) };
         let act = raw.hidden_activation.as_deref().or(raw.hidden_act.as_deref()).unwrap_or("gelu_pytorch_tanh");
         if act != "gelu_pytorch_tanh" {
-            bail!("unsupported hidden_activation \"{act}\" for Gemma 2 (only gelu_pytorch_tanh)");
+            bail!("unsupported hidden_activation \"{act}\" for {model_type} (only gelu_pytorch_tanh)");
         }
-        if let Some(s) = raw.rope_scaling.as_ref().filter(|s| s.is_object())
-            && sizes::rope_type(s).unwrap_or("default") != "default"
-        {
-            bail!("Gemma 2 with rope scaling is not supported");
-        }
+        // Gemma 3 scales its global layers' rope linearly (the 4B and larger models, by 8).
+        let scaling = raw.rope_scaling.as_ref().or(raw.rope_parameters.as_ref()).filter(|s| s.is_object());
+        let rope_factor = match scaling.map(|s| (sizes::rope_type(s).unwrap_or("default"), s)) {
+            None | Some(("default", _)) => 1.0,
+            Some(("linear", s)) if gemma3 => {
+                positive(s.get("factor").and_then(Value::as_f64).unwrap_or(1.0), "rope scaling factor")?
+            }
+            Some((other, _)) => bail!("{model_type} with rope scaling \"{other}\" is not supported"),
+        };
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
@@ -91,11 +109,13 @@ impl Config {
             bail!("head_dim {head_dim} is odd; rotary embeddings need an even head_dim");
         }
         let num_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
-        // transformers' default: the even layers slide, the odd ones see everything.
+        // transformers' default: every `pattern`-th layer sees everything (Gemma 2: 2, 3: 6),
+        // the others slide.
+        let pattern = raw.sliding_window_pattern.unwrap_or(if gemma3 { 6 } else { 2 }).max(1);
         let sliding_layers = match &raw.layer_types {
             Some(types) if types.len() == num_layers => types.iter().map(|t| t == "sliding_attention").collect(),
             Some(types) => bail!("\"layer_types\" has {} entries for {num_layers} layers", types.len()),
-            None => (0..num_layers).map(|i| i % 2 == 0).collect(),
+            None => (0..num_layers).map(|i| (i + 1) % pattern != 0).collect(),
         };
         let softcap = |v: Option<f64>, name: &str| v.map(|c| positive(c, name)).transpose();
         let gemma = Config {
@@ -114,10 +134,13 @@ impl Config {
             sliding_window: raw.sliding_window,
             sliding_layers,
             attention_bias: raw.attention_bias.unwrap_or(false),
+            qk_norm: gemma3,
+            local_rope_theta: gemma3.then(|| raw.rope_local_base_freq.unwrap_or(10000.0)),
+            rope_factor,
         };
         Ok((
             Sizes {
-                model_type: "gemma2",
+                model_type,
                 vocab_size: need(raw.vocab_size, "vocab_size")?,
                 hidden_size,
                 embed_dim: hidden_size,
@@ -158,7 +181,7 @@ pub fn spec(c: &Sizes, g: &Config) -> Spec {
 }
 
 /// Tensors outside the prunable linears, with their shapes.
-pub fn tensors(c: &Sizes, _g: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
+pub fn tensors(c: &Sizes, g: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
     let (v, d) = (c.vocab_size, c.hidden_size);
     let mut t = vec![("model.embed_tokens.weight".to_string(), vec![v, d]), ("model.norm.weight".to_string(), vec![d])];
     if lm_head_stored || !c.tie_word_embeddings {
@@ -168,8 +191,29 @@ pub fn tensors(c: &Sizes, _g: &Config, lm_head_stored: bool) -> Vec<(String, Vec
         for n in NORMS {
             t.push((format!("model.layers.{b}.{n}.weight"), vec![d]));
         }
+        if g.qk_norm {
+            for n in QK_NORMS {
+                t.push((format!("model.layers.{b}.{n}.weight"), vec![g.head_dim]));
+            }
+        }
     }
     t
+}
+
+const QK_NORMS: [&str; 2] = ["self_attn.q_norm", "self_attn.k_norm"];
+
+/// The global layers' RoPE frequencies: `rope_theta`, divided by a `linear` factor.
+fn global_rope(g: &Config) -> RopeFreqs {
+    let mut freqs = RopeFreqs::new(g.rope_theta, g.head_dim);
+    for f in freqs.inv_freq.iter_mut() {
+        *f /= g.rope_factor as f32;
+    }
+    freqs
+}
+
+/// Gemma 3's sliding layers' RoPE frequencies (`rope_local_base_freq`, unscaled).
+pub fn local_rope(g: &Config) -> Option<RopeFreqs> {
+    g.local_rope_theta.map(|theta| RopeFreqs::new(theta, g.head_dim))
 }
 
 const NORMS: [&str; 4] =
@@ -218,7 +262,7 @@ impl Outer {
             eps: g.rms_norm_eps,
             hidden: d,
             final_softcap: g.final_softcap,
-            rope: RopeFreqs::new(g.rope_theta, g.head_dim),
+            rope: global_rope(g),
         })
     }
 
@@ -241,6 +285,8 @@ impl Outer {
 #[derive(Clone)]
 pub struct Parts {
     norms: [Tensor<1>; 4],
+    /// Gemma 3's per-head q and k norms (1 + w).
+    qk_norms: Option<[Tensor<1>; 2]>,
     /// Whether this layer attends over the sliding window only.
     sliding: bool,
     cfg: Config,
@@ -248,13 +294,26 @@ pub struct Parts {
 
 impl Parts {
     pub fn load(ck: &Checkpoint, prefix: &str, index: usize, c: &Sizes, g: &Config, device: &Device) -> Result<Parts> {
-        let norm = |n: &str| norm_weight(ck, &format!("{prefix}.{n}.weight"), c.hidden_size, device);
+        let norm = |n: &str, d: usize| norm_weight(ck, &format!("{prefix}.{n}.weight"), d, device);
+        let d = c.hidden_size;
+        let qk_norms = match g.qk_norm {
+            true => Some([norm(QK_NORMS[0], g.head_dim)?, norm(QK_NORMS[1], g.head_dim)?]),
+            false => None,
+        };
         Ok(Parts {
-            norms: [norm(NORMS[0])?, norm(NORMS[1])?, norm(NORMS[2])?, norm(NORMS[3])?],
+            norms: [norm(NORMS[0], d)?, norm(NORMS[1], d)?, norm(NORMS[2], d)?, norm(NORMS[3], d)?],
+            qk_norms,
             sliding: g.sliding_layers.get(index).copied().unwrap_or(false),
             cfg: g.clone(),
         })
     }
+}
+
+/// RMSNorm of each head's `hd` values: [b, t, n·hd] → [b, n, t, hd].
+fn norm_heads(y: Tensor<3>, weight: &Tensor<1>, n: usize, hd: usize, eps: f64) -> Tensor<4> {
+    let [b, t, _] = y.dims();
+    let normed = rms_norm(y.reshape([b, t * n, hd]), weight, eps);
+    split_heads(normed.reshape([b, t, n * hd]), n, hd)
 }
 
 /// h + norm(attn(norm(h))), then + norm(mlp(norm(·))); `run(i, x)` runs linear i on x (and
@@ -268,15 +327,22 @@ pub fn forward(
     let c = &p.cfg;
     let (nh, nkv, hd, eps) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps);
     let [input_norm, post_attention_norm, pre_feedforward_norm, post_feedforward_norm] = &p.norms;
-    let rope = pos.rope.as_ref().expect("Gemma 2 rotates q and k");
+    let rope = match (&pos.local_rope, p.sliding) {
+        (Some(local), true) => local,
+        _ => pos.rope.as_ref().expect("Gemma rotates q and k"),
+    };
     let mask = match (&pos.local, p.sliding) {
         (Some(local), true) => local,
-        _ => pos.causal.as_ref().expect("Gemma 2's attention takes its mask from the positions"),
+        _ => pos.causal.as_ref().expect("Gemma's attention takes its mask from the positions"),
+    };
+    let heads = |y: Tensor<3>, n: usize, norm: Option<&Tensor<1>>| match norm {
+        Some(w) => norm_heads(y, w, n, hd, eps),
+        None => split_heads(y, n, hd),
     };
 
     let x = rms_norm(h.clone(), input_norm, eps);
-    let q = rope.apply(split_heads(run(Q, &x), nh, hd));
-    let k = rope.apply(split_heads(run(K, &x), nkv, hd));
+    let q = rope.apply(heads(run(Q, &x), nh, p.qk_norms.as_ref().map(|n| &n[0])));
+    let k = rope.apply(heads(run(K, &x), nkv, p.qk_norms.as_ref().map(|n| &n[1])));
     let v = split_heads(run(V, &x), nkv, hd);
     let attn = attention_capped(q, k, v, c.query_pre_attn_scalar.powf(-0.5), c.attn_softcap, mask.clone());
     let h = h + rms_norm(run(O, &attn), post_attention_norm, eps);
