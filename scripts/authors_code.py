@@ -69,6 +69,41 @@ def windows(ids, starts, seqlen):
 ROTARY_FROM_MODEL = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 48)
 
 
+class SplitLinear(torch.nn.Module):
+    """A fused linear (Phi-3's qkv_proj, gate_up_proj) as the separate linears it stacks, in
+    order, so that their code, which finds a block's linears and routes their rows by position
+    (q, k, v, o, gate, up, down), sees the LLaMA layout. The output is the parts' outputs
+    concatenated: the fused product, row for row."""
+
+    def __init__(self, fused, names, sizes):
+        super().__init__()
+        rows = fused.weight.split(sizes, dim=0)
+        for name, w in zip(names, rows):
+            part = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype, device=w.device)
+            part.weight.data.copy_(w)
+            self.add_module(name, part)
+
+    def forward(self, x):
+        return torch.cat([m(x) for m in self.children()], dim=-1)
+
+    def weight_cat(self):
+        return torch.cat([m.weight for m in self.children()], dim=0)
+
+
+def split_fused(model):
+    """Phi-3's fused linears split in place, o_proj moved after them (find_layers' order)."""
+    cfg = model.config
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.qkv_proj = SplitLinear(attn.qkv_proj, ["q_proj", "k_proj", "v_proj"], [q, kv, kv])
+        attn._modules["o_proj"] = attn._modules.pop("o_proj")
+        f = cfg.intermediate_size
+        mlp.gate_up_proj = SplitLinear(mlp.gate_up_proj, ["gate_proj", "up_proj"], [f, f])
+        mlp._modules["down_proj"] = mlp._modules.pop("down_proj")
+
+
 def load_model(model_dir, dtype, dev, seqlen):
     """The checkpoint as their loops expect it. Their code calls each decoder layer with
     position_ids alone, as transformers up to 4.47 allowed; under later versions, whose layers
@@ -78,6 +113,8 @@ def load_model(model_dir, dtype, dev, seqlen):
     given the layer's own."""
     model = torch_model.load(model_dir, dtype, dev)
     model.seqlen = seqlen
+    if model.config.model_type == "phi3":
+        split_fused(model)
     first = model.model.layers[0]
     if hasattr(first, "attention_type"):
         kind = first.attention_type

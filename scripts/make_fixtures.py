@@ -9,11 +9,11 @@ compare against. Run from the repository root:
     python3 scripts/make_fixtures.py --rope     # only tiny-llama under other rope scalings
 
 Versions used for the committed fixtures: torch 2.5.1 (CPU), transformers 4.46.3,
-tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. The newer fixtures (tiny-qwen3, tiny-mistral-swa, tiny-gemma2, tiny-gemma3) need a
+tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. The newer fixtures (tiny-qwen3, tiny-mistral-swa, tiny-gemma2, tiny-gemma3, tiny-phi3) need a
 transformers that has them: made with torch 2.15.0, transformers 4.57.1 and accelerate 1.16.0 in a
 venv of their own (`python3 -m venv V && V/bin/pip install torch==2.15.0 transformers==4.57.1
 accelerate==1.16.0 gguf==0.19.0`, then
-`V/bin/python scripts/make_fixtures.py --only tiny-qwen3,tiny-mistral-swa,tiny-gemma2,tiny-gemma3`); each golden records its versions. Everything here is generated from seeds:
+`V/bin/python scripts/make_fixtures.py --only tiny-qwen3,tiny-mistral-swa,tiny-gemma2,tiny-gemma3,tiny-phi3`); each golden records its versions. Everything here is generated from seeds:
 the text is synthetic, the tokenizer is trained on it, the models are random.
 """
 import argparse
@@ -425,6 +425,18 @@ def main():
                 attn_logit_softcapping=None, final_logit_softcapping=None,
                 hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, **common),
              torch.float32, 11, False, False),
+            # Phi-3 / Phi-4-mini: fused qkv_proj and gate_up_proj, partial rotary (0.75 of each
+            # 16-wide head, as Phi-4-mini), longrope over original_max_position_embeddings 32:
+            # the 16-token logits take the short factors, the 64-token windows the long ones,
+            # both with the attention factor √(1 + ln 8 / ln 32); multi-head attention, f32.
+            ("tiny-phi3", transformers.Phi3ForCausalLM, transformers.Phi3Config(
+                num_key_value_heads=4, partial_rotary_factor=0.75, rope_theta=10000.0,
+                original_max_position_embeddings=32,
+                rope_scaling={"type": "longrope",
+                              "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
+                              "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0]},
+                hidden_act="silu", tie_word_embeddings=False, pad_token_id=1, **common),
+             torch.float32, 12, False, False),
         ]
     if only:
         specs = [sp for sp in specs if sp[0] in only]

@@ -38,8 +38,13 @@ import torch_model
 def mask_hashes(model):
     """Per prunable weight of the pruned model, the SHA-256 of its zero pattern: one byte per
     entry (1 where the weight is 0), row-major."""
-    return {name: hashlib.sha256((p == 0).to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
-            for name, p in model.named_parameters() if ".layers." in name and p.dim() == 2}
+    digest = lambda p: hashlib.sha256((p == 0).to(torch.uint8).cpu().numpy().tobytes()).hexdigest()  # noqa: E731
+    # A fused linear split for their code (authors_code.SplitLinear) is hashed fused, as stored.
+    split = {n: m for n, m in model.named_modules() if isinstance(m, authors_code.SplitLinear)}
+    out = {name: digest(p) for name, p in model.named_parameters()
+           if ".layers." in name and p.dim() == 2 and not any(name.startswith(s + ".") for s in split)}
+    out.update({f"{n}.weight": digest(m.weight_cat()) for n, m in split.items()})
+    return out
 
 
 def main():

@@ -95,7 +95,12 @@ fn bad_inputs_are_rejected_with_one_line() {
     let d = copy_to_break("tiny-llama", "modeltype");
     let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
     std::fs::write(d.join("config.json"), cfg).unwrap();
-    eval_fails(&d, &text, &[], "unsupported model_type \"gpt_neox\" (supported: llama, mistral, qwen2, opt, phi)");
+    eval_fails(
+        &d,
+        &text,
+        &[],
+        "unsupported model_type \"gpt_neox\" (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, opt, phi)",
+    );
 
     let d = copy_to_break("tiny-llama", "truncated");
     let bytes = std::fs::read(d.join("model.safetensors")).unwrap();

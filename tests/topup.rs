@@ -437,6 +437,10 @@ fn neuroal_search_matches_the_authors_code_on_every_family() {
         // global; authors_code.py), as transformers' model would give them.
         ("tiny-gemma2-neuroal", "tiny-gemma2", "wanda"),
         ("tiny-gemma3-neuroal", "tiny-gemma3", "wanda"),
+        // Phi-3: their code runs on the same model with its fused qkv_proj and gate_up_proj
+        // split into the LLaMA layout (authors_code.py), which neuroal's fused linears must
+        // equal: the same masks, and each fused linear's alignment counted once per part.
+        ("tiny-phi3-neuroal", "tiny-phi3", "wanda"),
     ] {
         search_matches_the_authors_code(
             golden,

@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use crate::io::error::{Context, Result};
 use crate::model::sizes::Sizes;
-use crate::model::{gemma, llama, opt, phi, qwen3};
+use crate::model::{gemma, llama, opt, phi, phi3, qwen3};
 use crate::{bail, err};
 
-pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, opt, phi";
+pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, opt, phi";
 
 /// The family and its own settings.
 #[derive(Clone, Debug)]
@@ -20,6 +20,7 @@ pub enum Arch {
     Llama(llama::Config),
     Qwen3(qwen3::Config),
     Gemma(gemma::Config),
+    Phi3(phi3::Config),
     Opt(opt::Config),
     Phi(phi::Config),
 }
@@ -62,6 +63,7 @@ impl Config {
                 "Qwen3ForCausalLM" => "qwen3".into(),
                 "Gemma2ForCausalLM" => "gemma2".into(),
                 "Gemma3ForCausalLM" => "gemma3_text".into(),
+                "Phi3ForCausalLM" => "phi3".into(),
                 "OPTForCausalLM" => "opt".into(),
                 "PhiForCausalLM" => "phi".into(),
                 other => bail!("unsupported architecture \"{other}\" (supported: {SUPPORTED})"),
@@ -76,6 +78,7 @@ impl Config {
             "gemma2" | "gemma3_text" => {
                 gemma::Config::parse(&raw, &family).map(|(sizes, g)| Config { arch: Arch::Gemma(g), sizes })?
             }
+            "phi3" => phi3::Config::parse(&raw).map(|(sizes, p)| Config { arch: Arch::Phi3(p), sizes })?,
             "opt" => opt::Config::parse(&raw).map(|(sizes, o)| Config { arch: Arch::Opt(o), sizes })?,
             "phi" => phi::Config::parse(&raw).map(|(sizes, p)| Config { arch: Arch::Phi(p), sizes })?,
             other => bail!("unsupported model_type \"{other}\" (supported: {SUPPORTED})"),
@@ -114,6 +117,7 @@ impl Config {
     pub fn sliding_window(&self) -> Option<usize> {
         match &self.arch {
             Arch::Llama(l) if self.model_type == "mistral" => l.sliding_window,
+            Arch::Phi3(p) => p.sliding_window,
             _ => None,
         }
     }

@@ -15,6 +15,7 @@ pub mod gemma;
 pub mod llama;
 pub mod opt;
 pub mod phi;
+pub mod phi3;
 pub mod qwen3;
 pub mod sizes;
 
@@ -44,6 +45,9 @@ pub struct LinearSpec {
     /// A query, key or value projection: under grouped-query attention these keep the block
     /// sparsity in NeuroAL's row step.
     pub qkv: bool,
+    /// The linears a fused one stacks (Phi-3's qkv_proj: 3, gate_up_proj: 2; else 1): NeuroAL
+    /// counts its alignment once per part, as the parts apart (reading one input) would be.
+    pub parts: usize,
 }
 
 /// Where a linear's output rows are consumed, for NeuroAL's row step: they are input channels
@@ -52,6 +56,9 @@ pub struct LinearSpec {
 pub struct Route {
     pub next_block: bool,
     pub linear: usize,
+    /// How many times the consumer's input channels span the rows: 1, or for a fused linear
+    /// the parts it stacks (Phi-3's gate_up: gate's rows, then up's, each channel of down).
+    pub repeat: usize,
 }
 
 /// A family's declaration: where blocks live and what they hold.
@@ -77,6 +84,7 @@ impl Spec {
             Arch::Llama(l) => llama::spec(config, l),
             Arch::Qwen3(q) => qwen3::spec(config, q),
             Arch::Gemma(g) => gemma::spec(config, g),
+            Arch::Phi3(p) => phi3::spec(config, p),
             Arch::Opt(o) => opt::spec(config, o),
             Arch::Phi(p) => phi::spec(config, p),
         }
@@ -160,6 +168,7 @@ enum Parts {
     Llama(llama::Parts),
     Qwen3(qwen3::Parts),
     Gemma(gemma::Parts),
+    Phi3(phi3::Parts),
     Opt(opt::Parts),
     Phi(phi::Parts),
 }
@@ -290,6 +299,7 @@ impl Block {
             Parts::Llama(p) => llama::forward(p, h, pos, &mut run),
             Parts::Qwen3(p) => qwen3::forward(p, h, pos, &mut run),
             Parts::Gemma(p) => gemma::forward(p, h, pos, &mut run),
+            Parts::Phi3(p) => phi3::forward(p, h, pos, &mut run),
             Parts::Opt(p) => opt::forward(p, h, pos, &mut run),
             Parts::Phi(p) => phi::forward(p, h, pos, &mut run),
         }
@@ -396,6 +406,7 @@ pub fn lm_head(
 enum Outer {
     Llama(Box<llama::Outer>),
     Gemma(Box<gemma::Outer>),
+    Phi3(Box<phi3::Outer>),
     Opt(Box<opt::Outer>),
     Phi(Box<phi::Outer>),
 }
@@ -468,6 +479,7 @@ impl Model {
             // Qwen3's embeddings, final norm, head and rotation are the LLaMA family's.
             Arch::Qwen3(q) => Outer::Llama(Box::new(llama::Outer::load(ck, &config, &q.base, device, dtype, ends)?)),
             Arch::Gemma(g) => Outer::Gemma(Box::new(gemma::Outer::load(ck, &config, g, device, dtype, ends)?)),
+            Arch::Phi3(p) => Outer::Phi3(Box::new(phi3::Outer::load(ck, &config, p, device, dtype, ends)?)),
             Arch::Opt(o) => Outer::Opt(Box::new(opt::Outer::load(ck, &config, o, device, dtype, ends)?)),
             Arch::Phi(p) => Outer::Phi(Box::new(phi::Outer::load(ck, &config, p, device, dtype, ends)?)),
         };
@@ -521,6 +533,7 @@ impl Model {
             Arch::Llama(l) => Parts::Llama(llama::Parts::load(ck, &prefix, &self.config, l, &self.device)?),
             Arch::Qwen3(q) => Parts::Qwen3(qwen3::Parts::load(ck, &prefix, &self.config, q, &self.device)?),
             Arch::Gemma(g) => Parts::Gemma(gemma::Parts::load(ck, &prefix, index, &self.config, g, &self.device)?),
+            Arch::Phi3(p) => Parts::Phi3(phi3::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
             Arch::Opt(o) => Parts::Opt(opt::Parts::load(ck, &prefix, &self.config, o, &self.device)?),
             Arch::Phi(p) => Parts::Phi(phi::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
         };
@@ -562,6 +575,7 @@ impl Model {
         Ok(match &self.outer {
             Outer::Llama(o) => o.embed(ids, batch, t)?,
             Outer::Gemma(o) => o.embed(ids, batch, t)?,
+            Outer::Phi3(o) => o.embed(ids, batch, t)?,
             Outer::Opt(o) => o.embed(ids, batch, t, &self.device, self.gpu.as_deref())?,
             Outer::Phi(o) => o.embed(ids, batch, t)?,
         })
@@ -573,6 +587,7 @@ impl Model {
         let logits = match &self.outer {
             Outer::Llama(o) => o.head(hidden, self.gpu.as_deref()),
             Outer::Gemma(o) => o.head(hidden, self.gpu.as_deref()),
+            Outer::Phi3(o) => o.head(hidden, self.gpu.as_deref()),
             Outer::Opt(o) => o.head(hidden, self.gpu.as_deref()),
             Outer::Phi(o) => o.head(hidden, self.gpu.as_deref()),
         };
@@ -584,6 +599,8 @@ impl Model {
         let rope = match &self.outer {
             Outer::Llama(o) => Some(o.rope.tables(t, &self.device)),
             Outer::Gemma(o) => Some(o.rope.tables(t, &self.device)),
+            // longrope's factors depend on the windows' length.
+            Outer::Phi3(o) => Some(phi3::rope_freqs(&o.cfg, t).tables(t, &self.device)),
             Outer::Opt(_) => None,
             Outer::Phi(o) => Some(o.rope.tables(t, &self.device)),
         };
@@ -633,13 +650,16 @@ impl Model {
 pub struct RopeFreqs {
     pub inv_freq: Vec<f32>,
     pub dim: usize,
+    /// cos and sin are multiplied by it (longrope's attention factor; 1 elsewhere).
+    pub scale: f32,
 }
 
 impl RopeFreqs {
     /// inv_freq_i = 1 / θ^(2i/dim), computed in f32 as transformers does.
     pub fn new(theta: f64, dim: usize) -> RopeFreqs {
         let base = theta as f32;
-        RopeFreqs { inv_freq: (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect(), dim }
+        let inv_freq = (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect();
+        RopeFreqs { inv_freq, dim, scale: 1.0 }
     }
 
     /// cos and sin tables [t, dim] for positions 0..t.
@@ -650,8 +670,8 @@ impl RopeFreqs {
         for pos in 0..t {
             for j in 0..dim {
                 let angle = pos as f32 * self.inv_freq[j % (dim / 2)];
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                cos.push(angle.cos() * self.scale);
+                sin.push(angle.sin() * self.scale);
             }
         }
         Rope {
@@ -1019,6 +1039,7 @@ pub fn checkpoint_tensors(config: &Config, lm_head_stored: bool) -> Vec<(String,
         Arch::Llama(l) => llama::tensors(config, l, lm_head_stored),
         Arch::Qwen3(q) => qwen3::tensors(config, q, lm_head_stored),
         Arch::Gemma(g) => gemma::tensors(config, g, lm_head_stored),
+        Arch::Phi3(p) => phi3::tensors(config, p, lm_head_stored),
         Arch::Opt(o) => opt::tensors(config, o, lm_head_stored),
         Arch::Phi(p) => phi::tensors(config, p),
     };

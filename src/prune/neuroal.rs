@@ -77,7 +77,7 @@ pub fn row_map(spec: &Spec, gqa: bool, blocks: &[f64], d: &[Vec<Vec<f32>>], lamb
                     if keep || sum == 0.0 {
                         Sparsity::PerRow(vec![b; linear.shape[0]])
                     } else {
-                        Sparsity::PerRow(neuroal_row_sparsities(r, lambda, b))
+                        Sparsity::PerRow(neuroal_row_sparsities(r, lambda, b).repeat(route.repeat.max(1)))
                     }
                 })
                 .collect()
@@ -341,6 +341,9 @@ impl BlockPass<'_> {
 /// One readback of m and one of d per candidate; scores summed in (block, linear) order.
 fn read_back(model: &Model, pending: Vec<Pending>, trace: &Trace) -> Result<Vec<Evaluation>> {
     let names: Vec<&str> = model.linears().iter().map(|l| l.name).collect();
+    // A fused linear counts once per linear it stacks (Phi-3's qkv: 3), as the split model's
+    // q, k and v, which read the same input, each count it.
+    let parts: Vec<f64> = model.linears().iter().map(|l| l.parts as f64).collect();
     let mut evals = Vec::with_capacity(pending.len());
     for per in pending {
         let lens: Vec<usize> = per.iter().map(|(_, d)| d.dims()[0]).collect();
@@ -370,7 +373,7 @@ fn read_back(model: &Model, pending: Vec<Pending>, trace: &Trace) -> Result<Vec<
                     names[li]
                 );
             }
-            e.score += *mk as f64;
+            e.score += parts[li] * *mk as f64;
             if li == 0 {
                 e.d.push(Vec::with_capacity(names.len()));
             }
@@ -599,6 +602,33 @@ mod tests {
         assert!(
             row_map(&spec, false, &[0.5, 0.7], &d, 0.1).unwrap_err().to_string().contains("declares no row routing")
         );
+    }
+
+    /// Phi-3's fused linears: each part of qkv (q, k, v) and of gate_up (gate, up) takes the
+    /// consumer's spread once, in order.
+    #[test]
+    fn fused_linears_repeat_their_consumers_spread_per_part() {
+        let c = crate::model::config::Config::from_json(
+            r#"{"model_type":"phi3","vocab_size":10,"hidden_size":2,"intermediate_size":2,
+            "num_hidden_layers":2,"num_attention_heads":1,"max_position_embeddings":32}"#,
+        )
+        .unwrap();
+        let spec = Spec::of(&c);
+        assert_eq!(spec.linears[0].shape, [6, 2]);
+        assert_eq!(spec.linears[2].shape, [4, 2]);
+        let (qkv, o, gate_up, down) = (0, 1, 2, 3);
+        // d of o's inputs and of down's: [0, a], which spreads to [.6, .4] at b = .5, λ = .1.
+        let d0: Vec<Vec<f32>> = (0..4).map(|i| vec![0.0, i as f32 + 1.0]).collect();
+        let d = vec![d0.clone(), d0];
+        let m = row_map(&spec, false, &[0.5, 0.7], &d, 0.1).unwrap();
+        let rows = |s: &Sparsity| match s {
+            Sparsity::PerRow(r) => r.clone(),
+            other => panic!("{other:?}"),
+        };
+        close(&rows(&m[0][qkv]), &[0.6, 0.4, 0.6, 0.4, 0.6, 0.4]);
+        close(&rows(&m[0][gate_up]), &[0.6, 0.4, 0.6, 0.4]);
+        close(&rows(&m[0][o]), &[0.6, 0.4]);
+        close(&rows(&m[0][down]), &[0.6, 0.4]);
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn select(choice: Choice) -> Selected {
     }
 }
 
-pub fn fixtures() -> [&'static str; 11] {
+pub fn fixtures() -> [&'static str; 12] {
     [
         "tiny-llama",
         "tiny-mistral-gqa",
@@ -70,6 +70,7 @@ pub fn fixtures() -> [&'static str; 11] {
         "tiny-mistral-swa",
         "tiny-gemma2",
         "tiny-gemma3",
+        "tiny-phi3",
     ]
 }
 
