@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Ends, Positions, RopeFreqs, Spec, TokenTable, attention_capped, gelu_tanh, llama, lm_head, rms_norm, split_heads,
-    to_device1,
+    Ends, Positions, RopeFreqs, Spec, TokenTable, attention_capped, gelu_tanh, llama, lm_head, rms_norm,
+    rms_norm_heads, split_heads, to_device1,
 };
 use crate::gpu::context::Gpu;
 use crate::io::checkpoint::Checkpoint;
@@ -309,13 +309,6 @@ impl Parts {
     }
 }
 
-/// RMSNorm of each head's `hd` values: [b, t, n·hd] → [b, n, t, hd].
-fn norm_heads(y: Tensor<3>, weight: &Tensor<1>, n: usize, hd: usize, eps: f64) -> Tensor<4> {
-    let [b, t, _] = y.dims();
-    let normed = rms_norm(y.reshape([b, t * n, hd]), weight, eps);
-    split_heads(normed.reshape([b, t, n * hd]), n, hd)
-}
-
 /// h + norm(attn(norm(h))), then + norm(mlp(norm(·))); `run(i, x)` runs linear i on x (and
 /// records x).
 pub fn forward(
@@ -336,7 +329,7 @@ pub fn forward(
         _ => pos.causal.as_ref().expect("Gemma's attention takes its mask from the positions"),
     };
     let heads = |y: Tensor<3>, n: usize, norm: Option<&Tensor<1>>| match norm {
-        Some(w) => norm_heads(y, w, n, hd, eps),
+        Some(w) => rms_norm_heads(y, w, n, hd, eps),
         None => split_heads(y, n, hd),
     };
 

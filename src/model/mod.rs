@@ -955,6 +955,14 @@ pub fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
     x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
 }
 
+/// RMSNorm of each head's `hd` values (Qwen3's and Gemma 3's q/k norms): [b, t, n·hd] →
+/// [b, n, t, hd].
+pub fn rms_norm_heads(y: Tensor<3>, weight: &Tensor<1>, n: usize, hd: usize, eps: f64) -> Tensor<4> {
+    let [b, t, _] = y.dims();
+    let normed = rms_norm(y.reshape([b, t * n, hd]), weight, eps);
+    split_heads(normed.reshape([b, t, n * hd]), n, hd)
+}
+
 /// [b, t, n·hd] → [b, n, t, hd]
 pub fn split_heads(y: Tensor<3>, n: usize, hd: usize) -> Tensor<4> {
     let [b, t, _] = y.dims();

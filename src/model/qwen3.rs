@@ -8,7 +8,7 @@
 use burn::tensor::{Device, Tensor};
 use serde_json::Value;
 
-use super::{Positions, Spec, attention, llama, rms_norm, silu, split_heads, to_device1};
+use super::{Positions, Spec, attention, llama, rms_norm, rms_norm_heads, silu, split_heads, to_device1};
 use crate::io::checkpoint::Checkpoint;
 use crate::io::error::Result;
 use crate::model::sizes::Sizes;
@@ -76,13 +76,6 @@ impl Parts {
     }
 }
 
-/// RMSNorm of each head's `hd` values: [b, t, n·hd] → [b, n, t, hd].
-fn norm_heads(y: Tensor<3>, weight: &Tensor<1>, n: usize, hd: usize, eps: f64) -> Tensor<4> {
-    let [b, t, _] = y.dims();
-    let normed = rms_norm(y.reshape([b, t * n, hd]), weight, eps);
-    split_heads(normed.reshape([b, t, n * hd]), n, hd)
-}
-
 /// h + attn(norm(h)) with per-head q/k norms, then + mlp(norm(·)); `run(i, x)` runs linear i on
 /// x (and records x).
 pub fn forward(
@@ -96,8 +89,8 @@ pub fn forward(
     let rope = pos.rope.as_ref().expect("Qwen3 rotates q and k");
 
     let x = rms_norm(h.clone(), &p.input_norm, eps);
-    let q = rope.apply(norm_heads(run(Q, &x), &p.q_norm, nh, hd, eps));
-    let k = rope.apply(norm_heads(run(K, &x), &p.k_norm, nkv, hd, eps));
+    let q = rope.apply(rms_norm_heads(run(Q, &x), &p.q_norm, nh, hd, eps));
+    let k = rope.apply(rms_norm_heads(run(K, &x), &p.k_norm, nkv, hd, eps));
     let v = split_heads(run(V, &x), nkv, hd);
     let attn = attention(q, k, v, Some((hd as f64).sqrt()), pos);
     let h = h + run(O, &attn);
