@@ -406,7 +406,6 @@ pub fn lm_head(
 enum Outer {
     Llama(Box<llama::Outer>),
     Gemma(Box<gemma::Outer>),
-    Phi3(Box<phi3::Outer>),
     Opt(Box<opt::Outer>),
     Phi(Box<phi::Outer>),
 }
@@ -479,7 +478,10 @@ impl Model {
             // Qwen3's embeddings, final norm, head and rotation are the LLaMA family's.
             Arch::Qwen3(q) => Outer::Llama(Box::new(llama::Outer::load(ck, &config, &q.base, device, dtype, ends)?)),
             Arch::Gemma(g) => Outer::Gemma(Box::new(gemma::Outer::load(ck, &config, g, device, dtype, ends)?)),
-            Arch::Phi3(p) => Outer::Phi3(Box::new(phi3::Outer::load(ck, &config, p, device, dtype, ends)?)),
+            // Phi-3's embeddings, final norm and head are the LLaMA family's.
+            Arch::Phi3(p) => {
+                Outer::Llama(Box::new(llama::Outer::load(ck, &config, &p.outside_blocks(), device, dtype, ends)?))
+            }
             Arch::Opt(o) => Outer::Opt(Box::new(opt::Outer::load(ck, &config, o, device, dtype, ends)?)),
             Arch::Phi(p) => Outer::Phi(Box::new(phi::Outer::load(ck, &config, p, device, dtype, ends)?)),
         };
@@ -575,7 +577,6 @@ impl Model {
         Ok(match &self.outer {
             Outer::Llama(o) => o.embed(ids, batch, t)?,
             Outer::Gemma(o) => o.embed(ids, batch, t)?,
-            Outer::Phi3(o) => o.embed(ids, batch, t)?,
             Outer::Opt(o) => o.embed(ids, batch, t, &self.device, self.gpu.as_deref())?,
             Outer::Phi(o) => o.embed(ids, batch, t)?,
         })
@@ -587,7 +588,6 @@ impl Model {
         let logits = match &self.outer {
             Outer::Llama(o) => o.head(hidden, self.gpu.as_deref()),
             Outer::Gemma(o) => o.head(hidden, self.gpu.as_deref()),
-            Outer::Phi3(o) => o.head(hidden, self.gpu.as_deref()),
             Outer::Opt(o) => o.head(hidden, self.gpu.as_deref()),
             Outer::Phi(o) => o.head(hidden, self.gpu.as_deref()),
         };
@@ -596,13 +596,13 @@ impl Model {
 
     /// Positional tables for windows of `t` tokens.
     pub fn positions(&self, t: usize) -> Positions {
-        let rope = match &self.outer {
-            Outer::Llama(o) => Some(o.rope.tables(t, &self.device)),
-            Outer::Gemma(o) => Some(o.rope.tables(t, &self.device)),
+        let rope = match (&self.config.arch, &self.outer) {
             // longrope's factors depend on the windows' length.
-            Outer::Phi3(o) => Some(phi3::rope_freqs(&o.cfg, t).tables(t, &self.device)),
-            Outer::Opt(_) => None,
-            Outer::Phi(o) => Some(o.rope.tables(t, &self.device)),
+            (Arch::Phi3(p), _) => Some(phi3::rope_freqs(p, t).tables(t, &self.device)),
+            (_, Outer::Llama(o)) => Some(o.rope.tables(t, &self.device)),
+            (_, Outer::Gemma(o)) => Some(o.rope.tables(t, &self.device)),
+            (_, Outer::Opt(_)) => None,
+            (_, Outer::Phi(o)) => Some(o.rope.tables(t, &self.device)),
         };
         let window = self.config.sliding_window().filter(|&w| w < t);
         let masked = window.is_some() || self.config.masks_attention() || !cpu_in_f32(&self.device, self.dtype);

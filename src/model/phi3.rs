@@ -6,17 +6,11 @@
 //! and cos and sin multiplied by √(1 + ln(max / original) / ln(original)). A `sliding_window`
 //! applies in every layer.
 
-use std::sync::Arc;
-
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{
-    Ends, LinearSpec, Positions, RopeFreqs, Route, Spec, TokenTable, attention, lm_head, rms_norm, silu, split_heads,
-    to_device1,
-};
-use crate::gpu::context::Gpu;
+use super::{LinearSpec, Positions, RopeFreqs, Route, Spec, attention, llama, rms_norm, silu, split_heads, to_device1};
 use crate::io::checkpoint::Checkpoint;
 use crate::io::error::Result;
 use crate::model::sizes::{self, Sizes, need, positive, rope_field};
@@ -135,6 +129,26 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What the LLaMA family's embeddings, final norm and head read of a config: Phi-3's are
+    /// theirs (its rotation is its own: [`rope_freqs`]).
+    pub fn outside_blocks(&self) -> llama::Config {
+        llama::Config {
+            intermediate_size: self.intermediate_size,
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: self.rope_theta,
+            rope_scaling: llama::RopeScaling::None,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            sliding_window: self.sliding_window,
+        }
+    }
+}
+
 /// transformers' longrope: the factor is max / original positions where the config names the
 /// original, and the attention factor √(1 + ln factor / ln original) unless given.
 fn parse_longrope(s: &Value, raw: &Raw, max_positions: usize, rotary_dim: usize) -> Result<LongRope> {
@@ -202,19 +216,10 @@ pub fn spec(c: &Sizes, p: &Config) -> Spec {
     }
 }
 
-/// Tensors outside the prunable linears, with their shapes.
-pub fn tensors(c: &Sizes, _p: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
-    let (v, d) = (c.vocab_size, c.hidden_size);
-    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![v, d]), ("model.norm.weight".to_string(), vec![d])];
-    if lm_head_stored || !c.tie_word_embeddings {
-        t.push(("lm_head.weight".into(), vec![v, d]));
-    }
-    for b in 0..c.num_layers {
-        for n in ["input_layernorm", "post_attention_layernorm"] {
-            t.push((format!("model.layers.{b}.{n}.weight"), vec![d]));
-        }
-    }
-    t
+/// Tensors outside the prunable linears: the LLaMA family's (embeddings, final norm, head,
+/// each block's two norms).
+pub fn tensors(c: &Sizes, p: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
+    llama::tensors(c, &p.outside_blocks(), lm_head_stored)
 }
 
 /// The rotation's frequencies: plain, or longrope's for windows of `t` tokens (short factors
@@ -230,48 +235,6 @@ pub fn rope_freqs(p: &Config, t: usize) -> RopeFreqs {
         freqs.scale = l.attention_factor as f32;
     }
     freqs
-}
-
-pub struct Outer {
-    embed_tokens: TokenTable,
-    final_norm: Tensor<1>,
-    /// None when loaded for pruning.
-    lm_head: Option<Tensor<2>>,
-    eps: f64,
-    hidden: usize,
-    pub cfg: Config,
-}
-
-impl Outer {
-    pub fn load(
-        ck: &Arc<Checkpoint>,
-        c: &Sizes,
-        p: &Config,
-        device: &Device,
-        dtype: DType,
-        ends: Ends,
-    ) -> Result<Outer> {
-        let (v, d) = (c.vocab_size, c.hidden_size);
-        let embed_tokens = TokenTable::load(ck, "model.embed_tokens.weight", [v, d], device, dtype, ends)?;
-        Ok(Outer {
-            lm_head: lm_head(ck, c, &embed_tokens, device, dtype, ends)?,
-            embed_tokens,
-            final_norm: to_device1(ck.load("model.norm.weight", &[d])?, device),
-            eps: p.rms_norm_eps,
-            hidden: d,
-            cfg: p.clone(),
-        })
-    }
-
-    pub fn embed(&self, ids: &[u32], batch: usize, t: usize) -> Result<Tensor<3>> {
-        Ok(self.embed_tokens.rows(ids)?.reshape([batch, t, self.hidden]))
-    }
-
-    pub fn head(&self, hidden: Tensor<3>, gpu: Option<&Gpu>) -> Option<Tensor<3>> {
-        let weight = self.lm_head.clone()?;
-        let x = rms_norm(hidden, &self.final_norm, self.eps);
-        Some(super::Linear { weight, bias: None }.forward(x, gpu))
-    }
 }
 
 /// A block's norms and the settings its forward needs.
