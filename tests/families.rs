@@ -104,7 +104,7 @@ fn wanda_and_neuroal_at_70_percent_on_every_family() {
 #[test]
 fn bad_configs_of_each_family_get_one_line() {
     let s = scratch("bad");
-    let cases: [(&str, &str, serde_json::Value, &str); 11] = [
+    let cases: [(&str, &str, serde_json::Value, &str); 19] = [
         ("tiny-opt", "ffn_dim", serde_json::Value::Null, "missing field \"ffn_dim\""),
         (
             "tiny-opt",
@@ -145,6 +145,49 @@ fn bad_configs_of_each_family_get_one_line() {
             "rope_parameters",
             serde_json::json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
             "Phi with rope scaling \"linear\" (rope_parameters) is not supported",
+        ),
+        ("tiny-qwen3", "hidden_act", "gelu".into(), "unsupported hidden_act \"gelu\" (only silu)"),
+        (
+            "tiny-gemma2",
+            "hidden_activation",
+            "relu".into(),
+            "unsupported hidden_activation \"relu\" for gemma2 (only gelu_pytorch_tanh)",
+        ),
+        (
+            "tiny-gemma2",
+            "layer_types",
+            serde_json::json!(["sliding_attention"]),
+            "\"layer_types\" has 1 entries for 2 layers",
+        ),
+        (
+            "tiny-gemma2",
+            "layer_types",
+            serde_json::json!(["sliding_attention", "chunked_attention"]),
+            "unsupported layer type \"chunked_attention\" (full_attention, sliding_attention)",
+        ),
+        (
+            "tiny-gemma2",
+            "attn_logit_softcapping",
+            0.0.into(),
+            "\"attn_logit_softcapping\" is 0; it must be a positive number",
+        ),
+        (
+            "tiny-gemma3",
+            "rope_scaling",
+            serde_json::json!({"rope_type": "yarn", "factor": 2.0}),
+            "gemma3_text with rope scaling \"yarn\" is not supported",
+        ),
+        (
+            "tiny-phi3",
+            "rope_scaling",
+            serde_json::json!({"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}),
+            "rope scaling \"short_factor\" has 1 factors, the rotary dimension 12 needs 6",
+        ),
+        (
+            "tiny-phi3",
+            "partial_rotary_factor",
+            0.01.into(),
+            "partial_rotary_factor 0.01 gives a rotary dimension of 0; it must be even and positive",
         ),
     ];
     for (i, (fixture, key, value, expect)) in cases.into_iter().enumerate() {

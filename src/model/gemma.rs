@@ -113,7 +113,14 @@ impl Config {
         // the others slide.
         let pattern = raw.sliding_window_pattern.unwrap_or(if gemma3 { 6 } else { 2 }).max(1);
         let sliding_layers = match &raw.layer_types {
-            Some(types) if types.len() == num_layers => types.iter().map(|t| t == "sliding_attention").collect(),
+            Some(types) if types.len() == num_layers => types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "sliding_attention" => Ok(true),
+                    "full_attention" => Ok(false),
+                    other => Err(err!("unsupported layer type \"{other}\" (full_attention, sliding_attention)")),
+                })
+                .collect::<Result<Vec<bool>>>()?,
             Some(types) => bail!("\"layer_types\" has {} entries for {num_layers} layers", types.len()),
             None => (0..num_layers).map(|i| (i + 1) % pattern != 0).collect(),
         };
