@@ -48,6 +48,8 @@ def model_type(model_dir, name="auto"):
     if name != "auto":
         return name
     config = json.load(open(f"{model_dir}/config.json"))
+    if config.get("model_type") == "gemma3":  # a multimodal folder: its text model's
+        config = config["text_config"]
     if config.get("model_type") in ("opt", "phi"):
         return config["model_type"]
     heads = config["num_attention_heads"]

@@ -13,7 +13,7 @@ tokenizers 0.20.3, safetensors 0.8.0, numpy 2.4.6. The newer fixtures (tiny-qwen
 transformers that has them: made with torch 2.15.0, transformers 4.57.1 and accelerate 1.16.0 in a
 venv of their own (`python3 -m venv V && V/bin/pip install torch==2.15.0 transformers==4.57.1
 accelerate==1.16.0 gguf==0.19.0`, then
-`V/bin/python scripts/make_fixtures.py --only tiny-qwen3,tiny-mistral-swa,tiny-gemma2,tiny-gemma3,tiny-phi3`); each golden records its versions. Everything here is generated from seeds:
+`V/bin/python scripts/make_fixtures.py --only tiny-qwen3,tiny-mistral-swa,tiny-gemma2,tiny-gemma3,tiny-phi3,tiny-qwen2-swa,tiny-qwen3-swa,tiny-gemma3-mm`); each golden records its versions. Everything here is generated from seeds:
 the text is synthetic, the tokenizer is trained on it, the models are random.
 """
 import argparse
@@ -134,6 +134,27 @@ def assert_softcaps_active(model, ids):
     k = k.view(*k.shape[:2], -1, hd)[:, :, :1]
     scores = torch.einsum("bihd,bjhd->bij", q, k) * cfg.query_pre_attn_scalar ** -0.5
     assert scores.abs().max() > attn, f"attention scores {scores.abs().max():.2f} never reach the cap {attn}"
+
+
+def assert_window_active(model, ids):
+    """The sliding window must change the result: the 64-token windows' losses differ from
+    those of the same weights under a window longer than the text."""
+    cfg = model.config
+    assert cfg.layer_types == ["full_attention", "sliding_attention"], cfg.layer_types
+    windowed = window_losses(model, ids, EVAL_SEQLEN, max_windows=2)
+    window = cfg.sliding_window
+    set_window(model, 10 ** 6)
+    full = window_losses(model, ids, EVAL_SEQLEN, max_windows=2)
+    set_window(model, window)
+    assert window_losses(model, ids, EVAL_SEQLEN, max_windows=2) == windowed
+    assert all(abs(a - b) > 1e-4 for a, b in zip(windowed, full)), (windowed, full)
+
+
+def set_window(model, window):
+    model.config.sliding_window = window
+    for layer, t in zip(model.model.layers, model.config.layer_types):
+        if t == "sliding_attention":
+            layer.self_attn.sliding_window = window
 
 
 def window_losses(model, ids, seqlen, max_windows=None):
@@ -437,6 +458,33 @@ def main():
                               "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0]},
                 hidden_act="silu", tie_word_embeddings=False, pad_token_id=1, **common),
              torch.float32, 12, False, False),
+            # Qwen2 and Qwen3 with use_sliding_window: only the layers from max_window_layers (1)
+            # on attend over the 24-token window, the first sees everything (checked below: the
+            # window changes the 64-token losses). Qwen2 in f32 with an untied head, Qwen3 in bf16.
+            ("tiny-qwen2-swa", transformers.Qwen2ForCausalLM, transformers.Qwen2Config(
+                num_key_value_heads=2, rope_theta=1000000.0, use_sliding_window=True,
+                sliding_window=24, max_window_layers=1, tie_word_embeddings=False, **common),
+             torch.float32, 13, False, False),
+            ("tiny-qwen3-swa", transformers.Qwen3ForCausalLM, transformers.Qwen3Config(
+                num_key_value_heads=2, head_dim=24, rope_theta=1000000.0, attention_bias=False,
+                use_sliding_window=True, sliding_window=24, max_window_layers=1,
+                tie_word_embeddings=True, **common), torch.bfloat16, 14, False, False),
+        ]
+    if hasattr(transformers, "Gemma3ForConditionalGeneration"):
+        # A multimodal Gemma 3 folder (Gemma3ForConditionalGeneration) as transformers writes
+        # it: the text model of tiny-gemma3's shape under language_model.*, a one-layer SigLIP
+        # vision tower and the projector beside it, which a prune must leave untouched.
+        text = transformers.Gemma3TextConfig(
+            num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=24,
+            layer_types=["sliding_attention", "full_attention"], rope_theta=1000000.0,
+            rope_local_base_freq=10000.0, hidden_activation="gelu_pytorch_tanh", **common)
+        vision = transformers.SiglipVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            image_size=28, patch_size=14)
+        specs += [
+            ("tiny-gemma3-mm", transformers.Gemma3ForConditionalGeneration, transformers.Gemma3Config(
+                text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4),
+             torch.float32, 15, False, False),
         ]
     if only:
         specs = [sp for sp in specs if sp[0] in only]
@@ -447,6 +495,8 @@ def main():
         ids, logits = logits_golden(ref, seed + 100)
         if name == "tiny-gemma2":
             assert_softcaps_active(ref, ids)
+        if name.endswith("-swa") and name.startswith("tiny-qwen"):
+            assert_window_active(ref, text_ids)
         losses = window_losses(ref, text_ids, EVAL_SEQLEN)
         golden = {
             "model": name, "versions": versions,

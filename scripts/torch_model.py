@@ -27,8 +27,22 @@ def load(model_dir, dtype, dev):
     config = kw.get("config") or transformers.AutoConfig.from_pretrained(model_dir)
     if config.model_type.startswith("gemma"):
         kw["attn_implementation"] = "eager"
+    if config.model_type == "gemma3":
+        return text_of_multimodal(model_dir, config, kw).to(dev).eval()
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
     return model.to(dev).eval()
+
+
+def text_of_multimodal(model_dir, config, kw):
+    """A multimodal Gemma 3 folder's language model as the Gemma3ForCausalLM it is (the loops
+    that replay a pruner look for model.layers): the full model loaded as transformers loads it,
+    its text model's modules moved into a causal LM of its text config, the head tied."""
+    full = transformers.Gemma3ForConditionalGeneration.from_pretrained(model_dir, **kw)
+    text = transformers.Gemma3ForCausalLM(full.config.text_config).to(full.dtype)
+    text.model = full.model.language_model
+    text.lm_head = full.lm_head
+    text.config._attn_implementation = kw.get("attn_implementation", "eager")
+    return text
 
 
 def versions(dev):

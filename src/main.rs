@@ -84,7 +84,7 @@ enum Command {
         /// Model folder whose linears are timed (only its config.json is read).
         #[arg(long, required_unless_present = "synthetic")]
         model: Option<PathBuf>,
-        /// Instead of a model: a published shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2; tiny, tiny-opt, tiny-phi).
+        /// Instead of a model: a published shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2, qwen3-0.6b, qwen3-4b, gemma3-1b, phi-4-mini; tiny, tiny-opt, tiny-phi).
         #[arg(long, conflicts_with = "model")]
         synthetic: Option<String>,
         /// Rows of each timed product (tokens per pass: windows × seqlen; NeuroAL's search
@@ -205,7 +205,7 @@ struct BenchFlags {
     /// comma-separated.
     #[arg(long, conflicts_with_all = ["model", "synthetic", "matmul", "attention"])]
     prune_rows: Option<String>,
-    /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2; tiny, tiny-opt, tiny-phi)
+    /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2, qwen3-0.6b, qwen3-4b, gemma3-1b, phi-4-mini; tiny, tiny-opt, tiny-phi)
     /// to a temporary folder and measure it.
     #[arg(long, conflicts_with = "model")]
     synthetic: Option<String>,

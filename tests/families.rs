@@ -104,7 +104,8 @@ fn wanda_and_neuroal_at_70_percent_on_every_family() {
 #[test]
 fn bad_configs_of_each_family_get_one_line() {
     let s = scratch("bad");
-    let cases: [(&str, &str, serde_json::Value, &str); 19] = [
+    let window_0 = "\"sliding_window\" is 0; it must be at least 1";
+    let cases: [(&str, &str, serde_json::Value, &str); 26] = [
         ("tiny-opt", "ffn_dim", serde_json::Value::Null, "missing field \"ffn_dim\""),
         (
             "tiny-opt",
@@ -189,6 +190,26 @@ fn bad_configs_of_each_family_get_one_line() {
             0.01.into(),
             "partial_rotary_factor 0.01 gives a rotary dimension of 0; it must be even and positive",
         ),
+        // A window of 0 tokens, in every family that has one.
+        ("tiny-mistral-swa", "sliding_window", 0.into(), window_0),
+        ("tiny-qwen2-swa", "sliding_window", 0.into(), window_0),
+        ("tiny-gemma2", "sliding_window", 0.into(), window_0),
+        ("tiny-phi3", "sliding_window", 0.into(), window_0),
+        (
+            "tiny-qwen3-swa",
+            "layer_types",
+            serde_json::json!(["full_attention"]),
+            "\"layer_types\" has 1 entries for 2 layers",
+        ),
+        // A multimodal Gemma 3 folder: its text config is what is read (the defaults where
+        // silent, as transformers fills them).
+        ("tiny-gemma3-mm", "text_config", "gemma".into(), "\"text_config\" is not an object"),
+        (
+            "tiny-gemma3-mm",
+            "text_config",
+            serde_json::json!({"hidden_activation": "relu"}),
+            "unsupported hidden_activation \"relu\" for gemma3_text (only gelu_pytorch_tanh)",
+        ),
     ];
     for (i, (fixture, key, value, expect)) in cases.into_iter().enumerate() {
         let dir = model_copy(fixture, &s.join(format!("{i}")));
@@ -211,6 +232,44 @@ fn bad_configs_of_each_family_get_one_line() {
             let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
             assert_eq!(lines.len(), 1, "{fixture} {key}: {err}");
             assert!(lines[0].contains(expect), "{fixture} {key}: expected \"{expect}\" in {err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&s);
+}
+
+/// A norm tensor missing from a checkpoint of each new family is named as stored, in one line,
+/// before any work (a multimodal folder's under its language model's prefix).
+#[test]
+fn a_missing_norm_tensor_of_each_family_is_named() {
+    let s = scratch("missing-norm");
+    for (i, (fixture, missing)) in [
+        ("tiny-qwen3", "model.layers.1.self_attn.k_norm.weight"),
+        ("tiny-qwen2-swa", "model.layers.1.post_attention_layernorm.weight"),
+        ("tiny-gemma2", "model.layers.0.post_feedforward_layernorm.weight"),
+        ("tiny-gemma3", "model.layers.1.self_attn.q_norm.weight"),
+        ("tiny-gemma3-mm", "language_model.model.layers.1.pre_feedforward_layernorm.weight"),
+        ("tiny-phi3", "model.layers.1.input_layernorm.weight"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = model_copy(fixture, &s.join(format!("{i}")));
+        let path = dir.join("model.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let kept: Vec<(String, safetensors::tensor::TensorView)> =
+            st.tensors().into_iter().filter(|(n, _)| n != missing).collect();
+        assert_eq!(kept.len() + 1, st.len(), "{fixture}: {missing} is in the fixture");
+        safetensors::serialize_to_file(kept, None, &path).unwrap();
+        for args in [
+            vec!["eval", "--model", dir.to_str().unwrap(), "--text", asset("sample.txt").to_str().unwrap()],
+            vec!["inspect", dir.to_str().unwrap()],
+        ] {
+            let o = neuroal(&args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{fixture}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{fixture}: {err}");
+            assert!(err.contains(&format!("tensor \"{missing}\" not found")), "{fixture}: {err}");
         }
     }
     let _ = std::fs::remove_dir_all(&s);

@@ -509,8 +509,7 @@ fn a_model_loaded_to_prune_embeds_the_same_bits_and_computes_no_logits() {
 /// tiny-mistral-swa's 24-token sliding window is shorter than the 64-token windows its golden
 /// perplexity was measured on (`perplexity_matches_transformers_on_fixtures` checks those on
 /// every device): here the window is shown to matter, since the same weights without it give
-/// other losses, and Qwen2 with `use_sliding_window` (which applies it only from
-/// `max_window_layers` on, not implemented) is refused where a window is longer.
+/// other losses; so does Qwen's window, which only the layers from `max_window_layers` on apply.
 #[test]
 fn the_sliding_window_is_applied_not_ignored() {
     let tmp = std::env::temp_dir().join(format!("neuroal-swa-{}", std::process::id()));
@@ -528,13 +527,16 @@ fn the_sliding_window_is_applied_not_ignored() {
         assert!((a - b).abs() > 1e-3 * b.abs(), "without the window the loss {a} is still {b}");
     }
 
-    let qwen2 = model_copy("tiny-qwen2", &tmp.join("qwen2"));
-    let path = qwen2.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    cfg["use_sliding_window"] = true.into();
-    cfg["sliding_window"] = 24.into();
-    std::fs::write(&path, cfg.to_string()).unwrap();
-    let e = Model::open(&qwen2, &dev).unwrap().check_seqlen(64).unwrap_err().to_string();
-    assert!(e.contains("--seqlen 64 exceeds the sliding window (24)"), "{e}");
+    // Qwen2 and Qwen3 whose second layer alone slides: without use_sliding_window the losses
+    // are no longer transformers' (with it, they are: perplexity_matches_transformers_on_fixtures).
+    for fixture in ["tiny-qwen2-swa", "tiny-qwen3-swa"] {
+        let dir = model_copy(fixture, &tmp.join(fixture));
+        edit_config(&dir, "use_sliding_window", false.into());
+        let want = floats(&golden(fixture)["window_losses"]);
+        let r = perplexity(&Model::open(&dir, &dev).unwrap(), &ids, 64, Some(2), &dev.description).unwrap();
+        for (a, b) in r.window_losses.iter().zip(&want) {
+            assert!((a - b).abs() > 1e-3 * b.abs(), "{fixture}: without the window the loss {a} is still {b}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 }

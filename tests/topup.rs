@@ -441,6 +441,13 @@ fn neuroal_search_matches_the_authors_code_on_every_family() {
         // split into the LLaMA layout (authors_code.py), which neuroal's fused linears must
         // equal: the same masks, and each fused linear's alignment counted once per part.
         ("tiny-phi3-neuroal", "tiny-phi3", "wanda"),
+        // Qwen2 and Qwen3 whose second layer only slides (max_window_layers 1): their loop is
+        // handed each layer's own mask, as for Gemma.
+        ("tiny-qwen2-swa-neuroal", "tiny-qwen2-swa", "wanda"),
+        ("tiny-qwen3-swa-neuroal", "tiny-qwen3-swa", "wanda"),
+        // A multimodal Gemma 3 folder: their code runs on its language model (torch_model.py);
+        // neuroal reads the same tensors under their stored language_model.* names.
+        ("tiny-gemma3-mm-neuroal", "tiny-gemma3-mm", "wanda"),
     ] {
         search_matches_the_authors_code(
             golden,
@@ -464,8 +471,15 @@ fn zero_pattern_hashes(dir: &Path) -> std::collections::BTreeMap<String, String>
         .filter(|(n, s)| n.contains(".layers.") && s.len() == 2)
         .map(|(n, _)| n)
         .collect();
+    // A multimodal folder's language model is stored under language_model.*; the script names
+    // its text model's weights as the family reads them.
+    let read_name = |stored: String| match config.is_text_of_multimodal() {
+        true => stored.strip_prefix("language_model.").map(String::from).unwrap_or(stored),
+        false => stored,
+    };
     shard_tensors(dir)
         .into_iter()
+        .map(|(name, t)| (read_name(name), t))
         .filter(|(name, _)| weights.contains(name))
         .map(|(name, (dtype, bytes))| {
             let zeros: Vec<u8> = neuroal::io::checkpoint::decode_f32(&bytes, dtype)

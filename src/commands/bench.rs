@@ -69,7 +69,7 @@ pub struct Shape {
     pub config: &'static str,
 }
 
-pub const SHAPES: [Shape; 8] = [
+pub const SHAPES: [Shape; 12] = [
     Shape {
         name: "llama2-7b",
         config: r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 32000, "hidden_size": 4096,
@@ -100,6 +100,38 @@ pub const SHAPES: [Shape; 8] = [
             "intermediate_size": 10240, "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 2048,
             "partial_rotary_factor": 0.4, "layer_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "gelu_new",
             "tie_word_embeddings": false}"#,
+    },
+    Shape {
+        name: "qwen3-0.6b",
+        config: r#"{"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936, "hidden_size": 1024,
+            "intermediate_size": 3072, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+            "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "hidden_act": "silu",
+            "attention_bias": false, "use_sliding_window": false, "tie_word_embeddings": true}"#,
+    },
+    Shape {
+        name: "qwen3-4b",
+        config: r#"{"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936, "hidden_size": 2560,
+            "intermediate_size": 9728, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+            "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "hidden_act": "silu",
+            "attention_bias": false, "use_sliding_window": false, "tie_word_embeddings": true}"#,
+    },
+    Shape {
+        name: "gemma3-1b",
+        config: r#"{"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "vocab_size": 262144,
+            "hidden_size": 1152, "intermediate_size": 6912, "num_attention_heads": 4, "num_key_value_heads": 1,
+            "head_dim": 256, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0, "sliding_window": 512, "sliding_window_pattern": 6,
+            "query_pre_attn_scalar": 256, "hidden_activation": "gelu_pytorch_tanh", "rope_scaling": null,
+            "attn_logit_softcapping": null, "final_logit_softcapping": null, "tie_word_embeddings": true}"#,
+    },
+    // Phi-4-mini's sizes; its longrope factors (two lists of 48) change no work, so none are
+    // given.
+    Shape {
+        name: "phi-4-mini",
+        config: r#"{"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "vocab_size": 200064, "hidden_size": 3072,
+            "intermediate_size": 8192, "num_attention_heads": 24, "num_key_value_heads": 8,
+            "max_position_embeddings": 131072, "partial_rotary_factor": 0.75, "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-5, "hidden_act": "silu", "sliding_window": 262144, "tie_word_embeddings": true}"#,
     },
     Shape {
         name: "tiny",
@@ -829,9 +861,7 @@ mod tests {
     #[test]
     fn synthetic_checkpoints_hold_what_each_family_declares() {
         // Every shape is a config the families accept.
-        let parse = |s: &Shape| {
-            crate::model::config::Config::from_json(&s.config.replace('}', ", \"num_hidden_layers\": 1}")).unwrap()
-        };
+        let parse = |s: &Shape| synthetic_config(s, 1).unwrap().1;
         for s in &SHAPES {
             assert_eq!(parse(s).num_layers, 1, "{}", s.name);
         }
@@ -841,6 +871,13 @@ mod tests {
             ("llama2-7b", 4 * 4096 * 4096 + 3 * 4096 * 11008),
             ("opt-6.7b", 4 * 4096 * 4096 + 2 * 4096 * 16384),
             ("phi-2", 4 * 2560 * 2560 + 2 * 2560 * 10240),
+            // Qwen3-0.6B 15.7 M and 4B 101 M (head_dim 128: q is wider than hidden), Gemma 3 1B
+            // 26.8 M (4 heads of 256, one kv head), Phi-4-mini 101 M (fused qkv 5120 and
+            // gate_up 16384 rows).
+            ("qwen3-0.6b", 2 * 2048 * 1024 + 2 * 1024 * 1024 + 3 * 3072 * 1024),
+            ("qwen3-4b", 2 * 4096 * 2560 + 2 * 1024 * 2560 + 3 * 9728 * 2560),
+            ("gemma3-1b", 2 * 1024 * 1152 + 2 * 256 * 1152 + 3 * 6912 * 1152),
+            ("phi-4-mini", (5120 + 3072 + 16384 + 8192) * 3072),
         ] {
             let n: usize =
                 crate::model::Spec::of(&parse(&shape(name).unwrap())).shapes().iter().map(|s| s[0] * s[1]).sum();

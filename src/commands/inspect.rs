@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::io::checkpoint::{Checkpoint, decode_f32};
 use crate::io::error::Result;
+use crate::model::config::Config;
 use crate::model::{Spec, check_model_dir};
 use crate::outln;
 
@@ -18,27 +19,35 @@ pub struct Inspection {
     pub zeros: usize,
 }
 
-/// Names of the weights the pruner touches in a model folder: every declared linear of every
-/// block of its family.
+/// Names of the weights the pruner touches in a model folder, as stored: every declared linear
+/// of every block of its family.
 pub fn prunable_names(dir: &Path) -> Result<BTreeSet<String>> {
-    let (config, _) = check_model_dir(dir)?;
-    let spec = Spec::of(&config);
-    Ok((0..config.num_layers)
+    let (config, ck) = check_model_dir(dir)?;
+    Ok(read_and_stored_names(&config, &ck).into_iter().map(|(_, stored)| stored).collect())
+}
+
+/// (name as read, name as stored) of every prunable weight.
+fn read_and_stored_names(config: &Config, ck: &Checkpoint) -> Vec<(String, String)> {
+    let spec = Spec::of(config);
+    (0..config.num_layers)
         .flat_map(|b| (0..spec.linears.len()).map(move |l| (b, l)))
         .map(|(b, l)| spec.weight_name(b, l))
-        .collect())
+        .map(|read| {
+            let stored = ck.stored_name(&read).to_string();
+            (read, stored)
+        })
+        .collect()
 }
 
 pub fn inspect(dir: &Path) -> Result<Inspection> {
-    let names = prunable_names(dir)?;
-    let ck = Checkpoint::open(dir)?;
+    let (config, ck) = check_model_dir(dir)?;
     let mut layers = BTreeMap::new();
     let (mut numel, mut zeros) = (0usize, 0usize);
-    for name in &names {
-        let (shard, info) = ck.info(name)?;
+    for (name, stored) in read_and_stored_names(&config, &ck) {
+        let (shard, info) = ck.info(&name)?;
         let values = decode_f32(shard.bytes(info), info.dtype)?;
         let z = values.iter().filter(|&&v| v == 0.0).count();
-        layers.insert(name.clone(), z as f64 / values.len().max(1) as f64);
+        layers.insert(stored, z as f64 / values.len().max(1) as f64);
         numel += values.len();
         zeros += z;
     }

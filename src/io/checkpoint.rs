@@ -65,8 +65,14 @@ impl Shard {
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub shards: Vec<Shard>,
-    /// Name → shard index, in name order.
+    /// Name → shard index, in name order. Names are the ones the model reads: a tensor stored
+    /// under a prefix that [`Checkpoint::read_under`] renamed is listed under its read name.
     pub names: BTreeMap<String, usize>,
+    /// Read name → stored name of the renamed tensors (a multimodal folder's language model,
+    /// read as the text-only model it holds).
+    renamed: BTreeMap<String, String>,
+    /// (stored prefix, read prefix) of those renames, to name a missing tensor as stored.
+    prefixes: Vec<(String, String)>,
     /// Present when the checkpoint is sharded; the writer reproduces it.
     pub index_json: Option<serde_json::Value>,
     /// The small files read whole to open the model (the index here; the model layer adds
@@ -151,7 +157,38 @@ impl Checkpoint {
             bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
         };
         let names = tensor_shards(dir, &shards)?;
-        Ok(Checkpoint { dir: dir.to_path_buf(), shards, names, index_json, read })
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            shards,
+            names,
+            index_json,
+            read,
+            renamed: BTreeMap::new(),
+            prefixes: Vec::new(),
+        })
+    }
+
+    /// Reads every tensor stored under `stored` (e.g. `language_model.model.`) as if named
+    /// under `read` (`model.`); the written checkpoint keeps the stored names. A read name that
+    /// another tensor already has is refused.
+    pub fn read_under(&mut self, stored: &str, read: &str) -> Result<()> {
+        let moved: Vec<(String, usize)> =
+            self.names.iter().filter(|(n, _)| n.starts_with(stored)).map(|(n, &i)| (n.clone(), i)).collect();
+        for (name, i) in moved {
+            self.names.remove(&name);
+            let new = format!("{read}{}", &name[stored.len()..]);
+            if self.names.insert(new.clone(), i).is_some() {
+                bail!("{}: tensors \"{name}\" and \"{new}\" would both be read as \"{new}\"", self.dir.display());
+            }
+            self.renamed.insert(new, name);
+        }
+        self.prefixes.push((stored.to_string(), read.to_string()));
+        Ok(())
+    }
+
+    /// The name a tensor the model reads as `name` is stored under.
+    pub fn stored_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.renamed.get(name).map_or(name, String::as_str)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -160,9 +197,15 @@ impl Checkpoint {
 
     pub fn info(&self, name: &str) -> Result<(&Shard, &TensorInfo)> {
         let shard = self.names.get(name).map(|&i| &self.shards[i]);
-        match shard.and_then(|s| s.metadata.info(name).map(|info| (s, info))) {
+        match shard.and_then(|s| s.metadata.info(self.stored_name(name)).map(|info| (s, info))) {
             Some(found) => Ok(found),
-            None => bail!("{}: tensor \"{name}\" not found in the checkpoint", self.dir.display()),
+            None => {
+                let stored = match self.prefixes.iter().find(|(_, read)| name.starts_with(read.as_str())) {
+                    Some((stored, read)) => format!("{stored}{}", &name[read.len()..]),
+                    None => name.to_string(),
+                };
+                bail!("{}: tensor \"{stored}\" not found in the checkpoint", self.dir.display())
+            }
         }
     }
 

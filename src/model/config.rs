@@ -12,7 +12,8 @@ use crate::model::sizes::Sizes;
 use crate::model::{gemma, llama, opt, phi, phi3, qwen3};
 use crate::{bail, err};
 
-pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, opt, phi";
+pub const SUPPORTED: &str =
+    "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, gemma3 (its text model), phi3, opt, phi";
 
 /// The family and its own settings.
 #[derive(Clone, Debug)]
@@ -63,6 +64,7 @@ impl Config {
                 "Qwen3ForCausalLM" => "qwen3".into(),
                 "Gemma2ForCausalLM" => "gemma2".into(),
                 "Gemma3ForCausalLM" => "gemma3_text".into(),
+                "Gemma3ForConditionalGeneration" => "gemma3".into(),
                 "Phi3ForCausalLM" => "phi3".into(),
                 "OPTForCausalLM" => "opt".into(),
                 "PhiForCausalLM" => "phi".into(),
@@ -77,6 +79,9 @@ impl Config {
             "qwen3" => qwen3::Config::parse(&raw).map(|(sizes, q)| Config { arch: Arch::Qwen3(q), sizes })?,
             "gemma2" | "gemma3_text" => {
                 gemma::Config::parse(&raw, &family).map(|(sizes, g)| Config { arch: Arch::Gemma(g), sizes })?
+            }
+            "gemma3" => {
+                gemma::Config::parse_multimodal(&raw).map(|(sizes, g)| Config { arch: Arch::Gemma(g), sizes })?
             }
             "phi3" => phi3::Config::parse(&raw).map(|(sizes, p)| Config { arch: Arch::Phi3(p), sizes })?,
             "opt" => opt::Config::parse(&raw).map(|(sizes, o)| Config { arch: Arch::Opt(o), sizes })?,
@@ -112,22 +117,33 @@ impl Config {
         Ok(())
     }
 
-    /// Mistral's sliding window, which every layer applies (implemented); Qwen2's and Qwen3's
-    /// apply only from `max_window_layers` on, which is not, so windows longer are refused.
+    /// The sliding window where every layer applies it (Mistral; Qwen's with max_window_layers
+    /// 0; Phi-3's).
     pub fn sliding_window(&self) -> Option<usize> {
         match &self.arch {
-            Arch::Llama(l) if self.model_type == "mistral" => l.sliding_window,
+            Arch::Llama(l) if l.sliding_layers.iter().all(|&s| s) => l.sliding_window,
+            Arch::Qwen3(q) if q.base.sliding_layers.iter().all(|&s| s) => q.base.sliding_window,
             Arch::Phi3(p) => p.sliding_window,
             _ => None,
         }
     }
 
-    /// The window of the layers that slide while others do not (Gemma's local layers).
+    /// The window of the layers that slide while others do not (Gemma's local layers, Qwen's
+    /// from max_window_layers on).
     pub fn local_window(&self) -> Option<usize> {
+        let some = |layers: &[bool]| layers.iter().any(|&s| s) && !layers.iter().all(|&s| s);
         match &self.arch {
             Arch::Gemma(g) if g.sliding_layers.iter().any(|&s| s) => g.sliding_window,
+            Arch::Llama(l) if some(&l.sliding_layers) => l.sliding_window,
+            Arch::Qwen3(q) if some(&q.base.sliding_layers) => q.base.sliding_window,
             _ => None,
         }
+    }
+
+    /// A multimodal folder read as the text model it holds (`gemma3`): the language model's
+    /// tensors are stored under a prefix of their own.
+    pub fn is_text_of_multimodal(&self) -> bool {
+        self.model_type == "gemma3"
     }
 
     /// Whether the family's attention takes explicit masks on every device (Gemma 2's soft-capped
@@ -143,19 +159,6 @@ impl Config {
         }
         if t > self.max_positions {
             bail!("--seqlen {t} exceeds the model's max_position_embeddings ({})", self.max_positions);
-        }
-        let sliding_window = match &self.arch {
-            Arch::Llama(l) if self.model_type != "mistral" => l.sliding_window,
-            Arch::Qwen3(q) => q.base.sliding_window,
-            _ => None,
-        };
-        if let Some(w) = sliding_window
-            && t > w
-        {
-            bail!(
-                "--seqlen {t} exceeds the sliding window ({w}); {}'s sliding-window attention (from max_window_layers on) is not implemented",
-                self.model_type
-            );
         }
         Ok(())
     }
@@ -186,6 +189,100 @@ mod tests {
             assert_eq!(c.head_dim, 4);
             assert!(matches!(l.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
         }
+    }
+
+    /// Llama 3.2 1B's and SmolLM2 135M's config.json as published on the Hub (their fields,
+    /// transformers 4.45 and 4.40 writing): tied heads, Llama 3.2's llama3 scaling and explicit
+    /// head_dim, SmolLM2's integer rope_theta and its extra keys, read as transformers reads them.
+    #[test]
+    fn published_llama_3_2_and_smollm2_configs_are_read() {
+        let llama32 = r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+            "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048,
+            "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": false,
+            "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+            "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+            "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+            "transformers_version": "4.45.0.dev0", "use_cache": true, "vocab_size": 128256}"#;
+        let c = Config::from_json(llama32).unwrap();
+        let Arch::Llama(l) = &c.arch else { panic!("llama") };
+        assert_eq!((c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim), (2048, 16, 32, 8, 64));
+        assert_eq!((c.vocab_size, c.max_positions, l.intermediate_size), (128256, 131072, 8192));
+        assert!(c.tie_word_embeddings && !l.qkv_bias && !l.mlp_bias && l.sliding_window.is_none());
+        assert_eq!(l.rope_theta, 500000.0);
+        assert_eq!(
+            l.rope_scaling,
+            RopeScaling::Llama3 {
+                factor: 32.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_positions: 8192.0
+            }
+        );
+        let names: Vec<String> = crate::model::checkpoint_tensors(&c, false).into_iter().map(|(n, _)| n).collect();
+        assert!(!names.iter().any(|n| n == "lm_head.weight"), "a tied head is not stored");
+        assert_eq!(crate::model::head_shape(&c), Some([128256, 2048]));
+
+        let smollm2 = r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+            "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 576,
+            "initializer_range": 0.041666666666666664, "intermediate_size": 1536, "is_llama_config": true,
+            "max_position_embeddings": 8192, "model_type": "llama", "num_attention_heads": 9, "num_hidden_layers": 30,
+            "num_key_value_heads": 3, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": false,
+            "rope_scaling": null, "rope_theta": 100000, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+            "transformers_version": "4.40.1", "use_cache": true, "vocab_size": 49152}"#;
+        let c = Config::from_json(smollm2).unwrap();
+        let Arch::Llama(l) = &c.arch else { panic!("llama") };
+        assert_eq!((c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim), (576, 30, 9, 3, 64));
+        assert_eq!((c.vocab_size, l.intermediate_size, c.dtype.as_deref()), (49152, 1536, Some("bfloat16")));
+        assert!(c.tie_word_embeddings);
+        assert_eq!((l.rope_theta, &l.rope_scaling), (100000.0, &RopeScaling::None));
+    }
+
+    /// Qwen2's and Qwen3's sliding layers as transformers 4.57 picks them: none without
+    /// use_sliding_window; with it, `layer_types` where written, else the layers from
+    /// max_window_layers (default 28) on, over sliding_window (default 4096).
+    #[test]
+    fn qwen_sliding_layers_follow_max_window_layers() {
+        let base = r#""vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":4,
+            "num_attention_heads":2,"max_position_embeddings":64"#;
+        let layers = |family: &str, extra: &str| {
+            let c = Config::from_json(&format!("{{\"model_type\":\"{family}\",{base}{extra}}}")).unwrap();
+            let l = match &c.arch {
+                Arch::Llama(l) => l.clone(),
+                Arch::Qwen3(q) => q.base.clone(),
+                _ => panic!("{family}"),
+            };
+            (l.sliding_window, l.sliding_layers, c.sliding_window(), c.local_window())
+        };
+        for family in ["qwen2", "qwen3"] {
+            let none = (None, vec![false; 4], None, None);
+            assert_eq!(layers(family, r#","sliding_window":8"#), none);
+            assert_eq!(layers(family, r#","use_sliding_window":false,"sliding_window":8"#), none);
+            assert_eq!(
+                layers(family, r#","use_sliding_window":true,"sliding_window":8,"max_window_layers":2"#),
+                (Some(8), vec![false, false, true, true], None, Some(8))
+            );
+            assert_eq!(
+                layers(family, r#","use_sliding_window":true,"max_window_layers":0"#),
+                (Some(4096), vec![true; 4], Some(4096), None)
+            );
+            // Fewer than 28 layers and no max_window_layers: none slide.
+            assert_eq!(
+                layers(family, r#","use_sliding_window":true,"sliding_window":8"#),
+                (Some(8), vec![false; 4], None, None)
+            );
+            assert_eq!(
+                layers(
+                    family,
+                    r#","use_sliding_window":true,"sliding_window":8,"max_window_layers":3,
+                    "layer_types":["sliding_attention","full_attention","sliding_attention","full_attention"]"#
+                ),
+                (Some(8), vec![true, false, true, false], None, Some(8))
+            );
+        }
+        // Mistral's window covers every layer; LLaMA has none.
+        assert_eq!(layers("mistral", r#","sliding_window":8"#), (Some(8), vec![true; 4], Some(8), None));
+        assert_eq!(layers("llama", r#","sliding_window":8"#), (None, vec![false; 4], None, None));
     }
 
     #[test]

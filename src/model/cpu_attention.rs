@@ -179,6 +179,7 @@ mod tests {
                         causal: None,
                         window: None,
                         local: None,
+                        local_window: None,
                         local_rope: None,
                         gpu: None,
                     },

@@ -8,6 +8,10 @@
 //! per-head q/k norms (1 + w) before the rotation, and rotates its sliding layers with a RoPE
 //! base of their own (`rope_local_base_freq`, never scaled), its global ones with `rope_theta`
 //! and the config's `linear` scaling.
+//!
+//! A multimodal `gemma3` folder (Gemma3ForConditionalGeneration) is read as the text model it
+//! holds: its `text_config`, its language model's tensors; the vision tower and projector are
+//! written back untouched.
 
 use std::sync::Arc;
 
@@ -79,15 +83,58 @@ struct Raw {
     rope_scaling: Option<Value>,
     rope_parameters: Option<Value>,
     rope_local_base_freq: Option<f64>,
+    #[serde(alias = "_sliding_window_pattern")]
     sliding_window_pattern: Option<usize>,
+    use_bidirectional_attention: Option<bool>,
     torch_dtype: Option<String>,
     dtype: Option<String>,
 }
 
+/// transformers' Gemma3TextConfig defaults (4.57), which a published multimodal config's
+/// `text_config` relies on: it lists only what differs (google/gemma-3-4b-it: five fields).
+const GEMMA3_TEXT_DEFAULTS: &str = r#"{"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": true, "rope_theta": 1000000.0, "attention_bias": false, "query_pre_attn_scalar": 256,
+    "sliding_window": 4096, "rope_local_base_freq": 10000.0}"#;
+
 impl Config {
+    /// A multimodal `gemma3` config: its `text_config` (the defaults where it is silent), with
+    /// the folder's dtype where the text config names none.
+    pub fn parse_multimodal(value: &Value) -> Result<(Sizes, Config)> {
+        let mut text = match value.get("text_config") {
+            Some(t) if t.is_object() => t.clone(),
+            None | Some(Value::Null) => Value::Object(Default::default()),
+            Some(_) => bail!("\"text_config\" is not an object"),
+        };
+        for key in ["dtype", "torch_dtype"] {
+            if text.get(key).is_none()
+                && let Some(v) = value.get(key)
+            {
+                text[key] = v.clone();
+            }
+        }
+        let (mut sizes, g) = Config::parse(&text, "gemma3_text")?;
+        sizes.model_type = "gemma3";
+        Ok((sizes, g))
+    }
+
     pub fn parse(value: &Value, family: &str) -> Result<(Sizes, Config)> {
-        let raw: Raw = serde_json::from_value(value.clone()).map_err(|e| err!("not a valid config.json ({e})"))?;
         let (model_type, gemma3) = if family == "gemma2" { ("gemma2", false) } else { ("gemma3_text", true) };
+        let mut value = value.clone();
+        if gemma3
+            && let (Some(fields), Ok(Value::Object(defaults))) =
+                (value.as_object_mut(), serde_json::from_str::<Value>(GEMMA3_TEXT_DEFAULTS))
+        {
+            for (k, v) in defaults {
+                fields.entry(k).or_insert(v);
+            }
+        }
+        let value = &value;
+        let raw: Raw = serde_json::from_value(value.clone()).map_err(|e| err!("not a valid config.json ({e})"))?;
+        if raw.use_bidirectional_attention == Some(true) {
+            bail!("{model_type} with use_bidirectional_attention is an encoder, not a causal LM; it is not supported");
+        }
         let act = raw.hidden_activation.as_deref().or(raw.hidden_act.as_deref()).unwrap_or("gelu_pytorch_tanh");
         if act != "gelu_pytorch_tanh" {
             bail!("unsupported hidden_activation \"{act}\" for {model_type} (only gelu_pytorch_tanh)");
@@ -112,18 +159,7 @@ impl Config {
         // transformers' default: every `pattern`-th layer sees everything (Gemma 2: 2, 3: 6),
         // the others slide.
         let pattern = raw.sliding_window_pattern.unwrap_or(if gemma3 { 6 } else { 2 }).max(1);
-        let sliding_layers = match &raw.layer_types {
-            Some(types) if types.len() == num_layers => types
-                .iter()
-                .map(|t| match t.as_str() {
-                    "sliding_attention" => Ok(true),
-                    "full_attention" => Ok(false),
-                    other => Err(err!("unsupported layer type \"{other}\" (full_attention, sliding_attention)")),
-                })
-                .collect::<Result<Vec<bool>>>()?,
-            Some(types) => bail!("\"layer_types\" has {} entries for {num_layers} layers", types.len()),
-            None => (0..num_layers).map(|i| (i + 1) % pattern != 0).collect(),
-        };
+        let sliding_layers = sizes::sliding_layers(raw.layer_types.as_deref(), num_layers, |i| (i + 1) % pattern != 0)?;
         let softcap = |v: Option<f64>, name: &str| v.map(|c| positive(c, name)).transpose();
         let gemma = Config {
             intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
@@ -138,7 +174,7 @@ impl Config {
             )?,
             attn_softcap: softcap(raw.attn_logit_softcapping, "attn_logit_softcapping")?,
             final_softcap: softcap(raw.final_logit_softcapping, "final_logit_softcapping")?,
-            sliding_window: raw.sliding_window,
+            sliding_window: sizes::window(raw.sliding_window)?,
             sliding_layers,
             attention_bias: raw.attention_bias.unwrap_or(false),
             qk_norm: gemma3,
@@ -177,6 +213,7 @@ impl Config {
             o_bias: self.attention_bias,
             mlp_bias: false,
             sliding_window: None,
+            sliding_layers: Vec::new(),
         }
     }
 }
@@ -327,14 +364,9 @@ pub fn forward(
     let c = &p.cfg;
     let (nh, nkv, hd, eps) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps);
     let [input_norm, post_attention_norm, pre_feedforward_norm, post_feedforward_norm] = &p.norms;
-    let rope = match (&pos.local_rope, p.sliding) {
-        (Some(local), true) => local,
-        _ => pos.rope.as_ref().expect("Gemma rotates q and k"),
-    };
-    let mask = match (&pos.local, p.sliding) {
-        (Some(local), true) => local,
-        _ => pos.causal.as_ref().expect("Gemma's attention takes its mask from the positions"),
-    };
+    let pos = pos.for_layer(p.sliding);
+    let rope = pos.rope.as_ref().expect("Gemma rotates q and k");
+    let mask = pos.causal.as_ref().expect("Gemma's attention takes its mask from the positions");
     let heads = |y: Tensor<3>, n: usize, norm: Option<&Tensor<1>>| match norm {
         Some(w) => rms_norm_heads(y, w, n, hd, eps),
         None => split_heads(y, n, hd),

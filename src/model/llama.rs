@@ -62,8 +62,12 @@ pub struct Config {
     pub o_bias: bool,
     /// gate, up and down carry biases (LLaMA with `mlp_bias`).
     pub mlp_bias: bool,
-    /// Mistral's sliding window; attention is exact only while windows fit inside it.
+    /// The window of the layers that slide: Mistral's (every layer), or Qwen2's and Qwen3's
+    /// with `use_sliding_window` (the layers `layer_types` names, or those from
+    /// `max_window_layers` on).
     pub sliding_window: Option<usize>,
+    /// Which layers attend over `sliding_window` only (none without a window).
+    pub sliding_layers: Vec<bool>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +87,8 @@ struct Raw {
     mlp_bias: Option<bool>,
     sliding_window: Option<Value>,
     use_sliding_window: Option<bool>,
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<String>>,
     torch_dtype: Option<String>,
     dtype: Option<String>,
     hidden_act: Option<String>,
@@ -124,9 +130,29 @@ impl Config {
             "qwen3" => ("qwen3", attention_bias, attention_bias, false),
             _ => ("llama", attention_bias, attention_bias, mlp_bias),
         };
+        // transformers: LLaMA has no window; Mistral's covers every layer; Qwen's only with
+        // use_sliding_window, and only the layers from max_window_layers (default 28) on.
         let sliding_window = match (model_type, raw.use_sliding_window) {
-            ("qwen2" | "qwen3", Some(false) | None) => None,
-            _ => raw.sliding_window.as_ref().and_then(Value::as_u64).map(|w| w as usize),
+            ("llama", _) | ("qwen2" | "qwen3", Some(false) | None) => None,
+            // transformers' default window where the key is absent (4096), none where it is null.
+            _ => match raw.sliding_window.as_ref().filter(|w| !w.is_null()) {
+                None if raw.sliding_window.is_none() => Some(4096),
+                None => None,
+                Some(w) => match w.as_u64() {
+                    Some(0) => bail!("\"sliding_window\" is 0; it must be at least 1"),
+                    Some(w) => Some(w as usize),
+                    None => bail!("\"sliding_window\" is {w}; it must be a positive whole number"),
+                },
+            },
+        };
+        let num_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+        let sliding_layers = match (sliding_window, model_type) {
+            (None, _) => vec![false; num_layers],
+            (Some(_), "mistral") => vec![true; num_layers],
+            (Some(_), _) => {
+                let first = raw.max_window_layers.unwrap_or(28);
+                sizes::sliding_layers(raw.layer_types.as_deref(), num_layers, |i| i >= first)?
+            }
         };
         let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
         if intermediate_size == 0 {
@@ -144,6 +170,7 @@ impl Config {
             o_bias,
             mlp_bias,
             sliding_window,
+            sliding_layers,
         };
         Ok((
             Sizes {
@@ -151,7 +178,7 @@ impl Config {
                 vocab_size: need(raw.vocab_size, "vocab_size")?,
                 hidden_size,
                 embed_dim: hidden_size,
-                num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+                num_layers,
                 num_heads,
                 num_kv_heads,
                 head_dim,
@@ -287,16 +314,19 @@ impl Outer {
 pub struct Parts {
     input_norm: Tensor<1>,
     post_attention_norm: Tensor<1>,
+    /// This layer attends over the sliding window only.
+    sliding: bool,
     cfg: Config,
 }
 
 impl Parts {
-    pub fn load(ck: &Checkpoint, prefix: &str, c: &Sizes, l: &Config, device: &Device) -> Result<Parts> {
+    pub fn load(ck: &Checkpoint, prefix: &str, index: usize, c: &Sizes, l: &Config, device: &Device) -> Result<Parts> {
         let norm =
             |name: &str| ck.load(&format!("{prefix}.{name}.weight"), &[c.hidden_size]).map(|t| to_device1(t, device));
         Ok(Parts {
             input_norm: norm("input_layernorm")?,
             post_attention_norm: norm("post_attention_layernorm")?,
+            sliding: l.sliding_layers.get(index).copied().unwrap_or(false),
             cfg: l.clone(),
         })
     }
@@ -311,6 +341,7 @@ pub fn forward(
 ) -> Tensor<3> {
     let c = &p.cfg;
     let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+    let pos = &pos.for_layer(p.sliding);
     let rope = pos.rope.as_ref().expect("the LLaMA family rotates q and k");
 
     let x = rms_norm(h.clone(), &p.input_norm, c.rms_norm_eps);

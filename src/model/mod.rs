@@ -412,6 +412,7 @@ enum Outer {
 
 /// What every pass over windows of one length shares: rotary cos/sin where the family
 /// rotates, the causal mask, and the GPU's attention kernel.
+#[derive(Clone)]
 pub struct Positions {
     pub rope: Option<Rope>,
     /// The additive causal mask [1, 1, t, t] of the burn-ops attention, made once per length
@@ -422,12 +423,33 @@ pub struct Positions {
     /// where fewer than the window's tokens; `causal` then holds that band.
     pub window: Option<usize>,
     /// The band of the layers that attend over a sliding window while others do not (Gemma's
-    /// local layers), where the window is shorter than the windows' tokens.
+    /// local layers, Qwen's from max_window_layers on), where the window is shorter than the
+    /// windows' tokens; `local_window` is that window.
     pub local: Option<Tensor<4>>,
+    pub local_window: Option<usize>,
     /// The rotation of those local layers where it has a base of its own (Gemma 3).
     pub local_rope: Option<Rope>,
     /// The model's GPU kernels (`None` off a GPU).
     pub gpu: Option<Arc<Gpu>>,
+}
+
+impl Positions {
+    /// What one layer sees: a `sliding` layer attends over the local band (where the window is
+    /// shorter than the tokens) and rotates with the local base (where it has one of its own).
+    pub fn for_layer(&self, sliding: bool) -> std::borrow::Cow<'_, Positions> {
+        use std::borrow::Cow;
+        if !sliding || (self.local.is_none() && self.local_rope.is_none()) {
+            return Cow::Borrowed(self);
+        }
+        let mut layer = self.clone();
+        if self.local.is_some() {
+            (layer.causal, layer.window) = (self.local.clone(), self.local_window);
+        }
+        if self.local_rope.is_some() {
+            layer.rope = self.local_rope.clone();
+        }
+        Cow::Owned(layer)
+    }
 }
 
 pub struct Model {
@@ -532,8 +554,8 @@ impl Model {
             .collect();
         let prefix = format!("{}.{index}", self.spec.block_prefix);
         let parts = match &self.config.arch {
-            Arch::Llama(l) => Parts::Llama(llama::Parts::load(ck, &prefix, &self.config, l, &self.device)?),
-            Arch::Qwen3(q) => Parts::Qwen3(qwen3::Parts::load(ck, &prefix, &self.config, q, &self.device)?),
+            Arch::Llama(l) => Parts::Llama(llama::Parts::load(ck, &prefix, index, &self.config, l, &self.device)?),
+            Arch::Qwen3(q) => Parts::Qwen3(qwen3::Parts::load(ck, &prefix, index, &self.config, q, &self.device)?),
             Arch::Gemma(g) => Parts::Gemma(gemma::Parts::load(ck, &prefix, index, &self.config, g, &self.device)?),
             Arch::Phi3(p) => Parts::Phi3(phi3::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
             Arch::Opt(o) => Parts::Opt(opt::Parts::load(ck, &prefix, &self.config, o, &self.device)?),
@@ -607,12 +629,13 @@ impl Model {
         let window = self.config.sliding_window().filter(|&w| w < t);
         let masked = window.is_some() || self.config.masks_attention() || !cpu_in_f32(&self.device, self.dtype);
         let causal = masked.then(|| band_mask(t, window, &self.device));
-        let local = self.config.local_window().filter(|&w| w < t).map(|w| band_mask(t, Some(w), &self.device));
+        let local_window = self.config.local_window().filter(|&w| w < t);
+        let local = local_window.map(|w| band_mask(t, Some(w), &self.device));
         let local_rope = match &self.config.arch {
             Arch::Gemma(g) => gemma::local_rope(g).map(|f| f.tables(t, &self.device)),
             _ => None,
         };
-        Positions { rope, causal, window, local, local_rope, gpu: self.gpu.clone() }
+        Positions { rope, causal, window, local, local_window, local_rope, gpu: self.gpu.clone() }
     }
 
     /// Checks that windows of `t` tokens run exactly on this model.
@@ -677,19 +700,20 @@ impl RopeFreqs {
         Rope {
             cos: Tensor::from_data(TensorData::new(cos.clone(), [t, dim]), device),
             sin: Tensor::from_data(TensorData::new(sin.clone(), [t, dim]), device),
-            cos_host: cos,
-            sin_host: sin,
+            cos_host: cos.into(),
+            sin_host: sin.into(),
             dim,
         }
     }
 }
 
+#[derive(Clone)]
 pub struct Rope {
     cos: Tensor<2>,
     sin: Tensor<2>,
     /// The same tables for the CPU path.
-    cos_host: Vec<f32>,
-    sin_host: Vec<f32>,
+    cos_host: Arc<[f32]>,
+    sin_host: Arc<[f32]>,
     dim: usize,
 }
 
@@ -1102,20 +1126,40 @@ pub fn check_model_dir(dir: &Path) -> Result<(Config, Checkpoint)> {
         .map_err(|e| err!("cannot read {}: {}", config_path.display(), crate::io::error::io_words(&e)))?;
     let text = std::str::from_utf8(&bytes).map_err(|_| err!("{}: not UTF-8", config_path.display()))?;
     let config = Config::from_json(text).map_err(|e| err!("{}: {e}", config_path.display()))?;
-    let mut checkpoint = Checkpoint::open(dir)?;
+    let mut checkpoint = open_checkpoint(dir, &config)?;
     checkpoint.read.insert("config.json".to_string(), bytes);
     check_layers(&config, &Spec::of(&config), &checkpoint)?;
     for (name, shape) in &checkpoint_tensors(&config, checkpoint.contains("lm_head.weight")) {
         let (_, info) = checkpoint.info(name)?;
         if info.shape != *shape {
-            bail!("tensor \"{name}\" has shape {:?}, expected {shape:?}", info.shape);
+            bail!("tensor \"{}\" has shape {:?}, expected {shape:?}", checkpoint.stored_name(name), info.shape);
         }
         // Checked here, before any work, not when the tensor's block loads.
         if !matches!(info.dtype, safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16) {
-            bail!("tensor \"{name}\" is stored as {}; neuroal reads F32, F16 and BF16", info.dtype);
+            bail!(
+                "tensor \"{}\" is stored as {}; neuroal reads F32, F16 and BF16",
+                checkpoint.stored_name(name),
+                info.dtype
+            );
         }
     }
     Ok((config, checkpoint))
+}
+
+/// The checkpoint of a model folder, its tensors named as the family reads them: a multimodal
+/// folder's language model is stored under `language_model.` (as transformers 4.x writes it:
+/// `language_model.model.*`, `language_model.lm_head.*`) or `model.language_model.` (5.x, whose
+/// head is `lm_head`); the other tensors (vision tower, projector) keep their names.
+pub fn open_checkpoint(dir: &Path, config: &Config) -> Result<Checkpoint> {
+    let mut checkpoint = Checkpoint::open(dir)?;
+    if config.is_text_of_multimodal() {
+        if checkpoint.names.keys().any(|n| n.starts_with("language_model.")) {
+            checkpoint.read_under("language_model.", "")?;
+        } else {
+            checkpoint.read_under("model.language_model.", "model.")?;
+        }
+    }
+    Ok(checkpoint)
 }
 
 /// The block count the weights hold must be the config's `num_hidden_layers`: fewer would fail

@@ -108,7 +108,7 @@ impl Config {
             rms_norm_eps: positive(raw.rms_norm_eps.unwrap_or(1e-5), "rms_norm_eps")?,
             rope_theta: positive(rope_field(value, "rope_theta").unwrap_or(10000.0), "rope_theta")?,
             longrope,
-            sliding_window: raw.sliding_window,
+            sliding_window: sizes::window(raw.sliding_window)?,
         };
         Ok((
             Sizes {
@@ -145,6 +145,7 @@ impl Config {
             o_bias: false,
             mlp_bias: false,
             sliding_window: self.sliding_window,
+            sliding_layers: Vec::new(),
         }
     }
 }

@@ -58,11 +58,13 @@ pub struct Parts {
     post_attention_norm: Tensor<1>,
     q_norm: Tensor<1>,
     k_norm: Tensor<1>,
+    /// This layer attends over the sliding window only.
+    sliding: bool,
     cfg: llama::Config,
 }
 
 impl Parts {
-    pub fn load(ck: &Checkpoint, prefix: &str, c: &Sizes, q: &Config, device: &Device) -> Result<Parts> {
+    pub fn load(ck: &Checkpoint, prefix: &str, index: usize, c: &Sizes, q: &Config, device: &Device) -> Result<Parts> {
         let norm =
             |name: &str, n: usize| ck.load(&format!("{prefix}.{name}.weight"), &[n]).map(|t| to_device1(t, device));
         let (d, hd) = (c.hidden_size, q.base.head_dim);
@@ -71,6 +73,7 @@ impl Parts {
             post_attention_norm: norm("post_attention_layernorm", d)?,
             q_norm: norm("self_attn.q_norm", hd)?,
             k_norm: norm("self_attn.k_norm", hd)?,
+            sliding: q.base.sliding_layers.get(index).copied().unwrap_or(false),
             cfg: q.base.clone(),
         })
     }
@@ -86,6 +89,7 @@ pub fn forward(
 ) -> Tensor<3> {
     let c = &p.cfg;
     let (nh, nkv, hd, eps) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps);
+    let pos = &pos.for_layer(p.sliding);
     let rope = pos.rope.as_ref().expect("Qwen3 rotates q and k");
 
     let x = rms_norm(h.clone(), &p.input_norm, eps);

@@ -52,6 +52,35 @@ pub fn rope_type(scaling: &Value) -> Option<&str> {
     scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Value::as_str)
 }
 
+/// A sliding window's size: none, or at least one token.
+pub fn window(w: Option<usize>) -> Result<Option<usize>> {
+    match w {
+        Some(0) => bail!("\"sliding_window\" is 0; it must be at least 1"),
+        w => Ok(w),
+    }
+}
+
+/// Which layers attend over a sliding window: `layer_types` as transformers writes it (one
+/// `sliding_attention` or `full_attention` per layer), else `default(layer)`.
+pub fn sliding_layers(
+    types: Option<&[String]>,
+    num_layers: usize,
+    default: impl Fn(usize) -> bool,
+) -> Result<Vec<bool>> {
+    match types {
+        Some(types) if types.len() == num_layers => types
+            .iter()
+            .map(|t| match t.as_str() {
+                "sliding_attention" => Ok(true),
+                "full_attention" => Ok(false),
+                other => bail!("unsupported layer type \"{other}\" (full_attention, sliding_attention)"),
+            })
+            .collect(),
+        Some(types) => bail!("\"layer_types\" has {} entries for {num_layers} layers", types.len()),
+        None => Ok((0..num_layers).map(default).collect()),
+    }
+}
+
 /// Head dimension from `head_dim` or hidden / heads, checked.
 pub fn head_dim(raw: &Value, hidden: usize, heads: usize) -> Result<usize> {
     match raw.get("head_dim").and_then(Value::as_u64) {

@@ -64,7 +64,9 @@ pub fn write_checkpoint(input: &Checkpoint, masks: &[LayerMask], dir: &Path) -> 
 }
 
 fn write_shards(input: &Checkpoint, masks: &[LayerMask], dir: &Path, chunk: usize) -> Result<()> {
-    let by_name: std::collections::HashMap<&str, &LayerMask> = masks.iter().map(|m| (m.name.as_str(), m)).collect();
+    // Masks name tensors as the model reads them; the shards, as they are stored.
+    let by_name: std::collections::HashMap<String, &LayerMask> =
+        masks.iter().map(|m| (input.stored_name(&m.name).to_string(), m)).collect();
     for (si, shard) in input.shards.iter().enumerate() {
         let pieces = shard_pieces(shard, &by_name, chunk)?;
         let path = dir.join(&shard.file_name);
@@ -125,7 +127,7 @@ pub fn copy_other_files(
 /// each set of new values against its tensor.
 fn shard_pieces<'a>(
     shard: &'a Shard,
-    by_name: &std::collections::HashMap<&str, &'a LayerMask>,
+    by_name: &std::collections::HashMap<String, &'a LayerMask>,
     chunk: usize,
 ) -> Result<Vec<Piece<'a>>> {
     let data_start = (8 + shard.header_len) as u64;

@@ -57,7 +57,7 @@ pub fn select(choice: Choice) -> Selected {
     }
 }
 
-pub fn fixtures() -> [&'static str; 12] {
+pub fn fixtures() -> [&'static str; 15] {
     [
         "tiny-llama",
         "tiny-mistral-gqa",
@@ -71,6 +71,9 @@ pub fn fixtures() -> [&'static str; 12] {
         "tiny-gemma2",
         "tiny-gemma3",
         "tiny-phi3",
+        "tiny-qwen2-swa",
+        "tiny-qwen3-swa",
+        "tiny-gemma3-mm",
     ]
 }
 
