@@ -25,6 +25,7 @@ import shutil
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import transformers
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -148,6 +149,49 @@ def assert_window_active(model, ids):
     set_window(model, window)
     assert window_losses(model, ids, EVAL_SEQLEN, max_windows=2) == windowed
     assert all(abs(a - b) > 1e-4 for a, b in zip(windowed, full)), (windowed, full)
+
+
+def assert_clip_active(model, ids):
+    """OLMoE's clip_qkv must change the result: the losses differ without it."""
+    clipped = window_losses(model, ids, EVAL_SEQLEN, max_windows=2)
+    clip, model.config.clip_qkv = model.config.clip_qkv, None
+    free = window_losses(model, ids, EVAL_SEQLEN, max_windows=2)
+    model.config.clip_qkv = clip
+    assert all(abs(a - b) > 1e-4 for a, b in zip(clipped, free)), (clipped, free)
+
+
+def expert_stats(model, ids):
+    """Block 0's per-expert calibration statistics as transformers routes `ids` [windows, tokens]:
+    for each expert, the tokens sent to it and the per-channel Σx² of its gate's and its down's
+    inputs (hooks on the expert's own linears, which see only its rows), and the same sums over
+    every token (the router's input, and each expert's down input computed on all of them)."""
+    mlp = model.model.layers[0].mlp if hasattr(model.model.layers[0], "mlp") else None
+    mlp = getattr(model.model.layers[0], "block_sparse_moe", mlp)
+    names = ("w1", "w3", "w2") if hasattr(mlp.experts[0], "w1") else ("gate_proj", "up_proj", "down_proj")
+    seen, hooks = {}, []
+    def keep(key):
+        return lambda m, i, o: seen.setdefault(key, []).append(i[0].reshape(-1, i[0].shape[-1]).double())
+    hooks.append(mlp.gate.register_forward_hook(keep("router")))
+    for e, expert in enumerate(mlp.experts):
+        hooks.append(getattr(expert, names[0]).register_forward_hook(keep(("gate", e))))
+        hooks.append(getattr(expert, names[2]).register_forward_hook(keep(("down", e))))
+    with torch.no_grad():
+        model(ids)
+    for h in hooks:
+        h.remove()
+    x = seen["router"][0]
+    out = {"router_sumsq": (x ** 2).sum(0).tolist(), "experts": []}
+    with torch.no_grad():
+        for e, expert in enumerate(mlp.experts):
+            gate, up, down = (getattr(expert, n) for n in names)
+            rows = torch.cat(seen.get(("gate", e), [torch.zeros(0, x.shape[1], dtype=x.dtype)]))
+            downs = torch.cat(seen.get(("down", e), [torch.zeros(0, down.in_features, dtype=x.dtype)]))
+            xf = x.float()
+            every = (F.silu(gate(xf)) * up(xf)).double()
+            out["experts"].append({"tokens": int(rows.shape[0]), "gate_sumsq": (rows ** 2).sum(0).tolist(),
+                                   "down_sumsq": (downs ** 2).sum(0).tolist(),
+                                   "down_sumsq_every_token": (every ** 2).sum(0).tolist()})
+    return out
 
 
 def set_window(model, window):
@@ -486,6 +530,35 @@ def main():
                 text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4),
              torch.float32, 15, False, False),
         ]
+    if hasattr(transformers, "Qwen3MoeForCausalLM"):
+        # Mixtures of experts (issue 44): routers over 4 or 8 experts, top-2, experts narrower
+        # than the dense MLPs above.
+        moe = {**common, "intermediate_size": 48}
+        specs += [
+            # Mixtral: w1/w3/w2 experts, softmax, top-2 renormalised, GQA, f32.
+            ("tiny-mixtral", transformers.MixtralForCausalLM, transformers.MixtralConfig(
+                num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=None,
+                rope_theta=1000000.0, tie_word_embeddings=False, **moe), torch.float32, 16, False, False),
+            # Qwen2-MoE: q/k/v biases, a shared expert with its sigmoid gate, top-2 of 4 not
+            # renormalised, f32.
+            ("tiny-qwen2-moe", transformers.Qwen2MoeForCausalLM, transformers.Qwen2MoeConfig(
+                num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                shared_expert_intermediate_size=96, norm_topk_prob=False, decoder_sparse_step=1,
+                mlp_only_layers=[], use_sliding_window=False, rope_theta=1000000.0,
+                tie_word_embeddings=False, **common), torch.float32, 17, False, False),
+            # Qwen3-MoE: per-head q/k norms, head_dim 24, top-2 of 8 renormalised, tied, bf16.
+            ("tiny-qwen3-moe", transformers.Qwen3MoeForCausalLM, transformers.Qwen3MoeConfig(
+                num_key_value_heads=2, head_dim=24, num_experts=8, num_experts_per_tok=2,
+                moe_intermediate_size=32, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                use_sliding_window=False, rope_theta=1000000.0, tie_word_embeddings=True, **common),
+             torch.bfloat16, 18, False, False),
+            # OLMoE: q/k norms over the whole projections, q, k and v clipped at 3 (active: the
+            # spread weights give larger values), top-2 of 4 not renormalised, f32.
+            ("tiny-olmoe", transformers.OlmoeForCausalLM, transformers.OlmoeConfig(
+                num_key_value_heads=4, num_experts=4, num_experts_per_tok=2, clip_qkv=3.0,
+                norm_topk_prob=False, rope_theta=10000.0, tie_word_embeddings=False, **moe),
+             torch.float32, 19, False, False),
+        ]
     if only:
         specs = [sp for sp in specs if sp[0] in only]
     for name, cls, cfg, dtype, seed, shard, v5 in specs:
@@ -497,6 +570,8 @@ def main():
             assert_softcaps_active(ref, ids)
         if name.endswith("-swa") and name.startswith("tiny-qwen"):
             assert_window_active(ref, text_ids)
+        if name == "tiny-olmoe":
+            assert_clip_active(ref, text_ids)
         losses = window_losses(ref, text_ids, EVAL_SEQLEN)
         golden = {
             "model": name, "versions": versions,
@@ -506,6 +581,10 @@ def main():
             "seqlen": EVAL_SEQLEN, "window_losses": losses,
             "ppl": math.exp(sum(losses) / len(losses)),
         }
+        if name in ("tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe"):
+            # Two 64-token windows, and 3 tokens, so few that some expert gets none.
+            golden["expert_stats"] = {"windows": expert_stats(ref, text_ids[0, :128].reshape(2, 64)),
+                                      "three_tokens": expert_stats(ref, text_ids[:, :3])}
         json.dump(golden, open(os.path.join(GOLDEN, f"{name}.json"), "w"))
         print(f"{name}: {len(losses)} windows, ppl {golden['ppl']:.4f}")
     if not only or "tiny-llama" in only:

@@ -9,7 +9,7 @@ use neuroal::io::error::Result;
 use neuroal::io::named::Named;
 use neuroal::prune::mask::Pattern;
 use neuroal::prune::score::Method;
-use neuroal::prune::settings::{NeuroalStep, PruneSettings, TopUpKind};
+use neuroal::prune::settings::{MoeCalibrate, NeuroalStep, PruneSettings, TopUpKind};
 use neuroal::{bail, commands::bench, outln};
 
 #[derive(Parser)]
@@ -84,7 +84,7 @@ enum Command {
         /// Model folder whose linears are timed (only its config.json is read).
         #[arg(long, required_unless_present = "synthetic")]
         model: Option<PathBuf>,
-        /// Instead of a model: a published shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2, qwen3-0.6b, qwen3-4b, gemma3-1b, phi-4-mini; tiny, tiny-opt, tiny-phi).
+        /// Instead of a model: a published shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2, qwen3-0.6b, qwen3-4b, gemma3-1b, phi-4-mini, qwen3-30b-a3b; tiny, tiny-opt, tiny-phi).
         #[arg(long, conflicts_with = "model")]
         synthetic: Option<String>,
         /// Rows of each timed product (tokens per pass: windows × seqlen; NeuroAL's search
@@ -172,6 +172,11 @@ struct PruneFlags {
     /// as fit without raising the run's estimated peak memory).
     #[arg(long, default_value_t = PruneSettings::default().search_batch)]
     search_batch: usize,
+    /// Mixtures of experts: calibrate each expert on the tokens its router sends it (routed; an
+    /// expert sent none takes every token's statistics), or send every calibration token
+    /// through every expert for the statistics only (all; the outputs still follow the router).
+    #[arg(long, value_parser = named::<MoeCalibrate>(), default_value = PruneSettings::default().moe_calibrate.name())]
+    moe_calibrate: MoeCalibrate,
     /// Folder for PNG plots of the search and the sparsity distribution (a folder inside
     /// --out is written with the output).
     #[arg(long)]
@@ -205,7 +210,7 @@ struct BenchFlags {
     /// comma-separated.
     #[arg(long, conflicts_with_all = ["model", "synthetic", "matmul", "attention"])]
     prune_rows: Option<String>,
-    /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2, qwen3-0.6b, qwen3-4b, gemma3-1b, phi-4-mini; tiny, tiny-opt, tiny-phi)
+    /// Write a random f16 checkpoint of this shape (llama2-7b, llama3-8b, llama-0.8b, opt-6.7b, phi-2, qwen3-0.6b, qwen3-4b, gemma3-1b, phi-4-mini, qwen3-30b-a3b; tiny, tiny-opt, tiny-phi)
     /// to a temporary folder and measure it.
     #[arg(long, conflicts_with = "model")]
     synthetic: Option<String>,
@@ -337,6 +342,7 @@ fn prune(flags: PruneFlags) -> Result<()> {
         search_nsamples,
         search_chunk,
         search_batch,
+        moe_calibrate,
         plots,
         resume,
     } = flags;
@@ -356,6 +362,7 @@ fn prune(flags: PruneFlags) -> Result<()> {
         search_nsamples,
         search_chunk,
         search_batch,
+        moe_calibrate,
         device,
         dtype,
     };

@@ -99,7 +99,7 @@ fn bad_inputs_are_rejected_with_one_line() {
         &d,
         &text,
         &[],
-        "unsupported model_type \"gpt_neox\" (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, gemma3 (its text model), phi3, opt, phi)",
+        "unsupported model_type \"gpt_neox\" (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, gemma3 (its text model), phi3, mixtral, qwen2_moe, qwen3_moe, olmoe, opt, phi)",
     );
 
     let d = copy_to_break("tiny-llama", "truncated");

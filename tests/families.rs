@@ -105,7 +105,7 @@ fn wanda_and_neuroal_at_70_percent_on_every_family() {
 fn bad_configs_of_each_family_get_one_line() {
     let s = scratch("bad");
     let window_0 = "\"sliding_window\" is 0; it must be at least 1";
-    let cases: [(&str, &str, serde_json::Value, &str); 26] = [
+    let cases: [(&str, &str, serde_json::Value, &str); 29] = [
         ("tiny-opt", "ffn_dim", serde_json::Value::Null, "missing field \"ffn_dim\""),
         (
             "tiny-opt",
@@ -210,6 +210,20 @@ fn bad_configs_of_each_family_get_one_line() {
             serde_json::json!({"hidden_activation": "relu"}),
             "unsupported hidden_activation \"relu\" for gemma3_text (only gelu_pytorch_tanh)",
         ),
+        // Mixtures of experts: more experts a token than there are, none, and a dense layer.
+        (
+            "tiny-mixtral",
+            "num_experts_per_tok",
+            5.into(),
+            "num_experts_per_tok (5) must be between 1 and the number of experts (4)",
+        ),
+        (
+            "tiny-olmoe",
+            "num_experts_per_tok",
+            0.into(),
+            "num_experts_per_tok (0) must be between 1 and the number of experts (4)",
+        ),
+        ("tiny-qwen3-moe", "mlp_only_layers", serde_json::json!([1]), "layer 1 is dense"),
     ];
     for (i, (fixture, key, value, expect)) in cases.into_iter().enumerate() {
         let dir = model_copy(fixture, &s.join(format!("{i}")));
@@ -237,10 +251,11 @@ fn bad_configs_of_each_family_get_one_line() {
     let _ = std::fs::remove_dir_all(&s);
 }
 
-/// A norm tensor missing from a checkpoint of each new family is named as stored, in one line,
-/// before any work (a multimodal folder's under its language model's prefix).
+/// A norm, router or expert tensor missing from a checkpoint of each new family is named as
+/// stored, in one line, before any work (a multimodal folder's under its language model's
+/// prefix).
 #[test]
-fn a_missing_norm_tensor_of_each_family_is_named() {
+fn a_missing_tensor_of_each_family_is_named() {
     let s = scratch("missing-norm");
     for (i, (fixture, missing)) in [
         ("tiny-qwen3", "model.layers.1.self_attn.k_norm.weight"),
@@ -249,6 +264,10 @@ fn a_missing_norm_tensor_of_each_family_is_named() {
         ("tiny-gemma3", "model.layers.1.self_attn.q_norm.weight"),
         ("tiny-gemma3-mm", "language_model.model.layers.1.pre_feedforward_layernorm.weight"),
         ("tiny-phi3", "model.layers.1.input_layernorm.weight"),
+        ("tiny-mixtral", "model.layers.1.block_sparse_moe.experts.3.w2.weight"),
+        ("tiny-qwen2-moe", "model.layers.0.mlp.shared_expert_gate.weight"),
+        ("tiny-qwen3-moe", "model.layers.1.mlp.gate.weight"),
+        ("tiny-olmoe", "model.layers.0.self_attn.k_norm.weight"),
     ]
     .into_iter()
     .enumerate()
@@ -341,7 +360,8 @@ fn calibration_pass_records_what_the_full_forward_records() {
     for (device, choice) in [("cpu", Choice::Cpu), ("gpu", Choice::Gpu)] {
         let selected = select(choice);
         let dev = selected.device.clone();
-        for fixture in ["tiny-llama", "tiny-opt", "tiny-phi", "tiny-mistral-gqa", "tiny-opt-post-ln"] {
+        for fixture in ["tiny-llama", "tiny-opt", "tiny-phi", "tiny-mistral-gqa", "tiny-opt-post-ln", "tiny-qwen2-moe"]
+        {
             let model = Model::open(&asset(fixture), &selected).unwrap();
             let tok = Tokenizer::open(&asset(fixture)).unwrap();
             let ids = tokenize_file(&tok, &asset("sample.txt")).unwrap();
@@ -383,4 +403,114 @@ fn calibration_pass_records_what_the_full_forward_records() {
             }
         }
     }
+}
+
+/// Each expert of a mixture of experts is calibrated on the tokens its router sends it: on
+/// block 0 of every MoE fixture, each expert's token count and the per-channel Σx² of its
+/// gate's and down's inputs equal transformers' (hooks on the expert's own linears, in
+/// scripts/make_fixtures.py), on the CPU and the GPU path. With 3 tokens some experts get
+/// none: those take the statistics of every token instead (the router's input for the gate,
+/// every token through the expert for the down).
+#[test]
+fn experts_are_calibrated_on_the_tokens_routed_to_them() {
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        let (num, den) = a
+            .iter()
+            .zip(b)
+            .fold((0f64, 0f64), |(n, d), (&x, &y)| (n + (x as f64 - y as f64).powi(2), d + (y as f64).powi(2)));
+        assert_eq!(a.len(), b.len(), "{what}");
+        assert!((num / den.max(1e-30)).sqrt() < 1e-4, "{what}: relative error {:.2e}", (num / den).sqrt());
+    };
+    for (device, choice) in [("cpu", Choice::Cpu), ("gpu", Choice::Gpu)] {
+        let selected = select(choice);
+        for fixture in ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe"] {
+            let g = golden(fixture);
+            let model = Model::open(&asset(fixture), &selected).unwrap();
+            let ids = tokenize_file(&Tokenizer::open(&asset(fixture)).unwrap(), &asset("sample.txt")).unwrap();
+            let block = model.blocks().next().unwrap().unwrap();
+            let mut unrouted = 0;
+            for (case, windows, seqlen) in [("windows", 2, 64), ("three_tokens", 1, 3)] {
+                let want = &g["expert_stats"][case];
+                let hidden = neuroal::prune::pipeline::embed_windows(&model, &ids[..windows * seqlen], seqlen).unwrap();
+                let pos = model.positions(seqlen);
+                let stats = neuroal::prune::pipeline::calibrate(&model, &block, &hidden, &pos, false).unwrap();
+                let experts = want["experts"].as_array().unwrap();
+                for (e, w) in experts.iter().enumerate() {
+                    let (gate, down) = (4 + 3 * e, 6 + 3 * e);
+                    let what = |l: usize| format!("{fixture} on {device}, {case}: {}", model.linears()[l].name);
+                    let sumsq = |l: usize| stats[l].stats.sumsq.clone().into_data().try_to_vec::<f32>().unwrap();
+                    let tokens = w["tokens"].as_u64().unwrap() as usize;
+                    if tokens > 0 {
+                        assert_eq!(stats[gate].stats.tokens, tokens, "{}", what(gate));
+                        close(&sumsq(gate), &floats(&w["gate_sumsq"]), &what(gate));
+                        close(&sumsq(down), &floats(&w["down_sumsq"]), &what(down));
+                    } else {
+                        unrouted += 1;
+                        assert_eq!(stats[gate].stats.tokens, windows * seqlen, "{}", what(gate));
+                        close(&sumsq(gate), &floats(&want["router_sumsq"]), &what(gate));
+                        close(&sumsq(down), &floats(&w["down_sumsq_every_token"]), &what(down));
+                    }
+                }
+            }
+            assert!(unrouted > 0, "{fixture}: 3 tokens reach every expert");
+        }
+    }
+}
+
+/// `--moe-calibrate all` sends every calibration token through every expert for the
+/// statistics: where the routing is uneven (tiny-qwen3-moe's expert 7 gets few tokens or none)
+/// its experts' masks differ from the routed calibration's, while block 0's attention, which
+/// sees the same tokens either way, keeps the same masks. The report lists each expert's
+/// routed tokens (each token counted once per expert it goes to) and those sent none.
+#[test]
+fn moe_calibrate_all_changes_the_experts_masks_not_the_attentions() {
+    let s = scratch("moe-calibrate");
+    let prune = |mode: &str| {
+        let out = s.join(mode);
+        let o = neuroal(&[
+            "prune",
+            "--model",
+            asset("tiny-qwen3-moe").to_str().unwrap(),
+            "--calib",
+            asset("sample.txt").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--sparsity",
+            "0.5",
+            "--seqlen",
+            "64",
+            "--nsamples",
+            "4",
+            "--device",
+            "cpu",
+            "--moe-calibrate",
+            mode,
+        ]);
+        assert!(o.status.success(), "{mode}: {}", String::from_utf8_lossy(&o.stderr));
+        let r: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        (shard_tensors(&out), r)
+    };
+    let ((routed, r), (all, a)) = (prune("routed"), prune("all"));
+    let zeros = |t: &(safetensors::Dtype, Vec<u8>)| -> Vec<bool> {
+        neuroal::io::checkpoint::decode_f32(&t.1, t.0).unwrap().iter().map(|&v| v == 0.0).collect()
+    };
+    let same = |name: &str| zeros(&routed[name]) == zeros(&all[name]);
+    for l in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+        assert!(same(&format!("model.layers.0.self_attn.{l}.weight")), "{l}");
+    }
+    let differing = (0..8).filter(|e| !same(&format!("model.layers.0.mlp.experts.{e}.gate_proj.weight"))).count();
+    assert!(differing > 0, "no expert's mask changed");
+    let experts = r.experts.expect("a report of the experts' calibration");
+    assert_eq!(experts.calibrate, "routed");
+    assert_eq!(experts.tokens.len(), 2);
+    for (b, counts) in experts.tokens.iter().enumerate() {
+        assert_eq!(counts.len(), 8);
+        assert_eq!(counts.iter().sum::<usize>(), 4 * 64 * 2, "block {b}: each token goes to 2 experts");
+        for (e, &n) in counts.iter().enumerate() {
+            assert_eq!(n == 0, experts.every_token.contains(&format!("block {b} expert {e}")), "block {b} expert {e}");
+        }
+    }
+    let all_experts = a.experts.unwrap();
+    assert_eq!((all_experts.calibrate.as_str(), all_experts.tokens.len()), ("all", 0));
+    let _ = std::fs::remove_dir_all(&s);
 }

@@ -69,7 +69,7 @@ pub struct Shape {
     pub config: &'static str,
 }
 
-pub const SHAPES: [Shape; 12] = [
+pub const SHAPES: [Shape; 13] = [
     Shape {
         name: "llama2-7b",
         config: r#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 32000, "hidden_size": 4096,
@@ -132,6 +132,16 @@ pub const SHAPES: [Shape; 12] = [
             "intermediate_size": 8192, "num_attention_heads": 24, "num_key_value_heads": 8,
             "max_position_embeddings": 131072, "partial_rotary_factor": 0.75, "rope_theta": 10000.0,
             "rms_norm_eps": 1e-5, "hidden_act": "silu", "sliding_window": 262144, "tie_word_embeddings": true}"#,
+    },
+    // Qwen3-30B-A3B: 128 experts of 768, 8 a token; one block holds 0.62 B weights.
+    Shape {
+        name: "qwen3-30b-a3b",
+        config: r#"{"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "vocab_size": 151936,
+            "hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768, "num_experts": 128,
+            "num_experts_per_tok": 8, "norm_topk_prob": true, "decoder_sparse_step": 1, "mlp_only_layers": [],
+            "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "max_position_embeddings": 40960,
+            "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "hidden_act": "silu", "attention_bias": false,
+            "use_sliding_window": false, "tie_word_embeddings": false}"#,
     },
     Shape {
         name: "tiny",
@@ -878,6 +888,8 @@ mod tests {
             ("qwen3-4b", 2 * 4096 * 2560 + 2 * 1024 * 2560 + 3 * 9728 * 2560),
             ("gemma3-1b", 2 * 1024 * 1152 + 2 * 256 * 1152 + 3 * 6912 * 1152),
             ("phi-4-mini", (5120 + 3072 + 16384 + 8192) * 3072),
+            // Qwen3-30B-A3B 623 M: attention 18.9 M, 128 experts of 3 × 768 × 2048.
+            ("qwen3-30b-a3b", 2 * 4096 * 2048 + 2 * 512 * 2048 + 128 * 3 * 768 * 2048),
         ] {
             let n: usize =
                 crate::model::Spec::of(&parse(&shape(name).unwrap())).shapes().iter().map(|s| s[0] * s[1]).sum();

@@ -32,7 +32,7 @@ use crate::prune::owl::{owl_block_sparsities, owl_outlier_ratios};
 use crate::prune::pipeline::{Pipeline, prune_resumable};
 use crate::prune::plan::{Work, dense_batch, memory_run};
 use crate::prune::resume::{Progress, State};
-use crate::prune::settings::{Checked, NeuroalStep, PruneSettings, TopUpKind};
+use crate::prune::settings::{Checked, MoeCalibrate, NeuroalStep, PruneSettings, TopUpKind};
 use crate::prune::topup::{Calibrated, TopUp, choose_map};
 use crate::prune::writer::{copy_other_files, write_checkpoint};
 use crate::{bail, err};
@@ -69,7 +69,8 @@ pub fn run(job: &PruneJob) -> Result<Report> {
     let dtype = device.compute_dtype(job.settings.dtype)?;
     let estimated_peak_mib = device_estimate(job, &inputs, &device, dtype, &mut estimate, &checkpoint)?;
     // Pruning computes no logits: no head, and the embedding table left in the memory map.
-    let model = Model::load(inputs.config.clone(), checkpoint, &device, dtype, Ends::Hidden)?;
+    let mut model = Model::load(inputs.config.clone(), checkpoint, &device, dtype, Ends::Hidden)?;
+    model.experts_see_every_token = job.settings.moe_calibrate == MoeCalibrate::All;
     let mut pruned = prune_model(job, &checked, &inputs, &model, &output.saved, &estimate)?;
     write_checkpoint(&model.checkpoint, &pruned.masks, &output.staging.dir)?;
     let copied = copy_other_files(&job.model, &model.checkpoint.read, &output.staging.dir)?;
@@ -207,6 +208,14 @@ fn check_spec(job: &PruneJob, checked: &Checked, config: &Config, spec: &Spec) -
                 .map_err(|e| err!("{}: {e}", spec.weight_name(0, i)))?;
         }
     }
+    if job.settings.moe_calibrate != MoeCalibrate::Routed && !spec.linears.iter().any(|l| l.expert.is_some()) {
+        bail!(
+            "--moe-calibrate {} applies to mixtures of experts; {} is a dense {} model",
+            job.settings.moe_calibrate.name(),
+            job.model.display(),
+            config.model_type
+        );
+    }
     if job.settings.top_up == TopUpKind::Neuroal && checked.step != NeuroalStep::Block && spec.routes.is_none() {
         bail!(
             "{}: the {} family declares no row routing, so NeuroAL's row step cannot run; use --neuroal-step block",
@@ -333,7 +342,7 @@ fn state_settings(settings: &PruneSettings, checked: &Checked, seqlen: usize) ->
         "nsamples": settings.nsamples, "seqlen": seqlen, "seed": settings.seed, "top_up": settings.top_up.name(),
         "owl_m": settings.owl_m, "owl_lambda": settings.owl_lambda, "neuroal_step": settings.neuroal_step.name(),
         "blocksize": settings.blocksize, "percdamp": settings.percdamp, "search_nsamples": settings.search_nsamples,
-        "search_chunk": settings.search_chunk,
+        "search_chunk": settings.search_chunk, "moe_calibrate": settings.moe_calibrate.name(),
         "device": format!("{:?}", settings.device).to_lowercase(), "dtype": settings.dtype.name(),
     })
 }
@@ -543,6 +552,7 @@ fn make_report(
             search_windows: pruned.topup.search.as_ref().map(|s| s.search_windows.clone()),
         },
         topup: topup_report(settings, checked, model, &pruned.topup),
+        experts: experts_report(settings, model, &pruned.masks),
         sparsity: sparsity_report(&pruned.masks, model.linears().len()),
         eval,
         zeroshot,
@@ -607,6 +617,40 @@ fn topup_report(settings: &PruneSettings, checked: &Checked, model: &Model, topu
     report
 }
 
+/// A mixture of experts' calibration tokens per block and expert, from each expert's first
+/// linear's mask; `None` for a dense model.
+fn experts_report(settings: &PruneSettings, model: &Model, masks: &[LayerMask]) -> Option<report::ExpertsReport> {
+    let linears = model.linears();
+    let firsts: Vec<(usize, usize)> = linears
+        .iter()
+        .enumerate()
+        .filter_map(|(li, l)| l.expert.map(|e| (li, e)))
+        .filter(|&(li, e)| li == 0 || linears[li - 1].expert != Some(e))
+        .collect();
+    if firsts.is_empty() {
+        return None;
+    }
+    let routed = settings.moe_calibrate == MoeCalibrate::Routed;
+    let mut tokens = Vec::new();
+    let mut every_token = Vec::new();
+    for (b, block) in masks.chunks(linears.len()).enumerate() {
+        let counts: Vec<usize> = firsts.iter().map(|&(li, _)| block[li].routed_tokens.unwrap_or(0)).collect();
+        every_token.extend(
+            firsts
+                .iter()
+                .zip(&counts)
+                .filter(|&(_, &n)| routed && n == 0)
+                .map(|(&(_, e), _)| format!("block {b} expert {e}")),
+        );
+        tokens.push(counts);
+    }
+    Some(report::ExpertsReport {
+        calibrate: settings.moe_calibrate.name().into(),
+        tokens: if routed { tokens } else { Vec::new() },
+        every_token,
+    })
+}
+
 /// The pruned fraction of each layer, of each block (of `linears` layers) and overall.
 fn sparsity_report(masks: &[LayerMask], linears: usize) -> report::SparsityReport {
     let layers: BTreeMap<String, f64> = masks.iter().map(|m| (m.name.clone(), m.fraction())).collect();
@@ -645,7 +689,7 @@ fn write_plots(
         series.push(("OWL".to_string(), owl));
     }
     series.push((format!("{} (as pruned)", settings.top_up.name()), report.sparsity.blocks.clone()));
-    let names: Vec<&str> = model.linears().iter().map(|l| l.name).collect();
+    let names: Vec<&str> = model.linears().iter().map(|l| l.name.as_str()).collect();
     let write = |dir: &Path| crate::commands::plots::write_all(dir, &report.topup, &series, &pruned.topup.map, &names);
     match target {
         PlotsTarget::InsideOutput(rel) => {

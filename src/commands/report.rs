@@ -23,6 +23,21 @@ pub struct Report {
     pub provenance: Provenance,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub plots: Option<Plots>,
+    /// A mixture of experts' calibration.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub experts: Option<ExpertsReport>,
+}
+
+/// How a mixture of experts' experts were calibrated.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExpertsReport {
+    /// `routed` (each expert on the tokens its router sent it) or `all` (every token through
+    /// every expert, for the statistics only).
+    pub calibrate: String,
+    /// Per block, per expert: the calibration tokens the router sent it (`routed` only).
+    pub tokens: Vec<Vec<usize>>,
+    /// The experts sent no token ("block B expert E"), calibrated on every token instead.
+    pub every_token: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

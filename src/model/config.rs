@@ -9,11 +9,10 @@ use serde_json::Value;
 
 use crate::io::error::{Context, Result};
 use crate::model::sizes::Sizes;
-use crate::model::{gemma, llama, opt, phi, phi3, qwen3};
+use crate::model::{gemma, llama, moe, opt, phi, phi3, qwen3};
 use crate::{bail, err};
 
-pub const SUPPORTED: &str =
-    "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, gemma3 (its text model), phi3, opt, phi";
+pub const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, gemma3 (its text model), phi3, mixtral, qwen2_moe, qwen3_moe, olmoe, opt, phi";
 
 /// The family and its own settings.
 #[derive(Clone, Debug)]
@@ -22,6 +21,7 @@ pub enum Arch {
     Qwen3(qwen3::Config),
     Gemma(gemma::Config),
     Phi3(phi3::Config),
+    Moe(moe::Config),
     Opt(opt::Config),
     Phi(phi::Config),
 }
@@ -66,6 +66,10 @@ impl Config {
                 "Gemma3ForCausalLM" => "gemma3_text".into(),
                 "Gemma3ForConditionalGeneration" => "gemma3".into(),
                 "Phi3ForCausalLM" => "phi3".into(),
+                "MixtralForCausalLM" => "mixtral".into(),
+                "Qwen2MoeForCausalLM" => "qwen2_moe".into(),
+                "Qwen3MoeForCausalLM" => "qwen3_moe".into(),
+                "OlmoeForCausalLM" => "olmoe".into(),
                 "OPTForCausalLM" => "opt".into(),
                 "PhiForCausalLM" => "phi".into(),
                 other => bail!("unsupported architecture \"{other}\" (supported: {SUPPORTED})"),
@@ -84,6 +88,9 @@ impl Config {
                 gemma::Config::parse_multimodal(&raw).map(|(sizes, g)| Config { arch: Arch::Gemma(g), sizes })?
             }
             "phi3" => phi3::Config::parse(&raw).map(|(sizes, p)| Config { arch: Arch::Phi3(p), sizes })?,
+            "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" => {
+                moe::Config::parse(&raw, &family).map(|(sizes, m)| Config { arch: Arch::Moe(m), sizes })?
+            }
             "opt" => opt::Config::parse(&raw).map(|(sizes, o)| Config { arch: Arch::Opt(o), sizes })?,
             "phi" => phi::Config::parse(&raw).map(|(sizes, p)| Config { arch: Arch::Phi(p), sizes })?,
             other => bail!("unsupported model_type \"{other}\" (supported: {SUPPORTED})"),
@@ -123,6 +130,7 @@ impl Config {
         match &self.arch {
             Arch::Llama(l) if l.sliding_layers.iter().all(|&s| s) => l.sliding_window,
             Arch::Qwen3(q) if q.base.sliding_layers.iter().all(|&s| s) => q.base.sliding_window,
+            Arch::Moe(m) if m.attn.sliding_layers.iter().all(|&s| s) => m.attn.sliding_window,
             Arch::Phi3(p) => p.sliding_window,
             _ => None,
         }
@@ -136,6 +144,7 @@ impl Config {
             Arch::Gemma(g) if g.sliding_layers.iter().any(|&s| s) => g.sliding_window,
             Arch::Llama(l) if some(&l.sliding_layers) => l.sliding_window,
             Arch::Qwen3(q) if some(&q.base.sliding_layers) => q.base.sliding_window,
+            Arch::Moe(m) if some(&m.attn.sliding_layers) => m.attn.sliding_window,
             _ => None,
         }
     }

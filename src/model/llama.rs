@@ -222,8 +222,8 @@ fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
 pub fn spec(c: &Sizes, l: &Config) -> Spec {
     let (d, f) = (c.hidden_size, l.intermediate_size);
     let (q, kv) = (l.num_heads * l.head_dim, l.num_kv_heads * l.head_dim);
-    let lin = |name, shape, bias, qkv| LinearSpec { name, shape, bias, qkv, parts: 1 };
-    let route = |next_block, linear| Route { next_block, linear, repeat: 1 };
+    let lin = |name: &str, shape, bias, qkv| LinearSpec { name: name.into(), shape, bias, qkv, parts: 1, expert: None };
+    let route = Route::to;
     Spec {
         block_prefix: "model.layers",
         linears: vec![

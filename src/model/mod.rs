@@ -13,6 +13,7 @@ mod cpu_linear;
 pub(crate) mod cpu_math;
 pub mod gemma;
 pub mod llama;
+pub mod moe;
 pub mod opt;
 pub mod phi;
 pub mod phi3;
@@ -37,8 +38,8 @@ use crate::{bail, err};
 /// One prunable linear as a family declares it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinearSpec {
-    /// Name inside the block, e.g. `self_attn.q_proj`.
-    pub name: &'static str,
+    /// Name inside the block, e.g. `self_attn.q_proj` (an expert's: `mlp.experts.3.up_proj`).
+    pub name: String,
     /// [out, in], as stored by Hugging Face.
     pub shape: [usize; 2],
     pub bias: bool,
@@ -48,6 +49,8 @@ pub struct LinearSpec {
     /// The linears a fused one stacks (Phi-3's qkv_proj: 3, gate_up_proj: 2; else 1): NeuroAL
     /// counts its alignment once per part, as the parts apart (reading one input) would be.
     pub parts: usize,
+    /// The routed expert this linear belongs to: it sees only the tokens sent to it.
+    pub expert: Option<usize>,
 }
 
 /// Where a linear's output rows are consumed, for NeuroAL's row step: they are input channels
@@ -59,6 +62,18 @@ pub struct Route {
     /// How many times the consumer's input channels span the rows: 1, or for a fused linear
     /// the parts it stacks (Phi-3's gate_up: gate's rows, then up's, each channel of down).
     pub repeat: usize,
+    /// The consumers whose d is averaged: `linear`, `linear + stride`, … (`count` of them; 1
+    /// where one linear consumes the rows). A mixture of experts' attention output feeds every
+    /// expert, each on its own tokens.
+    pub count: usize,
+    pub stride: usize,
+}
+
+impl Route {
+    /// The rows feed `linear` (of the next block where `next_block`), once.
+    pub fn to(next_block: bool, linear: usize) -> Route {
+        Route { next_block, linear, repeat: 1, count: 1, stride: 0 }
+    }
 }
 
 /// A family's declaration: where blocks live and what they hold.
@@ -85,6 +100,7 @@ impl Spec {
             Arch::Qwen3(q) => qwen3::spec(config, q),
             Arch::Gemma(g) => gemma::spec(config, g),
             Arch::Phi3(p) => phi3::spec(config, p),
+            Arch::Moe(m) => moe::spec(config, m),
             Arch::Opt(o) => opt::spec(config, o),
             Arch::Phi(p) => phi::spec(config, p),
         }
@@ -169,6 +185,7 @@ enum Parts {
     Qwen3(qwen3::Parts),
     Gemma(gemma::Parts),
     Phi3(phi3::Parts),
+    Moe(Box<moe::Parts>),
     Opt(opt::Parts),
     Phi(phi::Parts),
 }
@@ -236,6 +253,21 @@ impl Block {
         })
     }
 
+    /// Sends every token through the experts `which` names (by expert index) of a
+    /// mixture-of-experts block, for the hook's statistics only (each output still takes the
+    /// routed rows); no change elsewhere.
+    pub(crate) fn route_all_tokens(&mut self, which: impl Fn(usize) -> bool) {
+        if let Parts::Moe(p) = &mut self.parts {
+            p.all_tokens = (0..p.num_experts()).map(which).collect();
+        }
+    }
+
+    /// Whether this block routes tokens to experts: its linears' inputs are then not all
+    /// [windows, tokens, cols] of the pass.
+    pub fn routes_tokens(&self) -> bool {
+        matches!(self.parts, Parts::Moe(_))
+    }
+
     /// hidden [b, t, d] → hidden [b, t, d]. `hook` sees each linear's input.
     pub fn forward(&self, h: Tensor<3>, pos: &Positions, hook: Option<InputHook>) -> Tensor<3> {
         self.run(h, pos, hook, &[])
@@ -300,6 +332,7 @@ impl Block {
             Parts::Qwen3(p) => qwen3::forward(p, h, pos, &mut run),
             Parts::Gemma(p) => gemma::forward(p, h, pos, &mut run),
             Parts::Phi3(p) => phi3::forward(p, h, pos, &mut run),
+            Parts::Moe(p) => moe::forward(p, h, pos, &mut run),
             Parts::Opt(p) => opt::forward(p, h, pos, &mut run),
             Parts::Phi(p) => phi::forward(p, h, pos, &mut run),
         }
@@ -463,6 +496,9 @@ pub struct Model {
     /// What weights, activations and products are computed in (norms, softmax, statistics and
     /// losses stay f32).
     pub dtype: DType,
+    /// A mixture of experts' calibration sends every token through every expert, for the
+    /// statistics only (`--moe-calibrate all`); by default each expert sees its routed tokens.
+    pub experts_see_every_token: bool,
     outer: Outer,
 }
 
@@ -504,10 +540,21 @@ impl Model {
             Arch::Phi3(p) => {
                 Outer::Llama(Box::new(llama::Outer::load(ck, &config, &p.outside_blocks(), device, dtype, ends)?))
             }
+            // A mixture of experts' embeddings, final norm and head are the LLaMA family's.
+            Arch::Moe(m) => Outer::Llama(Box::new(llama::Outer::load(ck, &config, &m.attn, device, dtype, ends)?)),
             Arch::Opt(o) => Outer::Opt(Box::new(opt::Outer::load(ck, &config, o, device, dtype, ends)?)),
             Arch::Phi(p) => Outer::Phi(Box::new(phi::Outer::load(ck, &config, p, device, dtype, ends)?)),
         };
-        Ok(Model { config, spec, checkpoint, device: device.clone(), gpu, dtype, outer })
+        Ok(Model {
+            config,
+            spec,
+            checkpoint,
+            device: device.clone(),
+            gpu,
+            dtype,
+            experts_see_every_token: false,
+            outer,
+        })
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -558,17 +605,22 @@ impl Model {
             Arch::Qwen3(q) => Parts::Qwen3(qwen3::Parts::load(ck, &prefix, index, &self.config, q, &self.device)?),
             Arch::Gemma(g) => Parts::Gemma(gemma::Parts::load(ck, &prefix, index, &self.config, g, &self.device)?),
             Arch::Phi3(p) => Parts::Phi3(phi3::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
+            Arch::Moe(m) => {
+                Parts::Moe(Box::new(moe::Parts::load(ck, &prefix, index, &self.config, m, &self.device, self.dtype)?))
+            }
             Arch::Opt(o) => Parts::Opt(opt::Parts::load(ck, &prefix, &self.config, o, &self.device)?),
             Arch::Phi(p) => Parts::Phi(phi::Parts::load(ck, &prefix, &self.config, p, &self.device)?),
         };
-        Ok(Block {
+        let mut block = Block {
             index,
             linears,
             parts,
             shared_inputs: Arc::new(self.spec.shared_inputs()),
             stacked: Arc::new(OnceLock::new()),
             gpu: self.gpu.clone(),
-        })
+        };
+        block.route_all_tokens(|_| self.experts_see_every_token);
+        Ok(block)
     }
 
     /// The block walker: every block in order. While the caller computes with block b, a
@@ -1072,6 +1124,7 @@ pub fn checkpoint_tensors(config: &Config, lm_head_stored: bool) -> Vec<(String,
         Arch::Qwen3(q) => qwen3::tensors(config, q, lm_head_stored),
         Arch::Gemma(g) => gemma::tensors(config, g, lm_head_stored),
         Arch::Phi3(p) => phi3::tensors(config, p, lm_head_stored),
+        Arch::Moe(m) => moe::tensors(config, m, lm_head_stored),
         Arch::Opt(o) => opt::tensors(config, o, lm_head_stored),
         Arch::Phi(p) => phi::tensors(config, p),
     };
@@ -1233,7 +1286,8 @@ pub(crate) mod testing {
     /// (linear, next block?, linear whose d its rows take) for every declared linear.
     pub fn routed(config_json: &str) -> Vec<(&'static str, bool, &'static str)> {
         let s = Spec::of(&Config::from_json(config_json).unwrap());
-        let names: Vec<&'static str> = s.linears.iter().map(|l| l.name).collect();
+        // Leaked: a test's few names, so the expectations can be written as literals.
+        let names: Vec<&'static str> = s.linears.iter().map(|l| &*Box::leak(l.name.clone().into_boxed_str())).collect();
         s.routes.as_ref().unwrap().iter().zip(&names).map(|(r, n)| (*n, r.next_block, names[r.linear])).collect()
     }
 
@@ -1259,6 +1313,8 @@ mod tests {
     /// `input_of` points at or before each linear, at a linear that records itself (the
     /// recording relies on it); which inputs are shared is checked against recording every
     /// linear on its own in tests/families.rs.
+    /// Each route's consumers exist, and their input channels span the routed linear's rows
+    /// `repeat` times (q, k and v under grouped-query attention keep the block sparsity).
     #[test]
     fn shared_inputs_are_declared_consistently() {
         for fixture in [
@@ -1269,6 +1325,14 @@ mod tests {
             "tiny-phi",
             "tiny-llama-bias",
             "tiny-opt-post-ln",
+            "tiny-qwen3",
+            "tiny-gemma2",
+            "tiny-gemma3-mm",
+            "tiny-phi3",
+            "tiny-mixtral",
+            "tiny-qwen2-moe",
+            "tiny-qwen3-moe",
+            "tiny-olmoe",
         ] {
             let c = Config::from_file(
                 &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join(fixture).join("config.json"),
@@ -1282,6 +1346,21 @@ mod tests {
                     s.linears[i].shape[1], s.linears[j].shape[1],
                     "{fixture}: linear {i} and {j} share an input of one width"
                 );
+            }
+            let gqa = c.num_kv_heads < c.num_heads;
+            for (i, r) in s.routes.iter().flatten().enumerate() {
+                for k in 0..r.count.max(1) {
+                    let consumer = &s.linears[r.linear + k * r.stride];
+                    if !(gqa && s.linears[i].qkv) {
+                        assert_eq!(
+                            consumer.shape[1] * r.repeat,
+                            s.linears[i].shape[0],
+                            "{fixture}: {} routed to {}",
+                            s.linears[i].name,
+                            consumer.name
+                        );
+                    }
+                }
             }
         }
     }

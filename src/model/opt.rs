@@ -129,8 +129,8 @@ impl Config {
 
 pub fn spec(c: &Sizes, o: &Config) -> Spec {
     let (d, f, b) = (c.hidden_size, o.ffn_dim, o.enable_bias);
-    let lin = |name, shape, qkv| LinearSpec { name, shape, bias: b, qkv, parts: 1 };
-    let route = |next_block, linear| Route { next_block, linear, repeat: 1 };
+    let lin = |name: &str, shape, qkv| LinearSpec { name: name.into(), shape, bias: b, qkv, parts: 1, expert: None };
+    let route = Route::to;
     Spec {
         block_prefix: "model.decoder.layers",
         linears: vec![

@@ -134,8 +134,8 @@ impl Config {
 pub fn spec(c: &Sizes, p: &Config) -> Spec {
     let (d, f) = (c.hidden_size, p.intermediate_size);
     let (q, kv) = (p.num_heads * p.head_dim, p.num_kv_heads * p.head_dim);
-    let lin = |name, shape, qkv| LinearSpec { name, shape, bias: true, qkv, parts: 1 };
-    let route = |next_block, linear| Route { next_block, linear, repeat: 1 };
+    let lin = |name: &str, shape, qkv| LinearSpec { name: name.into(), shape, bias: true, qkv, parts: 1, expert: None };
+    let route = Route::to;
     Spec {
         block_prefix: "model.layers",
         linears: vec![

@@ -193,7 +193,8 @@ fn parse_longrope(s: &Value, raw: &Raw, max_positions: usize, rotary_dim: usize)
 pub fn spec(c: &Sizes, p: &Config) -> Spec {
     let (d, f) = (c.hidden_size, p.intermediate_size);
     let (q, kv) = (p.num_heads * p.head_dim, p.num_kv_heads * p.head_dim);
-    let lin = |name, shape, qkv, parts| LinearSpec { name, shape, bias: false, qkv, parts };
+    let lin =
+        |name: &str, shape, qkv, parts| LinearSpec { name: name.into(), shape, bias: false, qkv, parts, expert: None };
     Spec {
         block_prefix: "model.layers",
         linears: vec![
@@ -207,10 +208,10 @@ pub fn spec(c: &Sizes, p: &Config) -> Spec {
         // they keep the block sparsity); o ← gate_up; gate and up rows ← down, each part
         // spanning down's channels once; down ← the next block's qkv.
         routes: Some(vec![
-            Route { next_block: false, linear: O, repeat: 3 },
-            Route { next_block: false, linear: GATE_UP, repeat: 1 },
-            Route { next_block: false, linear: DOWN, repeat: 2 },
-            Route { next_block: true, linear: QKV, repeat: 1 },
+            Route { repeat: 3, ..Route::to(false, O) },
+            Route::to(false, GATE_UP),
+            Route { repeat: 2, ..Route::to(false, DOWN) },
+            Route::to(true, QKV),
         ]),
         output_only: vec![DOWN],
         input_of: vec![QKV, O, GATE_UP, DOWN],

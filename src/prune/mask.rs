@@ -180,6 +180,10 @@ pub struct LayerMask {
     pub shape: [usize; 2],
     pub pruned: Bits,
     pub values: Option<Vec<f32>>,
+    /// An expert's linear: the calibration tokens its router sent it (0: none, so it was
+    /// calibrated on every token). `None` for the other linears, and where every token went
+    /// through every expert (`--moe-calibrate all`).
+    pub routed_tokens: Option<usize>,
 }
 
 impl LayerMask {

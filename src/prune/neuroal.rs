@@ -72,7 +72,8 @@ pub fn row_map(spec: &Spec, gqa: bool, blocks: &[f64], d: &[Vec<Vec<f32>>], lamb
                 .map(|(linear, route)| {
                     let keep = bi == last || (gqa && linear.qkv);
                     let source = if route.next_block { (bi + 1).min(last) } else { bi };
-                    let r = &d[source][route.linear];
+                    let consumers = (0..route.count.max(1)).map(|k| &d[source][route.linear + k * route.stride]);
+                    let r = &mean_of(consumers.collect());
                     let sum: f64 = r.iter().map(|&x| x as f64).sum();
                     if keep || sum == 0.0 {
                         Sparsity::PerRow(vec![b; linear.shape[0]])
@@ -83,6 +84,19 @@ pub fn row_map(spec: &Spec, gqa: bool, blocks: &[f64], d: &[Vec<Vec<f32>>], lamb
                 .collect()
         })
         .collect())
+}
+
+/// The elementwise mean of the consumers' d vectors (the one vector where one consumes).
+fn mean_of(ds: Vec<&Vec<f32>>) -> std::borrow::Cow<'_, [f32]> {
+    match ds.as_slice() {
+        [one] => std::borrow::Cow::Borrowed(one.as_slice()),
+        _ => {
+            let n = ds.len() as f64;
+            let len = ds.first().map_or(0, |d| d.len());
+            let mean = (0..len).map(|j| (ds.iter().map(|d| d[j] as f64).sum::<f64>() / n) as f32).collect();
+            std::borrow::Cow::Owned(mean)
+        }
+    }
 }
 
 /// One candidate's result: Σ m over all linears, and every linear's d = a_dense − a_sparse.
@@ -195,7 +209,7 @@ fn through_blocks(search: &Search, pattern: &Pattern, group: &[Map], progress: &
     let mut hidden: Vec<Vec<Tensor<3>>> = group.iter().map(|_| embedded.clone()).collect();
     let mut pending: Vec<Pending> = group.iter().map(|_| Vec::new()).collect();
     let pos = model.positions(search.seqlen);
-    let names: Vec<&str> = model.linears().iter().map(|l| l.name).collect();
+    let names: Vec<&str> = model.linears().iter().map(|l| l.name.as_str()).collect();
     let mut blocks = model.blocks();
     while let Some(block) = search.trace.stage("search: load block", &model.device, || blocks.next()) {
         let block = block?;
@@ -340,7 +354,7 @@ impl BlockPass<'_> {
 
 /// One readback of m and one of d per candidate; scores summed in (block, linear) order.
 fn read_back(model: &Model, pending: Vec<Pending>, trace: &Trace) -> Result<Vec<Evaluation>> {
-    let names: Vec<&str> = model.linears().iter().map(|l| l.name).collect();
+    let names: Vec<&str> = model.linears().iter().map(|l| l.name.as_str()).collect();
     // A fused linear counts once per linear it stacks (Phi-3's qkv: 3), as the split model's
     // q, k and v, which read the same input, each count it.
     let parts: Vec<f64> = model.linears().iter().map(|l| l.parts as f64).collect();

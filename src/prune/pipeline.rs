@@ -95,7 +95,7 @@ pub fn calibrate_at_once(
             }
         }
     }
-    let stats = per_linear(model, stats);
+    let stats = fill_unrouted(model, block, hidden, pos, hessian, per_linear(model, stats));
     check_finite_stats(model, block.index, &stats)?;
     Ok(stats)
 }
@@ -145,6 +145,43 @@ fn record(
 /// Linears that read the same input (the family's [`Spec::input_of`]) share one calibration:
 /// the statistics, and SparseGPT's Hessian, are made once per input.
 pub fn record_unchecked(
+    model: &Model,
+    block: &Block,
+    hidden: &[Tensor<3>],
+    pos: &Positions,
+    hessian: bool,
+    outputs: bool,
+) -> (Vec<Calibration>, Vec<Tensor<3>>) {
+    let (stats, out) = record_routed(model, block, hidden, pos, hessian, outputs);
+    (fill_unrouted(model, block, hidden, pos, hessian, stats), out)
+}
+
+/// An expert the router sent no calibration token takes the statistics of every token
+/// instead: a second pass sends every token through every expert, for the statistics only.
+fn fill_unrouted(
+    model: &Model,
+    block: &Block,
+    hidden: &[Tensor<3>],
+    pos: &Positions,
+    hessian: bool,
+    mut stats: Vec<Calibration>,
+) -> Vec<Calibration> {
+    let unrouted: Vec<usize> = (0..stats.len()).filter(|&li| stats[li].stats.tokens == 0).collect();
+    if unrouted.is_empty() || !block.routes_tokens() {
+        return stats;
+    }
+    let experts: Vec<usize> = unrouted.iter().filter_map(|&li| model.linears()[li].expert).collect();
+    let mut all = block.clone();
+    all.route_all_tokens(|e| experts.contains(&e));
+    let (every_token, _) = record_routed(model, &all, hidden, pos, hessian, false);
+    for li in unrouted {
+        stats[li] = Calibration { every_token: true, ..every_token[li].clone() };
+    }
+    stats
+}
+
+/// [`record_unchecked`] as the block routes its tokens, unrouted experts left empty.
+fn record_routed(
     model: &Model,
     block: &Block,
     hidden: &[Tensor<3>],
@@ -202,8 +239,9 @@ pub fn calibrate_together(
     pos: &Positions,
     hessian: bool,
 ) -> Vec<Vec<Calibration>> {
-    if let [one] = sets {
-        return vec![record_unchecked(model, block, one, pos, hessian, false).0];
+    // Experts see only the rows routed to them, which are not split by set.
+    if sets.len() == 1 || block.routes_tokens() {
+        return sets.iter().map(|set| record_unchecked(model, block, set, pos, hessian, false).0).collect();
     }
     let mut stats: Vec<Vec<Option<Calibration>>> = sets.iter().map(|_| new_calibrations(model, hessian)).collect();
     let chunks = sets.first().map_or(0, |s| s.len());
@@ -281,6 +319,8 @@ struct Queued {
     sparsity: Sparsity,
     /// New kept weights (SparseGPT's), read back already.
     values: Option<Vec<f32>>,
+    /// An expert's calibration tokens ([`LayerMask::routed_tokens`]).
+    routed_tokens: Option<usize>,
     packed: crate::prune::mask::PackedMask,
 }
 
@@ -401,7 +441,11 @@ fn prune_block(p: &Pipeline, block: &mut Block, hidden: &[Tensor<3>], pos: &Posi
         }
         block.set_weight(li, to_dtype(pruned.weight, model.dtype));
         let packed = p.trace.stage("prune: pack masks", dev, || crate::prune::mask::pack(pruned.mask, &name))?;
-        queued.push(Queued { linear: li, name, sparsity: s, values, packed });
+        let routed_tokens = match (model.linears()[li].expert, model.experts_see_every_token) {
+            (Some(_), false) => Some(if calib.every_token { 0 } else { calib.stats.tokens }),
+            _ => None,
+        };
+        queued.push(Queued { linear: li, name, sparsity: s, values, packed, routed_tokens });
     }
     Ok(queued)
 }
@@ -423,7 +467,7 @@ fn read_mask(p: &Pipeline, q: Queued) -> Result<LayerMask> {
         let flags: Vec<bool> = bits.iter().enumerate().map(|(i, f)| f && Some(i) != first).collect();
         bits = Bits::from_flags(flags.into_iter());
     }
-    let lm = LayerMask { name, shape, pruned: bits, values: q.values };
+    let lm = LayerMask { name, shape, pruned: bits, values: q.values, routed_tokens: q.routed_tokens };
     let got = lm.pruned.count_ones();
     match p.pruner.expected(p.pattern, &q.sparsity, shape) {
         Expected::Exactly(want) if got != want => {

@@ -21,11 +21,17 @@ pub struct Calibration {
     pub stats: InputStats,
     /// SparseGPT's H = 2/N · Σ XᵀX, when the pruner asked for it.
     pub hessian: Option<Hessian>,
+    /// An expert the router sent no calibration token: these are every token's statistics.
+    pub every_token: bool,
 }
 
 impl Calibration {
     pub fn new(cols: usize, device: &Device, hessian: bool) -> Calibration {
-        Calibration { stats: InputStats::new(cols, device), hessian: hessian.then(|| Hessian::new(cols, device)) }
+        Calibration {
+            stats: InputStats::new(cols, device),
+            hessian: hessian.then(|| Hessian::new(cols, device)),
+            every_token: false,
+        }
     }
 
     /// Adds a chunk of inputs x [windows, tokens, cols], on the `gpu` where x lives there.

@@ -122,7 +122,11 @@ impl Progress {
                 0 => None,
                 _ => Some(r.f32s()?),
             };
-            masks.push(LayerMask { name, shape, pruned: Bits::from_words(words, len), values });
+            let routed_tokens = match r.u64()? {
+                0 => None,
+                n => Some(n as usize - 1),
+            };
+            masks.push(LayerMask { name, shape, pruned: Bits::from_words(words, len), values, routed_tokens });
         }
         r.end()?;
         Ok(Some(masks))
@@ -148,6 +152,7 @@ impl Progress {
                     w.extend(v.iter().flat_map(|x| x.to_le_bytes()));
                 }
             }
+            put(&mut w, m.routed_tokens.map_or(0, |n| n as u64 + 1));
         }
         write_whole(&self.dir.join(format!("block-{block}.masks")), &w)
     }

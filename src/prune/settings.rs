@@ -53,6 +53,26 @@ impl Named for NeuroalStep {
     }
 }
 
+/// Which tokens a mixture of experts' experts are calibrated on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoeCalibrate {
+    /// Those the router sends each (an expert sent none takes every token's statistics).
+    Routed,
+    /// Every calibration token through every expert, for the statistics only.
+    All,
+}
+
+impl Named for MoeCalibrate {
+    const ALL: &'static [MoeCalibrate] = &[MoeCalibrate::Routed, MoeCalibrate::All];
+
+    fn name(self) -> &'static str {
+        match self {
+            MoeCalibrate::Routed => "routed",
+            MoeCalibrate::All => "all",
+        }
+    }
+}
+
 /// Everything that decides a prune's masks, and where it computes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PruneSettings {
@@ -82,6 +102,7 @@ pub struct PruneSettings {
     /// NeuroAL: candidates whose dense passes share one batch (0: as many as fit without
     /// raising the run's estimated peak memory).
     pub search_batch: usize,
+    pub moe_calibrate: MoeCalibrate,
     pub device: Choice,
     pub dtype: ComputeDtype,
 }
@@ -104,6 +125,7 @@ impl Default for PruneSettings {
             search_nsamples: 8,
             search_chunk: 0,
             search_batch: 0,
+            moe_calibrate: MoeCalibrate::Routed,
             device: Choice::Auto,
             dtype: ComputeDtype::Auto,
         }

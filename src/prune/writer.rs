@@ -332,6 +332,7 @@ mod tests {
                 shape: *shape,
                 pruned: Bits::from_flags(flags.into_iter()),
                 values,
+                routed_tokens: None,
             });
         }
         let views: Vec<(String, TensorView)> = specs

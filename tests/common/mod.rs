@@ -57,7 +57,7 @@ pub fn select(choice: Choice) -> Selected {
     }
 }
 
-pub fn fixtures() -> [&'static str; 15] {
+pub fn fixtures() -> [&'static str; 19] {
     [
         "tiny-llama",
         "tiny-mistral-gqa",
@@ -74,6 +74,10 @@ pub fn fixtures() -> [&'static str; 15] {
         "tiny-qwen2-swa",
         "tiny-qwen3-swa",
         "tiny-gemma3-mm",
+        "tiny-mixtral",
+        "tiny-qwen2-moe",
+        "tiny-qwen3-moe",
+        "tiny-olmoe",
     ]
 }
 
