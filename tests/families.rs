@@ -512,5 +512,25 @@ fn moe_calibrate_all_changes_the_experts_masks_not_the_attentions() {
     }
     let all_experts = a.experts.unwrap();
     assert_eq!((all_experts.calibrate.as_str(), all_experts.tokens.len()), ("all", 0));
+    // Magnitude reads no calibration: no expert was counted, none is reported as sent none.
+    let out = s.join("magnitude");
+    let o = neuroal(&[
+        "prune",
+        "--model",
+        asset("tiny-qwen3-moe").to_str().unwrap(),
+        "--calib",
+        asset("sample.txt").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "0.5",
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "magnitude: {}", String::from_utf8_lossy(&o.stderr));
+    let r: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert!(r.experts.is_none(), "{:?}", r.experts);
     let _ = std::fs::remove_dir_all(&s);
 }

@@ -552,7 +552,7 @@ fn make_report(
             search_windows: pruned.topup.search.as_ref().map(|s| s.search_windows.clone()),
         },
         topup: topup_report(settings, checked, model, &pruned.topup),
-        experts: experts_report(settings, model, &pruned.masks),
+        experts: experts_report(settings, checked, model, &pruned.masks),
         sparsity: sparsity_report(&pruned.masks, model.linears().len()),
         eval,
         zeroshot,
@@ -618,8 +618,13 @@ fn topup_report(settings: &PruneSettings, checked: &Checked, model: &Model, topu
 }
 
 /// A mixture of experts' calibration tokens per block and expert, from each expert's first
-/// linear's mask; `None` for a dense model.
-fn experts_report(settings: &PruneSettings, model: &Model, masks: &[LayerMask]) -> Option<report::ExpertsReport> {
+/// linear's mask; `None` for a dense model, and where the pruner reads no calibration.
+fn experts_report(
+    settings: &PruneSettings,
+    checked: &Checked,
+    model: &Model,
+    masks: &[LayerMask],
+) -> Option<report::ExpertsReport> {
     let linears = model.linears();
     let firsts: Vec<(usize, usize)> = linears
         .iter()
@@ -627,7 +632,7 @@ fn experts_report(settings: &PruneSettings, model: &Model, masks: &[LayerMask]) 
         .filter_map(|(li, l)| l.expert.map(|e| (li, e)))
         .filter(|&(li, e)| li == 0 || linears[li - 1].expert != Some(e))
         .collect();
-    if firsts.is_empty() {
+    if firsts.is_empty() || !checked.pruner.needs_calibration() {
         return None;
     }
     let routed = settings.moe_calibrate == MoeCalibrate::Routed;

@@ -139,8 +139,7 @@ impl Config {
                 None if raw.sliding_window.is_none() => Some(4096),
                 None => None,
                 Some(w) => match w.as_u64() {
-                    Some(0) => bail!("\"sliding_window\" is 0; it must be at least 1"),
-                    Some(w) => Some(w as usize),
+                    Some(w) => sizes::window(Some(w as usize))?,
                     None => bail!("\"sliding_window\" is {w}; it must be a positive whole number"),
                 },
             },

@@ -351,11 +351,12 @@ fn sparse_mlp(p: &Parts, x: Tensor<3>, run: &mut dyn FnMut(usize, &Tensor<3>) ->
         let first = EXPERTS + 3 * e;
         // Each row of a product depends on its own token only: the routed rows of the
         // all-token outputs are the routed tokens' outputs.
-        let all = p.all_tokens.get(e).copied().unwrap_or(false).then(|| {
-            let all = rows.clone().reshape([1, b * t, d]);
-            let gated = silu(run(first, &all)) * run(first + 1, &all);
-            run(first + 2, &gated).reshape([b * t, d])
-        });
+        let all = p
+            .all_tokens
+            .get(e)
+            .copied()
+            .unwrap_or(false)
+            .then(|| swiglu(first, &rows.clone().reshape([1, b * t, d]), run).reshape([b * t, d]));
         if n == 0 {
             continue;
         }
@@ -363,9 +364,7 @@ fn sparse_mlp(p: &Parts, x: Tensor<3>, run: &mut dyn FnMut(usize, &Tensor<3>) ->
         let ye = if let Some(y) = all {
             y.select(0, index.clone())
         } else {
-            let xe = rows.clone().select(0, index.clone()).reshape([1, n, d]);
-            let gated = silu(run(first, &xe)) * run(first + 1, &xe);
-            run(first + 2, &gated).reshape([n, d])
+            swiglu(first, &rows.clone().select(0, index.clone()).reshape([1, n, d]), run).reshape([n, d])
         };
         let w = Tensor::<2>::from_data(TensorData::new(weights, [n, 1]), (&device, DType::F32));
         out = out.select_assign(0, index, ye * to_dtype(w, dtype), IndexingUpdateOp::Add);
@@ -373,14 +372,19 @@ fn sparse_mlp(p: &Parts, x: Tensor<3>, run: &mut dyn FnMut(usize, &Tensor<3>) ->
     let out = out.reshape([b, t, d]);
     match &p.shared_gate {
         Some(gate) => {
-            let s = m.shared();
-            let gated = silu(run(s, &x)) * run(s + 1, &x);
-            let shared = run(s + 2, &gated);
+            let shared = swiglu(m.shared(), &x, run);
             let g = burn::tensor::activation::sigmoid(rows.matmul(gate.clone().transpose())).reshape([b, t, 1]);
             out + g * shared
         }
         None => out,
     }
+}
+
+/// One expert (or the shared one): down(silu(gate(x)) · up(x)), its linears at `first`, `first +
+/// 1` and `first + 2`.
+fn swiglu(first: usize, x: &Tensor<3>, run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+    let gated = silu(run(first, x)) * run(first + 1, x);
+    run(first + 2, &gated)
 }
 
 /// transformers' routing of each token (one row of `logits` [tokens · experts], f32): softmax,

@@ -157,7 +157,8 @@ pub fn record_unchecked(
 }
 
 /// An expert the router sent no calibration token takes the statistics of every token
-/// instead: a second pass sends every token through every expert, for the statistics only.
+/// instead: a second pass sends every token through those experts, for the statistics only.
+/// Without windows (a pruner that reads no calibration) there is nothing to fill.
 fn fill_unrouted(
     model: &Model,
     block: &Block,
@@ -166,11 +167,13 @@ fn fill_unrouted(
     hessian: bool,
     mut stats: Vec<Calibration>,
 ) -> Vec<Calibration> {
-    let unrouted: Vec<usize> = (0..stats.len()).filter(|&li| stats[li].stats.tokens == 0).collect();
-    if unrouted.is_empty() || !block.routes_tokens() {
+    let linears = model.linears();
+    let unrouted: Vec<usize> =
+        (0..stats.len()).filter(|&li| linears[li].expert.is_some() && stats[li].stats.tokens == 0).collect();
+    if unrouted.is_empty() || hidden.is_empty() {
         return stats;
     }
-    let experts: Vec<usize> = unrouted.iter().filter_map(|&li| model.linears()[li].expert).collect();
+    let experts: Vec<usize> = unrouted.iter().filter_map(|&li| linears[li].expert).collect();
     let mut all = block.clone();
     all.route_all_tokens(|e| experts.contains(&e));
     let (every_token, _) = record_routed(model, &all, hidden, pos, hessian, false);
@@ -441,8 +444,9 @@ fn prune_block(p: &Pipeline, block: &mut Block, hidden: &[Tensor<3>], pos: &Posi
         }
         block.set_weight(li, to_dtype(pruned.weight, model.dtype));
         let packed = p.trace.stage("prune: pack masks", dev, || crate::prune::mask::pack(pruned.mask, &name))?;
-        let routed_tokens = match (model.linears()[li].expert, model.experts_see_every_token) {
-            (Some(_), false) => Some(if calib.every_token { 0 } else { calib.stats.tokens }),
+        let counted = p.pruner.needs_calibration() && !model.experts_see_every_token;
+        let routed_tokens = match model.linears()[li].expert {
+            Some(_) if counted => Some(if calib.every_token { 0 } else { calib.stats.tokens }),
             _ => None,
         };
         queued.push(Queued { linear: li, name, sparsity: s, values, packed, routed_tokens });
