@@ -540,11 +540,12 @@ def main():
                 num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, sliding_window=None,
                 rope_theta=1000000.0, tie_word_embeddings=False, **moe), torch.float32, 16, False, False),
             # Qwen2-MoE: q/k/v biases, a shared expert with its sigmoid gate, top-2 of 4 not
-            # renormalised, f32.
+            # renormalised, f32; its second layer dense (mlp_only_layers), a SwiGLU MLP of
+            # intermediate_size.
             ("tiny-qwen2-moe", transformers.Qwen2MoeForCausalLM, transformers.Qwen2MoeConfig(
                 num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                 shared_expert_intermediate_size=96, norm_topk_prob=False, decoder_sparse_step=1,
-                mlp_only_layers=[], use_sliding_window=False, rope_theta=1000000.0,
+                mlp_only_layers=[1], use_sliding_window=False, rope_theta=1000000.0,
                 tie_word_embeddings=False, **common), torch.float32, 17, False, False),
             # Qwen3-MoE: per-head q/k norms, head_dim 24, top-2 of 8 renormalised, tied, bf16.
             ("tiny-qwen3-moe", transformers.Qwen3MoeForCausalLM, transformers.Qwen3MoeConfig(

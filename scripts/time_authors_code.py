@@ -5,7 +5,7 @@ repository: pass the path of a local checkout of their repository
 (github.com/eliacunegatti/NeuroAL); their `lib/` and `sparsity_distribution.py` run unmodified.
 The stand-ins its imports need, the windows and the model are made as `authors_code.py` says.
 
-    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type auto] [--dtype float32] [--device cpu|cuda] [--method wanda|magnitude|sparsegpt] [--golden OUT]
+    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type auto] [--dtype float32] [--device cpu|cuda] [--method wanda|magnitude|sparsegpt|multiflow] [--golden OUT]
 
 REPORT_JSON is a neuroal report.json; its calibration.windows and calibration.search_windows are
 the window starts (token offsets into the tokenized CALIB_TXT). --model-type is their name for
@@ -56,7 +56,10 @@ def main():
     ap.add_argument("--model-type", default="auto", help="their name for the family; auto: mistral under grouped-query attention, else llama")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (the whole model on the GPU, as their main.py loads it)")
-    ap.add_argument("--method", default="wanda", choices=["wanda", "magnitude", "sparsegpt"], help="the base pruner under NeuroAL")
+    ap.add_argument("--method", default="wanda", choices=["wanda", "magnitude", "sparsegpt", "multiflow"], help="the base pruner under NeuroAL")
+    ap.add_argument("--top-up", default="neuroal", choices=["neuroal", "uniform", "dsnot"],
+                    help="their top-up: NeuroAL's search (the default), none (uniform), or their DSnoT over the uniform prune")
+    ap.add_argument("--dsnot-cycles", type=int, default=50, help="their max_cycle_time for --top-up dsnot")
     ap.add_argument("--golden", help="also write the search's scores, λs, windows and settings to this JSON file")
     ap.add_argument("--save", help="also write their pruned model to this folder (safetensors), to compare masks")
     a = ap.parse_args()
@@ -67,17 +70,20 @@ def main():
     import sparsity_distribution as sd
     if a.model_type == "opt":
         from lib.prune_opt import prune_sparsegpt_opt as prune_sparsegpt, prune_wanda_opt as prune_wanda
-        from lib.prune_opt import prune_magnitude_opt as prune_magnitude
+        from lib.prune_opt import prune_magnitude_opt as prune_magnitude, prune_multiflow_opt as prune_multiflow
         from lib.utils import check_sparsity_opt as check_sparsity
+        from lib.prune_opt import prune_DSnoT_opt as prune_DSnoT
     else:
-        from lib.prune import prune_sparsegpt, prune_wanda, prune_magnitude, check_sparsity
+        from lib.prune import prune_sparsegpt, prune_wanda, prune_magnitude, prune_multiflow, check_sparsity
+        from lib.prune import prune_DSnoT
 
     report = json.load(open(a.report))
     cal = report["calibration"]
     seqlen = cal["seqlen"]
     ids = Tokenizer.from_file(f"{a.model_dir}/tokenizer.json").encode(open(a.calib_txt).read()).ids
 
-    calib, search = (authors_code.windows(ids, cal[k], seqlen) for k in ("windows", "search_windows"))
+    calib = authors_code.windows(ids, cal["windows"], seqlen)
+    search = authors_code.windows(ids, cal.get("search_windows") or [], seqlen)
     sd.get_loaders = lambda *args, **kw: (search, None)
     scores = {"block": [], "row": []}
 
@@ -96,25 +102,37 @@ def main():
 
     model = authors_code.load_model(a.model_dir, a.dtype, dev, seqlen)
     args = types.SimpleNamespace(seed=0, nsamples=len(calib), sparsity_ratio=report["settings"]["sparsity"],
-                                 prune_method=a.method, top_up="neuroal", neuroal_step="both", model_type=a.model_type)
+                                 prune_method=a.method, top_up=a.top_up, neuroal_step="both", model_type=a.model_type,
+                                 # DSnoT's, as their main.py sets them (skip_layer: the MLP's linears
+                                 # of every family, named as their loops see them).
+                                 max_cycle_time=a.dsnot_cycles, update_threshold=0.1, pow_of_var_regrowing=1.0,
+                                 skip_layer="fc" if a.model_type == "opt" else "mlp", skip_sub_layer="no_skip",
+                                 without_DSnoT=False, without_same_sign=True)
     # A GPU runs queued work: wait for it before each clock reading.
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     sync()
     t0 = time.time()
     with torch.no_grad():
         layers = model.model.decoder.layers if a.model_type == "opt" else model.model.layers
-        dist, gran, lb, lr = sd.get_neuroal_sparsity_distribution(args, model, None, dev, layers)
+        if a.top_up == "neuroal":
+            dist, gran, lb, lr = sd.get_neuroal_sparsity_distribution(args, model, None, dev, layers)
+        else:
+            dist, gran, lb, lr = None, "row", None, None
     sync()
     t1 = time.time()
     args.nsamples = len(calib)
     with torch.no_grad():
-        if a.method == "sparsegpt":
+        if a.top_up == "dsnot":
+            prune_DSnoT(args, model, None, dev, calib)
+        elif a.method == "sparsegpt":
             # Their SparseGPT reads the placement accelerate records when loading with a
             # device_map; the whole model is on `dev`, which an empty map says.
             model.hf_device_map = {}
             prune_sparsegpt(args, model, None, dev, calib, dist=dist)
         elif a.method == "magnitude":
             prune_magnitude(args, model, None, dev, dist=dist, granularity=gran)
+        elif a.method == "multiflow":
+            prune_multiflow(args, model, None, dev, calib, dist=dist, granularity=gran)
         else:
             prune_wanda(args, model, None, dev, calib, dist=dist, granularity=gran)
     sync()

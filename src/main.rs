@@ -9,7 +9,7 @@ use neuroal::io::error::Result;
 use neuroal::io::named::Named;
 use neuroal::prune::mask::Pattern;
 use neuroal::prune::score::Method;
-use neuroal::prune::settings::{MoeCalibrate, NeuroalStep, PruneSettings, TopUpKind};
+use neuroal::prune::settings::{DsnotLinears, MoeCalibrate, NeuroalStep, PruneSettings, Refine, TopUpKind};
 use neuroal::{bail, commands::bench, outln};
 
 #[derive(Parser)]
@@ -177,6 +177,19 @@ struct PruneFlags {
     /// through every expert for the statistics only (all; the outputs still follow the router).
     #[arg(long, value_parser = named::<MoeCalibrate>(), default_value = PruneSettings::default().moe_calibrate.name())]
     moe_calibrate: MoeCalibrate,
+    /// A refinement of the base pruner's masks after the top-up: DSnoT regrows and prunes
+    /// pairs of weights per row against the expected change of the row's output.
+    #[arg(long, value_parser = named::<Refine>(), default_value = PruneSettings::default().refine.name())]
+    refine: Refine,
+    /// DSnoT: cycles per linear at most.
+    #[arg(long, default_value_t = PruneSettings::default().dsnot_cycles)]
+    dsnot_cycles: usize,
+    /// DSnoT: a row stops once its error is at most this.
+    #[arg(long, default_value_t = PruneSettings::default().dsnot_threshold)]
+    dsnot_threshold: f64,
+    /// DSnoT: the linears it refines (attention: the authors' choice, which skips the MLP's).
+    #[arg(long, value_parser = named::<DsnotLinears>(), default_value = PruneSettings::default().dsnot_linears.name())]
+    dsnot_linears: DsnotLinears,
     /// Folder for PNG plots of the search and the sparsity distribution (a folder inside
     /// --out is written with the output).
     #[arg(long)]
@@ -343,6 +356,10 @@ fn prune(flags: PruneFlags) -> Result<()> {
         search_chunk,
         search_batch,
         moe_calibrate,
+        refine,
+        dsnot_cycles,
+        dsnot_threshold,
+        dsnot_linears,
         plots,
         resume,
     } = flags;
@@ -363,6 +380,10 @@ fn prune(flags: PruneFlags) -> Result<()> {
         search_chunk,
         search_batch,
         moe_calibrate,
+        refine,
+        dsnot_cycles,
+        dsnot_threshold,
+        dsnot_linears,
         device,
         dtype,
     };

@@ -86,7 +86,7 @@ fn wanda_and_neuroal_at_70_percent_on_every_family() {
         assert_eq!(names_and_shapes(&out), names_and_shapes(&model));
         let ins = neuroal::commands::inspect::inspect(&out).unwrap();
         let m = Model::open(&model, &select(Choice::Cpu)).unwrap();
-        assert_eq!(ins.layers.len(), 2 * m.linears().len());
+        assert_eq!(ins.layers.len(), m.linear_counts().iter().sum::<usize>());
         assert!((ins.overall - r.sparsity.overall).abs() < 1e-12);
         // And it runs: a finite perplexity, worse than the dense model's.
         let dev = select(Choice::Cpu);
@@ -105,7 +105,7 @@ fn wanda_and_neuroal_at_70_percent_on_every_family() {
 fn bad_configs_of_each_family_get_one_line() {
     let s = scratch("bad");
     let window_0 = "\"sliding_window\" is 0; it must be at least 1";
-    let cases: [(&str, &str, serde_json::Value, &str); 29] = [
+    let cases: [(&str, &str, serde_json::Value, &str); 31] = [
         ("tiny-opt", "ffn_dim", serde_json::Value::Null, "missing field \"ffn_dim\""),
         (
             "tiny-opt",
@@ -210,7 +210,8 @@ fn bad_configs_of_each_family_get_one_line() {
             serde_json::json!({"hidden_activation": "relu"}),
             "unsupported hidden_activation \"relu\" for gemma3_text (only gelu_pytorch_tanh)",
         ),
-        // Mixtures of experts: more experts a token than there are, none, and a dense layer.
+        // Mixtures of experts: more experts a token than there are, none; dense layers that the
+        // weights do not hold, or that do not exist.
         (
             "tiny-mixtral",
             "num_experts_per_tok",
@@ -223,7 +224,19 @@ fn bad_configs_of_each_family_get_one_line() {
             0.into(),
             "num_experts_per_tok (0) must be between 1 and the number of experts (4)",
         ),
-        ("tiny-qwen3-moe", "mlp_only_layers", serde_json::json!([1]), "layer 1 is dense"),
+        (
+            "tiny-qwen3-moe",
+            "mlp_only_layers",
+            serde_json::json!([1]),
+            "tensor \"model.layers.1.mlp.gate_proj.weight\" not found in the checkpoint",
+        ),
+        (
+            "tiny-qwen3-moe",
+            "mlp_only_layers",
+            serde_json::json!([5]),
+            "\"mlp_only_layers\" names layer 5, but the model has 2 (num_hidden_layers)",
+        ),
+        ("tiny-qwen3-moe", "decoder_sparse_step", 0.into(), "\"decoder_sparse_step\" is 0; it must be at least 1"),
     ];
     for (i, (fixture, key, value, expect)) in cases.into_iter().enumerate() {
         let dir = model_copy(fixture, &s.join(format!("{i}")));
@@ -375,7 +388,7 @@ fn calibration_pass_records_what_the_full_forward_records() {
                 // Every linear recorded on its own input, with no sharing: the family's
                 // `input_of` must give the same calibrations.
                 let mut own: Vec<neuroal::prune::pruner::Calibration> = model
-                    .linear_shapes()
+                    .linear_shapes(block.index)
                     .iter()
                     .map(|s| neuroal::prune::pruner::Calibration::new(s[1], &dev, true))
                     .collect();
@@ -437,7 +450,7 @@ fn experts_are_calibrated_on_the_tokens_routed_to_them() {
                 let experts = want["experts"].as_array().unwrap();
                 for (e, w) in experts.iter().enumerate() {
                     let (gate, down) = (4 + 3 * e, 6 + 3 * e);
-                    let what = |l: usize| format!("{fixture} on {device}, {case}: {}", model.linears()[l].name);
+                    let what = |l: usize| format!("{fixture} on {device}, {case}: {}", model.linears(0)[l].name);
                     let sumsq = |l: usize| stats[l].stats.sumsq.clone().into_data().try_to_vec::<f32>().unwrap();
                     let tokens = w["tokens"].as_u64().unwrap() as usize;
                     if tokens > 0 {

@@ -43,7 +43,7 @@ fn wanda_reference(model: &Model, windows: &[u32], seqlen: usize, s: f64) -> Vec
     let mut masks = Vec::new();
     for b in 0..model.num_blocks() {
         let mut block = model.load_block(b).unwrap();
-        let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); model.linears().len()];
+        let mut inputs: Vec<Vec<f32>> = vec![Vec::new(); model.linears(b).len()];
         let mut capture = |li: usize, x: &Tensor<3>| inputs[li] = host(x.clone());
         block.forward(h.clone(), &rope, Some(&mut capture));
         for (li, input) in inputs.iter().enumerate() {
@@ -71,7 +71,7 @@ fn wanda_masks_equal_the_reference_including_propagation() {
         prune(&model, &windows, 64, &neuroal::prune::wanda::Wanda, &Pattern::Row, &|_, _| Sparsity::Uniform(0.5))
             .unwrap();
     let reference = wanda_reference(&model, &windows, 64, 0.5);
-    assert_eq!(ours.len(), 2 * model.linears().len());
+    assert_eq!(ours.len(), 2 * model.linears(0).len());
     assert_eq!(reference.len(), ours.len());
     for (m, r) in ours.iter().zip(&reference) {
         assert_eq!(m.pruned.len(), r.len(), "{}", m.name);
@@ -85,7 +85,7 @@ fn wanda_masks_equal_the_reference_including_propagation() {
     })
     .unwrap();
     let block1_differs =
-        (model.linears().len()..2 * model.linears().len()).any(|i| dense_inputs[i].pruned != ours[i].pruned);
+        (model.linears(0).len()..2 * model.linears(0).len()).any(|i| dense_inputs[i].pruned != ours[i].pruned);
     assert!(block1_differs, "pruned outputs of block 0 must reach block 1");
 }
 
@@ -136,6 +136,7 @@ fn chunks_side_by_side_equal_one_by_one() {
                 pattern: &Pattern::Row,
                 sparsity: &|_, _| Sparsity::Uniform(0.5),
                 at_once,
+                refine: None,
                 trace: &Trace::off(),
             };
             prune_resumable(&pipeline, Vec::new(), &mut |_, _| Ok(())).unwrap()
@@ -191,7 +192,8 @@ fn written_checkpoints_keep_layout_and_report_true_numbers() {
         let after = tensors(&out);
         assert_eq!(before.len(), after.len());
         let prunable_names = neuroal::commands::inspect::prunable_names(&asset(model)).unwrap();
-        assert_eq!(prunable_names.len(), 2 * Model::open(&asset(model), &select(Choice::Cpu)).unwrap().linears().len());
+        let counts = Model::open(&asset(model), &select(Choice::Cpu)).unwrap().linear_counts();
+        assert_eq!(prunable_names.len(), counts.iter().sum::<usize>());
         for ((n0, m0, b0), (n1, m1, b1)) in before.iter().zip(&after) {
             assert_eq!((n0, m0), (n1, m1), "same shard, name, dtype and shape");
             let prunable = prunable_names.contains(n0.split(':').nth(1).unwrap());
@@ -204,12 +206,15 @@ fn written_checkpoints_keep_layout_and_report_true_numbers() {
         }
         // inspect sees the requested sparsity: ⌊in·0.6⌋ per row.
         let m = Model::open(&asset(model), &select(Choice::Cpu)).unwrap();
-        let shapes = m.linear_shapes();
         let ins = neuroal::commands::inspect::inspect(&out).unwrap();
         assert_eq!(ins.layers.len(), prunable_names.len());
         for (name, frac) in &ins.layers {
-            let li = m.linears().iter().position(|l| name.ends_with(&format!(".{}.weight", l.name))).unwrap();
-            let cols = shapes[li][1];
+            // Blocks may declare different linears (a mixture of experts' dense layers).
+            let (b, li) = (0..m.num_blocks())
+                .flat_map(|b| (0..m.linears(b).len()).map(move |li| (b, li)))
+                .find(|&(b, li)| name.ends_with(&format!("layers.{b}.{}.weight", m.linears(b)[li].name)))
+                .unwrap();
+            let cols = m.linear_shapes(b)[li][1];
             let want = (cols as f64 * 0.6).floor() / cols as f64;
             assert!((frac - want).abs() < 1e-12, "{name}: {frac} vs {want}");
         }

@@ -38,7 +38,7 @@ fn reference_score(model: &Model, windows: &[u32], seqlen: usize, blocks: &[f64]
     let mut total = 0.0;
     for (b, &s) in blocks.iter().enumerate() {
         let mut block = model.load_block(b).unwrap();
-        let nl = model.linears().len();
+        let nl = model.linears(b).len();
         let mut dense_in: Vec<Vec<f32>> = vec![Vec::new(); nl];
         let mut cap = |li: usize, x: &Tensor<3>| dense_in[li] = host(x.clone());
         block.forward(h.clone(), &rope, Some(&mut cap));
@@ -86,7 +86,7 @@ fn candidate_score_matches_an_independent_computation() {
                 trace: &Trace::off(),
             },
             &Pattern::Row,
-            &[block_map(&blocks, model.linears().len())],
+            &[block_map(&blocks, &model.linear_counts())],
             1,
             &|_, _| {},
         )
@@ -115,10 +115,10 @@ fn shared_block_loads_score_exactly_like_one_by_one() {
         let model = Model::open_as(&dir, &device, dtype).unwrap();
         let windows = search_windows(&dir, 32, 2);
         let candidates: Vec<Map> =
-            [0.01, 0.1, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.7), 7)).collect();
+            [0.01, 0.1, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.7), &[7, 7])).collect();
         let mut with_rows = candidates.clone();
         let per_row: Vec<Sparsity> = model
-            .linear_shapes()
+            .linear_shapes(0)
             .iter()
             .map(|s| Sparsity::PerRow((0..s[0]).map(|r| 0.3 + r as f64 * 0.005).collect()))
             .collect();
@@ -185,7 +185,8 @@ fn sparsegpt_hessians_from_a_dense_batch_score_exactly_like_one_by_one() {
         let dir = asset("tiny-llama");
         let model = Model::open(&dir, &dev).unwrap();
         let windows = search_windows(&dir, 32, 2);
-        let cands: Vec<Map> = [0.02, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.6), 7)).collect();
+        let cands: Vec<Map> =
+            [0.02, 0.2].iter().map(|&l| block_map(&neuroal_block_sparsities(2, l, 0.6), &[7, 7])).collect();
         let pruner = neuroal::prune::sparsegpt::SparseGpt::new(16, 0.01);
         let alone = evaluate(
             &Search {
@@ -359,7 +360,7 @@ fn owl_matches_the_authors_code(choice: Choice) {
     let starts: Vec<usize> = g["windows"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     let windows = gather_windows(&ids, &starts, seqlen);
     let model = Model::open(&dir, &select(choice)).unwrap();
-    let per_weight = 100.0 / model.linear_shapes().iter().map(|s| (s[0] * s[1]) as f64).sum::<f64>();
+    let per_weight = 100.0 / model.linear_shapes(0).iter().map(|s| (s[0] * s[1]) as f64).sum::<f64>();
     for case in g["cases"].as_array().unwrap() {
         let num = |k: &str| case[k].as_f64().unwrap();
         let ratios = owl_outlier_ratios(&model, &windows, seqlen, num("owl_m")).unwrap();

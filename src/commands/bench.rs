@@ -201,7 +201,7 @@ pub fn write_synthetic(dir: &Path, shape: &Shape, blocks: usize) -> Result<()> {
     std::fs::write(dir.join("config.json"), text).map_err(|e| err!("cannot write config.json: {e}"))?;
     std::fs::write(dir.join("tokenizer.json"), TOKENIZER).map_err(|e| err!("cannot write tokenizer.json: {e}"))?;
     // Shard 0 holds what lies outside the blocks, shard b + 1 block b.
-    let prefix = format!("{}.", crate::model::Spec::of(&parsed).block_prefix);
+    let prefix = format!("{}.", crate::model::Specs::of(&parsed).block_prefix());
     let mut shards: Vec<Vec<(String, Vec<usize>)>> = vec![Vec::new(); blocks + 1];
     for (name, dims) in crate::model::checkpoint_tensors(&parsed, false) {
         let block = name.strip_prefix(&prefix).and_then(|r| r.split('.').next()?.parse::<usize>().ok());
@@ -719,7 +719,7 @@ pub fn bench_neuroal(model: &Model, ids: &[u32], seqlen: usize, p: &PruneBench, 
     crate::io::faults::fault("bench-prune-started");
     let starts = crate::prune::calib::draw_windows(ids.len(), seqlen, p.nsamples, 0)?;
     let windows = crate::prune::calib::gather_windows(ids, &starts, seqlen);
-    let (on_cpu, shapes) = (crate::model::on_cpu(&model.device), model.linear_shapes());
+    let (on_cpu, shapes) = (crate::model::on_cpu(&model.device), model.specs.largest().shapes());
     let work = Work {
         step: checked.step,
         sparsity: checked.sparsity,
@@ -732,7 +732,7 @@ pub fn bench_neuroal(model: &Model, ids: &[u32], seqlen: usize, p: &PruneBench, 
     let mut estimate = memory::Run {
         dtype_bytes: model.dtype.size() as u128,
         stacked_params: crate::gpu::fused::stacked_params(
-            &model.spec.fused_groups(),
+            &model.specs.largest().fused_groups(),
             model.dtype,
             model.gpu.as_ref().map(|g| &g.fused),
         ),
@@ -756,6 +756,7 @@ pub fn bench_neuroal(model: &Model, ids: &[u32], seqlen: usize, p: &PruneBench, 
         pattern: &topup.pattern,
         sparsity: &map_of,
         at_once: plan.at_once,
+        refine: checked.refine,
         trace: &trace,
     };
     let masks = prune_resumable(&pipeline, Vec::new(), &mut |_, _| Ok(()))?;
@@ -891,8 +892,12 @@ mod tests {
             // Qwen3-30B-A3B 623 M: attention 18.9 M, 128 experts of 3 × 768 × 2048.
             ("qwen3-30b-a3b", 2 * 4096 * 2048 + 2 * 512 * 2048 + 128 * 3 * 768 * 2048),
         ] {
-            let n: usize =
-                crate::model::Spec::of(&parse(&shape(name).unwrap())).shapes().iter().map(|s| s[0] * s[1]).sum();
+            let n: usize = crate::model::Specs::of(&parse(&shape(name).unwrap()))
+                .largest()
+                .shapes()
+                .iter()
+                .map(|s| s[0] * s[1])
+                .sum();
             assert_eq!(n, per_block, "{name}");
         }
         for name in ["tiny", "tiny-opt", "tiny-phi"] {

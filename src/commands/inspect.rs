@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::io::checkpoint::{Checkpoint, decode_f32};
 use crate::io::error::Result;
 use crate::model::config::Config;
-use crate::model::{Spec, check_model_dir};
+use crate::model::{Specs, check_model_dir};
 use crate::outln;
 
 #[derive(Debug, Serialize)]
@@ -28,10 +28,10 @@ pub fn prunable_names(dir: &Path) -> Result<BTreeSet<String>> {
 
 /// (name as read, name as stored) of every prunable weight.
 fn read_and_stored_names(config: &Config, ck: &Checkpoint) -> Vec<(String, String)> {
-    let spec = Spec::of(config);
+    let specs = Specs::of(config);
     (0..config.num_layers)
-        .flat_map(|b| (0..spec.linears.len()).map(move |l| (b, l)))
-        .map(|(b, l)| spec.weight_name(b, l))
+        .flat_map(|b| (0..specs.block(b).linears.len()).map(move |l| (b, l)))
+        .map(|(b, l)| specs.block(b).weight_name(b, l))
         .map(|read| {
             let stored = ck.stored_name(&read).to_string();
             (read, stored)

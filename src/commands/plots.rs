@@ -142,21 +142,32 @@ fn block_lines(path: &Path, series: &[(String, Vec<f64>)], text: bool) -> Result
     root.present().map_err(draw_err)
 }
 
-/// One histogram of row sparsities per layer type, over all blocks.
-/// `names`: the family's linears, one panel each, four panels to a row.
-fn row_histograms(path: &Path, map: &Map, names: &[&str], text: bool) -> Result<()> {
-    let rows = names.len().div_ceil(4).max(1);
+/// One histogram of row sparsities per layer type, over all blocks (a mixture of experts'
+/// experts share one panel per linear: `mlp.experts.*.up_proj`). `names[b]`: block b's
+/// linears; four panels to a row.
+fn row_histograms(path: &Path, map: &Map, names: &[Vec<&str>], text: bool) -> Result<()> {
+    let mut types: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
+    for (b, block) in names.iter().enumerate() {
+        for (li, name) in block.iter().enumerate() {
+            let t = layer_type(name);
+            match types.iter_mut().find(|(n, _)| *n == t) {
+                Some((_, cells)) => cells.push((b, li)),
+                None => types.push((t, vec![(b, li)])),
+            }
+        }
+    }
+    let rows = types.len().div_ceil(4).max(1);
     let root = BitMapBackend::new(path, (1400, 350 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let panels = root.split_evenly((rows, 4));
     const BINS: usize = 40;
-    for (li, area) in panels.iter().take(names.len()).enumerate() {
+    for ((name, cells), area) in types.iter().zip(&panels) {
         let mut counts = [0u32; BINS];
         // A layer whose every block has one sparsity for all its rows (uniform, OWL, NeuroAL's
         // block step, or a layer the row step keeps) is counted once per block, and says so.
-        let per_row = map.iter().any(|block| matches!(block[li], Sparsity::PerRow(_)));
-        for block in map {
-            let rows: Vec<f64> = match &block[li] {
+        let per_row = cells.iter().any(|&(b, li)| matches!(map[b][li], Sparsity::PerRow(_)));
+        for &(b, li) in cells {
+            let rows: Vec<f64> = match &map[b][li] {
                 Sparsity::PerRow(v) => v.clone(),
                 Sparsity::Uniform(s) => vec![*s],
             };
@@ -164,11 +175,8 @@ fn row_histograms(path: &Path, map: &Map, names: &[&str], text: bool) -> Result<
                 counts[((s * BINS as f64) as usize).min(BINS - 1)] += 1;
             }
         }
-        let (caption, counted) = if per_row {
-            (names[li].to_string(), "rows")
-        } else {
-            (format!("{} (one sparsity per block)", names[li]), "blocks")
-        };
+        let (caption, counted) =
+            if per_row { (name.clone(), "rows") } else { (format!("{name} (one sparsity per block)"), "blocks") };
         let top = (*counts.iter().max().unwrap_or(&1)).max(1);
         let mut builder = ChartBuilder::on(area);
         builder.margin(10).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text { 60 } else { 5 });
@@ -194,6 +202,14 @@ fn row_histograms(path: &Path, map: &Map, names: &[&str], text: bool) -> Result<
     root.present().map_err(draw_err)
 }
 
+/// A linear's name with its expert's number replaced by `*` (`mlp.experts.7.w1` →
+/// `mlp.experts.*.w1`).
+fn layer_type(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    let numbered = |i: usize| i > 0 && parts[i - 1] == "experts" && parts[i].parse::<usize>().is_ok();
+    parts.iter().enumerate().map(|(i, p)| if numbered(i) { "*" } else { p }).collect::<Vec<_>>().join(".")
+}
+
 /// Every file a run may write into its plots folder.
 pub const FILES: [&str; 4] =
     ["neuroal_block_step.png", "neuroal_row_step.png", "block_sparsity.png", "row_sparsity.png"];
@@ -204,7 +220,7 @@ pub fn write_all(
     topup: &crate::commands::report::TopUpReport,
     blocks: &[(String, Vec<f64>)],
     map: &Map,
-    names: &[&str],
+    names: &[Vec<&str>],
 ) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).map_err(|e| err!("cannot create {}: {e}", dir.display()))?;
     if !dir.is_dir() {

@@ -24,7 +24,7 @@ use crate::measure::perplexity::{Perplexity, default_seqlen, perplexity};
 use crate::measure::trace::Trace;
 use crate::measure::zeroshot::{Example, Requests, ZeroShot};
 use crate::model::config::Config;
-use crate::model::{Ends, Model, Spec, check_model_dir};
+use crate::model::{Ends, Model, Specs, check_model_dir};
 use crate::prune::calib::{draw_windows, gather_windows};
 use crate::prune::mask::{LayerMask, Pattern, Sparsity};
 use crate::prune::neuroal::SearchPlan;
@@ -117,7 +117,7 @@ type Hashing = JoinHandle<Result<BTreeMap<String, String>>>;
 /// the token ids of every text, the zero-shot examples.
 struct Inputs {
     config: Config,
-    spec: Spec,
+    specs: Specs,
     dest: Destination,
     plots: Option<PlotsTarget>,
     seqlen: usize,
@@ -139,8 +139,8 @@ impl Inputs {
         }
         // The model, read without a device: config, weights' names and shapes, tokenizer.
         let (config, mut checkpoint) = check_model_dir(&job.model)?;
-        let spec = Spec::of(&config);
-        check_spec(job, checked, &config, &spec)?;
+        let specs = Specs::of(&config);
+        check_spec(job, checked, &config, &specs)?;
         let dest = Destination::check(&job.model, &job.out, job.force, job.resume)?;
         // A check that fails below leaves the hashing thread to end with the process.
         let tokenizer = Tokenizer::open(&job.model)?;
@@ -186,8 +186,19 @@ impl Inputs {
             None => None,
         };
         let zeroshot_len = default_seqlen(&config);
-        let inputs =
-            Inputs { config, spec, dest, plots, seqlen, tokenizer, ids, eval_ids, zeroshot, zeroshot_len, text_hashes };
+        let inputs = Inputs {
+            config,
+            specs,
+            dest,
+            plots,
+            seqlen,
+            tokenizer,
+            ids,
+            eval_ids,
+            zeroshot,
+            zeroshot_len,
+            text_hashes,
+        };
         Ok((inputs, checkpoint, hashing))
     }
 
@@ -201,14 +212,18 @@ impl Inputs {
 
 /// What the family's declaration refuses before any work: an N:M group wider than a linear
 /// (the masks would refuse it at that linear), NeuroAL's row step without declared routes.
-fn check_spec(job: &PruneJob, checked: &Checked, config: &Config, spec: &Spec) -> Result<()> {
+fn check_spec(job: &PruneJob, checked: &Checked, config: &Config, specs: &Specs) -> Result<()> {
     if let Pattern::NM { n, m } = job.settings.pattern {
-        for (i, l) in spec.linears.iter().enumerate() {
-            crate::prune::mask::check_group_width(n, m, l.shape[1])
-                .map_err(|e| err!("{}: {e}", spec.weight_name(0, i)))?;
+        for b in 0..config.num_layers {
+            let spec = specs.block(b);
+            for (i, l) in spec.linears.iter().enumerate() {
+                crate::prune::mask::check_group_width(n, m, l.shape[1])
+                    .map_err(|e| err!("{}: {e}", spec.weight_name(b, i)))?;
+            }
         }
     }
-    if job.settings.moe_calibrate != MoeCalibrate::Routed && !spec.linears.iter().any(|l| l.expert.is_some()) {
+    let experts = specs.kinds().any(|s| s.linears.iter().any(|l| l.expert.is_some()));
+    if job.settings.moe_calibrate != MoeCalibrate::Routed && !experts {
         bail!(
             "--moe-calibrate {} applies to mixtures of experts; {} is a dense {} model",
             job.settings.moe_calibrate.name(),
@@ -216,7 +231,7 @@ fn check_spec(job: &PruneJob, checked: &Checked, config: &Config, spec: &Spec) -
             config.model_type
         );
     }
-    if job.settings.top_up == TopUpKind::Neuroal && checked.step != NeuroalStep::Block && spec.routes.is_none() {
+    if job.settings.top_up == TopUpKind::Neuroal && checked.step != NeuroalStep::Block && !specs.routed() {
         bail!(
             "{}: the {} family declares no row routing, so NeuroAL's row step cannot run; use --neuroal-step block",
             job.model.display(),
@@ -268,7 +283,8 @@ fn host_estimate(
         zeroshot: requests.map(|r| r.sizes()),
     });
     let pruner = checked.pruner.as_ref();
-    let shapes = inputs.spec.shapes();
+    // Every block is sized as the largest kind (a mixture of experts' dense layers are smaller).
+    let shapes = inputs.specs.largest().shapes();
     let work = Work {
         step: checked.step,
         sparsity: checked.sparsity,
@@ -343,6 +359,8 @@ fn state_settings(settings: &PruneSettings, checked: &Checked, seqlen: usize) ->
         "owl_m": settings.owl_m, "owl_lambda": settings.owl_lambda, "neuroal_step": settings.neuroal_step.name(),
         "blocksize": settings.blocksize, "percdamp": settings.percdamp, "search_nsamples": settings.search_nsamples,
         "search_chunk": settings.search_chunk, "moe_calibrate": settings.moe_calibrate.name(),
+        "refine": settings.refine.name(), "dsnot_cycles": settings.dsnot_cycles,
+        "dsnot_threshold": settings.dsnot_threshold, "dsnot_linears": settings.dsnot_linears.name(),
         "device": format!("{:?}", settings.device).to_lowercase(), "dtype": settings.dtype.name(),
     })
 }
@@ -357,10 +375,10 @@ fn device_estimate(
     estimate: &mut memory::Run,
     checkpoint: &Checkpoint,
 ) -> Result<f64> {
-    let (config, shapes) = (&inputs.config, inputs.spec.shapes());
+    let (config, shapes) = (&inputs.config, inputs.specs.largest().shapes());
     estimate.dtype_bytes = dtype.size() as u128;
     let fused = device.gpu.as_ref().map(|g| &g.fused);
-    estimate.stacked_params = crate::gpu::fused::stacked_params(&inputs.spec.fused_groups(), dtype, fused);
+    estimate.stacked_params = crate::gpu::fused::stacked_params(&inputs.specs.largest().fused_groups(), dtype, fused);
     estimate.dense_batch = dense_batch(&job.settings, device.is_gpu, config, &shapes, estimate);
     let parts = memory::prune_parts(config, &shapes, estimate);
     eprintln!("device {}", device.description);
@@ -448,6 +466,7 @@ fn prune_model(
         pattern: &topup.pattern,
         sparsity: &map_of,
         at_once: estimate.passes_at_once,
+        refine: checked.refine,
         trace: &trace,
     };
     let masks = prune_resumable(&pipeline, done, &mut finished)?;
@@ -535,6 +554,12 @@ fn make_report(
             sparsity: checked.sparsity,
             top_up: settings.top_up.name().into(),
             final_pattern: pruned.topup.pattern.name(),
+            refine: checked.refine.map(|(dsnot, linears)| report::RefineReport {
+                method: settings.refine.name().into(),
+                cycles: dsnot.cycles,
+                threshold: settings.dsnot_threshold,
+                linears: linears.name().into(),
+            }),
         },
         device: device.description.clone(),
         dtype: report::Dtype {
@@ -553,7 +578,7 @@ fn make_report(
         },
         topup: topup_report(settings, checked, model, &pruned.topup),
         experts: experts_report(settings, checked, model, &pruned.masks),
-        sparsity: sparsity_report(&pruned.masks, model.linears().len()),
+        sparsity: sparsity_report(&pruned.masks, &model.linear_counts()),
         eval,
         zeroshot,
         timings: report::Timings { topup_s: pruned.topup_s, prune_s: pruned.prune_s, total_s: 0.0 },
@@ -625,23 +650,29 @@ fn experts_report(
     model: &Model,
     masks: &[LayerMask],
 ) -> Option<report::ExpertsReport> {
-    let linears = model.linears();
-    let firsts: Vec<(usize, usize)> = linears
-        .iter()
-        .enumerate()
-        .filter_map(|(li, l)| l.expert.map(|e| (li, e)))
-        .filter(|&(li, e)| li == 0 || linears[li - 1].expert != Some(e))
-        .collect();
-    if firsts.is_empty() || !checked.pruner.needs_calibration() {
+    // Each block's experts, by their first linear.
+    let firsts = |b: usize| -> Vec<(usize, usize)> {
+        let linears = model.linears(b);
+        linears
+            .iter()
+            .enumerate()
+            .filter_map(|(li, l)| l.expert.map(|e| (li, e)))
+            .filter(|&(li, e)| li == 0 || linears[li - 1].expert != Some(e))
+            .collect()
+    };
+    let any = (0..model.num_blocks()).any(|b| !firsts(b).is_empty());
+    if !any || !checked.pruner.needs_calibration() {
         return None;
     }
     let routed = settings.moe_calibrate == MoeCalibrate::Routed;
     let mut tokens = Vec::new();
     let mut every_token = Vec::new();
-    for (b, block) in masks.chunks(linears.len()).enumerate() {
-        let counts: Vec<usize> = firsts.iter().map(|&(li, _)| block[li].routed_tokens.unwrap_or(0)).collect();
+    // A dense layer's row is empty.
+    for (b, block) in by_block(masks, &model.linear_counts()).into_iter().enumerate() {
+        let experts = firsts(b);
+        let counts: Vec<usize> = experts.iter().map(|&(li, _)| block[li].routed_tokens.unwrap_or(0)).collect();
         every_token.extend(
-            firsts
+            experts
                 .iter()
                 .zip(&counts)
                 .filter(|&(_, &n)| routed && n == 0)
@@ -656,13 +687,26 @@ fn experts_report(
     })
 }
 
-/// The pruned fraction of each layer, of each block (of `linears` layers) and overall.
-fn sparsity_report(masks: &[LayerMask], linears: usize) -> report::SparsityReport {
+/// The masks of each block, block b holding `linears[b]`.
+fn by_block<'a>(masks: &'a [LayerMask], linears: &[usize]) -> Vec<&'a [LayerMask]> {
+    let mut rest = masks;
+    linears
+        .iter()
+        .map(|&n| {
+            let (block, after) = rest.split_at(n.min(rest.len()));
+            rest = after;
+            block
+        })
+        .collect()
+}
+
+/// The pruned fraction of each layer, of each block (block b of `linears[b]` layers) and overall.
+fn sparsity_report(masks: &[LayerMask], linears: &[usize]) -> report::SparsityReport {
     let layers: BTreeMap<String, f64> = masks.iter().map(|m| (m.name.clone(), m.fraction())).collect();
     let total: usize = masks.iter().map(|m| m.pruned.len()).sum();
     let zeros: usize = masks.iter().map(|m| m.pruned.count_ones()).sum();
-    let blocks: Vec<f64> = masks
-        .chunks(linears)
+    let blocks: Vec<f64> = by_block(masks, linears)
+        .into_iter()
         .map(|c| {
             let n: usize = c.iter().map(|m| m.pruned.len()).sum();
             c.iter().map(|m| m.pruned.count_ones()).sum::<usize>() as f64 / n as f64
@@ -694,7 +738,8 @@ fn write_plots(
         series.push(("OWL".to_string(), owl));
     }
     series.push((format!("{} (as pruned)", settings.top_up.name()), report.sparsity.blocks.clone()));
-    let names: Vec<&str> = model.linears().iter().map(|l| l.name.as_str()).collect();
+    let names: Vec<Vec<&str>> =
+        (0..model.num_blocks()).map(|b| model.linears(b).iter().map(|l| l.name.as_str()).collect()).collect();
     let write = |dir: &Path| crate::commands::plots::write_all(dir, &report.topup, &series, &pruned.topup.map, &names);
     match target {
         PlotsTarget::InsideOutput(rel) => {

@@ -51,6 +51,18 @@ pub struct Settings {
     pub top_up: String,
     /// The pattern the engine applied (`rows-variable` after NeuroAL's row step).
     pub final_pattern: String,
+    /// The refinement after the top-up, with its parameters; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refine: Option<RefineReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RefineReport {
+    pub method: String,
+    pub cycles: usize,
+    pub threshold: f64,
+    /// Which linears it refines: `attention` or `all`.
+    pub linears: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

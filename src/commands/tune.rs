@@ -144,14 +144,15 @@ fn weight_shapes(args: &TuneArgs) -> Result<Shapes> {
     };
     // The blocks' linears and the LM head (evaluations and zero-shot runs multiply by it).
     let head = crate::model::head_shape(&config);
-    let spec = crate::model::Spec::of(&config);
-    let groups = spec.fused_groups();
+    let specs = crate::model::Specs::of(&config);
+    let groups: Vec<_> = specs.kinds().flat_map(|s| s.fused_groups()).collect();
     let stacked = groups.iter().map(|g| [g.n(), g.k]);
+    let shapes: Vec<[usize; 2]> = specs.kinds().flat_map(|s| s.shapes()).collect();
     let mut products: Vec<[usize; 2]> =
-        spec.shapes().into_iter().chain(head).chain(stacked).map(|[out, inp]| [inp, out]).collect();
+        shapes.iter().copied().chain(head).chain(stacked).map(|[out, inp]| [inp, out]).collect();
     products.sort();
     products.dedup();
-    let mut pruned = spec.shapes();
+    let mut pruned = shapes;
     pruned.sort();
     pruned.dedup();
     Ok(Shapes { config, products, groups, pruned })

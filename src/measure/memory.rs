@@ -410,7 +410,9 @@ pub fn check_measuring(
     device: &crate::gpu::device::Selected,
     dtype: burn::tensor::DType,
 ) -> Result<()> {
-    let spec = crate::model::Spec::of(c);
+    // Every block is sized as the largest kind.
+    let specs = crate::model::Specs::of(c);
+    let spec = specs.largest();
     let stacked = crate::gpu::fused::stacked_params(&spec.fused_groups(), dtype, device.gpu.as_ref().map(|g| &g.fused));
     let parts = measuring_parts(c, &spec.shapes(), dtype.size() as u128, stacked, m);
     if !device.is_gpu {
@@ -535,7 +537,7 @@ mod tests {
             "num_hidden_layers":2,"num_attention_heads":2,"max_position_embeddings":32}"#,
         )
         .unwrap();
-        let shapes = crate::model::Spec::of(&c).shapes();
+        let shapes = crate::model::Specs::of(&c).largest().shapes();
         let bytes = |parts: &[Part], what: &str| parts.iter().find(|p| p.what == what).map(|p| p.bytes);
         let run = |search, at_once, hessians| Run {
             nsamples: 4,
@@ -685,7 +687,7 @@ mod tests {
             "num_hidden_layers":8,"num_attention_heads":32,"max_position_embeddings":4096}"#,
         )
         .unwrap();
-        let shapes7b = crate::model::Spec::of(&llama7b).shapes();
+        let shapes7b = crate::model::Specs::of(&llama7b).largest().shapes();
         let case = Run {
             nsamples: 64,
             seqlen: 512,

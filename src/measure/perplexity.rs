@@ -61,7 +61,7 @@ pub fn blocks_fit(shapes: &[[usize; 2]], blocks: usize, budget: usize) -> bool {
 /// Every block loaded, when all of them take at most `budget` bytes in f32; `None` when the
 /// model is too large and its blocks must be streamed instead.
 pub fn resident_blocks(model: &Model, budget: usize) -> Result<Option<Vec<Block>>> {
-    if !blocks_fit(&model.linear_shapes(), model.num_blocks(), budget) {
+    if !blocks_fit(&model.specs.largest().shapes(), model.num_blocks(), budget) {
         return Ok(None);
     }
     Ok(Some(model.blocks().collect::<Result<_>>()?))

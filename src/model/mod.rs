@@ -53,6 +53,13 @@ pub struct LinearSpec {
     pub expert: Option<usize>,
 }
 
+impl LinearSpec {
+    /// Part of the attention (`self_attn.*` in every family): DSnoT's default linears.
+    pub fn in_attention(&self) -> bool {
+        self.name.starts_with("self_attn.")
+    }
+}
+
 /// Where a linear's output rows are consumed, for NeuroAL's row step: they are input channels
 /// of `linear`, in the same block or the next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,19 +100,65 @@ pub struct Spec {
     pub input_of: Vec<usize>,
 }
 
-impl Spec {
-    pub fn of(config: &Config) -> Spec {
+/// Each block's declaration: one [`Spec`] serves every block, except where a config makes
+/// blocks of two kinds (a mixture of experts that keeps some layers dense).
+#[derive(Clone, Debug)]
+pub struct Specs {
+    kinds: Vec<Spec>,
+    /// Index into `kinds` of each block.
+    of_block: Vec<usize>,
+}
+
+impl Specs {
+    pub fn of(config: &Config) -> Specs {
+        let one = |spec| Specs { kinds: vec![spec], of_block: vec![0; config.num_layers] };
         match &config.arch {
-            Arch::Llama(l) => llama::spec(config, l),
-            Arch::Qwen3(q) => qwen3::spec(config, q),
-            Arch::Gemma(g) => gemma::spec(config, g),
-            Arch::Phi3(p) => phi3::spec(config, p),
-            Arch::Moe(m) => moe::spec(config, m),
-            Arch::Opt(o) => opt::spec(config, o),
-            Arch::Phi(p) => phi::spec(config, p),
+            Arch::Llama(l) => one(llama::spec(config, l)),
+            Arch::Qwen3(q) => one(qwen3::spec(config, q)),
+            Arch::Gemma(g) => one(gemma::spec(config, g)),
+            Arch::Phi3(p) => one(phi3::spec(config, p)),
+            Arch::Moe(m) => {
+                let kinds = vec![moe::spec(config, m, false), moe::spec(config, m, true)];
+                Specs { kinds, of_block: m.dense_layers.iter().map(|&dense| dense as usize).collect() }
+            }
+            Arch::Opt(o) => one(opt::spec(config, o)),
+            Arch::Phi(p) => one(phi::spec(config, p)),
         }
     }
 
+    /// Block `b`'s declaration.
+    pub fn block(&self, b: usize) -> &Spec {
+        &self.kinds[self.of_block[b]]
+    }
+
+    /// The declarations some block has, each once.
+    pub fn kinds(&self) -> impl Iterator<Item = &Spec> {
+        self.kinds.iter().enumerate().filter(|(k, _)| self.of_block.contains(k)).map(|(_, s)| s)
+    }
+
+    /// The kind of block with the most weights, which sizes a block in memory estimates.
+    pub fn largest(&self) -> &Spec {
+        let weights = |s: &Spec| s.linears.iter().map(|l| l.shape[0] * l.shape[1]).sum::<usize>();
+        self.kinds().max_by_key(|s| weights(s)).unwrap_or(&self.kinds[0])
+    }
+
+    /// Tensor-name prefix of the blocks (every kind's).
+    pub fn block_prefix(&self) -> &'static str {
+        self.kinds[0].block_prefix
+    }
+
+    /// The number of linears of each block.
+    pub fn counts(&self) -> Vec<usize> {
+        self.of_block.iter().map(|&k| self.kinds[k].linears.len()).collect()
+    }
+
+    /// Whether every block declares NeuroAL's row routing.
+    pub fn routed(&self) -> bool {
+        self.kinds().all(|s| s.routes.is_some())
+    }
+}
+
+impl Spec {
     /// Checkpoint name of a linear's weight.
     pub fn weight_name(&self, block: usize, linear: usize) -> String {
         format!("{}.{block}.{}.weight", self.block_prefix, self.linears[linear].name)
@@ -265,7 +318,7 @@ impl Block {
     /// Whether this block routes tokens to experts: its linears' inputs are then not all
     /// [windows, tokens, cols] of the pass.
     pub fn routes_tokens(&self) -> bool {
-        matches!(self.parts, Parts::Moe(_))
+        matches!(&self.parts, Parts::Moe(p) if p.routes_tokens())
     }
 
     /// hidden [b, t, d] → hidden [b, t, d]. `hook` sees each linear's input.
@@ -487,7 +540,7 @@ impl Positions {
 
 pub struct Model {
     pub config: Config,
-    pub spec: Spec,
+    pub specs: Specs,
     /// Shared with the thread that decodes the next block while this one computes.
     pub checkpoint: Arc<Checkpoint>,
     pub device: Device,
@@ -528,7 +581,7 @@ impl Model {
         if ends == Ends::Logits && !on_cpu(device) {
             check_table_fits(&config, dtype.size(), crate::gpu::kernels::max_allocation(device))?;
         }
-        let spec = Spec::of(&config);
+        let specs = Specs::of(&config);
         let checkpoint = Arc::new(checkpoint);
         let ck = &checkpoint;
         let outer = match &config.arch {
@@ -547,7 +600,7 @@ impl Model {
         };
         Ok(Model {
             config,
-            spec,
+            specs,
             checkpoint,
             device: device.clone(),
             gpu,
@@ -561,19 +614,29 @@ impl Model {
         self.config.num_layers
     }
 
-    /// The prunable linears of every block, in execution order.
-    pub fn linears(&self) -> &[LinearSpec] {
-        &self.spec.linears
+    /// Block `block`'s declaration.
+    pub fn spec(&self, block: usize) -> &Spec {
+        self.specs.block(block)
     }
 
-    /// Shape [out, in] of each linear of a block, in declared order.
-    pub fn linear_shapes(&self) -> Vec<[usize; 2]> {
-        self.spec.shapes()
+    /// The prunable linears of block `block`, in execution order.
+    pub fn linears(&self, block: usize) -> &[LinearSpec] {
+        &self.spec(block).linears
+    }
+
+    /// Shape [out, in] of each linear of block `block`, in declared order.
+    pub fn linear_shapes(&self, block: usize) -> Vec<[usize; 2]> {
+        self.spec(block).shapes()
+    }
+
+    /// The number of linears of each block.
+    pub fn linear_counts(&self) -> Vec<usize> {
+        self.specs.counts()
     }
 
     /// Checkpoint name of a linear's weight.
     pub fn linear_name(&self, block: usize, linear: usize) -> String {
-        self.spec.weight_name(block, linear)
+        self.spec(block).weight_name(block, linear)
     }
 
     pub fn load_block(&self, index: usize) -> Result<Block> {
@@ -583,7 +646,7 @@ impl Model {
 
     /// (weight name, shape, bias name) of each linear of block `index`.
     fn linear_names(&self, index: usize) -> Vec<(String, [usize; 2], Option<String>)> {
-        let spec = &self.spec;
+        let spec = self.spec(index);
         spec.linears
             .iter()
             .enumerate()
@@ -599,7 +662,8 @@ impl Model {
             .into_iter()
             .map(|(w, b)| Linear { weight: Tensor::from_data(w, on), bias: b.map(|b| Tensor::from_data(b, on)) })
             .collect();
-        let prefix = format!("{}.{index}", self.spec.block_prefix);
+        let spec = self.spec(index);
+        let prefix = format!("{}.{index}", spec.block_prefix);
         let parts = match &self.config.arch {
             Arch::Llama(l) => Parts::Llama(llama::Parts::load(ck, &prefix, index, &self.config, l, &self.device)?),
             Arch::Qwen3(q) => Parts::Qwen3(qwen3::Parts::load(ck, &prefix, index, &self.config, q, &self.device)?),
@@ -615,7 +679,7 @@ impl Model {
             index,
             linears,
             parts,
-            shared_inputs: Arc::new(self.spec.shared_inputs()),
+            shared_inputs: Arc::new(spec.shared_inputs()),
             stacked: Arc::new(OnceLock::new()),
             gpu: self.gpu.clone(),
         };
@@ -1118,7 +1182,7 @@ pub fn token_log_probs(logits: Tensor<3>, targets: &[u32], what: &str) -> Result
 /// family's tensors outside the linears, then each block's linears (and their biases) in
 /// declared order. `lm_head_stored`: a tied model's checkpoint may store the head anyway.
 pub fn checkpoint_tensors(config: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
-    let spec = Spec::of(config);
+    let specs = Specs::of(config);
     let mut all = match &config.arch {
         Arch::Llama(l) => llama::tensors(config, l, lm_head_stored),
         Arch::Qwen3(q) => qwen3::tensors(config, q, lm_head_stored),
@@ -1129,6 +1193,7 @@ pub fn checkpoint_tensors(config: &Config, lm_head_stored: bool) -> Vec<(String,
         Arch::Phi(p) => phi::tensors(config, p),
     };
     for b in 0..config.num_layers {
+        let spec = specs.block(b);
         for (i, l) in spec.linears.iter().enumerate() {
             all.push((spec.weight_name(b, i), l.shape.to_vec()));
             if l.bias {
@@ -1181,7 +1246,7 @@ pub fn check_model_dir(dir: &Path) -> Result<(Config, Checkpoint)> {
     let config = Config::from_json(text).map_err(|e| err!("{}: {e}", config_path.display()))?;
     let mut checkpoint = open_checkpoint(dir, &config)?;
     checkpoint.read.insert("config.json".to_string(), bytes);
-    check_layers(&config, &Spec::of(&config), &checkpoint)?;
+    check_layers(&config, Specs::of(&config).block_prefix(), &checkpoint)?;
     for (name, shape) in &checkpoint_tensors(&config, checkpoint.contains("lm_head.weight")) {
         let (_, info) = checkpoint.info(name)?;
         if info.shape != *shape {
@@ -1217,8 +1282,8 @@ pub fn open_checkpoint(dir: &Path, config: &Config) -> Result<Checkpoint> {
 
 /// The block count the weights hold must be the config's `num_hidden_layers`: fewer would fail
 /// half-way, more would leave blocks unpruned while the report says otherwise.
-pub fn check_layers(config: &Config, spec: &Spec, checkpoint: &Checkpoint) -> Result<()> {
-    let prefix = format!("{}.", spec.block_prefix);
+pub fn check_layers(config: &Config, block_prefix: &str, checkpoint: &Checkpoint) -> Result<()> {
+    let prefix = format!("{block_prefix}.");
     let mut present: Vec<usize> = checkpoint
         .names
         .keys()
@@ -1280,20 +1345,20 @@ pub fn to_device2_as(t: HostTensor, device: &Device, dtype: DType) -> Tensor<2> 
 /// Helpers for the families' declaration tests.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::Spec;
+    use super::{Spec, Specs};
     use crate::model::config::Config;
 
     /// (linear, next block?, linear whose d its rows take) for every declared linear.
     pub fn routed(config_json: &str) -> Vec<(&'static str, bool, &'static str)> {
-        let s = Spec::of(&Config::from_json(config_json).unwrap());
+        let s = spec(config_json);
         // Leaked: a test's few names, so the expectations can be written as literals.
         let names: Vec<&'static str> = s.linears.iter().map(|l| &*Box::leak(l.name.clone().into_boxed_str())).collect();
         s.routes.as_ref().unwrap().iter().zip(&names).map(|(r, n)| (*n, r.next_block, names[r.linear])).collect()
     }
 
-    /// The declaration of the model `config_json` describes.
+    /// The declaration of the first block of the model `config_json` describes.
     pub fn spec(config_json: &str) -> Spec {
-        Spec::of(&Config::from_json(config_json).unwrap())
+        Specs::of(&Config::from_json(config_json).unwrap()).block(0).clone()
     }
 
     /// Each (extra config fields, expected message) is refused with that message.
@@ -1338,27 +1403,29 @@ mod tests {
                 &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join(fixture).join("config.json"),
             )
             .unwrap();
-            let s = Spec::of(&c);
-            assert_eq!(s.input_of.len(), s.linears.len(), "{fixture}");
-            for (i, &j) in s.input_of.iter().enumerate() {
-                assert!(j <= i && s.input_of[j] == j, "{fixture}: linear {i} reads linear {j}'s input");
-                assert_eq!(
-                    s.linears[i].shape[1], s.linears[j].shape[1],
-                    "{fixture}: linear {i} and {j} share an input of one width"
-                );
-            }
-            let gqa = c.num_kv_heads < c.num_heads;
-            for (i, r) in s.routes.iter().flatten().enumerate() {
-                for k in 0..r.count.max(1) {
-                    let consumer = &s.linears[r.linear + k * r.stride];
-                    if !(gqa && s.linears[i].qkv) {
-                        assert_eq!(
-                            consumer.shape[1] * r.repeat,
-                            s.linears[i].shape[0],
-                            "{fixture}: {} routed to {}",
-                            s.linears[i].name,
-                            consumer.name
-                        );
+            let specs = Specs::of(&c);
+            for s in specs.kinds() {
+                assert_eq!(s.input_of.len(), s.linears.len(), "{fixture}");
+                for (i, &j) in s.input_of.iter().enumerate() {
+                    assert!(j <= i && s.input_of[j] == j, "{fixture}: linear {i} reads linear {j}'s input");
+                    assert_eq!(
+                        s.linears[i].shape[1], s.linears[j].shape[1],
+                        "{fixture}: linear {i} and {j} share an input of one width"
+                    );
+                }
+                let gqa = c.num_kv_heads < c.num_heads;
+                for (i, r) in s.routes.iter().flatten().enumerate() {
+                    for k in 0..r.count.max(1) {
+                        let consumer = &s.linears[r.linear + k * r.stride];
+                        if !(gqa && s.linears[i].qkv) {
+                            assert_eq!(
+                                consumer.shape[1] * r.repeat,
+                                s.linears[i].shape[0],
+                                "{fixture}: {} routed to {}",
+                                s.linears[i].name,
+                                consumer.name
+                            );
+                        }
                     }
                 }
             }

@@ -66,6 +66,10 @@ pub struct Config {
     pub qk_norm: QkNorm,
     /// OLMoE: q, k and v clamped to ±clip after the norms.
     pub clip_qkv: Option<f64>,
+    /// Per layer: a dense SwiGLU MLP of `dense_intermediate` in place of the experts (Qwen's
+    /// `mlp_only_layers` and `decoder_sparse_step`).
+    pub dense_layers: Vec<bool>,
+    pub dense_intermediate: usize,
 }
 
 #[derive(Deserialize)]
@@ -102,17 +106,30 @@ impl Config {
         if num_experts == 0 || top_k == 0 || top_k > num_experts {
             bail!("num_experts_per_tok ({top_k}) must be between 1 and the number of experts ({num_experts})");
         }
-        // Qwen's MoE models may keep some layers dense; those have other linears than the
-        // sparse ones, which one declaration per model cannot hold yet.
-        if matches!(kind, Kind::Qwen2Moe | Kind::Qwen3Moe) {
-            let layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
-            let step = raw.decoder_sparse_step.unwrap_or(1).max(1);
-            let only = raw.mlp_only_layers.unwrap_or_default();
-            if let Some(dense) = (0..layers).find(|i| only.contains(i) || (i + 1) % step != 0) {
-                bail!(
-                    "{model_type}: layer {dense} is dense (mlp_only_layers, decoder_sparse_step); MoE models with dense layers are not supported yet"
-                );
+        // Qwen's MoE models may keep some layers dense, as transformers picks them: those in
+        // mlp_only_layers, and those whose number (from 1) decoder_sparse_step does not divide.
+        let layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+        let dense_layers: Vec<bool> = match kind {
+            Kind::Qwen2Moe | Kind::Qwen3Moe => {
+                let step = raw.decoder_sparse_step.unwrap_or(1);
+                if step == 0 {
+                    bail!("\"decoder_sparse_step\" is 0; it must be at least 1");
+                }
+                let only = raw.mlp_only_layers.unwrap_or_default();
+                if let Some(&l) = only.iter().find(|&&l| l >= layers) {
+                    bail!("\"mlp_only_layers\" names layer {l}, but the model has {layers} (num_hidden_layers)");
+                }
+                (0..layers).map(|i| only.contains(&i) || (i + 1) % step != 0).collect()
             }
+            _ => vec![false; layers],
+        };
+        let dense_intermediate = if dense_layers.contains(&true) {
+            need(raw.intermediate_size, "intermediate_size")?
+        } else {
+            raw.intermediate_size.unwrap_or(0)
+        };
+        if dense_layers.contains(&true) && dense_intermediate == 0 {
+            bail!("the dense layers' intermediate size is 0; it must be at least 1");
         }
         let expert_intermediate = match kind {
             Kind::Mixtral | Kind::Olmoe => need(raw.intermediate_size, "intermediate_size")?,
@@ -150,6 +167,8 @@ impl Config {
                 _ => QkNorm::None,
             },
             clip_qkv,
+            dense_layers,
+            dense_intermediate,
             attn,
         };
         Ok((sizes, moe))
@@ -178,11 +197,12 @@ impl Config {
     }
 }
 
-/// The linears: q, k, v, o; each expert's gate, up and down; the shared expert's. NeuroAL's
-/// row routing is the LLaMA rule with each expert a dense MLP: q, k, v ← o; an expert's (and
-/// the shared expert's) gate and up ← its down; every down ← the next block's q; o, whose
-/// rows every expert reads on its own tokens, ← the mean of the routed experts' gates.
-pub fn spec(c: &Sizes, m: &Config) -> Spec {
+/// The linears: q, k, v, o; each expert's gate, up and down; the shared expert's (a `dense`
+/// layer: its MLP's gate, up and down instead). NeuroAL's row routing is the LLaMA rule with
+/// each expert a dense MLP: q, k, v ← o; an expert's (and the shared expert's) gate and up ←
+/// its down; every down ← the next block's q; o, whose rows every expert reads on its own
+/// tokens, ← the mean of the routed experts' gates (a dense layer's: its gate's).
+pub fn spec(c: &Sizes, m: &Config, dense: bool) -> Spec {
     let a = &m.attn;
     let (d, f) = (c.hidden_size, m.expert_intermediate);
     let (q, kv) = (a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim);
@@ -194,7 +214,10 @@ pub fn spec(c: &Sizes, m: &Config) -> Spec {
         lin("self_attn.o_proj".into(), [d, q], a.o_bias, false),
     ];
     let mut input_of = vec![Q, Q, Q, O];
-    let experts = Route { count: m.num_experts, stride: 3, ..Route::to(false, EXPERTS) };
+    let experts = match dense {
+        true => Route::to(false, EXPERTS),
+        false => Route { count: m.num_experts, stride: 3, ..Route::to(false, EXPERTS) },
+    };
     let mut routes = vec![Route::to(false, O), Route::to(false, O), Route::to(false, O), experts];
     let mut mlp = |linears: &mut Vec<LinearSpec>, [gate, up, down]: [String; 3], f: usize, expert: Option<usize>| {
         let first = linears.len();
@@ -203,6 +226,11 @@ pub fn spec(c: &Sizes, m: &Config) -> Spec {
         input_of.extend([first, first, first + 2]);
         routes.extend([Route::to(false, first + 2), Route::to(false, first + 2), Route::to(true, Q)]);
     };
+    if dense {
+        let names = ["gate_proj", "up_proj", "down_proj"].map(|n| format!("mlp.{n}"));
+        mlp(&mut linears, names, m.dense_intermediate, None);
+        return Spec { block_prefix: "model.layers", linears, routes: Some(routes), output_only: Vec::new(), input_of };
+    }
     for e in 0..m.num_experts {
         mlp(&mut linears, m.expert_names(e), f, Some(e));
     }
@@ -213,14 +241,17 @@ pub fn spec(c: &Sizes, m: &Config) -> Spec {
     Spec { block_prefix: "model.layers", linears, routes: Some(routes), output_only: Vec::new(), input_of }
 }
 
-/// Tensors outside the prunable linears: the LLaMA family's, each block's router, q/k norms
-/// and shared-expert gate.
+/// Tensors outside the prunable linears: the LLaMA family's, each block's q/k norms, and each
+/// sparse block's router and shared-expert gate.
 pub fn tensors(c: &Sizes, m: &Config, lm_head_stored: bool) -> Vec<(String, Vec<usize>)> {
     let a = &m.attn;
     let mut t = llama::tensors(c, a, lm_head_stored);
     for b in 0..c.num_layers {
         let p = format!("model.layers.{b}");
-        t.push((format!("{p}.{}.gate.weight", m.mlp()), vec![m.num_experts, c.hidden_size]));
+        let sparse = !m.dense_layers[b];
+        if sparse {
+            t.push((format!("{p}.{}.gate.weight", m.mlp()), vec![m.num_experts, c.hidden_size]));
+        }
         let (q, k) = match m.qk_norm {
             QkNorm::None => (0, 0),
             QkNorm::PerHead => (a.head_dim, a.head_dim),
@@ -230,7 +261,7 @@ pub fn tensors(c: &Sizes, m: &Config, lm_head_stored: bool) -> Vec<(String, Vec<
             t.push((format!("{p}.self_attn.q_norm.weight"), vec![q]));
             t.push((format!("{p}.self_attn.k_norm.weight"), vec![k]));
         }
-        if m.shared_intermediate.is_some() {
+        if sparse && m.shared_intermediate.is_some() {
             t.push((format!("{p}.mlp.shared_expert_gate.weight"), vec![1, c.hidden_size]));
         }
     }
@@ -241,6 +272,11 @@ impl Parts {
     pub fn num_experts(&self) -> usize {
         self.cfg.num_experts
     }
+
+    /// Whether this block sends its tokens to experts (not a dense layer).
+    pub fn routes_tokens(&self) -> bool {
+        self.router.is_some()
+    }
 }
 
 /// A block's norms, router and the settings its forward needs.
@@ -249,8 +285,8 @@ pub struct Parts {
     input_norm: Tensor<1>,
     post_attention_norm: Tensor<1>,
     qk_norms: Option<[Tensor<1>; 2]>,
-    /// [experts, hidden], in the compute dtype.
-    router: Tensor<2>,
+    /// [experts, hidden], in the compute dtype; `None` in a dense layer.
+    router: Option<Tensor<2>>,
     /// [1, hidden], in the compute dtype (Qwen2-MoE).
     shared_gate: Option<Tensor<2>>,
     /// This layer attends over the sliding window only.
@@ -287,12 +323,17 @@ impl Parts {
                 vector("self_attn.k_norm", a.num_kv_heads * a.head_dim)?,
             ]),
         };
+        let sparse = !m.dense_layers.get(index).copied().unwrap_or(false);
         Ok(Parts {
             input_norm: vector("input_layernorm", d)?,
             post_attention_norm: vector("post_attention_layernorm", d)?,
             qk_norms,
-            router: matrix(&format!("{}.gate", m.mlp()), m.num_experts)?,
-            shared_gate: m.shared_intermediate.map(|_| matrix("mlp.shared_expert_gate", 1)).transpose()?,
+            router: sparse.then(|| matrix(&format!("{}.gate", m.mlp()), m.num_experts)).transpose()?,
+            shared_gate: m
+                .shared_intermediate
+                .filter(|_| sparse)
+                .map(|_| matrix("mlp.shared_expert_gate", 1))
+                .transpose()?,
             sliding: a.sliding_layers.get(index).copied().unwrap_or(false),
             all_tokens: Vec::new(),
             cfg: m.clone(),
@@ -332,17 +373,26 @@ pub fn forward(
     let h = h + run(O, &attn);
 
     let x = rms_norm(h.clone(), &p.post_attention_norm, eps);
-    h + sparse_mlp(p, x, run)
+    match &p.router {
+        Some(router) => h + sparse_mlp(p, router, x, run),
+        // A dense layer's MLP is declared where the first expert's would be.
+        None => h + swiglu(EXPERTS, &x, run),
+    }
 }
 
 /// The routed experts' weighted sum (and the shared expert's, gated): x [b, t, d] → [b, t, d].
-fn sparse_mlp(p: &Parts, x: Tensor<3>, run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+fn sparse_mlp(
+    p: &Parts,
+    router: &Tensor<2>,
+    x: Tensor<3>,
+    run: &mut dyn FnMut(usize, &Tensor<3>) -> Tensor<3>,
+) -> Tensor<3> {
     let m = &p.cfg;
     let [b, t, d] = x.dims();
     let (device, dtype) = (x.device(), x.dtype());
     let rows = x.clone().reshape([b * t, d]);
     // Routing is decided on the host: one read back per block and pass.
-    let logits = host_f32(rows.clone().matmul(p.router.clone().transpose()), "router logits")
+    let logits = host_f32(rows.clone().matmul(router.clone().transpose()), "router logits")
         .expect("router logits read back from the device");
     let routed = route(&logits, m.num_experts, m.top_k, m.norm_topk_prob, dtype);
     let mut out = Tensor::<2>::zeros([b * t, d], (&device, dtype));
@@ -471,8 +521,48 @@ mod tests {
             "num_hidden_layers":2,"num_attention_heads":2,"max_position_embeddings":32"#;
         super::super::testing::refused(
             qwen,
-            &[(r#","mlp_only_layers":[1]"#, "layer 1 is dense"), (r#","decoder_sparse_step":2"#, "layer 0 is dense")],
+            &[
+                (r#","decoder_sparse_step":0"#, "\"decoder_sparse_step\" is 0"),
+                (r#","mlp_only_layers":[2]"#, "\"mlp_only_layers\" names layer 2, but the model has 2"),
+            ],
         );
+    }
+
+    #[test]
+    fn dense_layers_are_where_transformers_puts_them() {
+        let qwen = r#""model_type":"qwen3_moe","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "moe_intermediate_size":4,"num_experts":4,"num_experts_per_tok":2,
+            "num_hidden_layers":4,"num_attention_heads":2,"max_position_embeddings":32"#;
+        let dense = |extra: &str| {
+            let c = crate::model::config::Config::from_json(&format!("{{{qwen}{extra}}}")).unwrap();
+            let specs = super::super::Specs::of(&c);
+            (0..4).map(|b| specs.block(b).linears.len() == 7).collect::<Vec<_>>()
+        };
+        assert_eq!(dense(""), [false; 4]);
+        // transformers: sparse where (layer + 1) % step == 0 and the layer is not mlp_only.
+        assert_eq!(dense(r#","decoder_sparse_step":2"#), [true, false, true, false]);
+        assert_eq!(dense(r#","mlp_only_layers":[1,3]"#), [false, true, false, true]);
+        assert_eq!(dense(r#","decoder_sparse_step":3,"mlp_only_layers":[2]"#), [true, true, true, true]);
+        let c = crate::model::config::Config::from_json(&format!("{{{qwen},\"mlp_only_layers\":[1]}}")).unwrap();
+        let specs = super::super::Specs::of(&c);
+        let names: Vec<&str> = specs.block(1).linears.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj"
+            ]
+        );
+        assert_eq!(specs.block(1).linears[4].shape, [16, 8], "the dense MLP is intermediate_size wide");
+        // A dense layer's o takes its gate's d, like LLaMA's.
+        let o = specs.block(1).routes.as_ref().unwrap()[O];
+        assert_eq!((o.linear, o.count), (4, 1));
+        assert_eq!(specs.block(0).linears.len(), 4 + 3 * 4);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! → the block pipeline → writing, with resume.
 
 pub mod calib;
+pub mod dsnot;
 pub mod magnitude;
 pub mod mask;
+pub mod multiflow;
 pub mod neuroal;
 pub mod owl;
 pub mod pipeline;

@@ -57,15 +57,17 @@ pub fn row_grid() -> Vec<f64> {
 /// Each linear's rows are spread by the d of the linear its family routes them to (an output
 /// row of one layer is an input channel of the layer that consumes it). The last block keeps
 /// its block sparsity, and so do q, k and v under grouped-query attention (`gqa`).
-pub fn row_map(spec: &Spec, gqa: bool, blocks: &[f64], d: &[Vec<Vec<f32>>], lambda: f64) -> Result<Map> {
-    let Some(routes) = &spec.routes else {
+/// `specs` holds each block's declaration.
+pub fn row_map(specs: &[&Spec], gqa: bool, blocks: &[f64], d: &[Vec<Vec<f32>>], lambda: f64) -> Result<Map> {
+    if specs.iter().any(|s| s.routes.is_none()) {
         bail!("this model family declares no row routing, so NeuroAL's row step cannot run; use --neuroal-step block");
-    };
+    }
     let last = blocks.len() - 1;
     Ok(blocks
         .iter()
         .enumerate()
         .map(|(bi, &b)| {
+            let (spec, routes) = (specs[bi], specs[bi].routes.as_deref().unwrap_or_default());
             spec.linears
                 .iter()
                 .zip(routes)
@@ -209,11 +211,11 @@ fn through_blocks(search: &Search, pattern: &Pattern, group: &[Map], progress: &
     let mut hidden: Vec<Vec<Tensor<3>>> = group.iter().map(|_| embedded.clone()).collect();
     let mut pending: Vec<Pending> = group.iter().map(|_| Vec::new()).collect();
     let pos = model.positions(search.seqlen);
-    let names: Vec<&str> = model.linears().iter().map(|l| l.name.as_str()).collect();
     let mut blocks = model.blocks();
     while let Some(block) = search.trace.stage("search: load block", &model.device, || blocks.next()) {
         let block = block?;
         progress(block.index);
+        let names: Vec<&str> = model.linears(block.index).iter().map(|l| l.name.as_str()).collect();
         let pass = BlockPass { search, pattern, block: &block, pos: &pos, names: &names };
         for (c, r) in pass.run(group, &mut hidden).into_iter().enumerate() {
             pending[c].extend(r?);
@@ -335,7 +337,7 @@ impl BlockPass<'_> {
     /// m and d of every linear; linears that read one input have the same activations, and
     /// one metric.
     fn alignments(&self, stats_dense: &[Calibration], stats_sparse: &[Calibration]) -> Pending {
-        let input_of = &self.search.model.spec.input_of;
+        let input_of = &self.search.model.spec(self.block.index).input_of;
         let nsamples = self.nsamples();
         let mut per_linear: Pending = Vec::with_capacity(self.names.len());
         for li in 0..self.names.len() {
@@ -354,10 +356,9 @@ impl BlockPass<'_> {
 
 /// One readback of m and one of d per candidate; scores summed in (block, linear) order.
 fn read_back(model: &Model, pending: Vec<Pending>, trace: &Trace) -> Result<Vec<Evaluation>> {
-    let names: Vec<&str> = model.linears().iter().map(|l| l.name.as_str()).collect();
-    // A fused linear counts once per linear it stacks (Phi-3's qkv: 3), as the split model's
-    // q, k and v, which read the same input, each count it.
-    let parts: Vec<f64> = model.linears().iter().map(|l| l.parts as f64).collect();
+    // (block, linear) of each pending metric, in order.
+    let cells: Vec<(usize, usize)> =
+        model.linear_counts().iter().enumerate().flat_map(|(b, &n)| (0..n).map(move |li| (b, li))).collect();
     let mut evals = Vec::with_capacity(pending.len());
     for per in pending {
         let lens: Vec<usize> = per.iter().map(|(_, d)| d.dims()[0]).collect();
@@ -368,7 +369,7 @@ fn read_back(model: &Model, pending: Vec<Pending>, trace: &Trace) -> Result<Vec<
                 host_f32(Tensor::cat(ds, 0), "alignment difference")?,
             ))
         })?;
-        if m.len() != lens.len() || d.len() != lens.iter().sum::<usize>() {
+        if m.len() != lens.len() || m.len() != cells.len() || d.len() != lens.iter().sum::<usize>() {
             bail!(
                 "alignment: the device returned {} and {} values, expected {} and {}",
                 m.len(),
@@ -379,17 +380,19 @@ fn read_back(model: &Model, pending: Vec<Pending>, trace: &Trace) -> Result<Vec<
         }
         let mut e = Evaluation { score: 0.0, d: Vec::new() };
         let mut at = 0;
-        for (k, (mk, n)) in m.iter().zip(&lens).enumerate() {
-            let (b, li) = (k / names.len(), k % names.len());
+        for ((mk, n), &(b, li)) in m.iter().zip(&lens).zip(&cells) {
+            let linear = &model.linears(b)[li];
             if !mk.is_finite() {
                 bail!(
                     "NeuroAL: block {b} {}: the alignment metric is {mk} (all activations zero or not finite)",
-                    names[li]
+                    linear.name
                 );
             }
-            e.score += parts[li] * *mk as f64;
+            // A fused linear counts once per linear it stacks (Phi-3's qkv: 3), as the split
+            // model's q, k and v, which read the same input, each count it.
+            e.score += linear.parts as f64 * *mk as f64;
             if li == 0 {
-                e.d.push(Vec::with_capacity(names.len()));
+                e.d.push(Vec::with_capacity(model.linears(b).len()));
             }
             if let Some(last) = e.d.last_mut() {
                 last.push(d[at..at + n].to_vec());
@@ -453,7 +456,7 @@ pub fn search(
     let starts = draw_windows(ids.len(), seqlen, asked.search_nsamples, asked.seed)?;
     let windows = gather_windows(ids, &starts, seqlen);
     let scoring = Search { model, windows: &windows, seqlen, pruner, plan: asked.plan, trace };
-    let (s, blocks, linears) = (asked.sparsity, model.num_blocks(), model.linears().len());
+    let (s, blocks, linears) = (asked.sparsity, model.num_blocks(), model.linear_counts());
     // One bar for the whole search, in candidate-blocks passed (each step's candidates times the
     // blocks), so that its ETA is the search's, not the current step's.
     let block_candidates = if do_block { block_grid(s).len() } else { 1 };
@@ -477,7 +480,7 @@ pub fn search(
     let d = if do_block {
         let grid = block_grid(s);
         let candidates: Vec<Map> =
-            grid.iter().map(|&l| block_map(&neuroal_block_sparsities(blocks, l, s), linears)).collect();
+            grid.iter().map(|&l| block_map(&neuroal_block_sparsities(blocks, l, s), &linears)).collect();
         let evals = steps.score("block", &candidates, &Pattern::Row)?;
         let w = winner(&evals);
         found.lambda_block = Some(grid[w]);
@@ -486,14 +489,15 @@ pub fn search(
         evals[w].d.clone()
     } else {
         found.block_sparsities = neuroal_block_sparsities(blocks, 0.0, s);
-        let evals = steps.score("uniform", &[block_map(&found.block_sparsities, linears)], &Pattern::Row)?;
+        let evals = steps.score("uniform", &[block_map(&found.block_sparsities, &linears)], &Pattern::Row)?;
         evals[0].d.clone()
     };
     if do_row {
         let grid = row_grid();
         let gqa = model.config.num_kv_heads < model.config.num_heads;
+        let specs: Vec<&Spec> = (0..blocks).map(|b| model.spec(b)).collect();
         let candidates: Vec<Map> =
-            grid.iter().map(|&l| row_map(&model.spec, gqa, &found.block_sparsities, &d, l)).collect::<Result<_>>()?;
+            grid.iter().map(|&l| row_map(&specs, gqa, &found.block_sparsities, &d, l)).collect::<Result<_>>()?;
         let evals = steps.score("row", &candidates, &Pattern::RowsVariable)?;
         let w = winner(&evals);
         found.lambda_row = Some(grid[w]);
@@ -501,7 +505,7 @@ pub fn search(
         found.map = candidates[w].clone();
         found.pattern = Pattern::RowsVariable;
     } else {
-        found.map = block_map(&found.block_sparsities, linears);
+        found.map = block_map(&found.block_sparsities, &linears);
     }
     steps.bar.finish_and_clear();
     Ok(found)
@@ -581,7 +585,7 @@ mod tests {
             "num_hidden_layers":2,"num_attention_heads":2,"max_position_embeddings":32}"#,
         )
         .unwrap();
-        let mut spec = Spec::of(&c);
+        let mut spec = crate::model::Specs::of(&c).block(0).clone();
         for l in spec.linears.iter_mut() {
             l.shape[0] = 2;
         }
@@ -591,7 +595,7 @@ mod tests {
         d0[gate] = vec![0.0, 0.0]; // sums to zero: o_proj keeps the block sparsity
         let d1: Vec<Vec<f32>> = (0..7).map(|i| dv(10.0 + i as f32)).collect();
         let d = vec![d0, d1];
-        let m = row_map(&spec, false, &[0.5, 0.7], &d, 0.1).unwrap();
+        let m = row_map(&[&spec, &spec], false, &[0.5, 0.7], &d, 0.1).unwrap();
         // A vector [0, a] with a > 0 spreads to [.5 + .1, .5 − .1] at b = .5, λ = .1.
         let spread = [0.6, 0.4];
         let rows = |s: &Sparsity| match s {
@@ -606,7 +610,7 @@ mod tests {
             assert_eq!(*s, Sparsity::PerRow(vec![0.7, 0.7]), "linear {li}");
         }
         // Under GQA q, k and v keep the block sparsity.
-        let m = row_map(&spec, true, &[0.5, 0.7], &d, 0.1).unwrap();
+        let m = row_map(&[&spec, &spec], true, &[0.5, 0.7], &d, 0.1).unwrap();
         for li in [q, k, v] {
             assert_eq!(m[0][li], Sparsity::PerRow(vec![0.5, 0.5]));
         }
@@ -614,7 +618,10 @@ mod tests {
         // A family without declared routes cannot take the row step.
         spec.routes = None;
         assert!(
-            row_map(&spec, false, &[0.5, 0.7], &d, 0.1).unwrap_err().to_string().contains("declares no row routing")
+            row_map(&[&spec, &spec], false, &[0.5, 0.7], &d, 0.1)
+                .unwrap_err()
+                .to_string()
+                .contains("declares no row routing")
         );
     }
 
@@ -627,14 +634,14 @@ mod tests {
             "num_hidden_layers":2,"num_attention_heads":1,"max_position_embeddings":32}"#,
         )
         .unwrap();
-        let spec = Spec::of(&c);
+        let spec = crate::model::Specs::of(&c).block(0).clone();
         assert_eq!(spec.linears[0].shape, [6, 2]);
         assert_eq!(spec.linears[2].shape, [4, 2]);
         let (qkv, o, gate_up, down) = (0, 1, 2, 3);
         // d of o's inputs and of down's: [0, a], which spreads to [.6, .4] at b = .5, λ = .1.
         let d0: Vec<Vec<f32>> = (0..4).map(|i| vec![0.0, i as f32 + 1.0]).collect();
         let d = vec![d0.clone(), d0];
-        let m = row_map(&spec, false, &[0.5, 0.7], &d, 0.1).unwrap();
+        let m = row_map(&[&spec, &spec], false, &[0.5, 0.7], &d, 0.1).unwrap();
         let rows = |s: &Sparsity| match s {
             Sparsity::PerRow(r) => r.clone(),
             other => panic!("{other:?}"),

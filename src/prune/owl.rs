@@ -21,7 +21,6 @@ pub fn owl_block_sparsities(outlier_ratios: &[f64], lambda: f64, s: f64) -> Vec<
 pub fn owl_outlier_ratios(model: &Model, windows: &[u32], seqlen: usize, m: f64) -> Result<Vec<f64>> {
     let nsamples = windows.len() / seqlen;
     let pos = model.positions(seqlen);
-    let shapes = model.linear_shapes();
     let mut hidden = embed_windows(model, windows, seqlen)?;
     let mut ratios = Vec::new();
     for block in model.blocks() {
@@ -38,7 +37,7 @@ pub fn owl_outlier_ratios(model: &Model, windows: &[u32], seqlen: usize, m: f64)
                 score(model.gpu.as_deref(), weight, Some(st.stats.scaler_row(nsamples)))
             })
             .collect();
-        let count: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
+        let count: usize = model.linear_shapes(b).iter().map(|s| s[0] * s[1]).sum();
         let read = |t: Tensor<1>| -> Result<f64> { Ok(host_f32(t, "OWL scores")?[0] as f64) };
         let mut total = 0.0;
         for s in &scores {

@@ -13,10 +13,12 @@ use crate::io::error::Result;
 use crate::io::progress::progress_bar;
 use crate::measure::trace::Trace;
 use crate::model::{Block, Model, Positions, on_cpu};
+use crate::prune::dsnot::{self, Dsnot};
 pub use crate::prune::mask::{Bits, LayerMask};
 use crate::prune::mask::{Pattern, Sparsity};
-use crate::prune::pruner::{Calibration, Expected, Pruner};
+use crate::prune::pruner::{Calibration, Expected, Pruned, Pruner};
 use crate::prune::score::{InputStats, apply_mask};
+use crate::prune::settings::DsnotLinears;
 
 /// Windows per forward pass during calibration.
 pub const CHUNK: usize = 8;
@@ -70,7 +72,7 @@ pub fn calibrate_at_once(
     if at_once <= 1 || hessian || !on_cpu(&model.device) {
         return calibrate(model, block, hidden, pos, hessian);
     }
-    let mut stats = new_calibrations(model, false);
+    let mut stats = new_calibrations(model, block.index, false);
     for group in hidden.chunks(at_once) {
         let chunks: Vec<Vec<Option<InputStats>>> = group
             .par_iter()
@@ -79,7 +81,7 @@ pub fn calibrate_at_once(
                     .iter()
                     .map(|c| c.as_ref().map(|c| InputStats::new(c.stats.sumsq.dims()[0], &model.device)))
                     .collect();
-                block.record_inputs(h.clone(), pos, &model.spec.output_only, &mut |li, x| {
+                block.record_inputs(h.clone(), pos, &model.spec(block.index).output_only, &mut |li, x| {
                     if let Some(s) = mine[li].as_mut() {
                         s.add(x, model.gpu.as_deref());
                     }
@@ -95,7 +97,7 @@ pub fn calibrate_at_once(
             }
         }
     }
-    let stats = fill_unrouted(model, block, hidden, pos, hessian, per_linear(model, stats));
+    let stats = fill_unrouted(model, block, hidden, pos, hessian, per_linear(model, block.index, stats));
     check_finite_stats(model, block.index, &stats)?;
     Ok(stats)
 }
@@ -167,7 +169,7 @@ fn fill_unrouted(
     hessian: bool,
     mut stats: Vec<Calibration>,
 ) -> Vec<Calibration> {
-    let linears = model.linears();
+    let linears = model.linears(block.index);
     let unrouted: Vec<usize> =
         (0..stats.len()).filter(|&li| linears[li].expert.is_some() && stats[li].stats.tokens == 0).collect();
     if unrouted.is_empty() || hidden.is_empty() {
@@ -192,7 +194,7 @@ fn record_routed(
     hessian: bool,
     outputs: bool,
 ) -> (Vec<Calibration>, Vec<Tensor<3>>) {
-    let mut stats = new_calibrations(model, hessian);
+    let mut stats = new_calibrations(model, block.index, hessian);
     let mut out = Vec::new();
     for h in hidden {
         let mut record = |li: usize, x: &Tensor<3>| {
@@ -203,18 +205,18 @@ fn record_routed(
         if outputs {
             out.push(block.forward(h.clone(), pos, Some(&mut record)));
         } else {
-            block.record_inputs(h.clone(), pos, &model.spec.output_only, &mut record);
+            block.record_inputs(h.clone(), pos, &model.spec(block.index).output_only, &mut record);
         }
     }
-    (per_linear(model, stats), out)
+    (per_linear(model, block.index, stats), out)
 }
 
-/// An empty calibration for each linear that records its input, `None` for those that share
-/// another's (the family's [`Spec::input_of`](crate::model::Spec)).
-fn new_calibrations(model: &Model, hessian: bool) -> Vec<Option<Calibration>> {
-    let input_of = &model.spec.input_of;
+/// An empty calibration for each linear of block `b` that records its input, `None` for those
+/// that share another's (the family's [`Spec::input_of`](crate::model::Spec)).
+fn new_calibrations(model: &Model, b: usize, hessian: bool) -> Vec<Option<Calibration>> {
+    let input_of = &model.spec(b).input_of;
     model
-        .linear_shapes()
+        .linear_shapes(b)
         .iter()
         .enumerate()
         .map(|(li, s)| (input_of[li] == li).then(|| Calibration::new(s[1], &model.device, hessian)))
@@ -223,8 +225,8 @@ fn new_calibrations(model: &Model, hessian: bool) -> Vec<Option<Calibration>> {
 
 /// Each linear's calibration from [`new_calibrations`]' recorded ones: its own, or the one of
 /// the linear that reads the same input.
-fn per_linear(model: &Model, stats: Vec<Option<Calibration>>) -> Vec<Calibration> {
-    let input_of = &model.spec.input_of;
+fn per_linear(model: &Model, b: usize, stats: Vec<Option<Calibration>>) -> Vec<Calibration> {
+    let input_of = &model.spec(b).input_of;
     // Every family's `input_of` names a recording linear (a test checks the declarations).
     (0..stats.len()).map(|li| stats[input_of[li]].clone().expect("input_of names a linear that records")).collect()
 }
@@ -246,7 +248,8 @@ pub fn calibrate_together(
     if sets.len() == 1 || block.routes_tokens() {
         return sets.iter().map(|set| record_unchecked(model, block, set, pos, hessian, false).0).collect();
     }
-    let mut stats: Vec<Vec<Option<Calibration>>> = sets.iter().map(|_| new_calibrations(model, hessian)).collect();
+    let mut stats: Vec<Vec<Option<Calibration>>> =
+        sets.iter().map(|_| new_calibrations(model, block.index, hessian)).collect();
     let chunks = sets.first().map_or(0, |s| s.len());
     for i in 0..chunks {
         let windows = sets[0][i].dims()[0];
@@ -258,9 +261,9 @@ pub fn calibrate_together(
                 }
             }
         };
-        block.record_inputs(batch, pos, &model.spec.output_only, &mut record);
+        block.record_inputs(batch, pos, &model.spec(block.index).output_only, &mut record);
     }
-    stats.into_iter().map(|set| per_linear(model, set)).collect()
+    stats.into_iter().map(|set| per_linear(model, block.index, set)).collect()
 }
 
 /// One readback for the whole block; the slow search for the culprit only when it fails.
@@ -274,7 +277,7 @@ fn check_finite_stats(model: &Model, block: usize, stats: &[Calibration]) -> Res
         if !host_f32(s.stats.sumsq.clone().sum(), "input statistics")?.iter().all(|v| v.is_finite()) {
             bail!(
                 "block {block} {}: its input holds NaN or infinite values (the previous layers' outputs overflowed or hold NaN)",
-                model.linears()[li].name
+                model.linears(block)[li].name
             );
         }
     }
@@ -296,7 +299,8 @@ pub fn prune(
     pattern: &Pattern,
     sparsity: SparsityMap,
 ) -> Result<Vec<LayerMask>> {
-    let pipeline = Pipeline { model, windows, seqlen, pruner, pattern, sparsity, at_once: 1, trace: &Trace::off() };
+    let pipeline =
+        Pipeline { model, windows, seqlen, pruner, pattern, sparsity, at_once: 1, refine: None, trace: &Trace::off() };
     prune_resumable(&pipeline, Vec::new(), &mut |_, _| Ok(()))
 }
 
@@ -311,19 +315,24 @@ pub struct Pipeline<'a> {
     pub pattern: &'a Pattern,
     pub sparsity: SparsityMap<'a>,
     pub at_once: usize,
+    /// DSnoT after the pruner, on the linears named.
+    pub refine: Option<(Dsnot, DsnotLinears)>,
     /// Where the stages' times go (`NEUROAL_TRACE`).
     pub trace: &'a Trace,
 }
 
 /// A linear pruned on the device, its mask on its way back to the host.
 struct Queued {
-    linear: usize,
+    shape: [usize; 2],
     name: String,
     sparsity: Sparsity,
     /// New kept weights (SparseGPT's), read back already.
     values: Option<Vec<f32>>,
     /// An expert's calibration tokens ([`LayerMask::routed_tokens`]).
     routed_tokens: Option<usize>,
+    /// A mask DSnoT refined: its count as refined (the pruner's was checked before), which
+    /// the copy read back must have.
+    refined: Option<usize>,
     packed: crate::prune::mask::PackedMask,
 }
 
@@ -384,7 +393,7 @@ pub fn prune_resumable(
 /// to fit this model.
 fn replay_block(p: &Pipeline, block: &mut Block, saved: &[LayerMask]) -> Result<()> {
     let (model, b) = (p.model, block.index);
-    let shapes = model.linear_shapes();
+    let shapes = model.linear_shapes(b);
     let fits = |li: usize, m: &LayerMask| {
         let n = shapes[li][0] * shapes[li][1];
         m.name == model.linear_name(b, li)
@@ -421,6 +430,10 @@ fn prune_block(p: &Pipeline, block: &mut Block, hidden: &[Tensor<3>], pos: &Posi
     let calib = p.trace.stage("prune: dense pass", dev, || {
         calibrate_at_once(model, block, hidden, pos, p.pruner.needs_hessian(), p.at_once)
     })?;
+    let variances = match p.refine {
+        Some(_) => p.trace.stage("prune: dense pass", dev, || input_variances(model, block, hidden, pos))?,
+        None => Vec::new(),
+    };
     let mut queued = Vec::with_capacity(calib.len());
     // Each calibration goes with its linear: a SparseGPT factor shared by the linears of one
     // input is freed after the last of them.
@@ -432,8 +445,21 @@ fn prune_block(p: &Pipeline, block: &mut Block, hidden: &[Tensor<3>], pos: &Posi
         let gpu = model.gpu.as_deref();
         let pruned = p
             .trace
-            .stage("prune: prune linears", dev, || p.pruner.prune(gpu, weight, &calib, nsamples, p.pattern, &s))
+            .stage("prune: prune linears", dev, || p.pruner.prune(gpu, weight.clone(), &calib, nsamples, p.pattern, &s))
             .map_err(|e| crate::err!("{name}: {e}"))?;
+        let refine = match p.refine {
+            Some((dsnot, linears)) if linears == DsnotLinears::All || model.linears(b)[li].in_attention() => {
+                variances.get(model.spec(b).input_of[li]).cloned().flatten().map(|v| (dsnot, v))
+            }
+            _ => None,
+        };
+        let (pruned, refined) = match refine {
+            Some((dsnot, variance)) => p.trace.stage("prune: refine masks", dev, || {
+                let linear = Refined { weight, calib: &calib, variance: &variance, nsamples, name: &name };
+                refine_linear(p, dsnot, &linear, pruned, &s).map(|(pruned, count)| (pruned, Some(count)))
+            })?,
+            None => (pruned, None),
+        };
         let values = if p.pruner.changes_kept_weights() {
             Some(p.trace.stage("prune: read masks", dev, || host_f32(pruned.weight.clone(), &name))?)
         } else {
@@ -445,19 +471,95 @@ fn prune_block(p: &Pipeline, block: &mut Block, hidden: &[Tensor<3>], pos: &Posi
         block.set_weight(li, to_dtype(pruned.weight, model.dtype));
         let packed = p.trace.stage("prune: pack masks", dev, || crate::prune::mask::pack(pruned.mask, &name))?;
         let counted = p.pruner.needs_calibration() && !model.experts_see_every_token;
-        let routed_tokens = match model.linears()[li].expert {
+        let routed_tokens = match model.linears(b)[li].expert {
             Some(_) if counted => Some(if calib.every_token { 0 } else { calib.stats.tokens }),
             _ => None,
         };
-        queued.push(Queued { linear: li, name, sparsity: s, values, packed, routed_tokens });
+        let shape = model.linear_shapes(b)[li];
+        queued.push(Queued { shape, name, sparsity: s, values, packed, routed_tokens, refined });
     }
     Ok(queued)
 }
 
+/// Per linear that records its input (the family's `input_of`), the variance of each input
+/// channel: each window's variance over its tokens, averaged over the windows, as DSnoT's
+/// authors keep it. `None` for the others, and for an expert sent no token.
+fn input_variances(
+    model: &Model,
+    block: &Block,
+    hidden: &[Tensor<3>],
+    pos: &Positions,
+) -> Result<Vec<Option<Vec<f32>>>> {
+    let input_of = &model.spec(block.index).input_of;
+    let mut sums: Vec<Option<(Tensor<1>, usize)>> = vec![None; input_of.len()];
+    for h in hidden {
+        block.record_inputs(h.clone(), pos, &model.spec(block.index).output_only, &mut |li, x| {
+            if input_of[li] != li {
+                return;
+            }
+            let x = to_dtype(x.clone(), DType::F32);
+            let [b, _, c] = x.dims();
+            let centred = x.clone() - x.mean_dim(1);
+            let var = centred.square().mean_dim(1).sum_dim(0).reshape([c]);
+            sums[li] = Some(match sums[li].take() {
+                Some((sum, n)) => (sum + var, n + b),
+                None => (var, b),
+            });
+        });
+    }
+    sums.into_iter()
+        .map(|s| match s {
+            Some((sum, n)) if n > 0 => Ok(Some(host_f32(sum.div_scalar(n as f64), "input variance")?)),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+/// What DSnoT reads of one linear: its dense weight (compute dtype), its calibration and its
+/// inputs' variance.
+struct Refined<'a> {
+    weight: Tensor<2>,
+    calib: &'a Calibration,
+    variance: &'a [f32],
+    nsamples: usize,
+    name: &'a str,
+}
+
+/// The pruner's mask, checked, then refined by DSnoT on the host; the dense weight zeroed by
+/// the refined mask.
+fn refine_linear(p: &Pipeline, dsnot: Dsnot, linear: &Refined, base: Pruned, s: &Sparsity) -> Result<(Pruned, usize)> {
+    let name = linear.name;
+    let weight = to_dtype(linear.weight.clone(), DType::F32);
+    let ([rows, cols], device) = (weight.dims(), weight.device());
+    let mut pruned: Vec<bool> = host_f32(base.mask, name)?.iter().map(|&m| m != 0.0).collect();
+    // The base pruner's count is checked before DSnoT moves weights.
+    let got = pruned.iter().filter(|&&m| m).count();
+    if let Expected::Exactly(want) = p.pruner.expected(p.pattern, s, [rows, cols])
+        && got != want
+    {
+        bail!(
+            "{name}: pruned {got} weights where the sparsity map asks for {want}; refusing to write a wrongly pruned model"
+        );
+    }
+    let per_window = |t: Tensor<1>| -> Result<Vec<f32>> { host_f32(t.div_scalar(linear.nsamples as f64), name) };
+    let w = host_f32(weight, name)?;
+    let mean = per_window(linear.calib.stats.sum.clone())?;
+    let scaler = per_window(linear.calib.stats.sumsq.clone())?;
+    let inputs = dsnot::Inputs { weight: &w, cols, mean: &mean, scaler: &scaler, variance: linear.variance };
+    dsnot.refine(&inputs, &mut pruned);
+    let kept: Vec<f32> = w.iter().zip(&pruned).map(|(&v, &m)| if m { 0.0 } else { v }).collect();
+    let flags: Vec<f32> = pruned.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
+    let count = pruned.iter().filter(|&&m| m).count();
+    let refined = Pruned {
+        weight: Tensor::from_data(TensorData::new(kept, [rows, cols]), &device),
+        mask: Tensor::from_data(TensorData::new(flags, [rows, cols]), &device),
+    };
+    Ok((refined, count))
+}
+
 /// A queued linear's mask, read back and checked against the count its sparsity asks for.
 fn read_mask(p: &Pipeline, q: Queued) -> Result<LayerMask> {
-    let shape = p.model.linear_shapes()[q.linear];
-    let name = q.name;
+    let (shape, name) = (q.shape, q.name);
     let mut bits = p.trace.stage("prune: read masks", &p.model.device, || q.packed.read(&name))?;
     if bits.len() != shape[0] * shape[1] {
         bail!(
@@ -473,7 +575,11 @@ fn read_mask(p: &Pipeline, q: Queued) -> Result<LayerMask> {
     }
     let lm = LayerMask { name, shape, pruned: bits, values: q.values, routed_tokens: q.routed_tokens };
     let got = lm.pruned.count_ones();
-    match p.pruner.expected(p.pattern, &q.sparsity, shape) {
+    let expected = match q.refined {
+        Some(count) => Expected::Exactly(count),
+        None => p.pruner.expected(p.pattern, &q.sparsity, shape),
+    };
+    match expected {
         Expected::Exactly(want) if got != want => {
             bail!(
                 "{}: pruned {got} weights where the sparsity map asks for {want}; refusing to write a wrongly pruned model",

@@ -97,16 +97,18 @@ pub enum Method {
     Magnitude,
     Wanda,
     Sparsegpt,
+    Multiflow,
 }
 
 impl Named for Method {
-    const ALL: &'static [Method] = &[Method::Magnitude, Method::Wanda, Method::Sparsegpt];
+    const ALL: &'static [Method] = &[Method::Magnitude, Method::Wanda, Method::Sparsegpt, Method::Multiflow];
 
     fn name(self) -> &'static str {
         match self {
             Method::Magnitude => "magnitude",
             Method::Wanda => "wanda",
             Method::Sparsegpt => "sparsegpt",
+            Method::Multiflow => "multiflow",
         }
     }
 }

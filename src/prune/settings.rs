@@ -6,8 +6,10 @@ use crate::bail;
 use crate::gpu::device::{Choice, ComputeDtype};
 use crate::io::error::Result;
 use crate::io::named::Named;
+use crate::prune::dsnot::Dsnot;
 use crate::prune::magnitude::Magnitude;
 use crate::prune::mask::Pattern;
+use crate::prune::multiflow::Multiflow;
 use crate::prune::pruner::Pruner;
 use crate::prune::score::Method;
 use crate::prune::sparsegpt::SparseGpt;
@@ -73,6 +75,44 @@ impl Named for MoeCalibrate {
     }
 }
 
+/// What refines the base pruner's masks after the top-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refine {
+    None,
+    /// DSnoT (`dsnot.rs`): regrow and prune pairs per row against the expected output change.
+    Dsnot,
+}
+
+impl Named for Refine {
+    const ALL: &'static [Refine] = &[Refine::None, Refine::Dsnot];
+
+    fn name(self) -> &'static str {
+        match self {
+            Refine::None => "none",
+            Refine::Dsnot => "dsnot",
+        }
+    }
+}
+
+/// Which linears DSnoT refines: the attention's (the authors' default: they skip the MLP's),
+/// or all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DsnotLinears {
+    Attention,
+    All,
+}
+
+impl Named for DsnotLinears {
+    const ALL: &'static [DsnotLinears] = &[DsnotLinears::Attention, DsnotLinears::All];
+
+    fn name(self) -> &'static str {
+        match self {
+            DsnotLinears::Attention => "attention",
+            DsnotLinears::All => "all",
+        }
+    }
+}
+
 /// Everything that decides a prune's masks, and where it computes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PruneSettings {
@@ -103,6 +143,11 @@ pub struct PruneSettings {
     /// raising the run's estimated peak memory).
     pub search_batch: usize,
     pub moe_calibrate: MoeCalibrate,
+    pub refine: Refine,
+    /// DSnoT: cycles per linear at most, the error below which a row stops, and its linears.
+    pub dsnot_cycles: usize,
+    pub dsnot_threshold: f64,
+    pub dsnot_linears: DsnotLinears,
     pub device: Choice,
     pub dtype: ComputeDtype,
 }
@@ -126,6 +171,10 @@ impl Default for PruneSettings {
             search_chunk: 0,
             search_batch: 0,
             moe_calibrate: MoeCalibrate::Routed,
+            refine: Refine::None,
+            dsnot_cycles: 50,
+            dsnot_threshold: 0.1,
+            dsnot_linears: DsnotLinears::Attention,
             device: Choice::Auto,
             dtype: ComputeDtype::Auto,
         }
@@ -138,6 +187,8 @@ pub struct Checked {
     pub pruner: Box<dyn Pruner>,
     pub sparsity: f64,
     pub step: NeuroalStep,
+    /// The refinement after the base pruner, with the linears it applies to.
+    pub refine: Option<(Dsnot, DsnotLinears)>,
 }
 
 impl PruneSettings {
@@ -161,7 +212,33 @@ impl PruneSettings {
         }
         let sparsity = self.target_sparsity()?;
         self.check_counts_and_owl()?;
-        Ok(Checked { pruner, sparsity, step })
+        let refine = self.checked_refine(pruner.as_ref())?;
+        Ok(Checked { pruner, sparsity, step, refine })
+    }
+
+    /// DSnoT swaps pruned and kept weights of the pruner's per-row masks: a pruner that rewrites
+    /// the weights it keeps (SparseGPT) or a mask that is not per row cannot be refined.
+    fn checked_refine(&self, pruner: &dyn Pruner) -> Result<Option<(Dsnot, DsnotLinears)>> {
+        if self.refine == Refine::None {
+            return Ok(None);
+        }
+        if pruner.changes_kept_weights() {
+            bail!(
+                "--refine dsnot swaps pruned and kept weights, but --method {} rewrites the weights it keeps; use magnitude, wanda or multiflow",
+                pruner.name()
+            );
+        }
+        if self.pattern != Pattern::Row {
+            bail!("--refine dsnot refines per-row masks and needs --pattern row (not {})", self.pattern.name());
+        }
+        if self.dsnot_cycles == 0 {
+            bail!("--dsnot-cycles must be at least 1");
+        }
+        if !(self.dsnot_threshold.is_finite() && self.dsnot_threshold >= 0.0) {
+            bail!("--dsnot-threshold {} must be a number ≥ 0", self.dsnot_threshold);
+        }
+        let dsnot = Dsnot { cycles: self.dsnot_cycles, threshold: self.dsnot_threshold as f32 };
+        Ok(Some((dsnot, self.dsnot_linears)))
     }
 
     /// NeuroAL's row step gives per-row sparsities, which SparseGPT does not take (the authors
@@ -217,6 +294,7 @@ impl Method {
             Method::Magnitude => Box::new(Magnitude),
             Method::Wanda => Box::new(Wanda),
             Method::Sparsegpt => Box::new(SparseGpt::new(blocksize, percdamp)),
+            Method::Multiflow => Box::new(Multiflow),
         }
     }
 }

@@ -7,8 +7,9 @@ use crate::prune::mask::Sparsity;
 /// [block][linear in the family's declared order] → sparsity.
 pub type Map = Vec<Vec<Sparsity>>;
 
-pub fn uniform_map(blocks: usize, linears: usize, s: f64) -> Map {
-    vec![vec![Sparsity::Uniform(s); linears]; blocks]
+/// `s` on every linear (`linears[b]` of block b).
+pub fn uniform_map(linears: &[usize], s: f64) -> Map {
+    linears.iter().map(|&n| vec![Sparsity::Uniform(s); n]).collect()
 }
 
 /// OWL's and NeuroAL's clamp of block sparsities: ≤ 0 → 0.01, ≥ 1 → 0.99.
@@ -88,8 +89,9 @@ pub(crate) fn spread_rows(x: &[f64], lambda: f64, b: f64) -> Vec<f64> {
     v.iter().map(|&vi| vi - shift).collect()
 }
 
-pub fn block_map(block_sparsities: &[f64], linears: usize) -> Map {
-    block_sparsities.iter().map(|&b| vec![Sparsity::Uniform(b); linears]).collect()
+/// Each block's sparsity on every one of its linears (`linears[b]` of block b).
+pub fn block_map(block_sparsities: &[f64], linears: &[usize]) -> Map {
+    block_sparsities.iter().zip(linears).map(|(&b, &n)| vec![Sparsity::Uniform(b); n]).collect()
 }
 
 /// Helpers for the top-ups' tests.

@@ -49,10 +49,10 @@ pub fn choose_map(
     plan: SearchPlan,
 ) -> Result<TopUp> {
     let model = calibrated.model;
-    let (blocks, linears, s) = (model.num_blocks(), model.linears().len(), checked.sparsity);
+    let (blocks, linears, s) = (model.num_blocks(), model.linear_counts(), checked.sparsity);
     match settings.top_up {
         TopUpKind::Uniform => Ok(TopUp {
-            map: uniform_map(blocks, linears, s),
+            map: uniform_map(&linears, s),
             pattern: settings.pattern.clone(),
             block_sparsities: vec![s; blocks],
             outlier_ratios: None,
@@ -70,7 +70,7 @@ pub fn choose_map(
             };
             let sparsities = owl_block_sparsities(&ratios, settings.owl_lambda, s);
             Ok(TopUp {
-                map: block_map(&sparsities, linears),
+                map: block_map(&sparsities, &linears),
                 pattern: Pattern::Row,
                 block_sparsities: sparsities,
                 outlier_ratios: Some(ratios),
