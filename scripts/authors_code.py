@@ -117,7 +117,9 @@ def load_model(model_dir, dtype, dev, seqlen):
     model.seqlen = seqlen
     if model.config.model_type == "phi3":
         split_fused(model)
-    first = model.model.layers[0]
+    # OPT's blocks are under model.decoder.
+    layers = model.model.decoder.layers if hasattr(model.model, "decoder") else model.model.layers
+    first = layers[0]
     if hasattr(first, "attention_type"):
         kind = first.attention_type
         # A property on every module, so their Catcher has one: a layer's own value (in its
@@ -129,7 +131,7 @@ def load_model(model_dir, dtype, dev, seqlen):
     if (torch_model.V5 or ROTARY_FROM_MODEL) and rotary is not None:
         local = getattr(model.model, "rotary_emb_local", None)
         window = getattr(model.config, "sliding_window", None)
-        for layer in model.model.layers:
+        for layer in layers:
             kind = getattr(layer, "attention_type", None)
             two_ropes = "position_embeddings_global" in inspect.signature(layer.forward).parameters
 

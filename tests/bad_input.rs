@@ -199,6 +199,20 @@ fn new_flags_refuse_bad_values_in_one_line() {
     let tasks = asset("tasks.jsonl");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (prune(&["--method", "sparsegpt", "--blocksize", "0"]), "--blocksize must be at least 1"),
+        // DSnoT: no cycle, a negative threshold, a pruner that rewrites kept weights, a mask
+        // that is not per row, an unknown refinement.
+        (prune(&["--refine", "dsnot", "--dsnot-cycles", "0"]), "--dsnot-cycles must be at least 1"),
+        (prune(&["--refine", "dsnot", "--dsnot-threshold=-1"]), "--dsnot-threshold -1 must be a number ≥ 0"),
+        (
+            prune(&["--refine", "dsnot", "--method", "sparsegpt"]),
+            "--refine dsnot swaps pruned and kept weights, but --method sparsegpt rewrites the weights it keeps",
+        ),
+        (
+            prune(&["--refine", "dsnot", "--pattern", "2:4"]),
+            "--refine dsnot refines per-row masks and needs --pattern row (not 2:4)",
+        ),
+        (prune(&["--refine", "sparsefinetune"]), "invalid value 'sparsefinetune' for '--refine <REFINE>'"),
+        (prune(&["--method", "multiflo"]), "invalid value 'multiflo' for '--method <METHOD>'"),
         (prune(&["--dtype", "f8"]), "invalid value 'f8' for '--dtype <DTYPE>'"),
         (prune(&["--zeroshot", "/nonexistent/tasks.jsonl"]), "/nonexistent/tasks.jsonl: task file not found"),
         (prune(&["--zeroshot", "/dev/null"]), "/dev/null: the task file is not a regular file (a pipe or a device)"),
