@@ -24,8 +24,12 @@ the report of `neuroal prune --model ../shared/models/wt2-llama --calib
 import argparse
 import hashlib
 import json
+import os
+import tempfile
 import time
 import types
+
+import numpy
 
 import torch
 import transformers  # noqa: F401  (imported before the `datasets` stand-in)
@@ -57,8 +61,9 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (the whole model on the GPU, as their main.py loads it)")
     ap.add_argument("--method", default="wanda", choices=["wanda", "magnitude", "sparsegpt", "multiflow"], help="the base pruner under NeuroAL")
-    ap.add_argument("--top-up", default="neuroal", choices=["neuroal", "uniform", "dsnot"],
-                    help="their top-up: NeuroAL's search (the default), none (uniform), or their DSnoT over the uniform prune")
+    ap.add_argument("--top-up", default="neuroal", choices=["neuroal", "uniform", "dsnot", "alpha"],
+                    help="their top-up: NeuroAL's search (the default), none (uniform), their DSnoT over the uniform prune, or AlphaPruning")
+    ap.add_argument("--alpha-epsilon", type=float, default=0.3, help="their epsilon for --top-up alpha")
     ap.add_argument("--dsnot-cycles", type=int, default=50, help="their max_cycle_time for --top-up dsnot")
     ap.add_argument("--golden", help="also write the search's scores, λs, windows and settings to this JSON file")
     ap.add_argument("--save", help="also write their pruned model to this folder (safetensors), to compare masks")
@@ -112,10 +117,29 @@ def main():
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     sync()
     t0 = time.time()
+    alpha_report = {}
     with torch.no_grad():
         layers = model.model.decoder.layers if a.model_type == "opt" else model.model.layers
         if a.top_up == "neuroal":
             dist, gran, lb, lr = sd.get_neuroal_sparsity_distribution(args, model, None, dev, layers)
+        elif a.top_up == "alpha":
+            # Their spectra are saved to (and read back from) alpha_data/ under the working
+            # folder: a fresh one each run.
+            args.model, args.epsilon = a.model_dir, a.alpha_epsilon
+            work = tempfile.mkdtemp()
+            os.makedirs(f"{work}/alpha_data")
+            cwd = os.getcwd()
+            os.chdir(work)
+            try:
+                dist, gran = sd.get_alpha_sparsity_distribution(args, model, dev, "m", layers)
+                per_linear = numpy.load("alpha_data/m-alpha_peak.npy").tolist()
+            finally:
+                os.chdir(cwd)
+            lb = lr = None
+            k = len(per_linear) // len(layers)
+            alpha_report = {"linear_alphas": per_linear,
+                            "alphas": [float(numpy.mean(per_linear[i:i + k])) for i in range(0, len(per_linear), k)],
+                            "block_sparsities": [float(dist[next(n for n in dist if n.endswith(f"-{b}"))]) for b in range(len(layers))]}
         else:
             dist, gran, lb, lr = None, "row", None, None
     sync()
@@ -139,15 +163,16 @@ def main():
     t2 = time.time()
     print(json.dumps({**torch_model.versions(dev), "dtype": a.dtype, "lambda_block": lb, "lambda_row": lr,
                       "search_s": round(t1 - t0, 2), "prune_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2),
-                      "sparsity": round(float(check_sparsity(model)), 4), "block_scores": scores["block"], "row_scores": scores["row"]}))
+                      "sparsity": round(float(check_sparsity(model)), 4), "block_scores": scores["block"], "row_scores": scores["row"],
+                      **alpha_report}))
     if a.save:
         model.save_pretrained(a.save, safe_serialization=True)
     if a.golden:
         golden = {"model": a.model_dir.rstrip("/").split("/")[-1], "versions": torch_model.versions(dev), "dtype": a.dtype,
                   "model_type": a.model_type, "method": a.method, "sparsity": args.sparsity_ratio, "seqlen": seqlen,
-                  "search_windows": cal["search_windows"], "lambda_block": lb, "lambda_row": lr,
+                  "search_windows": cal.get("search_windows"), "lambda_block": lb, "lambda_row": lr,
                   "block_scores": scores["block"], "row_scores": scores["row"],
-                  "mask_sha256": mask_hashes(model)}
+                  "mask_sha256": mask_hashes(model), **alpha_report}
         with open(a.golden, "w") as f:
             json.dump(golden, f, indent=1)
             f.write("\n")

@@ -177,6 +177,10 @@ struct PruneFlags {
     /// through every expert for the statistics only (all; the outputs still follow the router).
     #[arg(long, value_parser = named::<MoeCalibrate>(), default_value = PruneSettings::default().moe_calibrate.name())]
     moe_calibrate: MoeCalibrate,
+    /// AlphaPruning: ε, the largest deviation of a block's sparsity ratio from 1 (default: the
+    /// paper's for the method: magnitude 0.5, sparsegpt 0.2, wanda and multiflow 0.3).
+    #[arg(long)]
+    alpha_epsilon: Option<f64>,
     /// A refinement of the base pruner's masks after the top-up: DSnoT regrows and prunes
     /// pairs of weights per row against the expected change of the row's output.
     #[arg(long, value_parser = named::<Refine>(), default_value = PruneSettings::default().refine.name())]
@@ -356,6 +360,7 @@ fn prune(flags: PruneFlags) -> Result<()> {
         search_chunk,
         search_batch,
         moe_calibrate,
+        alpha_epsilon,
         refine,
         dsnot_cycles,
         dsnot_threshold,
@@ -380,6 +385,7 @@ fn prune(flags: PruneFlags) -> Result<()> {
         search_chunk,
         search_batch,
         moe_calibrate,
+        alpha_epsilon,
         refine,
         dsnot_cycles,
         dsnot_threshold,

@@ -213,6 +213,10 @@ fn new_flags_refuse_bad_values_in_one_line() {
         ),
         (prune(&["--refine", "sparsefinetune"]), "invalid value 'sparsefinetune' for '--refine <REFINE>'"),
         (prune(&["--method", "multiflo"]), "invalid value 'multiflo' for '--method <METHOD>'"),
+        // AlphaPruning's ε: in (0, 1), and only with its top-up.
+        (prune(&["--top-up", "alpha", "--alpha-epsilon", "0"]), "--alpha-epsilon 0 must be a number in (0, 1)"),
+        (prune(&["--top-up", "alpha", "--alpha-epsilon", "1.5"]), "--alpha-epsilon 1.5 must be a number in (0, 1)"),
+        (prune(&["--top-up", "owl", "--alpha-epsilon", "0.3"]), "--alpha-epsilon applies to --top-up alpha"),
         (prune(&["--dtype", "f8"]), "invalid value 'f8' for '--dtype <DTYPE>'"),
         (prune(&["--zeroshot", "/nonexistent/tasks.jsonl"]), "/nonexistent/tasks.jsonl: task file not found"),
         (prune(&["--zeroshot", "/dev/null"]), "/dev/null: the task file is not a regular file (a pipe or a device)"),
@@ -269,6 +273,20 @@ fn new_flags_refuse_bad_values_in_one_line() {
         assert!(msg.contains(expect), "{args:?}: expected \"{expect}\" in: {msg}");
         assert!(!out.exists(), "{args:?}: nothing may be written");
     }
+    // AlphaPruning's ratios beyond 1 (tiny-llama's two blocks at ε 0.9 and 70%: 0.07 and
+    // 1.33), found once the spectra are fitted: one line after the device's, exit 2.
+    let alpha = prune(&["--top-up", "alpha", "--alpha-epsilon", "0.9"]);
+    let alpha: Vec<&str> = alpha.into_iter().map(|a| if a == "0.5" { "0.7" } else { a }).collect();
+    let run = Command::new(env!("CARGO_BIN_EXE_neuroal")).args(&alpha).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some(
+            "error: AlphaPruning gives block 0 the sparsity 1.3300, outside [0, 1): lower --alpha-epsilon (0.9) or --sparsity"
+        )
+    );
+    assert!(!stderr.contains("panicked") && !out.exists(), "{stderr}");
     // An N:M pattern over a linear whose width M does not divide (tiny-opt-post-ln's fc2 reads
     // 172 channels), with every method and on a GPU too: refused before any work, where
     // SparseGPT had pruned a partial last group whole and then failed its own count check.

@@ -99,26 +99,44 @@ fn score_curve(path: &Path, title: &str, points: &[(f64, f64)], chosen: Option<f
 
 /// Per-block sparsity, one line per named series.
 fn block_lines(path: &Path, series: &[(String, Vec<f64>)], text: bool) -> Result<()> {
+    per_block(path, ("sparsity per block", "sparsity"), series, Some((0.0, 1.0)), text)
+}
+
+/// Lines of one value per block, the y axis `within` the range given (with a margin) or the
+/// values' own.
+fn per_block(
+    path: &Path,
+    (caption, y_desc): (&str, &str),
+    series: &[(String, Vec<f64>)],
+    within: Option<(f64, f64)>,
+    text: bool,
+) -> Result<()> {
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let blocks = series.iter().map(|s| s.1.len()).max().unwrap_or(1);
-    let lo = series.iter().flat_map(|s| s.1.iter().copied()).fold(1.0, f64::min);
-    let hi = series.iter().flat_map(|s| s.1.iter().copied()).fold(0.0, f64::max);
+    let lo = series.iter().flat_map(|s| s.1.iter().copied()).fold(f64::INFINITY, f64::min);
+    let hi = series.iter().flat_map(|s| s.1.iter().copied()).fold(f64::NEG_INFINITY, f64::max);
     let mut builder = ChartBuilder::on(&root);
     builder.margin(15).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text { 60 } else { 5 });
     if text {
-        builder.caption("sparsity per block", ("sans-serif", 22));
+        builder.caption(caption, ("sans-serif", 22));
     }
     // Blocks are whole numbers: an integer axis, one tick per block up to twenty.
     let last = blocks.max(2) as i32 - 1;
-    let (y0, y1) = ((lo - 0.05).max(0.0), (hi + 0.05).min(1.0));
+    let (y0, y1) = match within {
+        Some((min, max)) => ((lo - 0.05).max(min), (hi + 0.05).min(max)),
+        None => {
+            let margin = ((hi - lo) * 0.1).max(0.05);
+            (lo - margin, hi + margin)
+        }
+    };
     let mut chart = builder.build_cartesian_2d(0i32..last, y0..y1).map_err(draw_err)?;
     let decimals = tick_decimals(y1 - y0, Y_LABELS);
     let y_label = |v: &f64| format!("{v:.decimals$}");
     let mut mesh = chart.configure_mesh();
     if text {
         mesh.x_desc("block")
-            .y_desc("sparsity")
+            .y_desc(y_desc)
             .x_labels((last as usize + 1).min(20))
             .y_labels(Y_LABELS)
             .y_label_formatter(&y_label);
@@ -211,8 +229,8 @@ fn layer_type(name: &str) -> String {
 }
 
 /// Every file a run may write into its plots folder.
-pub const FILES: [&str; 4] =
-    ["neuroal_block_step.png", "neuroal_row_step.png", "block_sparsity.png", "row_sparsity.png"];
+pub const FILES: [&str; 5] =
+    ["neuroal_block_step.png", "neuroal_row_step.png", "block_sparsity.png", "row_sparsity.png", "alpha_per_block.png"];
 
 /// Writes every plot the run has material for into `dir`; returns the files written.
 pub fn write_all(
@@ -240,6 +258,11 @@ pub fn write_all(
     }
     block_lines(&dir.join("block_sparsity.png"), blocks, text)?;
     written.push("block_sparsity.png".into());
+    if let Some(alphas) = &topup.alphas {
+        let series = [("α (mean of the block's linears)".to_string(), alphas.clone())];
+        per_block(&dir.join("alpha_per_block.png"), ("AlphaPruning: α per block", "α"), &series, None, text)?;
+        written.push("alpha_per_block.png".into());
+    }
     row_histograms(&dir.join("row_sparsity.png"), map, names, text)?;
     written.push("row_sparsity.png".into());
     Ok(written)

@@ -359,6 +359,7 @@ fn state_settings(settings: &PruneSettings, checked: &Checked, seqlen: usize) ->
         "owl_m": settings.owl_m, "owl_lambda": settings.owl_lambda, "neuroal_step": settings.neuroal_step.name(),
         "blocksize": settings.blocksize, "percdamp": settings.percdamp, "search_nsamples": settings.search_nsamples,
         "search_chunk": settings.search_chunk, "moe_calibrate": settings.moe_calibrate.name(),
+        "alpha_epsilon": checked.alpha_epsilon,
         "refine": settings.refine.name(), "dsnot_cycles": settings.dsnot_cycles,
         "dsnot_threshold": settings.dsnot_threshold, "dsnot_linears": settings.dsnot_linears.name(),
         "device": format!("{:?}", settings.device).to_lowercase(), "dtype": settings.dtype.name(),
@@ -609,6 +610,8 @@ fn topup_report(settings: &PruneSettings, checked: &Checked, model: &Model, topu
         name: kind.name().into(),
         block_sparsities: topup.block_sparsities.clone(),
         outlier_ratios: topup.outlier_ratios.clone(),
+        alphas: topup.alphas.clone(),
+        alpha_epsilon: checked.alpha_epsilon,
         ..Default::default()
     };
     if kind == TopUpKind::Owl {

@@ -97,6 +97,11 @@ pub struct TopUpReport {
     pub block_scores: Vec<[f64; 2]>,
     pub row_scores: Vec<[f64; 2]>,
     pub block_sparsities: Vec<f64>,
+    /// AlphaPruning: each block's α and the ε its ratios were spread with.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub alphas: Option<Vec<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub alpha_epsilon: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub step: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]

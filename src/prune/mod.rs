@@ -2,6 +2,7 @@
 //! scores → masks (the `pruner` interface: `magnitude`, `wanda`, `sparsegpt`) → the top-up that spreads the sparsity (uniform, `owl`, `neuroal`)
 //! → the block pipeline → writing, with resume.
 
+pub mod alpha;
 pub mod calib;
 pub mod dsnot;
 pub mod magnitude;

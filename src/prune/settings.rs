@@ -21,16 +21,19 @@ pub enum TopUpKind {
     Uniform,
     Owl,
     Neuroal,
+    /// AlphaPruning (`alpha.rs`): per block, from the heavy tail of its weights' spectra.
+    Alpha,
 }
 
 impl Named for TopUpKind {
-    const ALL: &'static [TopUpKind] = &[TopUpKind::Uniform, TopUpKind::Owl, TopUpKind::Neuroal];
+    const ALL: &'static [TopUpKind] = &[TopUpKind::Uniform, TopUpKind::Owl, TopUpKind::Neuroal, TopUpKind::Alpha];
 
     fn name(self) -> &'static str {
         match self {
             TopUpKind::Uniform => "uniform",
             TopUpKind::Owl => "owl",
             TopUpKind::Neuroal => "neuroal",
+            TopUpKind::Alpha => "alpha",
         }
     }
 }
@@ -143,6 +146,9 @@ pub struct PruneSettings {
     /// raising the run's estimated peak memory).
     pub search_batch: usize,
     pub moe_calibrate: MoeCalibrate,
+    /// AlphaPruning: ε, the largest deviation of a block's ratio from 1; `None`: the
+    /// AlphaPruning paper's value for the method (magnitude 0.5, SparseGPT 0.2, else 0.3).
+    pub alpha_epsilon: Option<f64>,
     pub refine: Refine,
     /// DSnoT: cycles per linear at most, the error below which a row stops, and its linears.
     pub dsnot_cycles: usize,
@@ -171,6 +177,7 @@ impl Default for PruneSettings {
             search_chunk: 0,
             search_batch: 0,
             moe_calibrate: MoeCalibrate::Routed,
+            alpha_epsilon: None,
             refine: Refine::None,
             dsnot_cycles: 50,
             dsnot_threshold: 0.1,
@@ -189,6 +196,8 @@ pub struct Checked {
     pub step: NeuroalStep,
     /// The refinement after the base pruner, with the linears it applies to.
     pub refine: Option<(Dsnot, DsnotLinears)>,
+    /// AlphaPruning's ε (under `--top-up alpha`).
+    pub alpha_epsilon: Option<f64>,
 }
 
 impl PruneSettings {
@@ -213,7 +222,27 @@ impl PruneSettings {
         let sparsity = self.target_sparsity()?;
         self.check_counts_and_owl()?;
         let refine = self.checked_refine(pruner.as_ref())?;
-        Ok(Checked { pruner, sparsity, step, refine })
+        let alpha_epsilon = self.checked_epsilon()?;
+        Ok(Checked { pruner, sparsity, step, refine, alpha_epsilon })
+    }
+
+    /// ε in (0, 1), asked or the paper's for the method; only under `--top-up alpha`.
+    fn checked_epsilon(&self) -> Result<Option<f64>> {
+        if self.top_up != TopUpKind::Alpha {
+            if self.alpha_epsilon.is_some() {
+                bail!("--alpha-epsilon applies to --top-up alpha");
+            }
+            return Ok(None);
+        }
+        let e = self.alpha_epsilon.unwrap_or(match self.method {
+            Method::Magnitude => 0.5,
+            Method::Sparsegpt => 0.2,
+            Method::Wanda | Method::Multiflow => 0.3,
+        });
+        if !(e.is_finite() && e > 0.0 && e < 1.0) {
+            bail!("--alpha-epsilon {e} must be a number in (0, 1)");
+        }
+        Ok(Some(e))
     }
 
     /// DSnoT swaps pruned and kept weights of the pruner's per-row masks: a pruner that rewrites
