@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Rows of docs/quality.md's table on SmolLM2-135M-Instruct (f32): each row's prune (128 × 256
+# windows of WikiText-2 valid, seed 0, cpu) and its perplexity on the first 40 windows of 256
+# tokens of WikiText-2 test, one line per row: its settings, the perplexity, λs, the overall
+# sparsity and the prune's wall time.
+#
+#   bash scripts/quality_rows.sh BINARY MODEL OUT "ROW" ["ROW" …]
+#
+# ROW is the prune's own flags, e.g. "--method wanda --sparsity 0.7 --top-up neuroal".
+set -euo pipefail
+BIN="$1"; MODEL="$2"; OUT="$3"; shift 3
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+for row in "$@"; do
+  name=$(echo "$row" | tr -s ' -' '_' | sed 's/^_//')
+  start=$(date +%s.%N)
+  # shellcheck disable=SC2086
+  "$BIN" prune --model "$MODEL" --calib ../shared/data/wikitext-2/valid.txt --nsamples 128 --seqlen 256 \
+    --device cpu --out "$OUT/$name" --force $row > "$OUT/$name.log" 2>&1
+  secs=$(echo "$(date +%s.%N) - $start" | bc)
+  ppl=$("$BIN" eval --model "$OUT/$name" --text ../shared/data/wikitext-2/test.txt --seqlen 256 --max-windows 40 \
+    --device cpu --json 2>/dev/null | python3 -c "import json,sys; print(round(json.load(sys.stdin)['ppl'], 2))")
+  python3 - "$OUT/$name/report.json" "$row" "$ppl" "$secs" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+t = r["topup"]
+print(f"{sys.argv[2]} | ppl {sys.argv[3]} | λ {t.get('lambda_block')} / {t.get('lambda_row')} | sparsity {r['sparsity']['overall']:.4f} | {float(sys.argv[4]):.0f} s", flush=True)
+PY
+  rm -rf "${OUT:?}/$name"
+done
