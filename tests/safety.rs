@@ -635,6 +635,39 @@ fn resume_after_a_kill_is_byte_identical() {
     }
     std::fs::remove_dir_all(&out).unwrap();
 
+    // AlphaPruning's α saved as fitted, DSnoT's refined masks as pruned: either kill resumes to
+    // the same bytes.
+    let alpha = [
+        "--top-up",
+        "alpha",
+        "--refine",
+        "dsnot",
+        "--dsnot-cycles",
+        "10",
+        "--sparsity",
+        "0.5",
+        "--calib",
+        calib.to_str().unwrap(),
+    ];
+    let reference = s.join("reference-alpha");
+    assert!(run_prune(&model, &reference, &alpha, &[]).status.success());
+    let want = snapshot(&reference);
+    for point in ["after-alpha", "after-block-0"] {
+        killed(&run_prune(&model, &out, &alpha, &[("NEUROAL_FAULT", point)]));
+        let mut resumed = alpha.to_vec();
+        resumed.push("--resume");
+        let o = run_prune(&model, &out, &resumed, &[]);
+        assert!(o.status.success() && stderr(&o).contains("resuming"), "{point}: {}", stderr(&o));
+        let got = snapshot(&out);
+        assert_eq!(got.len(), want.len(), "{point}");
+        for (k, v) in &want {
+            if k != "report.json" {
+                assert!(got[k] == *v, "alpha + dsnot, {point}: {k} differs from the uninterrupted run");
+            }
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
     // Other settings or changed inputs are refused with one line.
     killed(&run_prune(&model, &out, &flags, &[("NEUROAL_FAULT", "after-block-0")]));
     let mut other = flags.to_vec();

@@ -506,11 +506,15 @@ fn alpha_pruning_matches_the_authors_code() {
             .args(["prune", "--model", model.to_str().unwrap(), "--calib", calib.to_str().unwrap()])
             .args(["--out", out.to_str().unwrap(), "--top-up", "alpha", "--device", "cpu", "--force"])
             .args(["--seqlen", seqlen, "--nsamples", nsamples, "--sparsity", sparsity])
+            .args(["--plots", out.join("plots").to_str().unwrap()])
             .output()
             .unwrap();
         assert!(o.status.success(), "{golden_name}: {}", String::from_utf8_lossy(&o.stderr));
         let r: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        // α per block is drawn beside the sparsities.
+        let png = std::fs::read(out.join("plots").join("alpha_per_block.png")).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{golden_name}: alpha_per_block.png");
         let ours = zero_pattern_hashes(&out);
         let _ = std::fs::remove_dir_all(&out);
         assert_eq!(r["topup"]["alpha_epsilon"], 0.3, "{golden_name}");
