@@ -453,6 +453,7 @@ fn neuroal_search_matches_the_authors_code_on_every_family() {
         ("tiny-llama-multiflow-neuroal", "tiny-llama", "multiflow"),
         ("tiny-opt-multiflow-neuroal", "tiny-opt", "multiflow"),
         ("tiny-mistral-gqa-multiflow-neuroal", "tiny-mistral-gqa", "multiflow"),
+        ("tiny-phi-multiflow-neuroal", "tiny-phi", "multiflow"),
     ] {
         search_matches_the_authors_code(
             golden,
@@ -466,7 +467,7 @@ fn neuroal_search_matches_the_authors_code_on_every_family() {
 /// DSnoT over a uniform prune against the authors' prune_DSnoT (`time_authors_code.py --top-up
 /// dsnot` on the report of the same command): their rules, their default linears (the
 /// attention's; they skip the MLP's), the same zero pattern weight for weight. On the fixtures
-/// with 10 cycles: with 50, their walks leave their lists on 64-column rows and their code
+/// (LLaMA, OPT, Phi-2, Mistral) with 10 cycles: with 50, their walks leave their lists on 64-column rows and their code
 /// fails (ours ends such a walk). On wt2-llama, 50 cycles at 70%: every refined linear's mask
 /// equals theirs; downstream of them, f32 rounding of the next blocks' inputs has put 2 of
 /// 176,128 entries of block 5's up_proj on the other side of a tie (measured), so the MLP's
@@ -478,6 +479,7 @@ fn dsnot_matches_the_authors_code() {
     for (golden, fixture, sparsity, method) in [
         ("tiny-llama-dsnot", "tiny-llama", "0.5", "wanda"),
         ("tiny-opt-dsnot", "tiny-opt", "0.5", "wanda"),
+        ("tiny-phi-dsnot", "tiny-phi", "0.5", "wanda"),
         ("tiny-mistral-gqa-multiflow-dsnot", "tiny-mistral-gqa", "0.6", "multiflow"),
     ] {
         let extra: Vec<&str> = tiny.iter().copied().chain(["--sparsity", sparsity, "--method", method]).collect();
@@ -491,14 +493,16 @@ fn dsnot_matches_the_authors_code() {
 /// AlphaPruning against the authors' `--top_up alpha` (`time_authors_code.py --top-up alpha`,
 /// ε 0.3, on the report of the same command): each block's α (the mean of its linears' Hill
 /// estimates; faer's singular values against LAPACK's: measured within 1e-5 relative) and
-/// sparsity (within 1e-5), and the same zero patterns, on wt2-llama at 70% and on OPT and Phi-2
-/// fixtures at 60%.
+/// sparsity (within 1e-5), and the same zero patterns, on wt2-llama at 70% and on the OPT, Phi-2
+/// and grouped-query Mistral fixtures at 60%.
 #[test]
 fn alpha_pruning_matches_the_authors_code() {
     let wt2 = (shared("models/wt2-llama"), shared("data/wikitext-2/valid.txt"), ["256", "16", "0.7"]);
-    let fixtures = ["tiny-opt", "tiny-phi"].map(|f| (asset(f), asset("sample.txt"), ["64", "16", "0.6"]));
+    let fixtures =
+        ["tiny-opt", "tiny-phi", "tiny-mistral-gqa"].map(|f| (asset(f), asset("sample.txt"), ["64", "16", "0.6"]));
+    let goldens = ["wt2-llama-alpha", "tiny-opt-alpha", "tiny-phi-alpha", "tiny-mistral-gqa-alpha"];
     for (golden_name, (model, calib, [seqlen, nsamples, sparsity])) in
-        ["wt2-llama-alpha", "tiny-opt-alpha", "tiny-phi-alpha"].into_iter().zip(std::iter::once(wt2).chain(fixtures))
+        goldens.into_iter().zip(std::iter::once(wt2).chain(fixtures))
     {
         let g = golden(golden_name);
         let out = std::env::temp_dir().join(format!("neuroal-alpha-{}-{golden_name}", std::process::id()));
