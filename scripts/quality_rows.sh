@@ -14,9 +14,13 @@ mkdir -p "$OUT"
 for row in "$@"; do
   name=$(echo "$row" | tr -s ' -' '_' | sed 's/^_//')
   start=$(date +%s.%N)
+  # A row the prune refuses prints its one-line error and the next row runs.
   # shellcheck disable=SC2086
-  "$BIN" prune --model "$MODEL" --calib ../shared/data/wikitext-2/valid.txt --nsamples 128 --seqlen 256 \
-    --device cpu --out "$OUT/$name" --force $row > "$OUT/$name.log" 2>&1
+  if ! "$BIN" prune --model "$MODEL" --calib ../shared/data/wikitext-2/valid.txt --nsamples 128 --seqlen 256 \
+    --device cpu --out "$OUT/$name" --force $row > "$OUT/$name.log" 2>&1; then
+    echo "$row | $(tail -1 "$OUT/$name.log")"
+    continue
+  fi
   secs=$(echo "$(date +%s.%N) - $start" | bc)
   ppl=$("$BIN" eval --model "$OUT/$name" --text ../shared/data/wikitext-2/test.txt --seqlen 256 --max-windows 40 \
     --device cpu --json 2>/dev/null | python3 -c "import json,sys; print(round(json.load(sys.stdin)['ppl'], 2))")

@@ -506,22 +506,14 @@ fn alpha_pruning_matches_the_authors_code() {
         goldens.into_iter().zip(std::iter::once(wt2).chain(fixtures))
     {
         let g = golden(golden_name);
-        let out = std::env::temp_dir().join(format!("neuroal-alpha-{}-{golden_name}", std::process::id()));
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
-            .args(["prune", "--model", model.to_str().unwrap(), "--calib", calib.to_str().unwrap()])
-            .args(["--out", out.to_str().unwrap(), "--top-up", "alpha", "--device", "cpu", "--force"])
-            .args(["--seqlen", seqlen, "--nsamples", nsamples, "--sparsity", sparsity])
-            .args(["--plots", out.join("plots").to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{golden_name}: {}", String::from_utf8_lossy(&o.stderr));
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        let plots = std::env::temp_dir().join(format!("neuroal-alpha-plots-{}-{golden_name}", std::process::id()));
+        let args = ["--top-up", "alpha", "--seqlen", seqlen, "--nsamples", nsamples, "--sparsity", sparsity, "--plots"];
+        let args: Vec<&str> = args.into_iter().chain([plots.to_str().unwrap()]).collect();
+        let (r, ours) = prune_for_golden(golden_name, &model, &calib, &args);
         // α per block is drawn beside the sparsities.
-        let png = std::fs::read(out.join("plots").join("alpha_per_block.png")).unwrap();
+        let png = std::fs::read(plots.join("alpha_per_block.png")).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{golden_name}: alpha_per_block.png");
-        let ours = zero_pattern_hashes(&out);
-        let _ = std::fs::remove_dir_all(&out);
+        let _ = std::fs::remove_dir_all(&plots);
         assert_eq!(r["topup"]["alpha_epsilon"], 0.3, "{golden_name}");
         for (key, tolerance) in [("alphas", 1e-5), ("block_sparsities", 1e-5)] {
             let (got, want) = (doubles(&r["topup"][key]), doubles(&g[key]));
@@ -546,20 +538,10 @@ fn refinement_matches_the_authors_code(
     differing: usize,
 ) {
     let g = golden(golden_name);
-    let out = std::env::temp_dir().join(format!("neuroal-dsnot-{}-{golden_name}", std::process::id()));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
-        .args(["prune", "--model", model.to_str().unwrap(), "--calib", calib.to_str().unwrap()])
-        .args(["--out", out.to_str().unwrap(), "--refine", "dsnot", "--device", "cpu", "--force"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{golden_name}: {}", String::from_utf8_lossy(&o.stderr));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let args: Vec<&str> = ["--refine", "dsnot"].iter().chain(extra).copied().collect();
+    let (r, ours) = prune_for_golden(golden_name, model, calib, &args);
     assert_eq!(r["settings"]["refine"]["method"], "dsnot", "{golden_name}");
     assert_eq!(r["settings"]["refine"]["linears"], "attention", "{golden_name}");
-    let ours = zero_pattern_hashes(&out);
-    let _ = std::fs::remove_dir_all(&out);
     let theirs = g["mask_sha256"].as_object().unwrap();
     assert_eq!(ours.len(), theirs.len(), "{golden_name}: prunable weights");
     let mut other = 0;
@@ -572,6 +554,28 @@ fn refinement_matches_the_authors_code(
             assert!(other <= differing, "{golden_name}: {name}'s mask differs from the authors'");
         }
     }
+}
+
+/// `neuroal prune` of `model` on `calib` with `args`, on the CPU, into a folder of its own
+/// (removed after): its report and each written weight's zero pattern ([`zero_pattern_hashes`]).
+fn prune_for_golden(
+    golden_name: &str,
+    model: &Path,
+    calib: &Path,
+    args: &[&str],
+) -> (serde_json::Value, std::collections::BTreeMap<String, String>) {
+    let out = std::env::temp_dir().join(format!("neuroal-vs-authors-{}-{golden_name}", std::process::id()));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
+        .args(["prune", "--model", model.to_str().unwrap(), "--calib", calib.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--device", "cpu", "--force"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{golden_name}: {}", String::from_utf8_lossy(&o.stderr));
+    let r = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let masks = zero_pattern_hashes(&out);
+    let _ = std::fs::remove_dir_all(&out);
+    (r, masks)
 }
 
 /// SHA-256 of each block weight's zero pattern in a written checkpoint (one byte per entry, 1
@@ -615,21 +619,10 @@ fn search_matches_the_authors_code(
     extra: &[&str],
 ) {
     let g = golden(golden_name);
-    let out = std::env::temp_dir().join(format!("neuroal-vs-authors-{}-{golden_name}", std::process::id()));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_neuroal"))
-        .args(["prune", "--model", model.to_str().unwrap()])
-        .args(["--calib", calib.to_str().unwrap(), "--out", out.to_str().unwrap()])
-        .args(["--sparsity", "0.7", "--top-up", "neuroal", "--device", "cpu", "--force"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{golden_name}: {}", String::from_utf8_lossy(&o.stderr));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let args: Vec<&str> = ["--sparsity", "0.7", "--top-up", "neuroal"].iter().chain(extra).copied().collect();
+    let (r, ours) = prune_for_golden(golden_name, model, calib, &args);
     // The written masks against the authors' pruned model, where the golden has its hashes.
-    let masks = g.get("mask_sha256").map(|_| zero_pattern_hashes(&out));
-    let _ = std::fs::remove_dir_all(&out);
-    if let (Some(ours), Some(theirs)) = (masks, g.get("mask_sha256").and_then(|m| m.as_object())) {
+    if let Some(theirs) = g.get("mask_sha256").and_then(|m| m.as_object()) {
         assert_eq!(ours.len(), theirs.len(), "{golden_name}: prunable weights");
         for (name, hash) in theirs {
             assert_eq!(
