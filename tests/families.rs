@@ -478,28 +478,19 @@ fn experts_are_calibrated_on_the_tokens_routed_to_them() {
 #[test]
 fn moe_calibrate_all_changes_the_experts_masks_not_the_attentions() {
     let s = scratch("moe-calibrate");
+    // tiny-qwen3-moe at 50% on the CPU into s/NAME, with `extra` flags.
+    let run = |name: &str, extra: &[&str]| {
+        let out = s.join(name);
+        let (model, calib) = (asset("tiny-qwen3-moe"), asset("sample.txt"));
+        let mut args = vec!["prune", "--model", model.to_str().unwrap(), "--calib", calib.to_str().unwrap()];
+        args.extend(["--out", out.to_str().unwrap(), "--sparsity", "0.5", "--device", "cpu"]);
+        args.extend(extra);
+        let o = neuroal(&args);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
     let prune = |mode: &str| {
-        let out = s.join(mode);
-        let o = neuroal(&[
-            "prune",
-            "--model",
-            asset("tiny-qwen3-moe").to_str().unwrap(),
-            "--calib",
-            asset("sample.txt").to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--sparsity",
-            "0.5",
-            "--seqlen",
-            "64",
-            "--nsamples",
-            "4",
-            "--device",
-            "cpu",
-            "--moe-calibrate",
-            mode,
-        ]);
-        assert!(o.status.success(), "{mode}: {}", String::from_utf8_lossy(&o.stderr));
+        let out = run(mode, &["--seqlen", "64", "--nsamples", "4", "--moe-calibrate", mode]);
         let r: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
         (shard_tensors(&out), r)
     };
@@ -526,23 +517,7 @@ fn moe_calibrate_all_changes_the_experts_masks_not_the_attentions() {
     let all_experts = a.experts.unwrap();
     assert_eq!((all_experts.calibrate.as_str(), all_experts.tokens.len()), ("all", 0));
     // Magnitude reads no calibration: no expert was counted, none is reported as sent none.
-    let out = s.join("magnitude");
-    let o = neuroal(&[
-        "prune",
-        "--model",
-        asset("tiny-qwen3-moe").to_str().unwrap(),
-        "--calib",
-        asset("sample.txt").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--method",
-        "magnitude",
-        "--sparsity",
-        "0.5",
-        "--device",
-        "cpu",
-    ]);
-    assert!(o.status.success(), "magnitude: {}", String::from_utf8_lossy(&o.stderr));
+    let out = run("magnitude", &["--method", "magnitude"]);
     let r: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert!(r.experts.is_none(), "{:?}", r.experts);
     let _ = std::fs::remove_dir_all(&s);

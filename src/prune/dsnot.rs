@@ -35,6 +35,7 @@ pub struct Inputs<'a> {
 }
 
 /// The walks of one row: its lists and pointers, and the error it pulls to zero.
+#[derive(Clone)]
 struct Row {
     metric: Vec<f32>,
     regrow_order: Vec<usize>,
@@ -58,7 +59,7 @@ impl Dsnot {
             .par_iter()
             .zip(pruned.par_chunks(cols))
             .map(|(row, mask)| {
-                let (mut row, mut mask) = (row.clone_walk(), mask.to_vec());
+                let (mut row, mut mask) = (row.clone(), mask.to_vec());
                 (1..=self.cycles).find(|_| !self.cycle(&mut row, &mut mask)).unwrap_or(self.cycles)
             })
             .collect();
@@ -131,21 +132,6 @@ impl Dsnot {
             row.error -= row.metric[grow];
         }
         row.updating
-    }
-}
-
-impl Row {
-    fn clone_walk(&self) -> Row {
-        Row {
-            metric: self.metric.clone(),
-            regrow_order: self.regrow_order.clone(),
-            prune_order: self.prune_order.clone(),
-            regrow_at: self.regrow_at,
-            prune_at: self.prune_at,
-            error: self.error,
-            updating: self.updating,
-            walking: self.walking,
-        }
     }
 }
 
