@@ -185,15 +185,16 @@ struct PruneFlags {
     /// pairs of weights per row against the expected change of the row's output.
     #[arg(long, value_parser = named::<Refine>(), default_value = PruneSettings::default().refine.name())]
     refine: Refine,
-    /// DSnoT: cycles per linear at most.
-    #[arg(long, default_value_t = PruneSettings::default().dsnot_cycles)]
-    dsnot_cycles: usize,
-    /// DSnoT: a row stops once its error is at most this.
-    #[arg(long, default_value_t = PruneSettings::default().dsnot_threshold)]
-    dsnot_threshold: f64,
-    /// DSnoT: the linears it refines (attention: the authors' choice, which skips the MLP's).
-    #[arg(long, value_parser = named::<DsnotLinears>(), default_value = PruneSettings::default().dsnot_linears.name())]
-    dsnot_linears: DsnotLinears,
+    /// DSnoT: cycles per linear at most [default: 50].
+    #[arg(long)]
+    dsnot_cycles: Option<usize>,
+    /// DSnoT: a row stops once its error is at most this [default: 0.1].
+    #[arg(long)]
+    dsnot_threshold: Option<f64>,
+    /// DSnoT: the linears it refines (attention: the authors' choice, which skips the MLP's)
+    /// [default: attention].
+    #[arg(long, value_parser = named::<DsnotLinears>())]
+    dsnot_linears: Option<DsnotLinears>,
     /// Folder for PNG plots of the search and the sparsity distribution (a folder inside
     /// --out is written with the output).
     #[arg(long)]
@@ -368,6 +369,16 @@ fn prune(flags: PruneFlags) -> Result<()> {
         plots,
         resume,
     } = flags;
+    // DSnoT's parameters asked without DSnoT would be ignored silently.
+    let dsnot_flags = [
+        ("--dsnot-cycles", dsnot_cycles.is_some()),
+        ("--dsnot-threshold", dsnot_threshold.is_some()),
+        ("--dsnot-linears", dsnot_linears.is_some()),
+    ];
+    if let Some((flag, _)) = dsnot_flags.iter().find(|(_, given)| *given && refine == Refine::None) {
+        bail!("{flag} applies to --refine dsnot");
+    }
+    let defaults = PruneSettings::default();
     let settings = PruneSettings {
         method,
         blocksize,
@@ -387,9 +398,9 @@ fn prune(flags: PruneFlags) -> Result<()> {
         moe_calibrate,
         alpha_epsilon,
         refine,
-        dsnot_cycles,
-        dsnot_threshold,
-        dsnot_linears,
+        dsnot_cycles: dsnot_cycles.unwrap_or(defaults.dsnot_cycles),
+        dsnot_threshold: dsnot_threshold.unwrap_or(defaults.dsnot_threshold),
+        dsnot_linears: dsnot_linears.unwrap_or(defaults.dsnot_linears),
         device,
         dtype,
     };

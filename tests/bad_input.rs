@@ -200,7 +200,7 @@ fn new_flags_refuse_bad_values_in_one_line() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (prune(&["--method", "sparsegpt", "--blocksize", "0"]), "--blocksize must be at least 1"),
         // DSnoT: no cycle, a negative threshold, a pruner that rewrites kept weights, a mask
-        // that is not per row, an unknown refinement.
+        // that is not per row, unknown linears, its parameters without it, an unknown refinement.
         (prune(&["--refine", "dsnot", "--dsnot-cycles", "0"]), "--dsnot-cycles must be at least 1"),
         (prune(&["--refine", "dsnot", "--dsnot-threshold=-1"]), "--dsnot-threshold -1 must be a number ≥ 0"),
         (
@@ -211,6 +211,12 @@ fn new_flags_refuse_bad_values_in_one_line() {
             prune(&["--refine", "dsnot", "--pattern", "2:4"]),
             "--refine dsnot refines per-row masks and needs --pattern row (not 2:4)",
         ),
+        (
+            prune(&["--refine", "dsnot", "--dsnot-linears", "mlp"]),
+            "invalid value 'mlp' for '--dsnot-linears <DSNOT_LINEARS>'",
+        ),
+        (prune(&["--dsnot-cycles", "10"]), "--dsnot-cycles applies to --refine dsnot"),
+        (prune(&["--dsnot-linears", "all"]), "--dsnot-linears applies to --refine dsnot"),
         (prune(&["--refine", "sparsefinetune"]), "invalid value 'sparsefinetune' for '--refine <REFINE>'"),
         (prune(&["--method", "multiflo"]), "invalid value 'multiflo' for '--method <METHOD>'"),
         // AlphaPruning's ε: in (0, 1), and only with its top-up.

@@ -45,6 +45,11 @@ pub struct Run {
     /// Values of a block's weights stacked for fused products (`src/gpu/fused.rs`; 0 where none
     /// are), held beside the weights they copy.
     pub stacked_params: u128,
+    /// AlphaPruning: each block's weights read to the host in f32 and their spectra taken, all
+    /// linears of a block side by side, before the pruning pass.
+    pub spectra: bool,
+    /// DSnoT: a linear's weight, mask and per-row lists on the host while its mask is refined.
+    pub refined: bool,
     /// What `--eval` and `--zeroshot` measure once the checkpoint is written; `None` without
     /// them. Only then are an embedding table and LM head on the device (the pruning reads its
     /// windows' rows from the memory map and computes no logits).
@@ -89,6 +94,9 @@ fn masks(c: &Config, shapes: &[[usize; 2]]) -> Part {
 /// largest phase.
 pub fn prune_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     let mut phases = vec![pruning_parts(c, shapes, run)];
+    if run.spectra {
+        phases.push(spectra_parts(shapes, run));
+    }
     phases.extend(run.measure.map(|m| {
         [measuring_parts(c, shapes, run.dtype_bytes, run.stacked_params, &m), vec![masks(c, shapes)]].concat()
     }));
@@ -227,6 +235,11 @@ fn pruning_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
         weights(1),
         masks(c, shapes),
     ];
+    if run.refined {
+        // f32 weight, a byte of mask and each row's f32 metric and two usize orders, a weight.
+        let largest = shapes.iter().map(|s| (s[0] * s[1]) as u128).max().unwrap_or(0);
+        pruning.push(Part { what: "DSnoT's host lists", bytes: largest * (4 + 1 + 4 + 2 * 8), lowered_by: MODEL_SIZE });
+    }
     if run.hessians {
         pruning.push(hessians(1));
         pruning.push(Part {
@@ -253,6 +266,16 @@ fn pruning_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
         search.push(hessians(step));
     }
     if total(&search) > total(&pruning) { search } else { pruning }
+}
+
+/// AlphaPruning's phase: the block whose spectra are taken, its weights' f32 copies on the host
+/// and, as every linear's SVD runs side by side, a working copy of each.
+fn spectra_parts(shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
+    let block_params = block_params(shapes);
+    vec![
+        Part { what: "one block's weights", bytes: block_params * run.dtype_bytes, lowered_by: MODEL_SIZE },
+        Part { what: "AlphaPruning's host copies and SVDs", bytes: 2 * block_params * 4, lowered_by: MODEL_SIZE },
+    ]
 }
 
 /// The parts' sum in bytes.
@@ -531,6 +554,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn alpha_pruning_and_dsnot_host_copies_by_hand() {
+        let c = Config::from_json(
+            r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":2,"num_attention_heads":2,"max_position_embeddings":32}"#,
+        )
+        .unwrap();
+        let shapes = crate::model::Specs::of(&c).largest().shapes();
+        let bytes = |parts: &[Part], what: &str| parts.iter().find(|p| p.what == what).map(|p| p.bytes);
+        let run = |nsamples, spectra, refined| Run {
+            nsamples,
+            seqlen: 16,
+            chunk: 8,
+            search: None,
+            passes_at_once: 1,
+            dense_batch: 1,
+            hessians: false,
+            dtype_bytes: 4,
+            stacked_params: 0,
+            spectra,
+            refined,
+            measure: None,
+        };
+        // A block's 640 weights (q, k, v, o 4 × 64; gate, up, down 3 × 128). AlphaPruning holds
+        // the block (2560 bytes), its f32 host copies and the SVDs' copies: 2 × 640 × 4. With no
+        // window run (magnitude), that phase is the peak: 2560 + 5120 against 7680 + 160.
+        let alpha = prune_parts(&c, &shapes, &run(0, true, false));
+        assert_eq!(bytes(&alpha, "AlphaPruning's host copies and SVDs"), None);
+        assert_eq!(total(&alpha), 7680 + 160);
+        let alpha = spectra_parts(&shapes, &run(0, true, false));
+        assert_eq!(total(&alpha), 640 * 4 + 2 * 640 * 4);
+        // DSnoT: the largest linear (gate, up or down: 128 weights) × (4 + 1 + 4 + 16) bytes,
+        // beside the pruning pass.
+        let dsnot = prune_parts(&c, &shapes, &run(4, false, true));
+        let plain = prune_parts(&c, &shapes, &run(4, false, false));
+        assert_eq!(bytes(&dsnot, "DSnoT's host lists"), Some(128 * 25));
+        assert_eq!(total(&dsnot), total(&plain) + 128 * 25);
+        // A block this small at bf16 with no window: the spectra phase (f32 copies) is the peak.
+        let half = Run { dtype_bytes: 2, ..run(0, true, false) };
+        let parts = prune_parts(&c, &shapes, &half);
+        assert_eq!(bytes(&parts, "AlphaPruning's host copies and SVDs"), Some(5120));
+        assert_eq!(total(&parts), 1280 + 5120);
+    }
+
+    #[test]
     fn parts_by_hand_and_the_message_names_the_flag() {
         let c = Config::from_json(
             r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
@@ -549,6 +616,8 @@ mod tests {
             hessians,
             dtype_bytes: 4,
             stacked_params: 0,
+            spectra: false,
+            refined: false,
             measure: None,
         };
         // The pruning pass: 4 windows of 16 tokens, 8 wide. Attention and MLP of all 4 windows
@@ -648,6 +717,8 @@ mod tests {
             hessians,
             dtype_bytes: 2,
             stacked_params: 0,
+            spectra: false,
+            refined: false,
             measure: None,
         };
         let big = largest_buffer(&c, &shapes, &one(16, false));
@@ -698,6 +769,8 @@ mod tests {
             hessians: false,
             dtype_bytes: 2,
             stacked_params: 0,
+            spectra: false,
+            refined: false,
             measure: None,
         };
         assert_eq!(free_dense_batch(&llama7b, &shapes7b, &case), 1);

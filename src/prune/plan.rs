@@ -6,7 +6,7 @@ use crate::gpu::device::ComputeDtype;
 use crate::measure::memory;
 use crate::model::config::Config;
 use crate::prune::neuroal::{block_grid, row_grid};
-use crate::prune::settings::{NeuroalStep, PruneSettings, TopUpKind};
+use crate::prune::settings::{NeuroalStep, PruneSettings, Refine, TopUpKind};
 
 /// What the estimate needs beyond the settings: the NeuroAL step that runs, the target
 /// sparsity, the window length, whether the pruner keeps Hessians, whether the run is on a CPU
@@ -49,6 +49,8 @@ pub fn memory_run(settings: &PruneSettings, work: &Work) -> memory::Run {
         },
         // The CPU backends stack nothing; a GPU run sets its own once it knows.
         stacked_params: 0,
+        spectra: settings.top_up == TopUpKind::Alpha,
+        refined: settings.refine == Refine::Dsnot,
         // Set by the caller, which has read what is measured.
         measure: None,
     }
