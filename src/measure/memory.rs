@@ -553,15 +553,25 @@ pub fn peak_rss_bytes() -> u128 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn alpha_pruning_and_dsnot_host_copies_by_hand() {
+    /// A LLaMA config 8 wide with an MLP of 16, and a block's linear shapes.
+    fn tiny() -> (Config, Vec<[usize; 2]>) {
         let c = Config::from_json(
             r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
             "num_hidden_layers":2,"num_attention_heads":2,"max_position_embeddings":32}"#,
         )
         .unwrap();
         let shapes = crate::model::Specs::of(&c).largest().shapes();
-        let bytes = |parts: &[Part], what: &str| parts.iter().find(|p| p.what == what).map(|p| p.bytes);
+        (c, shapes)
+    }
+
+    /// The bytes of the part named `what`, if the estimate has one.
+    fn bytes(parts: &[Part], what: &str) -> Option<u128> {
+        parts.iter().find(|p| p.what == what).map(|p| p.bytes)
+    }
+
+    #[test]
+    fn alpha_pruning_and_dsnot_host_copies_by_hand() {
+        let (c, shapes) = tiny();
         let run = |nsamples, spectra, refined| Run {
             nsamples,
             seqlen: 16,
@@ -599,13 +609,7 @@ mod tests {
 
     #[test]
     fn parts_by_hand_and_the_message_names_the_flag() {
-        let c = Config::from_json(
-            r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
-            "num_hidden_layers":2,"num_attention_heads":2,"max_position_embeddings":32}"#,
-        )
-        .unwrap();
-        let shapes = crate::model::Specs::of(&c).largest().shapes();
-        let bytes = |parts: &[Part], what: &str| parts.iter().find(|p| p.what == what).map(|p| p.bytes);
+        let (c, shapes) = tiny();
         let run = |search, at_once, hessians| Run {
             nsamples: 4,
             seqlen: 16,
