@@ -5,7 +5,7 @@ repository: pass the path of a local checkout of their repository
 (github.com/eliacunegatti/NeuroAL); their `lib/` and `sparsity_distribution.py` run unmodified.
 The stand-ins its imports need, the windows and the model are made as `authors_code.py` says.
 
-    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type auto] [--dtype float32] [--device cpu|cuda] [--method wanda|magnitude|sparsegpt|multiflow] [--golden OUT]
+    python3 scripts/time_authors_code.py CHECKOUT MODEL_DIR CALIB_TXT REPORT_JSON [--model-type auto] [--dtype float32] [--device cpu|cuda] [--method wanda|magnitude|sparsegpt|multiflow] [--top-up neuroal|uniform|owl|dsnot|alpha] [--golden OUT] [--save DIR]
 
 REPORT_JSON is a neuroal report.json; its calibration.windows and calibration.search_windows are
 the window starts (token offsets into the tokenized CALIB_TXT). --model-type is their name for
@@ -61,8 +61,9 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (the whole model on the GPU, as their main.py loads it)")
     ap.add_argument("--method", default="wanda", choices=["wanda", "magnitude", "sparsegpt", "multiflow"], help="the base pruner under NeuroAL")
-    ap.add_argument("--top-up", default="neuroal", choices=["neuroal", "uniform", "dsnot", "alpha"],
-                    help="their top-up: NeuroAL's search (the default), none (uniform), their DSnoT over the uniform prune, or AlphaPruning")
+    ap.add_argument("--top-up", default="neuroal", choices=["neuroal", "uniform", "owl", "dsnot", "alpha"],
+                    help="their top-up: NeuroAL's search (the default), none (uniform), OWL (M 5, λ 0.08, their defaults), "
+                         "their DSnoT over the uniform prune, or AlphaPruning")
     ap.add_argument("--alpha-epsilon", type=float, default=0.3, help="their epsilon for --top-up alpha")
     ap.add_argument("--dsnot-cycles", type=int, default=50, help="their max_cycle_time for --top-up dsnot")
     ap.add_argument("--golden", help="also write the search's scores, λs, windows and settings to this JSON file")
@@ -112,7 +113,9 @@ def main():
                                  # of every family, named as their loops see them).
                                  max_cycle_time=a.dsnot_cycles, update_threshold=0.1, pow_of_var_regrowing=1.0,
                                  skip_layer="fc" if a.model_type == "opt" else "mlp", skip_sub_layer="no_skip",
-                                 without_DSnoT=False, without_same_sign=True)
+                                 without_DSnoT=False, without_same_sign=True,
+                                 # OWL's, their main.py's defaults.
+                                 M=5, lam=0.08)
     # A GPU runs queued work: wait for it before each clock reading.
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     sync()
@@ -140,6 +143,10 @@ def main():
             alpha_report = {"linear_alphas": per_linear,
                             "alphas": [float(numpy.mean(per_linear[i:i + k])) for i in range(0, len(per_linear), k)],
                             "block_sparsities": [float(dist[next(n for n in dist if n.endswith(f"-{b}"))]) for b in range(len(layers))]}
+        elif a.top_up == "owl":
+            # Their OWL reads the outliers on the calibration windows (main.py's calib_data).
+            dist, gran = sd.get_owl_sparsity_distribution(args, model, None, dev, calib)
+            lb = lr = None
         else:
             dist, gran, lb, lr = None, "row", None, None
     sync()
