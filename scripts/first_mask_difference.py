@@ -46,7 +46,7 @@ def main():
     cal = json.load(open(report))["calibration"]
     ids = Tokenizer.from_file(f"{model_dir}/tokenizer.json").encode(open(calib, encoding="utf-8").read()).ids
     modules = dict(model.named_modules())
-    sumsq, seen = {}, []
+    sumsq = {}
 
     def hook(name):
         def record(_module, inputs, _output):
@@ -55,7 +55,7 @@ def main():
         return record
 
     for n in first:
-        seen.append(modules[n.removesuffix(".weight")].register_forward_hook(hook(n)))
+        modules[n.removesuffix(".weight")].register_forward_hook(hook(n))
     with torch.no_grad():
         for s in cal["windows"]:
             model(torch.tensor([ids[s:s + cal["seqlen"]]]))

@@ -70,6 +70,11 @@ fn widest(shapes: &[[usize; 2]]) -> u128 {
     shapes.iter().map(|s| s[0]).max().unwrap_or(0) as u128
 }
 
+/// The weight count of a block's largest linear.
+fn largest_linear(shapes: &[[usize; 2]]) -> u128 {
+    shapes.iter().map(|s| (s[0] * s[1]) as u128).max().unwrap_or(0)
+}
+
 /// A block's weight count; `shapes` are its linears.
 fn block_params(shapes: &[[usize; 2]]) -> u128 {
     shapes.iter().map(|s| (s[0] * s[1]) as u128).sum()
@@ -237,8 +242,8 @@ fn pruning_parts(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Vec<Part> {
     ];
     if run.refined {
         // f32 weight, a byte of mask and each row's f32 metric and two usize orders, a weight.
-        let largest = shapes.iter().map(|s| (s[0] * s[1]) as u128).max().unwrap_or(0);
-        pruning.push(Part { what: "DSnoT's host lists", bytes: largest * (4 + 1 + 4 + 2 * 8), lowered_by: MODEL_SIZE });
+        let bytes = largest_linear(shapes) * (4 + 1 + 4 + 2 * 8);
+        pruning.push(Part { what: "DSnoT's host lists", bytes, lowered_by: MODEL_SIZE });
     }
     if run.hessians {
         pruning.push(hessians(1));
@@ -327,12 +332,11 @@ pub fn free_dense_batch(c: &Config, shapes: &[[usize; 2]], run: &Run) -> usize {
 pub fn largest_buffer(c: &Config, shapes: &[[usize; 2]], run: &Run) -> Part {
     let chunk = (run.chunk.min(run.nsamples).max(1)) as u128;
     let t = run.seqlen as u128;
-    let largest_linear = shapes.iter().map(|s| (s[0] * s[1]) as u128).max().unwrap_or(0);
     let widest_input = shapes.iter().map(|s| s[1] as u128).max().unwrap_or(0);
     let mut parts = vec![
         Part { what: "attention scores", bytes: chunk * c.num_heads as u128 * t * t * 4, lowered_by: "--seqlen" },
         Part { what: "MLP activations", bytes: chunk * t * widest(shapes) * 4, lowered_by: "--seqlen" },
-        Part { what: "a linear's f32 copy for pruning", bytes: largest_linear * 4, lowered_by: MODEL_SIZE },
+        Part { what: "a linear's f32 copy for pruning", bytes: largest_linear(shapes) * 4, lowered_by: MODEL_SIZE },
     ];
     if let Some(m) = run.measure {
         parts.push(table_buffer(c, run.dtype_bytes));
@@ -564,16 +568,11 @@ mod tests {
         (c, shapes)
     }
 
-    /// The bytes of the part named `what`, if the estimate has one.
-    fn bytes(parts: &[Part], what: &str) -> Option<u128> {
-        parts.iter().find(|p| p.what == what).map(|p| p.bytes)
-    }
-
-    #[test]
-    fn alpha_pruning_and_dsnot_host_copies_by_hand() {
-        let (c, shapes) = tiny();
-        let run = |nsamples, spectra, refined| Run {
-            nsamples,
+    /// 4 windows of 16 tokens in chunks of 8, in f32, one pass at a time: no search, no Hessian,
+    /// no fused stacks, no AlphaPruning or DSnoT, nothing measured.
+    fn base_run() -> Run {
+        Run {
+            nsamples: 4,
             seqlen: 16,
             chunk: 8,
             search: None,
@@ -582,13 +581,24 @@ mod tests {
             hessians: false,
             dtype_bytes: 4,
             stacked_params: 0,
-            spectra,
-            refined,
+            spectra: false,
+            refined: false,
             measure: None,
-        };
+        }
+    }
+
+    /// The bytes of the part named `what`, if the estimate has one.
+    fn bytes(parts: &[Part], what: &str) -> Option<u128> {
+        parts.iter().find(|p| p.what == what).map(|p| p.bytes)
+    }
+
+    #[test]
+    fn alpha_pruning_and_dsnot_host_copies_by_hand() {
+        let (c, shapes) = tiny();
+        let run = |nsamples, spectra, refined| Run { nsamples, spectra, refined, ..base_run() };
         // A block's 640 weights (q, k, v, o 4 × 64; gate, up, down 3 × 128). AlphaPruning holds
         // the block (2560 bytes), its f32 host copies and the SVDs' copies: 2 × 640 × 4. With no
-        // window run (magnitude), that phase is the peak: 2560 + 5120 against 7680 + 160.
+        // window run (magnitude), that phase (7680) stays under the pruning pass's 7680 + 160.
         let alpha = prune_parts(&c, &shapes, &run(0, true, false));
         assert_eq!(bytes(&alpha, "AlphaPruning's host copies and SVDs"), None);
         assert_eq!(total(&alpha), 7680 + 160);
@@ -610,20 +620,7 @@ mod tests {
     #[test]
     fn parts_by_hand_and_the_message_names_the_flag() {
         let (c, shapes) = tiny();
-        let run = |search, at_once, hessians| Run {
-            nsamples: 4,
-            seqlen: 16,
-            chunk: 8,
-            search,
-            passes_at_once: at_once,
-            dense_batch: 1,
-            hessians,
-            dtype_bytes: 4,
-            stacked_params: 0,
-            spectra: false,
-            refined: false,
-            measure: None,
-        };
+        let run = |search, at_once, hessians| Run { search, passes_at_once: at_once, hessians, ..base_run() };
         // The pruning pass: 4 windows of 16 tokens, 8 wide. Attention and MLP of all 4 windows
         // in one chunk: 4 × (3·2·16² + 3·16·16 + 4·16·8) × 4 = 45,056 bytes. A block's linears:
         // q, k, v, o 4 × 64 and gate, up, down 3 × 128 → 640 weights, held with the pruned copy
@@ -711,20 +708,7 @@ mod tests {
         assert_eq!(bytes(&half_search, "NeuroAL search hidden states"), Some(30_720));
         // The largest single buffer: 4 windows' f32 attention scores, 4·2·16²·4 = 8192 bytes
         // (MLP 4·16·16·4 = 4096, gate's f32 copy 16·8·4 = 512).
-        let one = |seqlen, hessians| Run {
-            nsamples: 4,
-            seqlen,
-            chunk: 8,
-            search: None,
-            passes_at_once: 1,
-            dense_batch: 1,
-            hessians,
-            dtype_bytes: 2,
-            stacked_params: 0,
-            spectra: false,
-            refined: false,
-            measure: None,
-        };
+        let one = |seqlen, hessians| Run { seqlen, hessians, dtype_bytes: 2, ..base_run() };
         let big = largest_buffer(&c, &shapes, &one(16, false));
         assert_eq!((big.what, big.bytes, big.lowered_by), ("attention scores", 8192, "--seqlen"));
         // One token per window: down's 16 × 16 Hessian (1024 bytes) when SparseGPT records it,
@@ -763,20 +747,7 @@ mod tests {
         )
         .unwrap();
         let shapes7b = crate::model::Specs::of(&llama7b).largest().shapes();
-        let case = Run {
-            nsamples: 64,
-            seqlen: 512,
-            chunk: 8,
-            search: Some((8, 15)),
-            passes_at_once: 1,
-            dense_batch: 1,
-            hessians: false,
-            dtype_bytes: 2,
-            stacked_params: 0,
-            spectra: false,
-            refined: false,
-            measure: None,
-        };
+        let case = Run { nsamples: 64, seqlen: 512, search: Some((8, 15)), dtype_bytes: 2, ..base_run() };
         assert_eq!(free_dense_batch(&llama7b, &shapes7b, &case), 1);
         let gb = |k| total(&prune_parts(&llama7b, &shapes7b, &Run { dense_batch: k, ..case })) as f64 / 1e9;
         assert!((gb(1) - 3.43).abs() < 0.01 && (gb(2) - gb(1) - 1.21).abs() < 0.01, "{} {}", gb(1), gb(2));
